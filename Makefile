@@ -1,0 +1,37 @@
+# veil: the two commands of the README are `make demo` and `make test`.
+# Both install what is missing (Debian packages, the Python venv) first; run them as root.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS := controller/lab/scripts/deps.sh
+# Keep the demo lab up afterwards with: make demo KEEP=1
+KEEP ?= 0
+
+.PHONY: all deps deps-test demo test lint unit bench clean-labs
+
+all: test
+
+deps:
+	bash $(DEPS) --venv $(VENV)
+
+deps-test:
+	bash $(DEPS) --venv $(VENV) --libvirt --vagrant
+
+demo: deps
+	$(VENV)/bin/veil-lab demo $(if $(filter 1,$(KEEP)),--keep,)
+
+lint: deps-test
+	$(PY) -m mypy -p hooks -p controller -p xenapi_plugin -p libvirt_hooks
+
+test: deps-test lint
+	$(PY) -m pytest -q tests
+
+unit: deps
+	$(PY) -m pytest -q tests -m "not lab and not libvirt"
+
+bench: deps-test
+	bash $(DEPS) --no-venv --ovn
+	$(VENV)/bin/veil-lab bench
+
+# Removes every lab this machine still has (each by its own state file: names and pids).
+clean-labs: deps
+	$(VENV)/bin/veil-lab down --all

@@ -1,0 +1,38 @@
+"""Key names of the OVSDB external_ids contract (see shared reference ovs-external-ids.md).
+
+Open vSwitch never reads these keys; hypervisor integrations write them and controllers read
+them. The published names are used exactly; veil's own keys carry the ``veil-`` prefix.
+"""
+
+from typing import Final
+
+# Open_vSwitch table
+SYSTEM_ID: Final = "system-id"
+
+# Bridge table
+BRIDGE_ID: Final = "bridge-id"
+
+# Interface table, the published convention
+IFACE_ID: Final = "iface-id"
+ATTACHED_MAC: Final = "attached-mac"
+IFACE_STATUS: Final = "iface-status"
+VM_ID: Final = "vm-id"
+VM_UUID: Final = "vm-uuid"  # written by os-vif instead of vm-id: read both
+STATUS_ACTIVE: Final = "active"
+STATUS_INACTIVE: Final = "inactive"
+
+# XenServer keys written by the dom0 vif script
+XS_VIF_UUID: Final = "xs-vif-uuid"
+XS_NETWORK_UUID: Final = "xs-network-uuid"
+XS_VM_UUID: Final = "xs-vm-uuid"
+XS_NETWORK_UUIDS: Final = "xs-network-uuids"
+XS_SYSTEM_UUID: Final = "xs-system-uuid"
+
+# veil's own keys
+VEIL_PREFIX: Final = "veil-"
+VEIL_NETWORK: Final = "veil-network"  # Interface: the veil network (tenant L2 segment) joined
+VEIL_TENANT: Final = "veil-tenant"  # Interface: informational, the network's tenant
+VEIL_UNDERLAY_IP: Final = "veil-underlay-ip"  # Open_vSwitch: this host's tunnel endpoint
+VEIL_TUNNEL_TYPES: Final = "veil-tunnel-types"  # Open_vSwitch: comma list, e.g. geneve,vxlan
+
+INTEGRATION_BRIDGE: Final = "br-int"

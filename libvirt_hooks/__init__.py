@@ -1,0 +1,1 @@
+"""KVM integration: the libvirt qemu hook and the long-running libvirt host daemon."""
