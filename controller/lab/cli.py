@@ -1,0 +1,143 @@
+"""`veil-lab` (also `veil lab`): bring the two-DC lab up and down, look at it, use it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from controller.lab import topology
+from controller.lab.lab import DEFAULT_ROOT, Lab, running_labs, teardown
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _open(args: argparse.Namespace) -> Lab:
+    """The lab named by --prefix, or the only one running."""
+    root = Path(args.root)
+    prefix = args.prefix
+    if prefix is None:
+        labs = running_labs(root)
+        if len(labs) != 1:
+            raise SystemExit(
+                f"veil-lab: {'no lab is running' if not labs else 'several labs run: ' + ', '.join(labs)}; "
+                "name one with --prefix"
+            )
+        prefix = labs[0]
+    state = Lab.read_state(root / prefix)
+    if not state:
+        raise SystemExit(f"veil-lab: no lab {prefix} under {root}")
+    path = state.get("topology_path")
+    topo_path = Path(str(path)) if path else None
+    return Lab.attach(topology.load(topo_path), prefix, root)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    path = Path(args.topology) if args.topology else None
+    lab = Lab(topology.load(path), args.prefix, Path(args.root), topology_path=path)
+    lab.up(_say, plug_vms=not args.no_vms)
+    _say(f"lab {lab.prefix} is up (run dir {lab.rundir}); `veil-lab down --prefix {lab.prefix}` removes it")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    root = Path(args.root)
+    prefixes = running_labs(root) if args.all else [_open(args).prefix]
+    for prefix in prefixes:
+        removed = teardown(root / prefix, prefix)
+        _say(f"lab {prefix}: removed {len(removed)} namespaces and their processes, and {root / prefix}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(json.dumps(_open(args).status(), indent=2))
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = [a for a in args.argv if a != "--"]
+    if not argv:
+        raise SystemExit("veil-lab exec: give a command after the node name")
+    proc = _open(args).exec(args.node, argv)
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    return proc.returncode
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    ok = _open(args).ping(args.src, args.dst, count=args.count)
+    _say(f"{args.src} -> {args.dst}: {'reachable' if ok else 'NOT reachable'}")
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from controller.lab.demo import run_demo
+
+    return run_demo(Path(args.root), keep=args.keep, say=_say)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from controller.lab.bench import run_bench
+
+    return run_bench(Path(args.root), Path(args.out), say=_say)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="veil-lab", description=__doc__)
+    p.add_argument("--root", default=str(DEFAULT_ROOT), help="where lab run directories live")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", help="build a lab from a topology file (default: the two-DC lab)")
+    up.add_argument("--topology", help="topology YAML (default: built-in two-dc.yaml)")
+    up.add_argument("--prefix", help="name prefix (default: random)")
+    up.add_argument("--no-vms", action="store_true", help="do not plug the topology's VMs")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="remove a lab: namespaces, links, processes, run directory")
+    down.add_argument("--prefix")
+    down.add_argument("--all", action="store_true", help="every lab under --root")
+    down.set_defaults(func=cmd_down)
+
+    st = sub.add_parser("status", help="what exists: namespaces, daemons, ports, VM placement")
+    st.add_argument("--prefix")
+    st.set_defaults(func=cmd_status)
+
+    ex = sub.add_parser("exec", help="run a command in a node (host, VM, ToR, router)")
+    ex.add_argument("--prefix")
+    ex.add_argument("node")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    ex.set_defaults(func=cmd_exec)
+
+    pg = sub.add_parser("ping", help="ping from a node to a VM, host or IP")
+    pg.add_argument("--prefix")
+    pg.add_argument("--count", type=int, default=1)
+    pg.add_argument("src")
+    pg.add_argument("dst")
+    pg.set_defaults(func=cmd_ping)
+
+    dm = sub.add_parser("demo", help="the two-DC demo, step by step")
+    dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    dm.set_defaults(func=cmd_demo)
+
+    bn = sub.add_parser("bench", help="run the benchmarks and write the results")
+    bn.add_argument("--out", default="bench-results")
+    bn.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except (topology.TopologyError, RuntimeError, KeyError) as exc:
+        print(f"veil-lab: {exc}", file=sys.stderr)
+        return 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""Bring a topology up as network namespaces with one real Open vSwitch per host, and down again.
+
+Names: every namespace is ``<prefix>-<node>`` and every run directory lives under
+``<root>/<prefix>``, with a per-run random prefix, so labs never collide. Links are created
+directly inside their namespaces (nothing in the root namespace). What ``up`` makes is recorded
+in ``lab.json`` *before* it is made, so ``down`` removes it even after a crash half-way up:
+by name (every namespace with the prefix) and by PID (every process inside those namespaces and
+every daemon pid file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from controller.lab import netns
+from controller.lab.ovs import OvsInstance, require_ovs
+from controller.lab.topology import Host, Topology, Vm
+from hooks import contract
+
+DEFAULT_ROOT = Path(os.environ.get("VEIL_LAB_ROOT", "/run/veil-lab"))
+VM_MTU = 1400  # leaves room for the Geneve/VXLAN/GRE headers on a 1500-byte underlay
+STATE_FILE = "lab.json"
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def script(name: str) -> Path:
+    """A provisioning script shared with the Vagrant lab."""
+    return Path(str(resources.files("controller.lab") / "scripts" / name))
+
+
+def new_prefix() -> str:
+    return f"vl{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class HostRuntime:
+    """A simulated hypervisor: its namespace, its private OVS and its underlay address."""
+
+    spec: Host
+    ns: str
+    ovs: OvsInstance
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def underlay_ip(self) -> str:
+        return str(self.spec.underlay_ip)
+
+
+@dataclass(frozen=True)
+class VmRuntime:
+    """A VM: a namespace whose eth0 is plugged (via a veth) into some host's br-int."""
+
+    spec: Vm
+    ns: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def ip(self) -> str:
+        return str(self.spec.ip.ip)
+
+    @property
+    def mac(self) -> str:
+        return self.spec.mac
+
+    @property
+    def iface_id(self) -> str:
+        return self.spec.iface_id
+
+    @property
+    def port(self) -> str:
+        return self.spec.port
+
+    @property
+    def network(self) -> str:
+        return self.spec.network
+
+
+class Lab:
+    """One running (or about to run) lab: a topology, a prefix and a run directory."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        prefix: str | None = None,
+        root: Path = DEFAULT_ROOT,
+        topology_path: Path | None = None,
+    ) -> None:
+        self.topo = topo
+        self.topology_path = topology_path
+        self.prefix = prefix or new_prefix()
+        self.rundir = Path(root) / self.prefix
+        self.hosts = {
+            h.name: HostRuntime(h, self.ns_name(h.name), OvsInstance(self.rundir / h.name, ns=self.ns_name(h.name)))
+            for h in topo.hosts
+        }
+        self.vms = {v.name: VmRuntime(v, self.ns_name(f"vm-{v.name}")) for v in topo.vms}
+        self._placement: dict[str, str] = {}  # VM -> host it is plugged into now
+
+    def ns_name(self, node: str) -> str:
+        return f"{self.prefix}-{node}"
+
+    # -- state file ----------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.rundir / STATE_FILE
+
+    def _record(self, **changes: object) -> None:
+        state = self.read_state(self.rundir)
+        for key, value in changes.items():
+            if isinstance(value, list):
+                merged = list(state.get(key, []))
+                merged.extend(v for v in value if v not in merged)
+                state[key] = merged
+            else:
+                state[key] = value
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        os.replace(tmp, self.state_path)
+
+    @staticmethod
+    def read_state(rundir: Path) -> dict[str, object]:
+        try:
+            data = json.loads((rundir / STATE_FILE).read_text())
+        except FileNotFoundError:
+            return {}
+        if not isinstance(data, dict):
+            raise RuntimeError(f"{rundir / STATE_FILE}: not a lab state file")
+        return data
+
+    # -- up ---------------------------------------------------------------------------------
+    def up(self, progress: Progress = _quiet, *, plug_vms: bool = True) -> None:
+        """Build the whole topology. On failure everything made so far is torn down."""
+        require_ovs()
+        for tool in ("ip", "ethtool", "ping"):
+            if shutil.which(tool) is None:
+                raise netns.CommandError(f"{tool}: not installed (run controller/lab/scripts/deps.sh)")
+        self.rundir.mkdir(parents=True, exist_ok=False)
+        self._record(
+            prefix=self.prefix,
+            topology=self.topo.name,
+            topology_path=str(self.topology_path) if self.topology_path else None,
+            namespaces=[],
+            placement={},
+        )
+        try:
+            self._up(progress, plug_vms)
+        except BaseException:
+            progress("lab: bring-up failed, removing what was made")
+            self.down()
+            raise
+
+    def _up(self, progress: Progress, plug_vms: bool) -> None:
+        t = self.topo
+        progress(f"lab {self.prefix}: router {t.router}, ToRs {', '.join(d.tor for d in t.datacenters)}")
+        router_ns = self._add_ns(t.router)
+        netns.run(["bash", str(script("router.sh"))], ns=router_ns)
+        for dc in t.datacenters:
+            tor_ns = self._add_ns(dc.tor)
+            netns.run(["ip", "link", "add", "br0", "type", "bridge"], ns=tor_ns)
+            netns.run(["ip", "link", "set", "br0", "up"], ns=tor_ns)
+            netns.add_veth(tor_ns, "uplink", router_ns, dc.name)
+            netns.run(["ip", "link", "set", "uplink", "master", "br0"], ns=tor_ns)
+            netns.run(["ip", "addr", "add", f"{dc.gateway}/{dc.subnet.prefixlen}", "dev", dc.name], ns=router_ns)
+        hosts = list(self.hosts.values())
+        for h in hosts:
+            tor_ns = self.ns_name(t.dc(h.spec.dc).tor)
+            self._add_ns(h.name)
+            netns.add_veth(h.ns, "eth0", tor_ns, h.name)
+            netns.run(["ip", "link", "set", h.name, "master", "br0"], ns=tor_ns)
+        progress(f"lab {self.prefix}: starting ovsdb-server + ovs-vswitchd in {len(hosts)} hosts")
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            list(pool.map(self._start_host, hosts))
+        for h in hosts:
+            progress(f"  {h.name}: underlay {h.underlay_ip} on br-phy, br-int fail_mode=secure ({h.ns})")
+        if plug_vms:
+            for vm in self.vms.values():
+                self.plug_vm(vm.name)
+                progress(f"  VM {vm.name} ({vm.network}, {vm.ip}, {vm.mac}) on {self._placement[vm.name]}")
+
+    def _add_ns(self, node: str) -> str:
+        name = self.ns_name(node)
+        self._record(namespaces=[name])
+        netns.add_netns(name)
+        return name
+
+    def _start_host(self, h: HostRuntime) -> None:
+        h.ovs.start(system_id=h.name)
+        dc = self.topo.dc(h.spec.dc)
+        env = h.ovs.env() | {
+            "SYSTEM_ID": h.name,
+            "UNDERLAY_DEV": "eth0",
+            "UNDERLAY_CIDR": f"{h.underlay_ip}/{dc.subnet.prefixlen}",
+            "UNDERLAY_GW": str(dc.gateway),
+        }
+        netns.run(["bash", str(script("ovs-host.sh"))], ns=h.ns, env=env)
+
+    # -- VMs --------------------------------------------------------------------------------
+    def plug_vm(self, name: str, host: str | None = None) -> None:
+        """Attach VM ``name`` to ``host``'s br-int (its spec host by default), as a hypervisor would.
+
+        The VM namespace (and so its IP, MAC and ARP cache) survives re-plugs: moving a VM is
+        unplug + plug on another host with the same iface-id and MAC.
+        """
+        vm = self.vms[name]
+        target = self.hosts[host or vm.spec.host]
+        if name in self._placement:
+            raise RuntimeError(f"VM {name} is already plugged into {self._placement[name]}")
+        if vm.ns not in netns.list_netns():
+            self._add_ns(f"vm-{name}")
+        netns.add_veth(vm.ns, "eth0", target.ns, vm.port, mtu=VM_MTU)
+        netns.run(["ip", "link", "set", "eth0", "address", vm.mac], ns=vm.ns)
+        netns.run(["ip", "addr", "replace", str(vm.spec.ip), "dev", "eth0"], ns=vm.ns)
+        # Exactly what libvirt runs for <interface type='bridge'><virtualport type='openvswitch'/>,
+        # plus veil's network key (what veil's hooks add).
+        ids = {
+            contract.ATTACHED_MAC: vm.mac,
+            contract.IFACE_ID: vm.iface_id,
+            contract.VM_ID: vm.spec.vm_id,
+            contract.IFACE_STATUS: contract.STATUS_ACTIVE,
+            contract.VEIL_NETWORK: vm.network,
+            contract.VEIL_TENANT: self.topo.network(vm.network).tenant,
+        }
+        target.ovs.vsctl(
+            "--", "--may-exist", "add-port", contract.INTEGRATION_BRIDGE, vm.port,
+            *(arg for k, v in ids.items() for arg in ("--", "set", "Interface", vm.port, f'external_ids:{k}="{v}"')),
+        )
+        self._placement[name] = target.name
+        self._record(placement=dict(self._placement))
+
+    def unplug_vm(self, name: str) -> None:
+        """Detach VM ``name`` from its host (as at VM stop): port and veth go, the VM ns stays."""
+        host = self.hosts[self.placement(name)]
+        vm = self.vms[name]
+        host.ovs.vsctl("--if-exists", "del-port", contract.INTEGRATION_BRIDGE, vm.port)
+        netns.run(["ip", "link", "del", vm.port], ns=host.ns)
+        del self._placement[name]
+        self._record(placement=dict(self._placement))
+
+    def move_vm(self, name: str, host: str) -> None:
+        self.unplug_vm(name)
+        self.plug_vm(name, host)
+
+    def placement(self, name: str) -> str:
+        if name not in self._placement:
+            raise RuntimeError(f"VM {name} is not plugged into any host")
+        return self._placement[name]
+
+    # -- using the lab ----------------------------------------------------------------------
+    def node_ns(self, node: str) -> str:
+        """The namespace of a host, VM, ToR or the router, by its topology name."""
+        if node in self.vms:
+            return self.vms[node].ns
+        known = {self.topo.router, *(d.tor for d in self.topo.datacenters), *self.hosts}
+        if node not in known:
+            raise KeyError(f"no lab node {node!r} (have: {', '.join(sorted(known | set(self.vms)))})")
+        return self.ns_name(node)
+
+    def exec(self, node: str, argv: Sequence[str], check: bool = False, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run a command in a node's namespace; on a host, the OVS tools reach that host's OVS."""
+        env = self.hosts[node].ovs.env() if node in self.hosts else None
+        return netns.run(argv, ns=self.node_ns(node), env=env, check=check, timeout=timeout)
+
+    def ping(self, src: str, dst: str, count: int = 1, wait: float = 1.0, interval: float = 0.2) -> bool:
+        """True when ``src`` (a node) gets replies from ``dst`` (a VM name, host name or an IP)."""
+        if dst in self.vms:
+            ip = self.vms[dst].ip
+        elif dst in self.hosts:
+            ip = self.hosts[dst].underlay_ip
+        else:
+            ip = dst
+        proc = self.exec(
+            src, ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(wait), ip],
+            timeout=count * (interval + wait) + 5,
+        )
+        return proc.returncode == 0
+
+    def status(self) -> dict[str, object]:
+        """What exists right now: namespaces, daemons, bridges and VM placement."""
+        existing = set(netns.list_netns())
+        hosts: dict[str, object] = {}
+        for name, h in self.hosts.items():
+            info: dict[str, object] = {
+                "netns": h.ns if h.ns in existing else None,
+                "underlay_ip": h.underlay_ip,
+                "ovsdb": h.ovs.alive("ovsdb-server"),
+                "vswitchd": h.ovs.alive("ovs-vswitchd"),
+                "db": h.ovs.db_remote,
+            }
+            if info["ovsdb"]:
+                info["br-int ports"] = h.ovs.vsctl("list-ports", "br-int").split()
+            hosts[name] = info
+        vms = {n: {"host": self._placement.get(n), "ip": v.ip, "network": v.network} for n, v in self.vms.items()}
+        return {"prefix": self.prefix, "rundir": str(self.rundir), "hosts": hosts, "vms": vms}
+
+    # -- down -------------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Remove everything of this lab; returns the namespaces removed."""
+        return teardown(self.rundir, self.prefix)
+
+    @classmethod
+    def attach(cls, topo: Topology, prefix: str, root: Path = DEFAULT_ROOT) -> Lab:
+        """Re-open a running lab from its state file (for CLI calls after `up`)."""
+        lab = cls(topo, prefix, root)
+        state = cls.read_state(lab.rundir)
+        if not state:
+            raise RuntimeError(f"no lab {prefix} under {root}")
+        placement = state.get("placement", {})
+        if isinstance(placement, dict):
+            lab._placement = {str(k): str(v) for k, v in placement.items()}
+        return lab
+
+
+def teardown(rundir: Path, prefix: str) -> list[str]:
+    """Delete a lab by name and by PID: recorded + prefixed namespaces, their processes, pid files, dirs."""
+    state = Lab.read_state(rundir)
+    recorded = state.get("namespaces", [])
+    names = {str(n) for n in recorded} if isinstance(recorded, list) else set()
+    names |= {n for n in netns.list_netns() if n.startswith(f"{prefix}-")}
+    # Daemons first by their pid files (in case one escaped its namespace), then per namespace.
+    pids: list[int] = []
+    if rundir.is_dir():
+        for pidfile in rundir.glob("*/*.pid"):
+            try:
+                pids.append(int(pidfile.read_text().strip()))
+            except ValueError:
+                continue
+    netns.kill_pids(pids)
+    for name in sorted(names):
+        netns.delete_netns(name)
+    shutil.rmtree(rundir, ignore_errors=True)
+    return sorted(names)
+
+
+def running_labs(root: Path = DEFAULT_ROOT) -> list[str]:
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / STATE_FILE).exists())

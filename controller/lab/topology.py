@@ -1,0 +1,256 @@
+"""The lab topology file: data centers, hosts, tenants, networks and VMs, validated.
+
+Every error names the offending field (``hosts[2].underlay_ip: ...``) so a typo in a topology
+file is fixed in one look. Addresses are held to the lab's ranges: underlay in 198.18.0.0/16,
+tenant VMs in 198.19.0.0/16 (together 198.18.0.0/15, the benchmarking range).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+UNDERLAY_RANGE = ipaddress.IPv4Network("198.18.0.0/16")
+TENANT_RANGE = ipaddress.IPv4Network("198.19.0.0/16")
+TUNNEL_TYPES = ("geneve", "vxlan", "gre")
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,9}$")
+_LAB_UUID_NS = uuid.UUID("5b1e7c1e-0000-4000-8000-00000000beef")
+
+
+class TopologyError(ValueError):
+    """The topology file is invalid; the message names the bad field."""
+
+
+@dataclass(frozen=True)
+class Datacenter:
+    name: str
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+    tor: str
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    dc: str
+    underlay_ip: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    tenant: str
+    subnet: ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
+class Vm:
+    name: str
+    network: str
+    host: str
+    ip: ipaddress.IPv4Interface
+
+    @property
+    def mac(self) -> str:
+        """A stable, locally administered unicast MAC derived from the VM name."""
+        digest = hashlib.sha256(self.name.encode()).digest()
+        return "02:5e:" + ":".join(f"{b:02x}" for b in digest[:4])
+
+    @property
+    def iface_id(self) -> str:
+        return str(uuid.uuid5(_LAB_UUID_NS, f"iface/{self.name}"))
+
+    @property
+    def vm_id(self) -> str:
+        return str(uuid.uuid5(_LAB_UUID_NS, f"vm/{self.name}"))
+
+    @property
+    def port(self) -> str:
+        """The host-side port name on br-int (what libvirt would call vnetN)."""
+        return f"tap-{self.name}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    tunnel: str
+    router: str
+    datacenters: tuple[Datacenter, ...]
+    hosts: tuple[Host, ...]
+    networks: tuple[Network, ...]
+    vms: tuple[Vm, ...]
+
+    def dc(self, name: str) -> Datacenter:
+        return next(d for d in self.datacenters if d.name == name)
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def network(self, name: str) -> Network:
+        return next(n for n in self.networks if n.name == name)
+
+    def vm(self, name: str) -> Vm:
+        for v in self.vms:
+            if v.name == name:
+                return v
+        raise KeyError(f"no VM named {name!r} (have: {', '.join(v.name for v in self.vms)})")
+
+    @property
+    def tenants(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n.tenant for n in self.networks))
+
+
+def default_topology_path() -> Path:
+    return Path(str(resources.files("controller.lab") / "topologies" / "two-dc.yaml"))
+
+
+def load(path: Path | None = None) -> Topology:
+    """Read and validate a topology file (the default two-DC lab when ``path`` is None)."""
+    p = path or default_topology_path()
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError as exc:
+        raise TopologyError(f"{p}: no such topology file") from exc
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{p}: not valid YAML: {exc}") from exc
+    try:
+        return parse(raw)
+    except TopologyError as exc:
+        raise TopologyError(f"{p}: {exc}") from exc
+
+
+def parse(raw: Any) -> Topology:
+    """Validate a decoded topology document."""
+    doc = _mapping(raw, "topology")
+    name = _name(doc, "name", "topology")
+    tunnel = str(doc.get("tunnel", "geneve"))
+    if tunnel not in TUNNEL_TYPES:
+        raise TopologyError(f"tunnel: {tunnel!r} is not one of {', '.join(TUNNEL_TYPES)}")
+    router = _name(_mapping(doc.get("router"), "router"), "name", "router")
+
+    dcs: list[Datacenter] = []
+    for i, item in enumerate(_list(doc, "datacenters")):
+        where = f"datacenters[{i}]"
+        d = _mapping(item, where)
+        subnet = _net(d, "subnet", where, UNDERLAY_RANGE)
+        gateway = _addr(d, "gateway", where, subnet)
+        dcs.append(Datacenter(_name(d, "name", where), subnet, gateway, _name(d, "tor", where)))
+    _unique([d.name for d in dcs], "datacenters", "name")
+    _disjoint([(f"datacenters[{i}].subnet", d.subnet) for i, d in enumerate(dcs)])
+    by_dc = {d.name: d for d in dcs}
+
+    hosts: list[Host] = []
+    for i, item in enumerate(_list(doc, "hosts")):
+        where = f"hosts[{i}]"
+        h = _mapping(item, where)
+        dc_name = _name(h, "dc", where)
+        if dc_name not in by_dc:
+            raise TopologyError(f"{where}.dc: unknown data center {dc_name!r}")
+        ip = _addr(h, "underlay_ip", where, by_dc[dc_name].subnet)
+        if ip == by_dc[dc_name].gateway:
+            raise TopologyError(f"{where}.underlay_ip: {ip} is the gateway of {dc_name}")
+        hosts.append(Host(_name(h, "name", where), dc_name, ip))
+    _unique([h.name for h in hosts], "hosts", "name")
+    _unique([str(h.underlay_ip) for h in hosts], "hosts", "underlay_ip")
+    node_names = [router, *(d.tor for d in dcs), *(h.name for h in hosts)]
+    _unique(node_names, "nodes (router, tors, hosts)", "name")
+
+    networks: list[Network] = []
+    for i, item in enumerate(_list(doc, "tenants")):
+        where = f"tenants[{i}]"
+        t = _mapping(item, where)
+        tenant = _name(t, "name", where)
+        for j, nitem in enumerate(_list(t, "networks", where)):
+            nwhere = f"{where}.networks[{j}]"
+            n = _mapping(nitem, nwhere)
+            networks.append(Network(_name(n, "name", nwhere), tenant, _net(n, "subnet", nwhere, TENANT_RANGE)))
+    _unique([n.name for n in networks], "tenants[*].networks", "name")
+    by_net = {n.name: n for n in networks}
+    host_names = {h.name for h in hosts}
+
+    vms: list[Vm] = []
+    for i, item in enumerate(_list(doc, "vms")):
+        where = f"vms[{i}]"
+        v = _mapping(item, where)
+        net_name = _name(v, "network", where)
+        if net_name not in by_net:
+            raise TopologyError(f"{where}.network: unknown network {net_name!r}")
+        host = _name(v, "host", where)
+        if host not in host_names:
+            raise TopologyError(f"{where}.host: unknown host {host!r}")
+        subnet = by_net[net_name].subnet
+        ip = _addr(v, "ip", where, subnet)
+        vms.append(Vm(_name(v, "name", where), net_name, host, ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}")))
+    _unique([v.name for v in vms], "vms", "name")
+    for net in networks:
+        _unique([str(v.ip.ip) for v in vms if v.network == net.name], f"vms of network {net.name}", "ip")
+    return Topology(name, tunnel, router, tuple(dcs), tuple(hosts), tuple(networks), tuple(vms))
+
+
+# -- field helpers ------------------------------------------------------------------------------
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TopologyError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _list(doc: dict[str, Any], key: str, where: str = "") -> list[Any]:
+    field = f"{where}.{key}" if where else key
+    value = doc.get(key)
+    if not isinstance(value, list) or not value:
+        raise TopologyError(f"{field}: expected a non-empty list")
+    return value
+
+
+def _name(doc: dict[str, Any], key: str, where: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise TopologyError(
+            f"{where}.{key}: {value!r} is not a name (lowercase letter first, then a-z 0-9 -, at most 10)"
+        )
+    return value
+
+
+def _net(doc: dict[str, Any], key: str, where: str, within: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(str(doc.get(key)), strict=True)
+    except ValueError as exc:
+        raise TopologyError(f"{where}.{key}: {doc.get(key)!r} is not an IPv4 subnet ({exc})") from exc
+    if not net.subnet_of(within):
+        raise TopologyError(f"{where}.{key}: {net} is outside the lab range {within}")
+    return net
+
+
+def _addr(
+    doc: dict[str, Any], key: str, where: str, subnet: ipaddress.IPv4Network
+) -> ipaddress.IPv4Address:
+    try:
+        ip = ipaddress.IPv4Address(str(doc.get(key)))
+    except ValueError as exc:
+        raise TopologyError(f"{where}.{key}: {doc.get(key)!r} is not an IPv4 address") from exc
+    if ip not in subnet or ip in (subnet.network_address, subnet.broadcast_address):
+        raise TopologyError(f"{where}.{key}: {ip} is not a host address of {subnet}")
+    return ip
+
+
+def _unique(values: list[str], where: str, key: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise TopologyError(f"{where}: {key} {value!r} appears twice")
+        seen.add(value)
+
+
+def _disjoint(nets: list[tuple[str, ipaddress.IPv4Network]]) -> None:
+    for i, (wa, a) in enumerate(nets):
+        for wb, b in nets[i + 1:]:
+            if a.overlaps(b):
+                raise TopologyError(f"{wb}: {b} overlaps {wa} ({a})")
