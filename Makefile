@@ -6,7 +6,7 @@ DEPS := controller/lab/scripts/deps.sh
 # Keep the demo lab up afterwards with: make demo KEEP=1
 KEEP ?= 0
 
-.PHONY: all deps deps-test demo test lint unit bench clean-labs
+.PHONY: all deps deps-test demo test lint unit clean-labs
 
 all: test
 
@@ -27,10 +27,6 @@ test: deps-test lint
 
 unit: deps
 	$(PY) -m pytest -q tests -m "not lab and not libvirt"
-
-bench: deps-test
-	bash $(DEPS) --no-venv --ovn
-	$(VENV)/bin/veil-lab bench
 
 # Removes every lab this machine still has (each by its own state file: names and pids).
 clean-labs: deps

@@ -11,11 +11,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from controller.lab import netns
 from controller.lab.ovs import OvsInstance
+
+if TYPE_CHECKING:
+    from controller.lab.lab import Lab
 
 
 def unique_prefix(kind: str = "t") -> str:
@@ -49,3 +53,17 @@ def ovs(test_netns: str) -> Iterator[OvsInstance]:
     finally:
         inst.stop()
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_dc_lab() -> Iterator["Lab"]:
+    """The default two-DC lab (4 hosts, router, 2 ToRs, 6 VMs), up for one test module."""
+    from controller.lab import topology
+    from controller.lab.lab import Lab
+
+    lab = Lab(topology.load(), prefix=unique_prefix("l"))
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()

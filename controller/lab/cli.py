@@ -80,12 +80,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.root), keep=args.keep, say=_say)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from controller.lab.bench import run_bench
-
-    return run_bench(Path(args.root), Path(args.out), say=_say)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="veil-lab", description=__doc__)
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="where lab run directories live")
@@ -122,10 +116,6 @@ def parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="the two-DC demo, step by step")
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     dm.set_defaults(func=cmd_demo)
-
-    bn = sub.add_parser("bench", help="run the benchmarks and write the results")
-    bn.add_argument("--out", default="bench-results")
-    bn.set_defaults(func=cmd_bench)
     return p
 
 

@@ -128,7 +128,8 @@ class Lab:
         state = self.read_state(self.rundir)
         for key, value in changes.items():
             if isinstance(value, list):
-                merged = list(state.get(key, []))
+                existing = state.get(key)
+                merged = list(existing) if isinstance(existing, list) else []
                 merged.extend(v for v in value if v not in merged)
                 state[key] = merged
             else:
