@@ -1,0 +1,218 @@
+"""Pure functions from desired state to one host's flows and tunnel ports."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from controller import pipeline as P
+from controller.flows import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    BROADCAST,
+    ETH_ARP,
+    ETH_IPV4,
+    ETH_IPV6,
+    ETH_RARP,
+    FROM_TUNNEL,
+    IPPROTO_ICMPV6,
+    METADATA_MASK,
+    METADATA_VNI_MASK,
+    MULTICAST_BIT,
+    ND_NA,
+    Action,
+    Flow,
+    Match,
+    MatchValue,
+    Move,
+    Output,
+    OutputInPort,
+    SetField,
+    ToController,
+)
+from controller.model import Binding, Host, IPAddress, Network, State, TunnelType, placement
+
+
+@dataclass(frozen=True, order=True)
+class TunnelSpec:
+    """A tunnel port ``host`` should have towards ``remote``."""
+
+    name: str
+    remote: str
+    remote_ip: str
+    kind: TunnelType
+
+
+def tunnel_name(remote_ip: IPAddress, kind: TunnelType) -> str:
+    """Short and stable per remote endpoint (interface names are limited to 15 chars)."""
+    return f"vt{kind[0]}{int(remote_ip):08x}" if remote_ip.version == 4 else (
+        f"vt{kind[0]}{int(remote_ip) & 0xFFFFFFFFFF:010x}"
+    )
+
+
+def tunnel_kind(local: Host, remote: Host) -> TunnelType | None:
+    """The first of the local host's tunnel types the remote also speaks."""
+    return next((k for k in local.tunnel_types if k in remote.tunnel_types), None)
+
+
+def networks_on_hosts(state: State) -> dict[str, frozenset[str]]:
+    """host -> networks it has live bindings in (active or standby: both need tunnels)."""
+    place = placement(state)
+    out: dict[str, set[str]] = {}
+    for b in (*place.active.values(), *place.standby):
+        out.setdefault(b.host, set()).add(b.network)
+    return {h: frozenset(n) for h, n in out.items()}
+
+
+def compute_tunnels(state: State, host: str) -> frozenset[TunnelSpec]:
+    """Tunnels only between hosts that share a network and a tunnel type."""
+    local = state.hosts.get(host)
+    if local is None:
+        return frozenset()
+    nets = networks_on_hosts(state)
+    mine = nets.get(host, frozenset())
+    specs = set()
+    for rid, remote in state.hosts.items():
+        kind = tunnel_kind(local, remote)
+        if rid == host or kind is None or not (mine & nets.get(rid, frozenset())):
+            continue
+        specs.add(TunnelSpec(tunnel_name(remote.underlay_ip, kind), rid, str(remote.underlay_ip),
+                             kind))
+    return frozenset(specs)
+
+
+def _link_local(mac: str) -> ipaddress.IPv6Address:
+    """The EUI-64 link-local address a guest derives from its MAC (allowed as ND source)."""
+    b = bytearray(int(x, 16) for x in mac.split(":"))
+    b[0] ^= 0x02
+    iid = bytes(b[:3]) + b"\xff\xfe" + bytes(b[3:])
+    return ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + iid)
+
+
+def _port_security(b: Binding) -> Iterator[Flow]:
+    ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
+    v4 = [ip for ip in b.ips if ip.version == 4]
+    v6 = [ip for ip in b.ips if ip.version == 6]
+    own: dict[str, MatchValue] = {"in_port": b.ofport, "eth_src": b.mac}
+    if v4:
+        for ip in v4:
+            yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV4, ipv4_src=str(ip)), goto=nxt)
+            yield Flow(ps, 100, Match.of(**own, eth_type=ETH_ARP, arp_spa=str(ip),
+                                         arp_sha=b.mac), goto=nxt)
+    else:  # no IPs declared: MAC-only security
+        yield Flow(ps, 90, Match.of(**own, eth_type=ETH_IPV4), goto=nxt)
+        yield Flow(ps, 90, Match.of(**own, eth_type=ETH_ARP, arp_sha=b.mac), goto=nxt)
+    # Guests announce themselves after a migration with RARP (QEMU's self-announce).
+    yield Flow(ps, 100, Match.of(**own, eth_type=ETH_RARP), goto=nxt)
+    # IPv6: neighbour advertisements only for the port's own addresses; sources likewise.
+    v6_own: list[IPAddress] = [*v6, _link_local(b.mac)]
+    nd: dict[str, MatchValue] = {**own, "eth_type": ETH_IPV6, "ip_proto": IPPROTO_ICMPV6}
+    for a6 in v6_own:
+        yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_nd_target=str(a6)), goto=nxt)
+    yield Flow(ps, 105, Match.of(**nd, icmpv6_type=ND_NA))
+    if v4 or v6:
+        for a6 in v6_own:
+            yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV6, ipv6_src=str(a6)), goto=nxt)
+        yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV6, ipv6_src="::"), goto=nxt)  # DAD
+    else:
+        yield Flow(ps, 90, Match.of(**own, eth_type=ETH_IPV6), goto=nxt)
+
+
+def _arp_responder(net: Network, b: Binding, unique: set[IPAddress]) -> Iterator[Flow]:
+    for ip in sorted(ip for ip in unique if ip.version == 4):
+        m: dict[str, MatchValue] = {"metadata": net.vni, "eth_type": ETH_ARP}
+        # A gratuitous ARP for the owner's own IP is flooded, never answered.
+        yield Flow(P.ARP_RESPONDER, 110, Match.of(**m, arp_spa=str(ip), arp_tpa=str(ip)),
+                   goto=P.L2_LOOKUP)
+        actions: tuple[Action, ...] = (
+            Move("eth_src", "eth_dst"),
+            SetField("eth_src", b.mac),
+            SetField("arp_op", ARP_REPLY),
+            Move("arp_sha", "arp_tha"),
+            SetField("arp_sha", b.mac),
+            Move("arp_spa", "arp_tpa"),
+            SetField("arp_spa", str(ip)),
+            OutputInPort(),
+        )
+        yield Flow(P.ARP_RESPONDER, 100, Match.of(**m, arp_op=ARP_REQUEST, arp_tpa=str(ip)),
+                   actions)
+
+
+def _to_tunnel(vni: int, ofport: int) -> tuple[Action, ...]:
+    return (SetField("tunnel_id", vni), Output(ofport))
+
+
+def compute_flows(state: State, host: str) -> frozenset[Flow]:
+    """Every veil flow ``host``'s br-int should hold for ``state`` (checked against PIPELINE)."""
+    return P.check_flows(_flows(state, host))
+
+
+def _flows(state: State, host: str) -> Iterator[Flow]:
+    for table in P.PIPELINE.values():
+        default = {P.ARP_RESPONDER: P.L2_LOOKUP, P.L2_LOOKUP: P.FLOOD}.get(table.table_id)
+        yield Flow(table.table_id, 0, Match(), goto=default)
+    if host not in state.hosts:
+        return
+    place = placement(state)
+    nets = networks_on_hosts(state)
+    mine = nets.get(host, frozenset())
+    tun_port: Mapping[str, int] = {
+        t.remote: t.ofport for t in state.tunnels if t.host == host and t.ofport > 0
+    }
+    active = list(place.active.values())
+    local = [b for b in active if b.host == host]
+
+    # classify: VIFs
+    for b in local:
+        net = state.networks[b.network]
+        yield Flow(P.CLASSIFY, 100, Match.of(in_port=b.ofport),
+                   write_metadata=(net.vni, METADATA_MASK), goto=P.PORT_SECURITY)
+        yield from _port_security(b)
+    # classify: standby VIFs (migration target) only report the guest's announcement
+    for b in (s for s in place.standby if s.host == host):
+        for eth_type, dst in ((ETH_RARP, None), (ETH_ARP, BROADCAST)):
+            m = Match.of(in_port=b.ofport, eth_src=b.mac, eth_type=eth_type,
+                         **({"eth_dst": dst} if dst else {}))
+            yield Flow(P.CLASSIFY, 100, m, (ToController(),))
+        yield Flow(P.CLASSIFY, 90, Match.of(in_port=b.ofport))
+    # classify: tunnels, only for the networks both ends have
+    for remote, ofport in sorted(tun_port.items()):
+        for net_name in sorted(mine & nets.get(remote, frozenset())):
+            vni = state.networks[net_name].vni
+            yield Flow(P.CLASSIFY, 100, Match.of(in_port=ofport, tunnel_id=vni),
+                       write_metadata=(vni | FROM_TUNNEL, METADATA_MASK), goto=P.L2_LOOKUP)
+
+    for net_name in sorted(mine):
+        net = state.networks[net_name]
+        members = [b for b in active if b.network == net_name]
+        # ARP answered locally for every known IP of the network (an IP two VIFs claim is
+        # left to the owners themselves: flooded, never answered by us)
+        ip_count: dict[IPAddress, int] = {}
+        for b in members:
+            for ip in set(b.ips):
+                ip_count[ip] = ip_count.get(ip, 0) + 1
+        for b in members:
+            yield from _arp_responder(net, b, {ip for ip in b.ips if ip_count[ip] == 1})
+        # L2 lookup
+        for b in members:
+            if b.host == host:
+                yield Flow(P.L2_LOOKUP, 100,
+                           Match.of(metadata=f"{net.vni:#x}/{METADATA_VNI_MASK:#x}",
+                                    eth_dst=b.mac), (Output(b.ofport),))
+            elif b.host in tun_port:
+                yield Flow(P.L2_LOOKUP, 100, Match.of(metadata=net.vni, eth_dst=b.mac),
+                           _to_tunnel(net.vni, tun_port[b.host]))
+        yield Flow(P.L2_LOOKUP, 50,
+                   Match.of(metadata=f"{net.vni:#x}/{METADATA_VNI_MASK:#x}",
+                            eth_dst=MULTICAST_BIT), goto=P.FLOOD)
+        # flood: local members always; remote hosts only for traffic from a local VIF
+        local_out = tuple(Output(b.ofport) for b in members if b.host == host)
+        remotes = sorted({b.host for b in members if b.host != host and b.host in tun_port})
+        remote_out = tuple(a for r in remotes for a in _to_tunnel(net.vni, tun_port[r]))
+        yield Flow(P.FLOOD, 100, Match.of(metadata=net.vni), local_out + remote_out)
+        yield Flow(P.FLOOD, 100, Match.of(metadata=net.vni | FROM_TUNNEL), local_out)
+
+
+def hosts_of(bindings: Iterable[Binding]) -> frozenset[str]:
+    return frozenset(b.host for b in bindings)

@@ -1,0 +1,185 @@
+"""OpenFlow flows as plain values, independent of os-ken.
+
+Field names are the OXM names os-ken uses (``eth_src``, ``ipv4_src``, ``tunnel_id`` ...).
+A flow's cookie is a hash of its whole content under veil's cookie tag: the cookie both marks
+ownership (``COOKIE_TAG``) and identifies the exact flow, so a restarted controller can diff
+against dumped (table, cookie) pairs without parsing matches back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Final
+
+COOKIE_TAG: Final = 0x7E11 << 48  # "veil" marker in the top 16 bits
+COOKIE_TAG_MASK: Final = 0xFFFF << 48
+METADATA_VNI_MASK: Final = (1 << 24) - 1
+FROM_TUNNEL: Final = 1 << 32  # metadata bit: the packet came in from a tunnel
+METADATA_MASK: Final = METADATA_VNI_MASK | FROM_TUNNEL
+MULTICAST_BIT: Final = "01:00:00:00:00:00/01:00:00:00:00:00"
+BROADCAST: Final = "ff:ff:ff:ff:ff:ff"
+
+ETH_IPV4: Final = 0x0800
+ETH_ARP: Final = 0x0806
+ETH_RARP: Final = 0x8035
+ETH_IPV6: Final = 0x86DD
+IPPROTO_ICMPV6: Final = 58
+ND_NS: Final = 135
+ND_NA: Final = 136
+ARP_REQUEST: Final = 1
+ARP_REPLY: Final = 2
+
+MatchValue = int | str  # ints for numbers; MACs/IPs as text, optionally "value/mask"
+
+
+@dataclass(frozen=True)
+class Output:
+    port: int
+
+
+@dataclass(frozen=True)
+class OutputInPort:
+    """Send back out of the port the packet came in on (OFPP_IN_PORT)."""
+
+
+@dataclass(frozen=True)
+class ToController:
+    """Punt to the controller (packet-in), e.g. a migrated guest's RARP."""
+
+
+@dataclass(frozen=True)
+class SetField:
+    field: str
+    value: MatchValue
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy a whole field into another of the same width (NXAST_REG_MOVE)."""
+
+    src: str
+    dst: str
+
+
+Action = Output | OutputInPort | ToController | SetField | Move
+
+
+@dataclass(frozen=True)
+class Match:
+    """An ordered, hashable set of field=value matches."""
+
+    fields: tuple[tuple[str, MatchValue], ...] = ()
+
+    @staticmethod
+    def of(**kw: MatchValue) -> Match:
+        return Match(tuple(sorted(kw.items())))
+
+    def get(self, name: str) -> MatchValue | None:
+        return dict(self.fields).get(name)
+
+    def names(self) -> frozenset[str]:
+        return frozenset(k for k, _ in self.fields)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One flow entry: match, then apply ``actions`` in order, then write metadata / goto."""
+
+    table: int
+    priority: int
+    match: Match
+    actions: tuple[Action, ...] = ()
+    write_metadata: tuple[int, int] | None = None  # (value, mask)
+    goto: int | None = None
+    cookie: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        digest = hashlib.blake2b(self.canonical().encode(), digest_size=6).digest()
+        object.__setattr__(self, "cookie", COOKIE_TAG | int.from_bytes(digest, "big"))
+
+    @property
+    def key(self) -> tuple[int, int, Match]:
+        """What OpenFlow itself keys a flow by: two flows with one key overwrite each other."""
+        return (self.table, self.priority, self.match)
+
+    @property
+    def ident(self) -> FlowId:
+        return FlowId(self.table, self.cookie)
+
+    def canonical(self) -> str:
+        return (
+            f"t={self.table} p={self.priority} m={self.match.fields!r} a={self.actions!r} "
+            f"w={self.write_metadata!r} g={self.goto!r}"
+        )
+
+    @property
+    def is_drop(self) -> bool:
+        return not self.actions and self.goto is None
+
+
+@dataclass(frozen=True, order=True)
+class FlowId:
+    """What identifies an installed veil flow on a switch: its table and content cookie."""
+
+    table: int
+    cookie: int
+
+
+# -- ovs-ofctl syntax (debugging, tests, `veil flows`) ----------------------------------------
+
+OFCTL_FIELD: Final = {
+    "in_port": "in_port",
+    "eth_src": "dl_src",
+    "eth_dst": "dl_dst",
+    "eth_type": "dl_type",
+    "ipv4_src": "nw_src",
+    "ipv4_dst": "nw_dst",
+    "ip_proto": "nw_proto",
+    "arp_op": "arp_op",
+    "arp_spa": "arp_spa",
+    "arp_tpa": "arp_tpa",
+    "arp_sha": "arp_sha",
+    "arp_tha": "arp_tha",
+    "ipv6_src": "ipv6_src",
+    "icmpv6_type": "icmpv6_type",
+    "ipv6_nd_target": "nd_target",
+    "metadata": "metadata",
+    "tunnel_id": "tun_id",
+}
+NXM_FIELD: Final = {
+    "eth_src": "NXM_OF_ETH_SRC[]",
+    "eth_dst": "NXM_OF_ETH_DST[]",
+    "arp_sha": "NXM_NX_ARP_SHA[]",
+    "arp_tha": "NXM_NX_ARP_THA[]",
+    "arp_spa": "NXM_OF_ARP_SPA[]",
+    "arp_tpa": "NXM_OF_ARP_TPA[]",
+}
+
+
+def _val(v: MatchValue) -> str:
+    return hex(v) if isinstance(v, int) and v > 9 else str(v)
+
+
+def to_ofctl(flow: Flow) -> str:
+    """The flow in ``ovs-ofctl add-flow`` syntax (OpenFlow 1.3+)."""
+    parts = [f"cookie={hex(flow.cookie)}", f"table={flow.table}", f"priority={flow.priority}"]
+    parts += [f"{OFCTL_FIELD[k]}={_val(v)}" for k, v in flow.match.fields]
+    acts: list[str] = []
+    for a in flow.actions:
+        if isinstance(a, Output):
+            acts.append(f"output:{a.port}")
+        elif isinstance(a, OutputInPort):
+            acts.append("in_port")
+        elif isinstance(a, ToController):
+            acts.append("controller")
+        elif isinstance(a, SetField):
+            acts.append(f"set_field:{_val(a.value)}->{OFCTL_FIELD[a.field]}")
+        else:
+            acts.append(f"move:{NXM_FIELD[a.src]}->{NXM_FIELD[a.dst]}")
+    if flow.write_metadata is not None:
+        value, mask = flow.write_metadata
+        acts.append(f"write_metadata:{hex(value)}/{hex(mask)}")
+    if flow.goto is not None:
+        acts.append(f"goto_table:{flow.goto}")
+    return ",".join(parts) + " actions=" + (",".join(acts) if acts else "drop")
