@@ -4,7 +4,12 @@ Open vSwitch never reads these keys; hypervisor integrations write them and cont
 them. The published names are used exactly; veil's own keys carry the ``veil-`` prefix.
 """
 
-from typing import Final
+from __future__ import annotations
+
+# typing costs ~10 ms to import here; the qemu hook imports this module on every call.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 # Open_vSwitch table
 SYSTEM_ID: Final = "system-id"
@@ -36,3 +41,4 @@ VEIL_UNDERLAY_IP: Final = "veil-underlay-ip"  # Open_vSwitch: this host's tunnel
 VEIL_TUNNEL_TYPES: Final = "veil-tunnel-types"  # Open_vSwitch: comma list, e.g. geneve,vxlan
 
 INTEGRATION_BRIDGE: Final = "br-int"
+VEIL_OWNS_PORT: Final = "veil-owns-port"  # Interface: "true" when veil added the port (tap case)

@@ -1,0 +1,17 @@
+"""Errors shared by the hook core. Import-light: the qemu hook imports this on every call.
+
+The split matters to callers: a ``RegistrarError`` is transient (spool the event and retry),
+a ``VifError`` or ``PlugRejected`` is permanent (log it; retrying the same event cannot help).
+"""
+
+
+class VifError(ValueError):
+    """A VIF description is invalid (bad MAC, empty id, bad port name...)."""
+
+
+class RegistrarError(RuntimeError):
+    """OVSDB is unreachable, timed out, or not ready (no integration bridge): retry later."""
+
+
+class PlugRejected(RuntimeError):
+    """OVSDB refused the change for a reason a retry cannot fix (e.g. no such port to update)."""

@@ -1,0 +1,161 @@
+"""Registers VIFs in the host's OVSDB through ovsdbapp: the API of veil's long-running daemons.
+
+One ``plug`` or ``unplug`` is ONE OVSDB transaction (check_error=True). External ids are
+written key by key (partial map updates), so keys another writer owns (libvirt's, XenServer's)
+survive even when it writes concurrently. The short-lived qemu hook uses
+``hooks.ovsdb_rpc.RpcRegistrar`` instead, which has this same interface and yields the same
+rows without ovsdbapp's connection bootstrap (see docs/kvm.md for the figures).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ovsdbapp import exceptions as ovsdbapp_exceptions
+from ovsdbapp.backend.ovs_idl import command, connection, idlutils
+from ovsdbapp.schema.open_vswitch import impl_idl
+
+from hooks import contract
+from hooks.errors import PlugRejected, RegistrarError, VifError
+from hooks.plugspec import (
+    DEACTIVATE_DROP_KEYS,
+    deactivate_external_ids,
+    plug_external_ids,
+    vifs_from_rows,
+)
+from hooks.vif import Vif
+
+__all__ = ["Registrar", "RegistrarError", "PlugRejected", "VifError"]
+
+# The IDL only mirrors what registration needs: every table the daemon watches costs memory
+# and initial-dump time on hosts with many ports.
+_TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface")
+
+
+class _BridgeMissing(Exception):
+    pass
+
+
+class Registrar:
+    """Plugs and unplugs VIFs on ``bridge`` of the OVSDB at ``db_remote``; thread-safe."""
+
+    def __init__(self, db_remote: str, bridge: str = contract.INTEGRATION_BRIDGE, timeout: float = 5.0) -> None:
+        self.db_remote = db_remote
+        self.bridge = bridge
+        self.timeout = timeout
+        self._api: Any = None
+        self._lock = threading.Lock()
+
+    def plug(self, vif: Vif, *, add_port: bool) -> None:
+        """Write ``vif`` into its Interface row, adding the port first when ``add_port``."""
+        ids = plug_external_ids(vif, add_port=add_port)
+        self._commit(_PlugCommand(self._connected(), self.bridge, vif.port, ids, add_port))
+
+    def unplug(self, port: str, *, delete_port: bool) -> None:
+        """Remove the port, or mark it inactive and drop veil's keys. A missing port is a no-op."""
+        api = self._connected()
+        if delete_port:
+            self._commit(api.del_port(port, if_exists=True))
+        else:
+            self._commit(_DeactivateCommand(api, port))
+
+    def registered(self) -> list[Vif]:
+        """The VIFs veil registered on this host, from the IDL's mirror of the Interface table."""
+        api = self._connected()
+        with api.ovsdb_connection.lock:
+            rows = [(r.name, dict(r.external_ids)) for r in api.tables["Interface"].rows.values()]
+        return vifs_from_rows(rows)[0]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._api is not None:
+                self._api.ovsdb_connection.stop(timeout=self.timeout)
+                self._api = None
+
+    # -- internals -------------------------------------------------------------------------------
+    def _connected(self) -> Any:
+        with self._lock:
+            if self._api is None:
+                self._api = self._connect()
+            return self._api
+
+    def _connect(self) -> Any:
+        try:
+            helper = idlutils.get_schema_helper(self.db_remote, "Open_vSwitch")
+        except Exception as exc:  # ovsdbapp raises a bare Exception when no remote answers
+            raise RegistrarError(f"cannot reach OVSDB at {self.db_remote}: {exc}") from None
+        for table in _TABLES:
+            helper.register_table(table)
+        idl = connection.OvsdbIdl(self.db_remote, helper)
+        conn = connection.Connection(idl=idl, timeout=self.timeout)
+        # ovsdbapp keeps the connection in a CLASS attribute (one per process); a subclass of
+        # our own per Registrar keeps two registrars on two databases apart.
+        api_cls = type("VeilOvsIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+        api = api_cls(conn, start=False)
+        try:
+            conn.start()
+        except ovsdbapp_exceptions.TimeoutException:
+            raise RegistrarError(f"OVSDB at {self.db_remote} did not answer within {self.timeout}s") from None
+        return api
+
+    def _commit(self, cmd: Any) -> None:
+        try:
+            with self._api.transaction(check_error=True, log_errors=False) as txn:
+                txn.add(cmd)
+        except _BridgeMissing:
+            raise RegistrarError(f"bridge {self.bridge!r} does not exist in {self.db_remote}") from None
+        except PlugRejected:
+            raise
+        except ovsdbapp_exceptions.TimeoutException:
+            raise RegistrarError(f"OVSDB at {self.db_remote} did not commit within {self.timeout}s") from None
+        except RuntimeError as exc:
+            # ovsdbapp reports both "OVS transaction timed out" and server-side errors this way.
+            if "timed out" in str(exc):
+                raise RegistrarError(f"OVSDB at {self.db_remote}: {exc}") from None
+            raise PlugRejected(f"OVSDB refused the change: {exc}") from None
+
+
+class _PlugCommand(command.BaseCommand):  # type: ignore[misc]
+    """Adds the port when asked and missing, then sets veil's keys one by one (setkey)."""
+
+    def __init__(self, api: Any, bridge: str, port: str, ids: dict[str, str], add_port: bool) -> None:
+        super().__init__(api)
+        self.bridge = bridge
+        self.port = port
+        self.ids = ids
+        self.add_port = add_port
+
+    def run_idl(self, txn: Any) -> None:
+        iface = idlutils.row_by_value(self.api.idl, "Interface", "name", self.port, None)
+        if iface is None:
+            if not self.add_port:
+                raise PlugRejected(f"no Interface {self.port!r} in OVSDB to register")
+            br = idlutils.row_by_value(self.api.idl, "Bridge", "name", self.bridge, None)
+            if br is None:
+                raise _BridgeMissing(self.bridge)
+            iface = txn.insert(self.api.tables["Interface"])
+            iface.name = self.port
+            iface.external_ids = self.ids
+            port = txn.insert(self.api.tables["Port"])
+            port.name = self.port
+            port.interfaces = [iface]
+            br.addvalue("ports", port)
+            return
+        for key, value in self.ids.items():
+            iface.setkey("external_ids", key, value)
+
+
+class _DeactivateCommand(command.BaseCommand):  # type: ignore[misc]
+    def __init__(self, api: Any, port: str) -> None:
+        super().__init__(api)
+        self.port = port
+
+    def run_idl(self, txn: Any) -> None:
+        iface = idlutils.row_by_value(self.api.idl, "Interface", "name", self.port, None)
+        if iface is None:
+            return
+        for key in DEACTIVATE_DROP_KEYS:
+            iface.delkey("external_ids", key)
+        for key, value in deactivate_external_ids().items():
+            iface.setkey("external_ids", key, value)

@@ -1,0 +1,344 @@
+"""A durable, ordered spool of VIF events for when OVSDB cannot take them now.
+
+Layout of a spool directory::
+
+    .seq            last sequence number handed out (flock'ed while appending)
+    .apply.lock     held by whoever applies events: the hook's direct write or a drain
+    00000000000000000042.json   one event, named by its sequence number
+    rejected/       events that can never apply, each with a ``.reason`` file beside it
+
+Every event is written to a temp file, fsync'd, renamed into place and the directory fsync'd,
+so a crash leaves either the whole event or nothing. Events are full desired states
+(``plug`` this VIF / ``unplug`` this port), so applying one twice gives the same rows:
+a crash between apply and delete is harmless. Order is kept by one rule: nobody applies an
+event directly while older events are pending (``submit`` spools behind them instead), and
+everything that applies holds ``.apply.lock``.
+
+Import-light on purpose (no pathlib/json/typing): the qemu hook imports it on every call.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from hooks import jsonlite
+from hooks.errors import PlugRejected, RegistrarError, VifError
+from hooks.vif import Vif
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import Protocol
+
+    class VifStore(Protocol):
+        """What applies events: hooks.registrar.Registrar or hooks.ovsdb_rpc.RpcRegistrar."""
+
+        def plug(self, vif: Vif, *, add_port: bool) -> None: ...
+
+        def unplug(self, port: str, *, delete_port: bool) -> None: ...
+
+
+SUFFIX = ".json"
+MAX_EVENT_BYTES = 1 << 20
+
+
+class SpoolError(RuntimeError):
+    """The spool directory is unusable (permissions, disk full...): an operator must act."""
+
+
+class CorruptEvent(ValueError):
+    """An event file cannot be parsed: it is moved to rejected/, never silently dropped."""
+
+
+class PlugEvent:
+    """Register ``vif``; ``add_port`` when veil adds the port itself (tap/ethernet case)."""
+
+    __slots__ = ("vif", "add_port")
+
+    def __init__(self, vif: Vif, add_port: bool) -> None:
+        self.vif = vif
+        self.add_port = add_port
+
+    def record(self) -> dict[str, object]:
+        return {"op": "plug", "add_port": self.add_port, "vif": self.vif.to_record()}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PlugEvent) and (self.vif, self.add_port) == (other.vif, other.add_port)
+
+    def __repr__(self) -> str:
+        return f"PlugEvent({self.vif!r}, add_port={self.add_port})"
+
+
+class UnplugEvent:
+    """Remove ``port`` (``delete_port``) or deactivate it (libvirt removes the port itself)."""
+
+    __slots__ = ("port", "delete_port")
+
+    def __init__(self, port: str, delete_port: bool) -> None:
+        self.port = port
+        self.delete_port = delete_port
+
+    def record(self) -> dict[str, object]:
+        return {"op": "unplug", "port": self.port, "delete_port": self.delete_port}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnplugEvent) and (self.port, self.delete_port) == (other.port, other.delete_port)
+
+    def __repr__(self) -> str:
+        return f"UnplugEvent({self.port!r}, delete_port={self.delete_port})"
+
+
+
+def event_from_record(record: object) -> PlugEvent | UnplugEvent:
+    """Parse a spooled record; CorruptEvent says what is wrong with it."""
+    if not isinstance(record, dict):
+        raise CorruptEvent(f"event is not an object: {record!r}"[:200])
+    op = record.get("op")
+    try:
+        if op == "plug" and isinstance(record.get("add_port"), bool) and isinstance(record.get("vif"), dict):
+            return PlugEvent(Vif.from_record(record["vif"]), record["add_port"])
+        if op == "unplug" and isinstance(record.get("port"), str) and isinstance(record.get("delete_port"), bool):
+            return UnplugEvent(record["port"], record["delete_port"])
+    except (VifError, TypeError) as exc:
+        raise CorruptEvent(f"invalid {op} event: {exc}") from None
+    raise CorruptEvent(f"unknown or incomplete event {record!r}"[:200])
+
+
+def apply_event(store: VifStore, event: PlugEvent | UnplugEvent) -> None:
+    """Apply one event; errors of the store propagate unchanged."""
+    if isinstance(event, PlugEvent):
+        store.plug(event.vif, add_port=event.add_port)
+    else:
+        store.unplug(event.port, delete_port=event.delete_port)
+
+
+class Spool:
+    """One spool directory (created 0700 on first use)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.abspath(str(directory))
+        self.rejected_dir = os.path.join(self.directory, "rejected")
+
+    def ensure(self) -> None:
+        try:
+            os.makedirs(self.rejected_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool {self.directory}: {exc}") from None
+
+    # -- writing -------------------------------------------------------------------------------
+    def append(self, event: PlugEvent | UnplugEvent) -> str:
+        """Durably add ``event`` after all pending ones; returns its file path."""
+        self.ensure()
+        data = jsonlite.dumps(event.record()).encode()  # type: ignore[arg-type]
+        try:
+            with _Locked(os.path.join(self.directory, ".seq"), blocking=True) as seq_lock:
+                fd = seq_lock.fd
+                raw = os.pread(fd, 64, 0).strip()
+                seq = (int(raw) if raw.isdigit() else 0) + 1
+                # The counter is made durable first: a crash then only leaves a gap, never
+                # a reused number that would overwrite an event.
+                _rewrite(fd, str(seq).encode())
+                name = f"{seq:020d}{SUFFIX}"
+                tmp = os.path.join(self.directory, f".tmp-{name}-{os.getpid()}")
+                _write_durably(tmp, data)
+                final = os.path.join(self.directory, name)
+                os.rename(tmp, final)
+                _fsync_dir(self.directory)
+        except OSError as exc:
+            raise SpoolError(f"cannot write to spool {self.directory}: {exc}") from None
+        return final
+
+    # -- reading -------------------------------------------------------------------------------
+    def pending(self) -> list[str]:
+        """Paths of the pending events, oldest first."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return [
+            os.path.join(self.directory, n)
+            for n in sorted(n for n in names if n.endswith(SUFFIX) and n[: -len(SUFFIX)].isdigit())
+        ]
+
+    def load(self, path: str) -> PlugEvent | UnplugEvent:
+        with open(path, "rb") as f:
+            data = f.read(MAX_EVENT_BYTES + 1)
+        if len(data) > MAX_EVENT_BYTES:
+            raise CorruptEvent(f"{path}: larger than {MAX_EVENT_BYTES} bytes")
+        try:
+            record = jsonlite.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, jsonlite.JsonLiteError) as exc:
+            raise CorruptEvent(f"{path}: not JSON: {exc}") from None
+        return event_from_record(record)
+
+    def remove(self, path: str) -> None:
+        os.unlink(path)
+        _fsync_dir(self.directory)
+
+    def reject(self, path: str, reason: str) -> str:
+        """Move an event that can never apply to rejected/ with its reason; returns the new path."""
+        self.ensure()
+        target = os.path.join(self.rejected_dir, os.path.basename(path))
+        _write_durably(target + ".reason", (reason.rstrip() + "\n").encode())
+        os.rename(path, target)
+        _fsync_dir(self.rejected_dir)
+        _fsync_dir(self.directory)
+        return target
+
+    def rejected(self) -> list[str]:
+        try:
+            return sorted(
+                os.path.join(self.rejected_dir, n) for n in os.listdir(self.rejected_dir) if n.endswith(SUFFIX)
+            )
+        except FileNotFoundError:
+            return []
+
+    # -- locking ---------------------------------------------------------------------------------
+    def apply_lock(self, *, blocking: bool = True) -> _Locked:
+        """The lock every applier holds; with ``blocking=False`` check ``.held`` after entering."""
+        self.ensure()
+        return _Locked(os.path.join(self.directory, ".apply.lock"), blocking=blocking)
+
+
+class SubmitResult:
+    """What ``submit`` did: how many events it applied and spooled, and permanent failures."""
+
+    __slots__ = ("applied", "spooled", "rejected", "spool_reason")
+
+    def __init__(self) -> None:
+        self.applied = 0
+        self.spooled = 0
+        self.rejected: list[str] = []
+        self.spool_reason = ""
+
+
+def submit(spool: Spool, store: VifStore, events: Sequence[PlugEvent | UnplugEvent]) -> SubmitResult:
+    """Apply ``events`` now, in order, or spool them behind older pending ones.
+
+    Transient failures (RegistrarError) spool the failed event and all later ones; permanent
+    ones (PlugRejected/VifError) are reported in ``rejected`` and the rest still applies.
+    """
+    result = SubmitResult()
+    with spool.apply_lock(blocking=False) as lock:
+        if not lock.held:
+            result.spool_reason = "the host daemon is applying spooled events"
+        elif spool.pending():
+            result.spool_reason = "older events are still spooled"
+        for index, event in enumerate(events):
+            if result.spool_reason:
+                for later in events[index:]:
+                    spool.append(later)
+                    result.spooled += 1
+                break
+            try:
+                apply_event(store, event)
+                result.applied += 1
+            except RegistrarError as exc:
+                result.spool_reason = str(exc)
+                spool.append(event)
+                result.spooled += 1
+                for later in events[index + 1:]:
+                    spool.append(later)
+                    result.spooled += 1
+                break
+            except (PlugRejected, VifError) as exc:
+                result.rejected.append(f"{event!r}: {exc}")
+    return result
+
+
+class DrainResult:
+    """What ``drain`` did; ``blocked`` is the transient error that stopped it, if any."""
+
+    __slots__ = ("applied", "rejected", "blocked")
+
+    def __init__(self) -> None:
+        self.applied = 0
+        self.rejected: list[str] = []
+        self.blocked = ""
+
+    def __repr__(self) -> str:
+        return f"DrainResult(applied={self.applied}, rejected={self.rejected}, blocked={self.blocked!r})"
+
+
+def drain(spool: Spool, store: VifStore) -> DrainResult:
+    """Apply pending events oldest first, under the apply lock, deleting each once applied.
+
+    Stops at the first transient failure (order matters more than progress); moves events
+    that can never apply to rejected/ so they do not block the queue.
+    """
+    result = DrainResult()
+    with spool.apply_lock(blocking=True):
+        for path in spool.pending():
+            try:
+                event = spool.load(path)
+            except CorruptEvent as exc:
+                spool.reject(path, str(exc))
+                result.rejected.append(str(exc))
+                continue
+            try:
+                apply_event(store, event)
+            except RegistrarError as exc:
+                result.blocked = str(exc)
+                return result
+            except (PlugRejected, VifError) as exc:
+                spool.reject(path, str(exc))
+                result.rejected.append(f"{event!r}: {exc}")
+                continue
+            spool.remove(path)
+            result.applied += 1
+    return result
+
+
+class _Locked:
+    """flock() on a file for the duration of a ``with`` block."""
+
+    def __init__(self, path: str, *, blocking: bool) -> None:
+        self.path = path
+        self.blocking = blocking
+        self.fd = -1
+        self.held = False
+
+    def __enter__(self) -> _Locked:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+            self.held = True
+        except BlockingIOError:
+            self.held = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # closing releases the flock
+        self.held = False
+
+
+def _rewrite(fd: int, data: bytes) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+    os.fsync(fd)
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def iter_events(spool: Spool) -> Iterator[tuple[str, PlugEvent | UnplugEvent]]:
+    """(path, event) for every pending event that parses (inspection and tests)."""
+    for path in spool.pending():
+        yield path, spool.load(path)
