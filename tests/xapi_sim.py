@@ -1,0 +1,321 @@
+"""A small xapi for tests: the real XML-RPC wire protocol XenAPI.Session speaks, over HTTP on a
+Unix socket (what ``XenAPI.xapi_local()`` uses on dom0), with an in-memory database.
+
+Implemented: session.login_with_password / logout (SESSION_INVALID for unknown sessions, so
+XenAPI.Session's transparent re-login path is exercised), ``<class>.get_record``,
+``get_by_uuid``, ``get_all``, ``get_all_records``, ``get_all_records_where`` (``field "X"="Y"``
+conditions), ``<class>.get_<field>``, ``add_to_other_config`` / ``remove_from_other_config`` and
+``event.from`` (wire names ``event.from`` and ``event_from``) with generation tokens, long-polling up to its timeout. Records carry xapi's field
+names; int fields go over the wire as strings, as xapi sends them.
+
+Test-side operations (``add_host``, ``add_network``, ``add_vm``, ``start_vm``, ``plug_vif``,
+``shutdown_vm``, ``migrate_vm`` ...) change the database the way xapi does and raise events.
+``stop()`` / ``start()`` simulate an xapi restart: open connections are cut, sessions are lost,
+the database (and its event generation) survives as xapi's does.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import socketserver
+import threading
+import uuid as uuidlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from xmlrpc.server import SimpleXMLRPCDispatcher, SimpleXMLRPCRequestHandler
+
+NULL_REF = "OpaqueRef:NULL"
+CLASSES = {"vm": "VM", "vif": "VIF", "network": "network", "host": "host"}
+_WHERE = re.compile(r'^field\s+"(\w+)"\s*=\s*"([^"]*)"$')
+
+
+class XapiError(Exception):
+    def __init__(self, *description: str) -> None:
+        super().__init__(*description)
+        self.description = list(description)
+
+
+def _new_ref() -> str:
+    return f"OpaqueRef:{uuidlib.uuid4()}"
+
+
+class SimDB:
+    """Objects by class and ref, an event log, and the sessions of the running 'xapi'."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.tables: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in CLASSES}
+        self.events: list[dict[str, Any]] = []
+        self.generation = 0
+        self.sessions: set[str] = set()
+        self.calls: list[str] = []
+
+    # -- mutations (hold the lock) -------------------------------------------------------------
+    def _emit(self, cls: str, op: str, ref: str) -> None:
+        self.generation += 1
+        snapshot = dict(self.tables[cls].get(ref, {}))
+        self.events.append(
+            {
+                "id": str(self.generation),
+                "timestamp": f"20261124T00:00:{self.generation:02d}Z",
+                "class": cls,
+                "operation": op,
+                "ref": ref,
+                "snapshot": snapshot,
+            }
+        )
+        self.lock.notify_all()
+
+    def create(self, cls: str, record: dict[str, Any]) -> str:
+        with self.lock:
+            ref = _new_ref()
+            self.tables[cls][ref] = record
+            self._emit(cls, "add", ref)
+            return ref
+
+    def update(self, cls: str, ref: str, **fields: Any) -> None:
+        with self.lock:
+            self.tables[cls][ref].update(fields)
+            self._emit(cls, "mod", ref)
+
+    def destroy(self, cls: str, ref: str) -> None:
+        with self.lock:
+            self._emit(cls, "del", ref)
+            del self.tables[cls][ref]
+
+    # -- API ---------------------------------------------------------------------------------
+    def call(self, method: str, params: tuple[Any, ...]) -> Any:
+        self.calls.append(method)
+        if method == "session.login_with_password":
+            ref = _new_ref()
+            with self.lock:
+                self.sessions.add(ref)
+            return ref
+        if not params or params[0] not in self.sessions:
+            raise XapiError("SESSION_INVALID", str(params[0] if params else ""))
+        args = params[1:]
+        if method == "session.logout":
+            with self.lock:
+                self.sessions.discard(params[0])
+            return ""
+        if method in ("event.from", "event_from"):  # Python clients send event_from ('from' is a keyword)
+            return self.event_from(list(args[0]), str(args[1]), float(args[2]))
+        cls_name, _, op = method.partition(".")
+        cls = {v: k for k, v in CLASSES.items()}.get(cls_name)
+        if cls is None:
+            raise XapiError("MESSAGE_METHOD_UNKNOWN", method)
+        return self.class_call(cls, op, args)
+
+    def class_call(self, cls: str, op: str, args: tuple[Any, ...]) -> Any:
+        with self.lock:
+            table = self.tables[cls]
+            if op == "get_all":
+                return list(table)
+            if op == "get_all_records":
+                return {r: dict(rec) for r, rec in table.items()}
+            if op == "get_all_records_where":
+                m = _WHERE.match(str(args[0]))
+                if not m:
+                    raise XapiError("INTERNAL_ERROR", f"unsupported expression {args[0]}")
+                key, value = m.groups()
+                return {r: dict(rec) for r, rec in table.items() if str(rec.get(key)) == value}
+            if op == "get_by_uuid":
+                for r, rec in table.items():
+                    if rec["uuid"] == args[0]:
+                        return r
+                raise XapiError("UUID_INVALID", CLASSES[cls], str(args[0]))
+            ref = str(args[0])
+            if ref not in table:
+                raise XapiError("HANDLE_INVALID", CLASSES[cls], ref)
+            if op == "get_record":
+                return dict(table[ref])
+            if op.startswith("get_"):
+                return table[ref][op[4:]]
+        if op == "add_to_other_config":
+            oc = dict(self.tables[cls][ref]["other_config"])
+            if args[1] in oc:
+                raise XapiError("MAP_DUPLICATE_KEY", CLASSES[cls], "other_config", ref, str(args[1]))
+            oc[str(args[1])] = str(args[2])
+            self.update(cls, ref, other_config=oc)
+            return ""
+        if op == "remove_from_other_config":
+            oc = dict(self.tables[cls][ref]["other_config"])
+            oc.pop(str(args[1]), None)
+            self.update(cls, ref, other_config=oc)
+            return ""
+        raise XapiError("MESSAGE_METHOD_UNKNOWN", f"{CLASSES[cls]}.{op}")
+
+    def event_from(self, classes: list[str], token: str, timeout: float) -> dict[str, Any]:
+        wanted = {c.lower() for c in classes}
+        match: Callable[[str], bool] = (lambda c: True) if "*" in wanted else (lambda c: c in wanted)
+        with self.lock:
+            if token == "":
+                events = [
+                    {"id": "0", "timestamp": "", "class": c, "operation": "add", "ref": r, "snapshot": dict(rec)}
+                    for c, table in self.tables.items()
+                    if match(c)
+                    for r, rec in table.items()
+                ]
+                return self._answer(events, self.generation)
+            try:
+                since = int(token)
+            except ValueError:
+                raise XapiError("EVENT_FROM_TOKEN_INVALID", token) from None
+            self.lock.wait_for(
+                lambda: any(match(e["class"]) for e in self.events[since:]) or self.closing, timeout
+            )
+            if self.closing:
+                raise ConnectionAbortedError("xapi is shutting down")
+            events = [e for e in self.events[since:] if match(e["class"])]
+            return self._answer(events, self.generation)
+
+    closing = False
+
+    def _answer(self, events: list[dict[str, Any]], generation: int) -> dict[str, Any]:
+        counts = {CLASSES[c]: str(len(t)) for c, t in self.tables.items()}
+        return {"events": events, "valid_ref_counts": counts, "token": str(generation)}
+
+
+class _Handler(SimpleXMLRPCRequestHandler):
+    rpc_paths = ("/", "/RPC2")
+    disable_nagle_algorithm = False  # TCP_NODELAY does not exist on Unix sockets
+
+    def address_string(self) -> str:  # unix sockets have no peer address
+        return "unix"
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer, SimpleXMLRPCDispatcher):
+    daemon_threads = True
+
+    def __init__(self, path: str, db: SimDB) -> None:
+        self.db = db
+        self.open_requests: set[socket.socket] = set()
+        self.logRequests = False
+        SimpleXMLRPCDispatcher.__init__(self, allow_none=True, encoding=None, use_builtin_types=False)
+        socketserver.UnixStreamServer.__init__(self, path, _Handler)
+
+    def _dispatch(self, method: str, params: Iterable[Any]) -> Any:
+        try:
+            return {"Status": "Success", "Value": self.db.call(method, tuple(params))}
+        except XapiError as exc:
+            return {"Status": "Failure", "ErrorDescription": exc.description}
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Writing to a connection cut by stop() fails: that is the point, not an error."""
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        self.open_requests.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.open_requests.discard(request)
+
+
+class XapiSim:
+    """The simulated xapi of a pool: one database, a server on ``sock_path`` that can restart."""
+
+    def __init__(self, sock_path: Path) -> None:
+        if "_" in str(sock_path):
+            raise ValueError(f"XenAPI's UDS transport maps '_' to '/': no '_' allowed in {sock_path}")
+        self.sock_path = sock_path
+        self.db = SimDB()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def uri(self) -> str:
+        """What the sync daemon's --xapi takes for this simulator."""
+        return f"unix:{self.sock_path}"
+
+    def start(self) -> None:
+        self.sock_path.unlink(missing_ok=True)
+        self.db.closing = False
+        self._server = _Server(str(self.sock_path), self.db)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="xapi-sim", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """xapi goes away: connections are cut, sessions are forgotten, the database stays."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        for req in list(server.open_requests):  # cut in-flight calls (a long event.from) mid-answer
+            try:
+                req.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self.db.lock:
+            self.db.closing = True
+            self.db.sessions.clear()
+            self.db.lock.notify_all()
+        server.server_close()
+        self.sock_path.unlink(missing_ok=True)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    # -- the world, changed the way xapi changes it --------------------------------------------
+    def add_host(self, name: str, address: str) -> str:
+        return self.db.create("host", {"uuid": str(uuidlib.uuid4()), "name_label": name, "hostname": name,
+                                       "address": address, "resident_VMs": []})
+
+    def add_network(self, name: str, bridge: str, other_config: dict[str, str] | None = None) -> str:
+        return self.db.create("network", {"uuid": str(uuidlib.uuid4()), "name_label": name, "bridge": bridge,
+                                          "other_config": dict(other_config or {}), "VIFs": [], "PIFs": [],
+                                          "MTU": "1500"})
+
+    def add_vm(self, name: str, other_config: dict[str, str] | None = None) -> str:
+        return self.db.create("vm", {"uuid": str(uuidlib.uuid4()), "name_label": name, "power_state": "Halted",
+                                     "resident_on": NULL_REF, "domid": "-1", "VIFs": [],
+                                     "is_a_template": False, "is_a_snapshot": False, "is_control_domain": False,
+                                     "other_config": dict(other_config or {})})
+
+    def add_vif(self, vm: str, network: str, device: str, mac: str,
+                other_config: dict[str, str] | None = None) -> str:
+        running = self.db.tables["vm"][vm]["power_state"] == "Running"
+        ref = self.db.create("vif", {"uuid": str(uuidlib.uuid4()), "device": device, "MAC": mac, "network": network,
+                                     "VM": vm, "currently_attached": False, "MTU": "1500",
+                                     "other_config": dict(other_config or {}), "locking_mode": "network_default"})
+        self.db.update("vm", vm, VIFs=[*self.db.tables["vm"][vm]["VIFs"], ref])
+        self.db.update("network", network, VIFs=[*self.db.tables["network"][network]["VIFs"], ref])
+        if running:
+            self.db.update("vif", ref, currently_attached=True)
+        return ref
+
+    def start_vm(self, vm: str, host: str, domid: int) -> None:
+        self.db.update("vm", vm, power_state="Running", resident_on=host, domid=str(domid))
+        for vif in self.db.tables["vm"][vm]["VIFs"]:
+            self.db.update("vif", vif, currently_attached=True)
+
+    def shutdown_vm(self, vm: str) -> None:
+        for vif in self.db.tables["vm"][vm]["VIFs"]:
+            self.db.update("vif", vif, currently_attached=False)
+        self.db.update("vm", vm, power_state="Halted", resident_on=NULL_REF, domid="-1")
+
+    def migrate_vm(self, vm: str, host: str, domid: int) -> None:
+        """After a live migration: the VM runs on ``host`` under a new domid, VIFs stay attached."""
+        self.db.update("vm", vm, resident_on=host, domid=str(domid))
+
+    def unplug_vif(self, vif: str) -> None:
+        self.db.update("vif", vif, currently_attached=False)
+
+    def destroy_vif(self, vif: str) -> None:
+        rec = self.db.tables["vif"][vif]
+        self.db.update("vm", rec["VM"], VIFs=[v for v in self.db.tables["vm"][rec["VM"]]["VIFs"] if v != vif])
+        self.db.destroy("vif", vif)
+
+    def set_other_config(self, cls: str, ref: str, key: str, value: str | None) -> None:
+        oc = dict(self.db.tables[cls][ref]["other_config"])
+        if value is None:
+            oc.pop(key, None)
+        else:
+            oc[key] = value
+        self.db.update(cls, ref, other_config=oc)
+
+    def record(self, cls: str, ref: str) -> dict[str, Any]:
+        with self.db.lock:
+            return dict(self.db.tables[cls][ref])

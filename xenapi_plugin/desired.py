@@ -1,0 +1,144 @@
+"""What OVSDB should hold on one XenServer host, as a pure function of xapi's state.
+
+The rules are the ones OVS's ovs-xapi-sync applied (shared reference xenapi-plugin.md):
+- a VIF is wanted on this host while its VM is Running/Paused, resident here with a domid, and
+  the VIF is currently_attached; its port is ``vif<domid>.<device>``;
+- ``iface-id`` = VIF other_config ``nicira-iface-id`` else the VIF uuid, ``vm-id`` = VM
+  other_config ``nicira-vm-id`` else the VM uuid, ``attached-mac`` = the VIF's MAC, plus the
+  ``xs-vif-uuid`` / ``xs-vm-uuid`` / ``xs-network-uuid`` keys;
+- when the emulated ``tap<domid>.<device>`` exists too, the tap is the active one and the vif
+  inactive; both carry the same keys;
+- the veil network comes from VIF other_config ``veil-network``, else the xapi network's; a VIF
+  with neither is not veil's and is left alone;
+- ``bridge-id`` of a bridge = its network's other_config ``nicira-bridge-id`` else the network
+  uuid (the first, by uuid, when several networks share the bridge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
+
+from hooks import contract
+from hooks.vif import Vif, VifError
+from xenapi_plugin.model import XapiNetwork, XapiState, XapiVIF, XapiVM
+
+NICIRA_IFACE_ID = "nicira-iface-id"
+NICIRA_VM_ID = "nicira-vm-id"
+NICIRA_BRIDGE_ID = "nicira-bridge-id"
+VEIL_NETWORK = contract.VEIL_NETWORK  # the same key in xapi other_config as in OVSDB
+VEIL_TENANT = contract.VEIL_TENANT
+
+
+def vif_port(domid: int, device: str) -> str:
+    return f"vif{domid}.{device}"
+
+
+def tap_port(domid: int, device: str) -> str:
+    return f"tap{domid}.{device}"
+
+
+def veil_network(vif: XapiVIF, network: XapiNetwork | None) -> str | None:
+    """The veil network a VIF joined: its own setting wins over its xapi network's."""
+    if vif.other_config.get(VEIL_NETWORK):
+        return vif.other_config[VEIL_NETWORK]
+    if network is not None and network.other_config.get(VEIL_NETWORK):
+        return network.other_config[VEIL_NETWORK]
+    return None
+
+
+def vif_for(vm: XapiVM, vif: XapiVIF, network: XapiNetwork | None) -> Vif | None:
+    """The registration of one attached VIF of a running VM (None when it is not veil's)."""
+    veil_net = veil_network(vif, network)
+    if veil_net is None:
+        return None
+    tenant = vif.other_config.get(VEIL_TENANT) or (network.other_config.get(VEIL_TENANT) if network else None)
+    extra = {
+        contract.XS_VIF_UUID: vif.uuid,
+        contract.XS_VM_UUID: vm.uuid,
+    }
+    if network is not None:
+        extra[contract.XS_NETWORK_UUID] = network.uuid
+    return Vif(
+        iface_id=vif.other_config.get(NICIRA_IFACE_ID) or vif.uuid,
+        vm_id=vm.other_config.get(NICIRA_VM_ID) or vm.uuid,
+        mac=vif.mac,
+        port=vif_port(vm.domid, vif.device),
+        network=veil_net,
+        tenant=tenant or None,
+        status=contract.STATUS_ACTIVE,
+        extra=extra,
+    )
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """Port name -> registration, and the VIFs xapi describes in a way veil cannot register."""
+
+    vifs: dict[str, Vif] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)  # VIF uuid -> why
+
+
+def desired_vifs(state: XapiState, host_ref: str, existing_ports: Set[str]) -> Wanted:
+    """Every veil VIF that should be plugged on ``host_ref``, keyed by port name.
+
+    ``existing_ports`` are the interface names present in OVSDB; only ``tapD.N`` among them
+    matter (tap/vif pairing). A VIF with unusable data (say a malformed MAC) is reported in
+    ``rejected`` and does not stop the others.
+    """
+    wanted = Wanted()
+    for vif in state.vifs.values():
+        vm = state.vms.get(vif.vm)
+        if vm is None or not vif.currently_attached or not vm.running_on(host_ref):
+            continue
+        try:
+            reg = vif_for(vm, vif, state.networks.get(vif.network))
+        except VifError as exc:
+            wanted.rejected[vif.uuid] = str(exc)
+            continue
+        if reg is None:
+            continue
+        tap = tap_port(vm.domid, vif.device)
+        if tap in existing_ports:
+            wanted.vifs[tap] = reg.replace(port=tap)
+            reg = reg.replace(status=contract.STATUS_INACTIVE)
+        wanted.vifs[reg.port] = reg
+    return wanted
+
+
+def desired_bridge_ids(state: XapiState, bridges: Set[str]) -> dict[str, str]:
+    """Bridge name -> bridge-id for the existing OVS bridges that back an xapi network."""
+    by_bridge: dict[str, list[XapiNetwork]] = {}
+    for net in state.networks.values():
+        if net.bridge in bridges:
+            by_bridge.setdefault(net.bridge, []).append(net)
+    result: dict[str, str] = {}
+    for bridge, nets in by_bridge.items():
+        first = min(nets, key=lambda n: n.uuid)
+        result[bridge] = first.other_config.get(NICIRA_BRIDGE_ID) or first.uuid
+    return result
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The changes that take OVSDB from ``current`` to ``wanted``: plug these, unplug those."""
+
+    plug: tuple[Vif, ...]
+    unplug: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.plug and not self.unplug
+
+
+def satisfied(want: Vif, have: Vif | None) -> bool:
+    """Whether the row already carries every key ``want`` writes (other writers' keys may stay)."""
+    return have is not None and want.external_ids().items() <= have.external_ids().items()
+
+
+def plan(wanted: Mapping[str, Vif], current: Mapping[str, Vif]) -> Plan:
+    """The diff: plug what is missing or differs (plug is idempotent), unplug what is unwanted."""
+    return Plan(
+        plug=tuple(v for port, v in sorted(wanted.items()) if not satisfied(v, current.get(port))),
+        unplug=tuple(sorted(set(current) - set(wanted))),
+    )

@@ -1,0 +1,105 @@
+"""This host's OVSDB for the XenServer side: the hook core's Registrar plus the few reads it
+does not offer (interface and bridge names, system-id) and the Bridge ``bridge-id`` writes.
+
+VIF registration itself always goes through ``hooks.registrar.Registrar``; the extra IDL
+connection here only reads, and writes Bridge external_ids in one transaction per change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from ovsdbapp import exceptions as ovsdbapp_exceptions
+from ovsdbapp.backend.ovs_idl import connection, idlutils
+from ovsdbapp.schema.open_vswitch import impl_idl
+
+from hooks import contract
+from hooks.errors import RegistrarError
+from hooks.registrar import Registrar
+from hooks.vif import Vif
+
+_TABLES = ("Open_vSwitch", "Bridge", "Interface")
+
+
+class RegistrarOvs:
+    """The ``sync.HostOvs`` of a real host: registrations on ``bridge`` of ``remote``."""
+
+    def __init__(self, remote: str, bridge: str = contract.INTEGRATION_BRIDGE, timeout: float = 5.0) -> None:
+        self.remote = remote
+        self.bridge = bridge
+        self.timeout = timeout
+        self.registrar = Registrar(remote, bridge=bridge, timeout=timeout)
+        self._api: Any = None
+        self._lock = threading.Lock()
+
+    # -- registrations: the hook core ------------------------------------------------------------
+    def registered(self) -> dict[str, Vif]:
+        return {v.port: v for v in self.registrar.registered()}
+
+    def plug(self, vif: Vif, *, add_port: bool) -> None:
+        self.registrar.plug(vif, add_port=add_port)
+
+    def unplug(self, port: str, *, delete_port: bool) -> None:
+        self.registrar.unplug(port, delete_port=delete_port)
+
+    # -- reads and Bridge ids ----------------------------------------------------------------------
+    def interface_names(self) -> set[str]:
+        return {r.name for r in self._rows("Interface")}
+
+    def bridge_names(self) -> set[str]:
+        return {r.name for r in self._rows("Bridge")}
+
+    def system_id(self) -> str | None:
+        for row in self._rows("Open_vSwitch"):
+            value = dict(row.external_ids).get(contract.SYSTEM_ID)
+            return str(value) if value else None
+        return None
+
+    def set_bridge_ids(self, ids: Mapping[str, str]) -> None:
+        """Set ``bridge-id`` on the given bridges; a no-op for those already right."""
+        current = {r.name: dict(r.external_ids).get(contract.BRIDGE_ID) for r in self._rows("Bridge")}
+        todo = {b: i for b, i in ids.items() if current.get(b) != i}
+        if not todo:
+            return
+        api = self._connected()
+        try:
+            with api.transaction(check_error=True, log_errors=False) as txn:
+                for bridge, bridge_id in sorted(todo.items()):
+                    txn.add(api.db_set("Bridge", bridge, ("external_ids", {contract.BRIDGE_ID: bridge_id})))
+        except (ovsdbapp_exceptions.TimeoutException, RuntimeError) as exc:
+            raise RegistrarError(f"OVSDB at {self.remote}: setting bridge-id failed: {exc}") from None
+
+    def close(self) -> None:
+        self.registrar.close()
+        with self._lock:
+            if self._api is not None:
+                self._api.ovsdb_connection.stop(timeout=self.timeout)
+                self._api = None
+
+    def _rows(self, table: str) -> list[Any]:
+        api = self._connected()
+        with api.ovsdb_connection.lock:
+            return list(api.tables[table].rows.values())
+
+    def _connected(self) -> Any:
+        with self._lock:
+            if self._api is None:
+                try:
+                    helper = idlutils.get_schema_helper(self.remote, "Open_vSwitch")
+                except Exception as exc:  # ovsdbapp raises a bare Exception when no remote answers
+                    raise RegistrarError(f"cannot reach OVSDB at {self.remote}: {exc}") from None
+                for table in _TABLES:
+                    helper.register_table(table)
+                conn = connection.Connection(idl=connection.OvsdbIdl(self.remote, helper), timeout=self.timeout)
+                try:
+                    conn.start()
+                except ovsdbapp_exceptions.TimeoutException:
+                    raise RegistrarError(f"OVSDB at {self.remote} did not answer within {self.timeout}s") from None
+                # ovsdbapp keeps the connection in a CLASS attribute of the backend: every
+                # OvsdbIdl of a process shares the first one created. A class of our own per
+                # instance keeps this reader on its own remote and lets close() close only it.
+                api_cls = type("XenHostOvsIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+                self._api = api_cls(conn)
+            return self._api

@@ -1,0 +1,138 @@
+"""The part of xapi's data model veil reads, parsed from wire records, and its event fold.
+
+Records arrive as XML-RPC structs with xapi's field names (``power_state``, ``resident_on``,
+``currently_attached``, ``other_config`` ...); xapi sends int fields such as ``domid`` as strings.
+``XapiState`` is immutable: ``apply_events`` returns a new state, so the sync daemon can compute
+"what should OVSDB hold" as a pure function of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+NULL_REF = "OpaqueRef:NULL"
+RUNNING_STATES = frozenset({"Running", "Paused"})
+CLASSES = ("vm", "vif", "network")
+
+
+class RecordError(ValueError):
+    """A record from xapi lacks a field veil needs: xapi (or the simulator) broke its contract."""
+
+
+def _str_map(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        return MappingProxyType({})
+    return MappingProxyType({str(k): str(v) for k, v in value.items()})
+
+
+def _field(record: Mapping[str, Any], name: str, cls: str) -> Any:
+    try:
+        return record[name]
+    except KeyError:
+        raise RecordError(f"{cls} record without field {name!r}: {dict(record)!r}") from None
+
+
+@dataclass(frozen=True)
+class XapiVM:
+    uuid: str
+    power_state: str
+    resident_on: str
+    domid: int
+    other_config: Mapping[str, str] = field(default_factory=dict)
+    is_template: bool = False
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> XapiVM:
+        return cls(
+            uuid=str(_field(rec, "uuid", "VM")),
+            power_state=str(_field(rec, "power_state", "VM")),
+            resident_on=str(rec.get("resident_on", NULL_REF)),
+            domid=int(str(rec.get("domid", "-1"))),
+            other_config=_str_map(rec.get("other_config")),
+            is_template=bool(rec.get("is_a_template", False)) or bool(rec.get("is_a_snapshot", False)),
+        )
+
+    def running_on(self, host_ref: str) -> bool:
+        return (
+            not self.is_template
+            and self.power_state in RUNNING_STATES
+            and self.resident_on == host_ref
+            and self.domid >= 0
+        )
+
+
+@dataclass(frozen=True)
+class XapiVIF:
+    uuid: str
+    device: str
+    mac: str
+    network: str
+    vm: str
+    currently_attached: bool
+    other_config: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> XapiVIF:
+        return cls(
+            uuid=str(_field(rec, "uuid", "VIF")),
+            device=str(_field(rec, "device", "VIF")),
+            mac=str(_field(rec, "MAC", "VIF")),
+            network=str(_field(rec, "network", "VIF")),
+            vm=str(_field(rec, "VM", "VIF")),
+            currently_attached=bool(rec.get("currently_attached", False)),
+            other_config=_str_map(rec.get("other_config")),
+        )
+
+
+@dataclass(frozen=True)
+class XapiNetwork:
+    uuid: str
+    bridge: str
+    name_label: str
+    other_config: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> XapiNetwork:
+        return cls(
+            uuid=str(_field(rec, "uuid", "network")),
+            bridge=str(rec.get("bridge", "")),
+            name_label=str(rec.get("name_label", "")),
+            other_config=_str_map(rec.get("other_config")),
+        )
+
+
+@dataclass(frozen=True)
+class XapiState:
+    """VMs, VIFs and networks by opaque ref: everything the sync daemon decides from."""
+
+    vms: Mapping[str, XapiVM] = field(default_factory=dict)
+    vifs: Mapping[str, XapiVIF] = field(default_factory=dict)
+    networks: Mapping[str, XapiNetwork] = field(default_factory=dict)
+
+
+_PARSERS = {"vm": XapiVM.from_record, "vif": XapiVIF.from_record, "network": XapiNetwork.from_record}
+_TABLES = {"vm": "vms", "vif": "vifs", "network": "networks"}
+
+
+def apply_events(state: XapiState, events: Iterable[Mapping[str, Any]]) -> XapiState:
+    """``state`` with xapi events (``{class, operation, ref, snapshot}``) folded in, in order."""
+    tables: dict[str, dict[str, Any]] = {t: dict(getattr(state, t)) for t in _TABLES.values()}
+    for ev in events:
+        cls = str(ev.get("class", "")).lower()
+        if cls not in _TABLES:
+            continue
+        table = tables[_TABLES[cls]]
+        ref = str(_field(ev, "ref", "event"))
+        if ev.get("operation") == "del":
+            table.pop(ref, None)
+        else:
+            table[ref] = _PARSERS[cls](_field(ev, "snapshot", "event"))
+    return replace(state, **tables)
+
+
+def state_from_snapshot(events: Iterable[Mapping[str, Any]]) -> XapiState:
+    """The complete state from the answer to ``event.from(classes, "")`` (every object as add)."""
+    return apply_events(XapiState(), events)

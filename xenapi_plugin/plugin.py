@@ -1,0 +1,254 @@
+"""The dom0 plugin ``veil`` (installed as /etc/xapi.d/plugins/veil).
+
+Called as ``host.call_plugin(host, "veil", FN, args)``; every result is one JSON string.
+
+| FN | args | does |
+|---|---|---|
+| ``register`` | ``vif_uuid``, [``add_port``=false] | registers that VIF (its VM runs here) in OVSDB |
+| ``unregister`` | ``vif_uuid`` or ``port``, [``delete_port``=false] | retracts the registration |
+| ``list`` | - | the VIFs veil registered on this host |
+| ``join`` | ``network`` + ``vif_uuid`` or ``network_uuid``, [``tenant``] | puts a VIF / an xapi network on a veil network (xapi other_config), then registers what runs here |
+| ``leave`` | ``vif_uuid`` or ``network_uuid`` | the reverse of join |
+| ``sync`` | [``manage_ports``=false] | one full resync of this host against xapi, now |
+| ``status`` | - | OVSDB reachability, host identity, registration count |
+
+Configuration comes from the environment xapi gives plugins (defaults fit dom0):
+``VEIL_OVSDB`` (OVSDB remote), ``VEIL_BRIDGE``, ``VEIL_HOST_UUID`` (else OVSDB system-id, else
+/etc/xensource-inventory); off dom0, ``VEIL_XAPI`` (unix:/path or URL) replaces the local socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import XenAPI
+
+from hooks import contract
+from hooks.errors import PlugRejected, RegistrarError, VifError
+from hooks.vif import Vif
+from xenapi_plugin import args as A
+from xenapi_plugin import desired, model, sync
+from xenapi_plugin.dispatch import Failure, PluginFn
+from xenapi_plugin.hostovs import RegistrarOvs
+from xenapi_plugin.xapi import LOCAL_XAPI, is_failure, make_session
+
+DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
+
+NOT_FOUND = "VEIL_NOT_FOUND"
+NOT_ON_THIS_HOST = "VEIL_VIF_NOT_ON_THIS_HOST"
+NO_NETWORK = "VEIL_VIF_HAS_NO_NETWORK"
+INVALID_VIF = "VEIL_INVALID_VIF"
+OVSDB_UNAVAILABLE = "VEIL_OVSDB_UNAVAILABLE"
+PLUG_REJECTED = "VEIL_PLUG_REJECTED"
+NO_HOST_UUID = "VEIL_UNKNOWN_HOST"
+
+
+def _ovs() -> RegistrarOvs:
+    return RegistrarOvs(os.environ.get("VEIL_OVSDB", DEFAULT_OVSDB),
+                        bridge=os.environ.get("VEIL_BRIDGE", contract.INTEGRATION_BRIDGE))
+
+
+def _host_uuid(ovs: RegistrarOvs) -> str:
+    found = os.environ.get("VEIL_HOST_UUID") or ovs.system_id() or sync.local_host_uuid()
+    if not found:
+        raise Failure(NO_HOST_UUID, ["set VEIL_HOST_UUID or OVSDB external_ids:system-id"])
+    return found
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _vif_json(vif: Vif) -> dict[str, object]:
+    return vif.to_record()
+
+
+def _lookup(session: Any, cls: str, uuid: str) -> str:
+    try:
+        return str(getattr(session.xenapi, cls).get_by_uuid(uuid))
+    except XenAPI.Failure as exc:
+        if is_failure(exc, "UUID_INVALID"):
+            raise Failure(NOT_FOUND, [cls, uuid]) from None
+        raise
+
+
+def _guarded(fn: Callable[[Any, dict[str, str]], str]) -> PluginFn:
+    """Turns OVSDB / data errors into specific failure codes instead of XENAPI_PLUGIN_FAILURE."""
+
+    def call(session: Any, arguments: dict[str, str]) -> str:
+        try:
+            return fn(session, arguments)
+        except RegistrarError as exc:
+            raise Failure(OVSDB_UNAVAILABLE, [os.environ.get("VEIL_OVSDB", DEFAULT_OVSDB), str(exc)]) from None
+        except PlugRejected as exc:
+            raise Failure(PLUG_REJECTED, [str(exc)]) from None
+        except VifError as exc:
+            raise Failure(INVALID_VIF, [str(exc)]) from None
+
+    call.__name__ = fn.__name__
+    return call
+
+
+def _vif_state(session: Any, vif_ref: str) -> model.XapiState:
+    """The slice of xapi's state one VIF needs: itself, its VM, its network."""
+    vif = model.XapiVIF.from_record(session.xenapi.VIF.get_record(vif_ref))
+    vm = model.XapiVM.from_record(session.xenapi.VM.get_record(vif.vm))
+    networks = {}
+    if vif.network != model.NULL_REF:
+        networks[vif.network] = model.XapiNetwork.from_record(session.xenapi.network.get_record(vif.network))
+    return model.XapiState(vms={vif.vm: vm}, vifs={vif_ref: vif}, networks=networks)
+
+
+def register(session: Any, arguments: dict[str, str]) -> str:
+    a = A.check_map(arguments, required=["vif_uuid"], optional=["add_port"])
+    vif_uuid = A.uuid_arg(a, "vif_uuid")
+    add_port = A.bool_arg(a, "add_port", False)
+    ovs = _ovs()
+    host_ref = _lookup(session, "host", _host_uuid(ovs))
+    vif_ref = _lookup(session, "VIF", vif_uuid)
+    state = _vif_state(session, vif_ref)
+    vif, vm = state.vifs[vif_ref], state.vms[state.vifs[vif_ref].vm]
+    if not (vif.currently_attached and vm.running_on(host_ref)):
+        raise Failure(NOT_ON_THIS_HOST, [vif_uuid, f"VM {vm.uuid} is {vm.power_state} on {vm.resident_on}, "
+                                                   f"VIF attached={vif.currently_attached}"])
+    wanted = desired.desired_vifs(state, host_ref, ovs.interface_names())
+    if vif_uuid in wanted.rejected:
+        raise Failure(INVALID_VIF, [vif_uuid, wanted.rejected[vif_uuid]])
+    if not wanted.vifs:
+        raise Failure(NO_NETWORK, [vif_uuid, f"set other_config:{desired.VEIL_NETWORK} with the join function"])
+    for reg in wanted.vifs.values():
+        ovs.plug(reg, add_port=add_port and reg.port.startswith("vif"))
+    return _json({"registered": [_vif_json(v) for _, v in sorted(wanted.vifs.items())]})
+
+
+def unregister(session: Any, arguments: dict[str, str]) -> str:
+    a = A.check_map(arguments, optional=["vif_uuid", "port", "delete_port"])
+    which = A.exactly_one(a, "vif_uuid", "port")
+    delete_port = A.bool_arg(a, "delete_port", False)
+    ovs = _ovs()
+    current = ovs.registered()
+    if which == "port":
+        ports = [A.port_arg(a, "port")]
+    else:
+        vif_uuid = A.uuid_arg(a, "vif_uuid")
+        ports = [p for p, v in current.items() if v.extra.get(contract.XS_VIF_UUID) == vif_uuid]
+    done = [p for p in sorted(ports) if p in current]
+    for port in done:
+        ovs.unplug(port, delete_port=delete_port)
+    return _json({"unregistered": done})
+
+
+def list_vifs(session: Any, arguments: dict[str, str]) -> str:
+    A.check_map(arguments)
+    return _json({"vifs": [_vif_json(v) for _, v in sorted(_ovs().registered().items())]})
+
+
+def _set_other_config(session: Any, cls: str, ref: str, key: str, value: str | None) -> None:
+    api = getattr(session.xenapi, cls)
+    api.remove_from_other_config(ref, key)
+    if value is not None:
+        api.add_to_other_config(ref, key, value)
+
+
+def _target(session: Any, a: dict[str, str]) -> tuple[str, str, str]:
+    which = A.exactly_one(a, "vif_uuid", "network_uuid")
+    cls = "VIF" if which == "vif_uuid" else "network"
+    uuid = A.uuid_arg(a, which)
+    return cls, uuid, _lookup(session, cls, uuid)
+
+
+def join(session: Any, arguments: dict[str, str]) -> str:
+    a = A.check_map(arguments, required=["network"], optional=["vif_uuid", "network_uuid", "tenant"])
+    network = A.network_arg(a, "network")
+    tenant = A.network_arg(a, "tenant") if a.get("tenant") else None
+    cls, uuid, ref = _target(session, a)
+    _set_other_config(session, cls, ref, desired.VEIL_NETWORK, network)
+    _set_other_config(session, cls, ref, desired.VEIL_TENANT, tenant)
+    ovs = _ovs()
+    outcome = sync.reconcile_once(session, _host_uuid(ovs), ovs, manage_ports=False)
+    return _json({"joined": {cls: uuid}, "network": network, "tenant": tenant, "plugged": outcome.plugged})
+
+
+def leave(session: Any, arguments: dict[str, str]) -> str:
+    a = A.check_map(arguments, optional=["vif_uuid", "network_uuid"])
+    cls, uuid, ref = _target(session, a)
+    _set_other_config(session, cls, ref, desired.VEIL_NETWORK, None)
+    _set_other_config(session, cls, ref, desired.VEIL_TENANT, None)
+    ovs = _ovs()
+    outcome = sync.reconcile_once(session, _host_uuid(ovs), ovs, manage_ports=False)
+    return _json({"left": {cls: uuid}, "unplugged": outcome.unplugged})
+
+
+def sync_now(session: Any, arguments: dict[str, str]) -> str:
+    a = A.check_map(arguments, optional=["manage_ports"])
+    manage_ports = A.bool_arg(a, "manage_ports", False)
+    ovs = _ovs()
+    try:
+        out = sync.reconcile_once(session, _host_uuid(ovs), ovs, manage_ports=manage_ports)
+    except sync.UnknownHost as exc:
+        raise Failure(NO_HOST_UUID, [str(exc)]) from None
+    return _json({"plugged": out.plugged, "unplugged": out.unplugged, "rejected": out.rejected,
+                  "bridge_ids": out.bridges})
+
+
+def status(session: Any, arguments: dict[str, str]) -> str:
+    A.check_map(arguments)
+    ovs = _ovs()
+    report: dict[str, object] = {"ovsdb": ovs.remote, "bridge": ovs.bridge}
+    try:
+        report.update(
+            reachable=True,
+            system_id=ovs.system_id(),
+            bridge_present=ovs.bridge in ovs.bridge_names(),
+            registered=len(ovs.registered()),
+        )
+    except RegistrarError as exc:
+        report.update(reachable=False, error=str(exc))
+    return _json(report)
+
+
+FUNCTIONS: dict[str, PluginFn] = {
+    "register": _guarded(register),
+    "unregister": _guarded(unregister),
+    "list": _guarded(list_vifs),
+    "join": _guarded(join),
+    "leave": _guarded(leave),
+    "sync": _guarded(sync_now),
+    "status": _guarded(status),
+}
+
+
+def _session_factory() -> Any:
+    uri = os.environ.get("VEIL_XAPI", LOCAL_XAPI)
+    return XenAPI.xapi_local() if uri == LOCAL_XAPI else make_session(uri)
+
+
+def main() -> None:
+    """Entry point of /etc/xapi.d/plugins/veil: dom0's XenAPIPlugin when present, else ours."""
+    try:
+        import XenAPIPlugin
+    except ImportError:
+        from xenapi_plugin.dispatch import dispatch
+
+        dispatch(FUNCTIONS, _session_factory)
+        return
+
+    def native(fn: PluginFn) -> PluginFn:
+        def call(session: Any, arguments: dict[str, str]) -> str:
+            try:
+                return fn(session, arguments)
+            except Failure as exc:
+                raise XenAPIPlugin.Failure(exc.params[0], exc.params[1:]) from None
+
+        return call
+
+    XenAPIPlugin.dispatch({name: native(fn) for name, fn in FUNCTIONS.items()})
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
