@@ -1,0 +1,106 @@
+"""Translation of veil's flow values into os-ken OpenFlow 1.4 messages.
+
+OpenFlow 1.4 because it has bundles (atomic multi-flow changes) as a standard message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+from os_ken.ofproto import ofproto_protocol, ofproto_v1_4, ofproto_v1_4_parser
+
+from controller.diff import FlowDiff
+from controller.flows import (
+    COOKIE_TAG,
+    COOKIE_TAG_MASK,
+    Flow,
+    FlowId,
+    MatchValue,
+    Move,
+    Output,
+    OutputInPort,
+    SetField,
+    ToController,
+)
+
+OFP: Final[Any] = ofproto_v1_4
+PARSER: Final[Any] = ofproto_v1_4_parser
+ALL_ONES64: Final = (1 << 64) - 1
+_WIDTH: Final = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48,
+                 "arp_spa": 32, "arp_tpa": 32}
+
+
+def protocol() -> Any:
+    """What os-ken's message classes need as their ``datapath`` (version + parser modules)."""
+    return ofproto_protocol.ProtocolDesc(OFP.OFP_VERSION)
+
+
+def _value(field: str, v: MatchValue) -> Any:
+    if isinstance(v, str) and "/" in v:
+        value, mask = v.split("/")
+        if field == "metadata":
+            return (int(value, 0), int(mask, 0))
+        return (value, mask)
+    return v
+
+
+def to_match(flow: Flow) -> Any:
+    return PARSER.OFPMatch(**{k: _value(k, v) for k, v in flow.match.fields})
+
+
+def _action(a: object) -> Any:
+    if isinstance(a, Output):
+        return PARSER.OFPActionOutput(a.port)
+    if isinstance(a, OutputInPort):
+        return PARSER.OFPActionOutput(OFP.OFPP_IN_PORT)
+    if isinstance(a, ToController):
+        return PARSER.OFPActionOutput(OFP.OFPP_CONTROLLER, OFP.OFPCML_NO_BUFFER)
+    if isinstance(a, SetField):
+        return PARSER.OFPActionSetField(**{a.field: a.value})
+    if isinstance(a, Move):
+        return PARSER.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=_WIDTH[a.src])
+    raise TypeError(f"not an action: {a!r}")
+
+
+def to_flow_mod(dp: Any, flow: Flow) -> Any:
+    """An OFPFC_ADD for ``flow`` (ADD replaces a flow with the same table/priority/match)."""
+    inst: list[Any] = []
+    if flow.actions:
+        inst.append(PARSER.OFPInstructionActions(
+            OFP.OFPIT_APPLY_ACTIONS, [_action(a) for a in flow.actions]))
+    if flow.write_metadata is not None:
+        inst.append(PARSER.OFPInstructionWriteMetadata(*flow.write_metadata))
+    if flow.goto is not None:
+        inst.append(PARSER.OFPInstructionGotoTable(flow.goto))
+    return PARSER.OFPFlowMod(
+        dp, cookie=flow.cookie, table_id=flow.table, command=OFP.OFPFC_ADD,
+        priority=flow.priority, match=to_match(flow), instructions=inst,
+        buffer_id=OFP.OFP_NO_BUFFER, out_port=OFP.OFPP_ANY, out_group=OFP.OFPG_ANY,
+    )
+
+
+def to_delete(dp: Any, ident: FlowId) -> Any:
+    """Delete exactly the flow with this content cookie in this table."""
+    return PARSER.OFPFlowMod(
+        dp, cookie=ident.cookie, cookie_mask=ALL_ONES64, table_id=ident.table,
+        command=OFP.OFPFC_DELETE, out_port=OFP.OFPP_ANY, out_group=OFP.OFPG_ANY,
+        match=PARSER.OFPMatch(),
+    )
+
+
+def diff_messages(dp: Any, d: FlowDiff) -> list[Any]:
+    """Deletes first, then adds: inside one atomic bundle a changed flow is swapped in place."""
+    return [to_delete(dp, i) for i in d.delete] + [to_flow_mod(dp, f) for f in d.add]
+
+
+def owned_flow_stats_request(dp: Any) -> Any:
+    """Dump only flows carrying veil's cookie tag; other controllers' flows stay unseen."""
+    return PARSER.OFPFlowStatsRequest(
+        dp, 0, OFP.OFPTT_ALL, OFP.OFPP_ANY, OFP.OFPG_ANY, COOKIE_TAG, COOKIE_TAG_MASK,
+        PARSER.OFPMatch(),
+    )
+
+
+def flow_ids(stats: Iterable[Any]) -> frozenset[FlowId]:
+    return frozenset(FlowId(s.table_id, s.cookie) for s in stats)

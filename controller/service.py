@@ -1,0 +1,274 @@
+"""The running controller: gathers state, computes, diffs and applies, in one thread.
+
+Watchers (the store's and every host's OVSDB IDL, each OpenFlow reader, the config file
+watcher) only record what they saw and wake the loop; the loop rebuilds the desired ``State``,
+runs the pure functions per host and is the one place that writes: tunnel ports through OVSDB,
+flows as one OpenFlow bundle per host. A switch whose session broke is re-dialled and
+reconciled from a cookie-filtered flow dump, never flushed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.compute import compute_flows, compute_tunnels
+from controller.config import load_config, resolve_networks
+from controller.diff import apply_diff, diff_flows
+from controller.flows import FlowId
+from controller.hostdb import HostDb, HostView
+from controller.model import Binding, InvalidState, State, TunnelPort, placement
+from controller.ovsdb import OvsdbUnreachable
+from controller.ofconn import OfSession, OpenFlowError
+from controller.store import Declared, HostRecord, Store
+
+LOG = logging.getLogger("veil.controller")
+
+
+@dataclass(frozen=True)
+class PacketIn:
+    host: str
+    in_port: int
+    eth_src: str
+    eth_type: int
+
+
+def parse_packet_in(host: str, msg: Any) -> PacketIn:
+    data: bytes = msg.data
+    mac = ":".join(f"{b:02x}" for b in data[6:12])
+    return PacketIn(host, int(msg.match["in_port"]), mac, int.from_bytes(data[12:14], "big"))
+
+
+def claims_after(claims: Mapping[str, str], state: State,
+                 seen: list[PacketIn]) -> dict[str, str]:
+    """Record where migrating guests announced themselves; forget claims that are settled.
+
+    A packet-in from a standby binding (same iface-id live on another host) whose source MAC is
+    the VIF's own is the guest running on its new host: traffic follows it.
+    """
+    place = placement(state)
+    out = {k: v for k, v in claims.items()
+           if any(b.iface_id == k for b in place.standby)}  # settled once one binding is left
+    for p in seen:
+        for b in place.standby:
+            if (b.host, b.ofport, b.mac) == (p.host, p.in_port, p.eth_src):
+                LOG.info("guest %s announced itself on %s: moving its traffic there",
+                         b.iface_id, b.host)
+                out[b.iface_id] = b.host
+    return out
+
+
+@dataclass
+class HostLink:
+    """The controller's connections to one joined host and what it knows is installed."""
+
+    record: HostRecord
+    db: HostDb | None = None
+    of: OfSession | None = None
+    installed: frozenset[FlowId] | None = None
+    view: HostView | None = None
+    bfd: dict[str, bool | None] = field(default_factory=dict)
+
+
+class Controller:
+    def __init__(self, store_remote: str, config: Path | None = None,
+                 clock: Callable[[], float] = time.time, resync_every: float = 5.0) -> None:
+        self.store_remote = store_remote
+        self.config = config
+        self.clock = clock
+        self.resync_every = resync_every
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._packet_ins: queue.SimpleQueue[PacketIn] = queue.SimpleQueue()
+        self._config_changed = threading.Event()
+        self.links: dict[str, HostLink] = {}
+        self.claims: dict[str, str] = {}
+        self.store: Store | None = None
+        self._thread: threading.Thread | None = None
+        self._observer: Any = None
+        self.rounds = 0
+
+    # -- wiring --------------------------------------------------------------------------------
+    def kick(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self.store = Store(self.store_remote, self.kick)
+        if self.config is not None:
+            self._config_changed.set()
+            self._watch_config(self.config)
+        self._thread = threading.Thread(target=self._loop, name="veil-controller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(10)
+        if self._observer is not None:
+            self._observer.stop()
+        for link in self.links.values():
+            if link.of:
+                link.of.close()
+            if link.db:
+                link.db.close()
+        if self.store:
+            self.store.close()
+
+    def _watch_config(self, path: Path) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        target = str(path.resolve())
+        ctl = self
+
+        class Handler(FileSystemEventHandler):  # type: ignore[misc]
+            def on_any_event(self, event: Any) -> None:
+                if target in (getattr(event, "src_path", ""), getattr(event, "dest_path", "")):
+                    ctl._config_changed.set()
+                    ctl.kick()
+
+        self._observer = Observer()
+        self._observer.schedule(Handler(), str(path.resolve().parent))
+        self._observer.daemon = True
+        self._observer.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.resync_every)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self.reconcile()
+
+    # -- one round -------------------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Bring every reachable host to the desired state (safe to call at any time)."""
+        assert self.store is not None
+        self.rounds += 1
+        if self._config_changed.is_set():
+            self._config_changed.clear()
+            self._apply_config()
+        try:
+            declared = self.store.read()
+        except InvalidState as exc:
+            LOG.error("veil database is inconsistent, changing nothing: %s", exc)
+            return
+        self._sync_links(declared)
+        now = self.clock()
+        views = {h: link.view for h, link in self.links.items() if link.view is not None}
+        state = self._state(declared, views)
+        seen: list[PacketIn] = []
+        while not self._packet_ins.empty():
+            seen.append(self._packet_ins.get())
+        if seen or self.claims:
+            self.claims = claims_after(self.claims, state, seen)
+            state = self._state(declared, views)
+        for host, link in sorted(self.links.items()):
+            self._apply_host(state, host, link, now)
+
+    def _state(self, declared: Declared, views: Mapping[str, HostView]) -> State:
+        bindings: list[Binding] = [b for v in views.values() for b in v.bindings]
+        tunnels: list[TunnelPort] = [t for v in views.values() for t in v.tunnels]
+        return State.build(declared.tenants, declared.networks,
+                           (r.host for r in declared.hosts), bindings, tunnels, self.claims)
+
+    def _apply_config(self) -> None:
+        assert self.store is not None and self.config is not None
+        try:
+            cfg = load_config(self.config)
+            nets = resolve_networks(cfg, self.store.read().networks)
+            self.store.sync_config(cfg.tenants, nets)
+        except (InvalidState, OSError, RuntimeError) as exc:
+            LOG.error("config %s rejected, keeping the previous state: %s", self.config, exc)
+            return
+        LOG.info("config %s applied: %d tenants, %d networks", self.config, len(cfg.tenants),
+                 len(nets))
+
+    def _sync_links(self, declared: Declared) -> None:
+        now = self.clock()
+        wanted = {r.host.system_id: r for r in declared.hosts}
+        for gone in self.links.keys() - wanted.keys():
+            link = self.links.pop(gone)
+            if link.of:
+                link.of.close()
+            if link.db:
+                link.db.close()
+        for sid, rec in wanted.items():
+            link = self.links.setdefault(sid, HostLink(rec))
+            if link.record != rec:  # re-joined with other remotes: reconnect
+                if link.of:
+                    link.of.close()
+                if link.db:
+                    link.db.close()
+                self.links[sid] = link = HostLink(rec)
+            if link.db is None:
+                try:
+                    link.db = HostDb(sid, rec.ovsdb, self.kick)
+                except OvsdbUnreachable as exc:
+                    LOG.warning("host %s: OVSDB %s unreachable: %s", sid, rec.ovsdb, exc)
+                    continue
+            link.view = link.db.view(now)
+            if link.view.system_id not in (None, sid):
+                LOG.error("host %s: its OVSDB says system-id %s; not programming it",
+                          sid, link.view.system_id)
+                link.view = None
+            self._report_bfd(link)
+
+    def _report_bfd(self, link: HostLink) -> None:
+        if link.view is None:
+            return
+        for t in link.view.tunnels:
+            before = link.bfd.get(t.remote)
+            if t.bfd_up != before and t.bfd_up is not None:
+                log = LOG.info if t.bfd_up else LOG.warning
+                log("tunnel %s -> %s is %s (BFD)", link.record.host.system_id, t.remote,
+                    "up" if t.bfd_up else "DOWN")
+            link.bfd[t.remote] = t.bfd_up
+
+    def _apply_host(self, state: State, host: str, link: HostLink, now: float) -> None:
+        if link.db is None or link.view is None:
+            return
+        if not link.view.has_bridge:
+            LOG.warning("host %s has no br-int yet", host)
+            return
+        try:
+            if link.db.set_tunnels(compute_tunnels(state, host), link.view.tunnel_names):
+                self.kick()  # new tunnel ofports show up in the next view
+        except RuntimeError as exc:  # ovsdbapp: a failed or timed-out transaction
+            LOG.error("host %s: tunnel update failed: %s", host, exc)
+        if link.of is None or link.of.closed:
+            try:
+                link.of = OfSession(link.record.openflow,
+                                    functools.partial(self._on_packet_in, host), self.kick)
+                link.installed = link.of.installed()
+                LOG.info("host %s: OpenFlow %s connected, %d veil flows installed", host,
+                         link.record.openflow, len(link.installed))
+            except (OSError, OpenFlowError) as exc:
+                LOG.warning("host %s: OpenFlow %s: %s", host, link.record.openflow, exc)
+                link.of, link.installed = None, None
+                return
+        assert link.installed is not None
+        d = diff_flows(compute_flows(state, host), link.installed)
+        if not d:
+            return
+        try:
+            link.of.apply(d)
+        except OpenFlowError as exc:
+            LOG.error("host %s: flow update failed, will re-read and retry: %s", host, exc)
+            link.of.close()
+            link.of, link.installed = None, None
+            return
+        link.installed = apply_diff(link.installed, d)
+        LOG.info("host %s: +%d -%d flows", host, len(d.add), len(d.delete))
+
+    def _on_packet_in(self, host: str, msg: Any) -> None:
+        self._packet_ins.put(parse_packet_in(host, msg))
+        self.kick()
