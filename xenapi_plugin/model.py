@@ -136,3 +136,13 @@ def apply_events(state: XapiState, events: Iterable[Mapping[str, Any]]) -> XapiS
 def state_from_snapshot(events: Iterable[Mapping[str, Any]]) -> XapiState:
     """The complete state from the answer to ``event.from(classes, "")`` (every object as add)."""
     return apply_events(XapiState(), events)
+
+
+def fetch_vif_state(session: Any, vif_ref: str) -> XapiState:
+    """The slice of xapi's state one VIF needs (itself, its VM, its network), read live."""
+    vif = XapiVIF.from_record(session.xenapi.VIF.get_record(vif_ref))
+    vm = XapiVM.from_record(session.xenapi.VM.get_record(vif.vm))
+    networks = {}
+    if vif.network != NULL_REF:
+        networks[vif.network] = XapiNetwork.from_record(session.xenapi.network.get_record(vif.network))
+    return XapiState(vms={vif.vm: vm}, vifs={vif_ref: vif}, networks=networks)

@@ -12,15 +12,13 @@ Called as ``host.call_plugin(host, "veil", FN, args)``; every result is one JSON
 | ``sync`` | [``manage_ports``=false] | one full resync of this host against xapi, now |
 | ``status`` | - | OVSDB reachability, host identity, registration count |
 
-Configuration comes from the environment xapi gives plugins (defaults fit dom0):
-``VEIL_OVSDB`` (OVSDB remote), ``VEIL_BRIDGE``, ``VEIL_HOST_UUID`` (else OVSDB system-id, else
-/etc/xensource-inventory); off dom0, ``VEIL_XAPI`` (unix:/path or URL) replaces the local socket.
+Settings (OVSDB remote, bridge, host uuid; off dom0 the xapi to use) come from
+``xenapi_plugin.config``: /etc/veil/xen.conf, overridden by VEIL_* environment variables.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -31,12 +29,10 @@ from hooks import contract
 from hooks.errors import PlugRejected, RegistrarError, VifError
 from hooks.vif import Vif
 from xenapi_plugin import args as A
-from xenapi_plugin import desired, model, sync
+from xenapi_plugin import config, desired, model, sync
 from xenapi_plugin.dispatch import Failure, PluginFn
 from xenapi_plugin.hostovs import RegistrarOvs
 from xenapi_plugin.xapi import LOCAL_XAPI, is_failure, make_session
-
-DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
 
 NOT_FOUND = "VEIL_NOT_FOUND"
 NOT_ON_THIS_HOST = "VEIL_VIF_NOT_ON_THIS_HOST"
@@ -48,12 +44,12 @@ NO_HOST_UUID = "VEIL_UNKNOWN_HOST"
 
 
 def _ovs() -> RegistrarOvs:
-    return RegistrarOvs(os.environ.get("VEIL_OVSDB", DEFAULT_OVSDB),
-                        bridge=os.environ.get("VEIL_BRIDGE", contract.INTEGRATION_BRIDGE))
+    cfg = config.load()
+    return RegistrarOvs(cfg.ovsdb, bridge=cfg.bridge)
 
 
 def _host_uuid(ovs: RegistrarOvs) -> str:
-    found = os.environ.get("VEIL_HOST_UUID") or ovs.system_id() or sync.local_host_uuid()
+    found = config.load().host_uuid or ovs.system_id() or sync.local_host_uuid()
     if not found:
         raise Failure(NO_HOST_UUID, ["set VEIL_HOST_UUID or OVSDB external_ids:system-id"])
     return found
@@ -83,7 +79,7 @@ def _guarded(fn: Callable[[Any, dict[str, str]], str]) -> PluginFn:
         try:
             return fn(session, arguments)
         except RegistrarError as exc:
-            raise Failure(OVSDB_UNAVAILABLE, [os.environ.get("VEIL_OVSDB", DEFAULT_OVSDB), str(exc)]) from None
+            raise Failure(OVSDB_UNAVAILABLE, [config.load().ovsdb, str(exc)]) from None
         except PlugRejected as exc:
             raise Failure(PLUG_REJECTED, [str(exc)]) from None
         except VifError as exc:
@@ -93,16 +89,6 @@ def _guarded(fn: Callable[[Any, dict[str, str]], str]) -> PluginFn:
     return call
 
 
-def _vif_state(session: Any, vif_ref: str) -> model.XapiState:
-    """The slice of xapi's state one VIF needs: itself, its VM, its network."""
-    vif = model.XapiVIF.from_record(session.xenapi.VIF.get_record(vif_ref))
-    vm = model.XapiVM.from_record(session.xenapi.VM.get_record(vif.vm))
-    networks = {}
-    if vif.network != model.NULL_REF:
-        networks[vif.network] = model.XapiNetwork.from_record(session.xenapi.network.get_record(vif.network))
-    return model.XapiState(vms={vif.vm: vm}, vifs={vif_ref: vif}, networks=networks)
-
-
 def register(session: Any, arguments: dict[str, str]) -> str:
     a = A.check_map(arguments, required=["vif_uuid"], optional=["add_port"])
     vif_uuid = A.uuid_arg(a, "vif_uuid")
@@ -110,7 +96,7 @@ def register(session: Any, arguments: dict[str, str]) -> str:
     ovs = _ovs()
     host_ref = _lookup(session, "host", _host_uuid(ovs))
     vif_ref = _lookup(session, "VIF", vif_uuid)
-    state = _vif_state(session, vif_ref)
+    state = model.fetch_vif_state(session, vif_ref)
     vif, vm = state.vifs[vif_ref], state.vms[state.vifs[vif_ref].vm]
     if not (vif.currently_attached and vm.running_on(host_ref)):
         raise Failure(NOT_ON_THIS_HOST, [vif_uuid, f"VM {vm.uuid} is {vm.power_state} on {vm.resident_on}, "
@@ -223,7 +209,7 @@ FUNCTIONS: dict[str, PluginFn] = {
 
 
 def _session_factory() -> Any:
-    uri = os.environ.get("VEIL_XAPI", LOCAL_XAPI)
+    uri = config.load().xapi
     return XenAPI.xapi_local() if uri == LOCAL_XAPI else make_session(uri)
 
 

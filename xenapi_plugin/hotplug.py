@@ -1,0 +1,136 @@
+"""/etc/xapi.d/vif-hotplug: the per-VIF hook xenopsd's vif script runs after plugging a port.
+
+Called as ``vif-hotplug -action online|remove -vifuuid U -vmuuid U``.
+
+- online: the vif script has just added ``vifD.N`` with the xs-* keys. The hook reads the VIF,
+  its VM and network from xapi, finds the port(s) carrying ``xs-vif-uuid=U`` in OVSDB, and
+  registers them (same rules as the sync daemon). A VIF on no veil network is left alone.
+- remove: retracts veil's registration from the ports carrying ``xs-vif-uuid=U`` (xenopsd
+  deletes the port itself).
+
+OVSDB unavailable: the change goes to the durable spool (``hooks.spool``) for veil-hostd.
+Default mode never blocks the VIF plug: whatever goes wrong is one line on stderr and exit 0
+(the sync daemon repairs from xapi's state). With ``VEIL_HOOK_MODE=strict`` the same line comes
+with exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import sys
+import xmlrpc.client
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import XenAPI
+
+from hooks import contract
+from hooks.errors import PlugRejected, RegistrarError, VifError
+from hooks.spool import PlugEvent, Spool, SpoolError, UnplugEvent, submit
+from xenapi_plugin import config, desired, model
+from xenapi_plugin.hostovs import RegistrarOvs
+from xenapi_plugin.xapi import login
+
+ACTIONS = ("online", "remove")
+
+
+class HookProblem(Exception):
+    """Something the operator should know about; the one line the hook prints."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise HookProblem(f"bad arguments: {message}")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = _Parser(prog="vif-hotplug", add_help=False)
+    p.add_argument("-action", required=True, choices=ACTIONS)
+    p.add_argument("-vifuuid", required=True)
+    p.add_argument("-vmuuid", required=True)
+    return p.parse_args(list(argv))
+
+
+@dataclass(frozen=True)
+class Result:
+    applied: int
+    spooled: int
+    note: str = ""
+
+
+def online(cfg: config.XenConfig, vif_uuid: str) -> Result:
+    try:
+        session = login(cfg.xapi)
+        try:
+            state = model.fetch_vif_state(session, str(session.xenapi.VIF.get_by_uuid(vif_uuid)))
+        finally:
+            session.xenapi.session.logout()
+    except (OSError, http.client.HTTPException, xmlrpc.client.Error, model.RecordError) as exc:
+        raise HookProblem(f"cannot read VIF {vif_uuid} from xapi ({cfg.xapi}): {exc}") from None
+    except XenAPI.Failure as exc:
+        raise HookProblem(f"xapi refused VIF {vif_uuid}: {exc}") from None
+    (vif,) = state.vifs.values()
+    vm = state.vms[vif.vm]
+    try:
+        reg = desired.vif_for(vm, vif, state.networks.get(vif.network))
+    except VifError as exc:
+        raise HookProblem(f"VIF {vif_uuid} cannot be registered: {exc}") from None
+    if reg is None:
+        return Result(0, 0, "not on a veil network")
+    ovs = RegistrarOvs(cfg.ovsdb, bridge=cfg.bridge)
+    try:
+        ports = ovs.interfaces_where(contract.XS_VIF_UUID, vif_uuid)
+    except RegistrarError:
+        ports = []  # OVSDB down: fall back to xapi's domid and spool
+    if not ports:
+        if vm.domid < 0:
+            raise HookProblem(f"VIF {vif_uuid}: no OVSDB port carries it and xapi has no domid yet")
+        ports = [reg.port]
+    events = [PlugEvent(reg.replace(port=p), add_port=False) for p in ports]
+    return _submit(cfg, ovs, events)
+
+
+def remove(cfg: config.XenConfig, vif_uuid: str) -> Result:
+    ovs = RegistrarOvs(cfg.ovsdb, bridge=cfg.bridge)
+    try:
+        ports = [p for p, v in ovs.registered().items() if v.extra.get(contract.XS_VIF_UUID) == vif_uuid]
+    except RegistrarError as exc:
+        raise HookProblem(f"OVSDB unavailable, registration of {vif_uuid} left for veil-xapi-sync: {exc}") from None
+    return _submit(cfg, ovs, [UnplugEvent(p, delete_port=False) for p in ports])
+
+
+def _submit(cfg: config.XenConfig, ovs: RegistrarOvs, events: Sequence[PlugEvent | UnplugEvent]) -> Result:
+    try:
+        outcome = submit(Spool(cfg.spool), ovs, events)
+    except SpoolError as exc:
+        raise HookProblem(f"spool {cfg.spool} unusable: {exc}") from None
+    finally:
+        ovs.close()
+    if outcome.rejected:
+        raise HookProblem("rejected: " + "; ".join(outcome.rejected))
+    note = f"spooled ({outcome.spool_reason})" if outcome.spooled else ""
+    return Result(outcome.applied, outcome.spooled, note)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    strict = False
+    try:
+        cfg = config.load()
+        strict = cfg.strict
+        args = parse_args(args_list)
+        result = online(cfg, args.vifuuid) if args.action == "online" else remove(cfg, args.vifuuid)
+    except (HookProblem, config.ConfigError, PlugRejected, RegistrarError, VifError) as exc:
+        sys.stderr.write(f"veil vif-hotplug {' '.join(args_list)}: {exc}\n")
+        return 1 if strict else 0
+    except Exception as exc:  # a veil bug must not fail the VIF plug unless the operator chose strict
+        sys.stderr.write(f"veil vif-hotplug {' '.join(args_list)}: internal error {type(exc).__name__}: {exc}\n")
+        return 1 if strict else 0
+    if result.note:
+        sys.stderr.write(f"veil vif-hotplug {args.action} {args.vifuuid}: {result.note}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""veil-xen-install: put the dom0 plugin and the vif-hotplug hook where xapi and xenopsd look.
+
+Writes ``<root>/etc/xapi.d/plugins/veil`` and ``<root>/etc/xapi.d/vif-hotplug`` as small
+executable scripts that run this Python (the interpreter veil is installed in) on veil's
+modules; ``--root`` defaults to ``/`` (tests install into a temporary tree). Re-running it
+rewrites both files; ``--uninstall`` removes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PLUGIN = Path("etc/xapi.d/plugins/veil")
+HOOK = Path("etc/xapi.d/vif-hotplug")
+
+_TEMPLATE = '''#!{python}
+"""{what} (written by veil-xen-install; edit /etc/veil/xen.conf, not this file)."""
+import sys
+
+from {module} import main
+
+sys.exit(main())
+'''
+
+
+def script(what: str, module: str, python: str) -> str:
+    return _TEMPLATE.format(python=python, what=what, module=module)
+
+
+def install(root: Path, python: str = sys.executable) -> list[Path]:
+    """Write both scripts under ``root``; returns their paths."""
+    written = []
+    for rel, what, module in (
+        (PLUGIN, "veil XenAPI plugin, run by xapi for host.call_plugin", "xenapi_plugin.plugin"),
+        (HOOK, "veil vif-hotplug hook, run by xenopsd's vif script", "xenapi_plugin.hotplug"),
+    ):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".veil-tmp")
+        tmp.write_text(script(what, module, python))
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)  # xapi may run the plugin at any moment: never a half-written file
+        written.append(path)
+    return written
+
+
+def uninstall(root: Path) -> list[Path]:
+    removed = []
+    for rel in (PLUGIN, HOOK):
+        path = root / rel
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="veil-xen-install", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--root", type=Path, default=Path("/"), help="install under this root (default: /)")
+    p.add_argument("--python", default=sys.executable, help="interpreter the scripts run with")
+    p.add_argument("--uninstall", action="store_true")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    paths = uninstall(args.root) if args.uninstall else install(args.root, args.python)
+    for path in paths:
+        print(("removed " if args.uninstall else "installed ") + str(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
