@@ -21,6 +21,7 @@ from hooks.plugspec import (
     DEACTIVATE_DROP_KEYS,
     deactivate_external_ids,
     plug_external_ids,
+    ports_to_unplug,
     vifs_from_rows,
 )
 from hooks.vif import Vif
@@ -89,27 +90,40 @@ class RpcRegistrar:
     def unplug(self, port: str, *, delete_port: bool) -> None:
         """Remove the port, or mark its Interface inactive and drop veil's keys. Idempotent."""
         with self._session():
-            if not delete_port:
-                self._transact_ok(
-                    self._set_keys_ops(port, deactivate_external_ids(), drop=DEACTIVATE_DROP_KEYS),
-                    f"deactivating {port!r}",
-                )
-                return
-            rows = self._select("Port", [["name", "==", port]], ["_uuid"])
-            if not rows:
-                return
-            uuid = _uuid_of(rows[0])
-            self._transact_ok(
-                [
-                    {
-                        "op": "mutate", "table": "Bridge",
-                        "where": [["ports", "includes", ["uuid", uuid]]],
-                        "mutations": [["ports", "delete", ["set", [["uuid", uuid]]]]],
-                    },
-                    {"op": "comment", "comment": f"veil: del-port {port}"},
-                ],
-                f"deleting port {port!r}",
+            self._unplug_ports([port] if delete_port else [], [] if delete_port else [port])
+
+    def unplug_vm(self, vm_id: str) -> None:
+        """Unplug every port veil registered for ``vm_id``: delete the ones veil added, deactivate
+        the others (libvirt deletes those itself). One write transaction for the whole VM."""
+        with self._session():
+            rows = self._select(
+                "Interface", [["external_ids", "includes", _ovs_map({contract.VM_ID: vm_id})]],
+                ["name", "external_ids"],
             )
+            delete, deactivate = ports_to_unplug(
+                (str(r.get("name")), _map_of(r.get("external_ids"))) for r in rows if isinstance(r, dict)
+            )
+            self._unplug_ports(delete, deactivate)
+
+    def _unplug_ports(self, delete: list[str], deactivate: list[str]) -> None:
+        ops: list[Json] = []
+        if delete:
+            selects: list[Json] = [
+                {"op": "select", "table": "Port", "where": [["name", "==", p]], "columns": ["_uuid"]} for p in delete
+            ]
+            for result in self._transact(selects):
+                rows = result.get("rows")
+                for row in rows if isinstance(rows, list) else []:
+                    uuid = _uuid_of(row)
+                    ops.append({
+                        "op": "mutate", "table": "Bridge", "where": [["ports", "includes", ["uuid", uuid]]],
+                        "mutations": [["ports", "delete", ["set", [["uuid", uuid]]]]],
+                    })
+        for port in deactivate:
+            ops.extend(self._set_keys_ops(port, deactivate_external_ids(), drop=DEACTIVATE_DROP_KEYS))
+        if ops:
+            ops.append({"op": "comment", "comment": f"veil: unplug {' '.join(delete + deactivate)}"})
+            self._transact_ok(ops, f"unplugging {', '.join(delete + deactivate)}")
 
     def registered(self) -> list[Vif]:
         """The VIFs veil registered on this host (Interface rows carrying veil-network)."""

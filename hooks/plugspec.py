@@ -44,3 +44,18 @@ def vifs_from_rows(rows: Iterable[tuple[str, Mapping[str, str]]]) -> tuple[list[
             problems.append(f"interface {name!r}: {exc}")
     vifs.sort(key=lambda v: v.port)
     return vifs, problems
+
+
+def ports_to_unplug(rows: Iterable[tuple[str, Mapping[str, str]]]) -> tuple[list[str], list[str]]:
+    """Of a VM's Interface rows: (ports veil added and deletes, veil ports it only deactivates).
+
+    Rows veil never registered (no veil key) are left alone: they belong to someone else.
+    """
+    delete: list[str] = []
+    deactivate: list[str] = []
+    for name, ids in rows:
+        if ids.get(contract.VEIL_OWNS_PORT) == "true":
+            delete.append(name)
+        elif contract.VEIL_NETWORK in ids:
+            deactivate.append(name)
+    return sorted(delete), sorted(deactivate)

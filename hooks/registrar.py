@@ -22,6 +22,7 @@ from hooks.plugspec import (
     DEACTIVATE_DROP_KEYS,
     deactivate_external_ids,
     plug_external_ids,
+    ports_to_unplug,
     vifs_from_rows,
 )
 from hooks.vif import Vif
@@ -59,6 +60,10 @@ class Registrar:
             self._commit(api.del_port(port, if_exists=True))
         else:
             self._commit(_DeactivateCommand(api, port))
+
+    def unplug_vm(self, vm_id: str) -> None:
+        """Unplug every port veil registered for ``vm_id`` in one transaction (see RpcRegistrar)."""
+        self._commit(_UnplugVmCommand(self._connected(), vm_id))
 
     def registered(self) -> list[Vif]:
         """The VIFs veil registered on this host, from the IDL's mirror of the Interface table."""
@@ -159,3 +164,26 @@ class _DeactivateCommand(command.BaseCommand):  # type: ignore[misc]
             iface.delkey("external_ids", key)
         for key, value in deactivate_external_ids().items():
             iface.setkey("external_ids", key, value)
+
+
+class _UnplugVmCommand(command.BaseCommand):  # type: ignore[misc]
+    def __init__(self, api: Any, vm_id: str) -> None:
+        super().__init__(api)
+        self.vm_id = vm_id
+
+    def run_idl(self, txn: Any) -> None:
+        rows = [
+            (r.name, dict(r.external_ids)) for r in self.api.tables["Interface"].rows.values()
+            if r.external_ids.get(contract.VM_ID) == self.vm_id
+        ]
+        delete, deactivate = ports_to_unplug(rows)
+        for name in delete:
+            port = idlutils.row_by_value(self.api.idl, "Port", "name", name, None)
+            if port is None:
+                continue
+            for br in self.api.tables["Bridge"].rows.values():
+                if port in br.ports:
+                    br.delvalue("ports", port)
+            port.delete()
+        for name in deactivate:
+            _DeactivateCommand(self.api, name).run_idl(txn)

@@ -29,7 +29,9 @@ from hooks.vif import Vif
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-    from typing import Protocol
+    from typing import Protocol, TypeAlias
+
+    AnyEvent: TypeAlias = "PlugEvent | UnplugEvent | UnplugVmEvent"
 
     class VifStore(Protocol):
         """What applies events: hooks.registrar.Registrar or hooks.ovsdb_rpc.RpcRegistrar."""
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
         def plug(self, vif: Vif, *, add_port: bool) -> None: ...
 
         def unplug(self, port: str, *, delete_port: bool) -> None: ...
+
+        def unplug_vm(self, vm_id: str) -> None: ...
 
 
 SUFFIX = ".json"
@@ -90,7 +94,25 @@ class UnplugEvent:
 
 
 
-def event_from_record(record: object) -> PlugEvent | UnplugEvent:
+class UnplugVmEvent:
+    """Unplug every port veil registered for VM ``vm_id`` (a stopped domain's XML names no taps)."""
+
+    __slots__ = ("vm_id",)
+
+    def __init__(self, vm_id: str) -> None:
+        self.vm_id = vm_id
+
+    def record(self) -> dict[str, object]:
+        return {"op": "unplug_vm", "vm_id": self.vm_id}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnplugVmEvent) and self.vm_id == other.vm_id
+
+    def __repr__(self) -> str:
+        return f"UnplugVmEvent({self.vm_id!r})"
+
+
+def event_from_record(record: object) -> AnyEvent:
     """Parse a spooled record; CorruptEvent says what is wrong with it."""
     if not isinstance(record, dict):
         raise CorruptEvent(f"event is not an object: {record!r}"[:200])
@@ -100,17 +122,21 @@ def event_from_record(record: object) -> PlugEvent | UnplugEvent:
             return PlugEvent(Vif.from_record(record["vif"]), record["add_port"])
         if op == "unplug" and isinstance(record.get("port"), str) and isinstance(record.get("delete_port"), bool):
             return UnplugEvent(record["port"], record["delete_port"])
+        if op == "unplug_vm" and isinstance(record.get("vm_id"), str) and record["vm_id"]:
+            return UnplugVmEvent(record["vm_id"])
     except (VifError, TypeError) as exc:
         raise CorruptEvent(f"invalid {op} event: {exc}") from None
     raise CorruptEvent(f"unknown or incomplete event {record!r}"[:200])
 
 
-def apply_event(store: VifStore, event: PlugEvent | UnplugEvent) -> None:
+def apply_event(store: VifStore, event: AnyEvent) -> None:
     """Apply one event; errors of the store propagate unchanged."""
     if isinstance(event, PlugEvent):
         store.plug(event.vif, add_port=event.add_port)
-    else:
+    elif isinstance(event, UnplugEvent):
         store.unplug(event.port, delete_port=event.delete_port)
+    else:
+        store.unplug_vm(event.vm_id)
 
 
 class Spool:
@@ -127,7 +153,7 @@ class Spool:
             raise SpoolError(f"cannot create spool {self.directory}: {exc}") from None
 
     # -- writing -------------------------------------------------------------------------------
-    def append(self, event: PlugEvent | UnplugEvent) -> str:
+    def append(self, event: AnyEvent) -> str:
         """Durably add ``event`` after all pending ones; returns its file path."""
         self.ensure()
         data = jsonlite.dumps(event.record()).encode()  # type: ignore[arg-type]
@@ -161,7 +187,7 @@ class Spool:
             for n in sorted(n for n in names if n.endswith(SUFFIX) and n[: -len(SUFFIX)].isdigit())
         ]
 
-    def load(self, path: str) -> PlugEvent | UnplugEvent:
+    def load(self, path: str) -> AnyEvent:
         with open(path, "rb") as f:
             data = f.read(MAX_EVENT_BYTES + 1)
         if len(data) > MAX_EVENT_BYTES:
@@ -213,7 +239,7 @@ class SubmitResult:
         self.spool_reason = ""
 
 
-def submit(spool: Spool, store: VifStore, events: Sequence[PlugEvent | UnplugEvent]) -> SubmitResult:
+def submit(spool: Spool, store: VifStore, events: Sequence[AnyEvent]) -> SubmitResult:
     """Apply ``events`` now, in order, or spool them behind older pending ones.
 
     Transient failures (RegistrarError) spool the failed event and all later ones; permanent
@@ -338,7 +364,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def iter_events(spool: Spool) -> Iterator[tuple[str, PlugEvent | UnplugEvent]]:
+def iter_events(spool: Spool) -> Iterator[tuple[str, AnyEvent]]:
     """(path, event) for every pending event that parses (inspection and tests)."""
     for path in spool.pending():
         yield path, spool.load(path)

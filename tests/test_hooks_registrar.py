@@ -151,3 +151,22 @@ def _eventually(registrar: AnyRegistrar, expected: list[Vif]) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_unplug_vm_deletes_owned_and_deactivates_libvirt_ports(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
+    vm = "0d1f0a52-2222-4c6e-9a1b-000000000002"
+    registrar.plug(make_vif(port="tapk1", vm_id=vm), add_port=True)
+    libvirt_vif = make_vif(port="vnet1", vm_id=vm, mac="52:54:00:00:00:11", iface_id="lv")
+    libvirt_add_port(ovs, "vnet1", libvirt_vif)
+    registrar.plug(libvirt_vif, add_port=False)
+    other_vm = make_vif(port="tapk3", vm_id="another-vm", mac="52:54:00:00:00:13", iface_id="o")
+    registrar.plug(other_vm, add_port=True)
+    not_veil = make_vif(port="vnet9", vm_id=vm, mac="52:54:00:00:00:19", iface_id="nv")
+    libvirt_add_port(ovs, "vnet9", not_veil)  # same VM, never registered by veil: untouched
+    registrar.unplug_vm(vm)
+    assert bridge_ports(ovs) == ["tapk3", "vnet1", "vnet9"]
+    ids = iface_ids(ovs, "vnet1")
+    assert ids is not None and ids["iface-status"] == "inactive" and "veil-network" not in ids
+    assert iface_ids(ovs, "vnet9") == {"attached-mac": not_veil.mac, "iface-id": "nv", "vm-id": vm, "iface-status": "active"}
+    registrar.unplug_vm(vm)  # idempotent
+    assert bridge_ports(ovs) == ["tapk3", "vnet1", "vnet9"]
