@@ -48,10 +48,6 @@ class RegistrarOvs:
     def interface_names(self) -> set[str]:
         return {r.name for r in self._rows("Interface")}
 
-    def interfaces_where(self, key: str, value: str) -> list[str]:
-        """Names of the interfaces whose external_ids[key] == value (e.g. xs-vif-uuid)."""
-        return sorted(r.name for r in self._rows("Interface") if dict(r.external_ids).get(key) == value)
-
     def bridge_names(self) -> set[str]:
         return {r.name for r in self._rows("Bridge")}
 

@@ -3,14 +3,15 @@
 Called as ``vif-hotplug -action online|remove -vifuuid U -vmuuid U``.
 
 - online: the vif script has just added ``vifD.N`` with the xs-* keys. The hook reads the VIF,
-  its VM and network from xapi, finds the port(s) carrying ``xs-vif-uuid=U`` in OVSDB, and
-  registers them (same rules as the sync daemon). A VIF on no veil network is left alone.
+  its VM and network from xapi and registers ``vif<domid>.<device>`` (same rules as the sync
+  daemon; tap/vif pairing is the daemon's). A VIF on no veil network is left alone.
 - remove: retracts veil's registration from the ports carrying ``xs-vif-uuid=U`` (xenopsd
   deletes the port itself).
 
 OVSDB unavailable: the change goes to the durable spool (``hooks.spool``) for veil-hostd.
 Default mode never blocks the VIF plug: whatever goes wrong is one line on stderr and exit 0
-(the sync daemon repairs from xapi's state). With ``VEIL_HOOK_MODE=strict`` the same line comes
+(the sync daemon repairs from xapi's state). OVSDB is spoken to with the hook core's lean
+JSON-RPC registrar: no ovsdbapp import on this path. With ``VEIL_HOOK_MODE=strict`` the same line comes
 with exit 1.
 """
 
@@ -27,9 +28,9 @@ import XenAPI
 
 from hooks import contract
 from hooks.errors import PlugRejected, RegistrarError, VifError
+from hooks.ovsdb_rpc import RpcRegistrar
 from hooks.spool import PlugEvent, Spool, SpoolError, UnplugEvent, submit
 from xenapi_plugin import config, desired, model
-from xenapi_plugin.hostovs import RegistrarOvs
 from xenapi_plugin.xapi import login
 
 ACTIONS = ("online", "remove")
@@ -78,35 +79,30 @@ def online(cfg: config.XenConfig, vif_uuid: str) -> Result:
         raise HookProblem(f"VIF {vif_uuid} cannot be registered: {exc}") from None
     if reg is None:
         return Result(0, 0, "not on a veil network")
-    ovs = RegistrarOvs(cfg.ovsdb, bridge=cfg.bridge)
-    try:
-        ports = ovs.interfaces_where(contract.XS_VIF_UUID, vif_uuid)
-    except RegistrarError:
-        ports = []  # OVSDB down: fall back to xapi's domid and spool
-    if not ports:
-        if vm.domid < 0:
-            raise HookProblem(f"VIF {vif_uuid}: no OVSDB port carries it and xapi has no domid yet")
-        ports = [reg.port]
-    events = [PlugEvent(reg.replace(port=p), add_port=False) for p in ports]
-    return _submit(cfg, ovs, events)
+    if vm.domid < 0:
+        raise HookProblem(f"VIF {vif_uuid}: xapi has no domid for VM {vm.uuid} yet (veil-xapi-sync will register it)")
+    return _submit(cfg, [PlugEvent(reg, add_port=False)])
 
 
 def remove(cfg: config.XenConfig, vif_uuid: str) -> Result:
-    ovs = RegistrarOvs(cfg.ovsdb, bridge=cfg.bridge)
+    store = RpcRegistrar(cfg.ovsdb, bridge=cfg.bridge)
     try:
-        ports = [p for p, v in ovs.registered().items() if v.extra.get(contract.XS_VIF_UUID) == vif_uuid]
+        ports = [v.port for v in store.registered() if v.extra.get(contract.XS_VIF_UUID) == vif_uuid]
     except RegistrarError as exc:
         raise HookProblem(f"OVSDB unavailable, registration of {vif_uuid} left for veil-xapi-sync: {exc}") from None
-    return _submit(cfg, ovs, [UnplugEvent(p, delete_port=False) for p in ports])
+    finally:
+        store.close()
+    return _submit(cfg, [UnplugEvent(p, delete_port=False) for p in ports])
 
 
-def _submit(cfg: config.XenConfig, ovs: RegistrarOvs, events: Sequence[PlugEvent | UnplugEvent]) -> Result:
+def _submit(cfg: config.XenConfig, events: Sequence[PlugEvent | UnplugEvent]) -> Result:
+    store = RpcRegistrar(cfg.ovsdb, bridge=cfg.bridge)
     try:
-        outcome = submit(Spool(cfg.spool), ovs, events)
+        outcome = submit(Spool(cfg.spool), store, events)
     except SpoolError as exc:
         raise HookProblem(f"spool {cfg.spool} unusable: {exc}") from None
     finally:
-        ovs.close()
+        store.close()
     if outcome.rejected:
         raise HookProblem("rejected: " + "; ".join(outcome.rejected))
     note = f"spooled ({outcome.spool_reason})" if outcome.spooled else ""

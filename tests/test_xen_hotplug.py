@@ -1,0 +1,136 @@
+"""/etc/xapi.d/vif-hotplug as xenopsd's vif script runs it (the installed file, its own process,
+``-action online|remove -vifuuid U -vmuuid U``), against the xapi simulator and a real OVS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hooks.registrar import Registrar
+from hooks.spool import Spool, drain
+from tests.xapi_sim import XapiSim
+from tests.xen_support import Host, interfaces, simulated_host, simulated_xapi
+from xenapi_plugin.install import install
+
+pytestmark = pytest.mark.lab
+
+MAC = "aa:16:3e:00:02:01"
+
+
+@dataclass
+class Dom0:
+    sim: XapiSim
+    host: Host
+    hook: Path
+    env: dict[str, str]
+    spool: Path
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.hook), *args], capture_output=True, text=True, timeout=60,
+                              env=env or self.env)
+
+    def vm_with_vif(self, domid: int, network_config: dict[str, str] | None = None) -> tuple[str, str]:
+        """A running VM whose VIF xenopsd's vif script has just plugged; its (vm, vif) uuids."""
+        net = self.sim.add_network("blue", "br-int",
+                                   {"veil-network": "blue"} if network_config is None else network_config)
+        vm = self.sim.add_vm(f"vm{domid}")
+        vif = self.sim.add_vif(vm, net, "0", MAC)
+        self.sim.start_vm(vm, self.host.ref, domid)
+        uuids = {c: self.sim.record(c, r)["uuid"] for c, r in (("vm", vm), ("vif", vif), ("network", net))}
+        port = f"vif{domid}.0"
+        self.host.ovs.vsctl("--", "--if-exists", "del-port", port, "--", "add-port", "br-int", port,
+                            "--", "set", "interface", port, f'external-ids:"xs-vm-uuid"="{uuids["vm"]}"',
+                            f'external-ids:"xs-vif-uuid"="{uuids["vif"]}"',
+                            f'external-ids:"xs-network-uuid"="{uuids["network"]}"',
+                            f'external-ids:"attached-mac"="{MAC}"')
+        return uuids["vm"], uuids["vif"]
+
+
+@pytest.fixture
+def dom0(tmp_path: Path) -> Iterator[Dom0]:
+    with simulated_xapi() as sim, simulated_host(sim, "xs-a", "198.18.30.1") as host:
+        _, hook = install(tmp_path / "root")
+        spool = tmp_path / "spool"
+        env = dict(os.environ, VEIL_XAPI=sim.uri, VEIL_OVSDB=host.ovs.db_remote, VEIL_SPOOL=str(spool),
+                   VEIL_XEN_CONF=str(tmp_path / "absent.conf"))
+        yield Dom0(sim, host, hook, env, spool)
+
+
+def test_online_registers_and_remove_retracts(dom0: Dom0) -> None:
+    vm_uuid, vif_uuid = dom0.vm_with_vif(3)
+    proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    row = interfaces(dom0.host.ovs)["vif3.0"]
+    assert (row["iface-id"], row["vm-id"], row["iface-status"], row["veil-network"]) == (
+        vif_uuid, vm_uuid, "active", "blue")
+
+    proc = dom0.run("-action", "remove", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    row = interfaces(dom0.host.ovs)["vif3.0"]
+    assert row["iface-status"] == "inactive" and "veil-network" not in row
+
+
+def test_online_leaves_a_vif_on_no_veil_network_alone(dom0: Dom0) -> None:
+    vm_uuid, vif_uuid = dom0.vm_with_vif(4, network_config={})
+    proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid)
+    assert proc.returncode == 0 and "not on a veil network" in proc.stderr
+    assert "iface-id" not in interfaces(dom0.host.ovs)["vif4.0"]
+
+
+def test_failures_never_block_the_plug_by_default_and_do_in_strict_mode(dom0: Dom0, tmp_path: Path) -> None:
+    vm_uuid, vif_uuid = dom0.vm_with_vif(5)
+    no_xapi = dict(dom0.env, VEIL_XAPI="unix:/nonexistent/xapi")
+    proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid, env=no_xapi)
+    assert proc.returncode == 0
+    assert len(proc.stderr.strip().splitlines()) == 1 and "cannot read VIF" in proc.stderr
+
+    strict_conf = tmp_path / "xen.conf"
+    strict_conf.write_text("# operator's choice\nVEIL_HOOK_MODE=strict\n")
+    strict = dict(no_xapi, VEIL_XEN_CONF=str(strict_conf))
+    proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid, env=strict)
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and "cannot read VIF" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["-action", "reboot", "-vifuuid", "u", "-vmuuid", "v"],
+        ["-action", "online", "-vifuuid", "u"],
+    ],
+)
+def test_bad_arguments_are_one_line_and_fail_only_when_strict(dom0: Dom0, argv: list[str]) -> None:
+    proc = dom0.run(*argv)
+    assert proc.returncode == 0 and proc.stderr.count("\n") == 1 and "bad arguments" in proc.stderr
+    proc = dom0.run(*argv, env=dict(dom0.env, VEIL_HOOK_MODE="strict"))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "bad arguments" in proc.stderr
+
+
+def test_unknown_vif_is_reported(dom0: Dom0) -> None:
+    proc = dom0.run("-action", "online", "-vifuuid", "6e0d8f3a-5f0e-4d43-9f0b-000000000000",
+                    "-vmuuid", "6e0d8f3a-5f0e-4d43-9f0b-000000000001", env=dict(dom0.env, VEIL_HOOK_MODE="strict"))
+    assert proc.returncode == 1 and "UUID_INVALID" in proc.stderr
+
+
+def test_ovsdb_down_spools_the_registration_and_loses_nothing(dom0: Dom0, tmp_path: Path) -> None:
+    vm_uuid, vif_uuid = dom0.vm_with_vif(6)
+    down = dict(dom0.env, VEIL_OVSDB=f"unix:{tmp_path}/down.sock")
+    proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid, env=down)
+    assert proc.returncode == 0 and "spooled" in proc.stderr
+    assert "iface-id" not in interfaces(dom0.host.ovs)["vif6.0"]
+    spool = Spool(str(dom0.spool))
+    assert len(spool.pending()) == 1
+    registrar = Registrar(dom0.host.ovs.db_remote)  # what veil-hostd does once OVSDB is back
+    try:
+        drain(spool, registrar)
+    finally:
+        registrar.close()
+    assert spool.pending() == []
+    row = interfaces(dom0.host.ovs)["vif6.0"]
+    assert (row["iface-id"], row["veil-network"]) == (vif_uuid, "blue")
