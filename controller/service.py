@@ -131,6 +131,9 @@ class Controller:
 
         class Handler(FileSystemEventHandler):  # type: ignore[misc]
             def on_any_event(self, event: Any) -> None:
+                # Reading the file raises opened/closed_no_write events: only writes count.
+                if event.event_type not in ("created", "modified", "moved", "closed"):
+                    return
                 if target in (getattr(event, "src_path", ""), getattr(event, "dest_path", "")):
                     ctl._config_changed.set()
                     ctl.kick()
@@ -227,10 +230,11 @@ class Controller:
             return
         for t in link.view.tunnels:
             before = link.bfd.get(t.remote)
-            if t.bfd_up != before and t.bfd_up is not None:
-                log = LOG.info if t.bfd_up else LOG.warning
-                log("tunnel %s -> %s is %s (BFD)", link.record.host.system_id, t.remote,
-                    "up" if t.bfd_up else "DOWN")
+            if t.bfd_up and not before:
+                LOG.info("tunnel %s -> %s is up (BFD)", link.record.host.system_id, t.remote)
+            elif before and t.bfd_up is False:
+                LOG.warning("tunnel %s -> %s is DOWN (BFD)", link.record.host.system_id,
+                            t.remote)
             link.bfd[t.remote] = t.bfd_up
 
     def _apply_host(self, state: State, host: str, link: HostLink, now: float) -> None:
