@@ -224,3 +224,54 @@ def test_moved_vm_keeps_its_connectivity(lab: tuple[Lab, LabController]) -> None
     eventually("a1 pings a2 on its new host", lambda: lab_.ping("a1", "a2"))
     assert a2.mac not in flows(lab_, "dc2-h1").replace(f"dl_dst={a2.mac} actions=set_field", "")
     assert lab_.ping("b1", "b2", count=2)  # the other tenant is undisturbed
+
+
+def rarp_frame(mac: str) -> str:
+    """QEMU's self-announce after a migration: RARP request, sender = target = the guest."""
+    body = b"\x00\x01\x08\x00\x06\x04\x00\x03" + mac_bytes(mac) + b"\0" * 4 + \
+        mac_bytes(mac) + b"\0" * 4
+    return (b"\xff" * 6 + mac_bytes(mac) + b"\x80\x35" + body).hex()
+
+
+def test_live_migration_follows_the_guest_announcement(lab: tuple[Lab, LabController]) -> None:
+    """The same iface-id active on two hosts: traffic stays with the source until the guest
+    announces itself (RARP) on the destination, then follows it."""
+    from controller.hostdb import VEIL_IPS
+    from controller.lab import netns
+    from hooks import contract
+
+    lab_, _ = lab
+    b3 = lab_.vms["b3"]
+    src_host = lab_.placement("b3")
+    dst_host = next(h for h in lab_.hosts if h != src_host and lab_.hosts[h].spec.dc ==
+                    lab_.hosts[src_host].spec.dc)
+    dst = lab_.hosts[dst_host]
+    ns = f"{lab_.prefix}-vm-b3-dst"  # the guest's copy on the destination, same MAC and IP
+    netns.add_netns(ns)
+    port = "tap-b3-dst"
+    try:
+        netns.add_veth(ns, "eth0", dst.ns, port)
+        netns.run(["ip", "link", "set", "eth0", "address", b3.mac], ns=ns)
+        netns.run(["ip", "addr", "add", str(b3.spec.ip), "dev", "eth0"], ns=ns)
+        ids = {contract.IFACE_ID: b3.iface_id, contract.ATTACHED_MAC: b3.mac,
+               contract.IFACE_STATUS: contract.STATUS_ACTIVE, contract.VEIL_NETWORK: b3.network,
+               VEIL_IPS: b3.ip}
+        dst.ovs.vsctl("add-port", "br-int", port, *(a for k, v in ids.items() for a in (
+            "--", "set", "Interface", port, f'external_ids:{k}="{v}"')))
+        eventually("destination port seen as standby (punts RARP to the controller)",
+                   lambda: "CONTROLLER" in flows(lab_, dst_host))
+        # before the announcement, b1's traffic still reaches the source copy
+        with Capture(lab_, "b3", "icmp") as at_src:
+            assert lab_.ping("b1", "b3", count=2)
+        assert "ICMP echo request" in at_src.text
+        netns.run(["python3", "-c", SEND_RAW, rarp_frame(b3.mac)], ns=ns)
+        eventually("traffic switched to the destination",
+                   lambda: f"dl_dst={b3.mac} actions=output" in flows(lab_, dst_host))
+        with Capture(lab_, "b3", "icmp") as at_src_after:
+            assert lab_.ping("b1", "b3", count=2)  # answered by the destination copy
+        assert "ICMP echo request" not in at_src_after.text
+        # the source port goes away (migration done): the destination keeps the traffic
+        lab_.unplug_vm("b3")
+        assert lab_.ping("b1", "b3", count=2)
+    finally:
+        netns.delete_netns(ns)
