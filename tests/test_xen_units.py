@@ -1,0 +1,222 @@
+"""The pure parts of the XenServer integration: event fold, desired state, diff, back-off,
+argument checks, settings and the plugin protocol framing. No daemons needed."""
+
+from __future__ import annotations
+
+import xmlrpc.client
+from typing import Any
+
+import pytest
+
+from hooks.vif import Vif
+from xenapi_plugin import args as A
+from xenapi_plugin import config, desired, model
+from xenapi_plugin.backoff import Backoff
+from xenapi_plugin.dispatch import Failure, respond
+from xenapi_plugin.sync import Follower
+from xenapi_plugin.xapi import login
+
+HOST = "OpaqueRef:host-a"
+OTHER = "OpaqueRef:host-b"
+
+
+def vm_rec(uuid: str, *, state: str = "Running", host: str = HOST, domid: str = "3", **extra: Any) -> dict[str, Any]:
+    return {"uuid": uuid, "power_state": state, "resident_on": host, "domid": domid,
+            "other_config": {}, "is_a_template": False, **extra}
+
+
+def vif_rec(uuid: str, vm: str, *, device: str = "0", mac: str = "aa:16:3e:00:00:01", net: str = "OpaqueRef:net",
+            attached: bool = True, other_config: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"uuid": uuid, "device": device, "MAC": mac, "network": net, "VM": vm,
+            "currently_attached": attached, "other_config": other_config or {}}
+
+
+NET = {"uuid": "net-uuid", "bridge": "br-int", "name_label": "blue", "other_config": {"veil-network": "blue"}}
+
+
+def ev(cls: str, ref: str, snapshot: dict[str, Any] | None = None, op: str = "add") -> dict[str, Any]:
+    e: dict[str, Any] = {"class": cls, "operation": op, "ref": ref}
+    if snapshot is not None:
+        e["snapshot"] = snapshot
+    return e
+
+
+def state_of(*events: dict[str, Any]) -> model.XapiState:
+    return model.state_from_snapshot([ev("network", "OpaqueRef:net", NET), *events])
+
+
+# -- event fold -----------------------------------------------------------------------------------
+def test_events_add_modify_delete_and_ignore_other_classes() -> None:
+    s = state_of(ev("vm", "vm1", vm_rec("u1")), ev("host", "h", {"uuid": "x"}))
+    assert s.vms["vm1"].domid == 3 and set(s.networks) == {"OpaqueRef:net"}
+    s = model.apply_events(s, [ev("vm", "vm1", vm_rec("u1", state="Halted", domid="-1"), "mod")])
+    assert s.vms["vm1"].power_state == "Halted"
+    s2 = model.apply_events(s, [ev("vm", "vm1", op="del")])
+    assert "vm1" not in s2.vms and "vm1" in s.vms, "states are values: the old one is unchanged"
+
+
+def test_a_record_without_a_needed_field_is_a_loud_error() -> None:
+    with pytest.raises(model.RecordError, match="VIF record without field 'MAC'"):
+        state_of(ev("vif", "v", {"uuid": "x", "device": "0", "network": "n", "VM": "m"}))
+    with pytest.raises(model.RecordError, match="snapshot"):
+        model.apply_events(model.XapiState(), [ev("vm", "vm1")])
+
+
+# -- desired state --------------------------------------------------------------------------------
+def test_only_attached_vifs_of_vms_running_here_are_wanted() -> None:
+    s = state_of(
+        ev("vm", "run", vm_rec("vm-run")), ev("vif", "a", vif_rec("vif-a", "run")),
+        ev("vif", "detached", vif_rec("vif-d", "run", device="1", attached=False)),
+        ev("vm", "away", vm_rec("vm-away", host=OTHER, domid="4")), ev("vif", "b", vif_rec("vif-b", "away")),
+        ev("vm", "off", vm_rec("vm-off", state="Halted", domid="-1")), ev("vif", "c", vif_rec("vif-c", "off")),
+        ev("vm", "tpl", vm_rec("vm-tpl", is_a_template=True, domid="5")), ev("vif", "t", vif_rec("vif-t", "tpl")),
+        ev("vm", "paused", vm_rec("vm-p", state="Paused", domid="6")), ev("vif", "p", vif_rec("vif-p", "paused")),
+    )
+    wanted = desired.desired_vifs(s, HOST, set())
+    assert sorted(wanted.vifs) == ["vif3.0", "vif6.0"]
+    v = wanted.vifs["vif3.0"]
+    assert (v.iface_id, v.vm_id, v.network, v.status) == ("vif-a", "vm-run", "blue", "active")
+    assert dict(v.extra) == {"xs-vif-uuid": "vif-a", "xs-vm-uuid": "vm-run", "xs-network-uuid": "net-uuid"}
+
+
+def test_overrides_and_the_vifs_own_network_win() -> None:
+    s = state_of(
+        ev("vm", "vm", vm_rec("vm-u", other_config={"nicira-vm-id": "cms-vm"})),
+        ev("vif", "v", vif_rec("vif-u", "vm", mac="AA:16:3E:00:00:0A",
+                                other_config={"nicira-iface-id": "cms-port", "veil-network": "red"})),
+    )
+    (v,) = desired.desired_vifs(s, HOST, set()).vifs.values()
+    assert (v.iface_id, v.vm_id, v.network, v.mac) == ("cms-port", "cms-vm", "red", "aa:16:3e:00:00:0a")
+
+
+def test_vif_on_no_veil_network_is_not_wanted() -> None:
+    s = model.state_from_snapshot([
+        ev("network", "n", {**NET, "other_config": {}}), ev("vm", "vm", vm_rec("vm-u")),
+        ev("vif", "v", vif_rec("vif-u", "vm", net="n")),
+    ])
+    assert desired.desired_vifs(s, HOST, set()).vifs == {}
+
+
+def test_tap_and_vif_pairing() -> None:
+    s = state_of(ev("vm", "vm", vm_rec("vm-u", domid="8")), ev("vif", "v", vif_rec("vif-u", "vm")))
+    wanted = desired.desired_vifs(s, HOST, {"tap8.0", "vif8.0"}).vifs
+    assert {p: v.status for p, v in wanted.items()} == {"tap8.0": "active", "vif8.0": "inactive"}
+    assert wanted["tap8.0"].iface_id == wanted["vif8.0"].iface_id == "vif-u"
+    assert {p: v.status for p, v in desired.desired_vifs(s, HOST, {"vif8.0"}).vifs.items()} == {"vif8.0": "active"}
+
+
+def test_a_bad_vif_is_rejected_without_hiding_the_others() -> None:
+    s = state_of(ev("vm", "vm", vm_rec("vm-u")), ev("vif", "bad", vif_rec("vif-bad", "vm", mac="zz")),
+                 ev("vif", "good", vif_rec("vif-good", "vm", device="1")))
+    wanted = desired.desired_vifs(s, HOST, set())
+    assert list(wanted.vifs) == ["vif3.1"]
+    assert "invalid MAC" in wanted.rejected["vif-bad"]
+
+
+def test_bridge_ids() -> None:
+    s = model.state_from_snapshot([
+        ev("network", "n1", {**NET, "uuid": "b-uuid"}), ev("network", "n2", {**NET, "uuid": "a-uuid"}),
+        ev("network", "n3", {**NET, "uuid": "c", "bridge": "xapi7", "other_config": {"nicira-bridge-id": "ext"}}),
+        ev("network", "n4", {**NET, "uuid": "d", "bridge": "missing"}),
+    ])
+    assert desired.desired_bridge_ids(s, {"br-int", "xapi7"}) == {"br-int": "a-uuid", "xapi7": "ext"}
+
+
+def test_plan_keeps_rows_that_already_carry_the_keys() -> None:
+    want = Vif("i", "v", "aa:16:3e:00:00:01", "vif1.0", "blue", extra={"xs-vif-uuid": "i"})
+    have = Vif("i", "v", "aa:16:3e:00:00:01", "vif1.0", "blue", extra={"xs-vif-uuid": "i", "veil-owns-port": "true"})
+    stale = Vif("s", "v", "aa:16:3e:00:00:02", "vif2.0", "blue")
+    assert desired.plan({"vif1.0": want}, {"vif1.0": have, "vif2.0": stale}) == desired.Plan((), ("vif2.0",))
+    moved = want.replace(network="red")
+    assert desired.plan({"vif1.0": moved}, {"vif1.0": have}).plug == (moved,)
+
+
+# -- back-off and the reconnect loop --------------------------------------------------------------
+def test_backoff_grows_and_caps() -> None:
+    b = Backoff(initial=0.5, factor=2, maximum=3)
+    assert [b.delay(n) for n in range(6)] == [0, 0.5, 1, 2, 3, 3]
+    with pytest.raises(ValueError):
+        Backoff(initial=0)
+
+
+def test_daemon_retries_an_absent_xapi_on_the_backoff_schedule() -> None:
+    """A real connection attempt to a socket that does not exist; the waits are recorded, not slept."""
+    waits: list[float] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return len(waits) > 5
+
+    class NoOvs:  # never reached: the daemon fails before it touches OVSDB
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"OVSDB used before xapi answered: {name}")
+
+    Follower(connect=lambda: login("unix:/nonexistent/xapi"), ovs=NoOvs(), host_uuid="h", manage_ports=True,
+             wait=wait, backoff=Backoff(initial=0.1, maximum=0.4)).run()
+    assert waits == [0, 0.1, 0.2, 0.4, 0.4, 0.4]
+
+
+# -- plugin arguments and framing -----------------------------------------------------------------
+def test_argument_checks() -> None:
+    assert A.check_map({"a": "1"}, required=["a"]) == {"a": "1"}
+    with pytest.raises(Failure) as err:
+        A.check_map({"a": 1}, required=["a"])
+    assert err.value.params[0] == "VEIL_INVALID_ARGUMENT"
+    with pytest.raises(Failure) as err:
+        A.uuid_arg({"u": "6E0D8F3A5F0E4D439F0B000000000000"}, "u")
+    assert err.value.params[:3] == ["VEIL_INVALID_ARGUMENT", "u", "6E0D8F3A5F0E4D439F0B000000000000"]
+    assert A.uuid_arg({"u": "6E0D8F3A-5F0E-4D43-9F0B-000000000000"}, "u") == "6e0d8f3a-5f0e-4d43-9f0b-000000000000"
+    assert A.port_arg({"p": "tap3.1"}, "p") == "tap3.1"
+    with pytest.raises(Failure):
+        A.network_arg({"n": "-lead"}, "n")
+
+
+class _Session:
+    _session: str = ""
+
+
+def _parse(response: str) -> Any:
+    (value,), method = xmlrpc.client.loads(response)
+    assert method is None
+    return value
+
+
+def test_protocol_framing() -> None:
+    sessions: list[_Session] = []
+
+    def factory() -> _Session:
+        sessions.append(_Session())
+        return sessions[-1]
+
+    def echo(session: Any, args: dict[str, str]) -> str:
+        return f"{session._session}:{args['k']}"
+
+    def boom(session: Any, args: dict[str, str]) -> str:
+        raise KeyError("oops")
+
+    def refuse(session: Any, args: dict[str, str]) -> str:
+        raise Failure("VEIL_X", ["a", "b"])
+
+    table = {"echo": echo, "boom": boom, "refuse": refuse}
+
+    def call(fn: str) -> str:
+        return xmlrpc.client.dumps(("OpaqueRef:s1", {"k": "v"}), methodname=fn)
+
+    assert _parse(respond(table, call("echo"), factory)) == {"Status": "Success", "Value": "OpaqueRef:s1:v"}
+    assert _parse(respond(table, call("refuse"), factory)) == {"Status": "Failure", "ErrorDescription": ["VEIL_X", "a", "b"]}
+    assert _parse(respond(table, call("boom"), factory))["ErrorDescription"] == [
+        "XENAPI_PLUGIN_FAILURE", "boom", "KeyError", "'oops'"]
+    assert _parse(respond(table, call("nope"), factory))["ErrorDescription"] == ["UNKNOWN_XENAPI_PLUGIN_FUNCTION", "nope"]
+
+
+# -- settings -------------------------------------------------------------------------------------
+def test_settings_file_and_environment(tmp_path: Any) -> None:
+    conf = tmp_path / "xen.conf"
+    conf.write_text("# veil on XenServer\nVEIL_OVSDB=unix:/run/ovs.sock\nVEIL_HOOK_MODE='strict'\n")
+    cfg = config.load({"VEIL_XEN_CONF": str(conf), "VEIL_BRIDGE": "xenbr9"})
+    assert (cfg.ovsdb, cfg.bridge, cfg.strict, cfg.xapi) == ("unix:/run/ovs.sock", "xenbr9", True, config.LOCAL_XAPI)
+    conf.write_text("VEIL_OVSDB=x\nVEIL_OVSBD=typo\n")
+    with pytest.raises(config.ConfigError, match=r"xen.conf:2: .*VEIL_OVSBD"):
+        config.load({"VEIL_XEN_CONF": str(conf)})
+    with pytest.raises(config.ConfigError, match="VEIL_HOOK_MODE"):
+        config.load({"VEIL_XEN_CONF": str(tmp_path / "none"), "VEIL_HOOK_MODE": "lenient"})
