@@ -216,3 +216,27 @@ def test_xenopsd_made_ports_get_completed_and_tap_vif_pairing(xapi: XapiSim, hos
                  lambda: "veil-network" not in interfaces(ovs)["vif8.0"]
                  and interfaces(ovs)["vif8.0"].get("iface-status") == "inactive")
         assert "vif8.0" in interfaces(ovs), "xenopsd's port is xenopsd's to delete"
+
+
+def test_daemon_started_before_xapi_waits_and_then_syncs(xapi: XapiSim, host_a: Host) -> None:
+    net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
+    vm, _ = veil_vm(xapi, "early", "aa:16:3e:00:00:91", net)
+    xapi.start_vm(vm, host_a.ref, domid=2)
+    xapi.stop()
+    with running_daemon(xapi, host_a) as daemon:
+        wait_for("a failed connection attempt", lambda: "retrying in" in daemon.text())
+        xapi.start()
+        wait_for("registered once xapi is up", lambda: "vif2.0" in interfaces(host_a.ovs))
+
+
+def test_ovsdb_restart_is_survived(xapi: XapiSim, host_a: Host) -> None:
+    net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
+    first, _ = veil_vm(xapi, "first", "aa:16:3e:00:00:a1", net)
+    second, _ = veil_vm(xapi, "second", "aa:16:3e:00:00:a2", net)
+    with running_daemon(xapi, host_a):
+        xapi.start_vm(first, host_a.ref, domid=1)
+        wait_for("first", lambda: "vif1.0" in interfaces(host_a.ovs))
+        host_a.ovs.stop_ovsdb()
+        xapi.start_vm(second, host_a.ref, domid=2)
+        host_a.ovs.start_ovsdb()
+        wait_for("second, after OVSDB came back", lambda: "vif2.0" in interfaces(host_a.ovs), timeout=30)
