@@ -94,6 +94,7 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._observer: Any = None
         self.rounds = 0
+        self._ignored: tuple[tuple[Binding, str], ...] = ()
 
     # -- wiring --------------------------------------------------------------------------------
     def kick(self) -> None:
@@ -174,6 +175,11 @@ class Controller:
         if seen or self.claims:
             self.claims = claims_after(self.claims, state, seen)
             state = self._state(declared, views)
+        ignored = placement(state).ignored
+        if ignored != self._ignored:
+            for b, why in ignored:
+                LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
+            self._ignored = ignored
         for host, link in sorted(self.links.items()):
             self._apply_host(state, host, link, now)
 
@@ -218,7 +224,11 @@ class Controller:
                 except OvsdbUnreachable as exc:
                     LOG.warning("host %s: OVSDB %s unreachable: %s", sid, rec.ovsdb, exc)
                     continue
-            link.view = link.db.view(now)
+            view = link.db.view(now)
+            if link.view is None or view.rejected != link.view.rejected:
+                for name, why in view.rejected:
+                    LOG.error("host %s: VIF %s not plugged: %s", sid, name, why)
+            link.view = view
             if link.view.system_id not in (None, sid):
                 LOG.error("host %s: its OVSDB says system-id %s; not programming it",
                           sid, link.view.system_id)
