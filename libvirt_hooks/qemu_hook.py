@@ -1,0 +1,234 @@
+"""The libvirt qemu hook: registers a domain's veil VIFs in the local OVSDB as libvirt runs it.
+
+libvirt calls ``HOOK NAME OP SUBOP EXTRA`` with the live domain XML on stdin and waits for it
+(no timeout), so this runs on the VM start path: it never calls libvirt (that deadlocks the
+daemon), imports nothing heavy, and writes OVSDB through ``hooks.ovsdb_rpc`` (one write
+transaction per VIF). What each operation does:
+
+=================  ===========================================================================
+prepare begin      validate the veil metadata (no tap exists yet): strict mode refuses early
+start begin        register every veil VIF (libvirt's tap and, for openvswitch ports, its row
+                   exist now). On a migration destination this announces the incoming VIF
+                   before the guest runs; the source keeps its own active row until it stops.
+started begin      nothing left to do (registration happened at start)
+reconnect begin    register again (libvirtd restarted; libvirt rewrote its own four keys)
+stopped end        unplug the VM's veil ports: delete taps veil added, deactivate the others
+release end        same as stopped (idempotent; catches what a failed stopped left)
+migrate begin      validate, print the XML back unchanged (libvirt reads stdout here)
+restore begin      validate, print the XML back unchanged
+=================  ===========================================================================
+
+Failures: in the default mode the hook logs a clear error, spools what could not be written
+(``hooks.spool``; veil-hostd applies it later) and exits 0, so a veil problem never blocks a
+VM. In strict mode (``mode=strict`` in the config) it exits 1 at the operations where libvirt
+honours the status, with a one-line reason on stderr that libvirt shows to the user.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from hooks import contract
+from hooks.ovsdb_rpc import RpcRegistrar
+from hooks.spool import PlugEvent, Spool, SpoolError, UnplugVmEvent, submit
+from libvirt_hooks.domxml import MAX_XML_BYTES, DomainXmlError, plan_domain, read_domain
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO, TextIO
+
+DEFAULT_CONFIG = "/etc/libvirt/hooks/veil-hook.conf"
+# Operations where strict mode exits non-zero: libvirt then stops the start, cancels the
+# incoming migration or aborts the restore. Not reconnect: there libvirt would kill a VM that
+# is already running, which no veil problem justifies.
+BLOCKING = frozenset({"prepare", "start", "migrate", "restore"})
+EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
+
+
+class ConfigError(ValueError):
+    """The hook's config file is unreadable or has a bad line."""
+
+
+class HookConfig:
+    """Settings from ``key=value`` lines (the installer writes them; comments start with #)."""
+
+    __slots__ = ("mode", "db", "bridge", "spool", "log", "timeout", "networks_file", "max_xml_bytes")
+
+    def __init__(self) -> None:
+        self.mode = "default"
+        self.db = "unix:/var/run/openvswitch/db.sock"
+        self.bridge = contract.INTEGRATION_BRIDGE
+        self.spool = "/var/spool/veil"
+        self.log = "/var/log/veil/libvirt-hook.log"
+        self.timeout = 2.0
+        self.networks_file = ""
+        self.max_xml_bytes = MAX_XML_BYTES
+
+    @property
+    def strict(self) -> bool:
+        return self.mode == "strict"
+
+
+def load_config(path: str) -> HookConfig:
+    """Read the config file; a missing file means all defaults."""
+    cfg = HookConfig()
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read(65536).splitlines()
+    except FileNotFoundError:
+        return cfg
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = (part.strip() for part in line.partition("="))
+        if not sep or key not in HookConfig.__slots__:
+            raise ConfigError(f"{path}:{number}: expected key=value with key in {', '.join(HookConfig.__slots__)}")
+        if key == "mode" and value not in ("default", "strict"):
+            raise ConfigError(f"{path}:{number}: mode must be 'default' or 'strict', got {value!r}")
+        try:
+            parsed: object = float(value) if key == "timeout" else int(value) if key == "max_xml_bytes" else value
+        except ValueError:
+            raise ConfigError(f"{path}:{number}: {key} must be a number, got {value!r}") from None
+        setattr(cfg, key, parsed)
+    return cfg
+
+
+def known_networks(cfg: HookConfig) -> frozenset[str] | None:
+    """The networks declared on this host (one per line), or None when no list is configured."""
+    if not cfg.networks_file:
+        return None
+    try:
+        with open(cfg.networks_file, encoding="utf-8") as f:
+            return frozenset(n.strip() for n in f if n.strip() and not n.startswith("#"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read networks file {cfg.networks_file}: {exc}") from None
+
+
+class Outcome:
+    """What one invocation found: errors (one line each) and whether anything was spooled."""
+
+    __slots__ = ("errors", "spooled", "notes")
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.spooled = ""
+        self.notes: list[str] = []
+
+
+def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
+    """Do what ``op``/``sub`` requires for the domain in ``xml`` (pure of exit-code policy)."""
+    out = Outcome()
+    action = (op, sub)
+    if action not in {
+        ("prepare", "begin"), ("start", "begin"), ("reconnect", "begin"), ("migrate", "begin"),
+        ("restore", "begin"), ("stopped", "end"), ("release", "end"),
+    }:
+        return out  # started/begin and operations veil has no business with
+    try:
+        dom = read_domain(xml, limit=cfg.max_xml_bytes)
+    except DomainXmlError as exc:
+        out.errors.append(str(exc))
+        return out
+    if not dom.has_metadata and not dom.ifaces:
+        return out
+    if op in ("stopped", "release"):
+        if dom.has_metadata:
+            _submit(cfg, [UnplugVmEvent(dom.uuid)], out)
+        return out
+    plan = plan_domain(dom, bridge=cfg.bridge, known_networks=known_networks(cfg))
+    out.errors.extend(plan.problems)
+    if op in ("start", "reconnect"):
+        out.errors.extend(f"{p} has no tap (<target dev>) at {op}" for p in plan.pending)
+        events = [PlugEvent(w.vif, add_port=w.add_port) for w in plan.wanted]
+        if events:
+            _submit(cfg, events, out)
+            out.notes.append(f"registered {', '.join(w.vif.port + '=' + w.vif.network for w in plan.wanted)}")
+    return out
+
+
+def _submit(cfg: HookConfig, events: list[PlugEvent] | list[UnplugVmEvent], out: Outcome) -> None:
+    registrar = RpcRegistrar(cfg.db, bridge=cfg.bridge, timeout=cfg.timeout)
+    try:
+        result = submit(Spool(cfg.spool), registrar, events)
+    finally:
+        registrar.close()
+    out.errors.extend(result.rejected)
+    if result.spooled:
+        out.spooled = f"{result.spooled} event(s) spooled to {cfg.spool}: {result.spool_reason}"
+
+
+def exit_status(op: str, out: Outcome, cfg: HookConfig) -> int:
+    """Strict mode fails the operations libvirt honours; the default mode never blocks a VM."""
+    failed = bool(out.errors) or bool(out.spooled)
+    return EX_FAIL if failed and cfg.strict and op in BLOCKING else EX_OK
+
+
+def main(argv: list[str] | None = None, *, config_path: str = DEFAULT_CONFIG,
+         stdin: BinaryIO | None = None, stdout: BinaryIO | None = None, stderr: TextIO | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    err = stderr or sys.stderr
+    if len(args) < 3:
+        err.write("usage: veil qemu hook DOMAIN OPERATION SUB-OPERATION [EXTRA] (domain XML on stdin)\n")
+        return EX_USAGE
+    name, op, sub = args[0], args[1], args[2]
+    started = time.monotonic()
+    xml = (stdin or sys.stdin.buffer).read()
+    if op in ("migrate", "restore") and sub == "begin":
+        # libvirt reads stdout as the (new) XML here: echo it unchanged, exactly.
+        (stdout or sys.stdout.buffer).write(xml)
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        # Without a readable config the mode is unknown: never block a VM on a veil problem.
+        err.write(f"veil: {exc}\n")
+        return EX_OK
+    try:
+        out = run(op, sub, xml, cfg)
+    except (ConfigError, SpoolError) as exc:
+        out = Outcome()
+        out.errors.append(str(exc))
+    except Exception as exc:  # noqa: BLE001 - last resort: a veil bug must not traceback into libvirt
+        import traceback
+
+        _log(cfg, f"{name} {op} {sub}: internal error: {exc!r}\n{traceback.format_exc()}")
+        out = Outcome()
+        out.errors.append(f"internal error in the veil hook: {exc!r} (traceback in {cfg.log})")
+    status = exit_status(op, out, cfg)
+    elapsed_ms = (time.monotonic() - started) * 1000
+    for line in out.errors:
+        _log(cfg, f"{name} {op} {sub}: ERROR {line}")
+    if out.spooled:
+        _log(cfg, f"{name} {op} {sub}: WARNING {out.spooled}")
+    for note in out.notes:
+        _log(cfg, f"{name} {op} {sub}: {note} ({elapsed_ms:.1f} ms)")
+    if status != EX_OK:
+        reasons = out.errors or [out.spooled]
+        more = f" (and {len(reasons) - 1} more, see {cfg.log})" if len(reasons) > 1 else ""
+        err.write(f"veil: {reasons[0]}{more}\n")
+    elif out.errors or out.spooled:
+        err.write(f"veil: {(out.errors or [out.spooled])[0]} (not blocking: default mode)\n")
+    return status
+
+
+def _log(cfg: HookConfig, message: str) -> None:
+    """Append one line to the hook log (best effort: a full disk must not block a VM)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    line = f"{stamp} veil-qemu-hook[{os.getpid()}] {message.rstrip()}\n".encode("utf-8", "replace")
+    try:
+        os.makedirs(os.path.dirname(cfg.log) or ".", exist_ok=True)
+        fd = os.open(cfg.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
