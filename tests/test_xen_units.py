@@ -89,6 +89,13 @@ def test_overrides_and_the_vifs_own_network_win() -> None:
     assert (v.iface_id, v.vm_id, v.network, v.mac) == ("cms-port", "cms-vm", "red", "aa:16:3e:00:00:0a")
 
 
+def test_locking_mode_addresses_become_veil_ips() -> None:
+    rec = {**vif_rec("vif-u", "vm"), "ipv4_allowed": ["198.19.0.5"], "ipv6_allowed": ["fd00::5"]}
+    s = state_of(ev("vm", "vm", vm_rec("vm-u")), ev("vif", "v", rec))
+    (v,) = desired.desired_vifs(s, HOST, set()).vifs.values()
+    assert v.extra["veil-ips"] == "198.19.0.5,fd00::5"
+
+
 def test_vif_on_no_veil_network_is_not_wanted() -> None:
     s = model.state_from_snapshot([
         ev("network", "n", {**NET, "other_config": {}}), ev("vm", "vm", vm_rec("vm-u")),

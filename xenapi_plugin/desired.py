@@ -10,6 +10,7 @@ The rules are the ones OVS's ovs-xapi-sync applied (shared reference xenapi-plug
   inactive; both carry the same keys;
 - the veil network comes from VIF other_config ``veil-network``, else the xapi network's; a VIF
   with neither is not veil's and is left alone;
+- ``veil-ips`` (port security) = the VIF's ``ipv4_allowed`` + ``ipv6_allowed``, when set;
 - ``bridge-id`` of a bridge = its network's other_config ``nicira-bridge-id`` else the network
   uuid (the first, by uuid, when several networks share the bridge).
 """
@@ -28,6 +29,7 @@ NICIRA_VM_ID = "nicira-vm-id"
 NICIRA_BRIDGE_ID = "nicira-bridge-id"
 VEIL_NETWORK = contract.VEIL_NETWORK  # the same key in xapi other_config as in OVSDB
 VEIL_TENANT = contract.VEIL_TENANT
+VEIL_IPS = "veil-ips"  # Interface: the VIF's addresses for port security (controller.hostdb.VEIL_IPS)
 
 
 def vif_port(domid: int, device: str) -> str:
@@ -59,6 +61,8 @@ def vif_for(vm: XapiVM, vif: XapiVIF, network: XapiNetwork | None) -> Vif | None
     }
     if network is not None:
         extra[contract.XS_NETWORK_UUID] = network.uuid
+    if vif.ips:
+        extra[VEIL_IPS] = ",".join(vif.ips)
     return Vif(
         iface_id=vif.other_config.get(NICIRA_IFACE_ID) or vif.uuid,
         vm_id=vm.other_config.get(NICIRA_VM_ID) or vm.uuid,

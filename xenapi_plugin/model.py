@@ -73,6 +73,7 @@ class XapiVIF:
     vm: str
     currently_attached: bool
     other_config: Mapping[str, str] = field(default_factory=dict)
+    ips: tuple[str, ...] = ()  # ipv4_allowed + ipv6_allowed (xapi's locking-mode addresses)
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> XapiVIF:
@@ -84,6 +85,7 @@ class XapiVIF:
             vm=str(_field(rec, "VM", "VIF")),
             currently_attached=bool(rec.get("currently_attached", False)),
             other_config=_str_map(rec.get("other_config")),
+            ips=tuple(str(ip) for key in ("ipv4_allowed", "ipv6_allowed") for ip in rec.get(key) or ()),
         )
 
 
