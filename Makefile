@@ -6,7 +6,7 @@ DEPS := controller/lab/scripts/deps.sh
 # Keep the demo lab up afterwards with: make demo KEEP=1
 KEEP ?= 0
 
-.PHONY: all deps deps-test demo test lint unit clean-labs
+.PHONY: all deps deps-test demo test lint unit clean-labs bench
 
 all: test
 
@@ -31,3 +31,9 @@ unit: deps
 # Removes every lab this machine still has (each by its own state file: names and pids).
 clean-labs: deps
 	$(VENV)/bin/veil-lab down --all
+
+# The benchmark, veil side by side with OVN 23.03 on the same lab (docs/benchmarks.md).
+# Installs OVN (a benchmark peer only, never a veil dependency); ~10 minutes on 2 cores.
+bench: deps-test
+	bash $(DEPS) --no-venv --ovn
+	$(VENV)/bin/veil-lab bench

@@ -80,6 +80,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.root), keep=args.keep, say=_say)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from controller.lab.bench import runner
+
+    try:
+        plan = runner.plan_from(args.quick, args.only, args.reps)
+    except ValueError as exc:
+        raise SystemExit(f"veil-lab bench: {exc}") from exc
+    return runner.run(Path(args.out), plan, _say, Path(args.root))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="veil-lab", description=__doc__)
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="where lab run directories live")
@@ -116,6 +126,13 @@ def parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="the two-DC demo, step by step")
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     dm.set_defaults(func=cmd_demo)
+
+    bn = sub.add_parser("bench", help="measure veil side by side with OVN and plain OVS (docs/benchmarks.md)")
+    bn.add_argument("--out", default="docs/bench", help="where results.json, results.md and the plots go")
+    bn.add_argument("--quick", action="store_true", help="few repetitions and a small fabric (a smoke run)")
+    bn.add_argument("--only", help="comma list of 1, lab, 4, 5 (default: all)")
+    bn.add_argument("--reps", type=int, help="repetitions of figure 2 (default 20)")
+    bn.set_defaults(func=cmd_bench)
     return p
 
 

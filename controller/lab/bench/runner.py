@@ -1,0 +1,235 @@
+"""`veil-lab bench`: every figure, veil side by side with OVN and plain OVS, in one run.
+
+Each system gets a fresh two-DC lab (prefix ``vlb...``) so no controller ever sees another's
+flows; the lab is torn down (by name and pid) whatever happens. A figure that cannot be taken
+is recorded with the reason and the run goes on; the exit code says whether any was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from controller.lab import netns, topology
+from controller.lab.bench import flowmods, hooklat, labfigs, report
+from controller.lab.bench.labfigs import BenchError, Plugger, System
+from controller.lab.bench.ovn import OvnMissing
+from controller.lab.bench.results import Comparison, Goal, Result
+from controller.lab.bench.systems import OvnSystem, PlainSystem, VeilSystem
+from controller.lab.lab import DEFAULT_ROOT, Lab
+from controller.ofconn import OpenFlowError
+
+Say = Callable[[str], None]
+# What a figure may fail with without stopping the run (each is recorded with its message).
+MEASUREMENT_ERRORS = (BenchError, netns.CommandError, OvnMissing, OpenFlowError, subprocess.TimeoutExpired,
+                      OSError, ValueError)
+
+# The lab roles: a1 moves / is plugged, a2 is in the other DC, a3 pings during migrations.
+MOVER, FAR_PEER, PINGER = "a1", "a2", "a3"
+MIGRATION_HOSTS = ("dc1-h1", "dc2-h2")
+THROUGHPUT_HOSTS = ("dc1-h1", "dc2-h1")
+
+GOALS = {
+    "1": (Goal("p99", "<=", 20.0),),
+    labfigs.FIG2: (Goal("median", "<=", 8.0), Goal("p95", "<=", 15.0)),
+    labfigs.FIG3[True]: (Goal("max", "<=", 5.0),),
+    "4a": (Goal("median", "<=", 5.0),),
+    "4c": (Goal("max", "<=", 300.0),),
+    "4d": (Goal("median", "<=", 5.0),),
+    flowmods.FIG5: (Goal("median", ">=", 30_000.0),),
+}
+PLOT_GOALS = {"1": 20.0, labfigs.FIG2: 8.0, labfigs.FIG3[True]: 5.0}
+COMPARISONS = (
+    Comparison(labfigs.FIG2, "veil", "ovn", "median", "<=", 0.5),
+    Comparison(labfigs.FIG3[True], "veil", "ovn", "median"),
+    Comparison(labfigs.FIG3[False], "veil", "ovn", "median", "<", 1.0),
+    Comparison(labfigs.FIG6, "veil", "plain", "median", ">=", 0.95),
+    Comparison(labfigs.FIG6, "veil", "ovn", "median", ">=", 1.0),
+    Comparison(labfigs.FIG6, "ovn", "plain", "median"),
+    Comparison(labfigs.FIGMEM, "veil", "ovn", "max"),
+    Comparison("4d", "veil", "ovn", "median"),
+    Comparison(flowmods.FIG5, "veil", "ovs-ofctl", "median"),
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    reps: int = 20  # fig 2
+    moves: int = 6  # fig 3, per variant
+    iperf_seconds: int = 6
+    hosts: int = 1000  # fig 4
+    vifs: int = 10_000
+    flows: int = 20_000  # fig 5
+    flow_reps: int = 3
+    figures: frozenset[str] = frozenset({"1", "lab", "4", "5"})
+
+
+QUICK = Plan(reps=3, moves=2, iperf_seconds=2, hosts=50, vifs=500, flows=2000, flow_reps=1)
+
+
+def _failed(figure: str, title: str, system: str, unit: str, exc: BaseException) -> Result:
+    return Result(figure, title, system, unit, error=f"{type(exc).__name__}: {exc}")
+
+
+def lab_figures(system: System, plan: Plan, root: Path, say: Say) -> list[Result]:
+    """Figures 2, 3, 6 and memory for one system, on a lab of its own."""
+    lab = Lab(topology.load(), prefix=f"vlb{secrets.token_hex(3)}", root=root)
+    out: list[Result] = []
+    plugger = Plugger(lab)
+    try:
+        lab.up()
+        say(f"[{system.name}] lab {lab.prefix} up; starting {system.name}")
+        try:
+            system.start(lab)
+        except MEASUREMENT_ERRORS as exc:
+            say(f"[{system.name}] could not start: {exc}")
+            return [_failed(f, "lab figures", system.name, "-", exc) for f in ("2", "3a", "3b", "6", "mem")]
+        labfigs.static_arp(lab)
+        steps: list[tuple[str, str, str, Callable[[], Result]]] = [
+            (labfigs.FIG6, "iperf3 throughput", "Gbit/s",
+             lambda: labfigs.throughput(lab, system, MOVER, FAR_PEER, plan.iperf_seconds)),
+        ]
+        if not isinstance(system, PlainSystem):
+            steps += [
+                (labfigs.FIGMEM, "control plane RSS", "MB", lambda: labfigs.memory(system)),
+                (labfigs.FIG2, labfigs.FIG2_TITLE, "ms",
+                 lambda: labfigs.vif_up_to_ping(lab, system, plugger, MOVER, FAR_PEER, plan.reps,
+                                                GOALS[labfigs.FIG2] if system.name == "veil" else ())),
+                ("3a", labfigs.FIG3_TITLE[True], "ms",
+                 lambda: labfigs.migration(lab, system, plugger, MOVER, PINGER, MIGRATION_HOSTS, True, plan.moves,
+                                           GOALS["3a"] if system.name == "veil" else ())),
+                ("3b", labfigs.FIG3_TITLE[False], "ms",
+                 lambda: labfigs.migration(lab, system, plugger, MOVER, PINGER, MIGRATION_HOSTS, False,
+                                           plan.moves)),
+            ]
+        for fig, title, unit, fn in steps:
+            try:
+                r = fn()
+            except MEASUREMENT_ERRORS as exc:
+                r = _failed(fig, title, system.name, unit, exc)
+            say(f"[{system.name}] fig {fig}: {_brief(r)}")
+            out.append(r)
+        if isinstance(system, OvnSystem):
+            out.append(_ovn_flows_per_port(lab, system))
+        system.stop()
+    finally:
+        plugger.close()
+        lab.down()
+    return out
+
+
+def _ovn_flows_per_port(lab: Lab, system: OvnSystem) -> Result:
+    vm = lab.vms[PINGER]
+    others = [h for h in lab.hosts.values() if h.name != lab.placement(PINGER)
+              and any(v.network == vm.network and lab.placement(v.name) == h.name for v in lab.vms.values())]
+    try:
+        remote = system.flows_per_port(lab, vm, others[0])
+        local = system.flows_per_port(lab, vm, lab.hosts[lab.placement(PINGER)])
+    except MEASUREMENT_ERRORS as exc:
+        return _failed("4d", FLOWS_TITLE, "ovn", "flows", exc)
+    return Result("4d", FLOWS_TITLE, "ovn", "flows", (float(remote),),
+                  method=(f"OpenFlow flows {others[0].name} gains when logical port {PINGER} (bound on "
+                          f"{lab.placement(PINGER)}) is added; its own host gains {local}"),
+                  extra={"own host": float(local)})
+
+
+FLOWS_TITLE = "flows added on another host of the network per added port"
+
+
+def scale_figures(plan: Plan) -> list[Result]:
+    """Figure 4 in a separate process (its peak RSS is the controller core's alone)."""
+    fabric = f"{plan.hosts:,} simulated hosts, {plan.vifs:,} VIFs in {plan.vifs // 10:,} networks"
+    try:
+        proc = netns.run([sys.executable, "-m", "controller.lab.bench.scale", "--hosts", str(plan.hosts),
+                          "--vifs", str(plan.vifs), "--networks", str(max(1, plan.vifs // 10)),
+                          "--tenants", str(max(1, plan.vifs // 100)), "--events", "1"], timeout=900)
+        m = json.loads(proc.stdout)
+    except MEASUREMENT_ERRORS as exc:
+        return [_failed("4a", "controller: one VIF event", "veil", "ms", exc)]
+    how = (f"{fabric} (hosts exist only in the desired state: the pure part of a controller round runs for "
+           "each, i.e. State.build, compute_tunnels, compute_flows and diff against its installed flows, no I/O)")
+    return [
+        Result("4a", "controller: one VIF event (compute + diff, all hosts)", "veil", "ms",
+               tuple(m["event_ms"]), GOALS["4a"],
+               method=f"one VIF added, then one reconcile pass as Controller.reconcile does it; {how}",
+               notes=f"placement() alone takes {m['placement_ms']:.1f} ms and runs inside compute_flows for every host",
+               extra={"placement ms": m["placement_ms"]}),
+        Result("4b", "controller: full recompute (all hosts)", "veil", "s", (m["full_recompute_s"],),
+               method=f"first reconcile pass from nothing installed ({m['initial_flow_mods']:,} flow mods); {how}"),
+        Result("4c", "controller core peak RSS at scale", "veil", "MB", (m["peak_rss_mb"],), GOALS["4c"],
+               method=f"ru_maxrss of the process holding the state and every host's installed flow ids; {how}"),
+        Result("4d", FLOWS_TITLE, "veil", "flows", (float(m["flows_added_remote"]),), GOALS["4d"],
+               method=(f"compute_flows before/after one more VIF in an existing network; its own host gains "
+                       f"{m['flows_added_local']}; flows per host at scale: median {m['flows_per_host_median']}, "
+                       f"max {m['flows_per_host_max']}"),
+               extra={"own host": float(m["flows_added_local"]),
+                      "flows per host median": float(m["flows_per_host_median"])}),
+    ]
+
+
+def _brief(r: Result) -> str:
+    s = r.summary
+    if s is None:
+        return f"NOT MEASURED ({r.error})"
+    return f"median {s.median:.3g} {r.unit}, p95 {s.p95:.3g}, max {s.max:.3g} (n={s.n})"
+
+
+def run(out: Path, plan: Plan, say: Say, root: Path = DEFAULT_ROOT) -> int:
+    """Measure everything in ``plan``, write the report into ``out``; 1 if a figure was lost."""
+    machine = report.machine_info(datetime.now(timezone.utc))
+    say(f"bench on {machine.line()}")
+    results: list[Result] = []
+    if "1" in plan.figures:
+        r = hooklat.measure(GOALS["1"])
+        say(f"fig 1: {_brief(r)}")
+        results.append(r)
+    if "lab" in plan.figures:
+        for system in (PlainSystem(THROUGHPUT_HOSTS), OvnSystem(), VeilSystem()):
+            results += lab_figures(system, plan, root, say)
+    if "4" in plan.figures:
+        say(f"fig 4: {plan.hosts} simulated hosts, {plan.vifs} VIFs (pure compute, may take minutes)")
+        for r in scale_figures(plan):
+            say(f"fig {r.figure}: {_brief(r)}")
+            results.append(r)
+    if "5" in plan.figures:
+        rundir = root / f"vlb{secrets.token_hex(3)}"
+        try:
+            rs = flowmods.measure(rundir.name, rundir, plan.flows, plan.flow_reps, GOALS[flowmods.FIG5][0])
+        except MEASUREMENT_ERRORS as exc:
+            rs = [_failed(flowmods.FIG5, flowmods.TITLE, "veil", "flow-mods/s", exc)]
+        for r in rs:
+            say(f"fig 5 ({r.system}): {_brief(r)}")
+        results += rs
+    machine = replace(machine, load_end=report.load_average())
+    written = report.write(out, machine, results, COMPARISONS, PLOT_GOALS)
+    say("")
+    say(report.markdown(machine, results, COMPARISONS))
+    say("wrote " + ", ".join(str(p) for p in written))
+    return 1 if any(r.error for r in results) else 0
+
+
+def parse_figures(text: str) -> frozenset[str]:
+    allowed = {"1", "lab", "4", "5"}
+    figs = frozenset(x.strip() for x in text.split(",") if x.strip())
+    bad = figs - allowed
+    if bad or not figs:
+        raise ValueError(f"--only: {', '.join(sorted(bad)) or 'nothing'}: choose from {', '.join(sorted(allowed))}")
+    return figs
+
+
+def plan_from(quick: bool, only: str | None, reps: int | None) -> Plan:
+    plan = QUICK if quick else Plan()
+    if only:
+        plan = replace(plan, figures=parse_figures(only))
+    if reps is not None:
+        if reps < 1:
+            raise ValueError("--reps: must be at least 1")
+        plan = replace(plan, reps=reps)
+    return plan
+
