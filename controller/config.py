@@ -56,11 +56,14 @@ def _keys(obj: object, where: str, allowed: set[str], required: set[str]) -> Map
 
 def parse_config(text: str, source: str = "config") -> Config:
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidState(f"{source}: not valid YAML: {exc}") from exc
-    top = _keys(data, source, {"tenants"}, set())
+    # "tenants" is required: an empty (e.g. half-written) file must not mean "delete all".
+    top = _keys(data, source, {"tenants"}, {"tenants"})
     raw_tenants = top.get("tenants", [])
+    if raw_tenants is None:
+        raw_tenants = []
     if not isinstance(raw_tenants, list):
         raise InvalidState(f"{source}.tenants: expected a list")
     tenants: list[Tenant] = []

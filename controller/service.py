@@ -132,8 +132,10 @@ class Controller:
 
         class Handler(FileSystemEventHandler):  # type: ignore[misc]
             def on_any_event(self, event: Any) -> None:
-                # Reading the file raises opened/closed_no_write events: only writes count.
-                if event.event_type not in ("created", "modified", "moved", "closed"):
+                # Act on finished writes only (close after writing, or an editor's atomic
+                # rename): a "modified" file may be half written, and reading it raises
+                # opened/closed_no_write events of its own.
+                if event.event_type not in ("moved", "closed"):
                     return
                 if target in (getattr(event, "src_path", ""), getattr(event, "dest_path", "")):
                     ctl._config_changed.set()

@@ -32,6 +32,10 @@ from controller.store import Store, StoreServer
      r"tenants\[1\]\.networks\[0\]\.name: network 'n' is also tenants\[0\]\.networks\[0\]"),
     ("tenant: []", r"config\.tenant: unknown key"),
     ("tenants: [", r"config: not valid YAML"),
+    ("", r"config: expected a mapping"),
+    ("# nothing yet\n", r"config: expected a mapping"),
+    ("other: 1", r"config\.other: unknown key"),
+    ("{}", r"config\.tenants: missing"),
 ])
 def test_config_errors_name_the_field(text: str, error: str) -> None:
     with pytest.raises(InvalidState, match=error):

@@ -89,6 +89,11 @@ def test_sent_flows_forward_isolate_and_answer_arp(ovs: OvsInstance, session: Of
     arp = (f"in_port=1,arp,dl_src={MAC[1]},dl_dst=ff:ff:ff:ff:ff:ff,arp_op=1,"
            f"arp_sha={MAC[1]},arp_tpa=198.19.0.2")
     assert trace(ovs, arp + ",arp_spa=198.19.1.1") == "drop"
+    # IPv6 neighbour advertisements: for a's own link-local address pass, for b's die
+    na = (f"in_port=1,icmp6,icmpv6_type=136,dl_src={MAC[1]},dl_dst=33:33:00:00:00:01,"
+          "ipv6_src=fe80::5054:ff:fe00:1,nd_target=")
+    assert trace(ovs, na + "fe80::5054:ff:fe00:1") == p2
+    assert trace(ovs, na + "fe80::5054:ff:fe00:2") == "drop"
     # ARP for b's IP is answered on the spot, with b's MAC, back to a
     answer = trace(ovs, arp + ",arp_spa=198.19.0.1")
     assert f"sha={MAC[2]}" in answer and "op=2" in answer
@@ -144,7 +149,8 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> Non
         time.sleep(0.05)
 
 
-def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path) -> None:
+def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
     rundir = Path(tempfile.mkdtemp(prefix="vlc-store-", dir="/tmp"))
     server = StoreServer(rundir)
     server.start()
@@ -172,9 +178,18 @@ def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path) -> 
         wait_for("a -> b forwarding", lambda: trace(ovs, to_2) == p2)
         # a config edit that names a bad field changes nothing
         cfg.write_text("tenants:\n  - name: A\n    networks:\n      - {name: na, vni: 0}\n")
-        ctl.kick()
-        time.sleep(0.5)
+        wait_for("the reload to be rejected", lambda: "networks[0].vni: 0 is not a VNI" in
+                 caplog.text)
         assert trace(ovs, to_2) == p2
+        # a good edit is picked up without a restart: a new network, and a VIF in it
+        cfg.write_text("tenants:\n  - name: A\n    networks:\n      - {name: na, vni: 10}\n"
+                       "      - {name: nb, vni: 20}\n")
+        ovs.vsctl("add-port", "br-int", "p3", "--", "set", "Interface", "p3", "type=internal",
+                  "ofport_request=3", f"external_ids:{contract.IFACE_ID}=vif3",
+                  f'external_ids:{contract.ATTACHED_MAC}="{MAC[3]}"',
+                  f"external_ids:{contract.VEIL_NETWORK}=nb")
+        wait_for("a VIF of the new network programmed",
+                 lambda: f"dl_dst={MAC[3]}" in ovs.ofctl("dump-flows"))
         # the VM stops: its port goes, and so do its flows
         ovs.vsctl("del-port", "br-int", "p2")
         wait_for("b's flows removed", lambda: MAC[2] not in ovs.ofctl("dump-flows"))
@@ -183,3 +198,39 @@ def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path) -> 
             ctl.stop()
         server.stop()
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def rich_state() -> State:
+    """Every kind of flow: local and remote VIFs, tunnels, IPv6, a standby (migrating) VIF."""
+    from controller.model import TunnelPort
+
+    return State.build(
+        [Tenant("A")], [Network("na", "A", 10)],
+        [Host("h1", ip("198.18.0.1")), Host("h2", ip("198.18.0.2"))],
+        [Binding("a", "h1", MAC[1], "na", 1, (ip("198.19.0.1"), ip("2001:db8::1")), since=1),
+         Binding("b", "h2", MAC[2], "na", 1, (ip("198.19.0.2"),), since=1),
+         Binding("b", "h1", MAC[2], "na", 2, (ip("198.19.0.2"),), since=2),
+         Binding("c", "h1", MAC[3], "na", 3)],
+        [TunnelPort("h1", "h2", 9), TunnelPort("h2", "h1", 9)],
+    )
+
+
+def test_ofctl_rendering_and_os_ken_encoding_agree(ovs: OvsInstance, session: OfSession) -> None:
+    """The debugging syntax and the wire messages describe the same flows, as OVS reads them."""
+    desired = compute_flows(rich_state(), "h1")
+    session.apply(diff_flows(desired, session.installed()))
+    ovs.vsctl("add-br", "br-x", "--", "set", "Bridge", "br-x", "datapath_type=netdev",
+              "fail_mode=secure")
+    from controller.flows import to_ofctl
+
+    flows_file = ovs.rundir / "flows.txt"
+    flows_file.write_text("\n".join(to_ofctl(f) for f in desired) + "\n")
+    ovs.ofctl("add-flows", str(flows_file), bridge="br-x")
+
+    def dump(bridge: str) -> list[str]:
+        lines = ovs.ofctl("dump-flows", "--no-stats", bridge=bridge).splitlines()
+        return sorted(line.strip() for line in lines if "cookie=" in line)
+
+    via_os_ken = dump("br-int")
+    assert len(via_os_ken) == len(desired)
+    assert via_os_ken == dump("br-x")
