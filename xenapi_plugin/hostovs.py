@@ -48,6 +48,11 @@ class RegistrarOvs:
     def interface_names(self) -> set[str]:
         return {r.name for r in self._rows("Interface")}
 
+    def owned_ports(self) -> set[str]:
+        """Interfaces veil added itself (``veil-owns-port=true``): the only ones it deletes."""
+        return {r.name for r in self._rows("Interface")
+                if dict(r.external_ids).get(contract.VEIL_OWNS_PORT) == "true"}
+
     def bridge_names(self) -> set[str]:
         return {r.name for r in self._rows("Bridge")}
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import XenAPI
 
 from hooks import contract
-from hooks.errors import RegistrarError
+from hooks.errors import PlugRejected, RegistrarError
 from hooks.vif import Vif
 from xenapi_plugin import desired, model
 from xenapi_plugin.backoff import Backoff
@@ -48,6 +48,7 @@ class HostOvs(Protocol):
 
     def registered(self) -> Mapping[str, Vif]: ...
     def interface_names(self) -> set[str]: ...
+    def owned_ports(self) -> set[str]: ...
     def bridge_names(self) -> set[str]: ...
     def plug(self, vif: Vif, *, add_port: bool) -> None: ...
     def unplug(self, port: str, *, delete_port: bool) -> None: ...
@@ -67,9 +68,10 @@ class Outcome:
 def reconcile(state: model.XapiState, host_ref: str, ovs: HostOvs, *, manage_ports: bool) -> Outcome:
     """Make OVSDB match ``state`` for ``host_ref``: the one place the daemon writes.
 
-    Only XenServer ports (vifD.N / tapD.N) are ever unplugged. With ``manage_ports`` (hosts
-    without xenopsd's vif script: the lab, tests) veil adds and deletes the vif ports itself;
-    otherwise it only completes and retracts registrations on the ports xenopsd made.
+    Only XenServer ports (vifD.N / tapD.N) are ever unplugged, and only ports veil added itself
+    (``veil-owns-port``) are ever deleted. With ``manage_ports`` (hosts without xenopsd's vif
+    script: labs, tests) veil adds the vif ports itself; otherwise it only completes and
+    retracts registrations on the ports xenopsd made.
     """
     names = ovs.interface_names()
     wanted = desired.desired_vifs(state, host_ref, names)
@@ -81,17 +83,19 @@ def reconcile(state: model.XapiState, host_ref: str, ovs: HostOvs, *, manage_por
     todo = desired.plan(wanted_vifs, current)
     out = Outcome(rejected=dict(wanted.rejected))
     for vif in todo.plug:
-        ovs.plug(vif, add_port=manage_ports and vif.port.startswith("vif"))
+        try:
+            ovs.plug(vif, add_port=manage_ports and vif.port.startswith("vif"))
+        except PlugRejected as exc:  # e.g. xenopsd deleted the port since we read: next pass decides
+            out.rejected[vif.port] = str(exc)
+            continue
         out.plugged.append(vif.port)
+    owned = ovs.owned_ports() if todo.unplug else set()
     for port in todo.unplug:
-        ovs.unplug(port, delete_port=manage_ports and port.startswith("vif"))
+        ovs.unplug(port, delete_port=port in owned)
         out.unplugged.append(port)
-    bridge_ids = desired.desired_bridge_ids(state, ovs.bridge_names())
-    if bridge_ids:
-        ovs.set_bridge_ids(bridge_ids)
-    out.bridges = bridge_ids
-    for uuid, why in sorted(out.rejected.items()):
-        LOG.error("VIF %s cannot be registered: %s", uuid, why)
+    out.bridges = desired.desired_bridge_ids(state, ovs.bridge_names())
+    if out.bridges:
+        ovs.set_bridge_ids(out.bridges)
     if out.plugged or out.unplugged:
         LOG.info("plugged %s, unplugged %s", out.plugged, out.unplugged)
     return out
@@ -134,28 +138,40 @@ class Follower:
     wait: Callable[[float], bool]
     backoff: Backoff = field(default_factory=Backoff)
     poll_timeout: float = 5.0
-    resyncs: int = 0  # full snapshots taken (observable by tests and the status function)
+    resyncs: int = 0  # full snapshots taken
+    _reported: dict[str, str] = field(default_factory=dict)
 
     def run(self) -> None:
         failures = 0
         while not self.wait(self.backoff.delay(failures)):
+            synced_before = self.resyncs
             try:
                 self._session_lifetime()
                 failures = 0
             except TRANSIENT as exc:
-                failures += 1
+                # A session that got as far as a full resync was healthy: start the back-off anew.
+                failures = 1 if self.resyncs > synced_before else failures + 1
                 LOG.warning("%s: %s; retrying in %.1fs", type(exc).__name__, exc, self.backoff.delay(failures))
 
     def _session_lifetime(self) -> None:
-        """Snapshot, reconcile, follow events; returns when the session changed (start over)."""
         session = self.connect()
+        try:
+            self._follow(session)
+        finally:
+            try:  # xapi keeps a bounded number of sessions per user: never leak one
+                session.xenapi.session.logout()
+            except TRANSIENT:
+                pass
+
+    def _follow(self, session: Any) -> None:
+        """Snapshot, reconcile, follow events; returns when the session changed (start over)."""
         handle = session.handle
         host_ref = host_ref_for(session, self.host_uuid)
         state, token = snapshot(session)
         self.resyncs += 1
         LOG.info("full resync #%d: %d VMs, %d VIFs, %d networks in xapi",
                  self.resyncs, len(state.vms), len(state.vifs), len(state.networks))
-        reconcile(state, host_ref, self.ovs, manage_ports=self.manage_ports)
+        self._reconcile(state, host_ref)
         while not self.wait(0):
             answer = session.xenapi.event_from(list(model.CLASSES), token, self.poll_timeout)
             if session.handle != handle:
@@ -165,7 +181,14 @@ class Follower:
             state = model.apply_events(state, answer["events"])
             # Also after a quiet poll: OVSDB-side changes (xenopsd adding a tap) are picked up
             # within one poll timeout. Reading the IDL mirrors costs no round trip.
-            reconcile(state, host_ref, self.ovs, manage_ports=self.manage_ports)
+            self._reconcile(state, host_ref)
+
+    def _reconcile(self, state: model.XapiState, host_ref: str) -> None:
+        out = reconcile(state, host_ref, self.ovs, manage_ports=self.manage_ports)
+        for what, why in sorted(out.rejected.items()):
+            if self._reported.get(what) != why:
+                LOG.error("%s cannot be registered: %s", what, why)
+        self._reported = out.rejected
 
 
 def local_host_uuid(inventory: str = INVENTORY) -> str | None:
@@ -208,7 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.password_file) as fh:
             password = fh.read().strip()
     ovs = RegistrarOvs(args.ovsdb, bridge=args.bridge)
-    host_uuid = args.host_uuid or ovs.system_id() or local_host_uuid()
+    try:
+        host_uuid = args.host_uuid or ovs.system_id() or local_host_uuid()
+    except RegistrarError as exc:
+        sys.stderr.write(f"veil-xapi-sync: no --host-uuid and cannot read OVSDB system-id: {exc}\n")
+        return 2
     if not host_uuid:
         sys.stderr.write("veil-xapi-sync: cannot tell this host's uuid: pass --host-uuid\n")
         return 2
@@ -235,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnknownHost as exc:
         sys.stderr.write(f"veil-xapi-sync: {exc}\n")
         return 2
+    finally:
+        ovs.close()
     return 0
 
 
