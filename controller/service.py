@@ -22,7 +22,7 @@ from typing import Any
 from controller.compute import compute_flows, compute_tunnels
 from controller.config import load_config, resolve_networks
 from controller.diff import apply_diff, diff_flows
-from controller.flows import FlowId
+from controller.flows import Flow, FlowId
 from controller.hostdb import HostDb, HostView
 from controller.model import Binding, InvalidState, State, TunnelPort, placement
 from controller.ovsdb import OvsdbUnreachable
@@ -75,6 +75,7 @@ class HostLink:
     installed: frozenset[FlowId] | None = None
     view: HostView | None = None
     bfd: dict[str, bool | None] = field(default_factory=dict)
+    computed: tuple[State, frozenset[Flow]] | None = None  # last state and its flows
 
 
 class Controller:
@@ -272,7 +273,9 @@ class Controller:
                 link.of, link.installed = None, None
                 return
         assert link.installed is not None
-        d = diff_flows(compute_flows(state, host), link.installed)
+        if link.computed is None or link.computed[0] != state:
+            link.computed = (state, compute_flows(state, host))  # idle rounds skip this
+        d = diff_flows(link.computed[1], link.installed)
         if not d:
             return
         try:

@@ -275,3 +275,19 @@ def test_live_migration_follows_the_guest_announcement(lab: tuple[Lab, LabContro
         assert lab_.ping("b1", "b3", count=2)
     finally:
         netns.delete_netns(ns)
+
+
+def test_a_dead_host_is_reported_by_bfd(lab: tuple[Lab, LabController]) -> None:
+    """Last test: it kills one host's ovs-vswitchd; BFD on the tunnels towards it goes down
+    and the controller reports it."""
+    from controller.lab import netns
+
+    lab_, ctl = lab
+    b1_host = lab_.placement("b1")
+    b2_host = lab_.placement("b2")
+    assert b1_host != b2_host
+    ctl.wait_log(f"tunnel {b1_host} -> {b2_host} is up (BFD)")
+    pid = lab_.hosts[b2_host].ovs.pid("ovs-vswitchd")
+    assert pid is not None
+    netns.kill_pids([pid])
+    ctl.wait_log(f"tunnel {b1_host} -> {b2_host} is DOWN (BFD)", timeout=30)
