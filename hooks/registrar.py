@@ -72,6 +72,15 @@ class Registrar:
             rows = [(r.name, dict(r.external_ids)) for r in api.tables["Interface"].rows.values()]
         return vifs_from_rows(rows)[0]
 
+    def owned_ports(self) -> frozenset[str]:
+        """Ports veil added itself (tap case): on unplug veil deletes them, not just deactivates."""
+        api = self._connected()
+        with api.ovsdb_connection.lock:
+            return frozenset(
+                r.name for r in api.tables["Interface"].rows.values()
+                if r.external_ids.get(contract.VEIL_OWNS_PORT) == "true"
+            )
+
     def close(self) -> None:
         with self._lock:
             if self._api is not None:
