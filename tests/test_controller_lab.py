@@ -291,3 +291,26 @@ def test_a_dead_host_is_reported_by_bfd(lab: tuple[Lab, LabController]) -> None:
     assert pid is not None
     netns.kill_pids([pid])
     ctl.wait_log(f"tunnel {b1_host} -> {b2_host} is DOWN (BFD)", timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "gre"])
+def test_vxlan_and_gre_are_selectable(kind: str) -> None:
+    import dataclasses
+
+    topo = dataclasses.replace(topology.load(), tunnel=kind)
+    lab_ = Lab(topo, prefix=unique_prefix("c"))
+    ctl: LabController | None = None
+    try:
+        lab_.up()
+        for vm in lab_.vms:
+            label_vm_ips(lab_, vm)
+        ctl = run_for_lab(lab_)
+        eventually(f"a1 (dc1) pings a2 (dc2) over {kind}", lambda: lab_.ping("a1", "a2"))
+        assert lab_.ping("b1", "b2", count=2)
+        types = lab_.hosts["dc1-h1"].ovs.vsctl("--bare", "--columns=type", "find", "Interface",
+                                               "external_ids:veil-remote!=''")
+        assert set(types.split()) == {kind}
+    finally:
+        if ctl is not None:
+            ctl.stop()
+        lab_.down()
