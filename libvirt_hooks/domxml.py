@@ -265,11 +265,11 @@ def plan_domain(dom: Domain, *, bridge: str = contract.INTEGRATION_BRIDGE,
                 f"veil needs type='ethernet' or type='bridge' on {bridge} with <virtualport type='openvswitch'/>"
             )
             continue
-        if known_networks is not None and meta.network not in known_networks:
-            plan.problems.append(f"{where}: unknown veil network {meta.network!r}")
-            continue
         if not set(meta.network) <= _NAME_CHARS:
             plan.problems.append(f"{where}: invalid veil network name {meta.network!r}")
+            continue
+        if known_networks is not None and meta.network not in known_networks:
+            plan.problems.append(f"{where}: unknown veil network {meta.network!r}")
             continue
         if not iface.target:
             plan.pending.append(where)
