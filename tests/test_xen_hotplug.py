@@ -14,7 +14,7 @@ import pytest
 from hooks.registrar import Registrar
 from hooks.spool import Spool, drain
 from tests.xapi_sim import XapiSim
-from tests.xen_support import Host, interfaces, simulated_host, simulated_xapi
+from tests.xen_support import Host, interfaces, simulated_host, simulated_xapi, vif_script
 from xenapi_plugin.install import install
 
 pytestmark = pytest.mark.lab
@@ -41,14 +41,8 @@ class Dom0:
         vm = self.sim.add_vm(f"vm{domid}")
         vif = self.sim.add_vif(vm, net, "0", MAC)
         self.sim.start_vm(vm, self.host.ref, domid)
-        uuids = {c: self.sim.record(c, r)["uuid"] for c, r in (("vm", vm), ("vif", vif), ("network", net))}
-        port = f"vif{domid}.0"
-        self.host.ovs.vsctl("--", "--if-exists", "del-port", port, "--", "add-port", "br-int", port,
-                            "--", "set", "interface", port, f'external-ids:"xs-vm-uuid"="{uuids["vm"]}"',
-                            f'external-ids:"xs-vif-uuid"="{uuids["vif"]}"',
-                            f'external-ids:"xs-network-uuid"="{uuids["network"]}"',
-                            f'external-ids:"attached-mac"="{MAC}"')
-        return uuids["vm"], uuids["vif"]
+        vif_script(self.sim, self.host.ovs, f"vif{domid}.0", vif)
+        return self.sim.record("vm", vm)["uuid"], self.sim.record("vif", vif)["uuid"]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from controller.lab.lab import VM_MTU, Lab
 from controller.labrun import LabController, label_vm_ips, run_for_lab
 from tests.conftest import unique_prefix
 from tests.xapi_sim import XapiSim
-from tests.xen_support import Host, interfaces, running_daemon, simulated_xapi, wait_for
+from tests.xen_support import Host, interfaces, running_daemon, simulated_xapi, vif_script, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -53,12 +53,8 @@ def boot_xen_vm(lab: Lab, sim: XapiSim, host: Host) -> tuple[str, str]:
     netns.add_veth(spec.ns, "eth0", lab.hosts[XEN_HOST].ns, port, mtu=VM_MTU)
     netns.run(["ip", "link", "set", "eth0", "address", spec.mac], ns=spec.ns)
     netns.run(["ip", "addr", "replace", str(spec.spec.ip), "dev", "eth0"], ns=spec.ns)
-    rec = {c: sim.record(c, r)["uuid"] for c, r in (("vm", vm), ("vif", vif), ("network", net))}
-    host.ovs.vsctl("--", "--if-exists", "del-port", port, "--", "add-port", "br-int", port,
-                   "--", "set", "interface", port, f'external-ids:"xs-vm-uuid"="{rec["vm"]}"',
-                   f'external-ids:"xs-vif-uuid"="{rec["vif"]}"', f'external-ids:"xs-network-uuid"="{rec["network"]}"',
-                   f'external-ids:"attached-mac"="{spec.mac}"')
-    return vm, rec["vif"]
+    vif_script(sim, host.ovs, port, vif)
+    return vm, sim.record("vif", vif)["uuid"]
 
 
 def test_xen_and_kvm_vms_on_one_tenant_network_ping(lab: tuple[Lab, LabController]) -> None:

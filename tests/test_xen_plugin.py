@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.xapi_sim import XapiSim
-from tests.xen_support import Host, interfaces, simulated_host, simulated_xapi
+from tests.xen_support import Host, interfaces, simulated_host, simulated_xapi, vif_script
 from xenapi_plugin.install import install
 from xenapi_plugin.xapi import login
 
@@ -55,14 +55,8 @@ class World:
         assert response["Status"] == "Failure", response
         return list(response["ErrorDescription"])
 
-    def vif_script(self, port: str, vm: str, vif: str, net: str) -> None:
-        """What xenopsd's vif script does on online, before the hook and any plugin call."""
-        rec = {c: self.sim.record(c, r)["uuid"] for c, r in (("vm", vm), ("vif", vif), ("network", net))}
-        self.host.ovs.vsctl("--", "--if-exists", "del-port", port, "--", "add-port", "br-int", port,
-                            "--", "set", "interface", port, f'external-ids:"xs-vm-uuid"="{rec["vm"]}"',
-                            f'external-ids:"xs-vif-uuid"="{rec["vif"]}"',
-                            f'external-ids:"xs-network-uuid"="{rec["network"]}"',
-                            f'external-ids:"attached-mac"="{MAC}"')
+    def vif_script(self, port: str, vif: str) -> None:
+        vif_script(self.sim, self.host.ovs, port, vif)
 
 
 @pytest.fixture
@@ -128,7 +122,7 @@ def test_status_reports_unreachable_ovsdb(world: World, tmp_path: Path) -> None:
 def test_list(world: World) -> None:
     assert world.ok("list", {}) == {"vifs": []}
     vm, vif, net = running_vm(world, 4)
-    world.vif_script("vif4.0", vm, vif, net)
+    world.vif_script("vif4.0", vif)
     world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
     (listed,) = world.ok("list", {})["vifs"]
     assert (listed["port"], listed["iface_id"], listed["network"]) == ("vif4.0", uuid_of(world, "vif", vif), "blue")
@@ -139,7 +133,7 @@ def test_list(world: World) -> None:
 # -- register / unregister ------------------------------------------------------------------------
 def test_register_completes_the_row_xenopsd_made(world: World) -> None:
     vm, vif, net = running_vm(world, 5)
-    world.vif_script("vif5.0", vm, vif, net)
+    world.vif_script("vif5.0", vif)
     result = world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
     assert [r["port"] for r in result["registered"]] == ["vif5.0"]
     row = interfaces(world.host.ovs)["vif5.0"]
@@ -197,7 +191,7 @@ def test_register_with_ovsdb_down_says_so(world: World, tmp_path: Path) -> None:
 
 def test_unregister_by_vif_and_by_port(world: World) -> None:
     vm, vif, net = running_vm(world, 10)
-    world.vif_script("vif10.0", vm, vif, net)
+    world.vif_script("vif10.0", vif)
     world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
     assert world.ok("unregister", {"vif_uuid": uuid_of(world, "vif", vif)}) == {"unregistered": ["vif10.0"]}
     row = interfaces(world.host.ovs)["vif10.0"]
@@ -225,7 +219,7 @@ def test_unregister_rejects_bad_arguments(world: World, args: dict[str, str], co
 # -- join / leave ---------------------------------------------------------------------------------
 def test_join_and_leave_a_vif(world: World) -> None:
     vm, vif, net = running_vm(world, 11, network_config={})
-    world.vif_script("vif11.0", vm, vif, net)
+    world.vif_script("vif11.0", vif)
     vif_uuid = uuid_of(world, "vif", vif)
     result = world.ok("join", {"network": "green", "vif_uuid": vif_uuid, "tenant": "acme"})
     assert result["plugged"] == ["vif11.0"]
@@ -240,7 +234,7 @@ def test_join_and_leave_a_vif(world: World) -> None:
 
 def test_join_a_network_registers_its_running_vifs(world: World) -> None:
     vm, vif, net = running_vm(world, 12, network_config={})
-    world.vif_script("vif12.0", vm, vif, net)
+    world.vif_script("vif12.0", vif)
     world.ok("join", {"network": "blue", "network_uuid": uuid_of(world, "network", net)})
     assert world.sim.record("network", net)["other_config"]["veil-network"] == "blue"
     assert interfaces(world.host.ovs)["vif12.0"]["veil-network"] == "blue"

@@ -15,6 +15,7 @@ from tests.xen_support import (
     running_daemon,
     simulated_host,
     simulated_xapi,
+    vif_script,
     wait_for,
 )
 
@@ -190,20 +191,12 @@ def test_xenopsd_made_ports_get_completed_and_tap_vif_pairing(xapi: XapiSim, hos
     rec = {c: xapi.record(c, r) for c, r in (("vm", vm), ("vif", vif), ("network", net))}
     ovs = host_a.ovs
 
-    def vif_script(port: str) -> None:  # what /etc/xensource/scripts/vif runs on online
-        ovs.vsctl("--", "--if-exists", "del-port", port, "--", "add-port", "br-int", port,
-                  "--", "set", "interface", port,
-                  f'external-ids:"xs-vm-uuid"="{rec["vm"]["uuid"]}"',
-                  f'external-ids:"xs-vif-uuid"="{rec["vif"]["uuid"]}"',
-                  f'external-ids:"xs-network-uuid"="{rec["network"]["uuid"]}"',
-                  'external-ids:"attached-mac"="aa:16:3e:00:00:81"')
-
     with running_daemon(xapi, host_a, manage_ports=False):
         xapi.start_vm(vm, host_a.ref, domid=8)
-        vif_script("vif8.0")
+        vif_script(xapi, ovs, "vif8.0", vif)
         row = wait_for("vif8.0 completed", lambda: interfaces(ovs)["vif8.0"].get("iface-id"))
         assert row == rec["vif"]["uuid"]
-        vif_script("tap8.0")
+        vif_script(xapi, ovs, "tap8.0", vif)
         wait_for("tap active, vif inactive",
                  lambda: interfaces(ovs)["tap8.0"].get("iface-status") == "active"
                  and interfaces(ovs)["vif8.0"].get("iface-status") == "inactive")

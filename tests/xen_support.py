@@ -113,6 +113,17 @@ def running_daemon(sim: XapiSim, host: Host, *, manage_ports: bool = True) -> It
             raise AssertionError(f"veil-xapi-sync crashed or logged a traceback:\n{daemon.text()[-3000:]}")
 
 
+def vif_script(sim: XapiSim, ovs: OvsInstance, port: str, vif_ref: str) -> None:
+    """What xenopsd's vif script (/etc/xensource/scripts/vif) runs on ``online`` for a port:
+    re-add it with the xs-* keys and attached-mac from xenstore (here: from the simulator)."""
+    vif = sim.record("vif", vif_ref)
+    vm_uuid, net_uuid = sim.record("vm", vif["VM"])["uuid"], sim.record("network", vif["network"])["uuid"]
+    ovs.vsctl("--", "--if-exists", "del-port", port, "--", "add-port", "br-int", port,
+              "--", "set", "interface", port, f'external-ids:"xs-vm-uuid"="{vm_uuid}"',
+              f'external-ids:"xs-vif-uuid"="{vif["uuid"]}"', f'external-ids:"xs-network-uuid"="{net_uuid}"',
+              f'external-ids:"attached-mac"="{vif["MAC"]}"')
+
+
 def interfaces(ovs: OvsInstance) -> dict[str, dict[str, str]]:
     """Interface name -> external_ids, read with ovs-vsctl (not through veil's code)."""
     out = ovs.vsctl("--format=json", "--columns=name,external_ids", "list", "Interface")

@@ -27,7 +27,6 @@ import XenAPI
 
 from hooks import contract
 from hooks.errors import PlugRejected, RegistrarError, VifError
-from hooks.vif import Vif
 from xenapi_plugin import args as A
 from xenapi_plugin import config, desired, model, sync
 from xenapi_plugin.dispatch import Failure, PluginFn
@@ -57,10 +56,6 @@ def _host_uuid(ovs: RegistrarOvs) -> str:
 
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
-
-
-def _vif_json(vif: Vif) -> dict[str, object]:
-    return vif.to_record()
 
 
 def _lookup(session: Any, cls: str, uuid: str) -> str:
@@ -108,7 +103,7 @@ def register(session: Any, arguments: dict[str, str]) -> str:
         raise Failure(NO_NETWORK, [vif_uuid, f"set other_config:{desired.VEIL_NETWORK} with the join function"])
     for reg in wanted.vifs.values():
         ovs.plug(reg, add_port=add_port and reg.port.startswith("vif"))
-    return _json({"registered": [_vif_json(v) for _, v in sorted(wanted.vifs.items())]})
+    return _json({"registered": [v.to_record() for _, v in sorted(wanted.vifs.items())]})
 
 
 def unregister(session: Any, arguments: dict[str, str]) -> str:
@@ -130,7 +125,7 @@ def unregister(session: Any, arguments: dict[str, str]) -> str:
 
 def list_vifs(session: Any, arguments: dict[str, str]) -> str:
     A.check_map(arguments)
-    return _json({"vifs": [_vif_json(v) for _, v in sorted(_ovs().registered().items())]})
+    return _json({"vifs": [v.to_record() for _, v in sorted(_ovs().registered().items())]})
 
 
 def _set_other_config(session: Any, cls: str, ref: str, key: str, value: str | None) -> None:
