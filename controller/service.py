@@ -24,45 +24,13 @@ from controller.config import load_config, resolve_networks
 from controller.diff import apply_diff, diff_flows
 from controller.flows import Flow, FlowId
 from controller.hostdb import HostDb, HostView
+from controller.migration import PacketIn, claims_after, parse_packet_in
 from controller.model import Binding, InvalidState, State, TunnelPort, placement
 from controller.ovsdb import OvsdbUnreachable
 from controller.ofconn import OfSession, OpenFlowError
 from controller.store import Declared, HostRecord, Store
 
 LOG = logging.getLogger("veil.controller")
-
-
-@dataclass(frozen=True)
-class PacketIn:
-    host: str
-    in_port: int
-    eth_src: str
-    eth_type: int
-
-
-def parse_packet_in(host: str, msg: Any) -> PacketIn:
-    data: bytes = msg.data
-    mac = ":".join(f"{b:02x}" for b in data[6:12])
-    return PacketIn(host, int(msg.match["in_port"]), mac, int.from_bytes(data[12:14], "big"))
-
-
-def claims_after(claims: Mapping[str, str], state: State,
-                 seen: list[PacketIn]) -> dict[str, str]:
-    """Record where migrating guests announced themselves; forget claims that are settled.
-
-    A packet-in from a standby binding (same iface-id live on another host) whose source MAC is
-    the VIF's own is the guest running on its new host: traffic follows it.
-    """
-    place = placement(state)
-    out = {k: v for k, v in claims.items()
-           if any(b.iface_id == k for b in place.standby)}  # settled once one binding is left
-    for p in seen:
-        for b in place.standby:
-            if (b.host, b.ofport, b.mac) == (p.host, p.in_port, p.eth_src):
-                LOG.info("guest %s announced itself on %s: moving its traffic there",
-                         b.iface_id, b.host)
-                out[b.iface_id] = b.host
-    return out
 
 
 @dataclass

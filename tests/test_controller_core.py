@@ -234,3 +234,31 @@ def test_pipeline_rejects_flows_outside_its_declaration() -> None:
         check_flow(Flow(10, 1, Match.of(in_port=1), goto=40))
     with pytest.raises(PipelineError, match="needs eth_type"):
         check_flow(Flow(10, 1, Match.of(in_port=1, ipv4_src="198.19.0.1"), goto=20))
+
+
+def test_inactive_vif_is_not_forwarded() -> None:
+    ip = ipaddress.ip_address
+    state = _two_hosts(extra=[Binding("d", "h2", mac(4), "n", 3, (ip("198.19.0.4"),),
+                                      active=False)])
+    assert "d" not in placement(state).active
+    b = member(state, "b")
+    got = Fabric(state).send(b, ipv4(b.mac, mac(4), "198.19.0.2", "198.19.0.4"))
+    assert "d" not in {d.iface_id for d in got}
+
+
+def test_claims_come_from_the_standby_guest_and_end_with_the_migration() -> None:
+    from controller.migration import PacketIn, claims_after
+
+    ip = ipaddress.ip_address
+    dest = Binding("a", "h2", mac(1), "n", 2, (ip("198.19.0.1"),), since=5.0)
+    during = _two_hosts(extra=[dest])
+    # a packet-in from another port, or with another MAC, claims nothing
+    assert claims_after({}, during, [PacketIn("h2", 1, mac(1), 0x8035),
+                                     PacketIn("h2", 2, mac(9), 0x8035)]) == {}
+    claims = claims_after({}, during, [PacketIn("h2", 2, mac(1), 0x8035)])
+    assert claims == {"a": "h2"}
+    assert claims_after(claims, during, []) == claims  # kept while both bindings live
+    done = State.build(during.tenants.values(), during.networks.values(), during.hosts.values(),
+                       [b for b in during.bindings if (b.iface_id, b.host) != ("a", "h1")],
+                       during.tunnels)
+    assert claims_after(claims, done, []) == {}
