@@ -117,15 +117,17 @@ class Controller:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.resync_every)
+            woken = self._wake.wait(self.resync_every)
             self._wake.clear()
             if self._stop.is_set():
                 return
-            self.reconcile()
+            # A quiet period re-reads every switch's flows: a flow someone else deleted or
+            # changed is put back within one period.
+            self.reconcile(audit=not woken)
 
     # -- one round -------------------------------------------------------------------------------
-    def reconcile(self) -> None:
-        """Bring every reachable host to the desired state (safe to call at any time)."""
+    def reconcile(self, audit: bool = False) -> None:
+        """Bring every reachable host to the desired state; ``audit`` re-dumps the flows."""
         assert self.store is not None
         self.rounds += 1
         if self._config_changed.is_set():
@@ -137,7 +139,6 @@ class Controller:
             LOG.error("veil database is inconsistent, changing nothing: %s", exc)
             return
         self._sync_links(declared)
-        now = self.clock()
         views = {h: link.view for h, link in self.links.items() if link.view is not None}
         state = self._state(declared, views)
         seen: list[PacketIn] = []
@@ -152,7 +153,7 @@ class Controller:
                 LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
             self._ignored = ignored
         for host, link in sorted(self.links.items()):
-            self._apply_host(state, host, link, now)
+            self._apply_host(state, host, link, audit)
 
     def _state(self, declared: Declared, views: Mapping[str, HostView]) -> State:
         bindings: list[Binding] = [b for v in views.values() for b in v.bindings]
@@ -218,7 +219,7 @@ class Controller:
                             t.remote)
             link.bfd[t.remote] = t.bfd_up
 
-    def _apply_host(self, state: State, host: str, link: HostLink, now: float) -> None:
+    def _apply_host(self, state: State, host: str, link: HostLink, audit: bool) -> None:
         if link.db is None or link.view is None:
             return
         if not link.view.has_bridge:
@@ -240,6 +241,14 @@ class Controller:
                 LOG.warning("host %s: OpenFlow %s: %s", host, link.record.openflow, exc)
                 link.of, link.installed = None, None
                 return
+        try:
+            if audit:
+                link.installed = link.of.installed()
+        except OpenFlowError as exc:
+            LOG.warning("host %s: flow dump failed: %s", host, exc)
+            link.of.close()
+            link.of, link.installed = None, None
+            return
         assert link.installed is not None
         if link.computed is None or link.computed[0] != state:
             link.computed = (state, compute_flows(state, host))  # idle rounds skip this

@@ -5,8 +5,6 @@ ofproto/trace; reconnects without flush; atomic bundles; the whole controller on
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,8 +20,10 @@ from controller.lab.ovs import OvsInstance
 from controller.model import Binding, Host, Network, State, Tenant
 from controller.ofconn import OfSession, OpenFlowError
 from controller.service import Controller
-from controller.store import StoreServer
+from controller.lab import netns
+from controller.store import Store, StoreServer
 from hooks import contract
+from tests.test_controller_config import store_server  # noqa: F401 (fixture)
 
 ip = ipaddress.ip_address
 MAC = {1: "52:54:00:00:00:01", 2: "52:54:00:00:00:02", 3: "52:54:00:00:00:03"}
@@ -150,10 +150,9 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> Non
 
 
 def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path,
-                                          caplog: pytest.LogCaptureFixture) -> None:
-    rundir = Path(tempfile.mkdtemp(prefix="vlc-store-", dir="/tmp"))
-    server = StoreServer(rundir)
-    server.start()
+                                          caplog: pytest.LogCaptureFixture,
+                                          store_server: StoreServer) -> None:
+    server = store_server
     ctl: Controller | None = None
     try:
         cfg = tmp_path / "veil.yaml"
@@ -190,14 +189,15 @@ def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path,
                   f"external_ids:{contract.VEIL_NETWORK}=nb")
         wait_for("a VIF of the new network programmed",
                  lambda: f"dl_dst={MAC[3]}" in ovs.ofctl("dump-flows"))
+        # flows someone else deletes are put back by the next quiet-period audit
+        ovs.ofctl("del-flows", "table=30")
+        wait_for("deleted flows restored", lambda: trace(ovs, to_2) == p2)
         # the VM stops: its port goes, and so do its flows
         ovs.vsctl("del-port", "br-int", "p2")
         wait_for("b's flows removed", lambda: MAC[2] not in ovs.ofctl("dump-flows"))
     finally:
         if ctl is not None:
             ctl.stop()
-        server.stop()
-        shutil.rmtree(rundir, ignore_errors=True)
 
 
 def rich_state() -> State:
@@ -234,3 +234,27 @@ def test_ofctl_rendering_and_os_ken_encoding_agree(ovs: OvsInstance, session: Of
     via_os_ken = dump("br-int")
     assert len(via_os_ken) == len(desired)
     assert via_os_ken == dump("br-x")
+
+
+def test_join_opens_passive_listeners_the_controller_dials(ovs: OvsInstance,
+                                                           store_server: StoreServer) -> None:
+    """Default deployment: the host listens (OVSDB manager and br-int controller `ptcp:`),
+    the controller dials; the join is recorded in the veil database."""
+    ovsdb_remote, of_remote = "tcp:127.0.0.1:16640", "tcp:127.0.0.1:16653"
+    assert cli.main(["join", "--controller", store_server.remote, "--system-id", "h9",
+                     "--underlay-ip", "198.18.0.9", "--tunnel-types", "vxlan,geneve",
+                     "--host-db", ovs.db_remote, "--ovsdb", ovsdb_remote,
+                     "--openflow", of_remote]) == 0
+    got = netns.run(["ovs-vsctl", f"--db={ovsdb_remote}", "get", "Open_vSwitch", ".",
+                     "external_ids"], ns=ovs.ns).stdout
+    assert 'veil-underlay-ip="198.18.0.9"' in got and 'veil-tunnel-types="vxlan,geneve"' in got
+    assert "system-id=h9" in got
+    hello = netns.run(["ovs-ofctl", "-O", "OpenFlow14", "show", of_remote], ns=ovs.ns).stdout
+    assert "OFPT_FEATURES_REPLY" in hello
+    store = Store(store_server.remote)
+    try:
+        (rec,) = store.read().hosts
+    finally:
+        store.close()
+    assert (rec.host.system_id, str(rec.host.underlay_ip), rec.host.tunnel_types, rec.ovsdb,
+            rec.openflow) == ("h9", "198.18.0.9", ("vxlan", "geneve"), ovsdb_remote, of_remote)
