@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,6 @@ pytestmark = pytest.mark.lab
 
 def test_demo_runs_start_to_end_and_cleans_up(tmp_path: Path) -> None:
     lines: list[str] = []
-    before = set(netns.list_netns())
     rc = run_demo(tmp_path, keep=False, say=lines.append)
     text = "\n".join(lines)
     assert rc == 0, text
@@ -25,4 +25,7 @@ def test_demo_runs_start_to_end_and_cleans_up(tmp_path: Path) -> None:
         assert f"== Step {step}:" in text
     assert "demo: every expectation held" in text
     assert running_labs(tmp_path) == []
-    assert set(netns.list_netns()) <= before, "the demo left namespaces behind"
+    m = re.search(r"run prefix (vl[0-9a-f]+)", text)
+    assert m is not None, text
+    left = [n for n in netns.list_netns() if n.startswith(m.group(1))]
+    assert left == [], f"the demo left namespaces behind: {left}"
