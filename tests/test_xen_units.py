@@ -13,7 +13,7 @@ from xenapi_plugin import args as A
 from xenapi_plugin import config, desired, model
 from xenapi_plugin.backoff import Backoff
 from xenapi_plugin.dispatch import Failure, respond
-from xenapi_plugin.sync import Follower
+from xenapi_plugin.sync import XapiWatcher
 from xenapi_plugin.xapi import login
 
 HOST = "OpaqueRef:host-a"
@@ -146,21 +146,19 @@ def test_backoff_grows_and_caps() -> None:
         Backoff(initial=0)
 
 
-def test_daemon_retries_an_absent_xapi_on_the_backoff_schedule() -> None:
+def test_watcher_retries_an_absent_xapi_on_the_backoff_schedule() -> None:
     """A real connection attempt to a socket that does not exist; the waits are recorded, not slept."""
     waits: list[float] = []
+    emitted: list[object] = []
 
     def wait(seconds: float) -> bool:
         waits.append(seconds)
         return len(waits) > 5
 
-    class NoOvs:  # never reached: the daemon fails before it touches OVSDB
-        def __getattr__(self, name: str) -> Any:
-            raise AssertionError(f"OVSDB used before xapi answered: {name}")
-
-    Follower(connect=lambda: login("unix:/nonexistent/xapi"), ovs=NoOvs(), host_uuid="h", manage_ports=True,
-             wait=wait, backoff=Backoff(initial=0.1, maximum=0.4)).run()
+    XapiWatcher(connect=lambda: login("unix:/nonexistent/xapi"), host_uuid="h", emit=emitted.append,
+                wait=wait, backoff=Backoff(initial=0.1, maximum=0.4)).run()
     assert waits == [0, 0.1, 0.2, 0.4, 0.4, 0.4]
+    assert emitted == [], "nothing to report while xapi is away"
 
 
 # -- plugin arguments and framing -----------------------------------------------------------------

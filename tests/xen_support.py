@@ -87,13 +87,14 @@ class Daemon:
 
 
 @contextmanager
-def running_daemon(sim: XapiSim, host: Host, *, manage_ports: bool = True) -> Iterator[Daemon]:
+def running_daemon(sim: XapiSim, host: Host, *, manage_ports: bool = True,
+                   poll_timeout: float = 0.5, ovsdb_timeout: float = 5.0) -> Iterator[Daemon]:
     """veil-xapi-sync for ``host`` as its own process (as deployed: one per host), with a short
     poll and back-off so tests run fast. Stopped with SIGTERM, killed if it does not stop."""
     log = host.ovs.rundir / "xapi-sync.log"
     argv = [sys.executable, "-m", "xenapi_plugin.sync", "--xapi", sim.uri, "--ovsdb", host.ovs.db_remote,
-            "--host-uuid", host.uuid, "--poll-timeout", "0.5", "--backoff-initial", "0.05",
-            "--backoff-max", "0.2"]
+            "--host-uuid", host.uuid, "--poll-timeout", str(poll_timeout), "--backoff-initial", "0.05",
+            "--backoff-max", "0.2", "--ovsdb-timeout", str(ovsdb_timeout)]
     if manage_ports:
         argv.append("--manage-ports")
     with open(log, "wb") as out:

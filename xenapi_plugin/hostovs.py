@@ -8,7 +8,7 @@ connection here only reads, and writes Bridge external_ids in one transaction pe
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ovsdbapp import exceptions as ovsdbapp_exceptions
@@ -23,6 +23,18 @@ from hooks.vif import Vif
 _TABLES = ("Open_vSwitch", "Bridge", "Interface")
 
 
+class _WatchedIdl(connection.OvsdbIdl):  # type: ignore[misc]
+    """The IDL, reporting Interface rows created or deleted (runs in the connection thread:
+    the callback must only hand the news on)."""
+
+    on_interface_change: Callable[[], None] | None = None
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        callback = self.on_interface_change
+        if callback is not None and event in ("create", "delete") and row._table.name == "Interface":
+            callback()
+
+
 class RegistrarOvs:
     """The ``sync.HostOvs`` of a real host: registrations on ``bridge`` of ``remote``."""
 
@@ -32,6 +44,7 @@ class RegistrarOvs:
         self.timeout = timeout
         self.registrar = Registrar(remote, bridge=bridge, timeout=timeout)
         self._api: Any = None
+        self._idl: Any = None
         self._lock = threading.Lock()
 
     # -- registrations: the hook core ------------------------------------------------------------
@@ -76,6 +89,11 @@ class RegistrarOvs:
         except (ovsdbapp_exceptions.TimeoutException, RuntimeError) as exc:
             raise RegistrarError(f"OVSDB at {self.remote}: setting bridge-id failed: {exc}") from None
 
+    def watch_interfaces(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the OVSDB thread) whenever an Interface row appears or goes."""
+        self._connected()
+        self._idl.on_interface_change = callback
+
     def close(self) -> None:
         self.registrar.close()
         with self._lock:
@@ -97,7 +115,8 @@ class RegistrarOvs:
                     raise RegistrarError(f"cannot reach OVSDB at {self.remote}: {exc}") from None
                 for table in _TABLES:
                     helper.register_table(table)
-                conn = connection.Connection(idl=connection.OvsdbIdl(self.remote, helper), timeout=self.timeout)
+                self._idl = _WatchedIdl(self.remote, helper)
+                conn = connection.Connection(idl=self._idl, timeout=self.timeout)
                 try:
                     conn.start()
                 except ovsdbapp_exceptions.TimeoutException:

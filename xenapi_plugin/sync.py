@@ -1,14 +1,19 @@
 """veil-xapi-sync: follow xapi's event stream and keep this host's OVSDB right.
 
-What ovs-xapi-sync did for OVS on XenServer, on top of veil's hook core: log in (dom0's local
-socket or a URL), take a full snapshot with ``event.from(classes, "")``, reconcile OVSDB with it,
-then follow ``event.from`` with the returned token. Every batch of events is folded into the
-state and reconciled again: desired state (pure, ``desired.py``) -> diff -> the registrar applies.
+What ovs-xapi-sync did for OVS on XenServer, on top of veil's hook core. Two producers, one
+consumer:
 
-Failure handling is one rule: when xapi or OVSDB fails, wait (exponential back-off), open a new
-session and start over with a full snapshot. XenAPI.Session logs in again by itself when xapi
-answers SESSION_INVALID (xapi restarted); the daemon notices the new session handle and also
-starts over from a full snapshot, so nothing that changed while xapi was down is lost.
+- ``XapiWatcher`` (a thread) owns the xapi session: log in (dom0's local socket or a URL), take
+  a full snapshot with ``event.from(classes, "")``, then follow ``event.from`` with the returned
+  token, emitting ``Snapshot`` and ``Events`` items. When xapi fails it waits (exponential
+  back-off), logs in again and emits a new full ``Snapshot``. XenAPI.Session logs in again by
+  itself on SESSION_INVALID (xapi restarted): the watcher notices the new session handle and
+  snapshots too, so nothing that changed while xapi was down is lost.
+- OVSDB reports Interface rows appearing or going (xenopsd adding or removing a tap):
+  ``OVSDB_CHANGED`` items.
+- ``Applier`` (the main thread) is the one place that writes: it folds items into the state and
+  reconciles, desired state (pure, ``desired.py``) -> diff -> the registrar applies. When OVSDB
+  fails it retries on its own back-off; the xapi state it holds stays valid meanwhile.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import logging
+import queue
 import re
 import signal
 import sys
@@ -39,8 +45,8 @@ LOG = logging.getLogger("veil.xapi-sync")
 XEN_PORT = re.compile(r"^(vif|tap)[0-9]+\.[0-9]+$")
 INVENTORY = "/etc/xensource-inventory"
 
-# What makes the daemon start over: xapi gone or misbehaving, OVSDB unreachable.
-TRANSIENT = (OSError, http.client.HTTPException, xmlrpc.client.Error, XenAPI.Failure, RegistrarError)
+# xapi gone, restarting or refusing: the watcher logs in again and takes a new snapshot.
+XAPI_AWAY = (OSError, http.client.HTTPException, xmlrpc.client.Error, XenAPI.Failure)
 
 
 class HostOvs(Protocol):
@@ -49,6 +55,7 @@ class HostOvs(Protocol):
     def registered(self) -> Mapping[str, Vif]: ...
     def interface_names(self) -> set[str]: ...
     def owned_ports(self) -> set[str]: ...
+    def watch_interfaces(self, callback: Callable[[], None]) -> None: ...
     def bridge_names(self) -> set[str]: ...
     def plug(self, vif: Vif, *, add_port: bool) -> None: ...
     def unplug(self, port: str, *, delete_port: bool) -> None: ...
@@ -126,32 +133,71 @@ def reconcile_once(session: Any, host_uuid: str, ovs: HostOvs, *, manage_ports: 
     return reconcile(state, host_ref_for(session, host_uuid), ovs, manage_ports=manage_ports)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """xapi's complete state (a new session starts with one) and this host's ref in it."""
+
+    state: model.XapiState
+    host_ref: str
+
+
+@dataclass(frozen=True)
+class Events:
+    events: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """The watcher cannot go on (unknown host, a bug): the daemon ends with this error."""
+
+    error: BaseException
+
+
+class _Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+OVSDB_CHANGED = _Signal("OVSDB_CHANGED")
+STOP = _Signal("STOP")
+Item = Snapshot | Events | Fatal | _Signal
+
+
 @dataclass
-class Follower:
-    """The daemon's loop. ``connect`` opens a logged-in session; ``wait(seconds)`` sleeps and
-    returns True when the daemon should stop (``threading.Event.wait`` fits)."""
+class XapiWatcher:
+    """Follows xapi. ``connect`` opens a logged-in session; ``wait(seconds)`` sleeps and returns
+    True when the daemon is stopping (``threading.Event.wait`` fits); ``emit`` takes items."""
 
     connect: Callable[[], Any]
-    ovs: HostOvs
     host_uuid: str
-    manage_ports: bool
+    emit: Callable[[Item], None]
     wait: Callable[[float], bool]
     backoff: Backoff = field(default_factory=Backoff)
-    poll_timeout: float = 5.0
+    poll_timeout: float = 30.0
     resyncs: int = 0  # full snapshots taken
-    _reported: dict[str, str] = field(default_factory=dict)
 
     def run(self) -> None:
+        """Until stopped; any error that is not xapi being away ends the daemon (Fatal)."""
+        try:
+            self._run()
+        except BaseException as exc:
+            self.emit(Fatal(exc))
+            raise
+
+    def _run(self) -> None:
         failures = 0
         while not self.wait(self.backoff.delay(failures)):
             synced_before = self.resyncs
             try:
                 self._session_lifetime()
                 failures = 0
-            except TRANSIENT as exc:
-                # A session that got as far as a full resync was healthy: start the back-off anew.
+            except XAPI_AWAY as exc:
+                # A session that got as far as a full snapshot was healthy: start the back-off anew.
                 failures = 1 if self.resyncs > synced_before else failures + 1
-                LOG.warning("%s: %s; retrying in %.1fs", type(exc).__name__, exc, self.backoff.delay(failures))
+                LOG.warning("xapi: %s: %s; retrying in %.1fs", type(exc).__name__, exc, self.backoff.delay(failures))
 
     def _session_lifetime(self) -> None:
         session = self.connect()
@@ -160,31 +206,73 @@ class Follower:
         finally:
             try:  # xapi keeps a bounded number of sessions per user: never leak one
                 session.xenapi.session.logout()
-            except TRANSIENT:
+            except XAPI_AWAY:
                 pass
 
     def _follow(self, session: Any) -> None:
-        """Snapshot, reconcile, follow events; returns when the session changed (start over)."""
+        """Snapshot, then events; returns when the session was replaced (start over)."""
         handle = session.handle
         host_ref = host_ref_for(session, self.host_uuid)
         state, token = snapshot(session)
         self.resyncs += 1
         LOG.info("full resync #%d: %d VMs, %d VIFs, %d networks in xapi",
                  self.resyncs, len(state.vms), len(state.vifs), len(state.networks))
-        self._reconcile(state, host_ref)
+        self.emit(Snapshot(state, host_ref))
         while not self.wait(0):
             answer = session.xenapi.event_from(list(model.CLASSES), token, self.poll_timeout)
             if session.handle != handle:
                 LOG.info("xapi session replaced (xapi restarted?): full resync")
                 return
             token = str(answer["token"])
-            state = model.apply_events(state, answer["events"])
-            # Also after a quiet poll: OVSDB-side changes (xenopsd adding a tap) are picked up
-            # within one poll timeout. Reading the IDL mirrors costs no round trip.
-            self._reconcile(state, host_ref)
+            if answer["events"]:
+                self.emit(Events(tuple(answer["events"])))
 
-    def _reconcile(self, state: model.XapiState, host_ref: str) -> None:
-        out = reconcile(state, host_ref, self.ovs, manage_ports=self.manage_ports)
+
+@dataclass
+class Applier:
+    """The one writer: folds items into xapi's state and reconciles OVSDB with it."""
+
+    ovs: HostOvs
+    manage_ports: bool
+    inbox: queue.Queue[Item]
+    backoff: Backoff = field(default_factory=Backoff)
+    _snapshot: Snapshot | None = None
+    _reported: dict[str, str] = field(default_factory=dict)
+
+    def run(self) -> None:
+        """Until a STOP item; raises the error of a Fatal item."""
+        failures = 0
+        while True:
+            pending = failures > 0  # OVSDB failed: retry after the back-off even without news
+            try:
+                items = [self.inbox.get(timeout=self.backoff.delay(failures) if pending else None)]
+            except queue.Empty:
+                items = []
+            while not self.inbox.empty():  # coalesce a burst into one reconcile
+                items.append(self.inbox.get_nowait())
+            for item in items:
+                if item is STOP:
+                    return
+                if isinstance(item, Fatal):
+                    raise item.error
+                self._fold(item)
+            if self._snapshot is None:
+                continue
+            try:
+                self._reconcile(self._snapshot)
+                failures = 0
+            except RegistrarError as exc:
+                failures += 1
+                LOG.warning("OVSDB: %s; retrying in %.1fs", exc, self.backoff.delay(failures))
+
+    def _fold(self, item: Item) -> None:
+        if isinstance(item, Snapshot):
+            self._snapshot = item
+        elif isinstance(item, Events) and self._snapshot is not None:
+            self._snapshot = Snapshot(model.apply_events(self._snapshot.state, item.events), self._snapshot.host_ref)
+
+    def _reconcile(self, snap: Snapshot) -> None:
+        out = reconcile(snap.state, snap.host_ref, self.ovs, manage_ports=self.manage_ports)
         for what, why in sorted(out.rejected.items()):
             if self._reported.get(what) != why:
                 LOG.error("%s cannot be registered: %s", what, why)
@@ -211,13 +299,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--password-file", help="file holding the password for a remote xapi")
     p.add_argument("--ovsdb", default="unix:/var/run/openvswitch/db.sock", help="OVSDB remote")
     p.add_argument("--bridge", default=contract.INTEGRATION_BRIDGE)
+    p.add_argument("--ovsdb-timeout", type=float, default=5.0, help="OVSDB transaction timeout (s)")
     p.add_argument("--host-uuid", help="this host's xapi uuid (default: OVSDB system-id, else the inventory)")
     p.add_argument("--manage-ports", action="store_true",
                    help="add/delete vifD.N ports too (hosts without xenopsd's vif script: labs)")
-    p.add_argument("--poll-timeout", type=float, default=5.0,
-                   help="event.from timeout in seconds; OVSDB-side changes are seen within it")
-    p.add_argument("--backoff-initial", type=float, default=0.5, help="first reconnect delay (s)")
-    p.add_argument("--backoff-max", type=float, default=30.0, help="longest reconnect delay (s)")
+    p.add_argument("--poll-timeout", type=float, default=30.0, help="event.from long-poll timeout (s)")
+    p.add_argument("--backoff-initial", type=float, default=0.5, help="first retry delay (s), xapi and OVSDB")
+    p.add_argument("--backoff-max", type=float, default=30.0, help="longest retry delay (s)")
     return p.parse_args(argv)
 
 
@@ -230,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.password_file:
         with open(args.password_file) as fh:
             password = fh.read().strip()
-    ovs = RegistrarOvs(args.ovsdb, bridge=args.bridge)
+    ovs = RegistrarOvs(args.ovsdb, bridge=args.bridge, timeout=args.ovsdb_timeout)
     try:
         host_uuid = args.host_uuid or ovs.system_id() or local_host_uuid()
     except RegistrarError as exc:
@@ -239,33 +327,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not host_uuid:
         sys.stderr.write("veil-xapi-sync: cannot tell this host's uuid: pass --host-uuid\n")
         return 2
-    stop = threading.Event()
+    inbox: queue.Queue[Item] = queue.Queue()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-        raise SystemExit(0)  # also ends a long event.from at once
+        stopping.set()
+        inbox.put(STOP)
 
+    stopping = threading.Event()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    follower = Follower(
+    backoff = Backoff(initial=args.backoff_initial, maximum=args.backoff_max)
+    watcher = XapiWatcher(
         connect=lambda: login(args.xapi, args.user, password),
-        ovs=ovs,
         host_uuid=host_uuid,
-        manage_ports=args.manage_ports,
-        wait=stop.wait,
-        backoff=Backoff(initial=args.backoff_initial, maximum=args.backoff_max),
+        emit=inbox.put,
+        wait=stopping.wait,
+        backoff=backoff,
         poll_timeout=args.poll_timeout,
     )
     LOG.info("following xapi %s for host %s, OVSDB %s", args.xapi, host_uuid, args.ovsdb)
+    # A daemon thread: at stop it may sit in a long event.from, which must not hold the exit.
+    threading.Thread(target=watcher.run, name="xapi-watcher", daemon=True).start()
     try:
-        follower.run()
+        ovs.watch_interfaces(lambda: inbox.put(OVSDB_CHANGED))
+        Applier(ovs, args.manage_ports, inbox, backoff).run()
     except UnknownHost as exc:
         sys.stderr.write(f"veil-xapi-sync: {exc}\n")
         return 2
     finally:
         ovs.close()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
