@@ -7,7 +7,8 @@ installs the hook with ``veil-libvirt-install`` into a private config root, then
 installed hook as libvirt does (a subprocess, domain XML on stdin, environment of LC_ALL, PATH
 and HOME only) and times each invocation from spawn to exit. Operations measured:
 ``prepare`` (validation only), ``start`` for a libvirt-created openvswitch port (updates the
-row) and for a tap (adds the port), and ``stopped`` (unplugs the VM). Output: JSON with
+row) and for a tap (adds the port), and ``stopped`` (unplugs the VM); for comparison, a one-shot process doing the same plug through
+ovsdbapp, and bare interpreter startup. Output: JSON with
 p50/p95/p99/max per operation and a description of the machine. Everything it creates is
 removed at the end, even on failure.
 """
@@ -74,6 +75,34 @@ def time_hook(hook: Path, op: str, sub: str, xml: bytes) -> float:
     return elapsed
 
 
+# What the hook would cost with ovsdbapp: a fresh process importing it, bootstrapping the IDL
+# (schema fetch + initial monitor dump) and committing the same plug.
+OVSDBAPP_ONESHOT = """
+import sys
+from hooks.registrar import Registrar
+from hooks.vif import Vif
+reg = Registrar(sys.argv[1])
+reg.plug(Vif(iface_id="oneshot", vm_id=sys.argv[2], mac="52:54:00:be:00:02", port="tapb1", network="bench"),
+         add_port=True)
+reg.close()
+"""
+
+
+def _time_argv(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True)
+    return time.perf_counter() - start
+
+
+def time_ovsdbapp_oneshot(db_remote: str) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", OVSDBAPP_ONESHOT, db_remote, UUID], capture_output=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"ovsdbapp one-shot failed: {proc.stderr.decode()[-500:]}")
+    return elapsed
+
+
 def machine() -> dict[str, object]:
     cpu = "unknown"
     try:
@@ -88,7 +117,7 @@ def machine() -> dict[str, object]:
             "ovs": ovs[0] if ovs else "unknown", "loadavg_1m": os.getloadavg()[0]}
 
 
-def run_benchmark(iterations: int = 200, warmup: int = 10) -> dict[str, object]:
+def run_benchmark(iterations: int = 200, warmup: int = 10, oneshot: int = 20) -> dict[str, object]:
     prefix = f"vlkb{os.urandom(3).hex()}"
     root = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
     ovs = OvsInstance(root / "ovs", ns=prefix)
@@ -117,11 +146,18 @@ def run_benchmark(iterations: int = 200, warmup: int = 10) -> dict[str, object]:
                 if i >= warmup:
                     samples[name].append(t)
         all_samples = [t for s in samples.values() for t in s]
+        compare = [time_ovsdbapp_oneshot(ovs.db_remote) for _ in range(oneshot)]
         return {
             "benchmark": "veil libvirt qemu hook, wall time per invocation (spawn to exit)",
             "goal_p99_ms": 20.0,
             "operations": {name: percentiles(s) for name, s in samples.items()},
             "all": percentiles(all_samples),
+            "for_comparison": {
+                "ovsdbapp_oneshot_process_plug": percentiles(compare),
+                "python_startup_only": percentiles(
+                    [_time_argv([sys.executable, "-I", "-S", "-c", "pass"]) for _ in range(oneshot)]
+                ),
+            },
             "machine": machine(),
         }
     finally:
@@ -134,9 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="veil-libvirt-bench", description="Measure the qemu hook's latency.")
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--oneshot", type=int, default=20, help="runs of the ovsdbapp one-shot comparison")
     p.add_argument("--output", type=Path, help="write the JSON here (default: stdout)")
     a = p.parse_args(argv)
-    result = run_benchmark(a.iterations, a.warmup)
+    result = run_benchmark(a.iterations, a.warmup, a.oneshot)
     text = json.dumps(result, indent=2) + "\n"
     if a.output:
         a.output.write_text(text)

@@ -15,7 +15,7 @@ import pytest
 from controller.lab.ovs import OvsInstance
 from hooks.spool import Spool
 from libvirt_hooks.domxml import VEIL_XMLNS
-from libvirt_hooks.install import HOOK_NAME, install, uninstall
+from libvirt_hooks.install import HOOK_NAME, InstallError, install, uninstall
 from libvirt_hooks.qemu_hook import HookConfig
 from tests.hooks_rows import bridge_ports, iface_ids
 
@@ -181,3 +181,30 @@ def test_uninstall_removes_only_veils_files(hook: Hook) -> None:
     other.write_text("#!/bin/sh\n")
     removed = uninstall(hook.root)
     assert hook.path in removed and other.exists() and not hook.path.exists()
+
+
+def test_shim_layout_for_libvirt_without_qemu_d(hook: Hook) -> None:
+    install(hook.root, hook.cfg, layout="shim")
+    shim = hook.root / "hooks" / "qemu"
+    proc = subprocess.run([str(shim), "vm1", "start", "begin", "-"], input=xml(), capture_output=True, timeout=30,
+                          env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"})
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert bridge_ports(hook.ovs) == ["tapc1"]
+    uninstall(hook.root)
+    shim.write_text("#!/bin/sh\n# the operator's own hook\n")
+    with pytest.raises(InstallError, match="not veil's"):
+        install(hook.root, hook.cfg, layout="shim")
+    assert "operator's own hook" in shim.read_text()
+
+
+def test_the_hook_process_never_loads_libvirt_or_heavy_modules(hook: Hook) -> None:
+    """The hook must never call libvirt (deadlock) and must start fast: check what it imports."""
+    script = hook.path.read_text().replace(
+        "sys.exit(main(", "rc = main(").rstrip().rstrip(")") + ")\n"
+    script += "bad = sorted({'libvirt', 'ovsdbapp', 'ovs', 'json', 're', 'typing', 'dataclasses', 'logging'} & set(sys.modules))\n"
+    script += "sys.stderr.write(repr(bad))\nsys.exit(rc)\n"
+    probe = hook.path.with_name("probe")
+    probe.write_text(script)
+    probe.chmod(0o755)
+    proc = subprocess.run([str(probe), "vm1", "start", "begin", "-"], input=xml(), capture_output=True, timeout=30)
+    assert (proc.returncode, proc.stderr) == (0, b"[]")
