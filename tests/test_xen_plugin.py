@@ -193,6 +193,9 @@ def test_unregister_by_vif_and_by_port(world: World) -> None:
     vm, vif, net = running_vm(world, 10)
     world.vif_script("vif10.0", vif)
     world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
+    world.host.ovs.vsctl("add-port", "br-int", "vnet0", "--", "set", "Interface", "vnet0",  # a KVM VIF
+                         "external_ids:iface-id=kvm", "external_ids:attached-mac=52:54:00:00:00:01",
+                         "external_ids:vm-id=kvm-vm", "external_ids:veil-network=blue")
     assert world.ok("unregister", {"vif_uuid": uuid_of(world, "vif", vif)}) == {"unregistered": ["vif10.0"]}
     row = interfaces(world.host.ovs)["vif10.0"]
     assert row["iface-status"] == "inactive" and "veil-network" not in row
@@ -201,6 +204,7 @@ def test_unregister_by_vif_and_by_port(world: World) -> None:
     world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
     assert world.ok("unregister", {"port": "vif10.0", "delete_port": "true"}) == {"unregistered": ["vif10.0"]}
     assert "vif10.0" not in interfaces(world.host.ovs)
+    assert interfaces(world.host.ovs)["vnet0"]["veil-network"] == "blue", "other registrations stay"
 
 
 @pytest.mark.parametrize(

@@ -110,16 +110,16 @@ def unregister(session: Any, arguments: dict[str, str]) -> str:
     a = A.check_map(arguments, optional=["vif_uuid", "port", "delete_port"])
     which = A.exactly_one(a, "vif_uuid", "port")
     delete_port = A.bool_arg(a, "delete_port", False)
+    port = A.port_arg(a, "port") if which == "port" else None
+    vif_uuid = A.uuid_arg(a, "vif_uuid") if which == "vif_uuid" else None
     ovs = _ovs()
-    current = ovs.registered()
-    if which == "port":
-        ports = [A.port_arg(a, "port")]
+    registered = ovs.registered()
+    if port is not None:
+        done = [port] if port in registered else []
     else:
-        vif_uuid = A.uuid_arg(a, "vif_uuid")
-        ports = [p for p, v in current.items() if v.extra.get(contract.XS_VIF_UUID) == vif_uuid]
-    done = [p for p in sorted(ports) if p in current]
-    for port in done:
-        ovs.unplug(port, delete_port=delete_port)
+        done = sorted(p for p, v in registered.items() if v.extra.get(contract.XS_VIF_UUID) == vif_uuid)
+    for p in done:
+        ovs.unplug(p, delete_port=delete_port)
     return _json({"unregistered": done})
 
 
