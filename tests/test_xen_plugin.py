@@ -283,3 +283,14 @@ def test_sync_rejects_bad_arguments_and_unknown_host(world: World) -> None:
     env = dict(world.env, VEIL_HOST_UUID="6e0d8f3a-5f0e-4d43-9f0b-00000000dead")
     code, message = world.fails("sync", {}, env)
     assert code == "VEIL_UNKNOWN_HOST" and "6e0d8f3a-5f0e-4d43-9f0b-00000000dead" in message
+
+
+def test_on_dom0_the_native_xenapiplugin_dispatches_and_veil_failures_keep_their_codes(world: World) -> None:
+    """With XenAPIPlugin importable (dom0) the plugin hands its table to it."""
+    env = dict(world.env, PYTHONPATH=str(Path(__file__).parent / "dom0"))
+    assert world.fails("register", {"vif_uuid": "nope"}, env)[:2] == ["VEIL_INVALID_ARGUMENT", "vif_uuid"]
+    assert world.fails("explode", {}, env) == ["UNKNOWN_XENAPI_PLUGIN_FUNCTION", "explode"]
+    # dom0's dispatch talks to the local xapi socket, which does not exist here: a plugin failure
+    code, fn, exc_class, _ = world.fails("join", {"network": "blue", "network_uuid": "6e0d8f3a-5f0e-4d43-9f0b-"
+                                                  "000000000001"}, env)
+    assert (code, fn, exc_class) == ("XENAPI_PLUGIN_FAILURE", "join", "FileNotFoundError")
