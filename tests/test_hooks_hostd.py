@@ -5,8 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -14,18 +12,10 @@ import pytest
 
 from controller.lab.ovs import OvsInstance
 from hooks.spool import PlugEvent, Spool, UnplugEvent
-from tests.hooks_rows import bridge_ports
+from tests.hooks_rows import bridge_ports, wait_until
 from tests.test_hooks_registrar import make_vif
 
 pytestmark = pytest.mark.lab
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def test_hostd_replays_on_start_waits_out_ovsdb_and_follows_new_events(ovs: OvsInstance, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from controller.lab.ovs import OvsInstance
 from hooks.ovsdb_rpc import RpcRegistrar
 from hooks.registrar import Registrar
-from hooks.spool import PlugEvent, Spool, UnplugEvent, apply_event, drain, submit
+from hooks.spool import PlugEvent, Spool, UnplugEvent, UnplugVmEvent, apply_event, drain, submit
 from tests.hooks_rows import bridge_ports, iface_ids
 from tests.test_hooks_registrar import make_vif
 
@@ -19,9 +19,10 @@ pytestmark = pytest.mark.lab
 
 def test_append_is_ordered_and_round_trips(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path / "spool"))
-    events = [
+    events: list[PlugEvent | UnplugEvent | UnplugVmEvent] = [
         PlugEvent(make_vif(extra={"xs-vif-uuid": "x"}), add_port=True),
         UnplugEvent("tapk1", delete_port=True),
+        UnplugVmEvent("vm-1"),
         PlugEvent(make_vif(port="vnet0"), add_port=False),
     ]
     for ev in events:
@@ -29,7 +30,7 @@ def test_append_is_ordered_and_round_trips(tmp_path: Path) -> None:
     assert [spool.load(p) for p in spool.pending()] == events
     # A leftover temp file of a writer that crashed mid-write is not an event.
     (tmp_path / "spool" / ".tmp-00000000000000000009.json-1").write_text('{"op":')
-    assert len(spool.pending()) == 3
+    assert len(spool.pending()) == 4
 
 
 def test_events_queue_while_ovsdb_is_down_and_replay_in_order(ovs: OvsInstance, tmp_path: Path) -> None:

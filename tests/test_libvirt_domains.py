@@ -22,7 +22,7 @@ from libvirt_hooks.domxml import VEIL_XMLNS
 from libvirt_hooks.install import CONFIG_NAME, install
 from libvirt_hooks.qemu_hook import HookConfig
 from tests.conftest import unique_prefix
-from tests.hooks_rows import rows
+from tests.hooks_rows import rows, wait_until
 from tests.libvirt_fixture import PrivateLibvirt
 
 pytestmark = pytest.mark.libvirt
@@ -119,15 +119,6 @@ def start(lab: Lab, name: str, ifaces: list[tuple[str, str]], ports: list[tuple[
 
 def veil_rows(lab: Lab, uuid: str) -> dict[str, dict[str, str]]:
     return {n: ids for n, ids in lab.interfaces(uuid).items() if "veil-network" in ids}
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0,
-               detail: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}\n{detail()}")
-        time.sleep(0.1)
 
 
 def test_start_registers_and_destroy_removes(clean: Lab) -> None:
