@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from controller import pipeline as P
@@ -212,7 +212,3 @@ def _flows(state: State, host: str) -> Iterator[Flow]:
         remote_out = tuple(a for r in remotes for a in _to_tunnel(net.vni, tun_port[r]))
         yield Flow(P.FLOOD, 100, Match.of(metadata=net.vni), local_out + remote_out)
         yield Flow(P.FLOOD, 100, Match.of(metadata=net.vni | FROM_TUNNEL), local_out)
-
-
-def hosts_of(bindings: Iterable[Binding]) -> frozenset[str]:
-    return frozenset(b.host for b in bindings)

@@ -113,10 +113,6 @@ class Flow:
             f"w={self.write_metadata!r} g={self.goto!r}"
         )
 
-    @property
-    def is_drop(self) -> bool:
-        return not self.actions and self.goto is None
-
 
 @dataclass(frozen=True, order=True)
 class FlowId:

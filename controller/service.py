@@ -62,7 +62,6 @@ class Controller:
         self.store: Store | None = None
         self._thread: threading.Thread | None = None
         self._observer: Any = None
-        self.rounds = 0
         self._ignored: tuple[tuple[Binding, str], ...] = ()
 
     # -- wiring --------------------------------------------------------------------------------
@@ -129,7 +128,6 @@ class Controller:
     def reconcile(self, audit: bool = False) -> None:
         """Bring every reachable host to the desired state; ``audit`` re-dumps the flows."""
         assert self.store is not None
-        self.rounds += 1
         if self._config_changed.is_set():
             self._config_changed.clear()
             self._apply_config()

@@ -120,6 +120,22 @@ def test_each_tenant_pings_across_the_dcs(lab: tuple[Lab, LabController]) -> Non
         assert lab_.ping(src, dst, count=2), f"{src} -> {dst}"
 
 
+def test_tunnels_only_between_hosts_that_share_a_network(
+        lab: tuple[Lab, LabController]) -> None:
+    lab_, _ = lab
+
+    def remotes(host: str) -> set[str]:
+        out = lab_.hosts[host].ovs.vsctl("--bare", "--columns=options", "find", "Interface",
+                                         "external_ids:veil-remote!=''")
+        return set(re.findall(r"remote_ip=\"?([0-9.]+)", out))
+
+    ip = {h: lab_.hosts[h].underlay_ip for h in lab_.hosts}
+    # dc1-h2 has only acme (a3); dc2-h2 has only globex (b2): no tunnel between them
+    assert remotes("dc1-h2") == {ip["dc1-h1"], ip["dc2-h1"]}
+    assert remotes("dc2-h2") == {ip["dc1-h1"], ip["dc2-h1"]}
+    assert remotes("dc1-h1") == {ip["dc1-h2"], ip["dc2-h1"], ip["dc2-h2"]}
+
+
 def test_tenant_a_never_reaches_tenant_b(lab: tuple[Lab, LabController]) -> None:
     lab_, _ = lab
     a1, a3, b1 = lab_.vms["a1"], lab_.vms["a3"], lab_.vms["b1"]
