@@ -265,30 +265,43 @@ def migration(lab: Lab, system: System, plugger: Plugger, mover: str, pinger: st
 FIG6 = "6"
 
 
+def wait_reachable(lab: Lab, src: str, dst: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not lab.ping(src, dst, count=1, wait=0.3):
+        if time.monotonic() > deadline:
+            raise BenchError(f"{src} does not reach {dst} within {timeout}s")
+
+
 def throughput(lab: Lab, system: System, client: str, server: str, seconds: int) -> Result:
     srv, cli = lab.vms[server], lab.vms[client]
-    daemon = subprocess.Popen(["ip", "netns", "exec", srv.ns, "iperf3", "-s", "-1", "-p", "5201"],
+    wait_reachable(lab, client, server)
+    daemon = subprocess.Popen(["ip", "netns", "exec", srv.ns, "iperf3", "-s", "-p", "5201"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 5
-        while True:
+        while True:  # until the server listens
             proc = netns.run(["iperf3", "-c", srv.ip, "-p", "5201", "-t", str(seconds), "-O", "1", "-J"],
                              ns=cli.ns, check=False, timeout=seconds + 30)
             if proc.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        if proc.returncode != 0:
-            raise BenchError(f"{system.name}: iperf3 {client} -> {server} failed: {proc.stdout[-400:]} {proc.stderr}")
-        doc = json.loads(proc.stdout)
     finally:
         netns.kill_pids([daemon.pid])
         daemon.wait(timeout=10)
-    samples = tuple(i["sum"]["bits_per_second"] / 1e9 for i in doc["intervals"] if not i["sum"].get("omitted"))
+    try:
+        doc = json.loads(proc.stdout)
+        total = doc["end"]["sum_received"]["bits_per_second"] / 1e9
+        samples = tuple(i["sum"]["bits_per_second"] / 1e9 for i in doc["intervals"] if not i["sum"].get("omitted"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{system.name}: iperf3 {client} -> {server} (exit {proc.returncode}) gave no result: "
+                         f"{proc.stdout[-300:]} {proc.stderr[-300:]}") from exc
+    if proc.returncode != 0 or not samples:
+        raise BenchError(f"{system.name}: iperf3 {client} -> {server} failed: {doc.get('error', proc.stderr)}")
     return Result(
         FIG6, "iperf3 TCP throughput VM -> VM over Geneve (other DC)", system.name, "Gbit/s", samples,
         method=f"iperf3 -t {seconds} -O 1 from {client} on {lab.placement(client)} to {server} on "
                f"{lab.placement(server)}; samples are 1 s intervals",
-        extra={"total Gbit/s": doc["end"]["sum_received"]["bits_per_second"] / 1e9},
+        extra={"total Gbit/s": total},
     )
 
 
