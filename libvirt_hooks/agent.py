@@ -33,7 +33,7 @@ from hooks import contract
 from hooks.errors import RegistrarError
 from hooks.reconcile import diff
 from hooks.registrar import Registrar
-from hooks.spool import Spool, submit
+from hooks.spool import Spool, drain, submit
 from hooks.vif import Vif
 from libvirt_hooks.domxml import DomainXmlError, plan_domain, read_domain
 from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, ConfigError, HookConfig, known_networks, load_config
@@ -158,6 +158,11 @@ class Agent:
     # -- reconciliation --------------------------------------------------------------------------
     def _reconcile(self, uuid: str | None) -> None:
         """Make OVSDB match libvirt for one domain (``uuid``) or for all of them (None)."""
+        # Spooled hook events first, in order (a no-op when veil-hostd keeps up): otherwise
+        # everything below would queue behind them until veil-hostd runs.
+        drained = drain(self.spool, self.registrar)
+        if drained.applied or drained.rejected:
+            LOG.info("applied %d spooled event(s), set aside %d", drained.applied, len(drained.rejected))
         if uuid is None:
             domains = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         else:

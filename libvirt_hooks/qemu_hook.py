@@ -137,8 +137,9 @@ def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
     if not dom.has_metadata and not dom.ifaces:
         return out
     if op in ("stopped", "release"):
-        if dom.has_metadata:
-            _submit(cfg, [UnplugVmEvent(dom.uuid)], out)
+        # Even without metadata now (it may have been removed while the VM ran), ports veil
+        # registered for this VM must go: unplug_vm only touches rows carrying veil's keys.
+        _submit(cfg, [UnplugVmEvent(dom.uuid)], out)
         return out
     plan = plan_domain(dom, bridge=cfg.bridge, known_networks=known_networks(cfg))
     out.errors.extend(plan.problems)

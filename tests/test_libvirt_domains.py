@@ -278,3 +278,19 @@ def test_twenty_domains_started_without_veil_are_reconciled_when_the_agent_start
         (ids,) = veil_rows(lab, u).values()
         assert ids["iface-status"] == "active" and ids["veil-network"] == "blue" and ids["vm-id"] == u
     assert os.path.isdir(lab.lv.root / "lost-spool")
+
+
+def test_agent_leaves_the_ports_of_a_domain_it_cannot_read_alone(clean: Lab, agent: Callable[[], Agent]) -> None:
+    lab = clean
+    dom = start(lab, "vlk-f", [("ovs", "52:54:00:0f:00:01")], [("52:54:00:0f:00:01", "blue")])
+    uuid = dom.UUIDString()
+    a = agent()
+    wait_until("agent connected", lambda: "full reconciliation #1" in a.text(), detail=a.text)
+    before = veil_rows(lab, uuid)
+    assert len(before) == 1
+    # A fragment with an undeclared prefix: libvirt 9.0 stores it and then serves domain XML
+    # that is not well-formed. "Cannot read" must not turn into "has no VIFs, unplug them".
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<ports><veil:port mac='52:54:00:0f:00:01' network='red'/></ports>",
+                    "veil", VEIL_XMLNS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    wait_until("agent read the domain", lambda: "leaving its ports as they are" in a.text(), detail=a.text)
+    assert veil_rows(lab, uuid) == before
