@@ -21,6 +21,8 @@ from controller.flows import (
     METADATA_VNI_MASK,
     MULTICAST_BIT,
     ND_NA,
+    ND_NS,
+    NO_MAC,
     Action,
     Flow,
     Match,
@@ -82,7 +84,7 @@ def compute_tunnels(state: State, host: str) -> frozenset[TunnelSpec]:
     return frozenset(specs)
 
 
-def _link_local(mac: str) -> ipaddress.IPv6Address:
+def link_local(mac: str) -> ipaddress.IPv6Address:
     """The EUI-64 link-local address a guest derives from its MAC (allowed as ND source)."""
     b = bytearray(int(x, 16) for x in mac.split(":"))
     b[0] ^= 0x02
@@ -93,7 +95,6 @@ def _link_local(mac: str) -> ipaddress.IPv6Address:
 def _port_security(b: Binding) -> Iterator[Flow]:
     ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
     v4 = [ip for ip in b.ips if ip.version == 4]
-    v6 = [ip for ip in b.ips if ip.version == 6]
     own: dict[str, MatchValue] = {"in_port": b.ofport, "eth_src": b.mac}
     if v4:
         for ip in v4:
@@ -105,16 +106,33 @@ def _port_security(b: Binding) -> Iterator[Flow]:
         yield Flow(ps, 90, Match.of(**own, eth_type=ETH_ARP, arp_sha=b.mac), goto=nxt)
     # Guests announce themselves after a migration with RARP (QEMU's self-announce).
     yield Flow(ps, 100, Match.of(**own, eth_type=ETH_RARP), goto=nxt)
-    # IPv6: neighbour advertisements only for the port's own addresses; sources likewise.
-    v6_own: list[IPAddress] = [*v6, _link_local(b.mac)]
+    yield from _ipv6_security(b, own, checked=bool(b.ips))
+
+
+def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool) -> Iterator[Flow]:
+    """IPv6 sources and Neighbor Discovery: a VIF may only advertise (NA) its own addresses
+    with its own MAC, and solicit (NS) with its own MAC; DAD (source ::) has no MAC option.
+    With no addresses declared (``checked`` False) only the MACs are checked."""
+    ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
+    macs = (b.mac, NO_MAC)  # an absent link-layer option reads as 00:00:00:00:00:00
     nd: dict[str, MatchValue] = {**own, "eth_type": ETH_IPV6, "ip_proto": IPPROTO_ICMPV6}
-    for a6 in v6_own:
-        yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_nd_target=str(a6)), goto=nxt)
-    yield Flow(ps, 105, Match.of(**nd, icmpv6_type=ND_NA))
-    if v4 or v6:
-        for a6 in v6_own:
-            yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV6, ipv6_src=str(a6)), goto=nxt)
-        yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV6, ipv6_src="::"), goto=nxt)  # DAD
+    own_v6: list[str] = [str(ip) for ip in b.ips if ip.version == 6] + [str(link_local(b.mac))]
+    for mac in macs:
+        if checked:
+            for a6 in own_v6:
+                yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_nd_target=a6,
+                                             ipv6_nd_tll=mac), goto=nxt)
+            for a6 in [*own_v6, "::"]:
+                yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src=a6,
+                                             ipv6_nd_sll=mac), goto=nxt)
+        else:
+            yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_nd_tll=mac), goto=nxt)
+            yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_nd_sll=mac), goto=nxt)
+    for nd_type in (ND_NA, ND_NS):
+        yield Flow(ps, 105, Match.of(**nd, icmpv6_type=nd_type))  # any other NA/NS: spoofed
+    if checked:
+        for a6 in [*own_v6, "::"]:
+            yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV6, ipv6_src=a6), goto=nxt)
     else:
         yield Flow(ps, 90, Match.of(**own, eth_type=ETH_IPV6), goto=nxt)
 

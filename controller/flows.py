@@ -19,6 +19,7 @@ FROM_TUNNEL: Final = 1 << 32  # metadata bit: the packet came in from a tunnel
 METADATA_MASK: Final = METADATA_VNI_MASK | FROM_TUNNEL
 MULTICAST_BIT: Final = "01:00:00:00:00:00/01:00:00:00:00:00"
 BROADCAST: Final = "ff:ff:ff:ff:ff:ff"
+NO_MAC: Final = "00:00:00:00:00:00"
 
 ETH_IPV4: Final = 0x0800
 ETH_ARP: Final = 0x0806
@@ -140,6 +141,8 @@ OFCTL_FIELD: Final = {
     "ipv6_src": "ipv6_src",
     "icmpv6_type": "icmpv6_type",
     "ipv6_nd_target": "nd_target",
+    "ipv6_nd_sll": "nd_sll",
+    "ipv6_nd_tll": "nd_tll",
     "metadata": "metadata",
     "tunnel_id": "tun_id",
 }

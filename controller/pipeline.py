@@ -71,7 +71,8 @@ PIPELINE: Final[dict[int, Table]] = {
             "drop what a VIF sends with a MAC/IP not its own, incl. ARP and ND spoofing",
             frozenset({
                 "in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha",
-                "ipv6_src", "ip_proto", "icmpv6_type", "ipv6_nd_target",
+                "ipv6_src", "ip_proto", "icmpv6_type", "ipv6_nd_target", "ipv6_nd_sll",
+                "ipv6_nd_tll",
             }),
             frozenset({ARP_RESPONDER}),
         ),
@@ -114,6 +115,8 @@ _PREREQ: Final[dict[str, tuple[int, int | None]]] = {
     "ip_proto": (ETH_IPV6, None),
     "icmpv6_type": (ETH_IPV6, IPPROTO_ICMPV6),
     "ipv6_nd_target": (ETH_IPV6, IPPROTO_ICMPV6),
+    "ipv6_nd_sll": (ETH_IPV6, IPPROTO_ICMPV6),
+    "ipv6_nd_tll": (ETH_IPV6, IPPROTO_ICMPV6),
 }
 
 
@@ -137,6 +140,10 @@ def check_flow(flow: Flow) -> Flow:
     nd_type = flow.match.get("icmpv6_type")
     if "ipv6_nd_target" in flow.match.names() and nd_type not in (ND_NS, ND_NA):
         raise PipelineError(f"ipv6_nd_target needs icmpv6_type 135 or 136: {flow}")
+    if "ipv6_nd_sll" in flow.match.names() and nd_type != ND_NS:
+        raise PipelineError(f"ipv6_nd_sll needs icmpv6_type 135: {flow}")
+    if "ipv6_nd_tll" in flow.match.names() and nd_type != ND_NA:
+        raise PipelineError(f"ipv6_nd_tll needs icmpv6_type 136: {flow}")
     if flow.goto is not None and flow.goto not in table.next_tables:
         raise PipelineError(f"table {table.name} may not go to table {flow.goto}: {flow}")
     if flow.write_metadata is not None and not table.may_write_metadata:

@@ -162,6 +162,13 @@ def rarp(mac: str) -> Packet:
     return {"eth_src": mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x8035}
 
 
-def neighbor_advert(src_mac: str, src_ip: str, target: str) -> Packet:
+def neighbor_advert(src_mac: str, src_ip: str, target: str, tll: str | None = None) -> Packet:
     return {"eth_src": src_mac, "eth_dst": "33:33:00:00:00:01", "eth_type": 0x86DD,
-            "ipv6_src": src_ip, "ip_proto": 58, "icmpv6_type": 136, "ipv6_nd_target": target}
+            "ipv6_src": src_ip, "ip_proto": 58, "icmpv6_type": 136, "ipv6_nd_target": target,
+            "ipv6_nd_tll": src_mac if tll is None else tll}
+
+
+def neighbor_solicit(src_mac: str, src_ip: str, target: str, sll: str | None = None) -> Packet:
+    return {"eth_src": src_mac, "eth_dst": "33:33:ff:00:00:01", "eth_type": 0x86DD,
+            "ipv6_src": src_ip, "ip_proto": 58, "icmpv6_type": 135, "ipv6_nd_target": target,
+            "ipv6_nd_sll": src_mac if sll is None else sll}

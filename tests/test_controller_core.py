@@ -18,7 +18,15 @@ from controller.diff import apply_diff, diff_flows
 from controller.flows import Flow, Match
 from controller.model import Binding, Host, InvalidState, Network, State, Tenant, placement
 from controller.pipeline import PipelineError, check_flow
-from tests.flowsim import Fabric, arp_request, ipv4, neighbor_advert, rarp
+from controller.compute import link_local
+from tests.flowsim import (
+    Fabric,
+    arp_request,
+    ipv4,
+    neighbor_advert,
+    neighbor_solicit,
+    rarp,
+)
 
 UNKNOWN_MAC = "02:ff:ff:ff:ff:01"
 
@@ -95,6 +103,7 @@ def test_spoofed_packets_die(state: State, data: st.DataObject) -> None:
     own_ip = str(src.ips[0])
     other_mac = "52:54:00:ee:ee:ee"
     other_ip = "198.19.7.7"
+    ll = str(link_local(src.mac))
     dst = data.draw(st.sampled_from([b.mac for b in vifs] + ["ff:ff:ff:ff:ff:ff"]))
     spoofed = [
         ipv4(other_mac, dst, own_ip, "198.19.0.1"),
@@ -104,6 +113,9 @@ def test_spoofed_packets_die(state: State, data: st.DataObject) -> None:
         arp_request(other_mac, own_ip, "198.19.0.1"),
         rarp(other_mac),
         neighbor_advert(src.mac, "fe80::1", "fe80::1"),  # claims a foreign IPv6 address
+        neighbor_advert(src.mac, ll, ll, tll=other_mac),  # own address, foreign MAC
+        neighbor_solicit(src.mac, ll, "fe80::9", sll=other_mac),  # poisons the cache
+        neighbor_solicit(src.mac, "fe80::1", "fe80::9"),  # foreign source address
     ]
     pkt = data.draw(st.sampled_from(spoofed))
     assert fabric.send(src, pkt) == [], f"spoofed packet from {src.iface_id} got out: {pkt}"
@@ -262,3 +274,15 @@ def test_claims_come_from_the_standby_guest_and_end_with_the_migration() -> None
                        [b for b in during.bindings if (b.iface_id, b.host) != ("a", "h1")],
                        during.tunnels)
     assert claims_after(claims, done, []) == {}
+
+
+def test_honest_neighbor_discovery_reaches_the_network() -> None:
+    state = _two_hosts()
+    a = member(state, "a")
+    ll = str(link_local(a.mac))
+    for pkt in (neighbor_solicit(a.mac, ll, "fe80::9"),
+                neighbor_solicit(a.mac, "::", ll, sll="00:00:00:00:00:00"),  # DAD
+                neighbor_advert(a.mac, ll, ll),
+                neighbor_advert(a.mac, ll, ll, tll="00:00:00:00:00:00")):
+        got = {d.iface_id for d in Fabric(state).send(a, pkt)}
+        assert got == {"b", "c"}, pkt

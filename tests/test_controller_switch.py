@@ -94,6 +94,11 @@ def test_sent_flows_forward_isolate_and_answer_arp(ovs: OvsInstance, session: Of
           "ipv6_src=fe80::5054:ff:fe00:1,nd_target=")
     assert trace(ovs, na + "fe80::5054:ff:fe00:1") == p2
     assert trace(ovs, na + "fe80::5054:ff:fe00:2") == "drop"
+    assert trace(ovs, na + f"fe80::5054:ff:fe00:1,nd_tll={MAC[2]}") == "drop"
+    ns = (f"in_port=1,icmp6,icmpv6_type=135,dl_src={MAC[1]},dl_dst=33:33:ff:00:00:02,"
+          "ipv6_src=fe80::5054:ff:fe00:1,nd_target=fe80::5054:ff:fe00:2,nd_sll=")
+    assert trace(ovs, ns + MAC[1]) == p2
+    assert trace(ovs, ns + MAC[2]) == "drop"  # would poison b's neighbour cache
     # ARP for b's IP is answered on the spot, with b's MAC, back to a
     answer = trace(ovs, arp + ",arp_spa=198.19.0.1")
     assert f"sha={MAC[2]}" in answer and "op=2" in answer
