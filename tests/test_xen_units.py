@@ -71,6 +71,7 @@ def test_only_attached_vifs_of_vms_running_here_are_wanted() -> None:
         ev("vm", "off", vm_rec("vm-off", state="Halted", domid="-1")), ev("vif", "c", vif_rec("vif-c", "off")),
         ev("vm", "tpl", vm_rec("vm-tpl", is_a_template=True, domid="5")), ev("vif", "t", vif_rec("vif-t", "tpl")),
         ev("vm", "paused", vm_rec("vm-p", state="Paused", domid="6")), ev("vif", "p", vif_rec("vif-p", "paused")),
+        ev("vm", "dom0", vm_rec("vm-dom0", is_control_domain=True, domid="0")), ev("vif", "z", vif_rec("vif-z", "dom0")),
     )
     wanted = desired.desired_vifs(s, HOST, set())
     assert sorted(wanted.vifs) == ["vif3.0", "vif6.0"]

@@ -10,9 +10,9 @@ Called as ``vif-hotplug -action online|remove -vifuuid U -vmuuid U``.
 
 OVSDB unavailable: the change goes to the durable spool (``hooks.spool``) for veil-hostd.
 Default mode never blocks the VIF plug: whatever goes wrong is one line on stderr and exit 0
-(the sync daemon repairs from xapi's state). OVSDB is spoken to with the hook core's lean
-JSON-RPC registrar: no ovsdbapp import on this path. With ``VEIL_HOOK_MODE=strict`` the same line comes
-with exit 1.
+(the sync daemon repairs from xapi's state). With ``VEIL_HOOK_MODE=strict`` the same line comes
+with exit 1. OVSDB is spoken to with the hook core's lean JSON-RPC registrar: no ovsdbapp
+import on this path.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ class XapiVM:
     resident_on: str
     domid: int
     other_config: Mapping[str, str] = field(default_factory=dict)
-    is_template: bool = False
+    is_guest: bool = True  # templates, snapshots and dom0 itself never get veil VIFs
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> XapiVM:
@@ -52,12 +52,12 @@ class XapiVM:
             resident_on=str(rec.get("resident_on", NULL_REF)),
             domid=int(str(rec.get("domid", "-1"))),
             other_config=_str_map(rec.get("other_config")),
-            is_template=bool(rec.get("is_a_template", False)) or bool(rec.get("is_a_snapshot", False)),
+            is_guest=not any(bool(rec.get(k, False)) for k in ("is_a_template", "is_a_snapshot", "is_control_domain")),
         )
 
     def running_on(self, host_ref: str) -> bool:
         return (
-            not self.is_template
+            self.is_guest
             and self.power_state in RUNNING_STATES
             and self.resident_on == host_ref
             and self.domid >= 0
