@@ -15,3 +15,7 @@ class RegistrarError(RuntimeError):
 
 class PlugRejected(RuntimeError):
     """OVSDB refused the change for a reason a retry cannot fix (e.g. no such port to update)."""
+
+
+class SpoolError(RuntimeError):
+    """The spool directory is unusable (permissions, disk full...): an operator must act."""

@@ -23,7 +23,7 @@ import fcntl
 import os
 
 from hooks import jsonlite
-from hooks.errors import PlugRejected, RegistrarError, VifError
+from hooks.errors import PlugRejected, RegistrarError, SpoolError, VifError
 from hooks.vif import Vif
 
 TYPE_CHECKING = False
@@ -43,12 +43,9 @@ if TYPE_CHECKING:
         def unplug_vm(self, vm_id: str) -> None: ...
 
 
+__all__ = ["Spool", "SpoolError", "PlugEvent", "UnplugEvent", "UnplugVmEvent", "submit", "drain", "apply_event"]
 SUFFIX = ".json"
 MAX_EVENT_BYTES = 1 << 20
-
-
-class SpoolError(RuntimeError):
-    """The spool directory is unusable (permissions, disk full...): an operator must act."""
 
 
 class CorruptEvent(ValueError):

@@ -7,7 +7,7 @@ installs the hook with ``veil-libvirt-install`` into a private config root, then
 installed hook as libvirt does (a subprocess, domain XML on stdin, environment of LC_ALL, PATH
 and HOME only) and times each invocation from spawn to exit. Operations measured:
 ``prepare`` (validation only), ``start`` for a libvirt-created openvswitch port (updates the
-row) and for a tap (adds the port), and ``stopped`` (unplugs the VM); for comparison, a one-shot process doing the same plug through
+row) and for a tap (adds the port), ``started`` (nothing to do) and ``stopped`` (unplugs the VM); for comparison, a one-shot process doing the same plug through
 ovsdbapp, and bare interpreter startup. Output: JSON with
 p50/p95/p99/max per operation and a description of the machine. Everything it creates is
 removed at the end, even on failure.
@@ -136,11 +136,12 @@ def run_benchmark(iterations: int = 200, warmup: int = 10, oneshot: int = 20) ->
             "prepare": ("prepare", "begin", domain_xml("bridge", None)),
             "start_bridge": ("start", "begin", domain_xml("bridge", "vnetb0")),
             "start_ethernet": ("start", "begin", domain_xml("ethernet", "tapb0")),
+            "started": ("started", "begin", domain_xml("ethernet", "tapb0")),
             "stopped": ("stopped", "end", domain_xml("ethernet", None)),
         }
         samples: dict[str, list[float]] = {name: [] for name in cases}
         for i in range(warmup + iterations):
-            # One VM lifecycle per round: prepare, start (both port kinds), stop.
+            # One VM lifecycle per round: prepare, start (both port kinds), started, stop.
             for name, (op, sub, xml) in cases.items():
                 t = time_hook(hook, op, sub, xml)
                 if i >= warmup:
