@@ -170,3 +170,20 @@ def test_unplug_vm_deletes_owned_and_deactivates_libvirt_ports(registrar: AnyReg
     assert iface_ids(ovs, "vnet9") == {"attached-mac": not_veil.mac, "iface-id": "nv", "vm-id": vm, "iface-status": "active"}
     registrar.unplug_vm(vm)  # idempotent
     assert bridge_ports(ovs) == ["tapk3", "vnet1", "vnet9"]
+
+
+def test_registrar_recovers_after_ovsdb_restarts(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
+    registrar.plug(make_vif(), add_port=True)
+    ovs.stop_ovsdb()
+    with pytest.raises(RegistrarError):
+        registrar.plug(make_vif(port="tapk2", mac="52:54:00:00:00:02"), add_port=True)
+    ovs.start_ovsdb()
+    deadline = time.monotonic() + 15
+    while True:  # the ovsdbapp IDL reconnects with its own back-off
+        try:
+            registrar.plug(make_vif(port="tapk2", mac="52:54:00:00:00:02"), add_port=True)
+            break
+        except RegistrarError:
+            assert time.monotonic() < deadline, "registrar did not recover within 15 s"
+            time.sleep(0.2)
+    assert bridge_ports(ovs) == ["tapk1", "tapk2"]
