@@ -137,28 +137,29 @@ def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
     except DomainXmlError as exc:
         out.errors.append(str(exc))
         return out
-    if not dom.has_metadata and not dom.ifaces:
-        return out
-    # Imported only where OVSDB is written: validation-only calls stay ~2 ms faster.
-    from hooks.spool import PlugEvent, UnplugVmEvent
-
+    candidates = [i for i in dom.ifaces if i.type == "ethernet" or (i.ovs_port and i.bridge == cfg.bridge)]
+    if not dom.has_metadata and not candidates:
+        return out  # not a veil VM: no OVSDB round trip
     if op in ("stopped", "release"):
-        # Even without metadata now (it may have been removed while the VM ran), ports veil
-        # registered for this VM must go: unplug_vm only touches rows carrying veil's keys.
-        _submit(cfg, [UnplugVmEvent(dom.uuid)], out)
+        from hooks.spool import UnplugVmEvent  # OVSDB modules load only where OVSDB is written
+
+        # By vm-id, even if the metadata was removed while the VM ran: unplug_vm only touches
+        # rows carrying veil's keys.
+        _submit(cfg, [UnplugVmEvent(dom.uuid)], out, "unplugged")
         return out
     plan = plan_domain(dom, bridge=cfg.bridge, known_networks=known_networks(cfg))
     out.errors.extend(plan.problems)
     if op in ("start", "reconnect"):
+        from hooks.spool import PlugEvent
+
         out.errors.extend(f"{p} has no tap (<target dev>) at {op}" for p in plan.pending)
         events = [PlugEvent(w.vif, add_port=w.add_port) for w in plan.wanted]
         if events:
-            _submit(cfg, events, out)
-            out.notes.append(f"registered {', '.join(w.vif.port + '=' + w.vif.network for w in plan.wanted)}")
+            _submit(cfg, events, out, "registered " + ", ".join(f"{e.vif.port}={e.vif.network}" for e in events))
     return out
 
 
-def _submit(cfg: HookConfig, events: list[PlugEvent] | list[UnplugVmEvent], out: Outcome) -> None:
+def _submit(cfg: HookConfig, events: list[PlugEvent] | list[UnplugVmEvent], out: Outcome, done: str) -> None:
     from hooks.ovsdb_rpc import RpcRegistrar
     from hooks.spool import Spool, submit
 
@@ -170,6 +171,8 @@ def _submit(cfg: HookConfig, events: list[PlugEvent] | list[UnplugVmEvent], out:
     out.errors.extend(result.rejected)
     if result.spooled:
         out.spooled = f"{result.spooled} event(s) spooled to {cfg.spool}: {result.spool_reason}"
+    elif not result.rejected:
+        out.notes.append(done)
 
 
 def exit_status(op: str, out: Outcome, cfg: HookConfig) -> int:
