@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hooks.registrar import Registrar
-from hooks.spool import Spool, drain
+from hooks.spool import Spool, UnplugEvent, drain
 from tests.xapi_sim import XapiSim
 from tests.xen_support import Host, interfaces, simulated_host, simulated_xapi, vif_script
 from xenapi_plugin.install import install
@@ -112,19 +112,57 @@ def test_unknown_vif_is_reported(dom0: Dom0) -> None:
     assert proc.returncode == 1 and "UUID_INVALID" in proc.stderr
 
 
-def test_ovsdb_down_spools_the_registration_and_loses_nothing(dom0: Dom0, tmp_path: Path) -> None:
+def test_ovsdb_down_is_one_line_and_never_a_guess(dom0: Dom0, tmp_path: Path) -> None:
     vm_uuid, vif_uuid = dom0.vm_with_vif(6)
     down = dict(dom0.env, VEIL_OVSDB=f"unix:{tmp_path}/down.sock")
     proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid, env=down)
-    assert proc.returncode == 0 and "spooled" in proc.stderr
-    assert "iface-id" not in interfaces(dom0.host.ovs)["vif6.0"]
+    assert proc.returncode == 0 and proc.stderr.count("\n") == 1 and "cannot read OVSDB" in proc.stderr
+    proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid,
+                    env=dict(down, VEIL_HOOK_MODE="strict"))
+    assert proc.returncode == 1 and "cannot read OVSDB" in proc.stderr
+    assert Spool(str(dom0.spool)).pending() == [], "no port name to spool a registration for"
+
+
+def test_during_migration_the_port_comes_from_ovsdb_not_from_xapis_old_domid(dom0: Dom0) -> None:
+    """xapi still names the source domain (domid 3) while the destination's vif script plugs
+    vif9.0; a local VM that happens to have domid 3 must not get this VIF's keys."""
+    vm_uuid, vif_uuid = dom0.vm_with_vif(3)  # vif3.0 here is now "another VM's" port
+    other_net = dom0.sim.add_network("red", "br-int", {"veil-network": "red"})
+    other_vif = dom0.sim.add_vif(dom0.sim.add_vm("local"), other_net, "0", "aa:16:3e:00:02:99")
+    vif_script(dom0.sim, dom0.host.ovs, "vif3.0", other_vif)
+    vif_script(dom0.sim, dom0.host.ovs, "vif9.0", dom0.sim.db.get_ref("vif", vif_uuid))
+    proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    rows = interfaces(dom0.host.ovs)
+    assert rows["vif9.0"]["iface-id"] == vif_uuid
+    assert "iface-id" not in rows["vif3.0"], "another VM's port is left alone"
+
+
+def test_an_event_behind_spooled_ones_is_spooled_in_order_and_applied_by_the_drain(dom0: Dom0) -> None:
+    """While older events wait in the spool (OVSDB was down for them), a new one queues behind
+    them instead of overtaking; veil-hostd's drain then applies all of them in order."""
+    vm_uuid, vif_uuid = dom0.vm_with_vif(6)
     spool = Spool(str(dom0.spool))
-    assert len(spool.pending()) == 1
-    registrar = Registrar(dom0.host.ovs.db_remote)  # what veil-hostd does once OVSDB is back
+    spool.append(UnplugEvent("vif6.0", delete_port=False))  # an older, still pending event
+    proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid)
+    assert proc.returncode == 0 and "spooled (older events are still spooled)" in proc.stderr
+    assert "iface-id" not in interfaces(dom0.host.ovs)["vif6.0"]
+    assert len(spool.pending()) == 2
+    registrar = Registrar(dom0.host.ovs.db_remote)  # what veil-hostd does
     try:
         drain(spool, registrar)
     finally:
         registrar.close()
     assert spool.pending() == []
     row = interfaces(dom0.host.ovs)["vif6.0"]
-    assert (row["iface-id"], row["veil-network"]) == (vif_uuid, "blue")
+    assert (row["iface-id"], row["veil-network"], row["iface-status"]) == (vif_uuid, "blue", "active")
+
+
+def test_emulated_tap_and_vif_both_registered_tap_active(dom0: Dom0) -> None:
+    vm_uuid, vif_uuid = dom0.vm_with_vif(7)
+    vif_script(dom0.sim, dom0.host.ovs, "tap7.0", dom0.sim.db.get_ref("vif", vif_uuid))
+    proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    rows = interfaces(dom0.host.ovs)
+    assert (rows["tap7.0"]["iface-status"], rows["vif7.0"]["iface-status"]) == ("active", "inactive")
+    assert rows["tap7.0"]["iface-id"] == rows["vif7.0"]["iface-id"] == vif_uuid

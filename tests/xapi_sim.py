@@ -85,6 +85,10 @@ class SimDB:
             self._emit(cls, "del", ref)
             del self.tables[cls][ref]
 
+    def get_ref(self, cls: str, uuid: str) -> str:
+        with self.lock:
+            return next(r for r, rec in self.tables[cls].items() if rec["uuid"] == uuid)
+
     # -- API ---------------------------------------------------------------------------------
     def call(self, method: str, params: tuple[Any, ...]) -> Any:
         self.calls.append(method)

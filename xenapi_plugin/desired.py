@@ -17,7 +17,7 @@ The rules are the ones OVS's ovs-xapi-sync applied (shared reference xenapi-plug
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
 from hooks import contract
@@ -75,6 +75,16 @@ def vif_for(vm: XapiVM, vif: XapiVIF, network: XapiNetwork | None) -> Vif | None
     )
 
 
+def on_ports(reg: Vif, ports: Iterable[str]) -> list[Vif]:
+    """``reg`` on each port of one VIF: with a ``tap`` among them the tap is the active one."""
+    names = sorted(set(ports))
+    has_tap = any(p.startswith("tap") for p in names)
+    return [
+        reg.replace(port=p, status=contract.STATUS_INACTIVE if has_tap and p.startswith("vif") else contract.STATUS_ACTIVE)
+        for p in names
+    ]
+
+
 @dataclass(frozen=True)
 class Wanted:
     """Port name -> registration, and the VIFs xapi describes in a way veil cannot register."""
@@ -103,10 +113,8 @@ def desired_vifs(state: XapiState, host_ref: str, existing_ports: Set[str]) -> W
         if reg is None:
             continue
         tap = tap_port(vm.domid, vif.device)
-        if tap in existing_ports:
-            wanted.vifs[tap] = reg.replace(port=tap)
-            reg = reg.replace(status=contract.STATUS_INACTIVE)
-        wanted.vifs[reg.port] = reg
+        for one in on_ports(reg, [reg.port, *([tap] if tap in existing_ports else [])]):
+            wanted.vifs[one.port] = one
     return wanted
 
 

@@ -3,12 +3,14 @@
 Called as ``vif-hotplug -action online|remove -vifuuid U -vmuuid U``.
 
 - online: the vif script has just added ``vifD.N`` with the xs-* keys. The hook reads the VIF,
-  its VM and network from xapi and registers ``vif<domid>.<device>`` (same rules as the sync
-  daemon; tap/vif pairing is the daemon's). A VIF on no veil network is left alone.
+  its VM and network from xapi and registers the port(s) carrying ``xs-vif-uuid=U`` (same rules
+  as the sync daemon, tap/vif pairing included). A VIF on no veil network is left alone.
 - remove: retracts veil's registration from the ports carrying ``xs-vif-uuid=U`` (xenopsd
   deletes the port itself).
 
-OVSDB unavailable: the change goes to the durable spool (``hooks.spool``) for veil-hostd.
+OVSDB unavailable before the hook could find the port: reported, left to veil-xapi-sync.
+OVSDB gone between that and the write: the change goes to the durable spool (``hooks.spool``)
+for veil-hostd.
 Default mode never blocks the VIF plug: whatever goes wrong is one line on stderr and exit 0
 (the sync daemon repairs from xapi's state). With ``VEIL_HOOK_MODE=strict`` the same line comes
 with exit 1. OVSDB is spoken to with the hook core's lean JSON-RPC registrar: no ovsdbapp
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import subprocess
 import sys
 import xmlrpc.client
 from collections.abc import Sequence
@@ -79,9 +82,24 @@ def online(cfg: config.XenConfig, vif_uuid: str) -> Result:
         raise HookProblem(f"VIF {vif_uuid} cannot be registered: {exc}") from None
     if reg is None:
         return Result(0, 0, "not on a veil network")
-    if vm.domid < 0:
-        raise HookProblem(f"VIF {vif_uuid}: xapi has no domid for VM {vm.uuid} yet (veil-xapi-sync will register it)")
-    return _submit(cfg, [PlugEvent(reg, add_port=False)])
+    ports = ports_of_vif(cfg, vif_uuid)
+    if not ports:
+        raise HookProblem(f"no port in OVSDB carries {contract.XS_VIF_UUID}={vif_uuid} (did the vif script run?)")
+    return _submit(cfg, [PlugEvent(one, add_port=False) for one in desired.on_ports(reg, ports)])
+
+
+def ports_of_vif(cfg: config.XenConfig, vif_uuid: str) -> list[str]:
+    """The ports the vif script tagged with this VIF. Never derived from xapi's domid: during a
+    live migration the destination's VIF is plugged while xapi still names the source domain."""
+    argv = ["ovs-vsctl", f"--db={cfg.ovsdb}", "--timeout=5", "--bare", "--columns=name",
+            "find", "Interface", f"external_ids:{contract.XS_VIF_UUID}={vif_uuid}"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HookProblem(f"cannot run ovs-vsctl: {exc}") from None
+    if proc.returncode != 0:
+        raise HookProblem(f"cannot read OVSDB ({proc.stderr.strip()}); veil-xapi-sync will register {vif_uuid}")
+    return sorted(proc.stdout.split())
 
 
 def remove(cfg: config.XenConfig, vif_uuid: str) -> Result:
