@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from controller.compute import compute_flows, compute_tunnels
 from controller.config import load_config, resolve_networks
+from controller.dialer import Dialer, Failed
 from controller.diff import apply_diff, diff_flows
 from controller.flows import Flow, FlowId
 from controller.hostdb import HostDb, HostView
@@ -31,6 +32,15 @@ from controller.ofconn import OfSession, OpenFlowError
 from controller.store import Declared, HostRecord, Store
 
 LOG = logging.getLogger("veil.controller")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A fresh OpenFlow session and the veil flows the switch already holds."""
+
+    session: OfSession
+    installed: frozenset[FlowId]
 
 
 @dataclass
@@ -48,8 +58,11 @@ class HostLink:
 
 class Controller:
     def __init__(self, store_remote: str, config: Path | None = None,
-                 clock: Callable[[], float] = time.time, resync_every: float = 5.0) -> None:
+                 clock: Callable[[], float] = time.time, resync_every: float = 5.0,
+                 startup_grace: float = 15.0) -> None:
         self.store_remote = store_remote
+        self.startup_grace = startup_grace
+        self._started = 0.0
         self.config = config
         self.clock = clock
         self.resync_every = resync_every
@@ -63,12 +76,15 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._observer: Any = None
         self._ignored: tuple[tuple[Binding, str], ...] = ()
+        self.dialer = Dialer(self.kick, clock, retry=resync_every,
+                             expected=(OvsdbUnreachable, OSError, OpenFlowError))
 
     # -- wiring --------------------------------------------------------------------------------
     def kick(self) -> None:
         self._wake.set()
 
     def start(self) -> None:
+        self._started = self.clock()
         self.store = Store(self.store_remote, self.kick)
         if self.config is not None:
             self._config_changed.set()
@@ -137,6 +153,13 @@ class Controller:
             LOG.error("veil database is inconsistent, changing nothing: %s", exc)
             return
         self._sync_links(declared)
+        unknown = sorted(h for h, link in self.links.items() if link.view is None)
+        if unknown and self.clock() - self._started < self.startup_grace:
+            # A state without some host's VIFs would remove every flow towards them from the
+            # others: after a restart, program nothing until every host has been read (or the
+            # grace period is over: a host still unreachable then is taken as empty).
+            LOG.info("waiting for the OVSDB of %s before programming", ", ".join(unknown))
+            return
         views = {h: link.view for h, link in self.links.items() if link.view is not None}
         state = self._state(declared, views)
         seen: list[PacketIn] = []
@@ -189,10 +212,9 @@ class Controller:
                     link.db.close()
                 self.links[sid] = link = HostLink(rec)
             if link.db is None:
-                try:
-                    link.db = HostDb(sid, rec.ovsdb, self.kick)
-                except OvsdbUnreachable as exc:
-                    LOG.warning("host %s: OVSDB %s unreachable: %s", sid, rec.ovsdb, exc)
+                link.db = self._dialed(("ovsdb", sid, rec.ovsdb), HostDb,
+                                       functools.partial(HostDb, sid, rec.ovsdb, self.kick))
+                if link.db is None:
                     continue
             view = link.db.view(now)
             if link.view is None or view.rejected != link.view.rejected:
@@ -229,16 +251,14 @@ class Controller:
         except RuntimeError as exc:  # ovsdbapp: a failed or timed-out transaction
             LOG.error("host %s: tunnel update failed: %s", host, exc)
         if link.of is None or link.of.closed:
-            try:
-                link.of = OfSession(link.record.openflow,
-                                    functools.partial(self._on_packet_in, host), self.kick)
-                link.installed = link.of.installed()
-                LOG.info("host %s: OpenFlow %s connected, %d veil flows installed", host,
-                         link.record.openflow, len(link.installed))
-            except (OSError, OpenFlowError) as exc:
-                LOG.warning("host %s: OpenFlow %s: %s", host, link.record.openflow, exc)
-                link.of, link.installed = None, None
+            link.of, link.installed = None, None
+            opened = self._dialed(("openflow", host, link.record.openflow), Opened,
+                                  functools.partial(self._open_session, host, link.record))
+            if opened is None:
                 return
+            link.of, link.installed = opened.session, opened.installed
+            LOG.info("host %s: OpenFlow %s connected, %d veil flows installed", host,
+                     link.record.openflow, len(link.installed))
         try:
             if audit:
                 link.installed = link.of.installed()
@@ -262,6 +282,26 @@ class Controller:
             return
         link.installed = apply_diff(link.installed, d)
         LOG.info("host %s: +%d -%d flows", host, len(d.add), len(d.delete))
+
+    def _open_session(self, host: str, rec: HostRecord) -> Opened:
+        """Dial, handshake and dump veil's flows (runs on a dialer thread)."""
+        session = OfSession(rec.openflow, functools.partial(self._on_packet_in, host), self.kick)
+        try:
+            return Opened(session, session.installed())
+        except OpenFlowError:
+            session.close()
+            raise
+
+    def _dialed(self, key: tuple[str, str, str], kind: type[T], attempt: Callable[[], T]
+                ) -> T | None:
+        """The connection ``attempt`` made in the background, once it is there."""
+        result = self.dialer.take(key)
+        if isinstance(result, kind):
+            return result
+        if isinstance(result, Failed):
+            LOG.warning("host %s: %s %s: %s", key[1], key[0], key[2], result.error)
+        self.dialer.want(key, attempt)
+        return None
 
     def _on_packet_in(self, host: str, msg: Any) -> None:
         self._packet_ins.put(parse_packet_in(host, msg))

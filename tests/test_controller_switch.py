@@ -5,6 +5,7 @@ ofproto/trace; reconnects without flush; atomic bundles; the whole controller on
 from __future__ import annotations
 
 import ipaddress
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from controller.model import Binding, Host, Network, State, Tenant
 from controller.ofconn import OfSession, OpenFlowError
 from controller.service import Controller
 from controller.lab import netns
-from controller.store import Store, StoreServer
+from controller.store import HostRecord, Store, StoreServer
 from hooks import contract
 from tests.test_controller_config import store_server  # noqa: F401 (fixture)
 
@@ -159,6 +160,9 @@ def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path,
                                           store_server: StoreServer) -> None:
     server = store_server
     ctl: Controller | None = None
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(tmp_path / "silent.sock"))
+    silent.listen(16)
     try:
         cfg = tmp_path / "veil.yaml"
         cfg.write_text("tenants:\n  - name: A\n    networks:\n      - {name: na, vni: 10}\n")
@@ -167,7 +171,16 @@ def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path,
                          .strip('"'), "--underlay-ip", "198.18.0.1", "--host-db",
                          ovs.db_remote, "--ovsdb", ovs.db_remote, "--openflow",
                          f"unix:{ovs.mgmt_sock('br-int')}"]) == 0
-        ctl = Controller(server.remote, cfg, resync_every=1.0)
+        # a joined host whose OVSDB and OpenFlow endpoints accept but never answer must not
+        # hold up the others
+        store = Store(server.remote)
+        try:
+            store.join(HostRecord(Host("silent", ip("198.18.0.99")),
+                                  f"unix:{tmp_path / 'silent.sock'}",
+                                  f"unix:{tmp_path / 'silent.sock'}"))
+        finally:
+            store.close()
+        ctl = Controller(server.remote, cfg, resync_every=1.0, startup_grace=2.0)
         ctl.start()
         ctl.kick()
         for i in (1, 2):
@@ -203,6 +216,7 @@ def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path,
     finally:
         if ctl is not None:
             ctl.stop()
+        silent.close()
 
 
 def rich_state() -> State:
