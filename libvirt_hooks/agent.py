@@ -67,19 +67,21 @@ class Agent:
         self.cfg = cfg
         self.registrar = registrar
         self.spool = Spool(cfg.spool)
-        self.jobs: queue.Queue[str] = queue.Queue()
+        # (job, connection generation): a close reported for an older connection is ignored.
+        self.jobs: queue.Queue[tuple[str, int]] = queue.Queue()
         self.conn: Any = None
+        self.generation = 0
         self.reconciled = 0  # full reconciliations done (observability)
 
     # -- event plumbing (runs in libvirt's event thread: only enqueue) --------------------------
     def _on_domain_event(self, conn: Any, dom: Any, *args: Any) -> None:
-        self.jobs.put(dom.UUIDString())
+        self.jobs.put((dom.UUIDString(), self.generation))
 
-    def _on_close(self, conn: Any, reason: int, opaque: Any) -> None:
-        self.jobs.put(_CLOSED)
+    def _on_close(self, conn: Any, reason: int, generation: int) -> None:
+        self.jobs.put((_CLOSED, generation))
 
     def stop(self) -> None:
-        self.jobs.put(_STOP)
+        self.jobs.put((_STOP, self.generation))
 
     # -- main loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -102,12 +104,14 @@ class Agent:
 
     def _serve(self) -> bool:
         """Process jobs until the connection is lost (False) or a stop is requested (True)."""
-        self.jobs.put(_ALL)
+        self.jobs.put((_ALL, self.generation))
         while True:
-            job = self.jobs.get()
+            job, generation = self.jobs.get()
             if job == _STOP:
                 return True
             if job == _CLOSED:
+                if generation != self.generation:
+                    continue  # the close of a connection already replaced
                 LOG.warning("lost the connection to libvirtd; reconnecting")
                 return False
             try:
@@ -120,15 +124,16 @@ class Agent:
                 return False
             except RegistrarError as exc:
                 LOG.warning("OVSDB unavailable (%s); will reconcile again", exc)
-                retry = threading.Timer(1.0, self.jobs.put, args=(job,))
+                retry = threading.Timer(1.0, self.jobs.put, args=((job, generation),))
                 retry.daemon = True
                 retry.start()
 
     def _connect(self) -> None:
         conn = libvirt.openReadOnly(self.uri)
+        self.generation += 1
         try:
             conn.setKeepAlive(5, 3)
-            conn.registerCloseCallback(self._on_close, None)
+            conn.registerCloseCallback(self._on_close, self.generation)
             for event_id in EVENT_IDS:
                 conn.domainEventRegisterAny(None, event_id, self._on_domain_event, None)
         except libvirt.libvirtError:
@@ -149,7 +154,7 @@ class Agent:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             try:
-                if self.jobs.get(timeout=left) == _STOP:
+                if self.jobs.get(timeout=left)[0] == _STOP:
                     return True
             except queue.Empty:
                 break
