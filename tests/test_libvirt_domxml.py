@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from libvirt_hooks.domxml import VEIL_XMLNS, DomainXmlError, plan_domain, read_domain
 
@@ -64,3 +66,14 @@ def test_interfaces_elsewhere_without_metadata_are_not_veils_business() -> None:
 def test_bad_metadata_is_a_domain_error(ports: str, message: str) -> None:
     with pytest.raises(DomainXmlError, match=message):
         read_domain(dom(ETH, ports))
+
+
+@given(st.binary(max_size=2000) | st.text(max_size=500).map(lambda t: dom(ETH, t)))
+@settings(max_examples=300)
+def test_any_input_is_a_plan_or_a_domain_xml_error(data: bytes) -> None:
+    """Whatever libvirt (or an attacker with metadata access) pipes in: no other exception."""
+    try:
+        plan = plan_domain(read_domain(data), known_networks={"blue"})
+    except DomainXmlError:
+        return
+    assert all(isinstance(p, str) and "\n" not in p for p in plan.problems)
