@@ -7,6 +7,7 @@ huge) and check exit status per mode, the one-line stderr, and that OVSDB stays 
 from __future__ import annotations
 
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def test_ovsdb_down_default_spools_and_hostd_applies(hook: Hook) -> None:
     assert len(Spool(hook.cfg.spool).pending()) == 1
     hook.ovs.start_ovsdb()
     done = subprocess.run(
-        [".venv/bin/python", "-m", "hooks.hostd", "--once", "--spool", hook.cfg.spool, "--db", hook.ovs.db_remote],
+        [sys.executable, "-m", "hooks.hostd", "--once", "--spool", hook.cfg.spool, "--db", hook.ovs.db_remote],
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
