@@ -16,7 +16,7 @@ import pytest
 from controller.lab.ovs import OvsInstance
 from hooks.spool import Spool
 from libvirt_hooks.domxml import VEIL_XMLNS
-from libvirt_hooks.install import HOOK_NAME, InstallError, install, uninstall
+from libvirt_hooks.install import HOOK_NAME, InstallError, choose_layout, install, uninstall
 from libvirt_hooks.qemu_hook import HookConfig
 from tests.hooks_rows import bridge_ports, iface_ids
 
@@ -209,3 +209,9 @@ def test_the_hook_process_never_loads_libvirt_or_heavy_modules(hook: Hook) -> No
     probe.chmod(0o755)
     proc = subprocess.run([str(probe), "vm1", "start", "begin", "-"], input=xml(), capture_output=True, timeout=30)
     assert (proc.returncode, proc.stderr) == (0, b"[]")
+
+
+@pytest.mark.parametrize(("version", "layout"), [((9, 0), "qemu.d"), ((6, 5), "qemu.d"), ((6, 4), "shim"), (None, "qemu.d")])
+def test_auto_layout_follows_the_libvirt_version(version: tuple[int, int] | None, layout: str) -> None:
+    assert choose_layout("auto", version) == layout
+    assert choose_layout("shim", (9, 0)) == "shim"
