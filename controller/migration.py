@@ -34,14 +34,18 @@ def parse_packet_in(host: str, msg: Any) -> PacketIn:
 
 def claims_after(claims: Mapping[str, str], state: State,
                  seen: list[PacketIn]) -> dict[str, str]:
-    """Record where migrating guests announced themselves; forget claims that are settled.
+    """Where each VIF with two live bindings is forwarded, pinned for the whole migration.
 
-    A packet-in from a standby binding (same iface-id live on another host) whose source MAC is
-    the VIF's own is the guest running on its new host: traffic follows it.
+    The current choice is pinned when the second binding appears (and persisted by the caller,
+    so a restarted controller keeps forwarding to the same host); a packet-in from the standby
+    binding with the VIF's own source MAC is the guest running on its new host and moves the
+    pin there. Once one binding is left the pin is dropped.
     """
     place = placement(state)
-    out = {k: v for k, v in claims.items()
-           if any(b.iface_id == k for b in place.standby)}  # settled once one binding is left
+    migrating = {b.iface_id for b in place.standby}
+    out = {k: v for k, v in claims.items() if k in migrating}
+    for iface in sorted(migrating):
+        out.setdefault(iface, place.active[iface].host)
     for p in seen:
         for b in place.standby:
             if (b.host, b.ofport, b.mac) == (p.host, p.in_port, p.eth_src):

@@ -127,7 +127,7 @@ class State:
     hosts: Mapping[str, Host] = field(default_factory=dict)
     bindings: tuple[Binding, ...] = ()
     tunnels: tuple[TunnelPort, ...] = ()
-    # iface-id -> host where the guest last announced itself (RARP/GARP seen by packet-in)
+    # iface-id -> host its traffic goes to while it is live on two hosts (see migration.py)
     claims: Mapping[str, str] = field(default_factory=dict)
 
     @staticmethod

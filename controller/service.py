@@ -71,7 +71,6 @@ class Controller:
         self._packet_ins: queue.SimpleQueue[PacketIn] = queue.SimpleQueue()
         self._config_changed = threading.Event()
         self.links: dict[str, HostLink] = {}
-        self.claims: dict[str, str] = {}
         self.store: Store | None = None
         self._thread: threading.Thread | None = None
         self._observer: Any = None
@@ -165,9 +164,10 @@ class Controller:
         seen: list[PacketIn] = []
         while not self._packet_ins.empty():
             seen.append(self._packet_ins.get())
-        if seen or self.claims:
-            self.claims = claims_after(self.claims, state, seen)
-            state = self._state(declared, views)
+        claims = claims_after(declared.claims, state, seen)
+        if claims != declared.claims:
+            self.store.write_claims(claims)  # durable: a restart keeps forwarding the same way
+            state = self._state(declared, views, claims)
         ignored = placement(state).ignored
         if ignored != self._ignored:
             for b, why in ignored:
@@ -176,11 +176,13 @@ class Controller:
         for host, link in sorted(self.links.items()):
             self._apply_host(state, host, link, audit)
 
-    def _state(self, declared: Declared, views: Mapping[str, HostView]) -> State:
+    def _state(self, declared: Declared, views: Mapping[str, HostView],
+               claims: Mapping[str, str] | None = None) -> State:
         bindings: list[Binding] = [b for v in views.values() for b in v.bindings]
         tunnels: list[TunnelPort] = [t for v in views.values() for t in v.tunnels]
         return State.build(declared.tenants, declared.networks,
-                           (r.host for r in declared.hosts), bindings, tunnels, self.claims)
+                           (r.host for r in declared.hosts), bindings, tunnels,
+                           declared.claims if claims is None else claims)
 
     def _apply_config(self) -> None:
         assert self.store is not None and self.config is not None

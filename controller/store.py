@@ -11,7 +11,7 @@ import ipaddress
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -112,6 +112,7 @@ class Declared:
     tenants: tuple[Tenant, ...]
     networks: tuple[Network, ...]
     hosts: tuple[HostRecord, ...]
+    claims: Mapping[str, str]  # iface-id -> host, while a VIF is live on two hosts
 
 
 class Store:
@@ -119,7 +120,7 @@ class Store:
 
     def __init__(self, remote: str, on_change: Callable[[], None] = lambda: None) -> None:
         self.api = ovsdb.connect(remote, SCHEMA_NAME, ovsdb.GenericApi,
-                                 ("Tenant", "Network", "Host"), on_change)
+                                 ("Tenant", "Network", "Host", "Claim"), on_change)
 
     def close(self) -> None:
         ovsdb.stop(self.api)
@@ -141,9 +142,23 @@ class Store:
                     r.ovsdb, r.openflow)
                 for r in t["Host"].rows.values()
             )
+            claims = {r.iface_id: r.host for r in t["Claim"].rows.values()}
         check_declared({x.name: x for x in tenants}, {x.name: x for x in networks},
                        {x.host.system_id: x.host for x in hosts})
-        return Declared(tenants, networks, hosts)
+        return Declared(tenants, networks, hosts, claims)
+
+    def write_claims(self, want: Mapping[str, str]) -> None:
+        """Make the Claim table equal ``want``, in one transaction."""
+        with self.api.ovsdb_connection.lock:
+            have = {r.iface_id: (r.uuid, r.host) for r in self.api.tables["Claim"].rows.values()}
+        with self.api.transaction(check_error=True) as txn:
+            for iface, (uuid, host) in have.items():
+                if iface not in want:
+                    txn.add(self.api.db_destroy("Claim", uuid))
+                elif want[iface] != host:
+                    txn.add(self.api.db_set("Claim", uuid, ("host", want[iface])))
+            for iface in want.keys() - have.keys():
+                txn.add(self.api.db_create("Claim", iface_id=iface, host=want[iface]))
 
     # -- writes (each one transaction) ----------------------------------------------------------
     def _find(self, table: str, column: str, value: object) -> Any | None:

@@ -258,16 +258,17 @@ def test_inactive_vif_is_not_forwarded() -> None:
     assert "d" not in {d.iface_id for d in got}
 
 
-def test_claims_come_from_the_standby_guest_and_end_with_the_migration() -> None:
+def test_claims_pin_the_source_then_follow_the_guest_and_end_with_the_migration() -> None:
     from controller.migration import PacketIn, claims_after
 
     ip = ipaddress.ip_address
     dest = Binding("a", "h2", mac(1), "n", 2, (ip("198.19.0.1"),), since=5.0)
     during = _two_hosts(extra=[dest])
-    # a packet-in from another port, or with another MAC, claims nothing
+    # the second binding appears: the running source is pinned; a packet-in from another
+    # port, or with another MAC, moves nothing
     assert claims_after({}, during, [PacketIn("h2", 1, mac(1), 0x8035),
-                                     PacketIn("h2", 2, mac(9), 0x8035)]) == {}
-    claims = claims_after({}, during, [PacketIn("h2", 2, mac(1), 0x8035)])
+                                     PacketIn("h2", 2, mac(9), 0x8035)]) == {"a": "h1"}
+    claims = claims_after({"a": "h1"}, during, [PacketIn("h2", 2, mac(1), 0x8035)])
     assert claims == {"a": "h2"}
     assert claims_after(claims, during, []) == claims  # kept while both bindings live
     done = State.build(during.tenants.values(), during.networks.values(), during.hosts.values(),
@@ -275,6 +276,15 @@ def test_claims_come_from_the_standby_guest_and_end_with_the_migration() -> None
                        during.tunnels)
     assert claims_after(claims, done, []) == {}
 
+
+def test_a_restart_mid_migration_keeps_forwarding_to_the_pinned_host() -> None:
+    """After a restart every binding is first seen at the same time: the persisted pin, not
+    the host names, decides."""
+    ip = ipaddress.ip_address
+    for pinned in ("h1", "h2"):
+        dest = Binding("a", "h2", mac(1), "n", 2, (ip("198.19.0.1"),), since=1.0)
+        state = _two_hosts(extra=[dest], claims={"a": pinned})
+        assert member(state, "a").host == pinned
 
 def test_honest_neighbor_discovery_reaches_the_network() -> None:
     state = _two_hosts()

@@ -256,7 +256,7 @@ def test_live_migration_follows_the_guest_announcement(lab: tuple[Lab, LabContro
     from controller.lab import netns
     from hooks import contract
 
-    lab_, _ = lab
+    lab_, ctl = lab
     b3 = lab_.vms["b3"]
     src_host = lab_.placement("b3")
     dst_host = next(h for h in lab_.hosts if h != src_host and lab_.hosts[h].spec.dc ==
@@ -286,6 +286,15 @@ def test_live_migration_follows_the_guest_announcement(lab: tuple[Lab, LabContro
         with Capture(lab_, "b3", "icmp") as at_src_after:
             assert lab_.ping("b1", "b3", count=2)  # answered by the destination copy
         assert "ICMP echo request" not in at_src_after.text
+        # a controller restart mid-migration keeps forwarding to where the guest runs
+        connects = ctl.log_text().count("veil flows installed")
+        ctl.kill()
+        ctl.start()
+        ctl.wait_log("veil flows installed", connects + len(lab_.hosts))
+        time.sleep(2.5)  # a resync period: a wrong choice would have been sent by now
+        with Capture(lab_, "b3", "icmp") as at_src_restarted:
+            assert lab_.ping("b1", "b3", count=2)
+        assert "ICMP echo request" not in at_src_restarted.text
         # the source port goes away (migration done): the destination keeps the traffic
         lab_.unplug_vm("b3")
         assert lab_.ping("b1", "b3", count=2)
