@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -66,13 +67,17 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
             "p99_ms": round(rank(99), 2), "max_ms": round(ordered[-1] * 1000, 2)}
 
 
-def time_hook(hook: Path, op: str, sub: str, xml: bytes) -> float:
+def time_hook(hook: Path, op: str, sub: str, xml: bytes) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+system) of one hook run; CPU time does not depend on
+    what else the machine is doing, wall time does."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([str(hook), "bench", op, sub, "-"], input=xml, capture_output=True, env=HOOK_ENV)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0 or proc.stderr:
         raise RuntimeError(f"hook {op} {sub} failed ({proc.returncode}): {proc.stderr.decode()[-500:]}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 # What the hook would cost with ovsdbapp: a fresh process importing it, bootstrapping the IDL
@@ -118,6 +123,7 @@ def machine() -> dict[str, object]:
 
 
 def run_benchmark(iterations: int = 200, warmup: int = 10, oneshot: int = 20) -> dict[str, object]:
+    load_before = os.getloadavg()[0]
     prefix = f"vlkb{os.urandom(3).hex()}"
     root = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
     ovs = OvsInstance(root / "ovs", ns=prefix)
@@ -140,18 +146,21 @@ def run_benchmark(iterations: int = 200, warmup: int = 10, oneshot: int = 20) ->
             "stopped": ("stopped", "end", domain_xml("ethernet", None)),
         }
         samples: dict[str, list[float]] = {name: [] for name in cases}
+        cpu: dict[str, list[float]] = {name: [] for name in cases}
         for i in range(warmup + iterations):
             # One VM lifecycle per round: prepare, start (both port kinds), started, stop.
             for name, (op, sub, xml) in cases.items():
-                t = time_hook(hook, op, sub, xml)
+                wall, used = time_hook(hook, op, sub, xml)
                 if i >= warmup:
-                    samples[name].append(t)
+                    samples[name].append(wall)
+                    cpu[name].append(used)
         all_samples = [t for s in samples.values() for t in s]
         compare = [time_ovsdbapp_oneshot(ovs.db_remote) for _ in range(oneshot)]
         return {
             "benchmark": "veil libvirt qemu hook, wall time per invocation (spawn to exit)",
             "goal_p99_ms": 20.0,
             "operations": {name: percentiles(s) for name, s in samples.items()},
+            "cpu_time_per_invocation": {name: percentiles(c) for name, c in cpu.items()},
             "all": percentiles(all_samples),
             "for_comparison": {
                 "ovsdbapp_oneshot_process_plug": percentiles(compare),
@@ -159,7 +168,7 @@ def run_benchmark(iterations: int = 200, warmup: int = 10, oneshot: int = 20) ->
                     [_time_argv([sys.executable, "-I", "-S", "-c", "pass"]) for _ in range(oneshot)]
                 ),
             },
-            "machine": machine(),
+            "machine": machine() | {"loadavg_1m_before": load_before},
         }
     finally:
         ovs.stop()
