@@ -158,10 +158,12 @@ class Spool:
             with _Locked(os.path.join(self.directory, ".seq"), blocking=True) as seq_lock:
                 fd = seq_lock.fd
                 raw = os.pread(fd, 64, 0).strip()
-                seq = (int(raw) if raw.isdigit() else 0) + 1
+                # Never below a number in use, even if the counter file was lost or reset.
+                seq = max(int(raw) if raw.isdigit() else 0, self._highest_in_use()) + 1
                 # The counter is made durable first: a crash then only leaves a gap, never
-                # a reused number that would overwrite an event.
-                _rewrite(fd, str(seq).encode())
+                # a reused number that would overwrite an event. Fixed width: rewritten in place.
+                os.pwrite(fd, f"{seq:020d}".encode(), 0)
+                os.fsync(fd)
                 name = f"{seq:020d}{SUFFIX}"
                 tmp = os.path.join(self.directory, f".tmp-{name}-{os.getpid()}")
                 _write_durably(tmp, data)
@@ -171,6 +173,10 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot write to spool {self.directory}: {exc}") from None
         return final
+
+    def _highest_in_use(self) -> int:
+        names = [os.path.basename(p) for p in self.pending() + self.rejected()]
+        return max((int(n[: -len(SUFFIX)]) for n in names), default=0)
 
     # -- reading -------------------------------------------------------------------------------
     def pending(self) -> list[str]:
@@ -334,12 +340,6 @@ class _Locked:
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)  # closing releases the flock
         self.held = False
-
-
-def _rewrite(fd: int, data: bytes) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
-    os.fsync(fd)
 
 
 def _write_durably(path: str, data: bytes) -> None:

@@ -100,3 +100,14 @@ def test_submit_spools_while_a_drain_holds_the_lock(ovs: OvsInstance, tmp_path: 
     assert result.spooled == 1 and bridge_ports(ovs) == []
     assert drain(spool, RpcRegistrar(ovs.db_remote)).applied == 1
     assert bridge_ports(ovs) == ["tapk1"]
+
+
+def test_a_lost_counter_never_reorders_or_overwrites_events(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path / "spool"))
+    first = spool.append(UnplugEvent("a", delete_port=True))
+    spool.reject(first, "set aside for the test")
+    second = spool.append(UnplugEvent("b", delete_port=True))
+    (tmp_path / "spool" / ".seq").unlink()  # an operator "cleaning up", or a lost file
+    third = spool.append(UnplugEvent("c", delete_port=True))
+    assert spool.pending() == [second, third] and os.path.basename(first) < os.path.basename(second)
+    assert len(spool.rejected()) == 1
