@@ -294,3 +294,17 @@ def test_agent_leaves_the_ports_of_a_domain_it_cannot_read_alone(clean: Lab, age
                     "veil", VEIL_XMLNS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     wait_until("agent read the domain", lambda: "leaving its ports as they are" in a.text(), detail=a.text)
     assert veil_rows(lab, uuid) == before
+
+
+def test_agent_waits_out_an_ovsdb_outage(clean: Lab, agent: Callable[[], Agent]) -> None:
+    lab = clean
+    lab.configure(db="unix:/nonexistent/db.sock", spool=str(lab.lv.root / "lost-spool"), timeout=0.2)
+    dom = start(lab, "vlk-g", [("eth", "52:54:00:10:00:01")], [("52:54:00:10:00:01", "blue")])
+    lab.configure()
+    lab.lv.ovs.stop_ovsdb()
+    try:
+        a = agent()
+        wait_until("agent saw the outage", lambda: "OVSDB unavailable" in a.text(), detail=a.text)
+    finally:
+        lab.lv.ovs.start_ovsdb()
+    wait_until("registered once OVSDB is back", lambda: len(veil_rows(lab, dom.UUIDString())) == 1, detail=a.text)
