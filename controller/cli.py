@@ -6,6 +6,7 @@
     veil network add NAME --tenant T [--vni N] [--subnet CIDR] --db DB
     veil network del NAME --db DB
     veil show --db DB
+    veil flows HOST --db DB          (what HOST's br-int should hold, in ovs-ofctl syntax)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from controller.model import Host, InvalidState, check_name, check_tunnel_types
+from controller.ovsdb import OvsdbUnreachable
 from controller.store import HostRecord, Store
 from hooks import contract
 
@@ -55,7 +57,35 @@ def _parser() -> argparse.ArgumentParser:
     nd.add_argument("--db", required=True)
     s = sub.add_parser("show")
     s.add_argument("--db", required=True)
+    f = sub.add_parser("flows", help="the flows a host should have, in ovs-ofctl syntax")
+    f.add_argument("host", help="system-id of a joined host")
+    f.add_argument("--db", required=True)
     return p
+
+
+def print_flows(store: Store, host: str) -> int:
+    """Read every joined host's OVSDB, compute ``host``'s flows and print them."""
+    import time
+
+    from controller.compute import compute_flows
+    from controller.flows import to_ofctl
+    from controller.hostdb import HostDb
+    from controller.service import build_state
+
+    declared = store.read()
+    if host not in {r.host.system_id for r in declared.hosts}:
+        raise InvalidState(f"host {host!r} has not joined")
+    views = {}
+    for rec in declared.hosts:
+        db = HostDb(rec.host.system_id, rec.ovsdb, lambda: None)
+        try:
+            views[rec.host.system_id] = db.view(time.time())
+        finally:
+            db.close()
+    flows = compute_flows(build_state(declared, views), host)
+    for flow in sorted(flows, key=lambda f: (f.table, -f.priority, to_ofctl(f))):
+        print(to_ofctl(flow))
+    return 0
 
 
 def _listener(remote: str) -> str | None:
@@ -127,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"network {net.name}: tenant {net.tenant}, VNI {net.vni}")
             elif args.cmd == "network":
                 store.delete_network(args.name)
+            elif args.cmd == "flows":
+                return print_flows(store, args.host)
             else:
                 d = store.read()
                 for t in d.tenants:
@@ -139,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"openflow={h.openflow}")
         finally:
             store.close()
-    except (InvalidState, ValueError) as exc:
+    except (InvalidState, ValueError, OvsdbUnreachable) as exc:
         sys.stderr.write(f"veil: {exc}\n")
         return 2
     return 0

@@ -35,6 +35,15 @@ LOG = logging.getLogger("veil.controller")
 T = TypeVar("T")
 
 
+def build_state(declared: Declared, views: Mapping[str, HostView],
+                claims: Mapping[str, str] | None = None) -> State:
+    """The desired state: what is declared plus what the hosts report."""
+    bindings: list[Binding] = [b for v in views.values() for b in v.bindings]
+    tunnels: list[TunnelPort] = [t for v in views.values() for t in v.tunnels]
+    return State.build(declared.tenants, declared.networks, (r.host for r in declared.hosts),
+                       bindings, tunnels, declared.claims if claims is None else claims)
+
+
 @dataclass(frozen=True)
 class Opened:
     """A fresh OpenFlow session and the veil flows the switch already holds."""
@@ -160,14 +169,14 @@ class Controller:
             LOG.info("waiting for the OVSDB of %s before programming", ", ".join(unknown))
             return
         views = {h: link.view for h, link in self.links.items() if link.view is not None}
-        state = self._state(declared, views)
+        state = build_state(declared, views)
         seen: list[PacketIn] = []
         while not self._packet_ins.empty():
             seen.append(self._packet_ins.get())
         claims = claims_after(declared.claims, state, seen)
         if claims != declared.claims:
             self.store.write_claims(claims)  # durable: a restart keeps forwarding the same way
-            state = self._state(declared, views, claims)
+            state = build_state(declared, views, claims)
         ignored = placement(state).ignored
         if ignored != self._ignored:
             for b, why in ignored:
@@ -175,14 +184,6 @@ class Controller:
             self._ignored = ignored
         for host, link in sorted(self.links.items()):
             self._apply_host(state, host, link, audit)
-
-    def _state(self, declared: Declared, views: Mapping[str, HostView],
-               claims: Mapping[str, str] | None = None) -> State:
-        bindings: list[Binding] = [b for v in views.values() for b in v.bindings]
-        tunnels: list[TunnelPort] = [t for v in views.values() for t in v.tunnels]
-        return State.build(declared.tenants, declared.networks,
-                           (r.host for r in declared.hosts), bindings, tunnels,
-                           declared.claims if claims is None else claims)
 
     def _apply_config(self) -> None:
         assert self.store is not None and self.config is not None

@@ -277,3 +277,38 @@ def test_join_opens_passive_listeners_the_controller_dials(ovs: OvsInstance,
         store.close()
     assert (rec.host.system_id, str(rec.host.underlay_ip), rec.host.tunnel_types, rec.ovsdb,
             rec.openflow) == ("h9", "198.18.0.9", ("vxlan", "geneve"), ovsdb_remote, of_remote)
+
+
+def test_veil_flows_prints_what_a_host_needs(ovs: OvsInstance, store_server: StoreServer,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`veil flows HOST` computes from the live databases; its output, loaded with ovs-ofctl,
+    forwards like the controller would."""
+    store = Store(store_server.remote)
+    try:
+        store.add_tenant("A")
+        store.add_network("na", "A", 10)
+    finally:
+        store.close()
+    assert cli.main(["join", "--controller", store_server.remote, "--system-id", "h1",
+                     "--underlay-ip", "198.18.0.1", "--host-db", ovs.db_remote,
+                     "--ovsdb", ovs.db_remote, "--openflow",
+                     f"unix:{ovs.mgmt_sock('br-int')}"]) == 0
+    for i in (1, 2):
+        ovs.vsctl("add-port", "br-int", f"p{i}", "--", "set", "Interface", f"p{i}",
+                  "type=internal", f"ofport_request={i}",
+                  f"external_ids:{contract.IFACE_ID}=vif{i}",
+                  f'external_ids:{contract.ATTACHED_MAC}="{MAC[i]}"',
+                  f"external_ids:{contract.VEIL_NETWORK}=na",
+                  f"external_ids:{VEIL_IPS}=198.19.0.{i}")
+    capsys.readouterr()
+    assert cli.main(["flows", "h1", "--db", store_server.remote]) == 0
+    printed = capsys.readouterr().out
+    assert any(f"dl_dst={MAC[2]}," in line and line.endswith("actions=output:2")
+               for line in printed.splitlines())
+    flows_file = ovs.rundir / "cli-flows.txt"
+    flows_file.write_text(printed)
+    ovs.ofctl("add-flows", str(flows_file))
+    to_2 = f"in_port=1,ip,dl_src={MAC[1]},dl_dst={MAC[2]},nw_src=198.19.0.1,nw_dst=198.19.0.2"
+    assert trace(ovs, to_2) == dp_port(ovs, "p2")
+    assert cli.main(["flows", "nope", "--db", store_server.remote]) == 2
+    assert "host 'nope' has not joined" in capsys.readouterr().err
