@@ -49,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
     ctl.start()
     ctl.kick()
-    done.wait()
+    while not done.wait(1.0):
+        if not ctl.alive():  # the loop died on an unexpected error (traceback logged): exit
+            logging.getLogger("veil.controller").critical("controller loop died; exiting")
+            ctl.stop()
+            return 1
     ctl.stop()
     return 0
 

@@ -138,6 +138,10 @@ class Controller:
         self._observer.daemon = True
         self._observer.start()
 
+    def alive(self) -> bool:
+        """False once the loop has ended (stopped, or died on an exception it cannot handle)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             woken = self._wake.wait(self.resync_every)

@@ -91,3 +91,36 @@ def test_config_sync_owns_only_its_rows(store_server: StoreServer) -> None:
         assert {(n.name, n.vni) for n in store.read().networks} == {("by-hand", 3), ("a", 1)}
     finally:
         store.close()
+
+
+def test_veil_controller_runs_its_embedded_database(tmp_path: Path) -> None:
+    """`veil-controller --rundir` starts the veil ovsdb-server (which outlives a controller
+    crash), serves the CLI through it, and exits 0 on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rundir = Path(tempfile.mkdtemp(prefix="vlc-ctl-", dir="/tmp"))
+    server = StoreServer(rundir)
+    proc = subprocess.Popen([sys.executable, "-m", "controller.daemon", "--rundir", str(rundir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not server.sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cli.main(["tenant", "add", "acme", "--db", server.remote]) == 0
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        store = Store(server.remote)  # the database is still there, with the tenant
+        try:
+            assert [t.name for t in store.read().tenants] == ["acme"]
+        finally:
+            store.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.stop()
+        shutil.rmtree(rundir, ignore_errors=True)
