@@ -243,10 +243,21 @@ def plan_domain(dom: Domain, *, bridge: str = contract.INTEGRATION_BRIDGE,
                 known_networks: Collection[str] | None = None) -> Plan:
     """The VIFs of ``dom`` veil registers; every interface or metadata problem is reported."""
     plan = Plan()
-    by_mac = {p.mac: p for p in dom.ports if p.mac}
-    by_id = {p.interfaceid: p for p in dom.ports if p.interfaceid}
+    by_mac: dict[str, PortMeta] = {}
+    by_id: dict[str, PortMeta] = {}
     used: set[int] = set()
+    ambiguous: set[str] = set()  # MACs/interfaceids named twice: which network is meant is unknown
+    for port in dom.ports:
+        key, index = (port.mac, by_mac) if port.mac else (port.interfaceid or "", by_id)
+        if key in index:
+            plan.problems.append(f"<veil:port {port.describe()}> appears twice in domain {dom.name}")
+            ambiguous.add(key)
+            used.update((id(port), id(index[key])))
+        else:
+            index[key] = port
     for iface in dom.ifaces:
+        if iface.mac in ambiguous or iface.interfaceid in ambiguous:
+            continue
         meta = by_mac.get(iface.mac) or (by_id.get(iface.interfaceid) if iface.interfaceid else None)
         on_our_bridge = iface.type == "bridge" and iface.ovs_port and iface.bridge == bridge
         where = f"interface {iface.mac or '(no mac)'} of domain {dom.name}"

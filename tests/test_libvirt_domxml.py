@@ -45,6 +45,8 @@ def test_no_target_yet_is_pending_not_an_error() -> None:
          "<v:port mac='52:54:00:aa:00:05' network='blue'/>", "veil needs type='ethernet'"),
         (ETH, "<v:port mac='52:54:00:aa:00:02' network='no such/net'/>", "invalid veil network name"),
         (ETH, "<v:port mac='52:54:00:aa:00:02' network='green'/>", "unknown veil network 'green'"),
+        (ETH, "<v:port mac='52:54:00:aa:00:02' network='blue'/><v:port mac='52:54:00:AA:00:02' network='red'/>",
+         "appears twice"),
     ],
 )
 def test_problems_are_named(ifaces: str, ports: str, problem: str) -> None:
