@@ -278,13 +278,14 @@ def throughput(lab: Lab, system: System, client: str, server: str, seconds: int)
     daemon = subprocess.Popen(["ip", "netns", "exec", srv.ns, "iperf3", "-s", "-p", "5201"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 5
-        while True:  # until the server listens
-            proc = netns.run(["iperf3", "-c", srv.ip, "-p", "5201", "-t", str(seconds), "-O", "1", "-J"],
-                             ns=cli.ns, check=False, timeout=seconds + 30)
-            if proc.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while not netns.run(["ss", "-Hltn", "sport = :5201"], ns=srv.ns).stdout.strip():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"iperf3 server in {server} did not listen: {daemon.stderr.read() if daemon.stderr else ''}")
+            time.sleep(0.05)
+        # iperf3 -J exits 0 even when it could not connect: the JSON's "error" says so (checked below)
+        proc = netns.run(["iperf3", "-c", srv.ip, "-p", "5201", "-t", str(seconds), "-O", "1", "-J"],
+                         ns=cli.ns, check=False, timeout=seconds + 30)
     finally:
         netns.kill_pids([daemon.pid])
         daemon.wait(timeout=10)
@@ -295,7 +296,7 @@ def throughput(lab: Lab, system: System, client: str, server: str, seconds: int)
     except (ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"{system.name}: iperf3 {client} -> {server} (exit {proc.returncode}) gave no result: "
                          f"{proc.stdout[-300:]} {proc.stderr[-300:]}") from exc
-    if proc.returncode != 0 or not samples:
+    if proc.returncode != 0 or doc.get("error") or not samples:
         raise BenchError(f"{system.name}: iperf3 {client} -> {server} failed: {doc.get('error', proc.stderr)}")
     return Result(
         FIG6, "iperf3 TCP throughput VM -> VM over Geneve (other DC)", system.name, "Gbit/s", samples,
