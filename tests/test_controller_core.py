@@ -54,7 +54,13 @@ def topologies(draw: st.DrawFn, all_tunnels: bool = False) -> State:
         ip = ipaddress.ip_address(f"198.19.0.{draw(st.integers(1, 6))}")
         bindings.append(Binding(f"vif{i}", host, mac(i), net, next_port[host], (ip,)))
         next_port[host] += 1
-    base = State.build(tenants, nets, hosts, bindings)
+        if n_hosts > 1 and draw(st.integers(0, 3)) == 0:  # live migration under way
+            dest = f"h{(int(host[1:]) + 1) % n_hosts}"
+            bindings.append(Binding(f"vif{i}", dest, mac(i), net, next_port[dest], (ip,),
+                                    since=1.0))
+            next_port[dest] += 1
+    claims = {b.iface_id: b.host for b in bindings if b.since and draw(st.booleans())}
+    base = State.build(tenants, nets, hosts, bindings, claims=claims)
     # tunnel ports as the runtime would create them; some may not exist yet
     from controller.model import TunnelPort
 
@@ -64,7 +70,7 @@ def topologies(draw: st.DrawFn, all_tunnels: bool = False) -> State:
             if all_tunnels or draw(st.booleans()) or draw(st.booleans()):
                 tunnels.append(TunnelPort(h, spec.remote, 1000 + int(spec.remote[1:])))
                 next_port[h] += 1
-    return State.build(tenants, nets, hosts, bindings, tunnels)
+    return State.build(tenants, nets, hosts, bindings, tunnels, claims)
 
 
 def member(state: State, iface: str) -> Binding:
@@ -92,6 +98,11 @@ def test_no_packet_crosses_networks(state: State, data: st.DataObject) -> None:
         got = member(state, d.iface_id)
         assert got.network == src.network, f"{src.iface_id} reached {d.iface_id}: {pkt}"
         assert state.networks[got.network].tenant == state.networks[src.network].tenant
+    # a standby binding (the paused migration target) reaches nothing but the controller
+    for standby in placement(state).standby:
+        for pkt in (rarp(standby.mac), arp_request(standby.mac, str(standby.ips[0]), target),
+                    ipv4(standby.mac, dst_mac, str(standby.ips[0]), target)):
+            assert all(d.iface_id is None for d in fabric.send(standby, pkt))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
