@@ -161,11 +161,16 @@ def check_flow(flow: Flow) -> Flow:
 
 
 def check_flows(flows: Iterable[Flow]) -> frozenset[Flow]:
-    """Check every flow and that no two share an OpenFlow key (they would overwrite)."""
+    """Check every flow, and that no two share an OpenFlow key (they would overwrite each
+    other) or a cookie (the diff identifies flows by it)."""
     by_key: dict[object, Flow] = {}
+    by_cookie: dict[int, Flow] = {}
     for flow in flows:
         check_flow(flow)
         other = by_key.setdefault(flow.key, flow)
         if other != flow:
             raise PipelineError(f"two flows with one key:\n  {other}\n  {flow}")
+        other = by_cookie.setdefault(flow.cookie, flow)
+        if other != flow:  # 48-bit content hash collision: the diff would confuse them
+            raise PipelineError(f"two flows with one cookie:\n  {other}\n  {flow}")
     return frozenset(by_key.values())
