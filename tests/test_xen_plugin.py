@@ -171,15 +171,25 @@ def test_register_refuses_vifs_it_cannot_register(world: World) -> None:
     halted_net = world.sim.add_network("blue", "br-int", {"veil-network": "blue"})
     halted = world.sim.add_vm("halted")
     halted_vif = world.sim.add_vif(halted, halted_net, "0", MAC)
-    code, uuid, _ = world.fails("register", {"vif_uuid": uuid_of(world, "vif", halted_vif)})
+    code, uuid, message = world.fails("register", {"vif_uuid": uuid_of(world, "vif", halted_vif)})
+    assert (code, uuid) == ("VEIL_NO_PORT", uuid_of(world, "vif", halted_vif)) and "xs-vif-uuid" in message
+    code, uuid, _ = world.fails("register", {"vif_uuid": uuid_of(world, "vif", halted_vif), "add_port": "true"})
     assert (code, uuid) == ("VEIL_VIF_NOT_ON_THIS_HOST", uuid_of(world, "vif", halted_vif))
 
     _, plain_vif, _ = running_vm(world, 7, network_config={})
+    world.vif_script("vif7.0", plain_vif)
     assert world.fails("register", {"vif_uuid": uuid_of(world, "vif", plain_vif)})[0] == "VEIL_VIF_HAS_NO_NETWORK"
+    assert "iface-id" not in interfaces(world.host.ovs)["vif7.0"]
 
-    _, no_port_vif, _ = running_vm(world, 8)  # no vif script ran, and add_port is false
-    code, message = world.fails("register", {"vif_uuid": uuid_of(world, "vif", no_port_vif)})
-    assert code == "VEIL_PLUG_REJECTED" and "vif8.0" in message
+
+def test_register_follows_the_vif_scripts_tag_not_xapis_domid(world: World) -> None:
+    """Mid-migration xapi still says domid 8 on another host; the tagged port here is vif21.0."""
+    _, vif, _ = running_vm(world, 8)
+    world.sim.migrate_vm(world.sim.record("vif", vif)["VM"], world.sim.add_host("elsewhere", "198.18.20.9"), 8)
+    world.vif_script("vif21.0", vif)
+    result = world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
+    assert [r["port"] for r in result["registered"]] == ["vif21.0"]
+    assert interfaces(world.host.ovs)["vif21.0"]["iface-status"] == "active"
 
 
 def test_register_with_ovsdb_down_says_so(world: World, tmp_path: Path) -> None:

@@ -129,6 +129,32 @@ def test_live_migration_moves_the_registration_to_the_new_host(
         assert "vif9.0" not in interfaces(host_a.ovs)
 
 
+def test_live_migration_on_xenserver_ports_is_active_on_both_hosts_meanwhile(
+    xapi: XapiSim, host_a: Host, host_b: Host
+) -> None:
+    """With xenopsd making the ports, the destination's port is plugged (and tagged) while xapi
+    still says the VM runs on the source: it is registered at once, the source's stays active
+    until xenopsd removes it, as the external_ids contract expects of a live migration."""
+    net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
+    vm, vif = veil_vm(xapi, "mover", "aa:16:3e:00:00:45", net)
+    iface_id = xapi.record("vif", vif)["uuid"]
+    with running_daemon(xapi, host_a, manage_ports=False), running_daemon(xapi, host_b, manage_ports=False):
+        xapi.start_vm(vm, host_a.ref, domid=3)
+        vif_script(xapi, host_a.ovs, "vif3.0", vif)
+        wait_for("on A", lambda: interfaces(host_a.ovs)["vif3.0"].get("iface-id") == iface_id)
+        vif_script(xapi, host_b.ovs, "vif9.0", vif)  # migration under way: xapi still says A, domid 3
+        wait_for("on B, mid-migration",
+                 lambda: interfaces(host_b.ovs)["vif9.0"].get("iface-status") == "active")
+        assert interfaces(host_b.ovs)["vif9.0"]["iface-id"] == iface_id
+        assert interfaces(host_a.ovs)["vif3.0"]["iface-status"] == "active", "both active meanwhile"
+        xapi.migrate_vm(vm, host_b.ref, domid=9)
+        host_a.ovs.vsctl("del-port", "vif3.0")  # xenopsd on A: the source domain is gone
+        xapi.set_other_config("vif", vif, "veil-tenant", "acme")  # a later change reaches B's row
+        wait_for("B follows after the switch", lambda: interfaces(host_b.ovs)["vif9.0"].get("veil-tenant") == "acme")
+        assert interfaces(host_b.ovs)["vif9.0"]["iface-status"] == "active"
+        assert "vif3.0" not in interfaces(host_a.ovs)
+
+
 def test_xapi_restart_mid_stream_loses_nothing(xapi: XapiSim, host_a: Host) -> None:
     net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
     first, _ = veil_vm(xapi, "first", "aa:16:3e:00:00:51", net)
@@ -206,7 +232,7 @@ def test_xenopsd_made_ports_get_completed_and_tap_vif_pairing(xapi: XapiSim, hos
         assert "veil-owns-port" not in interfaces(ovs)["vif8.0"], "veil did not create this port"
         ovs.vsctl("del-port", "tap8.0")  # PV drivers loaded: xenopsd unplugs the emulated NIC
         wait_for("the vif active again", lambda: interfaces(ovs)["vif8.0"].get("iface-status") == "active")
-        xapi.shutdown_vm(vm)
+        xapi.set_other_config("network", net, "veil-network", None)  # the network leaves veil
         wait_for("registration retracted",
                  lambda: "veil-network" not in interfaces(ovs)["vif8.0"]
                  and interfaces(ovs)["vif8.0"].get("iface-status") == "inactive")
@@ -237,3 +263,21 @@ def test_ovsdb_down_longer_than_its_timeout_is_retried_until_it_is_back(xapi: Xa
         host_a.ovs.start_ovsdb()
         wait_for("second, after OVSDB came back", lambda: "vif2.0" in interfaces(host_a.ovs), timeout=30)
         assert interfaces(host_a.ovs)["vif2.0"]["iface-status"] == "active"
+
+
+def test_start_on_xenserver_ports_completes_known_vifs_and_retracts_unknown_ones(xapi: XapiSim, host_a: Host) -> None:
+    net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
+    vm, vif = veil_vm(xapi, "known", "aa:16:3e:00:00:b1", net)
+    xapi.start_vm(vm, host_a.ref, domid=4)
+    ovs = host_a.ovs
+    vif_script(xapi, ovs, "vif4.0", vif)  # plugged while no daemon ran: not registered yet
+    ovs.vsctl("add-port", "br-int", "vif6.0", "--", "set", "Interface", "vif6.0",  # a VIF xapi forgot
+              "external_ids:xs-vif-uuid=6e0d8f3a-5f0e-4d43-9f0b-000000000006", "external_ids:iface-id=old",
+              "external_ids:attached-mac=aa:16:3e:00:00:b6", "external_ids:vm-id=old-vm",
+              "external_ids:iface-status=active", "external_ids:veil-network=blue")
+    with running_daemon(xapi, host_a, manage_ports=False):
+        wait_for("reconciled at start",
+                 lambda: interfaces(ovs)["vif4.0"].get("iface-id") == xapi.record("vif", vif)["uuid"]
+                 and interfaces(ovs)["vif6.0"].get("iface-status") == "inactive")
+        assert "veil-network" not in interfaces(ovs)["vif6.0"]
+        assert "vif6.0" in interfaces(ovs), "not veil's port to delete"

@@ -73,7 +73,7 @@ def test_only_attached_vifs_of_vms_running_here_are_wanted() -> None:
         ev("vm", "paused", vm_rec("vm-p", state="Paused", domid="6")), ev("vif", "p", vif_rec("vif-p", "paused")),
         ev("vm", "dom0", vm_rec("vm-dom0", is_control_domain=True, domid="0")), ev("vif", "z", vif_rec("vif-z", "dom0")),
     )
-    wanted = desired.desired_vifs(s, HOST, set())
+    wanted = desired.wanted_from_xapi(s, HOST, set())
     assert sorted(wanted.vifs) == ["vif3.0", "vif6.0"]
     v = wanted.vifs["vif3.0"]
     assert (v.iface_id, v.vm_id, v.network, v.status) == ("vif-a", "vm-run", "blue", "active")
@@ -86,14 +86,14 @@ def test_overrides_and_the_vifs_own_network_win() -> None:
         ev("vif", "v", vif_rec("vif-u", "vm", mac="AA:16:3E:00:00:0A",
                                 other_config={"nicira-iface-id": "cms-port", "veil-network": "red"})),
     )
-    (v,) = desired.desired_vifs(s, HOST, set()).vifs.values()
+    (v,) = desired.wanted_from_xapi(s, HOST, set()).vifs.values()
     assert (v.iface_id, v.vm_id, v.network, v.mac) == ("cms-port", "cms-vm", "red", "aa:16:3e:00:00:0a")
 
 
 def test_locking_mode_addresses_become_veil_ips() -> None:
     rec = {**vif_rec("vif-u", "vm"), "ipv4_allowed": ["198.19.0.5"], "ipv6_allowed": ["fd00::5"]}
     s = state_of(ev("vm", "vm", vm_rec("vm-u")), ev("vif", "v", rec))
-    (v,) = desired.desired_vifs(s, HOST, set()).vifs.values()
+    (v,) = desired.wanted_from_xapi(s, HOST, set()).vifs.values()
     assert v.extra["veil-ips"] == "198.19.0.5,fd00::5"
 
 
@@ -102,23 +102,35 @@ def test_vif_on_no_veil_network_is_not_wanted() -> None:
         ev("network", "n", {**NET, "other_config": {}}), ev("vm", "vm", vm_rec("vm-u")),
         ev("vif", "v", vif_rec("vif-u", "vm", net="n")),
     ])
-    assert desired.desired_vifs(s, HOST, set()).vifs == {}
+    assert desired.wanted_from_xapi(s, HOST, set()).vifs == {}
 
 
 def test_tap_and_vif_pairing() -> None:
     s = state_of(ev("vm", "vm", vm_rec("vm-u", domid="8")), ev("vif", "v", vif_rec("vif-u", "vm")))
-    wanted = desired.desired_vifs(s, HOST, {"tap8.0", "vif8.0"}).vifs
+    wanted = desired.wanted_from_xapi(s, HOST, {"tap8.0", "vif8.0"}).vifs
     assert {p: v.status for p, v in wanted.items()} == {"tap8.0": "active", "vif8.0": "inactive"}
     assert wanted["tap8.0"].iface_id == wanted["vif8.0"].iface_id == "vif-u"
-    assert {p: v.status for p, v in desired.desired_vifs(s, HOST, {"vif8.0"}).vifs.items()} == {"vif8.0": "active"}
+    assert {p: v.status for p, v in desired.wanted_from_xapi(s, HOST, {"vif8.0"}).vifs.items()} == {"vif8.0": "active"}
 
 
 def test_a_bad_vif_is_rejected_without_hiding_the_others() -> None:
     s = state_of(ev("vm", "vm", vm_rec("vm-u")), ev("vif", "bad", vif_rec("vif-bad", "vm", mac="zz")),
                  ev("vif", "good", vif_rec("vif-good", "vm", device="1")))
-    wanted = desired.desired_vifs(s, HOST, set())
+    wanted = desired.wanted_from_xapi(s, HOST, set())
     assert list(wanted.vifs) == ["vif3.1"]
     assert "invalid MAC" in wanted.rejected["vif-bad"]
+
+
+def test_on_tagged_ports_the_tags_decide_not_resident_on() -> None:
+    """Mid-migration the destination's port is tagged while xapi still says the VM runs on the
+    source (another host, old domid): it is registered all the same."""
+    s = state_of(ev("vm", "vm", vm_rec("vm-u", host=OTHER, domid="3")), ev("vif", "v", vif_rec("vif-u", "vm")),
+                 ev("vm", "plain", vm_rec("vm-p")),
+                 ev("vif", "p", vif_rec("vif-p", "plain", net="OpaqueRef:none")))
+    wanted = desired.wanted_on_tagged_ports(s, {"vif9.0": "vif-u", "tap9.0": "vif-u", "vif4.0": "gone-vif",
+                                                "vif5.0": "vif-p"})
+    assert {p: v.status for p, v in wanted.vifs.items()} == {"tap9.0": "active", "vif9.0": "inactive"}
+    assert wanted.vifs["vif9.0"].iface_id == "vif-u"
 
 
 def test_bridge_ids() -> None:

@@ -1,8 +1,16 @@
 """What OVSDB should hold on one XenServer host, as a pure function of xapi's state.
 
-The rules are the ones OVS's ovs-xapi-sync applied (shared reference xenapi-plugin.md):
-- a VIF is wanted on this host while its VM is Running/Paused, resident here with a domid, and
-  the VIF is currently_attached; its port is ``vif<domid>.<device>``;
+Which ports, two ways:
+- on a real XenServer host xenopsd's vif script makes the ports and tags each with
+  ``xs-vif-uuid``: those tags are the truth of which VIFs have a backend here
+  (``wanted_on_tagged_ports``). xapi's ``resident_on``/``domid`` are not: during a live
+  migration the destination's ports exist while xapi still names the source, and both hosts'
+  ports must be registered (active on both, as the external_ids contract says);
+- where veil makes the ports itself (``--manage-ports``: labs), xapi decides
+  (``wanted_from_xapi``): an attached VIF of a Running/Paused VM resident here, port
+  ``vif<domid>.<device>``.
+
+What a registration holds, as OVS's ovs-xapi-sync did (shared reference xenapi-plugin.md):
 - ``iface-id`` = VIF other_config ``nicira-iface-id`` else the VIF uuid, ``vm-id`` = VM
   other_config ``nicira-vm-id`` else the VM uuid, ``attached-mac`` = the VIF's MAC, plus the
   ``xs-vif-uuid`` / ``xs-vm-uuid`` / ``xs-network-uuid`` keys;
@@ -93,8 +101,22 @@ class Wanted:
     rejected: dict[str, str] = field(default_factory=dict)  # VIF uuid -> why
 
 
-def desired_vifs(state: XapiState, host_ref: str, existing_ports: Set[str]) -> Wanted:
-    """Every veil VIF that should be plugged on ``host_ref``, keyed by port name.
+def _register(wanted: Wanted, state: XapiState, vif: XapiVIF, ports: Iterable[str]) -> None:
+    vm = state.vms.get(vif.vm)
+    if vm is None:
+        return
+    try:
+        reg = vif_for(vm, vif, state.networks.get(vif.network))
+    except VifError as exc:
+        wanted.rejected[vif.uuid] = str(exc)
+        return
+    if reg is not None:
+        for one in on_ports(reg, ports):
+            wanted.vifs[one.port] = one
+
+
+def wanted_from_xapi(state: XapiState, host_ref: str, existing_ports: Set[str]) -> Wanted:
+    """Where veil makes the ports: every veil VIF xapi says is plugged on ``host_ref``.
 
     ``existing_ports`` are the interface names present in OVSDB; only ``tapD.N`` among them
     matter (tap/vif pairing). A VIF with unusable data (say a malformed MAC) is reported in
@@ -105,16 +127,22 @@ def desired_vifs(state: XapiState, host_ref: str, existing_ports: Set[str]) -> W
         vm = state.vms.get(vif.vm)
         if vm is None or not vif.currently_attached or not vm.running_on(host_ref):
             continue
-        try:
-            reg = vif_for(vm, vif, state.networks.get(vif.network))
-        except VifError as exc:
-            wanted.rejected[vif.uuid] = str(exc)
-            continue
-        if reg is None:
-            continue
         tap = tap_port(vm.domid, vif.device)
-        for one in on_ports(reg, [reg.port, *([tap] if tap in existing_ports else [])]):
-            wanted.vifs[one.port] = one
+        _register(wanted, state, vif, [vif_port(vm.domid, vif.device), *([tap] if tap in existing_ports else [])])
+    return wanted
+
+
+def wanted_on_tagged_ports(state: XapiState, tagged: Mapping[str, str]) -> Wanted:
+    """Where xenopsd makes the ports: ``tagged`` maps port name -> its ``xs-vif-uuid``; each
+    VIF xapi knows is registered on its ports (a port of an unknown VIF is wanted by no one)."""
+    by_uuid = {vif.uuid: vif for vif in state.vifs.values()}
+    ports: dict[str, list[str]] = {}
+    for port, vif_uuid in tagged.items():
+        ports.setdefault(vif_uuid, []).append(port)
+    wanted = Wanted()
+    for vif_uuid, names in ports.items():
+        if vif_uuid in by_uuid:
+            _register(wanted, state, by_uuid[vif_uuid], names)
     return wanted
 
 

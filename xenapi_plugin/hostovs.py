@@ -61,6 +61,15 @@ class RegistrarOvs:
     def interface_names(self) -> set[str]:
         return {r.name for r in self._rows("Interface")}
 
+    def tagged_ports(self) -> dict[str, str]:
+        """Port name -> ``xs-vif-uuid`` of every interface xenopsd's vif script (or veil) tagged."""
+        tagged = {}
+        for row in self._rows("Interface"):
+            vif_uuid = dict(row.external_ids).get(contract.XS_VIF_UUID)
+            if vif_uuid:
+                tagged[str(row.name)] = str(vif_uuid)
+        return tagged
+
     def owned_ports(self) -> set[str]:
         """Interfaces veil added itself (``veil-owns-port=true``): the only ones it deletes."""
         return {r.name for r in self._rows("Interface")

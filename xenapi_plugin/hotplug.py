@@ -75,17 +75,15 @@ def online(cfg: config.XenConfig, vif_uuid: str) -> Result:
     except XenAPI.Failure as exc:
         raise HookProblem(f"xapi refused VIF {vif_uuid}: {exc}") from None
     (vif,) = state.vifs.values()
-    vm = state.vms[vif.vm]
-    try:
-        reg = desired.vif_for(vm, vif, state.networks.get(vif.network))
-    except VifError as exc:
-        raise HookProblem(f"VIF {vif_uuid} cannot be registered: {exc}") from None
-    if reg is None:
+    if desired.veil_network(vif, state.networks.get(vif.network)) is None:
         return Result(0, 0, "not on a veil network")
     ports = ports_of_vif(cfg, vif_uuid)
     if not ports:
         raise HookProblem(f"no port in OVSDB carries {contract.XS_VIF_UUID}={vif_uuid} (did the vif script run?)")
-    return _submit(cfg, [PlugEvent(one, add_port=False) for one in desired.on_ports(reg, ports)])
+    wanted = desired.wanted_on_tagged_ports(state, {p: vif_uuid for p in ports})
+    if vif_uuid in wanted.rejected:
+        raise HookProblem(f"VIF {vif_uuid} cannot be registered: {wanted.rejected[vif_uuid]}")
+    return _submit(cfg, [PlugEvent(one, add_port=False) for _, one in sorted(wanted.vifs.items())])
 
 
 def ports_of_vif(cfg: config.XenConfig, vif_uuid: str) -> list[str]:

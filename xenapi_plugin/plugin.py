@@ -4,7 +4,7 @@ Called as ``host.call_plugin(host, "veil", FN, args)``; every result is one JSON
 
 | FN | args | does |
 |---|---|---|
-| ``register`` | ``vif_uuid``, [``add_port``=false] | registers that VIF (its VM runs here) in OVSDB |
+| ``register`` | ``vif_uuid``, [``add_port``=false] | registers that VIF on its ports here in OVSDB |
 | ``unregister`` | ``vif_uuid`` or ``port``, [``delete_port``=false] | retracts the registration |
 | ``list`` | - | the VIFs veil registered on this host |
 | ``join`` | ``network`` + ``vif_uuid`` or ``network_uuid``, [``tenant``] | puts a VIF / an xapi network on a veil network (xapi other_config), then registers what runs here |
@@ -35,6 +35,7 @@ from xenapi_plugin.xapi import LOCAL_XAPI, is_failure, make_session
 
 NOT_FOUND = "VEIL_NOT_FOUND"
 NOT_ON_THIS_HOST = "VEIL_VIF_NOT_ON_THIS_HOST"
+NO_PORT = "VEIL_NO_PORT"
 NO_NETWORK = "VEIL_VIF_HAS_NO_NETWORK"
 INVALID_VIF = "VEIL_INVALID_VIF"
 OVSDB_UNAVAILABLE = "VEIL_OVSDB_UNAVAILABLE"
@@ -85,18 +86,27 @@ def _guarded(fn: Callable[[Any, dict[str, str]], str]) -> PluginFn:
 
 
 def register(session: Any, arguments: dict[str, str]) -> str:
+    """On the ports xenopsd tagged with this VIF; with ``add_port`` (hosts without xenopsd's
+    vif script) on ``vif<domid>.<device>``, added if missing, when xapi says it runs here."""
     a = A.check_map(arguments, required=["vif_uuid"], optional=["add_port"])
     vif_uuid = A.uuid_arg(a, "vif_uuid")
     add_port = A.bool_arg(a, "add_port", False)
     ovs = _ovs()
-    host_ref = _lookup(session, "host", _host_uuid(ovs))
     vif_ref = _lookup(session, "VIF", vif_uuid)
     state = model.fetch_vif_state(session, vif_ref)
-    vif, vm = state.vifs[vif_ref], state.vms[state.vifs[vif_ref].vm]
-    if not (vif.currently_attached and vm.running_on(host_ref)):
-        raise Failure(NOT_ON_THIS_HOST, [vif_uuid, f"VM {vm.uuid} is {vm.power_state} on {vm.resident_on}, "
-                                                   f"VIF attached={vif.currently_attached}"])
-    wanted = desired.desired_vifs(state, host_ref, ovs.interface_names())
+    ports = sorted(p for p, u in ovs.tagged_ports().items() if u == vif_uuid)
+    if ports:
+        wanted = desired.wanted_on_tagged_ports(state, {p: vif_uuid for p in ports})
+    elif add_port:
+        host_ref = _lookup(session, "host", _host_uuid(ovs))
+        vif, vm = state.vifs[vif_ref], state.vms[state.vifs[vif_ref].vm]
+        if not (vif.currently_attached and vm.running_on(host_ref)):
+            raise Failure(NOT_ON_THIS_HOST, [vif_uuid, f"VM {vm.uuid} is {vm.power_state} on {vm.resident_on}, "
+                                                       f"VIF attached={vif.currently_attached}"])
+        wanted = desired.wanted_from_xapi(state, host_ref, ovs.interface_names())
+    else:
+        raise Failure(NO_PORT, [vif_uuid, f"no port on this host carries {contract.XS_VIF_UUID}={vif_uuid}; "
+                                          "add_port=true makes one where xenopsd's vif script does not"])
     if vif_uuid in wanted.rejected:
         raise Failure(INVALID_VIF, [vif_uuid, wanted.rejected[vif_uuid]])
     if not wanted.vifs:

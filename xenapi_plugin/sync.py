@@ -54,6 +54,7 @@ class HostOvs(Protocol):
 
     def registered(self) -> Mapping[str, Vif]: ...
     def interface_names(self) -> set[str]: ...
+    def tagged_ports(self) -> dict[str, str]: ...
     def owned_ports(self) -> set[str]: ...
     def watch_interfaces(self, callback: Callable[[], None]) -> None: ...
     def bridge_names(self) -> set[str]: ...
@@ -77,17 +78,15 @@ def reconcile(state: model.XapiState, host_ref: str, ovs: HostOvs, *, manage_por
 
     Only XenServer ports (vifD.N / tapD.N) are ever unplugged, and only ports veil added itself
     (``veil-owns-port``) are ever deleted. With ``manage_ports`` (hosts without xenopsd's vif
-    script: labs, tests) veil adds the vif ports itself; otherwise it only completes and
-    retracts registrations on the ports xenopsd made.
+    script: labs, tests) xapi decides and veil adds the vif ports itself; otherwise veil
+    completes and retracts registrations on the ports xenopsd tagged (see ``desired``).
     """
-    names = ovs.interface_names()
-    wanted = desired.desired_vifs(state, host_ref, names)
-    if not manage_ports:  # xenopsd makes the ports: register only those that exist
-        wanted_vifs = {p: v for p, v in wanted.vifs.items() if p in names}
+    if manage_ports:
+        wanted = desired.wanted_from_xapi(state, host_ref, ovs.interface_names())
     else:
-        wanted_vifs = wanted.vifs
+        wanted = desired.wanted_on_tagged_ports(state, ovs.tagged_ports())
     current = {p: v for p, v in ovs.registered().items() if XEN_PORT.match(p)}
-    todo = desired.plan(wanted_vifs, current)
+    todo = desired.plan(wanted.vifs, current)
     out = Outcome(rejected=dict(wanted.rejected))
     for vif in todo.plug:
         try:
