@@ -33,7 +33,7 @@ from controller.flows import (
     SetField,
     ToController,
 )
-from controller.model import Binding, Host, IPAddress, Network, State, TunnelType, placement
+from controller.model import Binding, Host, IPAddress, Network, State, TunnelType
 
 
 @dataclass(frozen=True, order=True)
@@ -58,21 +58,12 @@ def tunnel_kind(local: Host, remote: Host) -> TunnelType | None:
     return next((k for k in local.tunnel_types if k in remote.tunnel_types), None)
 
 
-def networks_on_hosts(state: State) -> dict[str, frozenset[str]]:
-    """host -> networks it has live bindings in (active or standby: both need tunnels)."""
-    place = placement(state)
-    out: dict[str, set[str]] = {}
-    for b in (*place.active.values(), *place.standby):
-        out.setdefault(b.host, set()).add(b.network)
-    return {h: frozenset(n) for h, n in out.items()}
-
-
 def compute_tunnels(state: State, host: str) -> frozenset[TunnelSpec]:
     """Tunnels only between hosts that share a network and a tunnel type."""
     local = state.hosts.get(host)
     if local is None:
         return frozenset()
-    nets = networks_on_hosts(state)
+    nets = state.host_networks
     mine = nets.get(host, frozenset())
     specs = set()
     for rid, remote in state.hosts.items():
@@ -172,8 +163,8 @@ def _flows(state: State, host: str) -> Iterator[Flow]:
         yield Flow(table.table_id, 0, Match(), goto=default)
     if host not in state.hosts:
         return
-    place = placement(state)
-    nets = networks_on_hosts(state)
+    place = state.placed
+    nets = state.host_networks
     mine = nets.get(host, frozenset())
     tun_port: Mapping[str, int] = {
         t.remote: t.ofport for t in state.tunnels if t.host == host and t.ofport > 0

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.model import State, placement
+from controller.model import State
 
 LOG = logging.getLogger("veil.controller")
 
@@ -41,7 +41,7 @@ def claims_after(claims: Mapping[str, str], state: State,
     binding with the VIF's own source MAC is the guest running on its new host and moves the
     pin there. Once one binding is left the pin is dropped.
     """
-    place = placement(state)
+    place = state.placed
     migrating = {b.iface_id for b in place.standby}
     out = {k: v for k, v in claims.items() if k in migrating}
     for iface in sorted(migrating):

@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Final, Literal
 
@@ -129,6 +130,20 @@ class State:
     tunnels: tuple[TunnelPort, ...] = ()
     # iface-id -> host its traffic goes to while it is live on two hosts (see migration.py)
     claims: Mapping[str, str] = field(default_factory=dict)
+
+    # Derived views, computed once per State (cached_property writes the instance __dict__,
+    # which a frozen dataclass allows; they are not fields, so equality ignores them).
+    @cached_property
+    def placed(self) -> Placement:
+        return placement(self)
+
+    @cached_property
+    def host_networks(self) -> Mapping[str, frozenset[str]]:
+        """host -> networks it has live bindings in (active or standby: both need tunnels)."""
+        out: dict[str, set[str]] = {}
+        for b in (*self.placed.active.values(), *self.placed.standby):
+            out.setdefault(b.host, set()).add(b.network)
+        return MappingProxyType({h: frozenset(n) for h, n in out.items()})
 
     @staticmethod
     def build(

@@ -26,7 +26,7 @@ from controller.diff import apply_diff, diff_flows
 from controller.flows import Flow, FlowId
 from controller.hostdb import HostDb, HostView
 from controller.migration import PacketIn, claims_after, parse_packet_in
-from controller.model import Binding, InvalidState, State, TunnelPort, placement
+from controller.model import Binding, InvalidState, State, TunnelPort
 from controller.ovsdb import OvsdbUnreachable
 from controller.ofconn import OfSession, OpenFlowError
 from controller.store import Declared, HostRecord, Store
@@ -181,7 +181,7 @@ class Controller:
         if claims != declared.claims:
             self.store.write_claims(claims)  # durable: a restart keeps forwarding the same way
             state = build_state(declared, views, claims)
-        ignored = placement(state).ignored
+        ignored = state.placed.ignored
         if ignored != self._ignored:
             for b, why in ignored:
                 LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
