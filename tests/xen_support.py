@@ -106,12 +106,14 @@ def running_daemon(sim: XapiSim, host: Host, *, manage_ports: bool = True,
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            rc = proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            raise AssertionError("veil-xapi-sync ignored SIGTERM for 10 s") from None
         if "Traceback" in daemon.text():
             raise AssertionError(f"veil-xapi-sync crashed or logged a traceback:\n{daemon.text()[-3000:]}")
+        assert rc == 0, f"veil-xapi-sync exited {rc} on SIGTERM: {daemon.text()[-2000:]}"
 
 
 def vif_script(sim: XapiSim, ovs: OvsInstance, port: str, vif_ref: str) -> None:
