@@ -63,6 +63,7 @@ def store_server() -> Iterator[StoreServer]:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
+@pytest.mark.lab  # a real ovsdb-server
 def test_cli_declares_networks_in_the_veil_database(
         store_server: StoreServer, capsys: pytest.CaptureFixture[str]) -> None:
     db = store_server.remote
@@ -77,6 +78,7 @@ def test_cli_declares_networks_in_the_veil_database(
     assert "network web tenant=acme vni=1" in capsys.readouterr().out
 
 
+@pytest.mark.lab  # a real ovsdb-server
 def test_config_sync_owns_only_its_rows(store_server: StoreServer) -> None:
     store = Store(store_server.remote)
     try:
@@ -93,6 +95,7 @@ def test_config_sync_owns_only_its_rows(store_server: StoreServer) -> None:
         store.close()
 
 
+@pytest.mark.lab  # a real ovsdb-server
 def test_veil_controller_runs_its_embedded_database(tmp_path: Path) -> None:
     """`veil-controller --rundir` starts the veil ovsdb-server (which outlives a controller
     crash), serves the CLI through it, and exits 0 on SIGTERM."""

@@ -26,6 +26,7 @@ from controller.store import HostRecord, Store, StoreServer
 from hooks import contract
 from tests.test_controller_config import store_server  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.lab
 ip = ipaddress.ip_address
 MAC = {1: "52:54:00:00:00:01", 2: "52:54:00:00:00:02", 3: "52:54:00:00:00:03"}
 
