@@ -3,6 +3,8 @@ the client side) and real ovsdb-server/ovs-vswitchd instances, one per simulated
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -281,3 +283,12 @@ def test_start_on_xenserver_ports_completes_known_vifs_and_retracts_unknown_ones
                  and interfaces(ovs)["vif6.0"].get("iface-status") == "inactive")
         assert "veil-network" not in interfaces(ovs)["vif6.0"]
         assert "vif6.0" in interfaces(ovs), "not veil's port to delete"
+
+
+def test_unknown_host_uuid_ends_the_daemon_with_one_clear_line(xapi: XapiSim, host_a: Host) -> None:
+    argv = [sys.executable, "-m", "xenapi_plugin.sync", "--xapi", xapi.uri, "--ovsdb", host_a.ovs.db_remote,
+            "--host-uuid", "6e0d8f3a-5f0e-4d43-9f0b-00000000dead"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "veil-xapi-sync: xapi knows no host 6e0d8f3a-5f0e-4d43-9f0b-00000000dead" in proc.stderr
+    assert "Traceback" not in proc.stderr

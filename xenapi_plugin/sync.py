@@ -179,12 +179,12 @@ class XapiWatcher:
     resyncs: int = 0  # full snapshots taken
 
     def run(self) -> None:
-        """Until stopped; any error that is not xapi being away ends the daemon (Fatal)."""
+        """Until stopped; any error that is not xapi being away ends the daemon: it is handed
+        to the applier (Fatal), which raises it in the main thread (reported once, there)."""
         try:
             self._run()
         except BaseException as exc:
             self.emit(Fatal(exc))
-            raise
 
     def _run(self) -> None:
         failures = 0
