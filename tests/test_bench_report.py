@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.bench import probe, report, svg
+from controller.lab.bench import flowmods, probe, report, scale, svg
 from controller.lab.bench.results import (
     Comparison,
     Goal,
@@ -187,3 +187,20 @@ def test_cli_options_are_checked() -> None:
     assert plan_from(False, "4", 25).figures == frozenset({"4"})
     with pytest.raises(ValueError, match="at least 1"):
         plan_from(False, None, 0)
+
+
+def test_scale_fabric_matches_its_description_and_growth_is_counted() -> None:
+    f = scale.Fabric(hosts=12, vifs=60, networks=6, tenants=2)
+    state = scale.build(f)
+    assert len(state.hosts) == 12 and len(state.bindings) == 60 and len(state.networks) == 6
+    assert len({b.network for b in state.bindings}) == 6
+    m = scale.measure(f, events=2, sample=4)
+    assert len(m["event_ms"]) == 2 and len(m["members_only_ms"]) == 2  # type: ignore[arg-type]
+    assert m["flows_per_host_max"] >= m["flows_per_host_median"] > 0  # type: ignore[operator]
+    # a VIF joining a network with members elsewhere gives those hosts flows to reach it
+    assert m["flows_added_remote"] > 0 and m["flows_added_local"] > m["flows_added_remote"]  # type: ignore[operator]
+
+
+def test_flows_for_the_push_benchmark_are_distinct_and_fit_the_pipeline() -> None:
+    flows = flowmods.l2_flows(500)
+    assert len({f.key for f in flows}) == 500
