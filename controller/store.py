@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -84,7 +85,7 @@ class StoreServer:
         if pid is None:
             return
         try:
-            os.kill(pid, 15)
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 5
