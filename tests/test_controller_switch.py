@@ -313,3 +313,37 @@ def test_veil_flows_prints_what_a_host_needs(ovs: OvsInstance, store_server: Sto
     assert trace(ovs, to_2) == dp_port(ovs, "p2")
     assert cli.main(["flows", "nope", "--db", store_server.remote]) == 2
     assert "host 'nope' has not joined" in capsys.readouterr().err
+
+
+def test_controller_dials_a_host_over_tcp(ovs: OvsInstance, store_server: StoreServer,
+                                          tmp_path: Path) -> None:
+    """The default deployment end to end: `veil join` with TCP remotes, the controller (in the
+    host's namespace here, as on a management network) dials OVSDB and OpenFlow over TCP."""
+    import subprocess
+    import sys
+
+    assert cli.main(["join", "--controller", store_server.remote, "--system-id", "h1",
+                     "--underlay-ip", "198.18.0.1", "--host-db", ovs.db_remote,
+                     "--ovsdb", "tcp:127.0.0.1:16640", "--openflow", "tcp:127.0.0.1:16653"]) == 0
+    cfg = tmp_path / "veil.yaml"
+    cfg.write_text("tenants: [{name: A, networks: [{name: na, vni: 10}]}]\n")
+    for i in (1, 2):
+        ovs.vsctl("add-port", "br-int", f"p{i}", "--", "set", "Interface", f"p{i}",
+                  "type=internal", f"ofport_request={i}",
+                  f"external_ids:{contract.IFACE_ID}=vif{i}",
+                  f'external_ids:{contract.ATTACHED_MAC}="{MAC[i]}"',
+                  f"external_ids:{contract.VEIL_NETWORK}=na")
+    assert ovs.ns is not None
+    log = (tmp_path / "controller.log").open("w")
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ovs.ns, sys.executable, "-m", "controller.daemon", "--db",
+         store_server.remote, "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        to_2 = f"in_port=1,ip,dl_src={MAC[1]},dl_dst={MAC[2]},nw_src=198.19.0.1,nw_dst=198.19.0.2"
+        p2 = dp_port(ovs, "p2")
+        wait_for("forwarding programmed over TCP", lambda: trace(ovs, to_2) == p2, timeout=30)
+        assert "OpenFlow tcp:127.0.0.1:16653 connected" in (tmp_path / "controller.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
