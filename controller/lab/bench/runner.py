@@ -63,7 +63,7 @@ class Plan:
     reps: int = 20  # fig 2
     moves: int = 6  # fig 3, per variant
     iperf_seconds: int = 3
-    iperf_rounds: int = 3
+    iperf_rounds: int = 5
     hosts: int = 1000  # fig 4
     vifs: int = 10_000
     events: int = 5
