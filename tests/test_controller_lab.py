@@ -69,6 +69,13 @@ def veil_flow_counters(lab: Lab) -> dict[tuple[str, str], int]:
     return out
 
 
+def tunnel_remotes(lab: Lab, host: str) -> set[str]:
+    """Underlay IPs ``host`` has veil tunnel ports to."""
+    out = lab.hosts[host].ovs.vsctl("--bare", "--columns=options", "find", "Interface",
+                                    "external_ids:veil-remote!=''")
+    return set(re.findall(r"remote_ip=\"?([0-9.]+)", out))
+
+
 def mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
@@ -124,16 +131,11 @@ def test_tunnels_only_between_hosts_that_share_a_network(
         lab: tuple[Lab, LabController]) -> None:
     lab_, _ = lab
 
-    def remotes(host: str) -> set[str]:
-        out = lab_.hosts[host].ovs.vsctl("--bare", "--columns=options", "find", "Interface",
-                                         "external_ids:veil-remote!=''")
-        return set(re.findall(r"remote_ip=\"?([0-9.]+)", out))
-
     ip = {h: lab_.hosts[h].underlay_ip for h in lab_.hosts}
     # dc1-h2 has only acme (a3); dc2-h2 has only globex (b2): no tunnel between them
-    assert remotes("dc1-h2") == {ip["dc1-h1"], ip["dc2-h1"]}
-    assert remotes("dc2-h2") == {ip["dc1-h1"], ip["dc2-h1"]}
-    assert remotes("dc1-h1") == {ip["dc1-h2"], ip["dc2-h1"], ip["dc2-h2"]}
+    assert tunnel_remotes(lab_, "dc1-h2") == {ip["dc1-h1"], ip["dc2-h1"]}
+    assert tunnel_remotes(lab_, "dc2-h2") == {ip["dc1-h1"], ip["dc2-h1"]}
+    assert tunnel_remotes(lab_, "dc1-h1") == {ip["dc1-h2"], ip["dc2-h1"], ip["dc2-h2"]}
 
 
 def test_tenant_a_never_reaches_tenant_b(lab: tuple[Lab, LabController]) -> None:
@@ -230,6 +232,9 @@ def test_stopped_vm_is_unreachable_everywhere(lab: tuple[Lab, LabController]) ->
                lambda: all(a3.mac not in flows(lab_, h) for h in lab_.hosts))
     assert not lab_.ping("a1", "a3", count=2, wait=0.5)
     assert lab_.ping("a1", "a2", count=2)
+    # a3 was dc1-h2's only VM: it shares no network any more, so its tunnels go, both ends
+    eventually("dc1-h2's tunnels removed", lambda: tunnel_remotes(lab_, "dc1-h2") == set())
+    assert lab_.hosts["dc1-h2"].underlay_ip not in tunnel_remotes(lab_, "dc1-h1")
 
 
 def test_moved_vm_keeps_its_connectivity(lab: tuple[Lab, LabController]) -> None:
