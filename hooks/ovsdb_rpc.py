@@ -135,6 +135,13 @@ class RpcRegistrar:
                 pairs.append((str(row.get("name")), _map_of(row.get("external_ids"))))
         return vifs_from_rows(pairs)[0]
 
+    def system_id(self) -> str | None:
+        """This host's ``external_ids:system-id`` (the VIF's host in the contract), if set."""
+        with self._session():
+            rows = self._select("Open_vSwitch", [], ["external_ids"])
+        ids = _map_of(rows[0].get("external_ids")) if rows and isinstance(rows[0], dict) else {}
+        return ids.get(contract.SYSTEM_ID)
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()

@@ -72,6 +72,13 @@ class Registrar:
             rows = [(r.name, dict(r.external_ids)) for r in api.tables["Interface"].rows.values()]
         return vifs_from_rows(rows)[0]
 
+    def system_id(self) -> str | None:
+        """This host's ``external_ids:system-id`` (the VIF's host in the contract), if set."""
+        api = self._connected()
+        with api.ovsdb_connection.lock:
+            rows = list(api.tables["Open_vSwitch"].rows.values())
+        return rows[0].external_ids.get(contract.SYSTEM_ID) if rows else None
+
     def owned_ports(self) -> frozenset[str]:
         """Ports veil added itself (tap case): on unplug veil deletes them, not just deactivates."""
         api = self._connected()

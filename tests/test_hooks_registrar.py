@@ -187,3 +187,7 @@ def test_registrar_recovers_after_ovsdb_restarts(registrar: AnyRegistrar, ovs: O
             assert time.monotonic() < deadline, "registrar did not recover within 15 s"
             time.sleep(0.2)
     assert bridge_ports(ovs) == ["tapk1", "tapk2"]
+
+
+def test_system_id_names_this_host(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
+    assert registrar.system_id() == f"host-{ovs.ns}"
