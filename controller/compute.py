@@ -58,6 +58,26 @@ def tunnel_kind(local: Host, remote: Host) -> TunnelType | None:
     return next((k for k in local.tunnel_types if k in remote.tunnel_types), None)
 
 
+def host_slice(state: State, host: str) -> State:
+    """The part of ``state`` that ``host``'s flows depend on: equal slices give equal flows.
+
+    Its networks, every binding in them, its tunnel ports and the claims of those VIFs. The
+    controller caches a host's flows by its slice, so a change in one network recomputes only
+    the hosts that have that network.
+    """
+    mine = state.host_networks.get(host, frozenset())
+    nets = [n for n in state.networks.values() if n.name in mine]
+    bindings = [b for b in state.bindings if b.network in mine]
+    ifaces = {b.iface_id for b in bindings}
+    hosts = {host} | {b.host for b in bindings}
+    return State.build(
+        (t for t in state.tenants.values() if t.name in {n.tenant for n in nets}), nets,
+        (h for h in state.hosts.values() if h.system_id in hosts), bindings,
+        (t for t in state.tunnels if t.host == host),
+        {k: v for k, v in state.claims.items() if k in ifaces},
+    )
+
+
 def compute_tunnels(state: State, host: str) -> frozenset[TunnelSpec]:
     """Tunnels only between hosts that share a network and a tunnel type."""
     local = state.hosts.get(host)

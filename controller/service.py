@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.compute import compute_flows, compute_tunnels
+from controller.compute import compute_flows, compute_tunnels, host_slice
 from controller.config import load_config, resolve_networks
 from controller.dialer import Dialer, Failed
 from controller.diff import apply_diff, diff_flows
@@ -62,7 +62,7 @@ class HostLink:
     installed: frozenset[FlowId] | None = None
     view: HostView | None = None
     bfd: dict[str, bool | None] = field(default_factory=dict)
-    computed: tuple[State, frozenset[Flow]] | None = None  # last state and its flows
+    computed: tuple[State, frozenset[Flow]] | None = None  # last host slice and its flows
 
 
 class Controller:
@@ -275,8 +275,9 @@ class Controller:
             link.of, link.installed = None, None
             return
         assert link.installed is not None
-        if link.computed is None or link.computed[0] != state:
-            link.computed = (state, compute_flows(state, host))  # idle rounds skip this
+        relevant = host_slice(state, host)
+        if link.computed is None or link.computed[0] != relevant:
+            link.computed = (relevant, compute_flows(relevant, host))  # else: nothing it uses changed
         d = diff_flows(link.computed[1], link.installed)
         if not d:
             return

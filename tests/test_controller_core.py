@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.compute import compute_flows, compute_tunnels
+from controller.compute import compute_flows, compute_tunnels, host_slice
 from controller.diff import apply_diff, diff_flows
 from controller.flows import Flow, Match
 from controller.model import Binding, Host, InvalidState, Network, State, Tenant, placement
@@ -170,6 +170,14 @@ def test_a_to_b_to_a_returns_to_the_same_flows(a: State, b: State) -> None:
         assert back == installed
         assert not diff_flows(fa, back)
         assert compute_flows(a, host) == fa  # pure: same state, same flows
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topologies())
+def test_a_hosts_flows_depend_only_on_its_slice(state: State) -> None:
+    """What the controller's per-host cache relies on."""
+    for host in state.hosts:
+        assert compute_flows(host_slice(state, host), host) == compute_flows(state, host)
 
 
 def _two_hosts(**kw: object) -> State:
