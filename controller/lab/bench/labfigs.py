@@ -97,13 +97,11 @@ class Plugger:
 def static_arp(lab: Lab) -> None:
     """Permanent neighbour entries between all VMs of a network: ARP stays out of the figures."""
     for vm in lab.vms.values():
-        batch = "".join(f"neigh replace {o.ip} lladdr {o.mac} dev eth0 nud permanent\n"
-                        for o in lab.vms.values() if o.network == vm.network and o is not vm)
-        netns.run(["ip", "-batch", "-"], ns=vm.ns, input_text=batch)
+        netns.run(["ip", "-batch", "-"], ns=vm.ns, input_text=_neigh_batch(lab, vm, "eth0"))
 
 
-def _neigh_batch(lab: Lab, vm: VmRuntime) -> str:
-    return "".join(f"neigh replace {o.ip} lladdr {o.mac} dev eth0 nud permanent\n"
+def _neigh_batch(lab: Lab, vm: VmRuntime, dev: str) -> str:
+    return "".join(f"neigh replace {o.ip} lladdr {o.mac} dev {dev} nud permanent\n"
                    for o in lab.vms.values() if o.network == vm.network and o is not vm)
 
 
@@ -175,35 +173,36 @@ class Mover:
     """Moves one VM between hosts the way a live migration looks to the network.
 
     The VM namespace keeps its neighbour table (guest memory moves with it). The destination NIC
-    (a veth into the destination host) is made first, parked in the VM under another name; the
-    switch-over swaps the NICs in one ``ip -batch`` and sends QEMU's RARP self-announcement.
+    (a veth into the destination host) is made first and parked, down, in the VM with the VM's
+    MAC, address and neighbour entries; the switch-over takes the current NIC down, the parked
+    one up and sends QEMU's RARP self-announcement. The two NIC names alternate between moves.
     """
 
     lab: Lab
     vm: VmRuntime
     host: str  # where it is now
+    active: str = "eth0"
 
     @property
     def parked(self) -> str:
-        return f"mv-{self.vm.name}"
-
-    @property
-    def old(self) -> str:
-        return f"old-{self.vm.name}"
+        return f"mv-{self.vm.name}" if self.active == "eth0" else "eth0"
 
     def prepare(self, dst: HostRuntime) -> None:
-        netns.add_veth(self.vm.ns, self.parked, dst.ns, self.vm.port, mtu=VM_MTU)
-        netns.run(["ip", "link", "set", self.parked, "down", "address", self.vm.mac], ns=self.vm.ns)
+        dev = self.parked
+        netns.add_veth(self.vm.ns, dev, dst.ns, self.vm.port, mtu=VM_MTU)
+        netns.run(["ip", "link", "set", dev, "down", "address", self.vm.mac], ns=self.vm.ns)
+        netns.run(["ip", "-batch", "-"], ns=self.vm.ns,
+                  input_text=f"addr add {self.vm.spec.ip} dev {dev}\n" + _neigh_batch(self.lab, self.vm, dev))
 
-    def switcher(self, workdir: Path) -> subprocess.Popen[str]:
+    def switcher(self) -> subprocess.Popen[str]:
         """A probe in the VM, ready to swap the NICs and announce the guest on ``go``."""
-        batch = workdir / f"switch-{self.vm.name}.batch"
-        batch.write_text(f"link set eth0 down\nlink set eth0 name {self.old}\nlink set {self.parked} name eth0\n"
-                         f"addr add {self.vm.spec.ip} dev eth0\nlink set eth0 up\n" + _neigh_batch(self.lab, self.vm))
-        return start_probe(self.lab, self.vm, ["switch", str(batch), "eth0", self.vm.mac], stdin=True)
+        return start_probe(self.lab, self.vm, ["switch", self.active, self.parked, self.vm.mac], stdin=True)
 
-    def drop_old(self) -> None:
-        netns.run(["ip", "link", "del", self.old], ns=self.vm.ns)
+    def moved(self, dst: HostRuntime) -> None:
+        """After the switch-over: the old NIC (and with it the source host's veth end) goes."""
+        old = self.active
+        self.active, self.host = self.parked, dst.name
+        netns.run(["ip", "link", "del", old], ns=self.vm.ns)
 
 
 FIG3 = {True: "3a", False: "3b"}
@@ -227,7 +226,7 @@ def migration(lab: Lab, system: System, plugger: Plugger, mover: str, pinger: st
         if prebound:
             plugger.plug(dst, vm.port, system.prebind(vm, src, dst))
         system.settle()
-        switcher = m.switcher(lab.rundir)
+        switcher = m.switcher()
         probe = start_probe(lab, lab.vms[pinger], ["gaps", vm.ip, "--duration", "2.5"])
         time.sleep(0.7)
         t_switch = time.monotonic()
@@ -245,8 +244,7 @@ def migration(lab: Lab, system: System, plugger: Plugger, mover: str, pinger: st
         swap_ms.append((float(sout.split()[-1]) - t_go) * 1000)
         if switcher.returncode != 0:
             raise BenchError(f"the NIC swap in {vm.ns} failed: {serr}")
-        m.drop_old()
-        m.host = dst.name
+        m.moved(dst)
         system.migrated(vm, dst, prebound)
         replies = json.loads(out)["replies"] if out.strip() else []
         after = [t for t in replies if t > t_switch]
