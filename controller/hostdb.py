@@ -20,7 +20,7 @@ from controller.model import Binding, InvalidState, TunnelPort, check_mac
 from hooks import contract
 
 LOG = logging.getLogger(__name__)
-VEIL_IPS: Final = "veil-ips"  # Interface: comma list of the VIF's IPs (port security, ARP)
+VEIL_IPS: Final = contract.VEIL_IPS
 VEIL_REMOTE: Final = "veil-remote"  # Interface: the remote system-id of a veil tunnel port
 BRIDGE: Final = contract.INTEGRATION_BRIDGE
 

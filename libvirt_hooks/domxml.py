@@ -36,7 +36,7 @@ VEIL_XMLNS = "http://veil.dev/xmlns/libvirt/1"
 MAX_XML_BYTES = 4 << 20  # libvirt's own domain XMLs are tens of KiB even with hundreds of devices
 MAX_DEPTH = 32
 MAX_ELEMENTS = 100_000
-VEIL_IPS = "veil-ips"  # Interface key the controller reads (comma list of the VIF's IPs)
+VEIL_IPS = contract.VEIL_IPS
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 

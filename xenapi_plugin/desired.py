@@ -37,7 +37,7 @@ NICIRA_VM_ID = "nicira-vm-id"
 NICIRA_BRIDGE_ID = "nicira-bridge-id"
 VEIL_NETWORK = contract.VEIL_NETWORK  # the same key in xapi other_config as in OVSDB
 VEIL_TENANT = contract.VEIL_TENANT
-VEIL_IPS = "veil-ips"  # Interface: the VIF's addresses for port security (controller.hostdb.VEIL_IPS)
+VEIL_IPS = contract.VEIL_IPS
 
 
 def vif_port(domid: int, device: str) -> str:

@@ -240,6 +240,7 @@ class Lab:
             contract.IFACE_STATUS: contract.STATUS_ACTIVE,
             contract.VEIL_NETWORK: vm.network,
             contract.VEIL_TENANT: self.topo.network(vm.network).tenant,
+            contract.VEIL_IPS: vm.ip,
         }
         target.ovs.vsctl(
             "--", "--may-exist", "add-port", contract.INTEGRATION_BRIDGE, vm.port,
