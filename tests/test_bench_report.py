@@ -194,8 +194,10 @@ def test_scale_fabric_matches_its_description_and_growth_is_counted() -> None:
     state = scale.build(f)
     assert len(state.hosts) == 12 and len(state.bindings) == 60 and len(state.networks) == 6
     assert len({b.network for b in state.bindings}) == 6
-    m = scale.measure(f, events=2, sample=4)
-    assert len(m["event_ms"]) == 2 and len(m["members_only_ms"]) == 2  # type: ignore[arg-type]
+    m = scale.measure(f, events=2)
+    assert len(m["event_ms"]) == 2  # type: ignore[arg-type]
+    # the round after one new VIF sends flow mods (to its host and its network's other hosts)
+    assert all(n > 0 for n in m["event_flow_mods"])  # type: ignore[attr-defined]
     assert m["flows_per_host_max"] >= m["flows_per_host_median"] > 0  # type: ignore[operator]
     # a VIF joining a network with members elsewhere gives those hosts flows to reach it
     assert m["flows_added_remote"] > 0 and m["flows_added_local"] > m["flows_added_remote"]  # type: ignore[operator]

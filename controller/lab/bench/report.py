@@ -122,7 +122,7 @@ def markdown(machine: Machine, results: Sequence[Result], comparisons: Sequence[
                          f"{c.verdict(by_key)} |")
     lines += ["", "What was run:"]
     for r in results:
-        text = " ".join(t for t in (r.method, r.notes) if t)
+        text = "; ".join(t for t in (r.method, r.notes) if t)
         if text:
             lines.append(f"- fig {r.figure} ({r.system}): {text}")
     return "\n".join(lines) + "\n"
