@@ -4,29 +4,31 @@ The switch listens (its br-int.mgmt unix socket, or a ``ptcp:`` controller targe
 controller connects: a passive switch answers at once, whereas an active OVS 3.1 connection can
 stall ~0.5 s before reading the HELLO. os-ken's own StreamClient only dials TCP and its
 app-manager dispatcher has native-thread bugs, so this module uses os-ken for what it is good at
-(encoding and parsing messages) and does the socket and thread handling itself: one reader
-thread per switch, requests answered through per-xid waiters, errors raised to the caller.
+(parsing messages, encoding the rare ones) and does the socket and thread handling itself: one
+reader thread per switch, requests answered through per-xid waiters, errors raised to the
+caller. Flow-mods are encoded by ``ofwire`` and a whole bundle goes out in one write.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import socket
 import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from os_ken.ofproto import ofproto_parser
 
-from controller import ofp
+from controller import ofp, ofwire
 from controller.diff import FlowDiff
 from controller.flows import FlowId
 
 LOG = logging.getLogger(__name__)
 OFP_HEADER = struct.Struct("!BBHI")
+CHUNK: Final = 512  # bundle adds per socket write (~60 KB): encoding overlaps the switch's work
+T = TypeVar("T")
 
 
 class OpenFlowError(RuntimeError):
@@ -57,6 +59,19 @@ class _Waiter:
     error: str | None = None
 
 
+@dataclass
+class _Run:
+    """Errors for a run of consecutive xids (a bundle's adds): one object, not one waiter per
+    message; a successful add has no reply at all."""
+
+    first: int
+    count: int
+    errors: list[str] = field(default_factory=list)
+
+    def __contains__(self, xid: int) -> bool:
+        return (xid - self.first) & ofwire.XID_MASK < self.count
+
+
 class OfSession:
     """A connected, handshaken OpenFlow session; ``on_packet_in`` runs on the reader thread."""
 
@@ -67,8 +82,9 @@ class OfSession:
         self.timeout = timeout
         self._on_packet_in = on_packet_in
         self._on_close = on_close
-        self._xids = itertools.count(1)
+        self._next_xid = 1
         self._waiters: dict[int, _Waiter] = {}
+        self._runs: list[_Run] = []
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
@@ -77,12 +93,22 @@ class OfSession:
         self._handshake()
 
     # -- requests -----------------------------------------------------------------------------
+    def _take_xids(self, n: int) -> int:
+        """The first of ``n`` consecutive xids (modulo 2**32) nobody else gets."""
+        with self._lock:
+            first = self._next_xid
+            self._next_xid = (first + n) & ofwire.XID_MASK
+        return first
+
+    def _send_bytes(self, data: bytes) -> None:
+        with self._send_lock:
+            self._sock.sendall(data)
+
     def _send(self, msg: Any) -> int:
         if msg.xid is None:
-            msg.set_xid(next(self._xids))
+            msg.set_xid(self._take_xids(1))
         msg.serialize()
-        with self._send_lock:
-            self._sock.sendall(msg.buf)
+        self._send_bytes(msg.buf)
         xid: int = msg.xid
         return xid
 
@@ -92,16 +118,24 @@ class OfSession:
             self._waiters[xid] = w
         return w
 
-    def request(self, msg: Any, what: str) -> list[Any]:
-        """Send ``msg`` and wait for its (possibly multipart) reply."""
-        msg.set_xid(next(self._xids))
-        w = self._expect(msg.xid)
-        self._send(msg)
-        if not w.event.wait(self.timeout):
-            raise OpenFlowError(f"{self.target}: no reply to {what} within {self.timeout}s")
+    def _wait(self, xid: int, w: _Waiter, what: str) -> list[Any]:
+        """The replies to ``xid``; raises if the switch refused it or never answered."""
+        try:
+            if not w.event.wait(self.timeout):
+                raise OpenFlowError(f"{self.target}: no reply to {what} within {self.timeout}s")
+        finally:
+            with self._lock:
+                self._waiters.pop(xid, None)
         if w.error:
             raise OpenFlowError(f"{self.target}: {what} failed: {w.error}")
         return w.replies
+
+    def request(self, msg: Any, what: str) -> list[Any]:
+        """Send ``msg`` and wait for its (possibly multipart) reply."""
+        msg.set_xid(self._take_xids(1))
+        w = self._expect(msg.xid)
+        self._send(msg)
+        return self._wait(msg.xid, w, what)
 
     def _handshake(self) -> None:
         self._send(ofp.PARSER.OFPHello(self.dp))
@@ -127,40 +161,59 @@ class OfSession:
 
     def apply(self, d: FlowDiff) -> None:
         """Send ``d`` as one atomic, ordered bundle; raises OpenFlowError if the switch refuses."""
-        msgs = ofp.diff_messages(self.dp, d)
-        if not msgs:
-            return
-        self.send_bundle(msgs)
+        items = ofp.diff_items(d)
+        if items:
+            self._bundle(items, ofp.item_wire)
 
     def send_bundle(self, msgs: Sequence[Any]) -> None:
-        bundle_id = next(self._xids) & 0xFFFFFFFF
+        """os-ken messages as one atomic, ordered bundle."""
+        self._bundle(msgs, ofp.wire)
+
+    def _bundle(self, items: Sequence[T], encode: Callable[[T], tuple[int, bytes]]) -> None:
+        """Open, the adds and a barrier are streamed in writes of CHUNK messages each, encoded
+        while the switch decodes the previous chunk. The barrier's answer means every add was
+        processed: the bundle is committed only if none was refused (a refused add would leave
+        the bundle open without it), and discarded otherwise."""
+        n = len(items)
         flags = ofp.OFP.OFPBF_ATOMIC | ofp.OFP.OFPBF_ORDERED
-        ctrl = ofp.PARSER.OFPBundleCtrlMsg
-        self.request(ctrl(self.dp, bundle_id, ofp.OFP.OFPBCT_OPEN_REQUEST, flags, []),
-                     "bundle open")
-        adds = []
-        for m in msgs:
-            add = ofp.PARSER.OFPBundleAddMsg(self.dp, bundle_id, flags, m, [])
-            add.set_xid(next(self._xids))
-            adds.append((self._expect(add.xid), add))
-            self._send(add)
+        first = self._take_xids(n + 2)
+        open_xid, barrier_xid = first, (first + n + 1) & ofwire.XID_MASK
+        bundle_id = first  # unique among this session's open bundles
+        adds = _Run((first + 1) & ofwire.XID_MASK, n)
+        opened, barrier = self._expect(open_xid), self._expect(barrier_xid)
+        with self._lock:
+            self._runs.append(adds)
         try:
-            # A refused add leaves the bundle open without it: learn of every refusal (the
-            # barrier answers after all adds were processed) before deciding to commit.
-            self.request(ofp.PARSER.OFPBarrierRequest(self.dp), "barrier after bundle adds")
+            self._send_bytes(
+                ofwire.bundle_ctrl(open_xid, bundle_id, ofp.OFP.OFPBCT_OPEN_REQUEST, flags))
+            try:
+                for start in range(0, n, CHUNK):
+                    self._send_bytes(b"".join([
+                        ofwire.bundle_add((adds.first + i) & ofwire.XID_MASK, bundle_id, flags,
+                                          *encode(items[i]))
+                        for i in range(start, min(start + CHUNK, n))]))
+            except BaseException:  # e.g. a flow that cannot be encoded: drop the half bundle
+                self._send_bytes(ofwire.bundle_ctrl(self._take_xids(1), bundle_id,
+                                                    ofp.OFP.OFPBCT_DISCARD_REQUEST, flags))
+                raise
+            self._send_bytes(ofwire.barrier_request(barrier_xid))
+            self._wait(barrier_xid, barrier, "barrier after bundle adds")
+            self._wait(open_xid, opened, "bundle open")  # answered before the barrier
             with self._lock:
-                errors = [w.error for w, _ in adds if w.error]
-            if errors:
-                self.request(ctrl(self.dp, bundle_id, ofp.OFP.OFPBCT_DISCARD_REQUEST, flags, []),
-                             "bundle discard")
-                raise OpenFlowError(f"{self.target}: bundle refused, nothing applied: "
-                                    f"{errors[0]} ({len(errors)} of {len(msgs)} flow mods)")
-            self.request(ctrl(self.dp, bundle_id, ofp.OFP.OFPBCT_COMMIT_REQUEST, flags, []),
-                         f"bundle commit of {len(msgs)} flow mods")
+                errors = list(adds.errors)
         finally:
             with self._lock:
-                for _, add in adds:
-                    self._waiters.pop(add.xid, None)
+                self._runs.remove(adds)
+                self._waiters.pop(open_xid, None)
+                self._waiters.pop(barrier_xid, None)
+        ctrl = ofp.PARSER.OFPBundleCtrlMsg
+        if errors:
+            self.request(ctrl(self.dp, bundle_id, ofp.OFP.OFPBCT_DISCARD_REQUEST, flags, []),
+                         "bundle discard")
+            raise OpenFlowError(f"{self.target}: bundle refused, nothing applied: "
+                                f"{errors[0]} ({len(errors)} of {n} flow mods)")
+        self.request(ctrl(self.dp, bundle_id, ofp.OFP.OFPBCT_COMMIT_REQUEST, flags, []),
+                     f"bundle commit of {n} flow mods")
 
     def send_packet_out(self, in_port: int, data: bytes, out_port: int) -> None:
         msg = ofp.PARSER.OFPPacketOut(
@@ -207,6 +260,11 @@ class OfSession:
             return
         with self._lock:
             w = self._waiters.get(msg.xid)
+            if w is None and msg.msg_type == o.OFPT_ERROR:
+                run = next((r for r in self._runs if msg.xid in r), None)
+                if run is not None:
+                    run.errors.append(f"type={msg.type} code={msg.code}")
+                    return
         if w is None:
             if msg.msg_type == o.OFPT_ERROR:
                 LOG.error("OpenFlow error from %s: %s", self.target, msg)

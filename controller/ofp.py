@@ -1,6 +1,9 @@
-"""Translation of veil's flow values into os-ken OpenFlow 1.4 messages.
+"""Translation of veil's flow values into OpenFlow 1.4 messages.
 
-OpenFlow 1.4 because it has bundles (atomic multi-flow changes) as a standard message.
+OpenFlow 1.4 because it has bundles (atomic multi-flow changes) as a standard message. Flow
+pushes are encoded by ``ofwire`` (direct, ~10x faster); os-ken's message objects stay the
+reference encoding (``to_flow_mod``), the fallback for what ofwire does not cover, and the
+parser of everything the switch sends.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from typing import Any, Final
 
 from os_ken.ofproto import ofproto_protocol, ofproto_v1_4, ofproto_v1_4_parser
 
+from controller import ofwire
 from controller.diff import FlowDiff
 from controller.flows import (
     COOKIE_TAG,
@@ -26,9 +30,7 @@ from controller.flows import (
 
 OFP: Final[Any] = ofproto_v1_4
 PARSER: Final[Any] = ofproto_v1_4_parser
-ALL_ONES64: Final = (1 << 64) - 1
-_WIDTH: Final = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48,
-                 "arp_spa": 32, "arp_tpa": 32}
+ALL_ONES64: Final = ofwire.ALL_ONES64
 
 
 def protocol() -> Any:
@@ -39,7 +41,7 @@ def protocol() -> Any:
 def _value(field: str, v: MatchValue) -> Any:
     if isinstance(v, str) and "/" in v:
         value, mask = v.split("/")
-        if field == "metadata":
+        if field in ofwire.OXM_FIELDS and ofwire.OXM_FIELDS[field][2] == ofwire.INT:
             return (int(value, 0), int(mask, 0))
         return (value, mask)
     return v
@@ -59,7 +61,7 @@ def _action(a: object) -> Any:
     if isinstance(a, SetField):
         return PARSER.OFPActionSetField(**{a.field: a.value})
     if isinstance(a, Move):
-        return PARSER.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=_WIDTH[a.src])
+        return PARSER.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=ofwire.field_bits(a.src))
     raise TypeError(f"not an action: {a!r}")
 
 
@@ -92,6 +94,35 @@ def to_delete(dp: Any, ident: FlowId) -> Any:
 def diff_messages(dp: Any, d: FlowDiff) -> list[Any]:
     """Deletes first, then adds: inside one atomic bundle a changed flow is swapped in place."""
     return [to_delete(dp, i) for i in d.delete] + [to_flow_mod(dp, f) for f in d.add]
+
+
+def wire(msg: Any) -> tuple[int, bytes]:
+    """An os-ken message as (message type, bytes after the OpenFlow header), to be framed
+    (with its xid) inside a bundle add."""
+    if msg.xid is None:
+        msg.set_xid(0)
+    msg.serialize()
+    return msg.msg_type, bytes(msg.buf[ofwire.HEADER.size:])
+
+
+def flow_mod_body(flow: Flow) -> bytes:
+    """The body of ``to_flow_mod(flow)``: ofwire's encoding, os-ken's for what it does not cover."""
+    try:
+        return ofwire.flow_mod_body(flow)
+    except ofwire.Unsupported:
+        return wire(to_flow_mod(protocol(), flow))[1]
+
+
+def diff_items(d: FlowDiff) -> tuple[FlowId | Flow, ...]:
+    """What ``diff_messages`` sends, in its order, still unencoded (see ``item_wire``)."""
+    return d.delete + d.add
+
+
+def item_wire(item: FlowId | Flow) -> tuple[int, bytes]:
+    """A delete (FlowId) or add (Flow) as (message type, flow-mod body)."""
+    if isinstance(item, FlowId):
+        return ofwire.OFPT_FLOW_MOD, ofwire.delete_body(item)
+    return ofwire.OFPT_FLOW_MOD, flow_mod_body(item)
 
 
 def owned_flow_stats_request(dp: Any) -> Any:
