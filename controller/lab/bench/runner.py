@@ -226,7 +226,8 @@ def scale_figures(plan: Plan) -> list[Result]:
                method=(f"first reconcile pass over every host (all measured) from nothing installed "
                        f"({m['initial_flow_mods']:,} flow mods); {how}")),
         Result("4c", "controller core peak RSS at scale", "veil", "MB", (m["peak_rss_mb"],), GOALS["4c"],
-               method=f"ru_maxrss of the process holding the state and every host's installed flow ids; {how}"),
+               method=(f"ru_maxrss of the process holding the state and, per host, what the controller keeps: its "
+                       f"cached slice and flows and its installed flow ids; {how}")),
         Result("4d", FLOWS_TITLE, "veil", "flows", (float(m["flows_added_remote"]),), GOALS["4d"],
                method=(f"compute_flows before/after one more VIF in an existing network; its own host gains "
                        f"{m['flows_added_local']}; flows per host at scale: median {m['flows_per_host_median']}, "
