@@ -59,15 +59,14 @@ def cdf_plot(title: str, unit: str, results: Sequence[Result], goal: float | Non
         f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
         f'<text x="{WIDTH / 2}" y="20" text-anchor="middle" font-size="14">{escape(title)}</text>',
-        f'<line x1="{LEFT}" y1="{y(0)}" x2="{LEFT + pw}" y2="{y(0)}" stroke="black"/>',
-        f'<line x1="{LEFT}" y1="{y(0)}" x2="{LEFT}" y2="{y(1)}" stroke="black"/>',
     ]
-    for i in range(6):
-        v = xmax * i / 5
-        out.append(f'<text x="{x(v):.1f}" y="{y(0) + 16}" text-anchor="middle">{v:g}</text>')
-        f = i / 5
-        out.append(f'<text x="{LEFT - 6}" y="{y(f) + 4:.1f}" text-anchor="end">{f:.1f}</text>')
+    for i in range(6):  # grid first, so the axes and curves are drawn over it
+        v, f = xmax * i / 5, i / 5
         out.append(f'<line x1="{LEFT}" y1="{y(f):.1f}" x2="{LEFT + pw}" y2="{y(f):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{x(v):.1f}" y="{y(0) + 16}" text-anchor="middle">{v:g}</text>')
+        out.append(f'<text x="{LEFT - 6}" y="{y(f) + 4:.1f}" text-anchor="end">{f:.1f}</text>')
+    out.append(f'<line x1="{LEFT}" y1="{y(0)}" x2="{LEFT + pw}" y2="{y(0)}" stroke="black"/>')
+    out.append(f'<line x1="{LEFT}" y1="{y(0)}" x2="{LEFT}" y2="{y(1)}" stroke="black"/>')
     out.append(f'<text x="{LEFT + pw / 2}" y="{HEIGHT - 12}" text-anchor="middle">{escape(unit)}</text>')
     out.append(f'<text x="14" y="{TOP + ph / 2}" transform="rotate(-90 14 {TOP + ph / 2})" '
                'text-anchor="middle">fraction of samples</text>')
