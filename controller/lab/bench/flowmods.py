@@ -40,15 +40,16 @@ def _count(ovs: OvsInstance) -> int:
 
 
 def measure(prefix: str, rundir: Path, n: int, reps: int, goal: Goal, clock: Clock = time.perf_counter) -> list[Result]:
+    """Both senders into one private switch; ``rundir`` (the switch's) is removed afterwards."""
     ns = f"{prefix}-f5"
     netns.add_netns(ns)
-    ovs = OvsInstance(rundir / "f5", ns=ns)
+    ovs = OvsInstance(rundir, ns=ns)
     try:
         ovs.start(system_id="f5")
         ovs.vsctl("add-br", "br-int", "--", "set", "Bridge", "br-int", "datapath_type=netdev", "fail_mode=secure",
                   "other_config:disable-in-band=true")
         flows = l2_flows(n)
-        text = rundir / "f5" / "flows.txt"
+        text = rundir / "flows.txt"
         text.write_text("\n".join(to_ofctl(f) for f in flows) + "\n")
         veil: list[float] = []
         ofctl: list[float] = []
@@ -78,7 +79,7 @@ def measure(prefix: str, rundir: Path, n: int, reps: int, goal: Goal, clock: Clo
     finally:
         ovs.stop()
         netns.delete_netns(ns)
-        shutil.rmtree(rundir / "f5", ignore_errors=True)
+        shutil.rmtree(rundir, ignore_errors=True)
     how = f"{reps}x {n:,} L2-lookup flows as one atomic bundle into an empty br-int (netdev), then del-flows"
     return [
         Result(FIG5, TITLE, "veil", "flow-mods/s", tuple(veil), (goal,),
