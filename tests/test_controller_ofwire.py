@@ -226,6 +226,9 @@ def test_switch_holds_the_same_flows_whichever_encoder_sent_them(
                f"unix:{ovs.mgmt_sock('br-int')}", str(text)], env=ovs.env())
     assert dump(ovs) == fast  # OVS's own parser of the text form agrees too
     assert session.installed() == frozenset(f.ident for f in flows)
+    # the dump's own reader sees what os-ken's full parse of the same dump sees
+    osken = session.request(ofp.owned_flow_stats_request(DP), "dump parsed by os-ken")
+    assert ofp.flow_ids(s for r in osken for s in r.body) == session.installed()
 
 
 def l2(n: int, start: int = 0) -> list[Flow]:
@@ -272,3 +275,28 @@ def test_xids_wrap_around_without_losing_a_refusal(ovs: OvsInstance,
         session.apply(FlowDiff(tuple(flows[:12] + [bad] + flows[12:]), ()))  # bad's xid is 7
     session.apply(FlowDiff(tuple(flows), ()))
     assert session.installed() == frozenset(f.ident for f in flows)
+
+
+@pytest.mark.lab
+def test_a_dump_of_many_replies_reads_like_osken(ovs: OvsInstance, session: OfSession) -> None:
+    flows = l2(3000)
+    session.apply(FlowDiff(tuple(flows), ()))
+    ovs.ofctl("add-flow", "table=30,priority=7,cookie=0x1,metadata=9,actions=drop")  # not veil's
+    raw: list[bytes] = session.request(ofp.owned_flow_stats_request(DP), "raw dump", bytes)
+    assert len(raw) > 1  # a multipart reply in several messages
+    assert [ofwire.flow_stats_ids(b) for b in raw] == [
+        [FlowId(s.table_id, s.cookie) for s in ofp.PARSER.OFPFlowStatsReply.parser(
+            DP, ofwire.VERSION, ofwire.OFPT_MULTIPART_REPLY, len(b), 0, b).body] for b in raw]
+    assert session.installed() == frozenset(f.ident for f in flows)
+
+
+def test_a_malformed_flow_stats_reply_is_refused() -> None:
+    entry = bytes([0, 56, 30]) + bytes(21) + (7).to_bytes(8, "big") + bytes(24)
+    reply = bytes([5, ofwire.OFPT_MULTIPART_REPLY, 0, 0, 0, 0, 0, 1]) + bytes([0, 1]) + bytes(6)
+    assert ofwire.flow_stats_ids(reply + entry) == [FlowId(30, 7)]
+    with pytest.raises(ValueError, match="trailing bytes"):
+        ofwire.flow_stats_ids(reply + entry[:40])
+    with pytest.raises(ValueError, match="entry of length 200"):
+        ofwire.flow_stats_ids(reply + bytes([0, 200]) + entry[2:])
+    with pytest.raises(ValueError, match="not a flow-stats reply"):
+        ofwire.flow_stats_ids(reply[:9] + bytes([2]) + reply[10:] + entry)
