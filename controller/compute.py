@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from controller import pipeline as P
 from controller.flows import (
@@ -172,72 +173,99 @@ def _to_tunnel(vni: int, ofport: int) -> tuple[Action, ...]:
     return (SetField("tunnel_id", vni), Output(ofport))
 
 
+def _default_flows() -> tuple[Flow, ...]:
+    out = []
+    for table in P.PIPELINE.values():
+        default = {P.ARP_RESPONDER: P.L2_LOOKUP, P.L2_LOOKUP: P.FLOOD}.get(table.table_id)
+        out.append(Flow(table.table_id, 0, Match(), goto=default))
+    return tuple(out)
+
+
+DEFAULT_FLOWS: Final = _default_flows()  # every table's priority-0 flow, on every host
+
+
+# A host's flows are the union of independent parts; each part is a pure function of a small
+# piece of the state, so the incremental engine (controller/incremental.py) recomputes only the
+# parts an event touches, and compute_flows() below is the same parts over the whole state.
+
+def vif_flows(b: Binding, vni: int) -> Iterator[Flow]:
+    """A local forwarded VIF: classify into its network, then its port security."""
+    yield Flow(P.CLASSIFY, 100, Match.of(in_port=b.ofport), write_metadata=(vni, METADATA_MASK),
+               goto=P.PORT_SECURITY)
+    yield from _port_security(b)
+
+
+def standby_flows(b: Binding) -> Iterator[Flow]:
+    """A local standby VIF (migration target) only reports the guest's announcement."""
+    for eth_type, dst in ((ETH_RARP, None), (ETH_ARP, BROADCAST)):
+        m = Match.of(in_port=b.ofport, eth_src=b.mac, eth_type=eth_type,
+                     **({"eth_dst": dst} if dst else {}))
+        yield Flow(P.CLASSIFY, 100, m, (ToController(),))
+    yield Flow(P.CLASSIFY, 90, Match.of(in_port=b.ofport))
+
+
+def arp_flows(net: Network, members: Sequence[Binding]) -> tuple[Flow, ...]:
+    """ARP answered locally for every known IP of the network, the same on each of its hosts
+    (an IP two VIFs claim is left to the owners themselves: flooded, never answered by us)."""
+    ip_count: dict[IPAddress, int] = {}
+    for b in members:
+        for ip in set(b.ips):
+            ip_count[ip] = ip_count.get(ip, 0) + 1
+    return tuple(f for b in members
+                 for f in _arp_responder(net, b, {ip for ip in b.ips if ip_count[ip] == 1}))
+
+
+def network_flows(host: str, net: Network, members: Sequence[Binding], hosts: Iterable[str],
+                  tun_port: Mapping[str, int]) -> Iterator[Flow]:
+    """``host``'s flows for one of its networks: tunnel classify for the other ``hosts`` of
+    the network, L2 lookup of its ``members`` (forwarded VIFs), flood."""
+    vni = net.vni
+    for remote in hosts:
+        if remote != host and remote in tun_port:
+            yield Flow(P.CLASSIFY, 100, Match.of(in_port=tun_port[remote], tunnel_id=vni),
+                       write_metadata=(vni | FROM_TUNNEL, METADATA_MASK), goto=P.L2_LOOKUP)
+    masked = f"{vni:#x}/{METADATA_VNI_MASK:#x}"
+    for b in members:
+        if b.host == host:
+            yield Flow(P.L2_LOOKUP, 100, Match.of(metadata=masked, eth_dst=b.mac),
+                       (Output(b.ofport),))
+        elif b.host in tun_port:
+            yield Flow(P.L2_LOOKUP, 100, Match.of(metadata=vni, eth_dst=b.mac),
+                       _to_tunnel(vni, tun_port[b.host]))
+    yield Flow(P.L2_LOOKUP, 50, Match.of(metadata=masked, eth_dst=MULTICAST_BIT), goto=P.FLOOD)
+    # flood: local members always; remote hosts only for traffic from a local VIF
+    local_out = tuple(Output(b.ofport) for b in members if b.host == host)
+    remotes = sorted({b.host for b in members if b.host != host and b.host in tun_port})
+    remote_out = tuple(a for r in remotes for a in _to_tunnel(vni, tun_port[r]))
+    yield Flow(P.FLOOD, 100, Match.of(metadata=vni), local_out + remote_out)
+    yield Flow(P.FLOOD, 100, Match.of(metadata=vni | FROM_TUNNEL), local_out)
+
+
+def tunnel_ports(state: State, host: str) -> dict[str, int]:
+    """remote host -> ofport of ``host``'s tunnel port towards it (only ports that exist)."""
+    return {t.remote: t.ofport for t in state.tunnels if t.host == host and t.ofport > 0}
+
+
 def compute_flows(state: State, host: str) -> frozenset[Flow]:
     """Every veil flow ``host``'s br-int should hold for ``state`` (checked against PIPELINE)."""
     return P.check_flows(_flows(state, host))
 
 
 def _flows(state: State, host: str) -> Iterator[Flow]:
-    for table in P.PIPELINE.values():
-        default = {P.ARP_RESPONDER: P.L2_LOOKUP, P.L2_LOOKUP: P.FLOOD}.get(table.table_id)
-        yield Flow(table.table_id, 0, Match(), goto=default)
+    yield from DEFAULT_FLOWS
     if host not in state.hosts:
         return
     place = state.placed
-    nets = state.host_networks
-    mine = nets.get(host, frozenset())
-    tun_port: Mapping[str, int] = {
-        t.remote: t.ofport for t in state.tunnels if t.host == host and t.ofport > 0
-    }
-    active = list(place.active.values())
-    local = [b for b in active if b.host == host]
-
-    # classify: VIFs
-    for b in local:
-        net = state.networks[b.network]
-        yield Flow(P.CLASSIFY, 100, Match.of(in_port=b.ofport),
-                   write_metadata=(net.vni, METADATA_MASK), goto=P.PORT_SECURITY)
-        yield from _port_security(b)
-    # classify: standby VIFs (migration target) only report the guest's announcement
-    for b in (s for s in place.standby if s.host == host):
-        for eth_type, dst in ((ETH_RARP, None), (ETH_ARP, BROADCAST)):
-            m = Match.of(in_port=b.ofport, eth_src=b.mac, eth_type=eth_type,
-                         **({"eth_dst": dst} if dst else {}))
-            yield Flow(P.CLASSIFY, 100, m, (ToController(),))
-        yield Flow(P.CLASSIFY, 90, Match.of(in_port=b.ofport))
-    # classify: tunnels, only for the networks both ends have
-    for remote, ofport in sorted(tun_port.items()):
-        for net_name in sorted(mine & nets.get(remote, frozenset())):
-            vni = state.networks[net_name].vni
-            yield Flow(P.CLASSIFY, 100, Match.of(in_port=ofport, tunnel_id=vni),
-                       write_metadata=(vni | FROM_TUNNEL, METADATA_MASK), goto=P.L2_LOOKUP)
-
-    for net_name in sorted(mine):
+    for b in place.active.values():
+        if b.host == host:
+            yield from vif_flows(b, state.networks[b.network].vni)
+    for b in place.standby:
+        if b.host == host:
+            yield from standby_flows(b)
+    tun_port = tunnel_ports(state, host)
+    for net_name in sorted(state.host_networks.get(host, frozenset())):
         net = state.networks[net_name]
-        members = [b for b in active if b.network == net_name]
-        # ARP answered locally for every known IP of the network (an IP two VIFs claim is
-        # left to the owners themselves: flooded, never answered by us)
-        ip_count: dict[IPAddress, int] = {}
-        for b in members:
-            for ip in set(b.ips):
-                ip_count[ip] = ip_count.get(ip, 0) + 1
-        for b in members:
-            yield from _arp_responder(net, b, {ip for ip in b.ips if ip_count[ip] == 1})
-        # L2 lookup
-        for b in members:
-            if b.host == host:
-                yield Flow(P.L2_LOOKUP, 100,
-                           Match.of(metadata=f"{net.vni:#x}/{METADATA_VNI_MASK:#x}",
-                                    eth_dst=b.mac), (Output(b.ofport),))
-            elif b.host in tun_port:
-                yield Flow(P.L2_LOOKUP, 100, Match.of(metadata=net.vni, eth_dst=b.mac),
-                           _to_tunnel(net.vni, tun_port[b.host]))
-        yield Flow(P.L2_LOOKUP, 50,
-                   Match.of(metadata=f"{net.vni:#x}/{METADATA_VNI_MASK:#x}",
-                            eth_dst=MULTICAST_BIT), goto=P.FLOOD)
-        # flood: local members always; remote hosts only for traffic from a local VIF
-        local_out = tuple(Output(b.ofport) for b in members if b.host == host)
-        remotes = sorted({b.host for b in members if b.host != host and b.host in tun_port})
-        remote_out = tuple(a for r in remotes for a in _to_tunnel(net.vni, tun_port[r]))
-        yield Flow(P.FLOOD, 100, Match.of(metadata=net.vni), local_out + remote_out)
-        yield Flow(P.FLOOD, 100, Match.of(metadata=net.vni | FROM_TUNNEL), local_out)
+        members = state.members.get(net_name, ())
+        yield from arp_flows(net, members)
+        yield from network_flows(host, net, members, sorted(state.network_hosts[net_name]),
+                                 tun_port)

@@ -34,39 +34,54 @@ ARP_REPLY: Final = 2
 MatchValue = int | str  # ints for numbers; MACs/IPs as text, optionally "value/mask"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Output:
     port: int
 
+    def text(self) -> str:
+        return f"output:{self.port}"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class OutputInPort:
     """Send back out of the port the packet came in on (OFPP_IN_PORT)."""
 
+    def text(self) -> str:
+        return "in_port"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class ToController:
     """Punt to the controller (packet-in), e.g. a migrated guest's RARP."""
 
+    def text(self) -> str:
+        return "controller"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class SetField:
     field: str
     value: MatchValue
 
+    def text(self) -> str:
+        return f"set:{self.value!r}->{self.field}"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Move:
     """Copy a whole field into another of the same width (NXAST_REG_MOVE)."""
 
     src: str
     dst: str
 
+    def text(self) -> str:
+        return f"move:{self.src}->{self.dst}"
+
 
 Action = Output | OutputInPort | ToController | SetField | Move
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     """An ordered, hashable set of field=value matches."""
 
@@ -83,9 +98,13 @@ class Match:
         return frozenset(k for k, _ in self.fields)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flow:
-    """One flow entry: match, then apply ``actions`` in order, then write metadata / goto."""
+    """One flow entry: match, then apply ``actions`` in order, then write metadata / goto.
+
+    Slotted, hashed by its cookie (computed once, at construction): hosts hold hundreds of
+    thousands of these at scale, and sets of them are diffed on every event.
+    """
 
     table: int
     priority: int
@@ -99,6 +118,9 @@ class Flow:
         digest = hashlib.blake2b(self.canonical().encode(), digest_size=6).digest()
         object.__setattr__(self, "cookie", COOKIE_TAG | int.from_bytes(digest, "big"))
 
+    def __hash__(self) -> int:  # equal flows have equal cookies: hash the cached one
+        return self.cookie
+
     @property
     def key(self) -> tuple[int, int, Match]:
         """What OpenFlow itself keys a flow by: two flows with one key overwrite each other."""
@@ -109,10 +131,11 @@ class Flow:
         return FlowId(self.table, self.cookie)
 
     def canonical(self) -> str:
-        return (
-            f"t={self.table} p={self.priority} m={self.match.fields!r} a={self.actions!r} "
-            f"w={self.write_metadata!r} g={self.goto!r}"
-        )
+        """The flow's whole content as text: what its cookie is a hash of (stable across runs,
+        unlike ``hash()``)."""
+        m = ",".join(f"{k}={v!r}" for k, v in self.match.fields)
+        a = ",".join(x.text() for x in self.actions)
+        return f"t={self.table} p={self.priority} m={m} a={a} w={self.write_metadata!r} g={self.goto!r}"
 
 
 @dataclass(frozen=True, order=True)

@@ -145,6 +145,23 @@ class State:
             out.setdefault(b.host, set()).add(b.network)
         return MappingProxyType({h: frozenset(n) for h, n in out.items()})
 
+    @cached_property
+    def network_hosts(self) -> Mapping[str, frozenset[str]]:
+        """network -> hosts with live bindings in it (the inverse of ``host_networks``)."""
+        out: dict[str, set[str]] = {}
+        for h, nets in self.host_networks.items():
+            for n in nets:
+                out.setdefault(n, set()).add(h)
+        return MappingProxyType({n: frozenset(h) for n, h in out.items()})
+
+    @cached_property
+    def members(self) -> Mapping[str, tuple[Binding, ...]]:
+        """network -> its forwarded (active) bindings, in iface-id order."""
+        out: dict[str, list[Binding]] = {}
+        for b in self.placed.active.values():  # placement keeps iface-id order
+            out.setdefault(b.network, []).append(b)
+        return MappingProxyType({n: tuple(bs) for n, bs in out.items()})
+
     @staticmethod
     def build(
         tenants: Iterable[Tenant] = (),
