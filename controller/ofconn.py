@@ -11,6 +11,7 @@ caller. Flow-mods are encoded by ``ofwire`` and a whole bundle goes out in one w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
@@ -198,14 +199,15 @@ class OfSession:
                                           *encode(items[i]))
                         for i in range(start, min(start + CHUNK, n))]))
             except BaseException:  # e.g. a flow that cannot be encoded: drop the half bundle
-                self._send_bytes(ofwire.bundle_ctrl(self._take_xids(1), bundle_id,
-                                                    ofp.OFP.OFPBCT_DISCARD_REQUEST, flags))
+                with contextlib.suppress(OSError):  # (unless the socket itself broke)
+                    self._send_bytes(ofwire.bundle_ctrl(self._take_xids(1), bundle_id,
+                                                        ofp.OFP.OFPBCT_DISCARD_REQUEST, flags))
                 raise
             self._send_bytes(ofwire.barrier_request(barrier_xid))
             self._wait(barrier_xid, barrier, "barrier after bundle adds")
-            self._wait(open_xid, opened, "bundle open")  # answered before the barrier
-            with self._lock:
-                errors = list(adds.errors)
+            with self._lock:  # the open was answered before the barrier
+                refused = list(adds.errors)
+                errors = ([f"bundle open: {opened.error}"] if opened.error else []) + refused
         finally:
             with self._lock:
                 self._runs.remove(adds)
@@ -213,10 +215,12 @@ class OfSession:
                 self._waiters.pop(barrier_xid, None)
         ctrl = ofp.PARSER.OFPBundleCtrlMsg
         if errors:
-            self.request(ctrl(self.dp, bundle_id, ofp.OFP.OFPBCT_DISCARD_REQUEST, flags, []),
-                         "bundle discard")
+            # (after a refused open the adds may have created the bundle implicitly, or not)
+            with contextlib.suppress(OpenFlowError):
+                self.request(ctrl(self.dp, bundle_id, ofp.OFP.OFPBCT_DISCARD_REQUEST, flags, []),
+                             "bundle discard")
             raise OpenFlowError(f"{self.target}: bundle refused, nothing applied: "
-                                f"{errors[0]} ({len(errors)} of {n} flow mods)")
+                                f"{errors[0]} ({len(refused)} of {n} messages refused)")
         self.request(ctrl(self.dp, bundle_id, ofp.OFP.OFPBCT_COMMIT_REQUEST, flags, []),
                      f"bundle commit of {n} flow mods")
 

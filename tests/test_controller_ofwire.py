@@ -244,7 +244,8 @@ def test_a_refused_flow_anywhere_in_a_big_bundle_applies_nothing(
     flows = l2(3 * CHUNK, start=10)
     bad = Flow(30, 5, Match.of(metadata=7), goto=10)  # a goto backwards: the switch refuses it
     at = 2 * CHUNK + 7  # in the third socket write
-    with pytest.raises(OpenFlowError, match=r"bundle refused, nothing applied: .*\(1 of "):
+    with pytest.raises(OpenFlowError, match=r"bundle refused, nothing applied: .*\(1 of "
+                                            rf"{3 * CHUNK + 2} messages refused\)"):
         session.apply(FlowDiff(tuple(flows[:at] + [bad] + flows[at:]),
                                (before[0].ident,)))
     assert session.installed() == frozenset(f.ident for f in before)
@@ -263,6 +264,19 @@ def test_a_flow_that_cannot_be_encoded_mid_bundle_applies_nothing(
     assert session.installed() == frozenset()
     session.apply(FlowDiff(tuple(flows), ()))
     assert session.installed() == frozenset(f.ident for f in flows)
+
+
+@pytest.mark.lab
+def test_a_refused_bundle_open_applies_nothing(ovs: OvsInstance, session: OfSession) -> None:
+    # the next bundle's id is its first xid: open a bundle with that id ahead of it
+    taken = ofp.PARSER.OFPBundleCtrlMsg(DP, session._next_xid + 1, ofp.OFP.OFPBCT_OPEN_REQUEST,
+                                        FLAGS, [])
+    session.request(taken, "an open bundle in the way")
+    with pytest.raises(OpenFlowError, match="bundle refused, nothing applied: bundle open: type="):
+        session.apply(FlowDiff(tuple(l2(5)), ()))
+    assert session.installed() == frozenset()
+    session.apply(FlowDiff(tuple(l2(5)), ()))
+    assert session.installed() == frozenset(f.ident for f in l2(5))
 
 
 @pytest.mark.lab
