@@ -370,6 +370,65 @@ def test_tunnel_packets_are_accepted_only_for_the_networks_both_ends_share(
     assert any(expect.values())  # the positive cases exist (and were delivered)
 
 
+def plug_extra_vm(lab: Lab, name: str, host: str, mac: str, ip: str, network: str,
+                  tenant: str) -> str:
+    """A VM that is not in the topology (a namespace on ``host``'s br-int, registered as the
+    hooks would); returns its namespace. The caller deletes it (and its port)."""
+    h = lab.hosts[host]
+    ns = f"{lab.prefix}-vm-{name}"
+    netns.add_netns(ns)
+    netns.add_veth(ns, "eth0", h.ns, f"tap-{name}")
+    netns.run(["ip", "link", "set", "eth0", "address", mac], ns=ns)
+    netns.run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], ns=ns)
+    ids = {contract.IFACE_ID: f"{lab.prefix}-{name}", contract.ATTACHED_MAC: mac,
+           contract.IFACE_STATUS: contract.STATUS_ACTIVE, contract.VEIL_NETWORK: network,
+           contract.VEIL_TENANT: tenant, VEIL_IPS: ip}
+    h.ovs.vsctl("add-port", "br-int", f"tap-{name}", *(a for k, v in ids.items() for a in (
+        "--", "set", "Interface", f"tap-{name}", f'external_ids:{k}="{v}"')))
+    return ns
+
+
+def test_a_vm_with_another_tenants_mac_on_the_same_host_gets_none_of_its_traffic(
+        lab: tuple[Lab, LabController]) -> None:
+    """Tenant B starts a VM with a1's MAC next to a1 (dc1-h1). It works in its own network
+    (the control: pings with b1 and b2), gets none of a1's traffic, and its broadcasts and
+    ARP stay in tenant B."""
+    lab_, _ = lab
+    a1 = lab_.vms["a1"]
+    host = lab_.placement("a1")
+    clone_ip = "198.19.0.14"
+    ns = plug_extra_vm(lab_, "bx", host, a1.mac, clone_ip, lab_.vms["b1"].network, "globex")
+    try:
+        eventually("the clone is reachable in tenant B",
+                   lambda: lab_.ping("b1", clone_ip) and lab_.ping("b2", clone_ip))
+        dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-nn",
+                                 "-e", "-l", "-U", "icmp or arp"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert dump.stderr is not None
+        dump.stderr.readline()
+        try:
+            def tenant_a_talks() -> None:
+                for peer in ("a2", "a3"):
+                    assert lab_.ping(peer, "a1", count=2), peer
+                lab_.exec("a2", ["ip", "neigh", "flush", "dev", "eth0"], check=True)
+                assert lab_.ping("a2", "a1")  # a fresh ARP: answered with a1, nowhere else
+            seen = captured(lab_, ["a1"], "icmp", tenant_a_talks)
+            assert lab_.ping("b1", clone_ip)  # control for the clone's capture
+            arp = netns.run(["arping", "-c", "1", "-w", "2", "-I", "eth0",
+                             lab_.vms["b1"].ip], ns=ns).stdout
+        finally:
+            time.sleep(0.3)
+            dump.send_signal(signal.SIGINT)
+            text, _ = dump.communicate(timeout=10)
+        assert seen["a1"].count("ICMP echo request") >= 5, seen["a1"]
+        assert f"{lab_.vms['b1'].ip} > {clone_ip}: ICMP echo request" in text, text
+        assert lab_.vms["a2"].mac not in text and lab_.vms["a3"].mac not in text, text
+        assert lab_.vms["b1"].mac.upper() in arp.upper(), arp  # tenant B's answer, not A's
+    finally:
+        lab_.hosts[host].ovs.vsctl("--if-exists", "del-port", "br-int", "tap-bx")
+        netns.delete_netns(ns)
+
+
 def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
         lab: tuple[Lab, LabController]) -> None:
     """While a2 is live-migrating (a standby copy on dc2-h2), attackers on the destination
