@@ -229,10 +229,20 @@ def action_bytes(action: Action) -> bytes:
     raise TypeError(f"not an action: {action!r}")
 
 
-@lru_cache(maxsize=1 << 14)
 def instructions(actions: tuple[Action, ...], write_metadata: tuple[int, int] | None,
                  goto: int | None) -> bytes:
-    """Apply-actions, then write-metadata, then goto: the order ``ofp.to_flow_mod`` uses."""
+    """Apply-actions, then write-metadata, then goto: the order ``ofp.to_flow_mod`` uses.
+
+    Short lists repeat across flows (one output; a tunnel's set-field + output; the ARP
+    responder's 8) and are cached; a flood flow's long list (up to 64 KiB) is built each time,
+    so the cache stays within a few MB."""
+    if len(actions) <= CACHED_ACTIONS:
+        return _cached_instructions(actions, write_metadata, goto)
+    return _instructions(actions, write_metadata, goto)
+
+
+def _instructions(actions: tuple[Action, ...], write_metadata: tuple[int, int] | None,
+                  goto: int | None) -> bytes:
     parts: list[bytes] = []
     if actions:
         acts = b"".join([action_bytes(a) for a in actions])
@@ -246,6 +256,10 @@ def instructions(actions: tuple[Action, ...], write_metadata: tuple[int, int] | 
     if goto is not None:
         parts.append(_GOTO.pack(OFPIT_GOTO_TABLE, 8, goto))
     return b"".join(parts)
+
+
+CACHED_ACTIONS: Final = 8
+_cached_instructions: Final = lru_cache(maxsize=1 << 14)(_instructions)
 
 
 # -- messages ----------------------------------------------------------------------------------
