@@ -330,8 +330,9 @@ def test_a_vms_tunnel_packets_are_tenant_payload_never_decapsulated(
 def test_tunnel_packets_are_accepted_only_for_the_networks_both_ends_share(
         lab: tuple[Lab, LabController]) -> None:
     """The underlay router forges Geneve packets (source = a real peer host) with every VNI
-    to every host. Only a VNI of a network the (claimed) sender and the receiver share is
-    decapsulated, only into that network, only to local VMs (never back into a tunnel)."""
+    (and 0, and one nobody serves) to every host. Only a VNI of a network the (claimed)
+    sender and the receiver share is decapsulated, only into that network, only to local
+    VMs (never back into a tunnel)."""
     lab_, ctl = lab
     vni = vnis(ctl)
     unserved = max(vni.values()) + 100
@@ -343,7 +344,7 @@ def test_tunnel_packets_are_accepted_only_for_the_networks_both_ends_share(
     expect: dict[str, set[str]] = {v: set() for v in lab_.vms}
     for src in lab_.hosts:
         for dst in lab_.hosts:
-            for net, key in [*vni.items(), ("none", unserved)]:
+            for net, key in [*vni.items(), ("none", unserved), ("none", 0)]:
                 for dst_mac in (BROADCAST, *macs.values()):
                     tag = f"INJ-{key}-{src}-{dst}-{dst_mac.replace(':', '')}"
                     inner = udp_frame("02:00:00:00:00:99", dst_mac, "198.19.0.99",
