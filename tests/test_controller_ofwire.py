@@ -120,7 +120,7 @@ def _actions() -> st.SearchStrategy[Action]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_actions(), max_size=8),
+@given(st.lists(_actions(), max_size=2 * ofwire.CACHED_ACTIONS),
        st.none() | st.tuples(st.integers(0, ofwire.ALL_ONES64), st.integers(0, ofwire.ALL_ONES64)),
        st.none() | st.integers(1, 254))
 def test_every_action_and_instruction_encodes_like_osken(
