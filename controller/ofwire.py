@@ -128,7 +128,10 @@ def _text_value(kind: str, size: int, text: str) -> bytes:
         if kind == MAC:
             if len(text) != 17 or text[2::3] != ":::::":
                 raise Unsupported(f"MAC {text!r} not in aa:bb:cc:dd:ee:ff form")
-            return bytes.fromhex(text.replace(":", ""))
+            raw = bytes.fromhex(text.replace(":", ""))
+            if len(raw) != 6:  # fromhex skips spaces
+                raise Unsupported(f"MAC {text!r} not in aa:bb:cc:dd:ee:ff form")
+            return raw
         if kind == IPV4:
             return ipaddress.IPv4Address(text).packed
         if "%" in text:  # a scoped IPv6 address: os-ken decides what that means
