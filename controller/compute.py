@@ -219,26 +219,47 @@ def network_flows(host: str, net: Network, members: Sequence[Binding], hosts: It
                   tun_port: Mapping[str, int]) -> Iterator[Flow]:
     """``host``'s flows for one of its networks: tunnel classify for the other ``hosts`` of
     the network, L2 lookup of its ``members`` (forwarded VIFs), flood."""
-    vni = net.vni
+    yield from tunnel_classify_flows(host, net.vni, hosts, tun_port)
+    for b in members:
+        flow = l2_flow(host, net.vni, b, tun_port)
+        if flow is not None:
+            yield flow
+    yield from bum_flows(host, net.vni, members, tun_port)
+
+
+def tunnel_classify_flows(host: str, vni: int, hosts: Iterable[str],
+                          tun_port: Mapping[str, int]) -> Iterator[Flow]:
+    """Packets from the tunnels of the network's other hosts, by VNI, into the network."""
     for remote in hosts:
         if remote != host and remote in tun_port:
             yield Flow(P.CLASSIFY, 100, Match.of(in_port=tun_port[remote], tunnel_id=vni),
                        write_metadata=(vni | FROM_TUNNEL, METADATA_MASK), goto=P.L2_LOOKUP)
-    masked = f"{vni:#x}/{METADATA_VNI_MASK:#x}"
-    for b in members:
-        if b.host == host:
-            yield Flow(P.L2_LOOKUP, 100, Match.of(metadata=masked, eth_dst=b.mac),
-                       (Output(b.ofport),))
-        elif b.host in tun_port:
-            yield Flow(P.L2_LOOKUP, 100, Match.of(metadata=vni, eth_dst=b.mac),
-                       _to_tunnel(vni, tun_port[b.host]))
-    yield Flow(P.L2_LOOKUP, 50, Match.of(metadata=masked, eth_dst=MULTICAST_BIT), goto=P.FLOOD)
-    # flood: local members always; remote hosts only for traffic from a local VIF
+
+
+def l2_flow(host: str, vni: int, b: Binding, tun_port: Mapping[str, int]) -> Flow | None:
+    """Unicast to member ``b``: its local port, or (from local VIFs only) its host's tunnel."""
+    if b.host == host:
+        return Flow(P.L2_LOOKUP, 100, Match.of(metadata=f"{vni:#x}/{METADATA_VNI_MASK:#x}",
+                                               eth_dst=b.mac), (Output(b.ofport),))
+    if b.host in tun_port:
+        return Flow(P.L2_LOOKUP, 100, Match.of(metadata=vni, eth_dst=b.mac),
+                    _to_tunnel(vni, tun_port[b.host]))
+    return None
+
+
+def bum_flows(host: str, vni: int, members: Sequence[Binding],
+              tun_port: Mapping[str, int]) -> tuple[Flow, ...]:
+    """Broadcast/unknown/multicast: local members always; the remote hosts of the members only
+    for traffic from a local VIF (split horizon)."""
     local_out = tuple(Output(b.ofport) for b in members if b.host == host)
     remotes = sorted({b.host for b in members if b.host != host and b.host in tun_port})
     remote_out = tuple(a for r in remotes for a in _to_tunnel(vni, tun_port[r]))
-    yield Flow(P.FLOOD, 100, Match.of(metadata=vni), local_out + remote_out)
-    yield Flow(P.FLOOD, 100, Match.of(metadata=vni | FROM_TUNNEL), local_out)
+    return (
+        Flow(P.L2_LOOKUP, 50, Match.of(metadata=f"{vni:#x}/{METADATA_VNI_MASK:#x}",
+                                       eth_dst=MULTICAST_BIT), goto=P.FLOOD),
+        Flow(P.FLOOD, 100, Match.of(metadata=vni), local_out + remote_out),
+        Flow(P.FLOOD, 100, Match.of(metadata=vni | FROM_TUNNEL), local_out),
+    )
 
 
 def tunnel_ports(state: State, host: str) -> dict[str, int]:

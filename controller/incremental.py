@@ -17,13 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Final, Protocol
 
 from controller import pipeline as P
 from controller.compute import (
     DEFAULT_FLOWS,
     TunnelSpec,
     arp_flows,
-    network_flows,
+    bum_flows,
+    l2_flow,
+    tunnel_classify_flows,
     standby_flows,
     tunnel_kind,
     tunnel_name,
@@ -33,7 +36,6 @@ from controller.diff import FlowDiff
 from controller.flows import Flow
 from controller.model import Binding, Host, InvalidState, Network, State, Tenant, TunnelPort
 
-_NONE: frozenset[Flow] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,20 @@ class Update:
     tunnel_hosts: frozenset[str]
 
 
+class _Sink(Protocol):
+    def swap(self, old: Iterable[Flow], new: Iterable[Flow]) -> None: ...
+
+
+class _Discard:
+    """Where the full recompute sends part changes: nobody needs them as a diff."""
+
+    def swap(self, old: Iterable[Flow], new: Iterable[Flow]) -> None:
+        pass
+
+
+_DISCARD: Final = _Discard()
+
+
 @dataclass
 class _HostDelta:
     add: set[Flow] = field(default_factory=set)
@@ -89,6 +105,41 @@ class _HostDelta:
         P.check_flows(add)
         return FlowDiff(tuple(sorted(add, key=lambda f: (f.table, -f.priority, f.cookie))),
                         tuple(sorted(f.ident for f in delete)))
+
+
+@dataclass(slots=True)
+class _NetPart:
+    """One host's flows for one of its networks, kept in pieces that change separately."""
+
+    classify: tuple[Flow, ...]  # from the tunnels of the network's other hosts
+    l2: dict[Binding, Flow]  # per member with a path
+    bum: tuple[Flow, ...]
+
+    @staticmethod
+    def of(host: str, vni: int, members: Iterable[Binding], hosts: Iterable[str],
+           tun_port: Mapping[str, int]) -> _NetPart:
+        l2 = {b: f for b in members if (f := l2_flow(host, vni, b, tun_port)) is not None}
+        return _NetPart(tuple(tunnel_classify_flows(host, vni, hosts, tun_port)), l2,
+                        bum_flows(host, vni, tuple(members), tun_port))
+
+    def flows(self) -> list[Flow]:
+        return [*self.classify, *self.l2.values(), *self.bum]
+
+    def members_changed(self, host: str, vni: int, left: set[Binding], joined: set[Binding],
+                        members: tuple[Binding, ...], tun_port: Mapping[str, int]
+                        ) -> tuple[list[Flow], list[Flow]]:
+        """Update in place; the flows that went and the flows that came."""
+        old = [f for b in left if (f := self.l2.pop(b, None)) is not None]
+        new = []
+        for b in joined:
+            f = l2_flow(host, vni, b, tun_port)
+            if f is not None:
+                self.l2[b] = f
+                new.append(f)
+        old.extend(self.bum)
+        self.bum = bum_flows(host, vni, members, tun_port)
+        new.extend(self.bum)
+        return old, new
 
 
 class Engine:
@@ -118,16 +169,18 @@ class Engine:
         self._host_nets: dict[str, set[str]] = {}
         self._tun_port: dict[str, dict[str, int]] = {}  # host -> remote -> ofport
         self._arp: dict[str, tuple[Flow, ...]] = {}
-        self._net_flows: dict[tuple[str, str], frozenset[Flow]] = {}  # (host, network)
+        self._parts: dict[tuple[str, str], _NetPart] = {}  # (host, network)
         self._local: dict[str, set[Binding]] = {}  # host -> its forwarded VIFs
         self._local_standby: dict[str, set[Binding]] = {}
 
     @staticmethod
-    def of(state: State) -> tuple[Engine, Update]:
-        """An engine holding ``state`` (the full recompute), and every host's flows as adds."""
+    def of(state: State) -> Engine:
+        """An engine holding ``state``: every shared part computed (the full recompute); a
+        host's whole flow set is then ``flows(host)``, assembled when a switch needs it."""
         engine = Engine(state.tenants.values(), state.networks.values(), state.hosts.values())
-        update = engine.update(Changes(state.bindings, (), state.tunnels, (), state.claims))
-        return engine, update
+        engine._apply(Changes(state.bindings, (), state.tunnels, (), state.claims),
+                      lambda host: _DISCARD)
+        return engine
 
     # -- reading ----------------------------------------------------------------------------
     def flows(self, host: str) -> frozenset[Flow]:
@@ -139,7 +192,7 @@ class Engine:
             out.extend(standby_flows(b))
         for n in self._host_nets.get(host, ()):
             out.extend(self._arp.get(n, ()))
-            out.extend(self._net_flows[(host, n)])
+            out.extend(self._parts[(host, n)].flows())
         return P.check_flows(out)
 
     def tunnels(self, host: str) -> frozenset[TunnelSpec]:
@@ -157,6 +210,22 @@ class Engine:
                                      str(remote.underlay_ip), kind))
         return frozenset(specs)
 
+    def network_hosts(self, network: str) -> frozenset[str]:
+        """The hosts with live bindings in ``network``."""
+        return self._net_hosts.get(network, frozenset())
+
+    def forwarded(self, iface: str) -> Binding | None:
+        """The binding ``iface``'s traffic goes to, if any."""
+        return self._active.get(iface)
+
+    @property
+    def claims(self) -> Mapping[str, str]:
+        return MappingProxyType(self._claims)
+
+    def tunnel_remotes(self, host: str) -> frozenset[str]:
+        """The remotes ``host`` has a tunnel port (with an ofport) towards."""
+        return frozenset(self._tun_port.get(host, ()))
+
     def state(self) -> State:
         """The whole state this engine holds (O(size): for tests and tools)."""
         return State.build(self.tenants.values(), self.networks.values(), self.hosts.values(),
@@ -166,6 +235,18 @@ class Engine:
     # -- one event --------------------------------------------------------------------------
     def update(self, ch: Changes) -> Update:
         """Apply ``ch``; return per touched host the diff from its old flows to its new ones."""
+        delta: dict[str, _HostDelta] = {}
+
+        def at(host: str) -> _Sink:
+            return delta.setdefault(host, _HostDelta())
+
+        tunnel_hosts = self._apply(ch, at)
+        flows = {h: d for h, d in ((h, x.diff()) for h, x in delta.items()) if d}
+        return Update(MappingProxyType(flows), tunnel_hosts)
+
+    def _apply(self, ch: Changes, at: Callable[[str], _Sink]) -> frozenset[str]:
+        """Apply ``ch``, telling ``at(host)`` each part that changed; the hosts whose tunnels
+        may have changed."""
         touched: set[str] = set()
         old_ports = {t.host: dict(self._tun_port.get(t.host, {}))
                      for t in (*ch.tunnels_added, *ch.tunnels_removed)}
@@ -198,11 +279,6 @@ class Engine:
             touched |= {k for k in self._claims.keys() | new_claims.keys()
                         if self._claims.get(k) != new_claims.get(k)}
             self._claims = new_claims
-
-        delta: dict[str, _HostDelta] = {}
-
-        def at(host: str) -> _HostDelta:
-            return delta.setdefault(host, _HostDelta())
 
         # 1. the choice per iface-id (claim, else the oldest binding)
         nets: set[str] = set()
@@ -250,34 +326,54 @@ class Engine:
                 self._host_nets.setdefault(h, set()).add(n)
         moved = {n for n in old_hosts if old_hosts[n] != self._net_hosts.get(n, frozenset())}
         tun_hosts = {h for h, before in old_ports.items() if before != self._tun_port.get(h, {})}
-        # 5. ARP parts (the same on every host of a network) and (host, network) parts
-        dirty: set[tuple[str, str]] = set()
+        # 5. ARP parts (the same on every host of a network), diffed once per network
         for n in changed_members | moved:
             before, after = old_hosts.get(n, frozenset()), self._net_hosts.get(n, frozenset())
-            old_arp = self._arp.get(n, ())
+            old_arp = self._arp.pop(n, ())
             new_arp = arp_flows(self.networks[n], self._members.get(n, ())) if after else ()
             if new_arp:
                 self._arp[n] = new_arp
-            else:
-                self._arp.pop(n, None)
+            gone, came = set(old_arp) - set(new_arp), set(new_arp) - set(old_arp)
             for h in before | after:
-                at(h).swap(old_arp if h in before else (), new_arp if h in after else ())
-                dirty.add((h, n))
+                if h in before and h in after:
+                    at(h).swap(gone, came)
+                else:
+                    at(h).swap(old_arp if h in before else (), new_arp if h in after else ())
+        # 6. (host, network) parts: whole where the host joined or left the network or its
+        # tunnels changed; else only the pieces that depend on what changed
+        whole = {(h, n) for n in moved for h in old_hosts[n] ^ self._net_hosts.get(n, frozenset())}
         for h in tun_hosts:
-            dirty |= {(h, n) for n in self._host_nets.get(h, ())}
-        for h, n in dirty:
-            old_f = self._net_flows.pop((h, n), _NONE)
-            new_f = _NONE
+            whole |= {(h, n) for n in self._host_nets.get(h, ())}
+        for h, n in whole:
+            old_part = self._parts.pop((h, n), None)
+            new_part = None
             if h in self._net_hosts.get(n, ()):
-                new_f = frozenset(network_flows(
-                    h, self.networks[n], self._members.get(n, ()), sorted(self._net_hosts[n]),
-                    self._tun_port.get(h, {})))
-                self._net_flows[(h, n)] = new_f
-            if old_f != new_f:
-                at(h).swap(old_f, new_f)
-        flows = {h: d for h, d in ((h, x.diff()) for h, x in delta.items()) if d}
-        tunnel_hosts = {h for n in moved for h in old_hosts[n] | self._net_hosts.get(n, frozenset())}
-        return Update(MappingProxyType(flows), frozenset(tunnel_hosts))
+                new_part = _NetPart.of(h, self.networks[n].vni, self._members.get(n, ()),
+                                       self._net_hosts[n], self._tun_port.get(h, {}))
+                self._parts[(h, n)] = new_part
+            at(h).swap(old_part.flows() if old_part else (), new_part.flows() if new_part else ())
+        for n in changed_members | moved:
+            old_m, new_m = set(old_members.get(n, ())), set(self._members.get(n, ()))
+            left, joined = old_m - new_m, new_m - old_m
+            for h in self._net_hosts.get(n, ()):
+                if (h, n) in whole:
+                    continue
+                part, tun_port, vni = self._parts[(h, n)], self._tun_port.get(h, {}), \
+                    self.networks[n].vni
+                out: list[Flow] = []
+                into: list[Flow] = []
+                if n in moved:
+                    out.extend(part.classify)
+                    part.classify = tuple(tunnel_classify_flows(h, vni, self._net_hosts[n],
+                                                                tun_port))
+                    into.extend(part.classify)
+                if n in changed_members:
+                    m_out, m_in = part.members_changed(h, vni, left, joined,
+                                                      self._members.get(n, ()), tun_port)
+                    out.extend(m_out)
+                    into.extend(m_in)
+                at(h).swap(out, into)
+        return frozenset(h for n in moved for h in old_hosts[n] | self._net_hosts.get(n, frozenset()))
 
     # -- helpers ------------------------------------------------------------------------------
     def _take_port(self, host: str, ofport: int, owner: Binding | TunnelPort) -> None:
@@ -308,7 +404,7 @@ class Engine:
             owner.setdefault(b.mac, b)
         return tuple(sorted(owner.values(), key=lambda b: b.iface_id))
 
-    def _set_roles(self, iface: str, at: Callable[[str], _HostDelta],
+    def _set_roles(self, iface: str, at: Callable[[str], _Sink],
                    host_nets_changed: set[str]) -> None:
         """Move ``iface``'s VIF parts to match its new forwarded/standby bindings."""
         old_active = self._placed.get(iface)

@@ -71,7 +71,7 @@ def _flow_ids(state: State, host: str) -> frozenset[FlowId]:
 @given(topologies(), st.data())
 def test_incremental_equals_full_recompute_for_random_events(state: State,
                                                               data: st.DataObject) -> None:
-    engine, _ = Engine.of(state)
+    engine = Engine.of(state)
     hosts = sorted(state.hosts) + ["ghost"]
     installed = {h: _flow_ids(state, h) for h in hosts}  # every switch in sync
     for _ in range(data.draw(st.integers(1, 6))):
@@ -106,7 +106,7 @@ def test_an_event_touches_only_the_hosts_of_its_network() -> None:
     """A VM starting in network n reprograms n's hosts; a host without n gets nothing."""
     state = _fabric(4, [("a", 1, "n", "198.19.0.1"), ("b", 2, "n", "198.19.0.2"),
                         ("c", 3, "m", "198.19.0.1"), ("d", 4, "m", "198.19.0.2")])
-    engine, _ = Engine.of(state)
+    engine = Engine.of(state)
     new_vm = Binding("e", "h2", mac(9), "n", 9, (ipaddress.ip_address("198.19.0.5"),))
     update = engine.update(Changes(added=(new_vm,)))
     assert set(update.flows) == {"h1", "h2"}
@@ -123,7 +123,7 @@ def test_an_event_touches_only_the_hosts_of_its_network() -> None:
 
 def test_a_vm_in_a_new_place_brings_tunnels_to_its_network_only() -> None:
     state = _fabric(4, [("a", 1, "n", "198.19.0.1"), ("c", 3, "m", "198.19.0.1")])
-    engine, _ = Engine.of(state)
+    engine = Engine.of(state)
     update = engine.update(Changes(added=(Binding("e", "h2", mac(9), "n", 9),)))
     assert update.tunnel_hosts == {"h1", "h2"}
     assert {t.remote for t in engine.tunnels("h1")} == {"h2"}
@@ -132,6 +132,6 @@ def test_a_vm_in_a_new_place_brings_tunnels_to_its_network_only() -> None:
 
 def test_two_owners_of_one_ofport_are_refused_loudly() -> None:
     state = _fabric(2, [("a", 1, "n", "198.19.0.1")])
-    engine, _ = Engine.of(state)
+    engine = Engine.of(state)
     with pytest.raises(InvalidState, match="host h1: ofport 1 is both"):
         engine.update(Changes(added=(Binding("z", "h1", mac(7), "n", 1),)))
