@@ -232,8 +232,10 @@ def test_switch_holds_the_same_flows_whichever_encoder_sent_them(
 
 
 def l2(n: int, start: int = 0) -> list[Flow]:
+    """``n`` distinct L2-lookup flows (one per destination MAC)."""
     return [Flow(30, 100, Match.of(metadata=7, eth_dst=f"52:54:01:00:{i >> 8 & 255:02x}:"
-                                   f"{i & 255:02x}"), (Output(1),)) for i in range(start, start + n)]
+                                   f"{i & 255:02x}"), (Output(1),))
+            for i in range(start, start + n)]
 
 
 @pytest.mark.lab
