@@ -11,6 +11,7 @@ One lab for the module; tests that change placement (the migration) run last.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import re
@@ -121,13 +122,25 @@ def neighbor_advert(src_mac: str, src_ip: str, target: str, tll: str) -> str:
     return icmp6_frame(src_mac, "33:33:00:00:00:01", src_ip, "ff02::1", body)
 
 
-def geneve(src_ip: str, dst_ip: str, vni: int, inner: str) -> str:
-    """An IPv4/UDP/Geneve packet (header included) carrying the Ethernet frame ``inner``."""
-    payload = b"\0\0\x65\x58" + vni.to_bytes(3, "big") + b"\0" + bytes.fromhex(inner)
-    udp = struct.pack("!HHHH", 50000, 6081, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
+def encap(kind: str, src_ip: str, dst_ip: str, key: int, inner: str) -> str:
+    """An IPv4 packet (header included) carrying the Ethernet frame ``inner`` in a Geneve,
+    VXLAN or GRE header with tunnel key ``key`` (VNI, or GRE's 32-bit key)."""
+    frame = bytes.fromhex(inner)
+    if kind == "gre":  # key present (K bit), Transparent Ethernet Bridging
+        payload, proto = b"\x20\x00\x65\x58" + key.to_bytes(4, "big") + frame, 47
+    else:
+        header = (b"\0\0\x65\x58" if kind == "geneve" else b"\x08\0\0\0") + \
+            key.to_bytes(3, "big") + b"\0"
+        port = 6081 if kind == "geneve" else 4789
+        payload = struct.pack("!HHHH", 50000, port, 16 + len(frame), 0) + header + frame
+        proto = 17
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0x4000, 64, proto, 0,
                      socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
-    return (ip + udp).hex()
+    return (ip + payload).hex()
+
+
+def geneve(src_ip: str, dst_ip: str, vni: int, inner: str) -> str:
+    return encap("geneve", src_ip, dst_ip, vni, inner)
 
 
 # -- observing ------------------------------------------------------------------------------
@@ -333,9 +346,33 @@ def test_tunnel_packets_are_accepted_only_for_the_networks_both_ends_share(
     (and 0, and one nobody serves) to every host. Only a VNI of a network the (claimed)
     sender and the receiver share is decapsulated, only into that network, only to local
     VMs (never back into a tunnel)."""
-    lab_, ctl = lab
+    check_forged_tunnel_packets(*lab, "geneve")
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "gre"])
+def test_forged_vxlan_and_gre_packets_likewise(kind: str) -> None:
+    """The same on a lab whose tunnels are VXLAN or GRE; GRE's key is 32 bits: a key that
+    is a VNI plus bit 24 must not pass for that VNI."""
+    lab_ = Lab(dataclasses.replace(topology.load(), tunnel=kind), prefix=unique_prefix("a"))
+    ctl: LabController | None = None
+    try:
+        lab_.up()
+        for vm in lab_.vms:
+            label_vm_ips(lab_, vm)
+        ctl = run_for_lab(lab_)
+        eventually(f"{kind} tunnels carry both tenants",
+                   lambda: lab_.ping("a1", "a2") and lab_.ping("b1", "b2"))
+        check_forged_tunnel_packets(lab_, ctl, kind)
+    finally:
+        if ctl is not None:
+            ctl.stop()
+        lab_.down()
+
+
+def check_forged_tunnel_packets(lab_: Lab, ctl: LabController, kind: str) -> None:
     vni = vnis(ctl)
     unserved = max(vni.values()) + 100
+    wide = [("none", v | 1 << 24) for v in vni.values()] if kind == "gre" else []
     ip = {h: lab_.hosts[h].underlay_ip for h in lab_.hosts}
     nets_of = {h: {lab_.vms[v].network for v in lab_.vms if lab_.placement(v) == h}
                for h in lab_.hosts}
@@ -344,12 +381,12 @@ def test_tunnel_packets_are_accepted_only_for_the_networks_both_ends_share(
     expect: dict[str, set[str]] = {v: set() for v in lab_.vms}
     for src in lab_.hosts:
         for dst in lab_.hosts:
-            for net, key in [*vni.items(), ("none", unserved), ("none", 0)]:
+            for net, key in [*vni.items(), ("none", unserved), ("none", 0), *wide]:
                 for dst_mac in (BROADCAST, *macs.values()):
                     tag = f"INJ-{key}-{src}-{dst}-{dst_mac.replace(':', '')}"
                     inner = udp_frame("02:00:00:00:00:99", dst_mac, "198.19.0.99",
                                       "198.19.0.255", tag.encode())
-                    packets.append(geneve(ip[src], ip[dst], key, inner))
+                    packets.append(encap(kind, ip[src], ip[dst], key, inner))
                     if src == dst or net not in nets_of[src] & nets_of[dst]:
                         continue
                     # delivered to the local VMs of that network: to the owner of a
@@ -361,7 +398,7 @@ def test_tunnel_packets_are_accepted_only_for_the_networks_both_ends_share(
                         expect[v].add(tag)
     # the router's own address is no tunnel peer of anyone
     router_ip = str(lab_.topo.dc(lab_.hosts["dc1-h1"].spec.dc).gateway)
-    packets += [geneve(router_ip, ip[h], k, udp_frame(
+    packets += [encap(kind, router_ip, ip[h], k, udp_frame(
         "02:00:00:00:00:99", BROADCAST, "198.19.0.99", "198.19.0.255", f"INJ-rtr-{h}".encode()))
         for h in lab_.hosts for k in vni.values()]
     seen = captured(lab_, list(lab_.vms), "udp port 4000", lambda: lab_.exec(
