@@ -3,8 +3,9 @@
 os-ken's serializer is the reference: for every flow veil computes over random topologies, and
 for every match field, value form and action kind, ofwire must produce the same bytes. On a real
 ovs-vswitchd, a computed flow set pushed through ofwire must read back exactly like the same set
-pushed through os-ken and like ``ovs-ofctl add-flows`` of its text form; a refused flow and a
-flow that cannot be encoded must both leave the switch as it was.
+pushed through os-ken and like ``ovs-ofctl add-flows`` of its text form; a refused flow, a
+refused bundle open and a flow that cannot be encoded must each leave the switch as it was; the
+flow dump's own reader must see what os-ken's full parse of the same replies sees.
 """
 
 from __future__ import annotations
