@@ -6,7 +6,8 @@ marker; every test also sends a legitimate frame the same captures must see, so 
 saw nothing proves the defense, not a broken capture. What tests/test_controller_lab.py already
 proves (single spoofed MAC/IP/ARP frames, honest pings, migration) is not repeated here.
 
-One lab for the module; tests that change placement (the migration) run last.
+One two-DC lab for the module (plus one per tunnel type for forged VXLAN/GRE packets); tests
+that change placement (the migration) run last.
 """
 
 from __future__ import annotations
@@ -408,22 +409,71 @@ def check_forged_tunnel_packets(lab_: Lab, ctl: LabController, kind: str) -> Non
     assert any(expect.values())  # the positive cases exist (and were delivered)
 
 
-def plug_extra_vm(lab: Lab, name: str, host: str, mac: str, ip: str, network: str,
-                  tenant: str) -> str:
-    """A VM that is not in the topology (a namespace on ``host``'s br-int, registered as the
-    hooks would); returns its namespace. The caller deletes it (and its port)."""
+def plug_extra_vm(lab: Lab, name: str, host: str, mac: str, ip: str,
+                  ids: dict[str, str]) -> str:
+    """A VM that is not in the topology: a namespace on ``host``'s br-int whose Interface
+    carries ``ids`` (as the hooks would write them); returns its namespace. The caller
+    deletes it and its port (``unplug_extra_vm``)."""
     h = lab.hosts[host]
     ns = f"{lab.prefix}-vm-{name}"
     netns.add_netns(ns)
     netns.add_veth(ns, "eth0", h.ns, f"tap-{name}")
     netns.run(["ip", "link", "set", "eth0", "address", mac], ns=ns)
     netns.run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], ns=ns)
-    ids = {contract.IFACE_ID: f"{lab.prefix}-{name}", contract.ATTACHED_MAC: mac,
-           contract.IFACE_STATUS: contract.STATUS_ACTIVE, contract.VEIL_NETWORK: network,
-           contract.VEIL_TENANT: tenant, VEIL_IPS: ip}
     h.ovs.vsctl("add-port", "br-int", f"tap-{name}", *(a for k, v in ids.items() for a in (
         "--", "set", "Interface", f"tap-{name}", f'external_ids:{k}="{v}"')))
     return ns
+
+
+def unplug_extra_vm(lab: Lab, name: str, host: str) -> None:
+    lab.hosts[host].ovs.vsctl("--if-exists", "del-port", "br-int", f"tap-{name}")
+    netns.delete_netns(f"{lab.prefix}-vm-{name}")
+
+
+def vm_ids(lab: Lab, name: str, mac: str, ip: str, network: str, **extra: str) -> dict[str, str]:
+    return {contract.IFACE_ID: f"{lab.prefix}-{name}", contract.ATTACHED_MAC: mac,
+            contract.IFACE_STATUS: contract.STATUS_ACTIVE, contract.VEIL_NETWORK: network,
+            VEIL_IPS: ip, **extra}
+
+
+def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]) -> None:
+    """Ports on br-int with no veil keys, with an undeclared network, marked inactive, or
+    with a MAC another VIF of the network already has: their broadcasts reach nobody.
+    Control: a correctly registered extra VM's broadcast reaches its network."""
+    lab_, _ = lab
+    host = lab_.placement("b1")
+    b1 = lab_.vms["b1"]
+    net = b1.network
+    extra = {
+        "xn": ("02:00:00:00:01:01", "198.19.0.21", {}),
+        "xu": ("02:00:00:00:01:02", "198.19.0.22", vm_ids(lab_, "xu", "02:00:00:00:01:02",
+                                                          "198.19.0.22", "no-such-net")),
+        "xi": ("02:00:00:00:01:03", "198.19.0.23", vm_ids(
+            lab_, "xi", "02:00:00:00:01:03", "198.19.0.23", net,
+            **{contract.IFACE_STATUS: contract.STATUS_INACTIVE})),
+        "xd": (b1.mac, "198.19.0.24", vm_ids(lab_, "xd", b1.mac, "198.19.0.24", net)),
+        "xok": ("02:00:00:00:01:05", "198.19.0.25", vm_ids(lab_, "xok", "02:00:00:00:01:05",
+                                                           "198.19.0.25", net)),
+    }
+    try:
+        for name, (mac, ip, ids) in extra.items():
+            plug_extra_vm(lab_, name, host, mac, ip, ids)
+        eventually("the registered extra VM is forwarded",
+                   lambda: lab_.ping("b2", "198.19.0.25"))
+
+        def attack() -> None:
+            for name, (mac, ip, _) in extra.items():
+                netns.run(["python3", "-c", SEND_RAW, udp_frame(
+                    mac, BROADCAST, ip, "198.19.0.255", f"DEAD-{name}".encode())],
+                    ns=f"{lab_.prefix}-vm-{name}")
+
+        seen = captured(lab_, vm_names(lab_), "udp port 4000", attack)
+    finally:
+        for name in extra:
+            unplug_extra_vm(lab_, name, host)
+    for vm, text in seen.items():
+        want = {"DEAD-xok"} if lab_.vms[vm].network == net else set()
+        assert markers(text, "DEAD-") == want, (vm, text)
 
 
 def test_a_vm_with_another_tenants_mac_on_the_same_host_gets_none_of_its_traffic(
@@ -435,7 +485,8 @@ def test_a_vm_with_another_tenants_mac_on_the_same_host_gets_none_of_its_traffic
     a1 = lab_.vms["a1"]
     host = lab_.placement("a1")
     clone_ip = "198.19.0.14"
-    ns = plug_extra_vm(lab_, "bx", host, a1.mac, clone_ip, lab_.vms["b1"].network, "globex")
+    ns = plug_extra_vm(lab_, "bx", host, a1.mac, clone_ip, vm_ids(
+        lab_, "bx", a1.mac, clone_ip, lab_.vms["b1"].network, **{contract.VEIL_TENANT: "globex"}))
     try:
         eventually("the clone is reachable in tenant B",
                    lambda: lab_.ping("b1", clone_ip) and lab_.ping("b2", clone_ip))
@@ -463,8 +514,7 @@ def test_a_vm_with_another_tenants_mac_on_the_same_host_gets_none_of_its_traffic
         assert lab_.vms["a2"].mac not in text and lab_.vms["a3"].mac not in text, text
         assert lab_.vms["b1"].mac.upper() in arp.upper(), arp  # tenant B's answer, not A's
     finally:
-        lab_.hosts[host].ovs.vsctl("--if-exists", "del-port", "br-int", "tap-bx")
-        netns.delete_netns(ns)
+        unplug_extra_vm(lab_, "bx", host)
 
 
 def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
