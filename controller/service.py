@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.compute import compute_flows, compute_tunnels, host_slice
+from controller.incremental import Changes, Engine, Update, same_declarations
 from controller.config import load_config, resolve_networks
 from controller.dialer import Dialer, Failed
-from controller.diff import apply_diff, diff_flows
-from controller.flows import Flow, FlowId
+from controller.diff import FlowDiff, apply_diff, diff_flows
+from controller.flows import FlowId
 from controller.hostdb import HostDb, HostView
 from controller.migration import PacketIn, claims_after, parse_packet_in
 from controller.model import Binding, InvalidState, State, TunnelPort
@@ -62,7 +62,9 @@ class HostLink:
     installed: frozenset[FlowId] | None = None
     view: HostView | None = None
     bfd: dict[str, bool | None] = field(default_factory=dict)
-    computed: tuple[State, frozenset[Flow]] | None = None  # last host slice and its flows
+    # True while ``installed`` is the engine's desired flows as of the last round: then the
+    # engine's per-event diff is all this switch needs; else the whole host is diffed.
+    synced: bool = False
 
 
 class Controller:
@@ -84,6 +86,8 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._observer: Any = None
         self._ignored: tuple[tuple[Binding, str], ...] = ()
+        self._engine: Engine | None = None
+        self._held: State | None = None  # the state the engine holds
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
                              expected=(OvsdbUnreachable, OSError, OpenFlowError))
 
@@ -186,8 +190,23 @@ class Controller:
             for b, why in ignored:
                 LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
             self._ignored = ignored
+        update = self._advance(state)
         for host, link in sorted(self.links.items()):
-            self._apply_host(state, host, link, audit)
+            synced, link.synced = link.synced, False  # stays False unless this round applies
+            self._apply_host(host, link, audit, audit or not synced, update)
+
+    def _advance(self, state: State) -> Update:
+        """Bring the engine to ``state``: by its events, or (declarations changed, or first
+        round) by a full recompute, after which every switch is diffed whole."""
+        if self._engine is None or self._held is None or not same_declarations(self._held, state):
+            self._engine = Engine.of(state)
+            for link in self.links.values():
+                link.synced = False
+            update = Update({}, frozenset(state.hosts))
+        else:
+            update = self._engine.update(Changes.between(self._held, state))
+        self._held = state
+        return update
 
     def _apply_config(self) -> None:
         assert self.store is not None and self.config is not None
@@ -246,14 +265,19 @@ class Controller:
                             t.remote)
             link.bfd[t.remote] = t.bfd_up
 
-    def _apply_host(self, state: State, host: str, link: HostLink, audit: bool) -> None:
+    def _apply_host(self, host: str, link: HostLink, audit: bool, whole: bool,
+                    update: Update) -> None:
+        """Tunnels, then flows: the engine's diff for this host, or (``whole``: the switch is
+        re-read (``audit``) or new, missed a round, or the engine was rebuilt) the host's whole
+        flows against what the switch holds."""
+        assert self._engine is not None
         if link.db is None or link.view is None:
             return
         if not link.view.has_bridge:
             LOG.warning("host %s has no br-int yet", host)
             return
         try:
-            if link.db.set_tunnels(compute_tunnels(state, host), link.view.tunnel_names):
+            if link.db.set_tunnels(self._engine.tunnels(host), link.view.tunnel_names):
                 self.kick()  # new tunnel ofports show up in the next view
         except RuntimeError as exc:  # ovsdbapp: a failed or timed-out transaction
             LOG.error("host %s: tunnel update failed: %s", host, exc)
@@ -264,6 +288,7 @@ class Controller:
             if opened is None:
                 return
             link.of, link.installed = opened.session, opened.installed
+            whole = True
             LOG.info("host %s: OpenFlow %s connected, %d veil flows installed", host,
                      link.record.openflow, len(link.installed))
         try:
@@ -275,11 +300,12 @@ class Controller:
             link.of, link.installed = None, None
             return
         assert link.installed is not None
-        relevant = host_slice(state, host)
-        if link.computed is None or link.computed[0] != relevant:
-            link.computed = (relevant, compute_flows(relevant, host))  # else: nothing it uses changed
-        d = diff_flows(link.computed[1], link.installed)
+        if whole:
+            d = diff_flows(self._engine.flows(host), link.installed)
+        else:
+            d = update.flows.get(host, FlowDiff((), ()))
         if not d:
+            link.synced = True
             return
         try:
             link.of.apply(d)
@@ -289,6 +315,7 @@ class Controller:
             link.of, link.installed = None, None
             return
         link.installed = apply_diff(link.installed, d)
+        link.synced = True
         LOG.info("host %s: +%d -%d flows", host, len(d.add), len(d.delete))
 
     def _open_session(self, host: str, rec: HostRecord) -> Opened:

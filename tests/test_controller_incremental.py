@@ -135,3 +135,15 @@ def test_two_owners_of_one_ofport_are_refused_loudly() -> None:
     engine = Engine.of(state)
     with pytest.raises(InvalidState, match="host h1: ofport 1 is both"):
         engine.update(Changes(added=(Binding("z", "h1", mac(7), "n", 1),)))
+
+
+def test_scale_measure_runs_and_flows_grow_by_a_few_per_port() -> None:
+    """controller.scale at a small size: every event kind ran, and an added port costs the
+    other hosts of its network at most 5 flows (OVN: ~15)."""
+    from controller.scale import measure
+
+    m = measure(hosts=20, vifs=200, networks=20, events=3)
+    assert set(m["events_compute_diff_ms"]) >= {
+        "vif_added_network_on_host", "vif_added_random_host", "vif_removed", "migration"}
+    assert m["flows_added_other_host"]["max"] <= 5
+    assert m["initial_flow_mods"] > 0 and m["flows_per_host"]["max"] >= m["flows_per_host"]["median"]
