@@ -92,6 +92,39 @@ def test_vms_cannot_reach_each_other_without_a_controller(two_dc_lab: Lab) -> No
     assert two_dc_lab.ping("a1", "a1")
 
 
+def _snmp(lab: Lab, host: str, proto: str, counter: str) -> int:
+    """One counter of the host's own IP stack (/proc/net/snmp or snmp6 of its namespace)."""
+    if proto == "Icmp6":
+        text = lab.exec(host, ["cat", "/proc/net/snmp6"], check=True).stdout
+        return int(dict(line.split() for line in text.splitlines() if line.strip())[proto + counter])
+    lines = [ln.split() for ln in lab.exec(host, ["cat", "/proc/net/snmp"], check=True).stdout.splitlines()
+             if ln.startswith(proto + ":")]
+    return int(dict(zip(lines[0][1:], lines[1][1:]))[counter])
+
+
+def test_vm_frames_never_reach_the_hosts_own_ip_stack(two_dc_lab: Lab) -> None:
+    """With the userspace datapath the kernel also sees every frame of a VM's veth: the lab's
+    plug keeps the host stack off it, so a VM cannot talk to its hypervisor around br-int."""
+    lab = two_dc_lab
+    # Positive control: the same probes from the host's underlay neighbour do reach the stack.
+    before = _snmp(lab, "dc1-h1", "Icmp", "InEchos")
+    assert lab.ping("dc1-h2", "dc1-h1")
+    assert _snmp(lab, "dc1-h1", "Icmp", "InEchos") > before
+    # From the VM: echo requests to the host's underlay address and to all IPv6 nodes on the link.
+    lab.exec("a1", ["ip", "route", "replace", "198.18.0.0/15", "dev", "eth0"], check=True)
+    lab.exec("a1", ["ip", "neigh", "replace", "198.18.1.11", "lladdr", "ff:ff:ff:ff:ff:ff", "dev", "eth0"], check=True)
+    try:
+        v4, v6 = _snmp(lab, "dc1-h1", "Icmp", "InEchos"), _snmp(lab, "dc1-h1", "Icmp6", "InEchos")
+        lab.exec("a1", ["ping", "-c", "3", "-i", "0.2", "-W", "0.5", "198.18.1.11"])
+        lab.exec("a1", ["ping", "-6", "-c", "3", "-i", "0.2", "-W", "0.5", "ff02::1%eth0"])
+        assert _snmp(lab, "dc1-h1", "Icmp", "InEchos") == v4, "the host's IPv4 stack answered a VM"
+        assert _snmp(lab, "dc1-h1", "Icmp6", "InEchos") == v6, "the host's IPv6 stack answered a VM"
+        assert lab.exec("dc1-h1", ["ip", "-6", "addr", "show", "dev", lab.vms["a1"].port], check=True).stdout.count("inet6") == 0
+    finally:
+        lab.exec("a1", ["ip", "route", "del", "198.18.0.0/15"])
+        lab.exec("a1", ["ip", "neigh", "del", "198.18.1.11", "dev", "eth0"])
+
+
 def test_vm_moves_between_hosts_keeping_identity(two_dc_lab: Lab) -> None:
     lab = two_dc_lab
     before = lab.exec("a3", ["ip", "-o", "link", "show", "eth0"], check=True).stdout

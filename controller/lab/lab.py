@@ -229,6 +229,7 @@ class Lab:
         if vm.ns not in netns.list_netns():
             self._add_ns(f"vm-{name}")
         netns.add_veth(vm.ns, "eth0", target.ns, vm.port, mtu=VM_MTU)
+        netns.guard_host_stack(target.ns, vm.port)
         netns.run(["ip", "link", "set", "eth0", "address", vm.mac], ns=vm.ns)
         netns.run(["ip", "addr", "replace", str(vm.spec.ip), "dev", "eth0"], ns=vm.ns)
         # Exactly what libvirt runs for <interface type='bridge'><virtualport type='openvswitch'/>,
@@ -255,6 +256,7 @@ class Lab:
         vm = self.vms[name]
         host.ovs.vsctl("--if-exists", "del-port", contract.INTEGRATION_BRIDGE, vm.port)
         netns.run(["ip", "link", "del", vm.port], ns=host.ns)
+        netns.unguard_host_stack(host.ns, vm.port)
         del self._placement[name]
         self._record(placement=dict(self._placement))
 

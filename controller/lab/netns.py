@@ -99,6 +99,27 @@ def add_veth(a_ns: str, a_name: str, b_ns: str, b_name: str, mtu: int = 1500) ->
         run(["ip", "link", "set", dev, "up"], ns=ns)
 
 
+def guard_host_stack(ns: str, dev: str) -> None:
+    """Keep the host's own IP stack off a VM port (the netdev datapath needs this).
+
+    With the userspace datapath OVS reads the VM's veth/tap through AF_PACKET, and the kernel
+    ALSO hands every frame to the host's IP stack, bypassing br-int and its isolation flows:
+    a VM could talk to host services or have the host route packets (even forged tunnel
+    packets) for it. OVS's packet socket sees frames before netfilter, so dropping in the raw
+    table keeps br-int working; IPv6 off and arp_ignore=8 keep the host silent on the port.
+    """
+    run(["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1"], ns=ns)
+    run(["sysctl", "-qw", f"net.ipv4.conf.{dev}.arp_ignore=8"], ns=ns)
+    for tool in ("iptables", "ip6tables"):
+        run([tool, "-w", "-t", "raw", "-I", "PREROUTING", "-i", dev, "-j", "DROP"], ns=ns)
+
+
+def unguard_host_stack(ns: str, dev: str) -> None:
+    """Remove the raw-table drops of :func:`guard_host_stack` (the port is going away)."""
+    for tool in ("iptables", "ip6tables"):
+        run([tool, "-w", "-t", "raw", "-D", "PREROUTING", "-i", dev, "-j", "DROP"], ns=ns, check=False)
+
+
 def _exists(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
     try:
