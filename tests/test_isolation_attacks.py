@@ -165,7 +165,9 @@ def captured(lab: Lab, vms: Sequence[str], bpf: str, act: Callable[[], object]) 
 
 
 def markers(text: str, prefix: str) -> set[str]:
-    return {w[w.index(prefix):] for w in text.split() if prefix in w}
+    """The payload markers starting with ``prefix`` in tcpdump -A text (padding, shown as
+    dots, stripped)."""
+    return {w[w.index(prefix):].rstrip(".") for w in text.split() if prefix in w}
 
 
 def vm_names(lab: Lab, network: str | None = None, but: str = "") -> list[str]:
