@@ -247,6 +247,7 @@ class Engine:
     def _apply(self, ch: Changes, at: Callable[[str], _Sink]) -> frozenset[str]:
         """Apply ``ch``, telling ``at(host)`` each part that changed; the hosts whose tunnels
         may have changed."""
+        self._check_ports(ch)
         touched: set[str] = set()
         old_ports = {t.host: dict(self._tun_port.get(t.host, {}))
                      for t in (*ch.tunnels_added, *ch.tunnels_removed)}
@@ -376,13 +377,26 @@ class Engine:
         return frozenset(h for n in moved for h in old_hosts[n] | self._net_hosts.get(n, frozenset()))
 
     # -- helpers ------------------------------------------------------------------------------
+    def _check_ports(self, ch: Changes) -> None:
+        """OVS numbers a bridge's ports uniquely: two owners of one ofport is broken input,
+        refused before anything changes (the engine stays as it was)."""
+        gone: tuple[Binding | TunnelPort, ...] = (*ch.removed, *ch.tunnels_removed)
+        came: tuple[Binding | TunnelPort, ...] = (*ch.added, *ch.tunnels_added)
+        freed = {(x.host, x.ofport) for x in gone if x.ofport > 0}
+        new: dict[tuple[str, int], Binding | TunnelPort] = {}
+        for x in came:
+            key = (x.host, x.ofport)
+            if x.ofport <= 0:
+                continue
+            other = new.setdefault(key, x)
+            if other is x and key in self._ports and key not in freed:
+                other = self._ports[key]
+            if other is not x:
+                raise InvalidState(f"host {x.host}: ofport {x.ofport} is both {other} and {x}")
+
     def _take_port(self, host: str, ofport: int, owner: Binding | TunnelPort) -> None:
-        """OVS numbers a bridge's ports uniquely: two owners of one ofport is broken input."""
-        if ofport <= 0:
-            return
-        other = self._ports.setdefault((host, ofport), owner)
-        if other is not owner:
-            raise InvalidState(f"host {host}: ofport {ofport} is both {other} and {owner}")
+        if ofport > 0:
+            self._ports[(host, ofport)] = owner
 
     def _eligible(self, iface: str) -> list[Binding]:
         """The bindings placement may forward to, in State.build's order."""

@@ -190,7 +190,11 @@ class Controller:
             for b, why in ignored:
                 LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
             self._ignored = ignored
-        update = self._advance(state)
+        try:
+            update = self._advance(state)
+        except InvalidState as exc:  # the engine is unchanged: retried next round
+            LOG.error("hosts report inconsistent ports, changing nothing: %s", exc)
+            return
         for host, link in sorted(self.links.items()):
             synced, link.synced = link.synced, False  # stays False unless this round applies
             self._apply_host(host, link, audit, audit or not synced, update)

@@ -133,8 +133,14 @@ def test_a_vm_in_a_new_place_brings_tunnels_to_its_network_only() -> None:
 def test_two_owners_of_one_ofport_are_refused_loudly() -> None:
     state = _fabric(2, [("a", 1, "n", "198.19.0.1")])
     engine = Engine.of(state)
+    before = {h: engine.flows(h) for h in state.hosts}
     with pytest.raises(InvalidState, match="host h1: ofport 1 is both"):
         engine.update(Changes(added=(Binding("z", "h1", mac(7), "n", 1),)))
+    assert {h: engine.flows(h) for h in state.hosts} == before  # nothing half-applied
+    # the same ofport handed over in one event (old VIF gone, new one plugged) is fine
+    engine.update(Changes(added=(Binding("z", "h1", mac(7), "n", 1),),
+                          removed=tuple(b for b in state.bindings if b.iface_id == "a")))
+    assert engine.forwarded("z") is not None and engine.forwarded("a") is None
 
 
 def test_scale_measure_runs_and_flows_grow_by_a_few_per_port() -> None:
