@@ -151,10 +151,6 @@ def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool) -> Ite
 
 def _arp_responder(net: Network, b: Binding, unique: set[IPAddress]) -> Iterator[Flow]:
     for ip in sorted(ip for ip in unique if ip.version == 4):
-        m: dict[str, MatchValue] = {"metadata": net.vni, "eth_type": ETH_ARP}
-        # A gratuitous ARP for the owner's own IP is flooded, never answered.
-        yield Flow(P.ARP_RESPONDER, 110, Match.of(**m, arp_spa=str(ip), arp_tpa=str(ip)),
-                   goto=P.L2_LOOKUP)
         actions: tuple[Action, ...] = (
             Move("eth_src", "eth_dst"),
             SetField("eth_src", b.mac),
@@ -165,8 +161,27 @@ def _arp_responder(net: Network, b: Binding, unique: set[IPAddress]) -> Iterator
             SetField("arp_spa", str(ip)),
             OutputInPort(),
         )
-        yield Flow(P.ARP_RESPONDER, 100, Match.of(**m, arp_op=ARP_REQUEST, arp_tpa=str(ip)),
-                   actions)
+        yield Flow(P.ARP_RESPONDER, 100, Match.of(metadata=net.vni, eth_type=ETH_ARP,
+                                                  arp_op=ARP_REQUEST, arp_tpa=str(ip)), actions)
+
+
+def unique_ips(members: Sequence[Binding]) -> frozenset[IPAddress]:
+    """The IPs exactly one member of a network has (only those are answered for)."""
+    count: dict[IPAddress, int] = {}
+    for b in members:
+        for ip in set(b.ips):
+            count[ip] = count.get(ip, 0) + 1
+    return frozenset(ip for ip, n in count.items() if n == 1)
+
+
+def garp_flows(vni: int, b: Binding, unique: frozenset[IPAddress]) -> Iterator[Flow]:
+    """A local owner's gratuitous ARP for its own (answered) IP is flooded, never answered.
+    Only the owner's host needs this: table arp_responder sees local VIFs' packets only, and
+    port security lets an ARP with that source IP out of no other IP-checked VIF."""
+    for ip in sorted(ip for ip in b.ips if ip.version == 4 and ip in unique):
+        yield Flow(P.ARP_RESPONDER, 110, Match.of(metadata=vni, eth_type=ETH_ARP,
+                                                  arp_spa=str(ip), arp_tpa=str(ip)),
+                   goto=P.L2_LOOKUP)
 
 
 def _to_tunnel(vni: int, ofport: int) -> tuple[Action, ...]:
@@ -205,26 +220,28 @@ def standby_flows(b: Binding) -> Iterator[Flow]:
 
 
 def arp_flows(net: Network, members: Sequence[Binding]) -> tuple[Flow, ...]:
-    """ARP answered locally for every known IP of the network, the same on each of its hosts
-    (an IP two VIFs claim is left to the owners themselves: flooded, never answered by us)."""
-    ip_count: dict[IPAddress, int] = {}
-    for b in members:
-        for ip in set(b.ips):
-            ip_count[ip] = ip_count.get(ip, 0) + 1
-    return tuple(f for b in members
-                 for f in _arp_responder(net, b, {ip for ip in b.ips if ip_count[ip] == 1}))
+    """ARP requests answered locally for every known IP of the network, the same on each of
+    its hosts (an IP two VIFs claim is left to the owners themselves: flooded, never answered
+    by us)."""
+    unique = unique_ips(members)
+    return tuple(f for b in members for f in _arp_responder(net, b, set(b.ips) & unique))
 
 
 def network_flows(host: str, net: Network, members: Sequence[Binding], hosts: Iterable[str],
                   tun_port: Mapping[str, int]) -> Iterator[Flow]:
     """``host``'s flows for one of its networks: tunnel classify for the other ``hosts`` of
-    the network, L2 lookup of its ``members`` (forwarded VIFs), flood."""
+    the network, L2 lookup of its ``members`` (forwarded VIFs), flood, its local members'
+    gratuitous ARP."""
     yield from tunnel_classify_flows(host, net.vni, hosts, tun_port)
     for b in members:
         flow = l2_flow(host, net.vni, b, tun_port)
         if flow is not None:
             yield flow
     yield from bum_flows(host, net.vni, members, tun_port)
+    unique = unique_ips(members)
+    for b in members:
+        if b.host == host:
+            yield from garp_flows(net.vni, b, unique)
 
 
 def tunnel_classify_flows(host: str, vni: int, hosts: Iterable[str],

@@ -25,11 +25,13 @@ from controller.compute import (
     TunnelSpec,
     arp_flows,
     bum_flows,
+    garp_flows,
     l2_flow,
     tunnel_classify_flows,
     standby_flows,
     tunnel_kind,
     tunnel_name,
+    unique_ips,
     vif_flows,
 )
 from controller.diff import FlowDiff
@@ -114,16 +116,17 @@ class _NetPart:
     classify: tuple[Flow, ...]  # from the tunnels of the network's other hosts
     l2: dict[Binding, Flow]  # per member with a path
     bum: tuple[Flow, ...]
+    garp: tuple[Flow, ...]  # local owners' gratuitous ARP
 
     @staticmethod
-    def of(host: str, vni: int, members: Iterable[Binding], hosts: Iterable[str],
+    def of(host: str, vni: int, members: tuple[Binding, ...], hosts: Iterable[str],
            tun_port: Mapping[str, int]) -> _NetPart:
         l2 = {b: f for b in members if (f := l2_flow(host, vni, b, tun_port)) is not None}
         return _NetPart(tuple(tunnel_classify_flows(host, vni, hosts, tun_port)), l2,
-                        bum_flows(host, vni, tuple(members), tun_port))
+                        bum_flows(host, vni, members, tun_port), _garp(host, vni, members))
 
     def flows(self) -> list[Flow]:
-        return [*self.classify, *self.l2.values(), *self.bum]
+        return [*self.classify, *self.l2.values(), *self.bum, *self.garp]
 
     def members_changed(self, host: str, vni: int, left: set[Binding], joined: set[Binding],
                         members: tuple[Binding, ...], tun_port: Mapping[str, int]
@@ -136,10 +139,16 @@ class _NetPart:
             if f is not None:
                 self.l2[b] = f
                 new.append(f)
-        old.extend(self.bum)
+        old.extend((*self.bum, *self.garp))
         self.bum = bum_flows(host, vni, members, tun_port)
-        new.extend(self.bum)
+        self.garp = _garp(host, vni, members)
+        new.extend((*self.bum, *self.garp))
         return old, new
+
+
+def _garp(host: str, vni: int, members: tuple[Binding, ...]) -> tuple[Flow, ...]:
+    unique = unique_ips(members)
+    return tuple(f for b in members if b.host == host for f in garp_flows(vni, b, unique))
 
 
 class Engine:

@@ -153,3 +153,18 @@ def test_scale_measure_runs_and_flows_grow_by_a_few_per_port() -> None:
         "vif_added_network_on_host", "vif_added_random_host", "vif_removed", "migration"}
     assert m["flows_added_other_host"]["max"] <= 5
     assert m["initial_flow_mods"] > 0 and m["flows_per_host"]["max"] >= m["flows_per_host"]["median"]
+
+
+def test_an_owners_gratuitous_arp_is_flooded_and_other_hosts_hold_no_garp_flow() -> None:
+    """The gratuitous-ARP exception lives on the owner's host only, so a port added to a
+    network costs each other host of it 2 flows (its L2 entry and its ARP answer)."""
+    state = _fabric(3, [("a", 1, "n", "198.19.0.1"), ("b", 2, "n", "198.19.0.2"),
+                        ("c", 3, "n", "198.19.0.3")])
+    a = state.placed.active["a"]
+    got = Fabric(state).send(a, arp_request(a.mac, "198.19.0.1", "198.19.0.1"))
+    assert sorted((d.host, d.iface_id) for d in got) == [("h2", "b"), ("h3", "c")]
+    engine = Engine.of(state)
+    update = engine.update(Changes(added=(
+        Binding("d", "h1", mac(9), "n", 9, (ipaddress.ip_address("198.19.0.4"),)),)))
+    assert {h: len(d.add) - len(d.delete) for h, d in update.flows.items()
+            if h != "h1"} == {"h2": 2, "h3": 2}
