@@ -137,6 +137,7 @@ def encap(kind: str, src_ip: str, dst_ip: str, key: int, inner: str) -> str:
         proto = 17
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0x4000, 64, proto, 0,
                      socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
+    ip = ip[:10] + _checksum(ip).to_bytes(2, "big") + ip[12:]  # routers check it
     return (ip + payload).hex()
 
 
@@ -343,6 +344,45 @@ def test_a_vms_tunnel_packets_are_tenant_payload_never_decapsulated(
         assert ("ENCAP-inner" in text) == same, (vm, text)  # a plain UDP payload to acme
 
 
+def test_no_cross_tenant_injection_through_a_forwarding_host(
+        lab: tuple[Lab, LabController]) -> None:
+    """With IPv4 forwarding on in b1's host (libvirt's default NAT network turns it on),
+    tenant B's b1 sends its host's *kernel* (the tap's MAC, around br-int) a Geneve packet
+    'from' dc1-h2, a peer that shares acme with a2's host, with acme's VNI. Unless the host
+    stack is kept off VM ports (netdev datapath), the host routes it onto the underlay and
+    a2's host decapsulates it into tenant A. Control: the very same packet, sent by the
+    underlay router, does reach a2."""
+    lab_, ctl = lab
+    b1 = lab_.vms["b1"]
+    host = lab_.placement("b1")
+    src_ip = lab_.hosts["dc1-h2"].underlay_ip
+    dst_ip = lab_.hosts[lab_.placement("a2")].underlay_ip
+    tap_mac = lab_.exec(host, ["cat", f"/sys/class/net/{b1.port}/address"],
+                        check=True).stdout.strip()
+    acme = vnis(ctl)["acme-net"]
+
+    def packet(tag: bytes) -> str:
+        inner = udp_frame("02:00:00:00:00:99", BROADCAST, "198.19.0.99", "198.19.0.255", tag)
+        return geneve(src_ip, dst_ip, acme, inner)
+
+    control = captured(lab_, ["a2"], "udp port 4000", lambda: lab_.exec(
+        lab_.topo.router, ["python3", "-c", SEND_UNDERLAY, packet(b"FWD-control")],
+        check=True))
+    assert "FWD-control" in control["a2"], control["a2"]
+    forwarding = lab_.exec(host, ["sysctl", "-n", "net.ipv4.ip_forward"],
+                           check=True).stdout.strip()
+    lab_.exec(host, ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+    try:
+        frame = mac_bytes(tap_mac) + mac_bytes(b1.mac) + b"\x08\x00" + \
+            bytes.fromhex(packet(b"FWD-attack"))
+        seen = captured(lab_, vm_names(lab_, but="b1"), "udp port 4000",
+                        lambda: send_from(lab_, "b1", [frame.hex()]))
+    finally:
+        lab_.exec(host, ["sysctl", "-qw", f"net.ipv4.ip_forward={forwarding}"], check=True)
+    hit = [vm for vm, text in seen.items() if "FWD-attack" in text]
+    assert not hit, f"tenant B's b1 injected a frame into {hit} through its host"
+
+
 def test_tunnel_packets_are_accepted_only_for_the_networks_both_ends_share(
         lab: tuple[Lab, LabController]) -> None:
     """The underlay router forges Geneve packets (source = a real peer host) with every VNI
@@ -420,6 +460,7 @@ def plug_extra_vm(lab: Lab, name: str, host: str, mac: str, ip: str,
     ns = f"{lab.prefix}-vm-{name}"
     netns.add_netns(ns)
     netns.add_veth(ns, "eth0", h.ns, f"tap-{name}")
+    netns.guard_host_stack(h.ns, f"tap-{name}")  # as Lab.plug_vm does
     netns.run(["ip", "link", "set", "eth0", "address", mac], ns=ns)
     netns.run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], ns=ns)
     h.ovs.vsctl("add-port", "br-int", f"tap-{name}", *(a for k, v in ids.items() for a in (
@@ -430,6 +471,7 @@ def plug_extra_vm(lab: Lab, name: str, host: str, mac: str, ip: str,
 def unplug_extra_vm(lab: Lab, name: str, host: str) -> None:
     lab.hosts[host].ovs.vsctl("--if-exists", "del-port", "br-int", f"tap-{name}")
     netns.delete_netns(f"{lab.prefix}-vm-{name}")
+    netns.unguard_host_stack(lab.hosts[host].ns, f"tap-{name}")
 
 
 def vm_ids(lab: Lab, name: str, mac: str, ip: str, network: str, **extra: str) -> dict[str, str]:
@@ -536,6 +578,7 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
     netns.add_netns(ns)
     try:
         netns.add_veth(ns, "eth0", dst.ns, port)
+        netns.guard_host_stack(dst.ns, port)
         netns.run(["ip", "link", "set", "eth0", "address", a2.mac], ns=ns)
         netns.run(["ip", "addr", "add", str(a2.spec.ip), "dev", "eth0"], ns=ns)
         ids = {contract.IFACE_ID: a2.iface_id, contract.ATTACHED_MAC: a2.mac,
@@ -573,4 +616,5 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
     finally:
         dst.ovs.vsctl("--if-exists", "del-port", "br-int", port)
         netns.delete_netns(ns)
+        netns.unguard_host_stack(dst.ns, port)
     eventually("a2's traffic back on its source host", lambda: lab_.ping("a1", "a2"))
