@@ -1,9 +1,11 @@
 """Isolation attacks against the computed flows, through the table simulator (hypothesis).
 
 tests/test_controller_core.py sends honest packets and a fixed list of spoofs; here an
-attacker writes *any* header it likes (every field drawn from the addresses that exist in the
-topology, plus foreign ones), from any VIF, from a paused migration target, or forged into any
-tunnel port with any VNI. The properties say what may come out, whatever went in.
+attacker forges header fields (any field set to any address of the topology, a foreign one,
+or another EtherType/ICMPv6 type/ARP op), from any VIF, from a paused migration target, or
+into any tunnel port with any key: at random over random topologies, and exhaustively for
+every single forged field on a fixed one. The properties say what may come out, whatever
+went in.
 docs/isolation.md maps each attack to the flow that stops it.
 """
 
