@@ -29,6 +29,7 @@ def ovn_lab() -> Iterator[tuple[Lab, OvnSystem]]:
         lab.up()
         system.start(lab)
         labfigs.static_arp(lab)
+        labfigs.wait_reachable(lab, "a1", "a2", timeout=30)  # as the bench does before measuring
         yield lab, system
     finally:
         lab.down()
@@ -37,6 +38,7 @@ def ovn_lab() -> Iterator[tuple[Lab, OvnSystem]]:
 def test_ovn_forwards_between_dcs_and_keeps_tenants_apart(ovn_lab: tuple[Lab, OvnSystem]) -> None:
     lab, system = ovn_lab
     assert lab.ping("a1", "a2", count=2), "a1 (dc1) -> a2 (dc2) over OVN's Geneve tunnel"
+    labfigs.wait_reachable(lab, "a3", "a2", timeout=15)  # raises if a3 (dc1-h2) never reaches a2
     ovn = system.ovn
     assert ovn is not None
     assert ovn.bound_chassis(lab.vms["a2"]) != ""  # bound to dc2-h1's chassis

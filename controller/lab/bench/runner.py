@@ -97,6 +97,9 @@ def _up(system: System, root: Path, say: Say) -> Bed:
         say(f"[{system.name}] lab {lab.prefix} up; starting {system.name}")
         system.start(lab)
         labfigs.static_arp(lab)
+        # OVN's `--wait=hv` does not cover the userspace tunnel's first resolution of the
+        # underlay next hop: every system starts measuring from a working path
+        labfigs.wait_reachable(lab, MOVER, FAR_PEER, timeout=30)
     except MEASUREMENT_ERRORS as exc:
         say(f"[{system.name}] could not start: {exc}")
         bed.broken = exc
