@@ -1,7 +1,7 @@
 """The `veil` command line: operator entry point. `veil lab ...` drives the netns lab.
 
     veil join --controller DB --system-id ID --underlay-ip IP [--tunnel-types geneve,vxlan]
-              [--host-db REMOTE] [--ovsdb REMOTE] [--openflow REMOTE]
+              [--host-db REMOTE] [--ovsdb REMOTE] [--openflow REMOTE] [--host-guard auto|on|off]
     veil tenant add NAME --db DB
     veil network add NAME --tenant T [--vni N] [--subnet CIDR] --db DB
     veil network del NAME --db DB
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from controller.model import Host, InvalidState, check_name, check_tunnel_types
 from controller.ovsdb import OvsdbUnreachable
 from controller.store import HostRecord, Store
-from hooks import contract
+from hooks import contract, hostguard
 
 DEFAULT_HOST_DB = "unix:/var/run/openvswitch/db.sock"
 
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                    "(default tcp:UNDERLAY_IP:6640; a tcp: remote gets a passive listener)")
     j.add_argument("--openflow", help="how the controller reaches br-int over OpenFlow "
                    "(default tcp:UNDERLAY_IP:6653; a tcp: remote gets a passive listener)")
+    hostguard.add_argument(j)
     t = sub.add_parser("tenant")
     tsub = t.add_subparsers(dest="action", required=True)
     ta = tsub.add_parser("add")
@@ -113,6 +114,10 @@ def join(args: argparse.Namespace) -> int:
     ovsdb_listen, of_listen = _listener(rec.ovsdb), _listener(rec.openflow)
     api = ovsdb.open_vswitch(args.host_db, lambda: None)
     try:
+        try:  # before any write: a guard that cannot be applied leaves the host as it was
+            print(hostguard.ensure(args.host_guard, lambda: hostguard.datapaths_via(api)))
+        except hostguard.HostGuardError as exc:
+            raise InvalidState(str(exc)) from None
         with api.transaction(check_error=True) as txn:
             txn.add(api.db_set("Open_vSwitch", ".", ("external_ids", {
                 contract.SYSTEM_ID: sid,

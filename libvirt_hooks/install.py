@@ -2,13 +2,16 @@
 
     veil-libvirt-install [--root /etc/libvirt] [--mode default|strict] [--db unix:...] \\
                          [--spool DIR] [--log FILE] [--networks-file FILE] [--layout auto|qemu.d|shim]
+                         [--host-guard auto|on|off]
 
 It writes ``ROOT/hooks/qemu.d/50-veil`` (a tiny script running the hook with this Python, in
 isolated mode so that startup stays fast), its config ``ROOT/hooks/veil-hook.conf``, and on
 libvirt older than 6.5 (no qemu.d support) a shim ``ROOT/hooks/qemu`` calling it. Every file is
 written to a temp name and renamed, so libvirt never runs a half-written hook. libvirtd reads
 its hooks only at start: restart it afterwards. ``--root`` lets tests install into their own
-private /etc/libvirt.
+private /etc/libvirt. It also applies the host guard (hooks/hostguard.py: raw-table drops
+keeping the host's IP stack off VM taps on netdev-datapath hosts); ``--uninstall`` leaves the
+guard alone (``--host-guard off`` or ``veil-host-guard --host-guard off`` removes it).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import hooks
-from hooks import contract
+from hooks import contract, hostguard
 from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, HANDLED, HookConfig
 
 HOOK_NAME = "50-veil"
@@ -135,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--python", default=sys.executable, help="interpreter the hook runs with")
     p.add_argument("--force", action="store_true", help="replace a foreign hooks/qemu in shim layout")
     p.add_argument("--uninstall", action="store_true")
+    hostguard.add_argument(p)  # auto reads --db's bridges
     a = p.parse_args(argv)
     if a.uninstall:
         for path in uninstall(a.root):
@@ -143,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = HookConfig()
     cfg.mode, cfg.db, cfg.bridge, cfg.spool, cfg.log = a.mode, a.db, a.bridge, a.spool, a.log
     cfg.timeout, cfg.networks_file = a.timeout, a.networks_file
+    try:  # first: a guard that cannot be applied writes no hook either
+        print(hostguard.ensure(a.host_guard, lambda: hostguard.bridge_datapaths(a.db)))
+    except hostguard.HostGuardError as exc:
+        print(f"veil-libvirt-install: {exc}", file=sys.stderr)
+        return 1
     try:
         written = install(a.root, cfg, layout=a.layout, python=a.python, force=a.force)
     except InstallError as exc:

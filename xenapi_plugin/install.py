@@ -3,7 +3,9 @@
 Writes ``<root>/etc/xapi.d/plugins/veil`` and ``<root>/etc/xapi.d/vif-hotplug`` as small
 executable scripts that run this Python (the interpreter veil is installed in) on veil's
 modules; ``--root`` defaults to ``/`` (tests install into a temporary tree). Re-running it
-rewrites both files; ``--uninstall`` removes them.
+rewrites both files; ``--uninstall`` removes them. Installing also applies the host guard
+(hooks/hostguard.py, ``--host-guard auto|on|off``; auto reads ``--db``'s bridges: XenServer's
+kernel datapath needs no guard, a netdev bridge does).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from hooks import hostguard
 
 PLUGIN = Path("etc/xapi.d/plugins/veil")
 HOOK = Path("etc/xapi.d/vif-hotplug")
@@ -63,7 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path("/"), help="install under this root (default: /)")
     p.add_argument("--python", default=sys.executable, help="interpreter the scripts run with")
     p.add_argument("--uninstall", action="store_true")
+    p.add_argument("--db", default=hostguard.DEFAULT_DB, help="this host's OVSDB (read by --host-guard auto)")
+    hostguard.add_argument(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.uninstall:
+        try:  # first: a guard that cannot be applied installs nothing either
+            print(hostguard.ensure(args.host_guard, lambda: hostguard.bridge_datapaths(args.db)))
+        except hostguard.HostGuardError as exc:
+            print(f"veil-xen-install: {exc}", file=sys.stderr)
+            return 1
     paths = uninstall(args.root) if args.uninstall else install(args.root, args.python)
     for path in paths:
         print(("removed " if args.uninstall else "installed ") + str(path))
