@@ -14,7 +14,7 @@ deps:
 	bash $(DEPS) --venv $(VENV)
 
 deps-test:
-	bash $(DEPS) --venv $(VENV) --libvirt --vagrant
+	bash $(DEPS) --venv $(VENV) --libvirt --vagrant --ovn
 
 demo: deps
 	$(VENV)/bin/veil-lab demo $(if $(filter 1,$(KEEP)),--keep,)
@@ -35,5 +35,4 @@ clean-labs: deps
 # The benchmark, veil side by side with OVN 23.03 on the same lab (docs/benchmarks.md).
 # Installs OVN (a benchmark peer only, never a veil dependency); ~10 minutes on 2 cores.
 bench: deps-test
-	bash $(DEPS) --no-venv --ovn
 	$(VENV)/bin/veil-lab bench
