@@ -3,8 +3,9 @@
 With ``datapath_type=netdev`` ovs-vswitchd reads a VM's tap through an AF_PACKET socket and the
 kernel ALSO hands every frame to the host's IP stack, bypassing br-int's isolation flows: a VM
 could reach host services or have a forwarding host route forged tunnel packets. OVS's packet
-socket sees frames before netfilter, so a raw-table DROP on the tap name patterns closes that
-path without touching br-int. The rules use interface wildcards (``vnet+``, ``tap+``, ``vif+``)
+socket sees frames before netfilter, so a raw-table DROP on the tap name patterns (and an
+arptables INPUT drop, so the host does not answer ARP there either) closes that path without
+touching br-int. The rules use interface wildcards (``vnet+``, ``tap+``, ``vif+``)
 and are installed ONCE per host (``veil join``, the installers, ``veil-host-guard``): the hooks
 pay nothing per VIF. Every rule carries the comment ``veil-host-guard``; ``off`` removes
 exactly those.
@@ -28,6 +29,8 @@ from typing import Final
 COMMENT: Final = "veil-host-guard"
 TAP_PATTERNS: Final = ("vnet+", "tap+", "vif+")  # libvirt, generic/Xen HVM emulated, Xen PV
 TOOLS: Final = ("iptables", "ip6tables")
+ARP_TOOL: Final = "arptables"
+ARP_CHAIN: Final = COMMENT
 TABLE: Final = "raw"
 CHAIN: Final = "PREROUTING"
 MODES: Final = ("auto", "on", "off")
@@ -115,8 +118,8 @@ def run_checked(argv: Sequence[str]) -> str:
     """Run one iptables command; a missing tool or a failure raises with its stderr."""
     if shutil.which(argv[0]) is None:
         raise HostGuardError(
-            f"{argv[0]} not found: install the iptables package (veil drops VM-tap traffic to "
-            "the host stack in the raw table) or pass --host-guard off")
+            f"{argv[0]} not found: install the iptables package (its iptables, ip6tables and "
+            "arptables drop VM-tap traffic to the host stack) or pass --host-guard off")
     proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
     if proc.returncode != 0:
         raise HostGuardError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
@@ -128,11 +131,55 @@ def installed_rules(run: Runner = run_checked, tools: Sequence[str] = TOOLS) -> 
             for r in parse_listing(tool, run([tool, "-w", "-t", TABLE, "-S", CHAIN]))]
 
 
+@dataclass(frozen=True)
+class ArpState:
+    """veil's part of ``arptables -S``: its chain, the INPUT jumps to it, the patterns in it."""
+
+    chain: bool = False
+    jumps: int = 0
+    ifaces: tuple[str, ...] = ()
+
+
+def parse_arp_listing(listing: str) -> ArpState:
+    chain, jumps, ifaces = False, 0, []
+    for line in listing.splitlines():
+        words = shlex.split(line)
+        if words == ["-N", ARP_CHAIN]:
+            chain = True
+        elif words[:2] == ["-A", "INPUT"] and _after(words, "-j") == ARP_CHAIN:
+            jumps += 1
+        elif words[:2] == ["-A", ARP_CHAIN]:
+            ifaces.append(_after(words, "-i"))
+    return ArpState(chain, jumps, tuple(ifaces))
+
+
+def plan_arp(enabled: bool, state: ArpState, patterns: Sequence[str] = TAP_PATTERNS) -> list[list[str]]:
+    """arptables commands turning ``state`` into the wanted one (ARP never reaches iptables).
+
+    arptables has no comment match: veil's ARP drops live in a chain of their own, named like
+    the comment, which INPUT jumps to once; ``off`` removes the jump and the chain.
+    """
+    tool = ARP_TOOL
+    if not enabled:
+        cmds = [[tool, "-D", "INPUT", "-j", ARP_CHAIN]] * state.jumps
+        return cmds + ([[tool, "-F", ARP_CHAIN], [tool, "-X", ARP_CHAIN]] if state.chain else [])
+    cmds = [] if state.chain else [[tool, "-N", ARP_CHAIN]]
+    if state.ifaces != tuple(patterns):
+        cmds += [[tool, "-F", ARP_CHAIN]] if state.ifaces else []
+        cmds += [[tool, "-A", ARP_CHAIN, "-i", p, "-j", "DROP"] for p in patterns]
+    if state.jumps == 0:
+        cmds.append([tool, "-I", "INPUT", "-j", ARP_CHAIN])
+    cmds += [[tool, "-D", "INPUT", "-j", ARP_CHAIN]] * max(state.jumps - 1, 0)
+    return cmds
+
+
 def apply(enabled: bool, run: Runner = run_checked) -> list[list[str]]:
     """Make the host's rules match ``enabled``; returns the commands run (empty: nothing to do)."""
     # Without the tool nothing of ours can be installed: turning the guard off needs no tool.
     tools = TOOLS if enabled else tuple(t for t in TOOLS if shutil.which(t))
     cmds = plan(wanted_rules(enabled), installed_rules(run, tools))
+    if enabled or shutil.which(ARP_TOOL):
+        cmds += plan_arp(enabled, parse_arp_listing(run([ARP_TOOL, "-S"])))
     for argv in cmds:
         run(argv)
     return cmds
@@ -180,7 +227,7 @@ def ensure(mode: str, datapaths: Callable[[], Mapping[str, str]]) -> str:
     enabled = decide(mode, datapaths() if mode == "auto" else {}, local_links())
     cmds = apply(enabled)
     state = "on" if enabled else "off"
-    return f"host guard {state} ({mode}): {len(cmds)} iptables change(s)"
+    return f"host guard {state} ({mode}): {len(cmds)} rule change(s)"
 
 
 def add_argument(p: argparse.ArgumentParser) -> None:

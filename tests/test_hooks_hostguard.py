@@ -86,9 +86,21 @@ def _ping_host(vm: str) -> None:
 
 
 def _veil_rules(host: str) -> list[str]:
-    return [line for tool in hostguard.TOOLS
-            for line in netns.run([tool, "-w", "-t", "raw", "-S", "PREROUTING"], ns=host).stdout.splitlines()
-            if hostguard.COMMENT in line]
+    """veil's iptables/ip6tables rules and arptables chain lines (empty when the guard is off)."""
+    ip = [line for tool in hostguard.TOOLS
+          for line in netns.run([tool, "-w", "-t", "raw", "-S", "PREROUTING"], ns=host).stdout.splitlines()
+          if hostguard.COMMENT in line]
+    arp = [line for line in netns.run(["arptables", "-S"], ns=host).stdout.splitlines()
+           if hostguard.ARP_CHAIN in line]
+    return ip + arp
+
+
+GUARD_LINES = len(hostguard.TOOLS) * len(hostguard.TAP_PATTERNS) + 2 + len(hostguard.TAP_PATTERNS)
+
+
+def _host_answers_arp(vm: str) -> bool:
+    proc = netns.run(["arping", "-c", "2", "-w", "2", "-I", "eth0", HOST_IP], ns=vm, check=False)
+    return proc.returncode == 0
 
 
 def _in_ns(ns: str, module: str, *args: str) -> str:
@@ -105,12 +117,14 @@ def test_guard_keeps_host_stack_off_taps_and_br_int_forwards(ovs: OvsInstance, v
     opened = _host_echoes(host)
     assert opened[0] > before[0], "positive control: the host stack answers IPv4 on vnet0"
     assert opened[1] > before[1], "positive control: the host stack answers ff02::1 on vnet0"
+    assert _host_answers_arp(vm1), "positive control: the host answers ARP on vnet0"
 
     out = _in_ns(host, "hooks.hostguard", "--db", ovs.db_remote)  # auto: br-int is netdev
     assert "host guard on (auto)" in out
-    assert len(_veil_rules(host)) == len(hostguard.TOOLS) * len(hostguard.TAP_PATTERNS)
+    assert len(_veil_rules(host)) == GUARD_LINES
     _ping_host(vm1)
     assert _host_echoes(host) == opened
+    assert not _host_answers_arp(vm1)
     netns.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", VM2_IP], ns=vm1)  # br-int still forwards
     netns.run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "ff02::1%eth0"], ns=vm2)
 
@@ -118,16 +132,16 @@ def test_guard_keeps_host_stack_off_taps_and_br_int_forwards(ovs: OvsInstance, v
     assert _veil_rules(host) == []
     _ping_host(vm1)
     reopened = _host_echoes(host)
-    assert reopened[0] > opened[0] and reopened[1] > opened[1]
+    assert reopened[0] > opened[0] and reopened[1] > opened[1] and _host_answers_arp(vm1)
 
 
 def test_install_is_idempotent_and_off_removes_only_veil_rules(test_netns: str) -> None:
     foreign = ["-i", "vnet+", "-m", "comment", "--comment", "not-veil", "-j", "ACCEPT"]
     netns.run(["iptables", "-w", "-t", "raw", "-A", "PREROUTING", *foreign], ns=test_netns)
-    assert "0 iptables change" not in _in_ns(test_netns, "hooks.hostguard", "--host-guard", "on")
+    assert "0 rule change" not in _in_ns(test_netns, "hooks.hostguard", "--host-guard", "on")
     first = _veil_rules(test_netns)
-    assert "0 iptables change(s)" in _in_ns(test_netns, "hooks.hostguard", "--host-guard", "on")
-    assert _veil_rules(test_netns) == first and len(first) == 6
+    assert "0 rule change(s)" in _in_ns(test_netns, "hooks.hostguard", "--host-guard", "on")
+    assert _veil_rules(test_netns) == first and len(first) == GUARD_LINES
     _in_ns(test_netns, "hooks.hostguard", "--host-guard", "off")
     listing = netns.run(["iptables", "-w", "-t", "raw", "-S", "PREROUTING"], ns=test_netns).stdout
     assert _veil_rules(test_netns) == [] and "not-veil" in listing
@@ -168,6 +182,24 @@ def test_plan_deletes_duplicates_and_stale_veil_rules() -> None:
     assert len(inserts) == 5
 
 
+def test_plan_arp_converges_veil_chain() -> None:
+    listing = "\n".join([
+        "-P INPUT ACCEPT", "-N veil-host-guard", "-A INPUT -j veil-host-guard",
+        "-A INPUT -j veil-host-guard", "-A INPUT -j DROP -i eth9",
+        "-A veil-host-guard -j DROP -i old+",
+    ])
+    state = hostguard.parse_arp_listing(listing)
+    assert state == hostguard.ArpState(True, 2, ("old+",))
+    cmds = hostguard.plan_arp(True, state)
+    assert ["arptables", "-F", "veil-host-guard"] in cmds
+    assert [c[c.index("-i") + 1] for c in cmds if "-i" in c] == list(hostguard.TAP_PATTERNS)
+    assert cmds.count(["arptables", "-D", "INPUT", "-j", "veil-host-guard"]) == 1
+    assert hostguard.plan_arp(True, hostguard.ArpState(True, 1, hostguard.TAP_PATTERNS)) == []
+    off = hostguard.plan_arp(False, state)
+    assert off[-1] == ["arptables", "-X", "veil-host-guard"] and len(off) == 4
+    assert hostguard.plan_arp(False, hostguard.ArpState()) == []
+
+
 def test_join_and_installers_apply_the_option(ovs: OvsInstance, tmp_path: Path) -> None:
     host = ovs.ns
     assert host is not None
@@ -177,7 +209,7 @@ def test_join_and_installers_apply_the_option(ovs: OvsInstance, tmp_path: Path) 
         out = _in_ns(host, "controller.cli", "join", "--controller", server.remote, "--system-id", "hg1",
                      "--underlay-ip", "198.18.77.1", "--host-db", ovs.db_remote, "--ovsdb", ovs.db_remote,
                      "--openflow", f"unix:{ovs.mgmt_sock('br-int')}")
-        assert "host guard on (auto)" in out and len(_veil_rules(host)) == 6
+        assert "host guard on (auto)" in out and len(_veil_rules(host)) == GUARD_LINES
         _in_ns(host, "controller.cli", "join", "--controller", server.remote, "--system-id", "hg1",
                "--underlay-ip", "198.18.77.1", "--host-db", ovs.db_remote, "--ovsdb", ovs.db_remote,
                "--openflow", f"unix:{ovs.mgmt_sock('br-int')}", "--host-guard", "off")
@@ -186,7 +218,7 @@ def test_join_and_installers_apply_the_option(ovs: OvsInstance, tmp_path: Path) 
         server.stop()
     out = _in_ns(host, "libvirt_hooks.install", "--root", str(tmp_path / "etc"), "--db", ovs.db_remote,
                  "--spool", str(tmp_path / "spool"), "--log", str(tmp_path / "hook.log"))
-    assert "host guard on (auto)" in out and len(_veil_rules(host)) == 6
+    assert "host guard on (auto)" in out and len(_veil_rules(host)) == GUARD_LINES
     assert (tmp_path / "etc" / "hooks" / "qemu.d" / "50-veil").exists()
     _in_ns(host, "xenapi_plugin.install", "--root", str(tmp_path / "xen"), "--host-guard", "off")
     assert _veil_rules(host) == [] and (tmp_path / "xen" / "etc" / "xapi.d" / "vif-hotplug").exists()
