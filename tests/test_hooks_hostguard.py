@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,15 +25,20 @@ HOST_IP, VM1_IP, VM2_IP = "198.18.77.1", "198.19.77.10", "198.19.77.11"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def test_netns() -> Iterator[str]:
-    """The host's namespace (overrides conftest's: this module's prefix is ``vlg``)."""
-    name = unique_prefix("g")
+@contextmanager
+def _namespace(name: str) -> Iterator[str]:
     netns.add_netns(name)
     try:
         yield name
     finally:
         netns.delete_netns(name)
+
+
+@pytest.fixture
+def test_netns() -> Iterator[str]:
+    """The host's namespace (overrides conftest's: this module's prefix is ``vlg``)."""
+    with _namespace(unique_prefix("g")) as name:
+        yield name
 
 
 @pytest.fixture
@@ -149,13 +155,9 @@ def test_install_is_idempotent_and_off_removes_only_veil_rules(test_netns: str) 
 
 def test_auto_without_a_local_netdev_bridge_installs_nothing(ovs: OvsInstance) -> None:
     """br-int is netdev, but its switch lives in another namespace: rules here would guard nothing."""
-    other = unique_prefix("g")
-    netns.add_netns(other)
-    try:
+    with _namespace(unique_prefix("g")) as other:
         assert "host guard off (auto)" in _in_ns(other, "hooks.hostguard", "--db", ovs.db_remote)
         assert _veil_rules(other) == []
-    finally:
-        netns.delete_netns(other)
 
 
 def test_auto_needs_the_bridges_and_says_so(test_netns: str, tmp_path: Path) -> None:
