@@ -8,6 +8,7 @@ does not, while br-int still forwards between the VMs.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,6 +167,17 @@ def test_auto_needs_the_bridges_and_says_so(test_netns: str, tmp_path: Path) -> 
                      env={"PYTHONPATH": str(ROOT)}, check=False, timeout=60)
     assert proc.returncode == 1 and "--host-guard on|off" in proc.stderr
     assert _veil_rules(test_netns) == []
+
+
+def test_missing_iptables_is_a_clear_error_unless_the_guard_is_off(test_netns: str) -> None:
+    def guard(mode: str) -> "subprocess.CompletedProcess[str]":
+        return netns.run(["env", "PATH=/nonexistent", f"PYTHONPATH={ROOT}", sys.executable, "-m",
+                          "hooks.hostguard", "--host-guard", mode], ns=test_netns, check=False)
+
+    on = guard("on")
+    assert on.returncode == 1 and "iptables not found" in on.stderr and "--host-guard off" in on.stderr
+    off = guard("off")
+    assert off.returncode == 0 and "0 rule change(s)" in off.stdout
 
 
 def test_plan_deletes_duplicates_and_stale_veil_rules() -> None:
