@@ -17,13 +17,17 @@ from controller.flows import (
     ETH_IPV6,
     ETH_RARP,
     FROM_TUNNEL,
+    IEEE_RESERVED,
     IPPROTO_ICMPV6,
     METADATA_MASK,
     METADATA_VNI_MASK,
     MULTICAST_BIT,
     ND_NA,
     ND_NS,
+    ND_RA,
+    ND_REDIRECT,
     NO_MAC,
+    NO_VLAN,
     Action,
     Flow,
     Match,
@@ -122,28 +126,33 @@ def _port_security(b: Binding) -> Iterator[Flow]:
 
 
 def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool) -> Iterator[Flow]:
-    """IPv6 sources and Neighbor Discovery: a VIF may only advertise (NA) its own addresses
-    with its own MAC, and solicit (NS) with its own MAC; DAD (source ::) has no MAC option.
-    With no addresses declared (``checked`` False) only the MACs are checked."""
+    """IPv6 sources and Neighbor Discovery: a VIF may only advertise (NA) its own addresses,
+    from one of them, with its own MAC, and solicit (NS) with its own MAC; only DAD's NS may
+    come from :: (and has no MAC option). With no addresses declared (``checked`` False) only
+    the MACs are checked. Router advertisements and redirects: ``GUARD_FLOWS``."""
     ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
     macs = (b.mac, NO_MAC)  # an absent link-layer option reads as 00:00:00:00:00:00
     nd: dict[str, MatchValue] = {**own, "eth_type": ETH_IPV6, "ip_proto": IPPROTO_ICMPV6}
     own_v6: list[str] = [str(ip) for ip in b.ips if ip.version == 6] + [str(link_local(b.mac))]
     for mac in macs:
         if checked:
-            for a6 in own_v6:
-                yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_nd_target=a6,
-                                             ipv6_nd_tll=mac), goto=nxt)
-            for a6 in [*own_v6, "::"]:
-                yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src=a6,
+            for src in own_v6:
+                for a6 in own_v6:
+                    yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_src=src,
+                                                 ipv6_nd_target=a6, ipv6_nd_tll=mac), goto=nxt)
+            for src in own_v6:
+                yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src=src,
                                              ipv6_nd_sll=mac), goto=nxt)
         else:
             yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_nd_tll=mac), goto=nxt)
             yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_nd_sll=mac), goto=nxt)
+    if checked:  # duplicate address detection: from ::, without a link-layer option (RFC 4862)
+        yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src="::",
+                                     ipv6_nd_sll=NO_MAC), goto=nxt)
     for nd_type in (ND_NA, ND_NS):
         yield Flow(ps, 105, Match.of(**nd, icmpv6_type=nd_type))  # any other NA/NS: spoofed
-    if checked:
-        for a6 in [*own_v6, "::"]:
+    if checked:  # "::" is only ever DAD's source (above)
+        for a6 in own_v6:
             yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV6, ipv6_src=a6), goto=nxt)
     else:
         yield Flow(ps, 90, Match.of(**own, eth_type=ETH_IPV6), goto=nxt)
@@ -196,7 +205,18 @@ def _default_flows() -> tuple[Flow, ...]:
     return tuple(out)
 
 
-DEFAULT_FLOWS: Final = _default_flows()  # every table's priority-0 flow, on every host
+# What no VIF may send, whatever its addresses (table port_security sees VIF packets only,
+# so one flow per host covers every VIF): frames to the IEEE reserved group addresses, and
+# ICMPv6 router advertisements and redirects (a guest is never a router of its network:
+# accepting them lets one VM route its peers' IPv6 through itself). Distinct priorities:
+# an RA to a reserved address matches both, and OpenFlow leaves equal-priority overlaps open.
+GUARD_FLOWS: Final = (
+    Flow(P.PORT_SECURITY, 125, Match.of(eth_dst=IEEE_RESERVED)),
+    *(Flow(P.PORT_SECURITY, 120, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6,
+                                          icmpv6_type=t)) for t in (ND_RA, ND_REDIRECT)),
+)
+# every table's priority-0 flow and the guards: the same on every host
+DEFAULT_FLOWS: Final = _default_flows() + GUARD_FLOWS
 
 
 # A host's flows are the union of independent parts; each part is a pure function of a small
@@ -204,16 +224,19 @@ DEFAULT_FLOWS: Final = _default_flows()  # every table's priority-0 flow, on eve
 # parts an event touches, and compute_flows() below is the same parts over the whole state.
 
 def vif_flows(b: Binding, vni: int) -> Iterator[Flow]:
-    """A local forwarded VIF: classify into its network, then its port security."""
-    yield Flow(P.CLASSIFY, 100, Match.of(in_port=b.ofport), write_metadata=(vni, METADATA_MASK),
-               goto=P.PORT_SECURITY)
+    """A local forwarded VIF: classify into its network, then its port security.
+
+    Only untagged frames: OpenFlow matches the EtherType inside an 802.1Q/802.1ad header, so
+    a tagged frame would pass port security and reach peers still tagged."""
+    yield Flow(P.CLASSIFY, 100, Match.of(in_port=b.ofport, vlan_vid=NO_VLAN),
+               write_metadata=(vni, METADATA_MASK), goto=P.PORT_SECURITY)
     yield from _port_security(b)
 
 
 def standby_flows(b: Binding) -> Iterator[Flow]:
     """A local standby VIF (migration target) only reports the guest's announcement."""
     for eth_type, dst in ((ETH_RARP, None), (ETH_ARP, BROADCAST)):
-        m = Match.of(in_port=b.ofport, eth_src=b.mac, eth_type=eth_type,
+        m = Match.of(in_port=b.ofport, vlan_vid=NO_VLAN, eth_src=b.mac, eth_type=eth_type,
                      **({"eth_dst": dst} if dst else {}))
         yield Flow(P.CLASSIFY, 100, m, (ToController(),))
     yield Flow(P.CLASSIFY, 90, Match.of(in_port=b.ofport))

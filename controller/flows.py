@@ -20,6 +20,13 @@ METADATA_MASK: Final = METADATA_VNI_MASK | FROM_TUNNEL
 MULTICAST_BIT: Final = "01:00:00:00:00:00/01:00:00:00:00:00"
 BROADCAST: Final = "ff:ff:ff:ff:ff:ff"
 NO_MAC: Final = "00:00:00:00:00:00"
+# OXM vlan_vid matched exactly to OFPVID_NONE: the frame has no 802.1Q/802.1ad header (OVS
+# shows it as vlan_tci=0x0000/0x1fff); a tagged frame, priority tag (VID 0) included, has the
+# OFPVID_PRESENT bit 0x1000 set and does not match.
+NO_VLAN: Final = 0
+# IEEE 802.1D reserved group addresses 01:80:c2:00:00:00-0f (STP, PAUSE, LLDP, 802.1X ...):
+# a bridge never forwards them, whatever the EtherType.
+IEEE_RESERVED: Final = "01:80:c2:00:00:00/ff:ff:ff:ff:ff:f0"
 
 ETH_IPV4: Final = 0x0800
 ETH_ARP: Final = 0x0806
@@ -28,6 +35,8 @@ ETH_IPV6: Final = 0x86DD
 IPPROTO_ICMPV6: Final = 58
 ND_NS: Final = 135
 ND_NA: Final = 136
+ND_RA: Final = 134  # router advertisement
+ND_REDIRECT: Final = 137
 ARP_REQUEST: Final = 1
 ARP_REPLY: Final = 2
 
@@ -153,6 +162,7 @@ OFCTL_FIELD: Final = {
     "eth_src": "dl_src",
     "eth_dst": "dl_dst",
     "eth_type": "dl_type",
+    "vlan_vid": "vlan_vid",
     "ipv4_src": "nw_src",
     "ipv4_dst": "nw_dst",
     "ip_proto": "nw_proto",

@@ -84,6 +84,7 @@ OXM_FIELDS: Final[dict[str, tuple[int, int, str]]] = {
     "eth_dst": (3, 6, MAC),
     "eth_src": (4, 6, MAC),
     "eth_type": (5, 2, INT),
+    "vlan_vid": (6, 2, INT),
     "ip_proto": (10, 1, INT),
     "ipv4_src": (11, 4, IPV4),
     "ipv4_dst": (12, 4, IPV4),

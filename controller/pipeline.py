@@ -4,7 +4,9 @@ Metadata carries the network's VNI in its low 24 bits and, in bit 32, whether th
 in from a tunnel (split horizon: tunnel traffic is only ever delivered locally).
 
     0 CLASSIFY      in_port (+tunnel_id) -> network metadata      -> 10 (VIF) / 30 (tunnel)
+                    (VIFs: untagged frames only)
    10 PORT_SECURITY source MAC/IP, ARP SPA/SHA, ND target          -> 20
+                    (no IEEE reserved destination, RA or redirect)
    20 ARP_RESPONDER ARP requests for known IPs answered in place  -> 30
    30 L2_LOOKUP     dst MAC -> local port or remote host's tunnel  -> 40 (BUM)
    40 FLOOD         BUM -> local ports + hosts with the network
@@ -61,7 +63,7 @@ PIPELINE: Final[dict[int, Table]] = {
         Table(
             CLASSIFY, "classify",
             "map a VIF's packets, or a tunnel's packets by VNI, to their network",
-            frozenset({"in_port", "tunnel_id", "eth_type", "eth_src", "eth_dst"}),
+            frozenset({"in_port", "tunnel_id", "vlan_vid", "eth_type", "eth_src", "eth_dst"}),
             frozenset({PORT_SECURITY, L2_LOOKUP}),
             may_output=True,  # only ToController, for a standby VIF's RARP/GARP
             may_write_metadata=True,
@@ -70,7 +72,7 @@ PIPELINE: Final[dict[int, Table]] = {
             PORT_SECURITY, "port_security",
             "drop what a VIF sends with a MAC/IP not its own, incl. ARP and ND spoofing",
             frozenset({
-                "in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha",
+                "in_port", "eth_src", "eth_dst", "eth_type", "ipv4_src", "arp_spa", "arp_sha",
                 "ipv6_src", "ip_proto", "icmpv6_type", "ipv6_nd_target", "ipv6_nd_sll",
                 "ipv6_nd_tll",
             }),

@@ -70,6 +70,7 @@ def run_switch(flows: Iterable[Flow], pkt: Packet, in_port: int) -> list[Emit]:
         by_table.setdefault(f.table, []).append(f)
     p: dict[str, MatchValue] = {**pkt, "in_port": in_port, "metadata": 0}
     p.setdefault("tunnel_id", 0)
+    p.setdefault("vlan_vid", 0)  # OFPVID_NONE: untagged unless the packet says otherwise
     out: list[Emit] = []
     table: int | None = 0
     for _ in range(32):

@@ -143,7 +143,7 @@ def test_bundle_control_and_barrier_encode_like_osken(xid: int, bundle_id: int,
 def test_forms_it_does_not_know_are_left_to_osken() -> None:
     """ofwire refuses what it cannot encode exactly; ofp then sends os-ken's encoding."""
     odd = [
-        Flow(0, 1, Match.of(in_port=1, vlan_vid=0x1005)),  # a field ofwire has no entry for
+        Flow(0, 1, Match.of(in_port=1, vlan_pcp=5)),  # a field ofwire has no entry for
         Flow(0, 1, Match.of(eth_src="52-54-00-00-00-01")),  # a MAC form netaddr also reads
         Flow(0, 1, Match.of(eth_type=0x800, ipv4_src=0xC6130001)),  # an IPv4 given as a number
     ]

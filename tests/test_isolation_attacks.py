@@ -262,6 +262,57 @@ def test_other_ethertypes_and_reserved_destinations_are_dropped(
         assert markers(text, "ETH-") <= {"ETH-honest"}, (vm, text)
 
 
+def test_tagged_frames_and_reserved_group_addresses_are_dropped(
+        lab: tuple[Lab, LabController]) -> None:
+    """b1's own IPv4 in an 802.1Q frame (VLAN 5, and a priority tag: VLAN 0), or sent to
+    IEEE reserved group addresses (STP's, LLDP's), reaches no VM: OpenFlow matches the
+    EtherType inside the tag, and 802.1D bridges never forward 01:80:c2:00:00:0x. The honest
+    broadcast sent with them reaches b1's network."""
+    lab_, _ = lab
+    b1 = lab_.vms["b1"]
+
+    def frame(dst: str, marker: bytes) -> str:
+        return udp_frame(b1.mac, dst, b1.ip, "198.19.0.255", marker)
+    attacks = [
+        tagged(frame(BROADCAST, b"RSV-vlan5"), b"\x81\x00\x00\x05"),
+        tagged(frame(BROADCAST, b"RSV-prio"), b"\x81\x00\x00\x00"),
+        frame("01:80:c2:00:00:00", b"RSV-stp"),
+        frame("01:80:c2:00:00:0e", b"RSV-lldp"),
+    ]
+    seen = captured(lab_, vm_names(lab_, but="b1"), "", lambda: send_from(
+        lab_, "b1", [frame(BROADCAST, b"RSV-honest"), *attacks]))
+    for vm, text in seen.items():
+        same = lab_.vms[vm].network == b1.network
+        assert ("RSV-honest" in markers(text, "RSV-")) == same, (vm, text)
+        assert markers(text, "RSV-") <= {"RSV-honest"}, (vm, text)
+
+
+def test_router_advertisements_and_redirects_from_a_vm_are_dropped(
+        lab: tuple[Lab, LabController]) -> None:
+    """b1 advertises itself as a router (RA from its own link-local) and redirects b2 to
+    itself: no VM receives either and b3 does not route IPv6 through b1; b1's honest NA,
+    sent with them, reaches b2 and b3."""
+    lab_, _ = lab
+    b1, b2 = lab_.vms["b1"], lab_.vms["b2"]
+    ll1, ll2 = str(link_local(b1.mac)), str(link_local(b2.mac))
+    ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0) + b"\x01\x01" + \
+        mac_bytes(b1.mac)
+    # redirect: "reach fd00::99 through ll1" (target ll1, destination fd00::99)
+    redirect = struct.pack("!BBHI", 137, 0, 0, 0) + ipaddress.IPv6Address(ll1).packed + \
+        ipaddress.IPv6Address("fd00::99").packed + b"\x02\x01" + mac_bytes(b1.mac)
+    frames = [icmp6_frame(b1.mac, "33:33:00:00:00:01", ll1, "ff02::1", ra),
+              icmp6_frame(b1.mac, b2.mac, ll1, ll2, redirect),
+              neighbor_advert(b1.mac, ll1, ll1, b1.mac)]  # honest
+    seen = captured(lab_, vm_names(lab_, but="b1"), "icmp6",
+                    lambda: send_from(lab_, "b1", frames))
+    for vm, text in seen.items():
+        same = lab_.vms[vm].network == b1.network
+        assert (f"tgt is {ll1}" in text) == same, (vm, text)
+        assert "router advertisement" not in text and "redirect" not in text, (vm, text)
+    routes = lab_.exec("b3", ["ip", "-6", "route", "show", "default"], check=True).stdout
+    assert ll1 not in routes, f"b3 routes IPv6 through b1: {routes}"
+
+
 def test_arp_poisoning_of_a_same_tenant_peer_is_dropped(lab: tuple[Lab, LabController]) -> None:
     """b1 claims b2's IP with its own MAC (gratuitous ARP, and a reply aimed at b3): b3's
     neighbour entry for b2 keeps b2's MAC; b1's honest gratuitous ARP does reach b3."""
@@ -293,12 +344,14 @@ def test_neighbor_advertisement_for_a_peers_address_is_dropped(
     frames = [
         neighbor_advert(b1.mac, ll1, ll3, b1.mac),
         neighbor_advert(b1.mac, ll3, ll3, b1.mac),
+        neighbor_advert(b1.mac, ll3, ll1, b1.mac),  # its own address, from b3's source
         neighbor_advert(b1.mac, ll1, ll1, b1.mac),  # honest
     ]
     seen = captured(lab_, ["b2", "a2"], "icmp6 and ip6[40] == 136",
                     lambda: send_from(lab_, "b1", frames))
     assert f"tgt is {ll1}" in seen["b2"], seen["b2"]
     assert f"tgt is {ll3}" not in seen["b2"], seen["b2"]
+    assert f"{ll3} > ff02::1" not in seen["b2"], seen["b2"]
     assert ll1 not in seen["a2"] and ll3 not in seen["a2"], seen["a2"]
 
 

@@ -28,7 +28,9 @@ from tests.test_controller_core import topologies
 FOREIGN_MAC = "52:54:00:ee:ee:ee"
 FOREIGN_IP = "198.19.7.7"
 ETH_TYPES = (ETH_IPV4, ETH_ARP, ETH_RARP, ETH_IPV6, 0x88CC, 0x8847, 0x8808, 0x05FF)
-GROUP_MACS = ("ff:ff:ff:ff:ff:ff", "33:33:00:00:00:01", "01:00:5e:00:00:01", "01:80:c2:00:00:00")
+GROUP_MACS = ("ff:ff:ff:ff:ff:ff", "33:33:00:00:00:01", "01:00:5e:00:00:01", "01:80:c2:00:00:00",
+              "01:80:c2:00:00:0e")
+VLAN_PRESENT = 0x1000  # OFPVID_PRESENT: a frame with an 802.1Q header (VID 0: priority tag)
 ICMPV6_TYPES = (128, 133, 134, 135, 136, 137)
 NO_MAC = "00:00:00:00:00:00"
 
@@ -45,7 +47,7 @@ def honest(src: Binding, kind: str, dst_mac: str, target4: str, target6: str,
     """A packet of ``kind`` as ``src`` would honestly send it."""
     ip4 = str(next((ip for ip in src.ips if ip.version == 4), FOREIGN_IP))
     ll = str(link_local(src.mac))
-    pkt: dict[str, MatchValue] = {"eth_src": src.mac, "eth_dst": dst_mac}
+    pkt: dict[str, MatchValue] = {"eth_src": src.mac, "eth_dst": dst_mac, "vlan_vid": 0}
     if kind == "ipv4":
         pkt |= {"eth_type": ETH_IPV4, "ipv4_src": ip4, "ipv4_dst": target4, "ip_proto": 17}
     elif kind in ("arp", "rarp"):
@@ -77,6 +79,7 @@ def forgeries(state: State) -> dict[str, list[MatchValue]]:
         "eth_src": macs, "ipv4_src": v4, "arp_sha": macs, "arp_spa": v4, "arp_op": [1, 2, 3, 4],
         "ipv6_src": v6, "ipv6_nd_target": v6, "ipv6_nd_sll": macs, "ipv6_nd_tll": macs,
         "icmpv6_type": list(ICMPV6_TYPES), "eth_type": list(ETH_TYPES),
+        "vlan_vid": [0, VLAN_PRESENT, VLAN_PRESENT | 5],
     }
 
 
@@ -100,10 +103,13 @@ def attack_packets(draw: st.DrawFn, state: State, src: Binding) -> Packet:
 
 def check_leaves_as_its_own(src: Binding, pkt: Packet) -> None:
     """What a packet from ``src`` may look like when it reaches another VIF: its own MAC and
-    addresses in every header a neighbour believes, and nothing but IP/ARP/RARP."""
+    addresses in every header a neighbour believes, and nothing but untagged IP/ARP/RARP to
+    a destination a bridge forwards."""
     v4 = {str(ip) for ip in src.ips if ip.version == 4}
     et = pkt["eth_type"]
     assert pkt["eth_src"] == src.mac
+    assert pkt["vlan_vid"] == 0, f"a tagged frame got out: {pkt}"
+    assert not str(pkt["eth_dst"]).startswith("01:80:c2:00:00:0"), f"IEEE reserved: {pkt}"
     assert et in (ETH_IPV4, ETH_ARP, ETH_RARP, ETH_IPV6)
     if et == ETH_IPV4 and v4:
         assert pkt["ipv4_src"] in v4
@@ -111,10 +117,12 @@ def check_leaves_as_its_own(src: Binding, pkt: Packet) -> None:
         assert pkt["arp_sha"] == src.mac
         assert not v4 or pkt["arp_spa"] in v4
     if et == ETH_IPV6:
-        # OPEN (docs/isolation.md, "NA source"): an NA's IPv6 source is not checked (its
-        # target and target MAC are, which is what a neighbour's cache takes from it)
-        if pkt.get("icmpv6_type") != 136:
-            assert pkt["ipv6_src"] in own_v6(src) | {"::"}
+        # "::" only as the source of duplicate address detection's NS, which carries no MAC
+        if pkt["ipv6_src"] == "::":
+            assert (pkt.get("icmpv6_type"), pkt.get("ipv6_nd_sll")) == (135, NO_MAC), pkt
+        else:
+            assert pkt["ipv6_src"] in own_v6(src)
+        assert pkt.get("icmpv6_type") not in (134, 137), f"router advertisement/redirect: {pkt}"
         if pkt.get("icmpv6_type") == 136:
             assert pkt["ipv6_nd_target"] in own_v6(src)
             assert pkt["ipv6_nd_tll"] in (src.mac, NO_MAC)
@@ -295,3 +303,76 @@ def test_every_single_forged_field_is_caught_or_harmless() -> None:
                             delivered += 1
                     tried += 1
     assert tried > 800 and delivered > 100  # the honest values among the forgeries get out
+
+
+# -- same-network holes found by the red team (docs/isolation.md, "Fixed since") ------------
+
+VICTIM = Binding("vm-victim", "h1", "52:54:00:00:00:01", "na", 1,
+                 (ipaddress.ip_address("198.19.0.1"),), since=100.0)
+PEER = Binding("vm-peer", "h2", "52:54:00:00:00:03", "na", 1,
+               (ipaddress.ip_address("198.19.0.3"),), since=100.0)
+
+
+def _victim_state(bindings: list[Binding], claims: dict[str, str] | None = None) -> State:
+    ip = ipaddress.ip_address
+    return State.build(
+        [Tenant("a"), Tenant("b")], [Network("na", "a", 10), Network("nb", "b", 11)],
+        [Host("h1", ip("198.18.0.1")), Host("h2", ip("198.18.0.2"))], bindings,
+        [TunnelPort("h1", "h2", 10), TunnelPort("h2", "h1", 10)], claims)
+
+
+def _v6(src_ip: str, icmpv6_type: int | None, dst: str = "33:33:00:00:00:01",
+        **extra: MatchValue) -> dict[str, MatchValue]:
+    pkt: dict[str, MatchValue] = {"eth_src": VICTIM.mac, "eth_dst": dst, "eth_type": ETH_IPV6,
+                                  "ipv6_src": src_ip, "ip_proto": 17}
+    if icmpv6_type is not None:
+        pkt |= {"ip_proto": 58, "icmpv6_type": icmpv6_type}
+    return pkt | extra
+
+
+def test_router_advertisements_and_redirects_from_a_vm_are_dropped() -> None:
+    """From its own link-local, to all nodes or to one peer: dropped (a peer would route its
+    IPv6 through the sender); the same VIF's honest echo request gets through."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    ll = str(link_local(VICTIM.mac))
+    for icmpv6_type in (134, 137):
+        for dst in ("33:33:00:00:00:01", PEER.mac):
+            assert fabric.send(VICTIM, _v6(ll, icmpv6_type, dst)) == [], (icmpv6_type, dst)
+    assert [d.iface_id for d in fabric.send(VICTIM, _v6(ll, 128, PEER.mac))] == ["vm-peer"]
+
+
+def test_a_neighbor_advertisement_needs_an_own_ipv6_source() -> None:
+    """An NA for the VIF's own address with its own MAC, but from a peer's (or the
+    unspecified) address: dropped; from its own address: delivered."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    ll = str(link_local(VICTIM.mac))
+    for src in (str(link_local(PEER.mac)), "::", ll):
+        na = _v6(src, 136, ipv6_nd_target=ll, ipv6_nd_tll=VICTIM.mac)
+        got = [d.iface_id for d in fabric.send(VICTIM, na)]
+        assert got == (["vm-peer"] if src == ll else []), (src, got)
+
+
+def test_the_unspecified_source_is_only_for_duplicate_address_detection() -> None:
+    """:: may only send DAD's NS, which has no link-layer option (RFC 4862 5.4.2): not UDP,
+    not an echo, not an NS carrying a MAC, not an RS."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    ll = str(link_local(VICTIM.mac))
+    dad = _v6("::", 135, "33:33:ff:00:00:01", ipv6_nd_target=ll, ipv6_nd_sll=NO_MAC)
+    assert [d.iface_id for d in fabric.send(VICTIM, dad)] == ["vm-peer"]
+    for pkt in (_v6("::", None, PEER.mac), _v6("::", 128, PEER.mac), _v6("::", 133),
+                {**dad, "ipv6_nd_sll": VICTIM.mac}):
+        assert fabric.send(VICTIM, pkt) == [], pkt
+
+
+def test_tagged_frames_and_reserved_group_addresses_from_a_vif_are_dropped() -> None:
+    """802.1Q (VLAN 5, priority tag) frames with the VIF's own addresses and IPv4 to
+    01:80:c2:00:00:0x reach nobody; the same frame untagged to broadcast reaches the peer."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    honest = ipv4(VICTIM.mac, "ff:ff:ff:ff:ff:ff", "198.19.0.1", "198.19.0.255")
+    assert [d.iface_id for d in fabric.send(VICTIM, honest)] == ["vm-peer"]
+    for vid in (VLAN_PRESENT, VLAN_PRESENT | 5):
+        assert fabric.send(VICTIM, {**honest, "vlan_vid": vid}) == [], vid
+    for last in range(16):
+        dst = f"01:80:c2:00:00:{last:02x}"
+        assert fabric.send(VICTIM, {**honest, "eth_dst": dst}) == [], dst
+
