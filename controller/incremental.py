@@ -36,7 +36,16 @@ from controller.compute import (
 )
 from controller.diff import FlowDiff
 from controller.flows import Flow
-from controller.model import Binding, Host, InvalidState, Network, State, Tenant, TunnelPort
+from controller.model import (
+    Binding,
+    Host,
+    InvalidState,
+    Network,
+    State,
+    Tenant,
+    TunnelPort,
+    is_migration_twin,
+)
 
 
 
@@ -446,7 +455,8 @@ class Engine:
             else:
                 del self._placed[iface]
         old_sb = self._standby.get(iface, ())
-        new_sb = tuple(b for b in self._eligible(iface) if b is not new_active) \
+        new_sb = tuple(b for b in self._eligible(iface)
+                       if b is not new_active and is_migration_twin(new_active, b)) \
             if new_active is not None else ()
         if old_sb != new_sb:
             for b in old_sb:

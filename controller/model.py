@@ -219,6 +219,19 @@ def allocate_vni(used: Iterable[int]) -> int:
     raise InvalidState("vni: all 16777215 VNIs are in use")
 
 
+def is_migration_twin(chosen: Binding, other: Binding) -> bool:
+    """Two live bindings of one iface-id are the halves of a live migration only if they
+    also agree on network and MAC: a port that reuses a VIF's iface-id in another network
+    (or with another MAC) must never become its migration target, whose announcement would
+    move the VIF's traffic to it."""
+    return (other.network, other.mac) == (chosen.network, chosen.mac)
+
+
+def not_a_migration(chosen: Binding) -> str:
+    return (f"iface-id {chosen.iface_id} is already VIF {chosen.mac} in {chosen.network} on "
+            f"{chosen.host}: a migration keeps the network and the MAC")
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where each VIF is forwarded to (``active``) and its other live bindings (``standby``)."""
@@ -234,6 +247,7 @@ def placement(state: State) -> Placement:
     A binding counts when it is active, has a real ofport and names a known network on a known
     host. With two live bindings (live migration) the guest's own announcement (claim) wins;
     without one the older binding keeps the traffic: the source runs until the guest moves.
+    A second binding in another network or with another MAC is no migration: ignored.
     """
     by_iface: dict[str, list[Binding]] = {}
     ignored: list[tuple[Binding, str]] = []
@@ -256,7 +270,13 @@ def placement(state: State) -> Placement:
         if chosen is None:
             chosen = min(cands, key=lambda b: (b.since, b.host))
         active[iface_id] = chosen
-        standby.extend(b for b in cands if b is not chosen)
+        for b in cands:
+            if b is chosen:
+                continue
+            if is_migration_twin(chosen, b):
+                standby.append(b)
+            else:
+                ignored.append((b, not_a_migration(chosen)))
     # One MAC per network: a second VIF with the same MAC would steal the first one's traffic.
     owner: dict[tuple[str, str], Binding] = {}
     for b in sorted(active.values(), key=lambda b: (b.since, b.iface_id)):

@@ -376,3 +376,31 @@ def test_tagged_frames_and_reserved_group_addresses_from_a_vif_are_dropped() -> 
         dst = f"01:80:c2:00:00:{last:02x}"
         assert fabric.send(VICTIM, {**honest, "eth_dst": dst}) == [], dst
 
+
+def test_an_iface_id_reused_in_another_network_is_not_a_migration() -> None:
+    """A port in another tenant's network (another MAC) reuses the victim's iface-id: it is
+    ignored, not taken for a migration target, so its RARP punts nothing and claims nothing,
+    and the victim keeps its traffic. The same iface-id with the victim's network and MAC on
+    another host is still a migration (its RARP moves the traffic)."""
+    thief = Binding(VICTIM.iface_id, "h2", "52:54:00:00:00:66", "nb", 7,
+                    (ipaddress.ip_address("198.19.0.1"),), since=200.0)
+    for other in (thief, replace(thief, network="na"), replace(thief, mac=VICTIM.mac)):
+        state = _victim_state([VICTIM, PEER, other])
+        place = placement(state)
+        assert place.standby == () and [b for b, _ in place.ignored] == [other], other
+        claims = claims_after({}, state, [])
+        got = Fabric(state).send(other, rarp(other.mac))
+        assert got == [], f"a port that is no migration target punted: {got}"
+        seen = [PacketIn("h2", other.ofport, other.mac, ETH_RARP)]
+        now = _victim_state([VICTIM, PEER, other], claims_after(claims, state, seen))
+        peer = placement(now).active["vm-peer"]
+        delivered = Fabric(now).send(peer, ipv4(peer.mac, VICTIM.mac, "198.19.0.3", "198.19.0.1"))
+        assert [(d.host, d.iface_id) for d in delivered] == [("h1", "vm-victim")], other
+    twin = replace(thief, network="na", mac=VICTIM.mac)
+    state = _victim_state([VICTIM, PEER, twin])
+    assert placement(state).standby == (twin,)
+    seen = [PacketIn(d.host, twin.ofport, str(d.packet["eth_src"]), ETH_RARP)
+            for d in Fabric(state).send(twin, rarp(twin.mac)) if d.iface_id is None]
+    moved = _victim_state([VICTIM, PEER, twin], claims_after(claims_after({}, state, []),
+                                                             state, seen))
+    assert placement(moved).active["vm-victim"] == twin  # a real migration still switches
