@@ -10,6 +10,7 @@ reconciled from a cookie-filtered flow dump, never flushed.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import queue
 import threading
@@ -204,6 +205,10 @@ class Controller:
         round) by a full recompute, after which every switch is diffed whole."""
         if self._engine is None or self._held is None or not same_declarations(self._held, state):
             self._engine = Engine.of(state)
+            # The engine is long-lived and acyclic: keep the cyclic GC from walking it again
+            # on every collection (measured: it otherwise puts tens of ms pauses into events).
+            gc.collect()
+            gc.freeze()
             for link in self.links.values():
                 link.synced = False
             update = Update({}, frozenset(state.hosts))
