@@ -4,7 +4,8 @@
 the state: nothing but the controller's pure part runs), does the full recompute the
 controller does at start (``Engine.of`` plus every host's flow set diffed against an empty
 switch), then times single events through ``Engine.update`` and turns each resulting diff into
-the encoded OpenFlow messages the controller would send (``ofp.diff_messages`` + serialize).
+the encoded OpenFlow messages the controller would send (``ofp.item_wire`` framed in a bundle
+add, as ``OfSession.apply`` does).
 Run it in a process of its own (``python -m controller.scale``) so the peak RSS is its alone.
 """
 
@@ -19,10 +20,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import SimpleNamespace
 from typing import Any
 
-from controller import ofp
+from controller import ofp, ofwire
 from controller.compute import compute_tunnels
 from controller.diff import FlowDiff, diff_flows
 from controller.incremental import Changes, Engine, Update
@@ -65,12 +65,15 @@ def _tunnel_ports(state: State, hosts: Sequence[str] | Mapping[str, Host]) -> li
             for h in hosts for s in compute_tunnels(state, h)]
 
 
-def _encode(update: Update, dp: Any) -> int:
-    """Every message of ``update`` built and serialized as the sender would; their count."""
+def _encode(update: Update) -> int:
+    """Every message of ``update`` encoded as the sender frames it (a flow-mod inside a bundle
+    add, ``OfSession.apply``); their count."""
     n = 0
+    flags = ofp.OFP.OFPBF_ATOMIC | ofp.OFP.OFPBF_ORDERED
     for d in update.flows.values():
-        for msg in ofp.diff_messages(dp, d):
-            msg.serialize()
+        for item in ofp.diff_items(d):
+            msg_type, body = ofp.item_wire(item)
+            ofwire.bundle_add(n, 1, flags, msg_type, body)
             n += 1
     return n
 
@@ -123,7 +126,6 @@ def measure(hosts: int = 1000, vifs: int = 10_000, networks: int = 1000, events:
     gc.collect()
     gc.freeze()
 
-    dp = SimpleNamespace(ofproto=ofp.OFP, ofproto_parser=ofp.PARSER, id=1)
     timing: dict[str, list[tuple[float, float]]] = {}  # kind -> (compute+diff, +messages) ms
     msgs: list[float] = []
     local_gain: list[float] = []
@@ -134,7 +136,7 @@ def measure(hosts: int = 1000, vifs: int = 10_000, networks: int = 1000, events:
         t = clock()
         updates = [engine.update(c) for c in changes]
         computed = clock()
-        n = sum(_encode(u, dp) for u in updates)
+        n = sum(_encode(u) for u in updates)
         timing.setdefault(kind, []).append(((computed - t) * 1000, (clock() - t) * 1000))
         if kind.startswith("vif_added"):
             msgs.append(float(n))
