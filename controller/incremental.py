@@ -358,11 +358,9 @@ class Engine:
                     at(h).swap(gone, came)
                 else:
                     at(h).swap(old_arp if h in before else (), new_arp if h in after else ())
-        # 6. (host, network) parts: whole where the host joined or left the network or its
-        # tunnels changed; else only the pieces that depend on what changed
+        # 6. (host, network) parts: whole where the host joined or left the network; else
+        # only the pieces that depend on what changed (its hosts, members, tunnel ports)
         whole = {(h, n) for n in moved for h in old_hosts[n] ^ self._net_hosts.get(n, frozenset())}
-        for h in tun_hosts:
-            whole |= {(h, n) for n in self._host_nets.get(h, ())}
         for h, n in whole:
             old_part = self._parts.pop((h, n), None)
             new_part = None
@@ -371,27 +369,34 @@ class Engine:
                                        self._net_hosts[n], self._tun_port.get(h, {}))
                 self._parts[(h, n)] = new_part
             at(h).swap(old_part.flows() if old_part else (), new_part.flows() if new_part else ())
-        for n in changed_members | moved:
-            old_m, new_m = set(old_members.get(n, ())), set(self._members.get(n, ()))
-            left, joined = old_m - new_m, new_m - old_m
-            for h in self._net_hosts.get(n, ()):
-                if (h, n) in whole:
-                    continue
-                part, tun_port, vni = self._parts[(h, n)], self._tun_port.get(h, {}), \
-                    self.networks[n].vni
-                out: list[Flow] = []
-                into: list[Flow] = []
-                if n in moved:
-                    out.extend(part.classify)
-                    part.classify = tuple(tunnel_classify_flows(h, vni, self._net_hosts[n],
-                                                                tun_port))
-                    into.extend(part.classify)
-                if n in changed_members:
-                    m_out, m_in = part.members_changed(h, vni, left, joined,
-                                                      self._members.get(n, ()), tun_port)
-                    out.extend(m_out)
-                    into.extend(m_in)
-                at(h).swap(out, into)
+        retunneled: dict[str, set[str]] = {}  # host -> remotes whose tunnel port changed
+        for h in tun_hosts:
+            was, now = old_ports[h], self._tun_port.get(h, {})
+            retunneled[h] = {r for r in was.keys() | now.keys() if was.get(r) != now.get(r)}
+        pieces = {(h, n) for n in changed_members | moved for h in self._net_hosts.get(n, ())}
+        pieces |= {(h, n) for h, rs in retunneled.items() for n in self._host_nets.get(h, ())
+                   if rs & self._net_hosts[n]}
+        for h, n in pieces - whole:
+            part, tun_port, vni = self._parts[(h, n)], self._tun_port.get(h, {}), \
+                self.networks[n].vni
+            members = self._members.get(n, ())
+            remotes = retunneled.get(h, set()) & self._net_hosts[n]
+            out: list[Flow] = []
+            into: list[Flow] = []
+            if n in moved or remotes:
+                out.extend(part.classify)
+                part.classify = tuple(tunnel_classify_flows(h, vni, self._net_hosts[n], tun_port))
+                into.extend(part.classify)
+            if n in changed_members:
+                old_m, new_m = set(old_members[n]), set(members)
+                left, joined = old_m - new_m, new_m - old_m
+            else:
+                left, joined = set(), set()
+            # members behind a changed tunnel port are re-pointed: out and in again
+            moved_behind = {b for b in members if b.host in remotes} - joined
+            m_out, m_in = part.members_changed(h, vni, left | moved_behind,
+                                               joined | moved_behind, members, tun_port)
+            at(h).swap(out + m_out, into + m_in)
         return frozenset(h for n in moved for h in old_hosts[n] | self._net_hosts.get(n, frozenset()))
 
     # -- helpers ------------------------------------------------------------------------------
