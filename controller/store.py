@@ -13,11 +13,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from controller import ovsdb
+from controller.seen import SeenKey
 from controller.model import (
     Host,
     InvalidState,
@@ -114,6 +115,7 @@ class Declared:
     networks: tuple[Network, ...]
     hosts: tuple[HostRecord, ...]
     claims: Mapping[str, str]  # iface-id -> host, while a VIF is live on two hosts
+    first_seen: Mapping[SeenKey, float] = field(default_factory=dict)  # see controller/seen.py
 
 
 class Store:
@@ -121,7 +123,8 @@ class Store:
 
     def __init__(self, remote: str, on_change: Callable[[], None] = lambda: None) -> None:
         self.api = ovsdb.connect(remote, SCHEMA_NAME, ovsdb.GenericApi,
-                                 ("Tenant", "Network", "Host", "Claim"), on_change)
+                                 ("Tenant", "Network", "Host", "Claim", "FirstSeen"),
+                                 on_change)
 
     def close(self) -> None:
         ovsdb.stop(self.api)
@@ -144,9 +147,11 @@ class Store:
                 for r in t["Host"].rows.values()
             )
             claims = {r.iface_id: r.host for r in t["Claim"].rows.values()}
+            first_seen = {(r.host, r.iface_id, r.ofport): r.since
+                          for r in t["FirstSeen"].rows.values()}
         check_declared({x.name: x for x in tenants}, {x.name: x for x in networks},
                        {x.host.system_id: x.host for x in hosts})
-        return Declared(tenants, networks, hosts, claims)
+        return Declared(tenants, networks, hosts, claims, first_seen)
 
     def write_claims(self, want: Mapping[str, str]) -> None:
         """Make the Claim table equal ``want``, in one transaction."""
@@ -160,6 +165,22 @@ class Store:
                     txn.add(self.api.db_set("Claim", uuid, ("host", want[iface])))
             for iface in want.keys() - have.keys():
                 txn.add(self.api.db_create("Claim", iface_id=iface, host=want[iface]))
+
+    def write_first_seen(self, want: Mapping[SeenKey, float]) -> None:
+        """Make the FirstSeen table equal ``want``, in one transaction."""
+        with self.api.ovsdb_connection.lock:
+            have = {(r.host, r.iface_id, r.ofport): (r.uuid, r.since)
+                    for r in self.api.tables["FirstSeen"].rows.values()}
+        with self.api.transaction(check_error=True) as txn:
+            for key, (uuid, since) in have.items():
+                if key not in want:
+                    txn.add(self.api.db_destroy("FirstSeen", uuid))
+                elif want[key] != since:
+                    txn.add(self.api.db_set("FirstSeen", uuid, ("since", want[key])))
+            for key in want.keys() - have.keys():
+                host, iface, ofport = key
+                txn.add(self.api.db_create("FirstSeen", host=host, iface_id=iface, ofport=ofport,
+                                           since=want[key]))
 
     # -- writes (each one transaction) ----------------------------------------------------------
     def _find(self, table: str, column: str, value: object) -> Any | None:

@@ -573,6 +573,33 @@ def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]
         assert markers(text, "DEAD-") == want, (vm, text)
 
 
+def test_a_duplicate_macs_owner_survives_a_controller_restart(
+        lab: tuple[Lab, LabController]) -> None:
+    """A VM started next to b1 with b1's MAC, and an iface-id that sorts before b1's, is
+    not forwarded (b1 was there first) ... and still is not after a kill -9 and restart of
+    the controller, which would otherwise see every port first at once and let the iface-id
+    order pick the owner: b2 keeps reaching b1, the duplicate stays unforwarded."""
+    lab_, ctl = lab
+    host, b1 = lab_.placement("b1"), lab_.vms["b1"]
+    dup_id = "00000000-dup-" + lab_.prefix
+    assert dup_id < b1.iface_id
+    ids = vm_ids(lab_, "xr", b1.mac, "198.19.0.26", b1.network, **{contract.IFACE_ID: dup_id})
+    try:
+        plug_extra_vm(lab_, "xr", host, b1.mac, "198.19.0.26", ids)
+        refused = f"VIF {dup_id} on {host} is not forwarded: MAC {b1.mac}"
+        ctl.wait_log(refused)
+        assert lab_.ping("b2", "b1")
+        connects = ctl.log_text().count("veil flows installed")
+        ctl.kill()
+        ctl.start()
+        ctl.wait_log("veil flows installed", connects + len(lab_.hosts))
+        ctl.wait_log(refused, 2)  # the restarted controller refuses the duplicate too
+        time.sleep(2.5)  # one more resync period: a changed owner would be programmed by now
+        assert lab_.ping("b2", "b1", count=3), "b1's MAC changed owner after the restart"
+    finally:
+        unplug_extra_vm(lab_, "xr", host)
+
+
 def test_a_vm_with_another_tenants_mac_on_the_same_host_gets_none_of_its_traffic(
         lab: tuple[Lab, LabController]) -> None:
     """Tenant B starts a VM with a1's MAC next to a1 (dc1-h1). It works in its own network
