@@ -324,7 +324,7 @@ class Engine:
                 self._members[n] = members
             else:
                 self._members.pop(n, None)
-            roles |= {b.iface_id for b in (*old_members[n], *members)}
+            roles |= {b.iface_id for b in set(old_members[n]) ^ set(members)}
         # 3. each iface's forwarded and standby bindings: VIF parts on their hosts
         host_nets_changed: set[str] = set()
         for iface in roles:
