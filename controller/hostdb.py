@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from controller import ovsdb
 from controller.compute import TunnelSpec
 from controller.model import Binding, InvalidState, TunnelPort, check_mac
+from controller.seen import SeenKey
 from hooks import contract
 
 LOG = logging.getLogger(__name__)
@@ -70,8 +71,12 @@ class HostDb:
     def close(self) -> None:
         ovsdb.stop(self.api)
 
-    def view(self, now: float) -> HostView:
-        """Everything the controller needs from this host, read in one go under the IDL lock."""
+    def view(self, now: float, recorded: Mapping[SeenKey, float] | None = None) -> HostView:
+        """Everything the controller needs from this host, read in one go under the IDL lock.
+
+        A port is first seen ``now``, or when the durable ``recorded`` times say (a restarted
+        controller: see controller/seen.py)."""
+        recorded = recorded or {}
         bindings: list[Binding] = []
         tunnels: list[TunnelPort] = []
         names: set[str] = set()
@@ -93,7 +98,8 @@ class HostDb:
                 elif contract.IFACE_ID in ids:
                     key = (ids[contract.IFACE_ID], _ofport(row))
                     seen.add(key)
-                    since = self._first_seen.setdefault(key, now)
+                    since = self._first_seen.setdefault(
+                        key, recorded.get((self.system_id, *key), now))
                     try:
                         bindings.append(binding_from_row(self.system_id, row.name, ids,
                                                          _ofport(row), since))

@@ -7,13 +7,13 @@ traffic before the guest announces itself. A host's ``HostDb`` only knows when *
 first saw a port; after a restart every port would be first seen at once and the iface-id
 order would decide, so a VM started later with a victim's MAC and a lower iface-id would take
 the victim's traffic. The controller therefore keeps the first time in the veil database
-(table FirstSeen, like migration claims) and every binding carries the recorded time.
+(table FirstSeen, like migration claims), and a ``HostDb`` that sees a port for the first time
+takes the recorded time if there is one (so bindings carry it, without a copy per round).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 
 from controller.model import Binding
 
@@ -36,12 +36,3 @@ def first_seen_after(stored: Mapping[SeenKey, float], bindings: Iterable[Binding
         out[key] = stored.get(key, b.since)
     return out
 
-
-def with_first_seen(bindings: Iterable[Binding],
-                    record: Mapping[SeenKey, float]) -> list[Binding]:
-    """``bindings`` with ``since`` taken from the record where it has the port."""
-    out = []
-    for b in bindings:
-        since = record.get(seen_key(b), b.since)
-        out.append(b if since == b.since else replace(b, since=since))
-    return out

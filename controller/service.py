@@ -30,7 +30,7 @@ from controller.migration import PacketIn, claims_after, parse_packet_in
 from controller.model import Binding, InvalidState, State, TunnelPort
 from controller.ovsdb import OvsdbUnreachable
 from controller.ofconn import OfSession, OpenFlowError
-from controller.seen import SeenKey, first_seen_after, with_first_seen
+from controller.seen import first_seen_after
 from controller.store import Declared, HostRecord, Store
 
 LOG = logging.getLogger("veil.controller")
@@ -38,13 +38,9 @@ T = TypeVar("T")
 
 
 def build_state(declared: Declared, views: Mapping[str, HostView],
-                claims: Mapping[str, str] | None = None,
-                first_seen: Mapping[SeenKey, float] | None = None) -> State:
-    """The desired state: what is declared plus what the hosts report (each binding first
-    seen when the durable record says, see controller/seen.py)."""
-    bindings: list[Binding] = with_first_seen(
-        (b for v in views.values() for b in v.bindings),
-        declared.first_seen if first_seen is None else first_seen)
+                claims: Mapping[str, str] | None = None) -> State:
+    """The desired state: what is declared plus what the hosts report."""
+    bindings: list[Binding] = [b for v in views.values() for b in v.bindings]
     tunnels: list[TunnelPort] = [t for v in views.values() for t in v.tunnels]
     return State.build(declared.tenants, declared.networks, (r.host for r in declared.hosts),
                        bindings, tunnels, declared.claims if claims is None else claims)
@@ -188,14 +184,14 @@ class Controller:
             frozenset(views), frozenset(r.host.system_id for r in declared.hosts))
         if first_seen != declared.first_seen:
             self.store.write_first_seen(first_seen)  # durable: a restart keeps MAC owners
-        state = build_state(declared, views, first_seen=first_seen)
+        state = build_state(declared, views)
         seen: list[PacketIn] = []
         while not self._packet_ins.empty():
             seen.append(self._packet_ins.get())
         claims = claims_after(declared.claims, state, seen)
         if claims != declared.claims:
             self.store.write_claims(claims)  # durable: a restart keeps forwarding the same way
-            state = build_state(declared, views, claims, first_seen)
+            state = build_state(declared, views, claims)
         ignored = state.placed.ignored
         if ignored != self._ignored:
             for b, why in ignored:
@@ -261,7 +257,7 @@ class Controller:
                                        functools.partial(HostDb, sid, rec.ovsdb, self.kick))
                 if link.db is None:
                     continue
-            view = link.db.view(now)
+            view = link.db.view(now, declared.first_seen)
             if link.view is None or view.rejected != link.view.rejected:
                 for name, why in view.rejected:
                     LOG.error("host %s: VIF %s not plugged: %s", sid, name, why)
