@@ -184,6 +184,7 @@ def measure(hosts: int = 1000, vifs: int = 10_000, networks: int = 1000, events:
         "full_recompute_s": full_s, "engine_build_s": engine_s, "initial_flow_mods": initial_mods,
         "events_compute_diff_ms": {k: _summary([c for c, _ in v]) for k, v in timing.items()},
         "events_with_messages_ms": {k: _summary([m for _, m in v]) for k, v in timing.items()},
+        "samples_with_messages_ms": {k: [m for _, m in v] for k, v in timing.items()},
         "messages_per_vif_added": _summary(msgs),
         "flows_per_host": {"median": per_host[len(per_host) // 2], "max": per_host[-1]},
         "flows_added_own_host": _summary(local_gain),

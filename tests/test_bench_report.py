@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.bench import flowmods, probe, report, scale, svg
+from controller import scale
+from controller.lab.bench import flowmods, probe, report, runner, svg
 from controller.lab.bench.results import (
     Comparison,
     Goal,
@@ -189,18 +190,17 @@ def test_cli_options_are_checked() -> None:
         plan_from(False, None, 0)
 
 
-def test_scale_fabric_matches_its_description_and_growth_is_counted() -> None:
-    f = scale.Fabric(hosts=12, vifs=60, networks=6, tenants=2)
-    state = scale.build(f)
-    assert len(state.hosts) == 12 and len(state.bindings) == 60 and len(state.networks) == 6
-    assert len({b.network for b in state.bindings}) == 6
-    m = scale.measure(f, events=2)
-    assert len(m["event_ms"]) == 2  # type: ignore[arg-type]
-    # the round after one new VIF sends flow mods (to its host and its network's other hosts)
-    assert all(n > 0 for n in m["event_flow_mods"])  # type: ignore[attr-defined]
-    assert m["flows_per_host_max"] >= m["flows_per_host_median"] > 0  # type: ignore[operator]
+def test_scale_figures_come_from_the_controllers_engine_and_count_growth() -> None:
+    m = scale.measure(hosts=12, vifs=60, networks=6, events=2)
+    assert m["fabric"] == {"hosts": 12, "vifs": 60, "networks": 6, "seed": 1}
+    samples = m["samples_with_messages_ms"]
+    for kind in runner.VIF_EVENTS:
+        assert len(samples[kind]) == 2 and all(x > 0 for x in samples[kind]), kind
+    assert m["initial_flow_mods"] > 0 and m["full_recompute_s"] > 0
+    assert m["flows_per_host"]["max"] >= m["flows_per_host"]["median"] > 0
     # a VIF joining a network with members elsewhere gives those hosts flows to reach it
-    assert m["flows_added_remote"] > 0 and m["flows_added_local"] > m["flows_added_remote"]  # type: ignore[operator]
+    assert m["flows_added_other_host"]["median"] > 0
+    assert m["flows_added_own_host"]["median"] > m["flows_added_other_host"]["median"]
 
 
 def test_flows_for_the_push_benchmark_are_distinct_and_fit_the_pipeline() -> None:

@@ -192,15 +192,18 @@ def test_underlay_carries_geneve_with_a_vni_per_network(lab: tuple[Lab, LabContr
          "udp port 6081"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert dump.stderr is not None
     dump.stderr.readline()
+    armed = time.monotonic()
     try:
         assert lab_.ping("a1", "a2", count=2)
         assert lab_.ping("b1", "b2", count=2)
     finally:
-        time.sleep(0.3)
+        # BFD runs at ~1 s intervals (with jitter): capture long enough to see some.
+        time.sleep(max(0.3, 3.0 - (time.monotonic() - armed)))
         dump.send_signal(signal.SIGINT)
         text, _ = dump.communicate(timeout=10)
     seen = {int(v, 16) for v in re.findall(r"vni (0x[0-9a-f]+)", text)}
-    assert "Geneve" in text and "BFD" in text  # BFD runs inside the tunnels, with VNI 0
+    assert "Geneve" in text, text[-2000:]
+    assert "BFD" in text, text[-2000:]  # BFD runs inside the tunnels, with VNI 0
     assert seen - {0} == {vni["acme-net"], vni["globex-net"]}, text[-2000:]
 
 
