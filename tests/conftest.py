@@ -6,9 +6,11 @@ missing (CI must notice a missing part, not hide it).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +22,7 @@ from controller.lab.ovs import OvsInstance
 
 if TYPE_CHECKING:
     from controller.lab.lab import Lab
+    from controller.labrun import LabController
 
 
 def unique_prefix(kind: str = "t") -> str:
@@ -66,4 +69,31 @@ def two_dc_lab() -> Iterator["Lab"]:
         lab.up()
         yield lab
     finally:
+        lab.down()
+
+
+@contextlib.contextmanager
+def programmed_lab(kind: str) -> Iterator[tuple["Lab", "LabController"]]:
+    """The default two-DC lab with the real controller running, once it has programmed every
+    host (both tenants ping across the DCs); both torn down afterwards, whatever happens."""
+    from controller.lab import topology
+    from controller.lab.lab import Lab
+    from controller.labrun import run_for_lab
+
+    lab = Lab(topology.load(), prefix=unique_prefix(kind))
+    ctl: LabController | None = None
+    try:
+        lab.up()
+        ctl = run_for_lab(lab)
+        deadline = time.monotonic() + 20.0
+        while not (lab.ping("a1", "a2") and lab.ping("b1", "b2")
+                   and all(ctl.log_text().count(f"host {h}: +") for h in lab.hosts)):
+            if time.monotonic() > deadline:
+                raise AssertionError("never happened: the controller has programmed every host\n"
+                                     + ctl.log_text()[-3000:])
+            time.sleep(0.2)
+        yield lab, ctl
+    finally:
+        if ctl is not None:
+            ctl.stop()
         lab.down()

@@ -18,7 +18,7 @@ from controller.lab import topology
 from controller.lab.lab import Lab
 from controller.labrun import LabController, label_vm_ips, run_for_lab
 from controller.store import Store
-from tests.conftest import unique_prefix
+from tests.conftest import programmed_lab, unique_prefix
 
 pytestmark = pytest.mark.lab
 
@@ -32,22 +32,9 @@ SEND_RAW = (
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[tuple[Lab, LabController]]:
-    lab = Lab(topology.load(), prefix=unique_prefix("c"))
-    ctl: LabController | None = None
-    try:
-        lab.up()
-        for vm in lab.vms:
-            label_vm_ips(lab, vm)
-        ctl = run_for_lab(lab)
-        # every test starts from a programmed lab (each also runs alone with -k)
-        eventually("the controller has programmed every host",
-                   lambda: lab.ping("a1", "a2") and lab.ping("b1", "b2") and all(
-                       ctl is not None and ctl.log_text().count(f"host {h}: +") for h in lab.hosts))
-        yield lab, ctl
-    finally:
-        if ctl is not None:
-            ctl.stop()
-        lab.down()
+    # every test starts from a programmed lab (each also runs alone with -k)
+    with programmed_lab("c") as running:
+        yield running
 
 
 def eventually(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:

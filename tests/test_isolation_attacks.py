@@ -32,7 +32,7 @@ from controller.lab.lab import Lab
 from controller.labrun import LabController, label_vm_ips, run_for_lab
 from controller.store import Store
 from hooks import contract
-from tests.conftest import unique_prefix
+from tests.conftest import programmed_lab, unique_prefix
 from tests.test_controller_lab import (
     SEND_RAW,
     Capture,
@@ -71,21 +71,9 @@ SEND_UNDERLAY = (
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[tuple[Lab, LabController]]:
-    lab = Lab(topology.load(), prefix=unique_prefix("a"))
-    ctl: LabController | None = None
-    try:
-        lab.up()
-        for vm in lab.vms:
-            label_vm_ips(lab, vm)
-        ctl = run_for_lab(lab)
-        eventually("the controller has programmed every host",
-                   lambda: lab.ping("a1", "a2") and lab.ping("b1", "b2") and all(
-                       ctl is not None and ctl.log_text().count(f"host {h}: +") for h in lab.hosts))
-        yield lab, ctl
-    finally:
-        if ctl is not None:
-            ctl.stop()
-        lab.down()
+    # every test starts from a programmed lab (each also runs alone with -k)
+    with programmed_lab("a") as running:
+        yield running
 
 
 # -- frames ---------------------------------------------------------------------------------
