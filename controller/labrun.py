@@ -26,7 +26,6 @@ from typing import Any
 import yaml
 
 from controller import ovsdb
-from controller.hostdb import VEIL_IPS
 from controller.model import Host, check_tunnel_types
 from controller.store import HostRecord, Store, StoreServer
 from hooks import contract
@@ -56,13 +55,6 @@ def join_host(store: Store, system_id: str, underlay_ip: str, tunnel_types: str,
     kinds = check_tunnel_types(tunnel_types, f"host {system_id} tunnel types")
     store.join(HostRecord(Host(system_id, ipaddress.ip_address(underlay_ip), kinds), host_db,
                           openflow))
-
-
-def label_vm_ips(lab: Any, vm: str) -> None:
-    """Add the VM's IPs to its Interface (what veil's hooks write from the domain's config)."""
-    v = lab.vms[vm]
-    host = lab.hosts[lab.placement(vm)]
-    host.ovs.vsctl("set", "Interface", v.port, f"external_ids:{VEIL_IPS}={v.ip}")
 
 
 class LabController:

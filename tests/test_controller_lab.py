@@ -16,7 +16,7 @@ import pytest
 
 from controller.lab import topology
 from controller.lab.lab import Lab
-from controller.labrun import LabController, label_vm_ips, run_for_lab
+from controller.labrun import LabController, run_for_lab
 from controller.store import Store
 from tests.conftest import programmed_lab, unique_prefix
 
@@ -237,7 +237,6 @@ def test_moved_vm_keeps_its_connectivity(lab: tuple[Lab, LabController]) -> None
     lab_, _ = lab
     a2 = lab_.vms["a2"]
     lab_.move_vm("a2", "dc1-h2")  # DC2 -> DC1, same iface-id and MAC
-    label_vm_ips(lab_, "a2")
     eventually("a1 pings a2 on its new host", lambda: lab_.ping("a1", "a2"))
     assert a2.mac not in flows(lab_, "dc2-h1").replace(f"dl_dst={a2.mac} actions=set_field", "")
     assert lab_.ping("b1", "b2", count=2)  # the other tenant is undisturbed
@@ -328,8 +327,6 @@ def test_vxlan_and_gre_are_selectable(kind: str) -> None:
     ctl: LabController | None = None
     try:
         lab_.up()
-        for vm in lab_.vms:
-            label_vm_ips(lab_, vm)
         ctl = run_for_lab(lab_)
         eventually(f"a1 (dc1) pings a2 (dc2) over {kind}", lambda: lab_.ping("a1", "a2"))
         assert lab_.ping("b1", "b2", count=2)

@@ -15,7 +15,7 @@ import pytest
 
 from controller.lab import netns, topology
 from controller.lab.lab import VM_MTU, Lab
-from controller.labrun import LabController, label_vm_ips, run_for_lab
+from controller.labrun import LabController, run_for_lab
 from tests.conftest import unique_prefix
 from tests.xapi_sim import XapiSim
 from tests.xen_support import Host, interfaces, running_daemon, simulated_xapi, vif_script, wait_for
@@ -32,7 +32,6 @@ def lab() -> Iterator[tuple[Lab, LabController]]:
     try:
         lab.up(plug_vms=False)
         lab.plug_vm(KVM_VM)
-        label_vm_ips(lab, KVM_VM)
         ctl = run_for_lab(lab)
         yield lab, ctl
     finally:
