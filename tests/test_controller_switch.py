@@ -148,6 +148,17 @@ def test_bundle_is_all_or_nothing(ovs: OvsInstance, session: OfSession) -> None:
     assert session.installed() == frozenset(f.ident for f in desired)
 
 
+def plug_two_vifs(ovs: OvsInstance) -> None:
+    """VIFs vif1/vif2 of network "na" on ports p1/p2 (ofport 1/2), as a hook registers them."""
+    for i in (1, 2):
+        ovs.vsctl("add-port", "br-int", f"p{i}", "--", "set", "Interface", f"p{i}",
+                  "type=internal", f"ofport_request={i}",
+                  f"external_ids:{contract.IFACE_ID}=vif{i}",
+                  f'external_ids:{contract.ATTACHED_MAC}="{MAC[i]}"',
+                  f"external_ids:{contract.VEIL_NETWORK}=na",
+                  f"external_ids:{VEIL_IPS}=198.19.0.{i}")
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -184,13 +195,7 @@ def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path,
         ctl = Controller(server.remote, cfg, resync_every=1.0, startup_grace=2.0)
         ctl.start()
         ctl.kick()
-        for i in (1, 2):
-            ovs.vsctl("add-port", "br-int", f"p{i}", "--", "set", "Interface", f"p{i}",
-                      "type=internal", f"ofport_request={i}",
-                      f"external_ids:{contract.IFACE_ID}=vif{i}",
-                      f'external_ids:{contract.ATTACHED_MAC}="{MAC[i]}"',
-                      f"external_ids:{contract.VEIL_NETWORK}=na",
-                      f"external_ids:{VEIL_IPS}=198.19.0.{i}")
+        plug_two_vifs(ovs)
         to_2 = f"in_port=1,ip,dl_src={MAC[1]},dl_dst={MAC[2]},nw_src=198.19.0.1,nw_dst=198.19.0.2"
         p2 = dp_port(ovs, "p2")
         wait_for("a -> b forwarding", lambda: trace(ovs, to_2) == p2)
@@ -294,13 +299,7 @@ def test_veil_flows_prints_what_a_host_needs(ovs: OvsInstance, store_server: Sto
                      "--underlay-ip", "198.18.0.1", "--host-db", ovs.db_remote,
                      "--ovsdb", ovs.db_remote, "--openflow",
                      f"unix:{ovs.mgmt_sock('br-int')}"]) == 0
-    for i in (1, 2):
-        ovs.vsctl("add-port", "br-int", f"p{i}", "--", "set", "Interface", f"p{i}",
-                  "type=internal", f"ofport_request={i}",
-                  f"external_ids:{contract.IFACE_ID}=vif{i}",
-                  f'external_ids:{contract.ATTACHED_MAC}="{MAC[i]}"',
-                  f"external_ids:{contract.VEIL_NETWORK}=na",
-                  f"external_ids:{VEIL_IPS}=198.19.0.{i}")
+    plug_two_vifs(ovs)
     capsys.readouterr()
     assert cli.main(["flows", "h1", "--db", store_server.remote]) == 0
     printed = capsys.readouterr().out
