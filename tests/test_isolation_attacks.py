@@ -442,8 +442,10 @@ def test_forged_vxlan_and_gre_packets_likewise(kind: str) -> None:
     try:
         lab_.up()
         ctl = run_for_lab(lab_)
-        eventually(f"{kind} tunnels carry both tenants",
-                   lambda: lab_.ping("a1", "a2") and lab_.ping("b1", "b2"))
+        # every host's tunnels programmed: each tenant's third VM reaches both others
+        eventually(f"{kind} tunnels carry both tenants", lambda: all(
+            lab_.ping(s, d) for s, d in (("a1", "a2"), ("b1", "b2"), ("a3", "a1"), ("a3", "a2"),
+                                         ("b3", "b1"), ("b3", "b2"))))
         check_forged_tunnel_packets(lab_, ctl, kind)
     finally:
         if ctl is not None:
