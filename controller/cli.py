@@ -16,9 +16,9 @@ import ipaddress
 import sys
 from collections.abc import Sequence
 
-from controller.model import Host, InvalidState, check_name, check_tunnel_types
-from controller.ovsdb import OvsdbUnreachable
-from controller.store import HostRecord, Store
+from controller.core.model import Host, InvalidState, check_name, check_tunnel_types
+from hooks.ovsdb.connect import OvsdbUnreachable
+from controller.northbound.store import HostRecord, Store
 from hooks import contract, hostguard
 
 DEFAULT_HOST_DB = "unix:/var/run/openvswitch/db.sock"
@@ -68,9 +68,9 @@ def print_flows(store: Store, host: str) -> int:
     """Read every joined host's OVSDB, compute ``host``'s flows and print them."""
     import time
 
-    from controller.compute import compute_flows
-    from controller.flows import to_ofctl
-    from controller.hostdb import HostDb
+    from controller.pipeline.compute import compute_flows
+    from controller.pipeline.flows import to_ofctl
+    from controller.southbound.hostdb import HostDb
     from controller.service import build_state
 
     declared = store.read()
@@ -101,7 +101,7 @@ def _listener(remote: str) -> str | None:
 
 
 def join(args: argparse.Namespace) -> int:
-    from controller import ovsdb
+    from hooks.ovsdb import connect as ovsdb
 
     sid = check_name(args.system_id, "--system-id")
     try:

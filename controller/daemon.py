@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from controller.service import Controller
-from controller.store import StoreServer
+from controller.northbound.store import StoreServer
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,18 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.incremental import Changes, Engine, Update, same_declarations
-from controller.config import load_config, resolve_networks
-from controller.dialer import Dialer, Failed
-from controller.diff import FlowDiff, apply_diff, diff_flows
-from controller.flows import FlowId
-from controller.hostdb import HostDb, HostView
-from controller.migration import PacketIn, claims_after, parse_packet_in
-from controller.model import Binding, InvalidState, State, TunnelPort
-from controller.ovsdb import OvsdbUnreachable
-from controller.ofconn import OfSession, OpenFlowError
-from controller.seen import first_seen_after
-from controller.store import Declared, HostRecord, Store
+from controller.pipeline.incremental import Changes, Engine, Update, same_declarations
+from controller.core.config import load_config, resolve_networks
+from controller.southbound.dialer import Dialer, Failed
+from controller.pipeline.diff import FlowDiff, apply_diff, diff_flows
+from controller.pipeline.flows import FlowId
+from controller.southbound.hostdb import HostDb, HostView
+from controller.core.migration import PacketIn, claims_after, parse_packet_in
+from controller.core.model import Binding, InvalidState, State, TunnelPort
+from hooks.ovsdb.connect import OvsdbUnreachable
+from controller.southbound.session import OfSession, OpenFlowError
+from controller.core.seen import first_seen_after
+from controller.northbound.store import Declared, HostRecord, Store
 
 LOG = logging.getLogger("veil.controller")
 T = TypeVar("T")

@@ -3,7 +3,7 @@
 One ``plug`` or ``unplug`` is ONE OVSDB transaction (check_error=True). External ids are
 written key by key (partial map updates), so keys another writer owns (libvirt's, XenServer's)
 survive even when it writes concurrently. The short-lived qemu hook uses
-``hooks.ovsdb_rpc.RpcRegistrar`` instead, which has this same interface and yields the same
+``hooks.ovsdb.rpc.RpcRegistrar`` instead, which has this same interface and yields the same
 rows without ovsdbapp's connection bootstrap (see docs/kvm.md for the figures).
 """
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     AnyEvent: TypeAlias = "PlugEvent | UnplugEvent | UnplugVmEvent"
 
     class VifStore(Protocol):
-        """What applies events: hooks.registrar.Registrar or hooks.ovsdb_rpc.RpcRegistrar."""
+        """What applies events: hooks.registrar.Registrar or hooks.ovsdb.rpc.RpcRegistrar."""
 
         def plug(self, vif: Vif, *, add_port: bool) -> None: ...
 

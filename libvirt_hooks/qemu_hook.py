@@ -2,7 +2,7 @@
 
 libvirt calls ``HOOK NAME OP SUBOP EXTRA`` with the live domain XML on stdin and waits for it
 (no timeout), so this runs on the VM start path: it never calls libvirt (that deadlocks the
-daemon), imports nothing heavy, and writes OVSDB through ``hooks.ovsdb_rpc`` (one write
+daemon), imports nothing heavy, and writes OVSDB through ``hooks.ovsdb.rpc`` (one write
 transaction per VIF). What each operation does:
 
 =================  ===========================================================================
@@ -160,7 +160,7 @@ def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
 
 
 def _submit(cfg: HookConfig, events: list[PlugEvent] | list[UnplugVmEvent], out: Outcome, done: str) -> None:
-    from hooks.ovsdb_rpc import RpcRegistrar
+    from hooks.ovsdb.rpc import RpcRegistrar
     from hooks.spool import Spool, submit
 
     registrar = RpcRegistrar(cfg.db, bridge=cfg.bridge, timeout=cfg.timeout)

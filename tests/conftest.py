@@ -22,7 +22,7 @@ from controller.lab.ovs import OvsInstance
 
 if TYPE_CHECKING:
     from controller.lab.lab import Lab
-    from controller.labrun import LabController
+    from controller.lab.run import LabController
 
 
 def unique_prefix(kind: str = "t") -> str:
@@ -78,7 +78,7 @@ def programmed_lab(kind: str) -> Iterator[tuple["Lab", "LabController"]]:
     host (every VM reaches its tenant's others); both torn down afterwards, whatever happens."""
     from controller.lab import topology
     from controller.lab.lab import Lab
-    from controller.labrun import run_for_lab
+    from controller.lab.run import run_for_lab
 
     lab = Lab(topology.load(), prefix=unique_prefix(kind))
     ctl: LabController | None = None

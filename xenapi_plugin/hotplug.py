@@ -31,7 +31,7 @@ import XenAPI
 
 from hooks import contract
 from hooks.errors import PlugRejected, RegistrarError, VifError
-from hooks.ovsdb_rpc import RpcRegistrar
+from hooks.ovsdb.rpc import RpcRegistrar
 from hooks.spool import PlugEvent, Spool, SpoolError, UnplugEvent, submit
 from xenapi_plugin import config, desired, model
 from xenapi_plugin.xapi import login

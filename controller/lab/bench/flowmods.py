@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from controller import ofp
-from controller import pipeline as P
-from controller.diff import FlowDiff
-from controller.flows import Flow, Match, Output, to_ofctl
+from controller.southbound import ofp
+from controller.pipeline import tables as P
+from controller.pipeline.diff import FlowDiff
+from controller.pipeline.flows import Flow, Match, Output, to_ofctl
 from controller.lab import netns
 from controller.lab.bench.results import Goal, Result
 from controller.lab.ovs import OvsInstance
-from controller.ofconn import OfSession
+from controller.southbound.session import OfSession
 
 Clock = Callable[[], float]
 FIG5 = "5"

@@ -1,6 +1,6 @@
 """Figure 1: wall time libvirt waits per qemu hook invocation.
 
-Runs the libvirt hook's own benchmark (``python -m libvirt_hooks.bench``: the installed hook
+Runs the libvirt hook's own benchmark (``python -m controller.lab.bench.hook``: the installed hook
 run as libvirt runs it, against a private OVS) and takes its percentiles as they are.
 """
 
@@ -22,11 +22,11 @@ def measure(goals: tuple[Goal, ...], iterations: int = 100) -> Result:
     with tempfile.TemporaryDirectory(prefix="vlb-hook-") as d:
         out = Path(d) / "hook.json"
         try:
-            netns.run([sys.executable, "-m", "libvirt_hooks.bench", "--iterations", str(iterations),
+            netns.run([sys.executable, "-m", "controller.lab.bench.hook", "--iterations", str(iterations),
                        "--output", str(out)], timeout=600)
             doc = json.loads(out.read_text())
         except (netns.CommandError, OSError, ValueError) as exc:
-            return Result(FIG1, TITLE, "veil", "ms", goals=goals, error=f"libvirt_hooks.bench: {exc}")
+            return Result(FIG1, TITLE, "veil", "ms", goals=goals, error=f"controller.lab.bench.hook: {exc}")
     a = doc["all"]
     ops = doc["operations"]
     startup = doc.get("for_comparison", {}).get("python_startup_only")
@@ -36,7 +36,7 @@ def measure(goals: tuple[Goal, ...], iterations: int = 100) -> Result:
         FIG1, TITLE, "veil", "ms", goals=goals,
         reported=Summary(n=int(a["n"]), median=float(a["p50_ms"]), p95=float(a["p95_ms"]),
                          p99=float(a["p99_ms"]), max=float(a["max_ms"])),
-        method=(f"python -m libvirt_hooks.bench --iterations {iterations}: the installed hook spawned as libvirt "
+        method=(f"python -m controller.lab.bench.hook --iterations {iterations}: the installed hook spawned as libvirt "
                 "does (domain XML on stdin), spawn to exit, over " + ", ".join(sorted(ops))),
         notes="p99 per operation: " + ", ".join(f"{k} {v['p99_ms']} ms" for k, v in sorted(ops.items())) + context,
         extra={f"{k} p99 ms": float(v["p99_ms"]) for k, v in ops.items()}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller import ovsdb
+from hooks.ovsdb import connect as ovsdb
 from controller.lab import netns
 from controller.lab.bench.results import Goal, Result, max_gap
 from controller.lab.lab import VM_MTU, HostRuntime, Lab, VmRuntime

@@ -23,7 +23,7 @@ from controller.lab.bench.ovn import OvnMissing
 from controller.lab.bench.results import Comparison, Goal, Result
 from controller.lab.bench.systems import OvnSystem, PlainSystem, VeilSystem
 from controller.lab.lab import DEFAULT_ROOT, Lab
-from controller.ofconn import OpenFlowError
+from controller.southbound.session import OpenFlowError
 
 Say = Callable[[str], None]
 # What a figure may fail with without stopping the run (each is recorded with its message).
@@ -207,19 +207,19 @@ VIF_EVENTS = ("vif_added_network_on_host", "vif_added_random_host", "vif_removed
 
 
 def scale_figures(plan: Plan) -> list[Result]:
-    """Figure 4 through the controller's own measure (``python -m controller.scale``), in a
+    """Figure 4 through the controller's own measure (``python -m controller.lab.bench.scale``), in a
     separate process so its peak RSS is the controller core's alone."""
     networks = max(1, plan.vifs // 10)
     fabric = f"{plan.hosts:,} simulated hosts, {plan.vifs:,} VIFs in {networks:,} networks"
     try:
-        proc = netns.run([sys.executable, "-m", "controller.scale", "--hosts", str(plan.hosts),
+        proc = netns.run([sys.executable, "-m", "controller.lab.bench.scale", "--hosts", str(plan.hosts),
                           "--vifs", str(plan.vifs), "--networks", str(networks), "--events", str(plan.events)],
                          timeout=1800)
         m = json.loads(proc.stdout)
     except MEASUREMENT_ERRORS as exc:
         return [_failed("4a", "controller: one VIF event", "veil", "ms", exc)]
     how = (f"{fabric} (hosts exist only in the desired state: the controller's incremental engine "
-           "(controller/incremental.py), the one its service runs, updates every host's flows; no I/O)")
+           "(controller/pipeline/incremental.py), the one its service runs, updates every host's flows; no I/O)")
     samples = m["samples_with_messages_ms"]
     per_kind = "; ".join(f"{k} median {v['median']:.2f} ms (n={v['n']})"
                          for k, v in sorted(m["events_with_messages_ms"].items()))

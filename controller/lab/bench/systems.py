@@ -12,7 +12,7 @@ from pathlib import Path
 from controller import cli as veil_cli
 from controller.lab import netns
 from controller.lab.bench.labfigs import REPO, BenchError
-from controller.store import StoreServer
+from controller.northbound.store import StoreServer
 
 from controller.lab.bench.labfigs import port_ids
 from controller.lab.bench.ovn import Ovn

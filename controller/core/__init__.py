@@ -1,0 +1,1 @@
+"""The pure core: the declared and reported model, placement, config, claims, first-seen."""

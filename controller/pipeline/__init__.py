@@ -1,0 +1,1 @@
+"""br-int's OpenFlow pipeline: fields, flows as values, declared tables, compute, incremental engine, diff."""

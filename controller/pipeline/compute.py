@@ -1,0 +1,332 @@
+"""Pure functions from desired state to one host's flows and tunnel ports."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from controller.pipeline import tables as P
+from controller.pipeline.flows import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    BROADCAST,
+    ETH_ARP,
+    ETH_IPV4,
+    ETH_IPV6,
+    ETH_RARP,
+    FROM_TUNNEL,
+    IEEE_RESERVED,
+    IPPROTO_ICMPV6,
+    METADATA_MASK,
+    METADATA_VNI_MASK,
+    MULTICAST_BIT,
+    ND_NA,
+    ND_NS,
+    ND_RA,
+    ND_REDIRECT,
+    NO_MAC,
+    NO_VLAN,
+    Action,
+    Flow,
+    Match,
+    MatchValue,
+    Move,
+    Output,
+    OutputInPort,
+    SetField,
+    ToController,
+)
+from controller.core.model import Binding, Host, IPAddress, Network, State, TunnelType
+
+
+@dataclass(frozen=True, order=True)
+class TunnelSpec:
+    """A tunnel port ``host`` should have towards ``remote``."""
+
+    name: str
+    remote: str
+    remote_ip: str
+    kind: TunnelType
+
+
+def tunnel_name(remote_ip: IPAddress, kind: TunnelType) -> str:
+    """Short and stable per remote endpoint (interface names are limited to 15 chars)."""
+    return f"vt{kind[0]}{int(remote_ip):08x}" if remote_ip.version == 4 else (
+        f"vt{kind[0]}{int(remote_ip) & 0xFFFFFFFFFF:010x}"
+    )
+
+
+def tunnel_kind(local: Host, remote: Host) -> TunnelType | None:
+    """The first of the local host's tunnel types the remote also speaks."""
+    return next((k for k in local.tunnel_types if k in remote.tunnel_types), None)
+
+
+def host_slice(state: State, host: str) -> State:
+    """The part of ``state`` that ``host``'s flows depend on: equal slices give equal flows.
+
+    Its networks, every binding in them, its tunnel ports and the claims of those VIFs. The
+    controller caches a host's flows by its slice, so a change in one network recomputes only
+    the hosts that have that network.
+    """
+    mine = state.host_networks.get(host, frozenset())
+    nets = [n for n in state.networks.values() if n.name in mine]
+    bindings = [b for b in state.bindings if b.network in mine]
+    ifaces = {b.iface_id for b in bindings}
+    hosts = {host} | {b.host for b in bindings}
+    return State.build(
+        (t for t in state.tenants.values() if t.name in {n.tenant for n in nets}), nets,
+        (h for h in state.hosts.values() if h.system_id in hosts), bindings,
+        (t for t in state.tunnels if t.host == host),
+        {k: v for k, v in state.claims.items() if k in ifaces},
+    )
+
+
+def compute_tunnels(state: State, host: str) -> frozenset[TunnelSpec]:
+    """Tunnels only between hosts that share a network and a tunnel type."""
+    local = state.hosts.get(host)
+    if local is None:
+        return frozenset()
+    nets = state.host_networks
+    mine = nets.get(host, frozenset())
+    specs = set()
+    for rid, remote in state.hosts.items():
+        kind = tunnel_kind(local, remote)
+        if rid == host or kind is None or not (mine & nets.get(rid, frozenset())):
+            continue
+        specs.add(TunnelSpec(tunnel_name(remote.underlay_ip, kind), rid, str(remote.underlay_ip),
+                             kind))
+    return frozenset(specs)
+
+
+def link_local(mac: str) -> ipaddress.IPv6Address:
+    """The EUI-64 link-local address a guest derives from its MAC (allowed as ND source)."""
+    b = bytearray(int(x, 16) for x in mac.split(":"))
+    b[0] ^= 0x02
+    iid = bytes(b[:3]) + b"\xff\xfe" + bytes(b[3:])
+    return ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + iid)
+
+
+def _port_security(b: Binding) -> Iterator[Flow]:
+    ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
+    v4 = [ip for ip in b.ips if ip.version == 4]
+    own: dict[str, MatchValue] = {"in_port": b.ofport, "eth_src": b.mac}
+    if v4:
+        for ip in v4:
+            yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV4, ipv4_src=str(ip)), goto=nxt)
+            yield Flow(ps, 100, Match.of(**own, eth_type=ETH_ARP, arp_spa=str(ip),
+                                         arp_sha=b.mac), goto=nxt)
+    else:  # no IPs declared: MAC-only security
+        yield Flow(ps, 90, Match.of(**own, eth_type=ETH_IPV4), goto=nxt)
+        yield Flow(ps, 90, Match.of(**own, eth_type=ETH_ARP, arp_sha=b.mac), goto=nxt)
+    # Guests announce themselves after a migration with RARP (QEMU's self-announce).
+    yield Flow(ps, 100, Match.of(**own, eth_type=ETH_RARP), goto=nxt)
+    yield from _ipv6_security(b, own, checked=bool(b.ips))
+
+
+def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool) -> Iterator[Flow]:
+    """IPv6 sources and Neighbor Discovery: a VIF may only advertise (NA) its own addresses,
+    from one of them, with its own MAC, and solicit (NS) with its own MAC; only DAD's NS may
+    come from :: (and has no MAC option). With no addresses declared (``checked`` False) only
+    the MACs are checked. Router advertisements and redirects: ``GUARD_FLOWS``."""
+    ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
+    macs = (b.mac, NO_MAC)  # an absent link-layer option reads as 00:00:00:00:00:00
+    nd: dict[str, MatchValue] = {**own, "eth_type": ETH_IPV6, "ip_proto": IPPROTO_ICMPV6}
+    own_v6: list[str] = [str(ip) for ip in b.ips if ip.version == 6] + [str(link_local(b.mac))]
+    for mac in macs:
+        if checked:
+            for src in own_v6:
+                for a6 in own_v6:
+                    yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_src=src,
+                                                 ipv6_nd_target=a6, ipv6_nd_tll=mac), goto=nxt)
+            for src in own_v6:
+                yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src=src,
+                                             ipv6_nd_sll=mac), goto=nxt)
+        else:
+            yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_nd_tll=mac), goto=nxt)
+            yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_nd_sll=mac), goto=nxt)
+    if checked:  # duplicate address detection: from ::, without a link-layer option (RFC 4862)
+        yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src="::",
+                                     ipv6_nd_sll=NO_MAC), goto=nxt)
+    for nd_type in (ND_NA, ND_NS):
+        yield Flow(ps, 105, Match.of(**nd, icmpv6_type=nd_type))  # any other NA/NS: spoofed
+    if checked:  # "::" is only ever DAD's source (above)
+        for a6 in own_v6:
+            yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV6, ipv6_src=a6), goto=nxt)
+    else:
+        yield Flow(ps, 90, Match.of(**own, eth_type=ETH_IPV6), goto=nxt)
+
+
+def _arp_responder(net: Network, b: Binding, unique: set[IPAddress]) -> Iterator[Flow]:
+    for ip in sorted(ip for ip in unique if ip.version == 4):
+        actions: tuple[Action, ...] = (
+            Move("eth_src", "eth_dst"),
+            SetField("eth_src", b.mac),
+            SetField("arp_op", ARP_REPLY),
+            Move("arp_sha", "arp_tha"),
+            SetField("arp_sha", b.mac),
+            Move("arp_spa", "arp_tpa"),
+            SetField("arp_spa", str(ip)),
+            OutputInPort(),
+        )
+        yield Flow(P.ARP_RESPONDER, 100, Match.of(metadata=net.vni, eth_type=ETH_ARP,
+                                                  arp_op=ARP_REQUEST, arp_tpa=str(ip)), actions)
+
+
+def unique_ips(members: Sequence[Binding]) -> frozenset[IPAddress]:
+    """The IPs exactly one member of a network has (only those are answered for)."""
+    count: dict[IPAddress, int] = {}
+    for b in members:
+        for ip in set(b.ips):
+            count[ip] = count.get(ip, 0) + 1
+    return frozenset(ip for ip, n in count.items() if n == 1)
+
+
+def garp_flows(vni: int, b: Binding, unique: frozenset[IPAddress]) -> Iterator[Flow]:
+    """A local owner's gratuitous ARP for its own (answered) IP is flooded, never answered.
+    Only the owner's host needs this: table arp_responder sees local VIFs' packets only, and
+    port security lets an ARP with that source IP out of no other IP-checked VIF."""
+    for ip in sorted(ip for ip in b.ips if ip.version == 4 and ip in unique):
+        yield Flow(P.ARP_RESPONDER, 110, Match.of(metadata=vni, eth_type=ETH_ARP,
+                                                  arp_spa=str(ip), arp_tpa=str(ip)),
+                   goto=P.L2_LOOKUP)
+
+
+def _to_tunnel(vni: int, ofport: int) -> tuple[Action, ...]:
+    return (SetField("tunnel_id", vni), Output(ofport))
+
+
+def _default_flows() -> tuple[Flow, ...]:
+    out = []
+    for table in P.PIPELINE.values():
+        default = {P.ARP_RESPONDER: P.L2_LOOKUP, P.L2_LOOKUP: P.FLOOD}.get(table.table_id)
+        out.append(Flow(table.table_id, 0, Match(), goto=default))
+    return tuple(out)
+
+
+# What no VIF may send, whatever its addresses (table port_security sees VIF packets only,
+# so one flow per host covers every VIF): frames to the IEEE reserved group addresses, and
+# ICMPv6 router advertisements and redirects (a guest is never a router of its network:
+# accepting them lets one VM route its peers' IPv6 through itself). Distinct priorities:
+# an RA to a reserved address matches both, and OpenFlow leaves equal-priority overlaps open.
+GUARD_FLOWS: Final = (
+    Flow(P.PORT_SECURITY, 125, Match.of(eth_dst=IEEE_RESERVED)),
+    *(Flow(P.PORT_SECURITY, 120, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6,
+                                          icmpv6_type=t)) for t in (ND_RA, ND_REDIRECT)),
+)
+# every table's priority-0 flow and the guards: the same on every host
+DEFAULT_FLOWS: Final = _default_flows() + GUARD_FLOWS
+
+
+# A host's flows are the union of independent parts; each part is a pure function of a small
+# piece of the state, so the incremental engine (controller/pipeline/incremental.py) recomputes only the
+# parts an event touches, and compute_flows() below is the same parts over the whole state.
+
+def vif_flows(b: Binding, vni: int) -> Iterator[Flow]:
+    """A local forwarded VIF: classify into its network, then its port security.
+
+    Only untagged frames: OpenFlow matches the EtherType inside an 802.1Q/802.1ad header, so
+    a tagged frame would pass port security and reach peers still tagged."""
+    yield Flow(P.CLASSIFY, 100, Match.of(in_port=b.ofport, vlan_vid=NO_VLAN),
+               write_metadata=(vni, METADATA_MASK), goto=P.PORT_SECURITY)
+    yield from _port_security(b)
+
+
+def standby_flows(b: Binding) -> Iterator[Flow]:
+    """A local standby VIF (migration target) only reports the guest's announcement."""
+    for eth_type, dst in ((ETH_RARP, None), (ETH_ARP, BROADCAST)):
+        m = Match.of(in_port=b.ofport, vlan_vid=NO_VLAN, eth_src=b.mac, eth_type=eth_type,
+                     **({"eth_dst": dst} if dst else {}))
+        yield Flow(P.CLASSIFY, 100, m, (ToController(),))
+    yield Flow(P.CLASSIFY, 90, Match.of(in_port=b.ofport))
+
+
+def arp_flows(net: Network, members: Sequence[Binding]) -> tuple[Flow, ...]:
+    """ARP requests answered locally for every known IP of the network, the same on each of
+    its hosts (an IP two VIFs claim is left to the owners themselves: flooded, never answered
+    by us)."""
+    unique = unique_ips(members)
+    return tuple(f for b in members for f in _arp_responder(net, b, set(b.ips) & unique))
+
+
+def network_flows(host: str, net: Network, members: Sequence[Binding], hosts: Iterable[str],
+                  tun_port: Mapping[str, int]) -> Iterator[Flow]:
+    """``host``'s flows for one of its networks: tunnel classify for the other ``hosts`` of
+    the network, L2 lookup of its ``members`` (forwarded VIFs), flood, its local members'
+    gratuitous ARP."""
+    yield from tunnel_classify_flows(host, net.vni, hosts, tun_port)
+    for b in members:
+        flow = l2_flow(host, net.vni, b, tun_port)
+        if flow is not None:
+            yield flow
+    yield from bum_flows(host, net.vni, members, tun_port)
+    unique = unique_ips(members)
+    for b in members:
+        if b.host == host:
+            yield from garp_flows(net.vni, b, unique)
+
+
+def tunnel_classify_flows(host: str, vni: int, hosts: Iterable[str],
+                          tun_port: Mapping[str, int]) -> Iterator[Flow]:
+    """Packets from the tunnels of the network's other hosts, by VNI, into the network."""
+    for remote in hosts:
+        if remote != host and remote in tun_port:
+            yield Flow(P.CLASSIFY, 100, Match.of(in_port=tun_port[remote], tunnel_id=vni),
+                       write_metadata=(vni | FROM_TUNNEL, METADATA_MASK), goto=P.L2_LOOKUP)
+
+
+def l2_flow(host: str, vni: int, b: Binding, tun_port: Mapping[str, int]) -> Flow | None:
+    """Unicast to member ``b``: its local port, or (from local VIFs only) its host's tunnel."""
+    if b.host == host:
+        return Flow(P.L2_LOOKUP, 100, Match.of(metadata=f"{vni:#x}/{METADATA_VNI_MASK:#x}",
+                                               eth_dst=b.mac), (Output(b.ofport),))
+    if b.host in tun_port:
+        return Flow(P.L2_LOOKUP, 100, Match.of(metadata=vni, eth_dst=b.mac),
+                    _to_tunnel(vni, tun_port[b.host]))
+    return None
+
+
+def bum_flows(host: str, vni: int, members: Sequence[Binding],
+              tun_port: Mapping[str, int]) -> tuple[Flow, ...]:
+    """Broadcast/unknown/multicast: local members always; the remote hosts of the members only
+    for traffic from a local VIF (split horizon)."""
+    local_out = tuple(Output(b.ofport) for b in members if b.host == host)
+    remotes = sorted({b.host for b in members if b.host != host and b.host in tun_port})
+    remote_out = tuple(a for r in remotes for a in _to_tunnel(vni, tun_port[r]))
+    return (
+        Flow(P.L2_LOOKUP, 50, Match.of(metadata=f"{vni:#x}/{METADATA_VNI_MASK:#x}",
+                                       eth_dst=MULTICAST_BIT), goto=P.FLOOD),
+        Flow(P.FLOOD, 100, Match.of(metadata=vni), local_out + remote_out),
+        Flow(P.FLOOD, 100, Match.of(metadata=vni | FROM_TUNNEL), local_out),
+    )
+
+
+def tunnel_ports(state: State, host: str) -> dict[str, int]:
+    """remote host -> ofport of ``host``'s tunnel port towards it (only ports that exist)."""
+    return {t.remote: t.ofport for t in state.tunnels if t.host == host and t.ofport > 0}
+
+
+def compute_flows(state: State, host: str) -> frozenset[Flow]:
+    """Every veil flow ``host``'s br-int should hold for ``state`` (checked against PIPELINE)."""
+    return P.check_flows(_flows(state, host))
+
+
+def _flows(state: State, host: str) -> Iterator[Flow]:
+    yield from DEFAULT_FLOWS
+    if host not in state.hosts:
+        return
+    place = state.placed
+    for b in place.active.values():
+        if b.host == host:
+            yield from vif_flows(b, state.networks[b.network].vni)
+    for b in place.standby:
+        if b.host == host:
+            yield from standby_flows(b)
+    tun_port = tunnel_ports(state, host)
+    for net_name in sorted(state.host_networks.get(host, frozenset())):
+        net = state.networks[net_name]
+        members = state.members.get(net_name, ())
+        yield from arp_flows(net, members)
+        yield from network_flows(host, net, members, sorted(state.network_hosts[net_name]),
+                                 tun_port)

@@ -1,0 +1,1 @@
+"""Talking to the hosts: host OVSDB views, OpenFlow wire encoding, sessions, the dialer."""

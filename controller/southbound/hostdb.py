@@ -1,0 +1,136 @@
+"""One host's Open vSwitch database as the controller sees it, and the tunnel ports it owns.
+
+Reads: every br-int Interface carrying the hooks' external_ids (iface-id, attached-mac,
+iface-status, veil-network, veil-ips) becomes a ``Binding``; every port veil created for a tunnel
+(external_ids veil-remote) a ``TunnelPort`` with its BFD state. Writes: the tunnel ports, all
+changes of one host in one transaction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from hooks.ovsdb import connect as ovsdb
+from controller.pipeline.compute import TunnelSpec
+from controller.core.model import Binding, InvalidState, TunnelPort, check_mac
+from controller.core.seen import SeenKey
+from hooks import contract
+
+LOG = logging.getLogger(__name__)
+VEIL_IPS: Final = contract.VEIL_IPS
+VEIL_REMOTE: Final = "veil-remote"  # Interface: the remote system-id of a veil tunnel port
+BRIDGE: Final = contract.INTEGRATION_BRIDGE
+
+
+@dataclass(frozen=True)
+class HostView:
+    system_id: str | None
+    has_bridge: bool
+    bindings: tuple[Binding, ...]
+    tunnels: tuple[TunnelPort, ...]
+    tunnel_names: frozenset[str]
+    rejected: tuple[tuple[str, str], ...]  # interface name, why
+
+
+def _ofport(row: Any) -> int:
+    return int(row.ofport[0]) if row.ofport else -1
+
+
+def binding_from_row(host: str, name: str, ids: dict[str, str], ofport: int,
+                     since: float) -> Binding:
+    """A VIF from an Interface row's external_ids; InvalidState names the bad key."""
+    where = f"{host} Interface {name} external_ids"
+    mac = check_mac(ids.get(contract.ATTACHED_MAC), f"{where}:{contract.ATTACHED_MAC}")
+    network = ids.get(contract.VEIL_NETWORK)
+    if not network:
+        raise InvalidState(f"{where}:{contract.VEIL_NETWORK}: missing")
+    ips = []
+    for raw in filter(None, (s.strip() for s in ids.get(VEIL_IPS, "").split(","))):
+        try:
+            ips.append(ipaddress.ip_interface(raw).ip)
+        except ValueError as exc:
+            raise InvalidState(f"{where}:{VEIL_IPS}: {raw!r}: {exc}") from exc
+    status = ids.get(contract.IFACE_STATUS, contract.STATUS_ACTIVE)
+    return Binding(ids[contract.IFACE_ID], host, mac, network, ofport, tuple(ips),
+                   active=status == contract.STATUS_ACTIVE, since=since)
+
+
+class HostDb:
+    """ovsdbapp connection to one host; ``on_change`` fires (on its thread) after any change."""
+
+    def __init__(self, system_id: str, remote: str, on_change: Callable[[], None]) -> None:
+        self.system_id = system_id
+        self.remote = remote
+        self.api = ovsdb.open_vswitch(remote, on_change)
+        self._first_seen: dict[tuple[str, int], float] = {}
+
+    def close(self) -> None:
+        ovsdb.stop(self.api)
+
+    def view(self, now: float, recorded: Mapping[SeenKey, float] | None = None) -> HostView:
+        """Everything the controller needs from this host, read in one go under the IDL lock.
+
+        A port is first seen ``now``, or when the durable ``recorded`` times say (a restarted
+        controller: see controller/core/seen.py)."""
+        recorded = recorded or {}
+        bindings: list[Binding] = []
+        tunnels: list[TunnelPort] = []
+        names: set[str] = set()
+        rejected: list[tuple[str, str]] = []
+        seen: set[tuple[str, int]] = set()
+        with self.api.ovsdb_connection.lock:
+            tables = self.api.tables
+            ovs_rows = list(tables["Open_vSwitch"].rows.values())
+            sid = ovs_rows[0].external_ids.get(contract.SYSTEM_ID) if ovs_rows else None
+            bridge = next((b for b in tables["Bridge"].rows.values() if b.name == BRIDGE), None)
+            ifaces = [i for p in (bridge.ports if bridge else ()) for i in p.interfaces]
+            for row in ifaces:
+                ids = dict(row.external_ids)
+                if VEIL_REMOTE in ids:
+                    names.add(row.name)
+                    bfd = dict(row.bfd_status).get("state")
+                    tunnels.append(TunnelPort(self.system_id, ids[VEIL_REMOTE], _ofport(row),
+                                              None if bfd is None else bfd == "up"))
+                elif contract.IFACE_ID in ids:
+                    key = (ids[contract.IFACE_ID], _ofport(row))
+                    seen.add(key)
+                    since = self._first_seen.setdefault(
+                        key, recorded.get((self.system_id, *key), now))
+                    try:
+                        bindings.append(binding_from_row(self.system_id, row.name, ids,
+                                                         _ofport(row), since))
+                    except InvalidState as exc:
+                        rejected.append((row.name, str(exc)))
+        for key in set(self._first_seen) - seen:
+            del self._first_seen[key]
+        return HostView(sid, bridge is not None, tuple(bindings), tuple(tunnels),
+                        frozenset(names), tuple(rejected))
+
+    def set_tunnels(self, want: Iterable[TunnelSpec], have: frozenset[str]) -> bool:
+        """Create/delete veil tunnel ports so exactly ``want`` exist; one transaction.
+
+        Returns whether anything was changed.
+        """
+        want_by_name = {s.name: s for s in want}
+        add = [s for n, s in sorted(want_by_name.items()) if n not in have]
+        delete = sorted(have - want_by_name.keys())
+        if not add and not delete:
+            return False
+        with self.api.transaction(check_error=True) as txn:
+            for name in delete:
+                txn.add(self.api.del_port(name, bridge=BRIDGE, if_exists=True))
+            for s in add:
+                txn.add(self.api.add_port(BRIDGE, s.name, may_exist=True))
+                txn.add(self.api.db_set(
+                    "Interface", s.name,
+                    ("type", s.kind),
+                    ("options", {"remote_ip": s.remote_ip, "key": "flow"}),
+                    ("bfd", {"enable": "true"}),
+                    ("external_ids", {VEIL_REMOTE: s.remote}),
+                ))
+        LOG.info("%s: tunnels +%s -%s", self.system_id, [s.name for s in add], delete)
+        return True

@@ -1,0 +1,1 @@
+"""OVSDB clients: the one ovsdbapp connection factory, and a lean JSON-RPC client for the hook path."""

@@ -1,0 +1,339 @@
+"""The issue's "Done when", in the real two-DC lab: every host a netns with its own OVS, the
+real controller process programming them through OVSDB and OpenFlow.
+
+Tests run in file order on one lab (stop and move come last: they change placement).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from controller.lab import topology
+from controller.lab.lab import Lab
+from controller.lab.run import LabController, run_for_lab
+from controller.northbound.store import Store
+from tests.conftest import programmed_lab, unique_prefix
+
+pytestmark = pytest.mark.lab
+
+SEND_RAW = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
+    "s.bind(('eth0',0))\n"
+    "for h in sys.argv[1:]: s.send(bytes.fromhex(h))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[tuple[Lab, LabController]]:
+    # every test starts from a programmed lab (each also runs alone with -k)
+    with programmed_lab("c") as running:
+        yield running
+
+
+def eventually(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.2)
+
+
+def flows(lab: Lab, host: str) -> str:
+    return lab.hosts[host].ovs.ofctl("dump-flows")
+
+
+def veil_flow_counters(lab: Lab) -> dict[tuple[str, str], int]:
+    """(host, cookie) -> n_packets of every veil-owned flow."""
+    out = {}
+    for host in lab.hosts:
+        for line in flows(lab, host).splitlines():
+            m = re.search(r"cookie=(0x7e11[0-9a-f]+),.*n_packets=(\d+)", line)
+            if m:
+                out[(host, m.group(1))] = int(m.group(2))
+    return out
+
+
+def tunnel_remotes(lab: Lab, host: str) -> set[str]:
+    """Underlay IPs ``host`` has veil tunnel ports to."""
+    out = lab.hosts[host].ovs.vsctl("--bare", "--columns=options", "find", "Interface",
+                                    "external_ids:veil-remote!=''")
+    return set(re.findall(r"remote_ip=\"?([0-9.]+)", out))
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def ipv4_bytes(ip: str) -> bytes:
+    return bytes(int(x) for x in ip.split("."))
+
+
+def udp_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, payload: bytes) -> str:
+    udp = (4000).to_bytes(2, "big") + (4000).to_bytes(2, "big") + \
+        (8 + len(payload)).to_bytes(2, "big") + b"\0\0" + payload
+    ip = bytes([0x45, 0]) + (20 + len(udp)).to_bytes(2, "big") + b"\0\0\0\0\x40\x11\0\0" + \
+        ipv4_bytes(src_ip) + ipv4_bytes(dst_ip)
+    return (mac_bytes(dst_mac) + mac_bytes(src_mac) + b"\x08\x00" + ip + udp).hex()
+
+
+def arp_frame(eth_src: str, op: int, sha: str, spa: str, tpa: str) -> str:
+    body = b"\x00\x01\x08\x00\x06\x04" + op.to_bytes(2, "big") + mac_bytes(sha) + \
+        ipv4_bytes(spa) + b"\0" * 6 + ipv4_bytes(tpa)
+    return (b"\xff" * 6 + mac_bytes(eth_src) + b"\x08\x06" + body).hex()
+
+
+class Capture:
+    """tcpdump on one VM's eth0 for the duration of a ``with`` block."""
+
+    def __init__(self, lab: Lab, vm: str, bpf: str = "not ip6") -> None:
+        self.argv = ["ip", "netns", "exec", lab.vms[vm].ns, "tcpdump", "-i", "eth0", "-nn",
+                     "-e", "-A", "-l", "-U", bpf]
+        self.text = ""
+
+    def __enter__(self) -> Capture:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stderr is not None
+        self.proc.stderr.readline()  # "listening on eth0 ...": capture is armed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        self.text = out
+
+
+def test_each_tenant_pings_across_the_dcs(lab: tuple[Lab, LabController]) -> None:
+    lab_, _ = lab
+    eventually("a1 (dc1) pings a2 (dc2)", lambda: lab_.ping("a1", "a2"))
+    for src, dst in (("a2", "a3"), ("a3", "a1"), ("b1", "b2"), ("b2", "b3"), ("b3", "b1")):
+        assert lab_.ping(src, dst, count=2), f"{src} -> {dst}"
+
+
+def test_tunnels_only_between_hosts_that_share_a_network(
+        lab: tuple[Lab, LabController]) -> None:
+    lab_, _ = lab
+
+    ip = {h: lab_.hosts[h].underlay_ip for h in lab_.hosts}
+    # dc1-h2 has only acme (a3); dc2-h2 has only globex (b2): no tunnel between them
+    eventually("dc1-h1's tunnels to all others",
+               lambda: tunnel_remotes(lab_, "dc1-h1") == {ip["dc1-h2"], ip["dc2-h1"],
+                                                          ip["dc2-h2"]})
+    assert tunnel_remotes(lab_, "dc1-h2") == {ip["dc1-h1"], ip["dc2-h1"]}
+    assert tunnel_remotes(lab_, "dc2-h2") == {ip["dc1-h1"], ip["dc2-h1"]}
+
+
+def test_tenant_a_never_reaches_tenant_b(lab: tuple[Lab, LabController]) -> None:
+    lab_, _ = lab
+    a1, a3, b1 = lab_.vms["a1"], lab_.vms["a3"], lab_.vms["b1"]
+    # same IPs in both tenants: a1's ARP for .13 is answered with a3's MAC, never b3's
+    out = lab_.exec("a1", ["arping", "-c", "1", "-w", "2", "-I", "eth0", a3.ip]).stdout
+    assert a3.mac.upper() in out.upper() and lab_.vms["b3"].mac.upper() not in out.upper()
+
+    others = [v for v in lab_.vms if v != "b1"]
+    captures = {v: Capture(lab_, v) for v in others}
+    for c in captures.values():
+        c.__enter__()
+    try:
+        frames = [
+            # control: b1's own broadcast, honest addresses, reaches b2 and b3 only
+            udp_frame(b1.mac, "ff:ff:ff:ff:ff:ff", b1.ip, "198.19.0.255", b"veil-ok"),
+            # spoofed source MAC (a1's), spoofed source IP, spoofed ARP SPA, ARP poisoning
+            udp_frame(a1.mac, "ff:ff:ff:ff:ff:ff", b1.ip, "198.19.0.255", b"veil-spoof-mac"),
+            udp_frame(b1.mac, "ff:ff:ff:ff:ff:ff", "198.19.0.99", "198.19.0.255",
+                      b"veil-spoof-ip"),
+            arp_frame(b1.mac, 1, b1.mac, "198.19.0.99", "198.19.0.77"),
+            arp_frame(b1.mac, 2, a1.mac, a1.ip, "198.19.0.77"),
+            arp_frame(a1.mac, 1, a1.mac, a1.ip, "198.19.0.77"),
+        ]
+        lab_.exec("b1", ["python3", "-c", SEND_RAW, *frames], check=True)
+    finally:
+        for c in captures.values():
+            c.__exit__()
+    for vm, c in captures.items():
+        assert "veil-spoof" not in c.text and "198.19.0.99" not in c.text, (vm, c.text)
+        assert "198.19.0.77" not in c.text, (vm, c.text)
+        tenant_b = lab_.vms[vm].network == b1.network
+        assert ("veil-ok" in c.text) == tenant_b, (vm, c.text)
+
+
+def test_underlay_carries_geneve_with_a_vni_per_network(lab: tuple[Lab, LabController]) -> None:
+    lab_, ctl = lab
+    store = Store(ctl.server.remote)
+    try:
+        vni = {n.name: n.vni for n in store.read().networks}
+    finally:
+        store.close()
+    assert vni["acme-net"] != vni["globex-net"]
+    router = lab_.node_ns(lab_.topo.router)
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", router, "tcpdump", "-i", "dc1", "-nn", "-v", "-l", "-U",
+         "udp port 6081"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert dump.stderr is not None
+    dump.stderr.readline()
+    armed = time.monotonic()
+    try:
+        assert lab_.ping("a1", "a2", count=2)
+        assert lab_.ping("b1", "b2", count=2)
+    finally:
+        # BFD runs at ~1 s intervals (with jitter): capture long enough to see some.
+        time.sleep(max(0.3, 3.0 - (time.monotonic() - armed)))
+        dump.send_signal(signal.SIGINT)
+        text, _ = dump.communicate(timeout=10)
+    seen = {int(v, 16) for v in re.findall(r"vni (0x[0-9a-f]+)", text)}
+    assert "Geneve" in text, text[-2000:]
+    assert "BFD" in text, text[-2000:]  # BFD runs inside the tunnels, with VNI 0
+    assert seen - {0} == {vni["acme-net"], vni["globex-net"]}, text[-2000:]
+
+
+def test_kill_9_of_the_controller_loses_no_packet(lab: tuple[Lab, LabController]) -> None:
+    lab_, ctl = lab
+    a2 = lab_.vms["a2"]
+    before = veil_flow_counters(lab_)
+    connects = ctl.log_text().count("veil flows installed")
+    ping = subprocess.Popen(
+        ["ip", "netns", "exec", lab_.vms["a1"].ns, "ping", "-n", "-q", "-i", "0.01", "-c", "400",
+         "-W", "1", a2.ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)
+    ctl.kill()
+    time.sleep(1.0)
+    ctl.start()
+    out, _ = ping.communicate(timeout=60)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m is not None, out
+    assert m.group(1) == m.group(2) == "400", out
+    # the restarted controller read every switch's flows and found nothing to change
+    ctl.wait_log("veil flows installed", connects + len(lab_.hosts))
+    time.sleep(2.5)  # one more resync period: any flow change would be logged and sent
+    after_restart = ctl.log_text().split("veil flows installed")[-1]
+    assert not re.search(r"host \S+: \+\d+ -\d+ flows", after_restart), after_restart
+    after = veil_flow_counters(lab_)
+    assert after.keys() == before.keys()  # same flows (content cookies) on every host ...
+    assert all(after[k] >= before[k] for k in before)  # ... never re-added (counters kept)
+
+
+def test_stopped_vm_is_unreachable_everywhere(lab: tuple[Lab, LabController]) -> None:
+    lab_, _ = lab
+    a3 = lab_.vms["a3"]
+    lab_.unplug_vm("a3")
+    eventually("a3's flows gone from every host",
+               lambda: all(a3.mac not in flows(lab_, h) for h in lab_.hosts))
+    assert not lab_.ping("a1", "a3", count=2, wait=0.5)
+    assert lab_.ping("a1", "a2", count=2)
+    # a3 was dc1-h2's only VM: it shares no network any more, so its tunnels go, both ends
+    eventually("dc1-h2's tunnels removed", lambda: tunnel_remotes(lab_, "dc1-h2") == set())
+    assert lab_.hosts["dc1-h2"].underlay_ip not in tunnel_remotes(lab_, "dc1-h1")
+
+
+def test_moved_vm_keeps_its_connectivity(lab: tuple[Lab, LabController]) -> None:
+    lab_, _ = lab
+    a2 = lab_.vms["a2"]
+    lab_.move_vm("a2", "dc1-h2")  # DC2 -> DC1, same iface-id and MAC
+    eventually("a1 pings a2 on its new host", lambda: lab_.ping("a1", "a2"))
+    assert a2.mac not in flows(lab_, "dc2-h1").replace(f"dl_dst={a2.mac} actions=set_field", "")
+    assert lab_.ping("b1", "b2", count=2)  # the other tenant is undisturbed
+
+
+def rarp_frame(mac: str) -> str:
+    """QEMU's self-announce after a migration: RARP request, sender = target = the guest."""
+    body = b"\x00\x01\x08\x00\x06\x04\x00\x03" + mac_bytes(mac) + b"\0" * 4 + \
+        mac_bytes(mac) + b"\0" * 4
+    return (b"\xff" * 6 + mac_bytes(mac) + b"\x80\x35" + body).hex()
+
+
+def test_live_migration_follows_the_guest_announcement(lab: tuple[Lab, LabController]) -> None:
+    """The same iface-id active on two hosts: traffic stays with the source until the guest
+    announces itself (RARP) on the destination, then follows it."""
+    from controller.southbound.hostdb import VEIL_IPS
+    from controller.lab import netns
+    from hooks import contract
+
+    lab_, ctl = lab
+    b3 = lab_.vms["b3"]
+    src_host = lab_.placement("b3")
+    dst_host = next(h for h in lab_.hosts if h != src_host and lab_.hosts[h].spec.dc ==
+                    lab_.hosts[src_host].spec.dc)
+    dst = lab_.hosts[dst_host]
+    ns = f"{lab_.prefix}-vm-b3-dst"  # the guest's copy on the destination, same MAC and IP
+    netns.add_netns(ns)
+    port = "tap-b3-dst"
+    try:
+        netns.add_veth(ns, "eth0", dst.ns, port)
+        netns.run(["ip", "link", "set", "eth0", "address", b3.mac], ns=ns)
+        netns.run(["ip", "addr", "add", str(b3.spec.ip), "dev", "eth0"], ns=ns)
+        ids = {contract.IFACE_ID: b3.iface_id, contract.ATTACHED_MAC: b3.mac,
+               contract.IFACE_STATUS: contract.STATUS_ACTIVE, contract.VEIL_NETWORK: b3.network,
+               VEIL_IPS: b3.ip}
+        dst.ovs.vsctl("add-port", "br-int", port, *(a for k, v in ids.items() for a in (
+            "--", "set", "Interface", port, f'external_ids:{k}="{v}"')))
+        eventually("destination port seen as standby (punts RARP to the controller)",
+                   lambda: "CONTROLLER" in flows(lab_, dst_host))
+        # before the announcement, b1's traffic still reaches the source copy
+        with Capture(lab_, "b3", "icmp") as at_src:
+            assert lab_.ping("b1", "b3", count=2)
+        assert "ICMP echo request" in at_src.text
+        netns.run(["python3", "-c", SEND_RAW, rarp_frame(b3.mac)], ns=ns)
+        eventually("traffic switched to the destination",
+                   lambda: f"dl_dst={b3.mac} actions=output" in flows(lab_, dst_host))
+        with Capture(lab_, "b3", "icmp") as at_src_after:
+            assert lab_.ping("b1", "b3", count=2)  # answered by the destination copy
+        assert "ICMP echo request" not in at_src_after.text
+        # a controller restart mid-migration keeps forwarding to where the guest runs
+        connects = ctl.log_text().count("veil flows installed")
+        ctl.kill()
+        ctl.start()
+        ctl.wait_log("veil flows installed", connects + len(lab_.hosts))
+        time.sleep(2.5)  # a resync period: a wrong choice would have been sent by now
+        with Capture(lab_, "b3", "icmp") as at_src_restarted:
+            assert lab_.ping("b1", "b3", count=2)
+        assert "ICMP echo request" not in at_src_restarted.text
+        # the source port goes away (migration done): the destination keeps the traffic
+        lab_.unplug_vm("b3")
+        assert lab_.ping("b1", "b3", count=2)
+    finally:
+        netns.delete_netns(ns)
+
+
+def test_a_dead_host_is_reported_by_bfd(lab: tuple[Lab, LabController]) -> None:
+    """Last test: it kills one host's ovs-vswitchd; BFD on the tunnels towards it goes down
+    and the controller reports it."""
+    from controller.lab import netns
+
+    lab_, ctl = lab
+    b1_host = lab_.placement("b1")
+    b2_host = lab_.placement("b2")
+    assert b1_host != b2_host
+    ctl.wait_log(f"tunnel {b1_host} -> {b2_host} is up (BFD)")
+    pid = lab_.hosts[b2_host].ovs.pid("ovs-vswitchd")
+    assert pid is not None
+    netns.kill_pids([pid])
+    ctl.wait_log(f"tunnel {b1_host} -> {b2_host} is DOWN (BFD)", timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "gre"])
+def test_vxlan_and_gre_are_selectable(kind: str) -> None:
+    import dataclasses
+
+    topo = dataclasses.replace(topology.load(), tunnel=kind)
+    lab_ = Lab(topo, prefix=unique_prefix("c"))
+    ctl: LabController | None = None
+    try:
+        lab_.up()
+        ctl = run_for_lab(lab_)
+        eventually(f"a1 (dc1) pings a2 (dc2) over {kind}", lambda: lab_.ping("a1", "a2"))
+        assert lab_.ping("b1", "b2", count=2)
+        types = lab_.hosts["dc1-h1"].ovs.vsctl("--bare", "--columns=type", "find", "Interface",
+                                               "external_ids:veil-remote!=''")
+        assert set(types.split()) == {kind}
+    finally:
+        if ctl is not None:
+            ctl.stop()
+        lab_.down()

@@ -1,0 +1,688 @@
+"""Attacks on tenant isolation in the real two-DC lab (docs/isolation.md lists them all).
+
+Each test plays an attacker (a VM namespace writing raw frames through AF_PACKET, or the
+underlay router writing raw IP) and captures on every other VM. Every attack carries a
+marker; every test also sends a legitimate frame the same captures must see, so a capture that
+saw nothing proves the defense, not a broken capture. What tests/controller/test_lab.py already
+proves (single spoofed MAC/IP/ARP frames, honest pings, migration) is not repeated here.
+
+One two-DC lab for the module (plus one per tunnel type for forged VXLAN/GRE packets); tests
+that change placement (the migration) run last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import pytest
+
+from controller.pipeline.compute import link_local
+from controller.southbound.hostdb import VEIL_IPS
+from controller.lab import netns, topology
+from controller.lab.lab import Lab
+from controller.lab.run import LabController, run_for_lab
+from controller.northbound.store import Store
+from hooks import contract
+from tests.conftest import programmed_lab, unique_prefix
+from tests.controller.test_lab import (
+    SEND_RAW,
+    Capture,
+    arp_frame,
+    eventually,
+    flows,
+    mac_bytes,
+    rarp_frame,
+    udp_frame,
+)
+
+pytestmark = pytest.mark.lab
+
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+# A storm from one VM: sends the hex frames argv[1:] round robin, as fast as it can, until
+# its stdin closes; then prints how many it sent.
+STORM = (
+    "import select,socket,sys\n"
+    "s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
+    "s.bind(('eth0',0))\n"
+    "fs=[bytes.fromhex(h) for h in sys.argv[1:]]\n"
+    "n=0\n"
+    "while not select.select([sys.stdin],[],[],0)[0]:\n"
+    "  for f in fs: s.send(f)\n"
+    "  n+=len(fs)\n"
+    "print(n)\n"
+)
+# Sends raw IPv4 packets (header included, any source address) from the underlay router.
+SEND_UNDERLAY = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_RAW)\n"
+    "for h in sys.argv[1:]:\n"
+    "  p=bytes.fromhex(h); s.sendto(p,(socket.inet_ntoa(p[16:20]),0))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[tuple[Lab, LabController]]:
+    # every test starts from a programmed lab (each also runs alone with -k)
+    with programmed_lab("a") as running:
+        yield running
+
+
+# -- frames ---------------------------------------------------------------------------------
+
+def tagged(frame: str, *tags: bytes) -> str:
+    """``frame`` with VLAN headers (TPID + TCI each) inserted after the MAC addresses."""
+    raw = bytes.fromhex(frame)
+    return (raw[:12] + b"".join(tags) + raw[12:]).hex()
+
+
+def ether(dst: str, src: str, eth_type: int, payload: bytes) -> str:
+    return (mac_bytes(dst) + mac_bytes(src) + eth_type.to_bytes(2, "big") + payload).hex()
+
+
+def _checksum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def icmp6_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, icmp: bytes) -> str:
+    s, d = ipaddress.IPv6Address(src_ip).packed, ipaddress.IPv6Address(dst_ip).packed
+    c = _checksum(s + d + struct.pack("!I3xB", len(icmp), 58) + icmp)
+    icmp = icmp[:2] + c.to_bytes(2, "big") + icmp[4:]
+    ip6 = struct.pack("!IHBB", 0x60000000, len(icmp), 58, 255) + s + d
+    return ether(dst_mac, src_mac, 0x86DD, ip6 + icmp)
+
+
+def neighbor_advert(src_mac: str, src_ip: str, target: str, tll: str) -> str:
+    """An unsolicited, overriding NA to all nodes: "``target`` is at ``tll``"."""
+    body = struct.pack("!BBHI", 136, 0, 0, 0xA0000000) + ipaddress.IPv6Address(target).packed \
+        + b"\x02\x01" + mac_bytes(tll)
+    return icmp6_frame(src_mac, "33:33:00:00:00:01", src_ip, "ff02::1", body)
+
+
+def encap(kind: str, src_ip: str, dst_ip: str, key: int, inner: str) -> str:
+    """An IPv4 packet (header included) carrying the Ethernet frame ``inner`` in a Geneve,
+    VXLAN or GRE header with tunnel key ``key`` (VNI, or GRE's 32-bit key)."""
+    frame = bytes.fromhex(inner)
+    if kind == "gre":  # key present (K bit), Transparent Ethernet Bridging
+        payload, proto = b"\x20\x00\x65\x58" + key.to_bytes(4, "big") + frame, 47
+    else:
+        header = (b"\0\0\x65\x58" if kind == "geneve" else b"\x08\0\0\0") + \
+            key.to_bytes(3, "big") + b"\0"
+        port = 6081 if kind == "geneve" else 4789
+        payload = struct.pack("!HHHH", 50000, port, 16 + len(frame), 0) + header + frame
+        proto = 17
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0x4000, 64, proto, 0,
+                     socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
+    ip = ip[:10] + _checksum(ip).to_bytes(2, "big") + ip[12:]  # routers check it
+    return (ip + payload).hex()
+
+
+def geneve(src_ip: str, dst_ip: str, vni: int, inner: str) -> str:
+    return encap("geneve", src_ip, dst_ip, vni, inner)
+
+
+# -- observing ------------------------------------------------------------------------------
+
+def send_from(lab: Lab, vm: str, frames: Sequence[str]) -> None:
+    lab.exec(vm, ["python3", "-c", SEND_RAW, *frames], check=True)
+
+
+def captured(lab: Lab, vms: Sequence[str], bpf: str, act: Callable[[], object]) -> dict[str, str]:
+    """Run ``act()`` while tcpdump captures on each VM in ``vms``; VM -> its capture text."""
+    caps = {v: Capture(lab, v, bpf) for v in vms}
+    armed: list[Capture] = []
+    try:
+        for c in caps.values():
+            armed.append(c.__enter__())
+        act()
+    finally:
+        for c in armed:
+            c.__exit__()
+    return {v: c.text for v, c in caps.items()}
+
+
+def markers(text: str, prefix: str) -> set[str]:
+    """The payload markers starting with ``prefix`` in tcpdump -A text (padding, shown as
+    dots, stripped)."""
+    return {w[w.index(prefix):].rstrip(".") for w in text.split() if prefix in w}
+
+
+def vm_names(lab: Lab, network: str | None = None, but: str = "") -> list[str]:
+    return [v for v in lab.vms if v != but and (network is None or lab.vms[v].network == network)]
+
+
+def vnis(ctl: LabController) -> dict[str, int]:
+    store = Store(ctl.server.remote)
+    try:
+        return {n.name: n.vni for n in store.read().networks}
+    finally:
+        store.close()
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+def test_broadcast_storm_stays_in_its_network_and_the_other_tenant_keeps_flowing(
+        lab: tuple[Lab, LabController]) -> None:
+    """b1 floods broadcast/multicast frames (honest and with random source MACs; 20k at
+    least, for as long as tenant A pings across the DCs): A sees none of it and loses no
+    ping."""
+    lab_, _ = lab
+    b1 = lab_.vms["b1"]
+    rnd = random.Random(5)
+    storm = [
+        udp_frame(b1.mac, BROADCAST, b1.ip, "198.19.0.255", b"STORM-bcast"),
+        udp_frame(b1.mac, "01:00:5e:00:00:fb", b1.ip, "224.0.0.251", b"STORM-mcast"),
+        *(udp_frame("02:%02x:%02x:%02x:%02x:%02x" % tuple(rnd.randrange(256) for _ in range(5)),
+                    BROADCAST, b1.ip, "198.19.0.255", b"STORM-rndmac") for _ in range(48)),
+    ]
+
+    def attack() -> None:
+        flood = subprocess.Popen(["ip", "netns", "exec", b1.ns, "python3", "-c", STORM, *storm],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            # tenant A's traffic, same hosts (a1 shares dc1-h1 with b1), during the storm
+            out = lab_.exec("a1", ["ping", "-n", "-q", "-c", "20", "-i", "0.05", "-W", "2",
+                                   lab_.vms["a2"].ip]).stdout
+        finally:
+            sent, _ = flood.communicate(input="", timeout=60)  # stdin closed: storm ends
+        assert flood.returncode == 0 and int(sent) >= 20000, sent
+        assert " 20 received" in out, f"tenant A lost pings during the storm: {out}"
+
+    seen = captured(lab_, vm_names(lab_, but="b1"), "udp port 4000", attack)
+    for vm, text in seen.items():
+        got = markers(text, "STORM-")
+        if lab_.vms[vm].network == b1.network:
+            # control: the honest part of the storm reaches b1's own network ...
+            assert "STORM-bcast" in got and "STORM-mcast" in got, (vm, text[-500:])
+            assert "STORM-rndmac" not in got, vm  # ... forged source MACs never do
+        else:
+            assert not got, f"{vm} (other tenant) received the storm: {text[-500:]}"
+
+
+def test_unknown_unicast_to_another_tenants_mac_floods_only_its_own_network(
+        lab: tuple[Lab, LabController]) -> None:
+    """b1 sends to a2's MAC and IP (a2 and b2 share an IP): unknown in globex-net, so it is
+    flooded there; a2 itself never sees it."""
+    lab_, _ = lab
+    b1, a2 = lab_.vms["b1"], lab_.vms["a2"]
+    frame = udp_frame(b1.mac, a2.mac, b1.ip, a2.ip, b"XT-unicast")
+    seen = captured(lab_, vm_names(lab_, but="b1"), "udp port 4000",
+                    lambda: send_from(lab_, "b1", [frame]))
+    for vm, text in seen.items():
+        same = lab_.vms[vm].network == b1.network
+        assert ("XT-unicast" in text) == same, (vm, text)
+
+
+def test_other_ethertypes_and_reserved_destinations_are_dropped(
+        lab: tuple[Lab, LabController]) -> None:
+    """QinQ, MPLS, LLDP, STP (802.3/LLC), PAUSE, LLC/SNAP, each with b1's own source MAC,
+    reach no VM at all (not even b1's own network); the honest frame sent with them does."""
+    lab_, _ = lab
+    b1 = lab_.vms["b1"]
+    mac = b1.mac
+    honest = udp_frame(mac, BROADCAST, b1.ip, "198.19.0.255", b"ETH-honest")
+    attacks = [
+        tagged(udp_frame(mac, BROADCAST, b1.ip, "198.19.0.255", b"ETH-qinq"),
+               b"\x88\xa8\x00\x07", b"\x81\x00\x00\x05"),
+        ether(BROADCAST, mac, 0x8847, b"\x00\x01\x01\x40" + b"ETH-mpls" + bytes(40)),
+        ether("01:80:c2:00:00:0e", mac, 0x88CC, b"ETH-lldp" + bytes(40)),
+        ether("01:80:c2:00:00:00", mac, 47, b"\x42\x42\x03" + b"ETH-stp" + bytes(36)),
+        ether("01:80:c2:00:00:01", mac, 0x8808, b"\x00\x01\xff\xff" + b"ETH-pause" + bytes(34)),
+        ether(BROADCAST, mac, 60, b"\xaa\xaa\x03\x00\x00\x00\x08\x00" + b"ETH-snap" + bytes(30)),
+    ]
+    seen = captured(lab_, vm_names(lab_, but="b1"), "",
+                    lambda: send_from(lab_, "b1", [honest, *attacks]))
+    for vm, text in seen.items():
+        same = lab_.vms[vm].network == b1.network
+        assert ("ETH-honest" in text) == same, (vm, text)
+        assert markers(text, "ETH-") <= {"ETH-honest"}, (vm, text)
+
+
+def test_tagged_frames_and_reserved_group_addresses_are_dropped(
+        lab: tuple[Lab, LabController]) -> None:
+    """b1's own IPv4 in an 802.1Q frame (VLAN 5, and a priority tag: VLAN 0), or sent to
+    IEEE reserved group addresses (STP's, LLDP's), reaches no VM: OpenFlow matches the
+    EtherType inside the tag, and 802.1D bridges never forward 01:80:c2:00:00:0x. The honest
+    broadcast sent with them reaches b1's network."""
+    lab_, _ = lab
+    b1 = lab_.vms["b1"]
+
+    def frame(dst: str, marker: bytes) -> str:
+        return udp_frame(b1.mac, dst, b1.ip, "198.19.0.255", marker)
+    attacks = [
+        tagged(frame(BROADCAST, b"RSV-vlan5"), b"\x81\x00\x00\x05"),
+        tagged(frame(BROADCAST, b"RSV-prio"), b"\x81\x00\x00\x00"),
+        frame("01:80:c2:00:00:00", b"RSV-stp"),
+        frame("01:80:c2:00:00:0e", b"RSV-lldp"),
+    ]
+    seen = captured(lab_, vm_names(lab_, but="b1"), "", lambda: send_from(
+        lab_, "b1", [frame(BROADCAST, b"RSV-honest"), *attacks]))
+    for vm, text in seen.items():
+        same = lab_.vms[vm].network == b1.network
+        assert ("RSV-honest" in markers(text, "RSV-")) == same, (vm, text)
+        assert markers(text, "RSV-") <= {"RSV-honest"}, (vm, text)
+
+
+def test_router_advertisements_and_redirects_from_a_vm_are_dropped(
+        lab: tuple[Lab, LabController]) -> None:
+    """b1 advertises itself as a router (RA from its own link-local) and redirects b2 to
+    itself: no VM receives either and b3 does not route IPv6 through b1; b1's honest NA,
+    sent with them, reaches b2 and b3."""
+    lab_, _ = lab
+    b1, b2 = lab_.vms["b1"], lab_.vms["b2"]
+    ll1, ll2 = str(link_local(b1.mac)), str(link_local(b2.mac))
+    ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0) + b"\x01\x01" + \
+        mac_bytes(b1.mac)
+    # redirect: "reach fd00::99 through ll1" (target ll1, destination fd00::99)
+    redirect = struct.pack("!BBHI", 137, 0, 0, 0) + ipaddress.IPv6Address(ll1).packed + \
+        ipaddress.IPv6Address("fd00::99").packed + b"\x02\x01" + mac_bytes(b1.mac)
+    frames = [icmp6_frame(b1.mac, "33:33:00:00:00:01", ll1, "ff02::1", ra),
+              icmp6_frame(b1.mac, b2.mac, ll1, ll2, redirect),
+              neighbor_advert(b1.mac, ll1, ll1, b1.mac)]  # honest
+    seen = captured(lab_, vm_names(lab_, but="b1"), "icmp6",
+                    lambda: send_from(lab_, "b1", frames))
+    for vm, text in seen.items():
+        same = lab_.vms[vm].network == b1.network
+        assert (f"tgt is {ll1}" in text) == same, (vm, text)
+        assert "router advertisement" not in text and "redirect" not in text, (vm, text)
+    routes = lab_.exec("b3", ["ip", "-6", "route", "show", "default"], check=True).stdout
+    assert ll1 not in routes, f"b3 routes IPv6 through b1: {routes}"
+
+
+def test_arp_poisoning_of_a_same_tenant_peer_is_dropped(lab: tuple[Lab, LabController]) -> None:
+    """b1 claims b2's IP with its own MAC (gratuitous ARP, and a reply aimed at b3): b3's
+    neighbour entry for b2 keeps b2's MAC; b1's honest gratuitous ARP does reach b3."""
+    lab_, _ = lab
+    b1, b2, b3 = lab_.vms["b1"], lab_.vms["b2"], lab_.vms["b3"]
+    assert lab_.ping("b3", "b2")  # b3 has a neighbour entry for b2
+    poison = [
+        arp_frame(b1.mac, 1, b1.mac, b2.ip, b2.ip),  # gratuitous request
+        arp_frame(b1.mac, 2, b1.mac, b2.ip, b2.ip),  # gratuitous reply
+        arp_frame(b1.mac, 2, b1.mac, b2.ip, b3.ip),  # reply to b3
+    ]
+    honest = arp_frame(b1.mac, 1, b1.mac, b1.ip, b1.ip)
+    seen = captured(lab_, ["b3", "a2"], "arp", lambda: send_from(lab_, "b1", [*poison, honest]))
+    assert f"Request who-has {b1.ip} tell {b1.ip}" in seen["b3"], seen["b3"]
+    from_b1 = [line for line in seen["b3"].splitlines() if line.split()[1:2] == [b1.mac]]
+    assert not [line for line in from_b1 if b2.ip in line], seen["b3"]
+    assert b1.mac not in seen["a2"], seen["a2"]
+    neigh = lab_.exec("b3", ["ip", "neigh", "show", b2.ip, "dev", "eth0"], check=True).stdout
+    assert b2.mac in neigh and b1.mac not in neigh, neigh
+
+
+def test_neighbor_advertisement_for_a_peers_address_is_dropped(
+        lab: tuple[Lab, LabController]) -> None:
+    """b1 advertises b3's link-local address at its own MAC (and from b3's address): b2
+    never sees it; b1's NA for its own address does reach b2; a2 sees neither."""
+    lab_, _ = lab
+    b1, b3 = lab_.vms["b1"], lab_.vms["b3"]
+    ll1, ll3 = str(link_local(b1.mac)), str(link_local(b3.mac))
+    frames = [
+        neighbor_advert(b1.mac, ll1, ll3, b1.mac),
+        neighbor_advert(b1.mac, ll3, ll3, b1.mac),
+        neighbor_advert(b1.mac, ll3, ll1, b1.mac),  # its own address, from b3's source
+        neighbor_advert(b1.mac, ll1, ll1, b1.mac),  # honest
+    ]
+    seen = captured(lab_, ["b2", "a2"], "icmp6 and ip6[40] == 136",
+                    lambda: send_from(lab_, "b1", frames))
+    assert f"tgt is {ll1}" in seen["b2"], seen["b2"]
+    assert f"tgt is {ll3}" not in seen["b2"], seen["b2"]
+    assert f"{ll3} > ff02::1" not in seen["b2"], seen["b2"]
+    assert ll1 not in seen["a2"] and ll3 not in seen["a2"], seen["a2"]
+
+
+def test_a_vms_tunnel_packets_are_tenant_payload_never_decapsulated(
+        lab: tuple[Lab, LabController]) -> None:
+    """a1 sends, with its own (valid) addresses, a Geneve packet with globex's VNI to its
+    host's underlay IP and br-phy MAC: br-int forwards it as plain acme traffic (acme sees the
+    outer packet), never onto the underlay as a1's packet, and no globex VM receives the inner
+    frame. Control: the same underlay capture sees the router's ping to the host.
+
+    (The host *kernel* does receive it through the tap on a netdev datapath: see
+    docs/isolation.md, "VIF taps reach the host IP stack".)"""
+    lab_, ctl = lab
+    a1, b1 = lab_.vms["a1"], lab_.vms["b1"]
+    host = lab_.hosts[lab_.placement("a1")]
+    gateway = str(lab_.topo.dc(host.spec.dc).gateway)
+    host_mac = lab_.exec(host.name, ["cat", "/sys/class/net/br-phy/address"],
+                         check=True).stdout.strip()
+    inner = udp_frame(b1.mac, BROADCAST, b1.ip, "198.19.0.255", b"ENCAP-inner")
+    packet = bytes.fromhex(geneve(a1.ip, host.underlay_ip, vnis(ctl)["globex-net"], inner))
+    frames = [(mac_bytes(dst) + mac_bytes(a1.mac) + b"\x08\x00" + packet).hex()
+              for dst in (host_mac, BROADCAST)]
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", host.ns, "tcpdump", "-i", "eth0", "-nn", "-l", "-U",
+         f"src host {a1.ip} or (icmp and src host {gateway})"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert dump.stderr is not None
+    dump.stderr.readline()
+    try:
+        def attack() -> None:
+            send_from(lab_, "a1", frames)
+            assert lab_.ping(lab_.topo.router, host.underlay_ip)  # control for the dump
+
+        seen = captured(lab_, vm_names(lab_, but="a1"), "udp", attack)
+    finally:
+        time.sleep(0.3)
+        dump.send_signal(signal.SIGINT)
+        underlay, _ = dump.communicate(timeout=10)
+    assert f"{gateway} > {host.underlay_ip}: ICMP echo request" in underlay, underlay
+    assert not re.search(rf"{re.escape(a1.ip)}(\.\d+)? >", underlay), underlay
+    for vm, text in seen.items():
+        same = lab_.vms[vm].network == a1.network
+        assert ("ENCAP-inner" in text) == same, (vm, text)  # a plain UDP payload to acme
+
+
+def test_no_cross_tenant_injection_through_a_forwarding_host(
+        lab: tuple[Lab, LabController]) -> None:
+    """With IPv4 forwarding on in b1's host (libvirt's default NAT network turns it on),
+    tenant B's b1 sends its host's *kernel* (the tap's MAC, around br-int) a Geneve packet
+    'from' dc1-h2, a peer that shares acme with a2's host, with acme's VNI. Unless the host
+    stack is kept off VM ports (netdev datapath), the host routes it onto the underlay and
+    a2's host decapsulates it into tenant A. Control: the very same packet, sent by the
+    underlay router, does reach a2."""
+    lab_, ctl = lab
+    b1 = lab_.vms["b1"]
+    host = lab_.placement("b1")
+    src_ip = lab_.hosts["dc1-h2"].underlay_ip
+    dst_ip = lab_.hosts[lab_.placement("a2")].underlay_ip
+    tap_mac = lab_.exec(host, ["cat", f"/sys/class/net/{b1.port}/address"],
+                        check=True).stdout.strip()
+    acme = vnis(ctl)["acme-net"]
+
+    def packet(tag: bytes) -> str:
+        inner = udp_frame("02:00:00:00:00:99", BROADCAST, "198.19.0.99", "198.19.0.255", tag)
+        return geneve(src_ip, dst_ip, acme, inner)
+
+    control = captured(lab_, ["a2"], "udp port 4000", lambda: lab_.exec(
+        lab_.topo.router, ["python3", "-c", SEND_UNDERLAY, packet(b"FWD-control")],
+        check=True))
+    assert "FWD-control" in control["a2"], control["a2"]
+    forwarding = lab_.exec(host, ["sysctl", "-n", "net.ipv4.ip_forward"],
+                           check=True).stdout.strip()
+    lab_.exec(host, ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+    try:
+        frame = mac_bytes(tap_mac) + mac_bytes(b1.mac) + b"\x08\x00" + \
+            bytes.fromhex(packet(b"FWD-attack"))
+        seen = captured(lab_, vm_names(lab_, but="b1"), "udp port 4000",
+                        lambda: send_from(lab_, "b1", [frame.hex()]))
+    finally:
+        lab_.exec(host, ["sysctl", "-qw", f"net.ipv4.ip_forward={forwarding}"], check=True)
+    hit = [vm for vm, text in seen.items() if "FWD-attack" in text]
+    assert not hit, f"tenant B's b1 injected a frame into {hit} through its host"
+
+
+def test_tunnel_packets_are_accepted_only_for_the_networks_both_ends_share(
+        lab: tuple[Lab, LabController]) -> None:
+    """The underlay router forges Geneve packets (source = a real peer host) with every VNI
+    (and 0, and one nobody serves) to every host. Only a VNI of a network the (claimed)
+    sender and the receiver share is decapsulated, only into that network, only to local
+    VMs (never back into a tunnel)."""
+    check_forged_tunnel_packets(*lab, "geneve")
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "gre"])
+def test_forged_vxlan_and_gre_packets_likewise(kind: str) -> None:
+    """The same on a lab whose tunnels are VXLAN or GRE; GRE's key is 32 bits: a key that
+    is a VNI plus bit 24 must not pass for that VNI."""
+    lab_ = Lab(dataclasses.replace(topology.load(), tunnel=kind), prefix=unique_prefix("a"))
+    ctl: LabController | None = None
+    try:
+        lab_.up()
+        ctl = run_for_lab(lab_)
+        # every host's tunnels programmed: each tenant's third VM reaches both others
+        eventually(f"{kind} tunnels carry both tenants", lambda: all(
+            lab_.ping(s, d) for s, d in (("a1", "a2"), ("b1", "b2"), ("a3", "a1"), ("a3", "a2"),
+                                         ("b3", "b1"), ("b3", "b2"))))
+        check_forged_tunnel_packets(lab_, ctl, kind)
+    finally:
+        if ctl is not None:
+            ctl.stop()
+        lab_.down()
+
+
+def check_forged_tunnel_packets(lab_: Lab, ctl: LabController, kind: str) -> None:
+    vni = vnis(ctl)
+    unserved = max(vni.values()) + 100
+    wide = [("none", v | 1 << 24) for v in vni.values()] if kind == "gre" else []
+    ip = {h: lab_.hosts[h].underlay_ip for h in lab_.hosts}
+    nets_of = {h: {lab_.vms[v].network for v in lab_.vms if lab_.placement(v) == h}
+               for h in lab_.hosts}
+    macs = {v: lab_.vms[v].mac for v in lab_.vms}
+    packets: list[str] = []
+    expect: dict[str, set[str]] = {v: set() for v in lab_.vms}
+    for src in lab_.hosts:
+        for dst in lab_.hosts:
+            for net, key in [*vni.items(), ("none", unserved), ("none", 0), *wide]:
+                for dst_mac in (BROADCAST, *macs.values()):
+                    tag = f"INJ-{key}-{src}-{dst}-{dst_mac.replace(':', '')}"
+                    inner = udp_frame("02:00:00:00:00:99", dst_mac, "198.19.0.99",
+                                      "198.19.0.255", tag.encode())
+                    packets.append(encap(kind, ip[src], ip[dst], key, inner))
+                    if src == dst or net not in nets_of[src] & nets_of[dst]:
+                        continue
+                    # delivered to the local VMs of that network: to the owner of a
+                    # local MAC, else flooded (a remote or foreign MAC is unknown here)
+                    local = [v for v in lab_.vms if lab_.placement(v) == dst
+                             and lab_.vms[v].network == net]
+                    owner = [v for v in local if macs[v] == dst_mac]
+                    for v in owner or local:
+                        expect[v].add(tag)
+    # the router's own address is no tunnel peer of anyone
+    router_ip = str(lab_.topo.dc(lab_.hosts["dc1-h1"].spec.dc).gateway)
+    packets += [encap(kind, router_ip, ip[h], k, udp_frame(
+        "02:00:00:00:00:99", BROADCAST, "198.19.0.99", "198.19.0.255", f"INJ-rtr-{h}".encode()))
+        for h in lab_.hosts for k in vni.values()]
+    seen = captured(lab_, list(lab_.vms), "udp port 4000", lambda: lab_.exec(
+        lab_.topo.router, ["python3", "-c", SEND_UNDERLAY, *packets], check=True))
+    for vm, text in seen.items():
+        assert markers(text, "INJ-") == expect[vm], vm
+    assert any(expect.values())  # the positive cases exist (and were delivered)
+
+
+def plug_extra_vm(lab: Lab, name: str, host: str, mac: str, ip: str,
+                  ids: dict[str, str]) -> str:
+    """A VM that is not in the topology: a namespace on ``host``'s br-int whose Interface
+    carries ``ids`` (as the hooks would write them); returns its namespace. The caller
+    deletes it and its port (``unplug_extra_vm``)."""
+    h = lab.hosts[host]
+    ns = f"{lab.prefix}-vm-{name}"
+    netns.add_netns(ns)
+    netns.add_veth(ns, "eth0", h.ns, f"tap-{name}")
+    netns.guard_host_stack(h.ns, f"tap-{name}")  # as Lab.plug_vm does
+    netns.run(["ip", "link", "set", "eth0", "address", mac], ns=ns)
+    netns.run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], ns=ns)
+    h.ovs.vsctl("add-port", "br-int", f"tap-{name}", *(a for k, v in ids.items() for a in (
+        "--", "set", "Interface", f"tap-{name}", f'external_ids:{k}="{v}"')))
+    return ns
+
+
+def unplug_extra_vm(lab: Lab, name: str, host: str) -> None:
+    lab.hosts[host].ovs.vsctl("--if-exists", "del-port", "br-int", f"tap-{name}")
+    netns.delete_netns(f"{lab.prefix}-vm-{name}")
+    netns.unguard_host_stack(lab.hosts[host].ns, f"tap-{name}")
+
+
+def vm_ids(lab: Lab, name: str, mac: str, ip: str, network: str, **extra: str) -> dict[str, str]:
+    return {contract.IFACE_ID: f"{lab.prefix}-{name}", contract.ATTACHED_MAC: mac,
+            contract.IFACE_STATUS: contract.STATUS_ACTIVE, contract.VEIL_NETWORK: network,
+            VEIL_IPS: ip, **extra}
+
+
+def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]) -> None:
+    """Ports on br-int with no veil keys, with an undeclared network, marked inactive, or
+    with a MAC another VIF of the network already has: their broadcasts reach nobody.
+    Control: a correctly registered extra VM's broadcast reaches its network."""
+    lab_, _ = lab
+    host = lab_.placement("b1")
+    b1 = lab_.vms["b1"]
+    net = b1.network
+    extra = {
+        "xn": ("02:00:00:00:01:01", "198.19.0.21", {}),
+        "xu": ("02:00:00:00:01:02", "198.19.0.22", vm_ids(lab_, "xu", "02:00:00:00:01:02",
+                                                          "198.19.0.22", "no-such-net")),
+        "xi": ("02:00:00:00:01:03", "198.19.0.23", vm_ids(
+            lab_, "xi", "02:00:00:00:01:03", "198.19.0.23", net,
+            **{contract.IFACE_STATUS: contract.STATUS_INACTIVE})),
+        "xd": (b1.mac, "198.19.0.24", vm_ids(lab_, "xd", b1.mac, "198.19.0.24", net)),
+        "xok": ("02:00:00:00:01:05", "198.19.0.25", vm_ids(lab_, "xok", "02:00:00:00:01:05",
+                                                           "198.19.0.25", net)),
+    }
+    try:
+        for name, (mac, ip, ids) in extra.items():
+            plug_extra_vm(lab_, name, host, mac, ip, ids)
+        eventually("the registered extra VM is forwarded",
+                   lambda: lab_.ping("b2", "198.19.0.25"))
+
+        def attack() -> None:
+            for name, (mac, ip, _) in extra.items():
+                netns.run(["python3", "-c", SEND_RAW, udp_frame(
+                    mac, BROADCAST, ip, "198.19.0.255", f"DEAD-{name}".encode())],
+                    ns=f"{lab_.prefix}-vm-{name}")
+
+        seen = captured(lab_, vm_names(lab_), "udp port 4000", attack)
+    finally:
+        for name in extra:
+            unplug_extra_vm(lab_, name, host)
+    for vm, text in seen.items():
+        want = {"DEAD-xok"} if lab_.vms[vm].network == net else set()
+        assert markers(text, "DEAD-") == want, (vm, text)
+
+
+def test_a_duplicate_macs_owner_survives_a_controller_restart(
+        lab: tuple[Lab, LabController]) -> None:
+    """A VM started next to b1 with b1's MAC, and an iface-id that sorts before b1's, is
+    not forwarded (b1 was there first) ... and still is not after a kill -9 and restart of
+    the controller, which would otherwise see every port first at once and let the iface-id
+    order pick the owner: b2 keeps reaching b1, the duplicate stays unforwarded."""
+    lab_, ctl = lab
+    host, b1 = lab_.placement("b1"), lab_.vms["b1"]
+    dup_id = "00000000-dup-" + lab_.prefix
+    assert dup_id < b1.iface_id
+    ids = vm_ids(lab_, "xr", b1.mac, "198.19.0.26", b1.network, **{contract.IFACE_ID: dup_id})
+    try:
+        plug_extra_vm(lab_, "xr", host, b1.mac, "198.19.0.26", ids)
+        refused = f"VIF {dup_id} on {host} is not forwarded: MAC {b1.mac}"
+        ctl.wait_log(refused)
+        assert lab_.ping("b2", "b1")
+        connects = ctl.log_text().count("veil flows installed")
+        ctl.kill()
+        ctl.start()
+        ctl.wait_log("veil flows installed", connects + len(lab_.hosts))
+        ctl.wait_log(refused, 2)  # the restarted controller refuses the duplicate too
+        time.sleep(2.5)  # one more resync period: a changed owner would be programmed by now
+        assert lab_.ping("b2", "b1", count=3), "b1's MAC changed owner after the restart"
+    finally:
+        unplug_extra_vm(lab_, "xr", host)
+
+
+def test_a_vm_with_another_tenants_mac_on_the_same_host_gets_none_of_its_traffic(
+        lab: tuple[Lab, LabController]) -> None:
+    """Tenant B starts a VM with a1's MAC next to a1 (dc1-h1). It works in its own network
+    (the control: pings with b1 and b2), gets none of a1's traffic, and its broadcasts and
+    ARP stay in tenant B."""
+    lab_, _ = lab
+    a1 = lab_.vms["a1"]
+    host = lab_.placement("a1")
+    clone_ip = "198.19.0.14"
+    ns = plug_extra_vm(lab_, "bx", host, a1.mac, clone_ip, vm_ids(
+        lab_, "bx", a1.mac, clone_ip, lab_.vms["b1"].network, **{contract.VEIL_TENANT: "globex"}))
+    try:
+        eventually("the clone is reachable in tenant B",
+                   lambda: lab_.ping("b1", clone_ip) and lab_.ping("b2", clone_ip))
+        dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-nn",
+                                 "-e", "-l", "-U", "icmp or arp"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert dump.stderr is not None
+        dump.stderr.readline()
+        try:
+            def tenant_a_talks() -> None:
+                for peer in ("a2", "a3"):
+                    assert lab_.ping(peer, "a1", count=2), peer
+                lab_.exec("a2", ["ip", "neigh", "flush", "dev", "eth0"], check=True)
+                assert lab_.ping("a2", "a1")  # a fresh ARP: answered with a1, nowhere else
+            seen = captured(lab_, ["a1"], "icmp", tenant_a_talks)
+            assert lab_.ping("b1", clone_ip)  # control for the clone's capture
+            arp = netns.run(["arping", "-c", "1", "-w", "2", "-I", "eth0",
+                             lab_.vms["b1"].ip], ns=ns).stdout
+        finally:
+            time.sleep(0.3)
+            dump.send_signal(signal.SIGINT)
+            text, _ = dump.communicate(timeout=10)
+        assert seen["a1"].count("ICMP echo request") >= 5, seen["a1"]
+        assert f"{lab_.vms['b1'].ip} > {clone_ip}: ICMP echo request" in text, text
+        assert lab_.vms["a2"].mac not in text and lab_.vms["a3"].mac not in text, text
+        assert lab_.vms["b1"].mac.upper() in arp.upper(), arp  # tenant B's answer, not A's
+    finally:
+        unplug_extra_vm(lab_, "bx", host)
+
+
+def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
+        lab: tuple[Lab, LabController]) -> None:
+    """While a2 is live-migrating (a standby copy on dc2-h2), attackers on the destination
+    host (b2), on the source host (b3) and in a2's own network (a3) announce a2's MAC by RARP
+    and gratuitous ARP, forged or with their own source MAC: a2's traffic stays on the
+    source. Control: the copy's own RARP does move it."""
+    lab_, ctl = lab
+    a2 = lab_.vms["a2"]
+    src_host = lab_.placement("a2")
+    dst_host = lab_.placement("b2")
+    assert src_host != dst_host
+    dst = lab_.hosts[dst_host]
+    ns = f"{lab_.prefix}-vm-a2-dst"
+    port = "tap-a2-dst"
+    netns.add_netns(ns)
+    try:
+        netns.add_veth(ns, "eth0", dst.ns, port)
+        netns.guard_host_stack(dst.ns, port)
+        netns.run(["ip", "link", "set", "eth0", "address", a2.mac], ns=ns)
+        netns.run(["ip", "addr", "add", str(a2.spec.ip), "dev", "eth0"], ns=ns)
+        ids = {contract.IFACE_ID: a2.iface_id, contract.ATTACHED_MAC: a2.mac,
+               contract.IFACE_STATUS: contract.STATUS_ACTIVE, contract.VEIL_NETWORK: a2.network,
+               VEIL_IPS: a2.ip}
+        dst.ovs.vsctl("add-port", "br-int", port, *(a for k, v in ids.items() for a in (
+            "--", "set", "Interface", port, f'external_ids:{k}="{v}"')))
+        eventually("the copy is a standby port (punts announcements to the controller)",
+                   lambda: "CONTROLLER" in flows(lab_, dst_host))
+        forged = [
+            rarp_frame(a2.mac),
+            arp_frame(a2.mac, 1, a2.mac, a2.ip, a2.ip),
+            arp_frame(a2.mac, 2, a2.mac, a2.ip, a2.ip),
+        ]
+        for attacker in ("b2", "b3", "a3"):
+            me = lab_.vms[attacker]
+            own_mac = [  # own source MAC, a2's MAC inside the RARP/ARP body
+                ether(BROADCAST, me.mac, 0x8035, b"\x00\x01\x08\x00\x06\x04\x00\x03"
+                      + mac_bytes(a2.mac) + bytes(4) + mac_bytes(a2.mac) + bytes(4)),
+                arp_frame(me.mac, 1, a2.mac, a2.ip, a2.ip),
+            ]
+            send_from(lab_, attacker, forged + own_mac)
+        time.sleep(2.5)  # a resync period: a moved claim would have been sent by now
+        assert "announced itself" not in ctl.log_text()
+        with Capture(lab_, "a2", "icmp") as at_src:
+            assert lab_.ping("a1", "a2", count=2)
+        assert "ICMP echo request" in at_src.text, "the attack moved a2's traffic"
+        # control: the guest's own announcement, on the standby port, does move it
+        netns.run(["python3", "-c", SEND_RAW, rarp_frame(a2.mac)], ns=ns)
+        eventually("traffic switched to the copy",
+                   lambda: f"dl_dst={a2.mac} actions=output" in flows(lab_, dst_host))
+        with Capture(lab_, "a2", "icmp") as after:
+            assert lab_.ping("a1", "a2", count=2)
+        assert "ICMP echo request" not in after.text
+    finally:
+        dst.ovs.vsctl("--if-exists", "del-port", "br-int", port)
+        netns.delete_netns(ns)
+        netns.unguard_host_stack(dst.ns, port)
+    eventually("a2's traffic back on its source host", lambda: lab_.ping("a1", "a2"))

@@ -1,0 +1,443 @@
+"""Isolation attacks against the computed flows, through the table simulator (hypothesis).
+
+tests/controller/test_core.py sends honest packets and a fixed list of spoofs; here an
+attacker forges header fields (any field set to any address of the topology, a foreign one,
+or another EtherType/ICMPv6 type/ARP op), from any VIF, from a paused migration target, or
+into any tunnel port with any key: at random over random topologies, and exhaustively for
+every single forged field on a fixed one. The properties say what may come out, whatever
+went in.
+docs/isolation.md maps each attack to the flow that stops it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controller.pipeline.compute import link_local
+from controller.pipeline.flows import ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_RARP, FROM_TUNNEL, MatchValue
+from controller.core.migration import PacketIn, claims_after
+from controller.core.model import Binding, Host, Network, State, Tenant, TunnelPort, placement
+from controller.core.seen import SeenKey, first_seen_after, seen_key
+from tests.support.flowsim import CONTROLLER, Fabric, Packet, arp_request, ipv4, rarp, run_switch
+from tests.controller.test_core import topologies
+
+FOREIGN_MAC = "52:54:00:ee:ee:ee"
+FOREIGN_IP = "198.19.7.7"
+ETH_TYPES = (ETH_IPV4, ETH_ARP, ETH_RARP, ETH_IPV6, 0x88CC, 0x8847, 0x8808, 0x05FF)
+GROUP_MACS = ("ff:ff:ff:ff:ff:ff", "33:33:00:00:00:01", "01:00:5e:00:00:01", "01:80:c2:00:00:00",
+              "01:80:c2:00:00:0e")
+VLAN_PRESENT = 0x1000  # OFPVID_PRESENT: a frame with an 802.1Q header (VID 0: priority tag)
+ICMPV6_TYPES = (128, 133, 134, 135, 136, 137)
+NO_MAC = "00:00:00:00:00:00"
+
+
+def own_v6(b: Binding) -> set[str]:
+    return {str(ip) for ip in b.ips if ip.version == 6} | {str(link_local(b.mac))}
+
+
+KINDS = ("ipv4", "arp", "rarp", "udp6", "ns", "na", "ra", "other")
+
+
+def honest(src: Binding, kind: str, dst_mac: str, target4: str, target6: str,
+           other_type: int = 0x88CC) -> dict[str, MatchValue]:
+    """A packet of ``kind`` as ``src`` would honestly send it."""
+    ip4 = str(next((ip for ip in src.ips if ip.version == 4), FOREIGN_IP))
+    ll = str(link_local(src.mac))
+    pkt: dict[str, MatchValue] = {"eth_src": src.mac, "eth_dst": dst_mac, "vlan_vid": 0}
+    if kind == "ipv4":
+        pkt |= {"eth_type": ETH_IPV4, "ipv4_src": ip4, "ipv4_dst": target4, "ip_proto": 17}
+    elif kind in ("arp", "rarp"):
+        pkt |= {"eth_type": ETH_ARP if kind == "arp" else ETH_RARP,
+                "arp_op": 1 if kind == "arp" else 3, "arp_sha": src.mac, "arp_spa": ip4,
+                "arp_tha": NO_MAC, "arp_tpa": target4}
+    elif kind == "other":
+        pkt["eth_type"] = other_type
+    else:
+        pkt |= {"eth_type": ETH_IPV6, "ipv6_src": ll, "ip_proto": 17 if kind == "udp6" else 58}
+        if kind == "ns":
+            pkt |= {"icmpv6_type": 135, "ipv6_nd_target": target6, "ipv6_nd_sll": src.mac}
+        elif kind == "na":
+            pkt |= {"icmpv6_type": 136, "ipv6_nd_target": ll, "ipv6_nd_tll": src.mac}
+        elif kind == "ra":
+            pkt["icmpv6_type"] = 134
+    return pkt
+
+
+def forgeries(state: State) -> dict[str, list[MatchValue]]:
+    """field -> the values an attacker may write into it: every address in the topology,
+    foreign ones, and the other header values that change how a packet is checked."""
+    vifs = [*placement(state).active.values(), *placement(state).standby]
+    macs: list[MatchValue] = sorted({b.mac for b in vifs} | {FOREIGN_MAC, NO_MAC})
+    v4: list[MatchValue] = sorted({str(ip) for b in vifs for ip in b.ips if ip.version == 4}
+                                  | {FOREIGN_IP})
+    v6: list[MatchValue] = sorted({a for b in vifs for a in own_v6(b)} | {"::", "fe80::99"})
+    return {
+        "eth_src": macs, "ipv4_src": v4, "arp_sha": macs, "arp_spa": v4, "arp_op": [1, 2, 3, 4],
+        "ipv6_src": v6, "ipv6_nd_target": v6, "ipv6_nd_sll": macs, "ipv6_nd_tll": macs,
+        "icmpv6_type": list(ICMPV6_TYPES), "eth_type": list(ETH_TYPES),
+        "vlan_vid": [0, VLAN_PRESENT, VLAN_PRESENT | 5],
+    }
+
+
+@st.composite
+def attack_packets(draw: st.DrawFn, state: State, src: Binding) -> Packet:
+    """An honest packet of ``src`` with up to two header fields forged (mostly one: starting
+    from honest packets lets every single check be reached)."""
+    vifs = [*placement(state).active.values(), *placement(state).standby]
+    dst = draw(st.sampled_from(GROUP_MACS) | st.sampled_from(sorted({b.mac for b in vifs})))
+    target4 = draw(st.sampled_from(sorted({str(ip) for b in vifs for ip in b.ips})))
+    pkt = honest(src, draw(st.sampled_from(KINDS)), dst, target4,
+                 draw(st.sampled_from(sorted({a for b in vifs for a in own_v6(b)}))),
+                 draw(st.sampled_from(ETH_TYPES[4:])))
+    pools = forgeries(state)
+    forgeable = sorted(k for k in pkt if k in pools)
+    n = draw(st.sampled_from((0, 1, 1, 1, 2)))
+    for name in draw(st.lists(st.sampled_from(forgeable), min_size=n, max_size=n, unique=True)):
+        pkt[name] = draw(st.sampled_from(pools[name]))
+    return pkt
+
+
+def check_leaves_as_its_own(src: Binding, pkt: Packet) -> None:
+    """What a packet from ``src`` may look like when it reaches another VIF: its own MAC and
+    addresses in every header a neighbour believes, and nothing but untagged IP/ARP/RARP to
+    a destination a bridge forwards."""
+    v4 = {str(ip) for ip in src.ips if ip.version == 4}
+    et = pkt["eth_type"]
+    assert pkt["eth_src"] == src.mac
+    assert pkt["vlan_vid"] == 0, f"a tagged frame got out: {pkt}"
+    assert not str(pkt["eth_dst"]).startswith("01:80:c2:00:00:0"), f"IEEE reserved: {pkt}"
+    assert et in (ETH_IPV4, ETH_ARP, ETH_RARP, ETH_IPV6)
+    if et == ETH_IPV4 and v4:
+        assert pkt["ipv4_src"] in v4
+    if et == ETH_ARP:
+        assert pkt["arp_sha"] == src.mac
+        assert not v4 or pkt["arp_spa"] in v4
+    if et == ETH_IPV6:
+        # "::" only as the source of duplicate address detection's NS, which carries no MAC
+        if pkt["ipv6_src"] == "::":
+            assert (pkt.get("icmpv6_type"), pkt.get("ipv6_nd_sll")) == (135, NO_MAC), pkt
+        else:
+            assert pkt["ipv6_src"] in own_v6(src)
+        assert pkt.get("icmpv6_type") not in (134, 137), f"router advertisement/redirect: {pkt}"
+        if pkt.get("icmpv6_type") == 136:
+            assert pkt["ipv6_nd_target"] in own_v6(src)
+            assert pkt["ipv6_nd_tll"] in (src.mac, NO_MAC)
+        if pkt.get("icmpv6_type") == 135:
+            assert pkt["ipv6_nd_sll"] in (src.mac, NO_MAC)
+
+
+def check_arp_answer(state: State, src: Binding, pkt: Packet) -> None:
+    """A packet sent back to its own sender is the switch's ARP answer: about a VIF of the
+    sender's own network, and that VIF's real MAC."""
+    assert (pkt["eth_type"], pkt["arp_op"]) == (ETH_ARP, 2), pkt
+    owners = [b for b in placement(state).active.values()
+              if b.network == src.network and str(pkt["arp_spa"]) in map(str, b.ips)]
+    assert [b.mac for b in owners] == [pkt["arp_sha"]] == [pkt["eth_src"]], (owners, pkt)
+    assert pkt["eth_dst"] == pkt["arp_tha"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topologies(), st.data())
+def test_any_header_from_a_vif_stays_in_its_network_as_its_own(
+        state: State, data: st.DataObject) -> None:
+    check_any_header(state, data)
+
+
+def check_any_header(state: State, data: st.DataObject) -> None:
+    fabric = Fabric(state)
+    vifs = sorted(placement(state).active.values(), key=lambda b: b.iface_id)
+    src = data.draw(st.sampled_from(vifs))
+    pkt = data.draw(attack_packets(state, src))
+    for d in fabric.send(src, pkt):
+        assert d.iface_id is not None, f"an active VIF reached the controller: {pkt}"
+        got = placement(state).active[d.iface_id]
+        assert got.network == src.network, f"{src.iface_id} reached {d.iface_id}: {pkt}"
+        if d.iface_id == src.iface_id:
+            check_arp_answer(state, src, d.packet)
+        else:
+            check_leaves_as_its_own(src, d.packet)
+
+
+@st.composite
+def cloned_mac_topologies(draw: st.DrawFn) -> State:
+    """Random topologies where every network reuses the same MACs (tenants pick their VMs'
+    MACs: tenant B may copy tenant A's on purpose); MACs stay unique inside a network."""
+    state = draw(topologies())
+    index: dict[tuple[str, str], int] = {}
+    per_net: dict[str, int] = {}
+    bindings = []
+    for b in state.bindings:  # the two halves of a migration keep one MAC
+        key = (b.network, b.iface_id)
+        if key not in index:
+            index[key] = per_net[b.network] = per_net.get(b.network, 0) + 1
+        bindings.append(replace(b, mac=f"52:54:00:00:aa:{index[key]:02x}"))
+    return State.build(state.tenants.values(), state.networks.values(), state.hosts.values(),
+                       bindings, state.tunnels, state.claims)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cloned_mac_topologies(), st.data())
+def test_a_cloned_mac_in_another_network_changes_nothing(
+        state: State, data: st.DataObject) -> None:
+    """With every MAC present in every network, traffic still only reaches the sender's
+    network (unicast to the clone's MAC included), and as the sender's own."""
+    check_any_header(state, data)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topologies(), st.data())
+def test_a_paused_migration_target_can_only_claim_its_own_vif(
+        state: State, data: st.DataObject) -> None:
+    """Whatever a standby binding (or anyone else) sends, the packet-ins it causes only ever
+    move a claim for its own iface-id to its own host."""
+    fabric = Fabric(state)
+    place = placement(state)
+    senders = sorted([*place.active.values(), *place.standby],
+                     key=lambda b: (b.iface_id, b.host))
+    src = data.draw(st.sampled_from(senders))
+    pkt = data.draw(st.one_of(attack_packets(state, src), st.sampled_from([
+        rarp(b.mac) for b in senders] + [arp_request(b.mac, str(b.ips[0]), str(b.ips[0]))
+                                           for b in senders])))
+    got = fabric.send(src, pkt)
+    standby = src in place.standby
+    if standby:
+        assert all(d.iface_id is None for d in got), f"a standby port's packet got out: {pkt}"
+    seen = [PacketIn(d.host, src.ofport, str(d.packet["eth_src"]), int(d.packet["eth_type"]))
+            for d in got if d.iface_id is None]
+    assert standby or not seen, f"an active VIF punted to the controller: {pkt}"
+    before = claims_after(dict(state.claims), state, [])
+    after = claims_after(before, state, seen)
+    moved = {k: v for k, v in after.items() if before.get(k) != v}
+    assert moved in ({}, {src.iface_id: src.host}), (src, pkt, moved)
+
+
+def vni_networks(state: State) -> Mapping[int, str]:
+    return {n.vni: name for name, n in state.networks.items()}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topologies(), st.data())
+def test_forged_tunnel_packets_reach_only_the_vni_both_ends_share(
+        state: State, data: st.DataObject) -> None:
+    """Any header, any tunnel key, on any tunnel port: delivered only to local VIFs of the
+    network with that VNI, only if the tunnel's remote end also has that network, and never
+    sent on into a tunnel or to the controller (split horizon)."""
+    if not state.tunnels:
+        return
+    t = data.draw(st.sampled_from(list(state.tunnels)))
+    vnis = [n.vni for n in state.networks.values()]
+    key = data.draw(st.sampled_from([*vnis, max(vnis) + 1, 0, FROM_TUNNEL | vnis[0]]))
+    sender = data.draw(st.sampled_from(sorted(placement(state).active.values(),
+                                              key=lambda b: b.iface_id)))
+    pkt = dict(data.draw(attack_packets(state, sender)))
+    pkt["tunnel_id"] = key
+    vifs = {b.ofport: b for b in placement(state).active.values() if b.host == t.host}
+    nets = state.host_networks
+    for e in run_switch(Fabric(state).flows[t.host], pkt, t.ofport):
+        assert e.port != CONTROLLER, pkt
+        assert e.port in vifs, f"tunnel packet sent on to port {e.port}: {pkt}"
+        net = vifs[e.port].network
+        assert state.networks[net].vni == key, (net, pkt)
+        assert net in nets.get(t.remote, frozenset()), f"{t.remote} has no {net}: {pkt}"
+
+
+def _one_host_two_tenants() -> State:
+    ip = ipaddress.ip_address
+    return State.build(
+        [Tenant("a"), Tenant("b")],
+        [Network("na", "a", 10), Network("nb", "b", 11)],
+        [Host("h1", ip("198.18.0.1")), Host("h2", ip("198.18.0.2"))],
+        [Binding("a1", "h1", "52:54:00:00:00:01", "na", 1, (ip("198.19.0.1"),)),
+         Binding("b1", "h1", "52:54:00:00:00:02", "nb", 2, (ip("198.19.0.1"),)),
+         Binding("a2", "h2", "52:54:00:00:00:03", "na", 1, (ip("198.19.0.2"),)),
+         Binding("b2", "h2", "52:54:00:00:00:04", "nb", 2, (ip("198.19.0.2"),))],
+        [TunnelPort("h1", "h2", 10), TunnelPort("h2", "h1", 10)],
+    )
+
+
+def test_arp_for_a_shared_ip_is_answered_from_the_askers_network_only() -> None:
+    """a1 and b1 (same host) use the same IP, so do a2 and b2: each ARP question is answered
+    with the MAC of its own network's VIF, in place, and never leaves the host."""
+    state = _one_host_two_tenants()
+    fabric = Fabric(state)
+    active = placement(state).active
+    for asker, peer in (("a1", "a2"), ("b1", "b2"), ("a2", "a1"), ("b2", "b1")):
+        src, want = active[asker], active[peer]
+        got = fabric.send(src, arp_request(src.mac, str(src.ips[0]), str(want.ips[0])))
+        assert [(d.iface_id, d.packet["arp_sha"]) for d in got] == [(asker, want.mac)]
+
+
+def test_unicast_to_the_other_tenants_mac_is_flooded_in_the_own_network_only() -> None:
+    """b1 sends to a2's MAC: unknown in nb, so it floods nb (b2), never na."""
+    state = _one_host_two_tenants()
+    active = placement(state).active
+    b1, a2 = active["b1"], active["a2"]
+    got = Fabric(state).send(b1, ipv4(b1.mac, a2.mac, "198.19.0.1", "198.19.0.2"))
+    assert [d.iface_id for d in got] == ["b2"]
+
+
+def test_every_single_forged_field_is_caught_or_harmless() -> None:
+    """Exhaustively: every kind of packet from every VIF, broadcast, with any one header field
+    set to any value an attacker could pick. What gets out is still the sender's own."""
+    state = _one_host_two_tenants()
+    fabric = Fabric(state)
+    pools = forgeries(state)
+    tried = delivered = 0
+    for src in placement(state).active.values():
+        for kind in KINDS:
+            base = honest(src, kind, "ff:ff:ff:ff:ff:ff", "198.19.0.2", "fe80::99")
+            for name in sorted(k for k in base if k in pools):
+                for value in pools[name]:
+                    pkt = {**base, name: value}
+                    for d in fabric.send(src, pkt):
+                        got = placement(state).active[str(d.iface_id)]
+                        assert got.network == src.network, (src.iface_id, pkt)
+                        if d.iface_id == src.iface_id:
+                            check_arp_answer(state, src, d.packet)
+                        else:
+                            check_leaves_as_its_own(src, d.packet)
+                            delivered += 1
+                    tried += 1
+    assert tried > 800 and delivered > 100  # the honest values among the forgeries get out
+
+
+# -- same-network holes found by the red team (docs/isolation.md, "Fixed since") ------------
+
+VICTIM = Binding("vm-victim", "h1", "52:54:00:00:00:01", "na", 1,
+                 (ipaddress.ip_address("198.19.0.1"),), since=100.0)
+PEER = Binding("vm-peer", "h2", "52:54:00:00:00:03", "na", 1,
+               (ipaddress.ip_address("198.19.0.3"),), since=100.0)
+
+
+def _victim_state(bindings: list[Binding], claims: dict[str, str] | None = None) -> State:
+    ip = ipaddress.ip_address
+    return State.build(
+        [Tenant("a"), Tenant("b")], [Network("na", "a", 10), Network("nb", "b", 11)],
+        [Host("h1", ip("198.18.0.1")), Host("h2", ip("198.18.0.2"))], bindings,
+        [TunnelPort("h1", "h2", 10), TunnelPort("h2", "h1", 10)], claims)
+
+
+def _v6(src_ip: str, icmpv6_type: int | None, dst: str = "33:33:00:00:00:01",
+        **extra: MatchValue) -> dict[str, MatchValue]:
+    pkt: dict[str, MatchValue] = {"eth_src": VICTIM.mac, "eth_dst": dst, "eth_type": ETH_IPV6,
+                                  "ipv6_src": src_ip, "ip_proto": 17}
+    if icmpv6_type is not None:
+        pkt |= {"ip_proto": 58, "icmpv6_type": icmpv6_type}
+    return pkt | extra
+
+
+def test_router_advertisements_and_redirects_from_a_vm_are_dropped() -> None:
+    """From its own link-local, to all nodes or to one peer: dropped (a peer would route its
+    IPv6 through the sender); the same VIF's honest echo request gets through."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    ll = str(link_local(VICTIM.mac))
+    for icmpv6_type in (134, 137):
+        for dst in ("33:33:00:00:00:01", PEER.mac):
+            assert fabric.send(VICTIM, _v6(ll, icmpv6_type, dst)) == [], (icmpv6_type, dst)
+    assert [d.iface_id for d in fabric.send(VICTIM, _v6(ll, 128, PEER.mac))] == ["vm-peer"]
+
+
+def test_a_neighbor_advertisement_needs_an_own_ipv6_source() -> None:
+    """An NA for the VIF's own address with its own MAC, but from a peer's (or the
+    unspecified) address: dropped; from its own address: delivered."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    ll = str(link_local(VICTIM.mac))
+    for src in (str(link_local(PEER.mac)), "::", ll):
+        na = _v6(src, 136, ipv6_nd_target=ll, ipv6_nd_tll=VICTIM.mac)
+        got = [d.iface_id for d in fabric.send(VICTIM, na)]
+        assert got == (["vm-peer"] if src == ll else []), (src, got)
+
+
+def test_the_unspecified_source_is_only_for_duplicate_address_detection() -> None:
+    """:: may only send DAD's NS, which has no link-layer option (RFC 4862 5.4.2): not UDP,
+    not an echo, not an NS carrying a MAC, not an RS."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    ll = str(link_local(VICTIM.mac))
+    dad = _v6("::", 135, "33:33:ff:00:00:01", ipv6_nd_target=ll, ipv6_nd_sll=NO_MAC)
+    assert [d.iface_id for d in fabric.send(VICTIM, dad)] == ["vm-peer"]
+    for pkt in (_v6("::", None, PEER.mac), _v6("::", 128, PEER.mac), _v6("::", 133),
+                {**dad, "ipv6_nd_sll": VICTIM.mac}):
+        assert fabric.send(VICTIM, pkt) == [], pkt
+
+
+def test_tagged_frames_and_reserved_group_addresses_from_a_vif_are_dropped() -> None:
+    """802.1Q (VLAN 5, priority tag) frames with the VIF's own addresses and IPv4 to
+    01:80:c2:00:00:0x reach nobody; the same frame untagged to broadcast reaches the peer."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    honest = ipv4(VICTIM.mac, "ff:ff:ff:ff:ff:ff", "198.19.0.1", "198.19.0.255")
+    assert [d.iface_id for d in fabric.send(VICTIM, honest)] == ["vm-peer"]
+    for vid in (VLAN_PRESENT, VLAN_PRESENT | 5):
+        assert fabric.send(VICTIM, {**honest, "vlan_vid": vid}) == [], vid
+    for last in range(16):
+        dst = f"01:80:c2:00:00:{last:02x}"
+        assert fabric.send(VICTIM, {**honest, "eth_dst": dst}) == [], dst
+
+
+def test_an_iface_id_reused_in_another_network_is_not_a_migration() -> None:
+    """A port in another tenant's network (another MAC) reuses the victim's iface-id: it is
+    ignored, not taken for a migration target, so its RARP punts nothing and claims nothing,
+    and the victim keeps its traffic. The same iface-id with the victim's network and MAC on
+    another host is still a migration (its RARP moves the traffic)."""
+    thief = Binding(VICTIM.iface_id, "h2", "52:54:00:00:00:66", "nb", 7,
+                    (ipaddress.ip_address("198.19.0.1"),), since=200.0)
+    for other in (thief, replace(thief, network="na"), replace(thief, mac=VICTIM.mac)):
+        state = _victim_state([VICTIM, PEER, other])
+        place = placement(state)
+        assert place.standby == () and [b for b, _ in place.ignored] == [other], other
+        claims = claims_after({}, state, [])
+        got = Fabric(state).send(other, rarp(other.mac))
+        assert got == [], f"a port that is no migration target punted: {got}"
+        seen = [PacketIn("h2", other.ofport, other.mac, ETH_RARP)]
+        now = _victim_state([VICTIM, PEER, other], claims_after(claims, state, seen))
+        peer = placement(now).active["vm-peer"]
+        delivered = Fabric(now).send(peer, ipv4(peer.mac, VICTIM.mac, "198.19.0.3", "198.19.0.1"))
+        assert [(d.host, d.iface_id) for d in delivered] == [("h1", "vm-victim")], other
+    twin = replace(thief, network="na", mac=VICTIM.mac)
+    state = _victim_state([VICTIM, PEER, twin])
+    assert placement(state).standby == (twin,)
+    seen = [PacketIn(d.host, twin.ofport, str(d.packet["eth_src"]), ETH_RARP)
+            for d in Fabric(state).send(twin, rarp(twin.mac)) if d.iface_id is None]
+    moved = _victim_state([VICTIM, PEER, twin], claims_after(claims_after({}, state, []),
+                                                             state, seen))
+    assert placement(moved).active["vm-victim"] == twin  # a real migration still switches
+
+
+def reported(bindings: list[Binding], record: dict[SeenKey, float], now: float) -> list[Binding]:
+    """What a freshly started HostDb reports: ports first seen ``now`` unless recorded
+    (HostDb.view; the lab test runs the real one through a kill -9 and restart)."""
+    return [replace(b, since=record.get(seen_key(b), now)) for b in bindings]
+
+
+def test_a_duplicate_macs_owner_survives_a_controller_restart() -> None:
+    """A VM started later with the victim's MAC (same network) is not forwarded; after a
+    restart every port is first seen again at once (and the attacker's iface-id sorts
+    first), but the durable first-seen record keeps the victim the owner. A port that is
+    gone loses its record: a VM started later with the MAC then is the owner."""
+    dup = Binding("a-attacker", "h2", VICTIM.mac, "na", 2,
+                  (ipaddress.ip_address("198.19.0.9"),), since=500.0)
+    hosts = frozenset({"h1", "h2"})
+    record = first_seen_after({}, [VICTIM, PEER, dup], hosts, hosts)
+    assert sorted(placement(_victim_state([VICTIM, PEER, dup])).active) == ["vm-peer",
+                                                                           "vm-victim"]
+    assert sorted(placement(_victim_state(reported([VICTIM, PEER, dup], {}, 9000.0))).active) \
+        == ["a-attacker", "vm-peer"]  # the hole: without the record the iface-id decides
+    restarted = reported([VICTIM, PEER, dup], record, 9000.0)
+    assert first_seen_after(record, restarted, hosts, hosts) == record
+    after = placement(_victim_state(restarted)).active
+    assert sorted(after) == ["vm-peer", "vm-victim"], f"the MAC's owner is now {sorted(after)}"
+    # h1 unreachable for a round: its records are kept, the victim is not new when it is back
+    record = first_seen_after(record, restarted[1:], frozenset({"h2"}), hosts)
+    assert reported([VICTIM], record, 9100.0)[0].since == VICTIM.since
+    # the victim's VM is gone: its record goes; a new VM with the MAC is later than the dup
+    record = first_seen_after(record, restarted[1:], hosts, hosts)
+    back = reported([VICTIM, PEER, dup], record, 9500.0)
+    record = first_seen_after(record, back, hosts, hosts)
+    assert sorted(placement(_victim_state(back)).active) == ["a-attacker", "vm-peer"]
+    # a host that left takes its records along
+    assert first_seen_after(record, [], frozenset(), frozenset({"h1"})) == {
+        k: v for k, v in record.items() if k[0] == "h1"}

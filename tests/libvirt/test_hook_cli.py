@@ -1,0 +1,217 @@
+"""The installed qemu hook run exactly as libvirt runs it, against a real ovsdb-server.
+
+No libvirtd here: these feed the hook XML libvirt would never produce (malformed, hostile,
+huge) and check exit status per mode, the one-line stderr, and that OVSDB stays untouched.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from controller.lab.ovs import OvsInstance
+from hooks.spool import Spool
+from libvirt_hooks.domxml import VEIL_XMLNS
+from libvirt_hooks.install import HOOK_NAME, InstallError, choose_layout, install, uninstall
+from libvirt_hooks.qemu_hook import HookConfig
+from tests.support.rows import bridge_ports, iface_ids
+
+pytestmark = pytest.mark.lab
+UUID = "3e1f9a6c-7d2b-4f0e-8a5c-000000000c11"
+
+
+@dataclass
+class Hook:
+    path: Path
+    root: Path
+    cfg: HookConfig
+    ovs: OvsInstance
+
+    def set_mode(self, mode: str) -> None:
+        self.cfg.mode = mode
+        install(self.root, self.cfg, layout="qemu.d")
+
+    def __call__(self, op: str, sub: str, xml: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [str(self.path), "vm1", op, sub, "-"], input=xml, capture_output=True, timeout=30,
+            env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"},
+        )
+
+
+@pytest.fixture
+def hook(ovs: OvsInstance, tmp_path: Path) -> Hook:
+    cfg = HookConfig()
+    cfg.db, cfg.spool, cfg.log = ovs.db_remote, str(tmp_path / "spool"), str(tmp_path / "hook.log")
+    (tmp_path / "networks").write_text("blue\nred\n")
+    cfg.networks_file = str(tmp_path / "networks")
+    install(tmp_path / "etc", cfg, layout="qemu.d")
+    return Hook(tmp_path / "etc" / "hooks" / "qemu.d" / HOOK_NAME, tmp_path / "etc", cfg, ovs)
+
+
+def xml(*, network: str = "blue", target: str | None = "tapc1", kind: str = "ethernet", meta: bool = True) -> bytes:
+    tgt = f"<target dev='{target}'/>" if target else ""
+    vport = "<source bridge='br-int'/><virtualport type='openvswitch'><parameters interfaceid='ifc-1'/></virtualport>"
+    iface = f"<interface type='{kind}'><mac address='52:54:00:0c:00:01'/>{vport if kind == 'bridge' else ''}{tgt}</interface>"
+    md = f"<metadata><veil:ports xmlns:veil='{VEIL_XMLNS}'><veil:port mac='52:54:00:0c:00:01' network='{network}' ips='198.19.0.5'/></veil:ports></metadata>" if meta else ""
+    return f"<domain type='qemu'><name>vm1</name><uuid>{UUID}</uuid>{md}<devices>{iface}</devices></domain>".encode()
+
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]><domain><name>&lol3;</name></domain>"""
+EXTERNAL_ENTITY = b"""<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/shadow">]><domain><name>&x;</name></domain>"""
+BAD_INPUTS = {
+    "truncated": xml()[:60],
+    "not-xml": b"\x00\xff garbage",
+    "empty": b"",
+    "billion-laughs": BILLION_LAUGHS,
+    "external-entity": EXTERNAL_ENTITY,
+    "huge": b"<domain><name>vm1</name><uuid>" + UUID.encode() + b"</uuid><description>" + b"A" * (5 << 20) + b"</description></domain>",
+    "deep": b"<domain>" + b"<a>" * 5000 + b"</a>" * 5000 + b"</domain>",
+    "wrong-root": b"<network><name>x</name></network>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_xml_default_mode_logs_and_exits_zero(hook: Hook, name: str) -> None:
+    proc = hook("start", "begin", BAD_INPUTS[name])
+    assert proc.returncode == 0
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("veil: ") and "not blocking" in err and "Traceback" not in err
+    assert bridge_ports(hook.ovs) == []
+    assert "ERROR" in Path(hook.cfg.log).read_text()
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_xml_strict_mode_fails_with_one_line(hook: Hook, name: str) -> None:
+    hook.set_mode("strict")
+    proc = hook("prepare", "begin", BAD_INPUTS[name])
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("veil: ") and "Traceback" not in err
+    assert bridge_ports(hook.ovs) == []
+
+
+def test_hostile_xml_messages_say_what_is_wrong(hook: Hook) -> None:
+    assert b"DOCTYPE/entity declarations are refused" in hook("start", "begin", BILLION_LAUGHS).stderr
+    assert b"limit" in hook("start", "begin", BAD_INPUTS["huge"]).stderr
+    assert b"nests deeper" in hook("start", "begin", BAD_INPUTS["deep"]).stderr
+
+
+def test_unknown_network_strict_refuses_default_skips(hook: Hook) -> None:
+    assert hook("start", "begin", xml(network="green")).returncode == 0
+    assert bridge_ports(hook.ovs) == []
+    hook.set_mode("strict")
+    proc = hook("start", "begin", xml(network="green"))
+    assert proc.returncode == 1 and b"unknown veil network 'green'" in proc.stderr
+    assert bridge_ports(hook.ovs) == []
+
+
+def test_missing_metadata_for_a_br_int_port(hook: Hook) -> None:
+    hook.set_mode("strict")
+    proc = hook("prepare", "begin", xml(kind="bridge", target=None, meta=False))
+    assert proc.returncode == 1 and b"no <veil:port>" in proc.stderr
+    # Not a veil VM at all (no metadata, no br-int port): silently fine, even in strict mode.
+    plain = f"<domain><name>vm1</name><uuid>{UUID}</uuid><devices/></domain>".encode()
+    assert hook("prepare", "begin", plain).returncode == 0 and hook("prepare", "begin", plain).stderr == b""
+
+
+def test_start_then_stopped_on_a_tap(hook: Hook) -> None:
+    proc = hook("start", "begin", xml())
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    ids = iface_ids(hook.ovs, "tapc1")
+    assert ids is not None and ids["veil-network"] == "blue" and ids["vm-id"] == UUID and ids["veil-ips"] == "198.19.0.5"
+    # stopped: libvirt has already removed <target dev> from the XML; the hook finds the port by vm-id.
+    assert hook("stopped", "end", xml(target=None)).returncode == 0
+    assert bridge_ports(hook.ovs) == []
+
+
+def test_migrate_and_restore_echo_the_xml_unchanged(hook: Hook) -> None:
+    doc = xml(target=None) + b"\n<!-- trailing -->\n"
+    for op in ("migrate", "restore"):
+        proc = hook(op, "begin", doc)
+        assert (proc.returncode, proc.stdout) == (0, doc)
+    hook.set_mode("strict")
+    proc = hook("migrate", "begin", xml(network="green", target=None))
+    assert proc.returncode == 1 and b"green" in proc.stderr  # cancels the incoming migration
+
+
+def test_migration_destination_announces_the_vif_before_the_guest_runs(hook: Hook) -> None:
+    """migrate begin -> prepare -> start (libvirt created the port, same iface-id) -> started."""
+    doc = xml(kind="bridge", target="vnet5")
+    hook.ovs.vsctl("add-port", "br-int", "vnet5", "--", "set", "Interface", "vnet5",
+                   "external-ids:iface-id=ifc-1", "external-ids:attached-mac=52:54:00:0c:00:01",
+                   f"external-ids:vm-id={UUID}", "external-ids:iface-status=active")
+    for op in ("migrate", "prepare", "start"):
+        assert hook(op, "begin", xml(kind="bridge", target=None) if op != "start" else doc).returncode == 0
+    ids = iface_ids(hook.ovs, "vnet5")
+    assert ids is not None and ids["iface-status"] == "active" and ids["veil-network"] == "blue"
+    assert ids["iface-id"] == "ifc-1"  # the same iface-id the source host still has active
+    assert hook("started", "begin", doc).returncode == 0
+    assert iface_ids(hook.ovs, "vnet5") == ids
+
+
+def test_ovsdb_down_default_spools_and_hostd_applies(hook: Hook) -> None:
+    hook.ovs.stop_ovsdb()
+    proc = hook("start", "begin", xml())
+    assert proc.returncode == 0 and b"spooled" in proc.stderr
+    assert len(Spool(hook.cfg.spool).pending()) == 1
+    hook.ovs.start_ovsdb()
+    done = subprocess.run(
+        [sys.executable, "-m", "hooks.hostd", "--once", "--spool", hook.cfg.spool, "--db", hook.ovs.db_remote],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert Spool(hook.cfg.spool).pending() == []
+    ids = iface_ids(hook.ovs, "tapc1")
+    assert ids is not None and ids["veil-network"] == "blue"
+
+
+def test_ovsdb_down_strict_blocks_the_start(hook: Hook) -> None:
+    hook.set_mode("strict")
+    hook.ovs.stop_ovsdb()
+    proc = hook("start", "begin", xml())
+    assert proc.returncode == 1 and b"spooled" in proc.stderr and proc.stderr.count(b"\n") == 1
+
+
+def test_uninstall_removes_only_veils_files(hook: Hook) -> None:
+    other = hook.root / "hooks" / "qemu.d" / "10-other"
+    other.write_text("#!/bin/sh\n")
+    removed = uninstall(hook.root)
+    assert hook.path in removed and other.exists() and not hook.path.exists()
+
+
+def test_shim_layout_for_libvirt_without_qemu_d(hook: Hook) -> None:
+    install(hook.root, hook.cfg, layout="shim")
+    shim = hook.root / "hooks" / "qemu"
+    proc = subprocess.run([str(shim), "vm1", "start", "begin", "-"], input=xml(), capture_output=True, timeout=30,
+                          env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"})
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert bridge_ports(hook.ovs) == ["tapc1"]
+    uninstall(hook.root)
+    shim.write_text("#!/bin/sh\n# the operator's own hook\n")
+    with pytest.raises(InstallError, match="not veil's"):
+        install(hook.root, hook.cfg, layout="shim")
+    assert "operator's own hook" in shim.read_text()
+
+
+def test_the_hook_process_never_loads_libvirt_or_heavy_modules(hook: Hook) -> None:
+    """The hook must never call libvirt (deadlock) and must start fast: check what it imports."""
+    script = hook.path.read_text().replace(
+        "sys.exit(main(", "rc = main(").rstrip().rstrip(")") + ")\n"
+    script += "bad = sorted({'libvirt', 'ovsdbapp', 'ovs', 'json', 're', 'typing', 'dataclasses', 'logging'} & set(sys.modules))\n"
+    script += "sys.stderr.write(repr(bad))\nsys.exit(rc)\n"
+    probe = hook.path.with_name("probe")
+    probe.write_text(script)
+    probe.chmod(0o755)
+    proc = subprocess.run([str(probe), "vm1", "start", "begin", "-"], input=xml(), capture_output=True, timeout=30)
+    assert (proc.returncode, proc.stderr) == (0, b"[]")
+
+
+@pytest.mark.parametrize(("version", "layout"), [((9, 0), "qemu.d"), ((6, 5), "qemu.d"), ((6, 4), "shim"), (None, "qemu.d")])
+def test_auto_layout_follows_the_libvirt_version(version: tuple[int, int] | None, layout: str) -> None:
+    assert choose_layout("auto", version) == layout
+    assert choose_layout("shim", (9, 0)) == "shim"

@@ -1,0 +1,175 @@
+"""A table simulator: push a packet through computed flows and see where it goes.
+
+It follows OpenFlow 1.3 semantics closely enough for veil's pipeline: highest-priority match per
+table (two matching flows of equal priority is an error: OVS would pick arbitrarily), apply
+actions in order, write-metadata, goto; output to the ingress port is dropped as OVS does.
+``Fabric`` connects hosts through their tunnel ports, so a packet can be followed from one VM
+to every VM (and controller) that receives it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from controller.pipeline.compute import compute_flows
+from controller.pipeline.flows import (
+    Flow,
+    MatchValue,
+    Move,
+    Output,
+    OutputInPort,
+    SetField,
+    ToController,
+)
+from controller.core.model import Binding, State, placement
+
+Packet = Mapping[str, MatchValue]
+CONTROLLER = -1
+
+
+class AmbiguousMatch(AssertionError):
+    """Two flows of one priority match one packet: the pipeline is not deterministic."""
+
+
+def _num(v: MatchValue) -> int:
+    if isinstance(v, int):
+        return v
+    if ":" in v and len(v) == 17 and "." not in v:  # MAC
+        return int(v.replace(":", ""), 16)
+    if v.startswith("0x"):
+        return int(v, 16)
+    return int(ipaddress.ip_address(v))
+
+
+def field_matches(want: MatchValue, have: MatchValue | None) -> bool:
+    if have is None:
+        return False
+    if isinstance(want, str) and "/" in want:
+        value, mask = want.split("/")
+        m = _num(mask)
+        return (_num(have) & m) == (_num(value) & m)
+    return _num(want) == _num(have)
+
+
+def flow_matches(flow: Flow, pkt: Packet) -> bool:
+    return all(field_matches(v, pkt.get(k)) for k, v in flow.match.fields)
+
+
+@dataclass(frozen=True)
+class Emit:
+    port: int  # CONTROLLER for a packet-in
+    packet: Packet
+
+
+def run_switch(flows: Iterable[Flow], pkt: Packet, in_port: int) -> list[Emit]:
+    """Every packet the switch emits for ``pkt`` arriving on ``in_port``."""
+    by_table: dict[int, list[Flow]] = {}
+    for f in flows:
+        by_table.setdefault(f.table, []).append(f)
+    p: dict[str, MatchValue] = {**pkt, "in_port": in_port, "metadata": 0}
+    p.setdefault("tunnel_id", 0)
+    p.setdefault("vlan_vid", 0)  # OFPVID_NONE: untagged unless the packet says otherwise
+    out: list[Emit] = []
+    table: int | None = 0
+    for _ in range(32):
+        if table is None:
+            return out
+        cands = [f for f in by_table.get(table, []) if flow_matches(f, p)]
+        if not cands:
+            return out  # table miss: dropped (fail_mode=secure, OpenFlow 1.3)
+        top = max(f.priority for f in cands)
+        best = [f for f in cands if f.priority == top]
+        if len(best) > 1:
+            raise AmbiguousMatch(f"table {table}: {best} all match {p}")
+        flow = best[0]
+        for a in flow.actions:
+            if isinstance(a, Output):
+                if a.port != in_port:
+                    out.append(Emit(a.port, dict(p)))
+            elif isinstance(a, OutputInPort):
+                out.append(Emit(in_port, dict(p)))
+            elif isinstance(a, ToController):
+                out.append(Emit(CONTROLLER, dict(p)))
+            elif isinstance(a, SetField):
+                p[a.field] = a.value
+            elif isinstance(a, Move):
+                p[a.dst] = p[a.src]
+        if flow.write_metadata is not None:
+            value, mask = flow.write_metadata
+            p["metadata"] = (_num(p["metadata"]) & ~mask) | (value & mask)
+        table = flow.goto
+    raise AssertionError(f"pipeline loops for {pkt}")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    host: str
+    iface_id: str | None  # None: a packet-in to the controller
+    packet: Packet
+
+
+class Fabric:
+    """All hosts of a state with their computed flows, joined by their tunnel ports."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.flows = {h: compute_flows(state, h) for h in state.hosts}
+        place = placement(state)
+        live = [*place.active.values(), *place.standby]
+        self.vif_at = {(b.host, b.ofport): b for b in live}
+        self.tunnel_at = {(t.host, t.ofport): t.remote for t in state.tunnels}
+        self.tunnel_to = {(t.host, t.remote): t.ofport for t in state.tunnels}
+
+    def send(self, src: Binding, pkt: Packet) -> list[Delivery]:
+        """Where ``pkt`` sent by VIF ``src`` ends up (after at most one tunnel hop)."""
+        return self._enter(src.host, src.ofport, pkt, hops=0)
+
+    def _enter(self, host: str, in_port: int, pkt: Packet, hops: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        for e in run_switch(self.flows[host], pkt, in_port):
+            if e.port == CONTROLLER:
+                out.append(Delivery(host, None, e.packet))
+            elif (host, e.port) in self.vif_at:
+                out.append(Delivery(host, self.vif_at[(host, e.port)].iface_id, e.packet))
+            elif (host, e.port) in self.tunnel_at:
+                assert hops == 0, f"a tunnel packet was sent on into a tunnel: {e}"
+                remote = self.tunnel_at[(host, e.port)]
+                back = self.tunnel_to.get((remote, host))
+                if back is None:
+                    continue  # the remote end has no tunnel port towards us: lost
+                inner = {k: v for k, v in e.packet.items() if k not in ("in_port", "metadata")}
+                out.extend(self._enter(remote, back, inner, hops=1))
+            else:
+                raise AssertionError(f"{host}: output to unknown port {e.port}")
+        return out
+
+
+# -- packet builders -------------------------------------------------------------------------
+
+def ipv4(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str) -> Packet:
+    return {"eth_src": src_mac, "eth_dst": dst_mac, "eth_type": 0x0800,
+            "ipv4_src": src_ip, "ipv4_dst": dst_ip, "ip_proto": 1}
+
+
+def arp_request(src_mac: str, src_ip: str, target_ip: str) -> Packet:
+    return {"eth_src": src_mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
+            "arp_op": 1, "arp_sha": src_mac, "arp_spa": src_ip,
+            "arp_tha": "00:00:00:00:00:00", "arp_tpa": target_ip}
+
+
+def rarp(mac: str) -> Packet:
+    return {"eth_src": mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x8035}
+
+
+def neighbor_advert(src_mac: str, src_ip: str, target: str, tll: str | None = None) -> Packet:
+    return {"eth_src": src_mac, "eth_dst": "33:33:00:00:00:01", "eth_type": 0x86DD,
+            "ipv6_src": src_ip, "ip_proto": 58, "icmpv6_type": 136, "ipv6_nd_target": target,
+            "ipv6_nd_tll": src_mac if tll is None else tll}
+
+
+def neighbor_solicit(src_mac: str, src_ip: str, target: str, sll: str | None = None) -> Packet:
+    return {"eth_src": src_mac, "eth_dst": "33:33:ff:00:00:01", "eth_type": 0x86DD,
+            "ipv6_src": src_ip, "ip_proto": 58, "icmpv6_type": 135, "ipv6_nd_target": target,
+            "ipv6_nd_sll": src_mac if sll is None else sll}

@@ -1,0 +1,79 @@
+"""A XenServer-style host and a KVM-style host in the two-DC lab, one tenant network, pinging.
+
+dc1-h1 is plugged the KVM way (the lab writes libvirt's keys). dc2-h1 is a XenServer host: its
+VM's port is ``vif<domid>.0`` added by an emulation of xenopsd's vif script (xs-* keys and
+attached-mac only), and everything else (iface-id, vm-id, iface-status, veil-network, veil-ips)
+comes from veil-xapi-sync following the simulated xapi. The real controller does the rest.
+When the xapi network leaves veil, the registration goes and so does the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from controller.lab import netns, topology
+from controller.lab.lab import VM_MTU, Lab
+from controller.lab.run import LabController, run_for_lab
+from tests.conftest import unique_prefix
+from tests.support.xapi_sim import XapiSim
+from tests.support.xen import Host, interfaces, running_daemon, simulated_xapi, vif_script, wait_for
+
+pytestmark = pytest.mark.lab
+
+KVM_VM, XEN_VM, XEN_HOST, DOMID = "a1", "a2", "dc2-h1", 5
+
+
+@pytest.fixture
+def lab() -> Iterator[tuple[Lab, LabController]]:
+    lab = Lab(topology.load(), prefix=unique_prefix("x"))
+    ctl: LabController | None = None
+    try:
+        lab.up(plug_vms=False)
+        lab.plug_vm(KVM_VM)
+        ctl = run_for_lab(lab)
+        yield lab, ctl
+    finally:
+        if ctl is not None:
+            ctl.stop()
+        lab.down()
+
+
+def boot_xen_vm(lab: Lab, sim: XapiSim, host: Host) -> tuple[str, str]:
+    """xapi starts the VM on the Xen host; xenopsd makes vif5.0 and runs its vif script.
+    Returns the VIF's uuid and its xapi network's ref."""
+    spec = lab.vms[XEN_VM]
+    tenant = lab.topo.network(spec.network).tenant
+    net = sim.add_network(spec.network, "br-int", {"veil-network": spec.network, "veil-tenant": tenant})
+    vm = sim.add_vm(XEN_VM)
+    vif = sim.add_vif(vm, net, "0", spec.mac, ipv4_allowed=[spec.ip])
+    sim.start_vm(vm, host.ref, DOMID)
+    port = f"vif{DOMID}.0"
+    netns.add_netns(spec.ns)  # lab.down() removes it: it carries the lab's prefix
+    netns.add_veth(spec.ns, "eth0", lab.hosts[XEN_HOST].ns, port, mtu=VM_MTU)
+    netns.run(["ip", "link", "set", "eth0", "address", spec.mac], ns=spec.ns)
+    netns.run(["ip", "addr", "replace", str(spec.spec.ip), "dev", "eth0"], ns=spec.ns)
+    vif_script(sim, host.ovs, port, vif)
+    return sim.record("vif", vif)["uuid"], net
+
+
+def test_xen_and_kvm_vms_on_one_tenant_network_ping(lab: tuple[Lab, LabController]) -> None:
+    the_lab, _ = lab
+    xen = the_lab.hosts[XEN_HOST]
+    with simulated_xapi() as sim:
+        ref = sim.add_host(XEN_HOST, xen.underlay_ip)
+        host = Host(XEN_HOST, ref, sim.record("host", ref)["uuid"], xen.ovs)
+        vif_uuid, net = boot_xen_vm(the_lab, sim, host)
+        with running_daemon(sim, host, manage_ports=False):
+            row = wait_for("veil-xapi-sync registered the Xen VIF",
+                           lambda: interfaces(xen.ovs)[f"vif{DOMID}.0"].get("veil-network"))
+            assert row == "acme-net"
+            assert interfaces(xen.ovs)[f"vif{DOMID}.0"]["iface-id"] == vif_uuid
+            wait_for("KVM VM pings the Xen VM", lambda: the_lab.ping(KVM_VM, XEN_VM), timeout=30)
+            assert the_lab.ping(XEN_VM, KVM_VM), "and back"
+
+            sim.set_other_config("network", net, "veil-network", None)  # the network leaves veil
+            wait_for("registration retracted",
+                     lambda: "veil-network" not in interfaces(xen.ovs)[f"vif{DOMID}.0"])
+            wait_for("no more replies", lambda: not the_lab.ping(KVM_VM, XEN_VM), timeout=30)

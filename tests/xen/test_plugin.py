@@ -1,0 +1,306 @@
+"""The dom0 plugin, run exactly as xapi runs it: the file veil-xen-install wrote, as its own
+process, argv[1] = an XML-RPC methodCall (session ref, string map), stdout parsed as an XML-RPC
+methodResponse. Against the xapi simulator and a real OVS; every function, good and bad args."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import xmlrpc.client
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.xapi_sim import XapiSim
+from tests.support.xen import Host, interfaces, simulated_host, simulated_xapi, vif_script
+from xenapi_plugin.install import install
+from xenapi_plugin.xapi import login
+
+pytestmark = pytest.mark.lab
+
+MAC = "aa:16:3e:00:01:01"
+
+
+@dataclass
+class World:
+    sim: XapiSim
+    host: Host
+    plugin: Path
+    session: str
+    env: dict[str, str]
+
+    def call(self, fn: str, args: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
+        """host.call_plugin(host, "veil", fn, args) as xapi executes it; the parsed response."""
+        request = xmlrpc.client.dumps((self.session, args), methodname=fn)
+        proc = subprocess.run([str(self.plugin), request], capture_output=True, text=True, timeout=60,
+                              env=env or self.env)
+        assert proc.returncode == 0, f"plugin exited {proc.returncode}: {proc.stderr}"
+        (response,), method = xmlrpc.client.loads(proc.stdout)
+        assert method is None
+        assert isinstance(response, dict)
+        return response
+
+    def ok(self, fn: str, args: Any) -> Any:
+        response = self.call(fn, args)
+        assert response["Status"] == "Success", response
+        assert isinstance(response["Value"], str), "xapi requires Value to be ONE string"
+        return json.loads(response["Value"])
+
+    def fails(self, fn: str, args: Any, env: dict[str, str] | None = None) -> list[str]:
+        response = self.call(fn, args, env)
+        assert response["Status"] == "Failure", response
+        return list(response["ErrorDescription"])
+
+    def vif_script(self, port: str, vif: str) -> None:
+        vif_script(self.sim, self.host.ovs, port, vif)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with simulated_xapi() as sim, simulated_host(sim, "xs-a", "198.18.20.1") as host:
+        plugin, _ = install(tmp_path / "root")
+        session = login(sim.uri)
+        env = dict(os.environ, VEIL_XAPI=sim.uri, VEIL_OVSDB=host.ovs.db_remote,
+                   VEIL_XEN_CONF=str(tmp_path / "absent.conf"), VEIL_SPOOL=str(tmp_path / "spool"))
+        yield World(sim, host, plugin, session.handle, env)
+
+
+def running_vm(w: World, domid: int, network_config: dict[str, str] | None = None,
+               vif_config: dict[str, str] | None = None) -> tuple[str, str, str]:
+    net = w.sim.add_network("blue", "br-int", network_config if network_config is not None
+                            else {"veil-network": "blue"})
+    vm = w.sim.add_vm(f"vm{domid}")
+    vif = w.sim.add_vif(vm, net, "0", MAC, other_config=vif_config)
+    w.sim.start_vm(vm, w.host.ref, domid)
+    return vm, vif, net
+
+
+def uuid_of(w: World, cls: str, ref: str) -> str:
+    return str(w.sim.record(cls, ref)["uuid"])
+
+
+# -- protocol -------------------------------------------------------------------------------------
+def test_unknown_function_is_reported_the_xapi_way(world: World) -> None:
+    assert world.fails("explode", {}) == ["UNKNOWN_XENAPI_PLUGIN_FUNCTION", "explode"]
+
+
+def test_unreachable_xapi_is_a_plugin_failure_naming_the_error(world: World) -> None:
+    env = dict(world.env, VEIL_XAPI="unix:/nonexistent/xapi")
+    vm, vif, _ = running_vm(world, 3)
+    code, fn, exc_class, *_ = world.fails("register", {"vif_uuid": uuid_of(world, "vif", vif)}, env)
+    assert (code, fn, exc_class) == ("XENAPI_PLUGIN_FAILURE", "register", "FileNotFoundError")
+
+
+def test_installed_files_are_executable_scripts(world: World) -> None:
+    hook = world.plugin.parent.parent / "vif-hotplug"
+    for path in (world.plugin, hook):
+        assert os.access(path, os.X_OK)
+    assert world.plugin.as_posix().endswith("etc/xapi.d/plugins/veil")
+
+
+# -- status / list --------------------------------------------------------------------------------
+def test_status(world: World) -> None:
+    report = world.ok("status", {})
+    assert report["reachable"] is True
+    assert report["system_id"] == world.host.uuid
+    assert report["bridge_present"] is True
+    assert report["registered"] == 0
+    assert world.fails("status", {"verbose": "true"})[:2] == ["VEIL_UNKNOWN_ARGUMENT", "verbose"]
+
+
+def test_status_reports_unreachable_ovsdb(world: World, tmp_path: Path) -> None:
+    env = dict(world.env, VEIL_OVSDB=f"unix:{tmp_path}/no-db.sock")
+    response = world.call("status", {}, env)
+    report = json.loads(response["Value"])
+    assert report["reachable"] is False and "no-db.sock" in report["error"]
+
+
+def test_list(world: World) -> None:
+    assert world.ok("list", {}) == {"vifs": []}
+    vm, vif, net = running_vm(world, 4)
+    world.vif_script("vif4.0", vif)
+    world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
+    (listed,) = world.ok("list", {})["vifs"]
+    assert (listed["port"], listed["iface_id"], listed["network"]) == ("vif4.0", uuid_of(world, "vif", vif), "blue")
+    assert world.fails("list", {"x": "1"})[0] == "VEIL_UNKNOWN_ARGUMENT"
+    assert world.fails("list", ["not", "a", "map"])[0] == "VEIL_INVALID_ARGUMENT"
+
+
+# -- register / unregister ------------------------------------------------------------------------
+def test_register_completes_the_row_xenopsd_made(world: World) -> None:
+    vm, vif, net = running_vm(world, 5)
+    world.vif_script("vif5.0", vif)
+    result = world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
+    assert [r["port"] for r in result["registered"]] == ["vif5.0"]
+    row = interfaces(world.host.ovs)["vif5.0"]
+    assert row["iface-id"] == uuid_of(world, "vif", vif)
+    assert row["vm-id"] == uuid_of(world, "vm", vm)
+    assert (row["iface-status"], row["veil-network"], row["attached-mac"]) == ("active", "blue", MAC)
+    assert "veil-owns-port" not in row
+
+
+def test_register_with_add_port_creates_the_port(world: World) -> None:
+    _, vif, _ = running_vm(world, 6)
+    world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif), "add_port": "true"})
+    assert interfaces(world.host.ovs)["vif6.0"]["veil-owns-port"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({}, ["VEIL_MISSING_ARGUMENT", "vif_uuid"]),
+        ({"vif_uuid": "not-a-uuid"}, ["VEIL_INVALID_ARGUMENT", "vif_uuid", "not-a-uuid", "not a UUID"]),
+        ({"vif_uuid": "6e0d8f3a-5f0e-4d43-9f0b-000000000000"},
+         ["VEIL_NOT_FOUND", "VIF", "6e0d8f3a-5f0e-4d43-9f0b-000000000000"]),
+        ({"vif_uuid": "6e0d8f3a-5f0e-4d43-9f0b-000000000000", "add_port": "maybe"},
+         ["VEIL_INVALID_ARGUMENT", "add_port", "maybe", "expected true or false"]),
+        ({"vif_uuid": "6e0d8f3a-5f0e-4d43-9f0b-000000000000", "colour": "red"},
+         ["VEIL_UNKNOWN_ARGUMENT", "colour", "allowed: add_port, vif_uuid"]),
+    ],
+)
+def test_register_rejects_bad_arguments(world: World, args: dict[str, str], expected: list[str]) -> None:
+    assert world.fails("register", args) == expected
+    assert interfaces(world.host.ovs) == {"br-int": {}}, "a rejected call changes nothing"
+
+
+def test_register_refuses_vifs_it_cannot_register(world: World) -> None:
+    halted_net = world.sim.add_network("blue", "br-int", {"veil-network": "blue"})
+    halted = world.sim.add_vm("halted")
+    halted_vif = world.sim.add_vif(halted, halted_net, "0", MAC)
+    code, uuid, message = world.fails("register", {"vif_uuid": uuid_of(world, "vif", halted_vif)})
+    assert (code, uuid) == ("VEIL_NO_PORT", uuid_of(world, "vif", halted_vif)) and "xs-vif-uuid" in message
+    code, uuid, _ = world.fails("register", {"vif_uuid": uuid_of(world, "vif", halted_vif), "add_port": "true"})
+    assert (code, uuid) == ("VEIL_VIF_NOT_ON_THIS_HOST", uuid_of(world, "vif", halted_vif))
+
+    _, plain_vif, _ = running_vm(world, 7, network_config={})
+    world.vif_script("vif7.0", plain_vif)
+    assert world.fails("register", {"vif_uuid": uuid_of(world, "vif", plain_vif)})[0] == "VEIL_VIF_HAS_NO_NETWORK"
+    assert "iface-id" not in interfaces(world.host.ovs)["vif7.0"]
+
+
+def test_register_follows_the_vif_scripts_tag_not_xapis_domid(world: World) -> None:
+    """Mid-migration xapi still says domid 8 on another host; the tagged port here is vif21.0."""
+    _, vif, _ = running_vm(world, 8)
+    world.sim.migrate_vm(world.sim.record("vif", vif)["VM"], world.sim.add_host("elsewhere", "198.18.20.9"), 8)
+    world.vif_script("vif21.0", vif)
+    result = world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
+    assert [r["port"] for r in result["registered"]] == ["vif21.0"]
+    assert interfaces(world.host.ovs)["vif21.0"]["iface-status"] == "active"
+
+
+def test_register_with_ovsdb_down_says_so(world: World, tmp_path: Path) -> None:
+    _, vif, _ = running_vm(world, 9)
+    env = dict(world.env, VEIL_OVSDB=f"unix:{tmp_path}/no-db.sock")
+    code, remote, _ = world.fails("register", {"vif_uuid": uuid_of(world, "vif", vif)}, env)
+    assert (code, remote) == ("VEIL_OVSDB_UNAVAILABLE", f"unix:{tmp_path}/no-db.sock")
+
+
+def test_unregister_by_vif_and_by_port(world: World) -> None:
+    vm, vif, net = running_vm(world, 10)
+    world.vif_script("vif10.0", vif)
+    world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
+    world.host.ovs.vsctl("add-port", "br-int", "vnet0", "--", "set", "Interface", "vnet0",  # a KVM VIF
+                         "external_ids:iface-id=kvm", "external_ids:attached-mac=52:54:00:00:00:01",
+                         "external_ids:vm-id=kvm-vm", "external_ids:veil-network=blue")
+    assert world.ok("unregister", {"vif_uuid": uuid_of(world, "vif", vif)}) == {"unregistered": ["vif10.0"]}
+    row = interfaces(world.host.ovs)["vif10.0"]
+    assert row["iface-status"] == "inactive" and "veil-network" not in row
+    assert world.ok("unregister", {"vif_uuid": uuid_of(world, "vif", vif)}) == {"unregistered": []}
+
+    world.ok("register", {"vif_uuid": uuid_of(world, "vif", vif)})
+    assert world.ok("unregister", {"port": "vif10.0", "delete_port": "true"}) == {"unregistered": ["vif10.0"]}
+    assert "vif10.0" not in interfaces(world.host.ovs)
+    assert interfaces(world.host.ovs)["vnet0"]["veil-network"] == "blue", "other registrations stay"
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        ({}, "VEIL_MISSING_ARGUMENT"),
+        ({"vif_uuid": "6e0d8f3a-5f0e-4d43-9f0b-000000000000", "port": "vif1.0"}, "VEIL_CONFLICTING_ARGUMENTS"),
+        ({"port": "eth0"}, "VEIL_INVALID_ARGUMENT"),
+        ({"port": "vif1.0", "delete_port": "yes"}, "VEIL_INVALID_ARGUMENT"),
+    ],
+)
+def test_unregister_rejects_bad_arguments(world: World, args: dict[str, str], code: str) -> None:
+    assert world.fails("unregister", args)[0] == code
+
+
+# -- join / leave ---------------------------------------------------------------------------------
+def test_join_and_leave_a_vif(world: World) -> None:
+    vm, vif, net = running_vm(world, 11, network_config={})
+    world.vif_script("vif11.0", vif)
+    vif_uuid = uuid_of(world, "vif", vif)
+    result = world.ok("join", {"network": "green", "vif_uuid": vif_uuid, "tenant": "acme"})
+    assert result["plugged"] == ["vif11.0"]
+    assert world.sim.record("vif", vif)["other_config"] == {"veil-network": "green", "veil-tenant": "acme"}
+    row = interfaces(world.host.ovs)["vif11.0"]
+    assert (row["veil-network"], row["veil-tenant"]) == ("green", "acme")
+
+    assert world.ok("leave", {"vif_uuid": vif_uuid})["unplugged"] == ["vif11.0"]
+    assert world.sim.record("vif", vif)["other_config"] == {}
+    assert "veil-network" not in interfaces(world.host.ovs)["vif11.0"]
+
+
+def test_join_a_network_registers_its_running_vifs(world: World) -> None:
+    vm, vif, net = running_vm(world, 12, network_config={})
+    world.vif_script("vif12.0", vif)
+    world.ok("join", {"network": "blue", "network_uuid": uuid_of(world, "network", net)})
+    assert world.sim.record("network", net)["other_config"]["veil-network"] == "blue"
+    assert interfaces(world.host.ovs)["vif12.0"]["veil-network"] == "blue"
+    world.ok("leave", {"network_uuid": uuid_of(world, "network", net)})
+    assert "veil-network" not in interfaces(world.host.ovs)["vif12.0"]
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "code"),
+    [
+        ("join", {"vif_uuid": "6e0d8f3a-5f0e-4d43-9f0b-000000000000"}, "VEIL_MISSING_ARGUMENT"),
+        ("join", {"network": "bad name!", "vif_uuid": "6e0d8f3a-5f0e-4d43-9f0b-000000000000"},
+         "VEIL_INVALID_ARGUMENT"),
+        ("join", {"network": "blue"}, "VEIL_MISSING_ARGUMENT"),
+        ("join", {"network": "blue", "vif_uuid": "6e0d8f3a-5f0e-4d43-9f0b-000000000000",
+                  "network_uuid": "6e0d8f3a-5f0e-4d43-9f0b-000000000001"}, "VEIL_CONFLICTING_ARGUMENTS"),
+        ("join", {"network": "blue", "network_uuid": "6e0d8f3a-5f0e-4d43-9f0b-000000000001"}, "VEIL_NOT_FOUND"),
+        ("leave", {}, "VEIL_MISSING_ARGUMENT"),
+        ("leave", {"vif_uuid": "xyz"}, "VEIL_INVALID_ARGUMENT"),
+    ],
+)
+def test_join_leave_reject_bad_arguments(world: World, fn: str, args: dict[str, str], code: str) -> None:
+    assert world.fails(fn, args)[0] == code
+
+
+# -- sync -----------------------------------------------------------------------------------------
+def test_sync_reconciles_everything_now(world: World) -> None:
+    _, vif, _ = running_vm(world, 13)
+    world.host.ovs.vsctl("add-port", "br-int", "vif99.0", "--", "set", "Interface", "vif99.0",
+                         "external_ids:iface-id=stale", "external_ids:attached-mac=aa:16:3e:00:09:99",
+                         "external_ids:vm-id=stale", "external_ids:veil-network=blue",
+                         "external_ids:veil-owns-port=true")
+    result = world.ok("sync", {"manage_ports": "true"})
+    assert (result["plugged"], result["unplugged"]) == (["vif13.0"], ["vif99.0"])
+    names = set(interfaces(world.host.ovs))
+    assert "vif13.0" in names and "vif99.0" not in names
+    assert world.ok("sync", {"manage_ports": "true"})["plugged"] == [], "a second sync has nothing to do"
+
+
+def test_sync_rejects_bad_arguments_and_unknown_host(world: World) -> None:
+    assert world.fails("sync", {"manage_ports": "often"})[0] == "VEIL_INVALID_ARGUMENT"
+    env = dict(world.env, VEIL_HOST_UUID="6e0d8f3a-5f0e-4d43-9f0b-00000000dead")
+    code, message = world.fails("sync", {}, env)
+    assert code == "VEIL_UNKNOWN_HOST" and "6e0d8f3a-5f0e-4d43-9f0b-00000000dead" in message
+
+
+def test_on_dom0_the_native_xenapiplugin_dispatches_and_veil_failures_keep_their_codes(world: World) -> None:
+    """With XenAPIPlugin importable (dom0) the plugin hands its table to it."""
+    env = dict(world.env, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "support" / "dom0"))
+    assert world.fails("register", {"vif_uuid": "nope"}, env)[:2] == ["VEIL_INVALID_ARGUMENT", "vif_uuid"]
+    assert world.fails("explode", {}, env) == ["UNKNOWN_XENAPI_PLUGIN_FUNCTION", "explode"]
+    # dom0's dispatch talks to the local xapi socket, which does not exist here: a plugin failure
+    code, fn, exc_class, _ = world.fails("join", {"network": "blue", "network_uuid": "6e0d8f3a-5f0e-4d43-9f0b-"
+                                                  "000000000001"}, env)
+    assert (code, fn, exc_class) == ("XENAPI_PLUGIN_FAILURE", "join", "FileNotFoundError")
