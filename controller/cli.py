@@ -5,7 +5,7 @@
     veil tenant add NAME --db DB
     veil network add NAME --tenant T [--vni N] [--subnet CIDR] --db DB
     veil network del NAME --db DB
-    veil show --db DB
+    veil show --db DB                (also: the sequence number and each host's programmed-up-to)
     veil flows HOST --db DB          (what HOST's br-int should hold, in ovs-ofctl syntax)
 """
 
@@ -89,6 +89,21 @@ def print_flows(store: Store, host: str) -> int:
     return 0
 
 
+def show(store: Store) -> None:
+    """The declared state, the sequence numbers and how far each host is programmed."""
+    d = store.read()
+    numbers, programmed = store.numbers(), store.programmed()
+    for t in d.tenants:
+        print(f"tenant {t.name}")
+    for n in sorted(d.networks, key=lambda n: n.vni):
+        print(f"network {n.name} tenant={n.tenant} vni={n.vni} subnet={n.subnet}")
+    print(f"sequence {numbers.next} (controller at {numbers.cur})")
+    for h in d.hosts:
+        print(f"host {h.host.system_id} underlay={h.host.underlay_ip} "
+              f"tunnels={','.join(h.host.tunnel_types)} ovsdb={h.ovsdb} "
+              f"openflow={h.openflow} programmed={programmed.get(h.host.system_id, 0)}")
+
+
 def _listener(remote: str) -> str | None:
     """The passive OVS target that makes ``remote`` reachable (None for unix sockets)."""
     kind, _, rest = remote.partition(":")
@@ -165,15 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.cmd == "flows":
                 return print_flows(store, args.host)
             else:
-                d = store.read()
-                for t in d.tenants:
-                    print(f"tenant {t.name}")
-                for n in sorted(d.networks, key=lambda n: n.vni):
-                    print(f"network {n.name} tenant={n.tenant} vni={n.vni} subnet={n.subnet}")
-                for h in d.hosts:
-                    print(f"host {h.host.system_id} underlay={h.host.underlay_ip} "
-                          f"tunnels={','.join(h.host.tunnel_types)} ovsdb={h.ovsdb} "
-                          f"openflow={h.openflow}")
+                show(store)
         finally:
             store.close()
     except (InvalidState, ValueError, OvsdbUnreachable) as exc:

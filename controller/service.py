@@ -5,6 +5,10 @@ watcher) only record what they saw and wake the loop; the loop rebuilds the desi
 runs the pure functions per host and is the one place that writes: tunnel ports through OVSDB,
 flows as one OpenFlow bundle per host. A switch whose session broke is re-dialled and
 reconciled from a cookie-filtered flow dump, never flushed.
+
+Each round reflects one sequence number (controller/northbound/store.py): the Veil_Global
+numbers are read first, then the state; the round takes a pending request's number, or a new
+one if the state changed, and records it on every host it brought to that state.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +28,7 @@ from controller.pipeline.incremental import Changes, Engine, Update, same_declar
 from controller.core.config import load_config, resolve_networks
 from controller.southbound.dialer import Dialer, Failed
 from controller.pipeline.diff import FlowDiff, apply_diff, diff_flows
+from controller.pipeline.compute import TunnelSpec
 from controller.pipeline.flows import FlowId
 from controller.southbound.hostdb import HostDb, HostView
 from controller.core.migration import PacketIn, claims_after, parse_packet_in
@@ -31,7 +36,13 @@ from controller.core.model import Binding, InvalidState, State, TunnelPort
 from hooks.ovsdb.connect import OvsdbUnreachable
 from controller.southbound.session import OfSession, OpenFlowError
 from controller.core.seen import first_seen_after
-from controller.northbound.store import Declared, HostRecord, Store
+from controller.northbound.store import (
+    Declared,
+    HostRecord,
+    Store,
+    round_number,
+    wakes_controller,
+)
 
 LOG = logging.getLogger("veil.controller")
 T = TypeVar("T")
@@ -44,6 +55,14 @@ def build_state(declared: Declared, views: Mapping[str, HostView],
     tunnels: list[TunnelPort] = [t for v in views.values() for t in v.tunnels]
     return State.build(declared.tenants, declared.networks, (r.host for r in declared.hosts),
                        bindings, tunnels, declared.claims if claims is None else claims)
+
+
+def tunnels_ready(wanted: Iterable[TunnelSpec], view: HostView) -> bool:
+    """Whether every tunnel port ``wanted`` is in the host's view with an ofport: only then
+    can its flows use them (a port just created has none until ovs-vswitchd assigns it)."""
+    have = {t.remote for t in view.tunnels if t.ofport > 0}
+    return all(s.remote in have for s in wanted) and {s.name for s in wanted} <= (
+        view.tunnel_names)
 
 
 @dataclass(frozen=True)
@@ -99,7 +118,7 @@ class Controller:
 
     def start(self) -> None:
         self._started = self.clock()
-        self.store = Store(self.store_remote, self.kick)
+        self.store = Store(self.store_remote, self.kick, wakes_controller)
         if self.config is not None:
             self._config_changed.set()
             self._watch_config(self.config)
@@ -162,7 +181,10 @@ class Controller:
     def reconcile(self, audit: bool = False) -> None:
         """Bring every reachable host to the desired state; ``audit`` re-dumps the flows."""
         assert self.store is not None
-        if self._config_changed.is_set():
+        # The numbers first: whatever a writer did before its request is then in what we read
+        # (a pending request re-reads the config file too: its watcher may not have fired).
+        seen = self.store.numbers()
+        if self.config is not None and (self._config_changed.is_set() or seen.pending):
             self._config_changed.clear()
             self._apply_config()
         try:
@@ -185,10 +207,10 @@ class Controller:
         if first_seen != declared.first_seen:
             self.store.write_first_seen(first_seen)  # durable: a restart keeps MAC owners
         state = build_state(declared, views)
-        seen: list[PacketIn] = []
+        packet_ins: list[PacketIn] = []
         while not self._packet_ins.empty():
-            seen.append(self._packet_ins.get())
-        claims = claims_after(declared.claims, state, seen)
+            packet_ins.append(self._packet_ins.get())
+        claims = claims_after(declared.claims, state, packet_ins)
         if claims != declared.claims:
             self.store.write_claims(claims)  # durable: a restart keeps forwarding the same way
             state = build_state(declared, views, claims)
@@ -198,17 +220,26 @@ class Controller:
                 LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
             self._ignored = ignored
         try:
-            update = self._advance(state)
+            update, changed = self._advance(state)
         except InvalidState as exc:  # the engine is unchanged: retried next round
             LOG.error("hosts report inconsistent ports, changing nothing: %s", exc)
             return
+        seq, bump = round_number(seen, changed)
+        if seq != seen.cur and not self.store.take_number(seen, seq, bump):
+            seq = seen.cur  # a request came in meanwhile: the next round takes its number
+            self.kick()
+        done = []
         for host, link in sorted(self.links.items()):
             synced, link.synced = link.synced, False  # stays False unless this round applies
-            self._apply_host(host, link, audit, audit or not synced, update)
+            applied = self._apply_host(host, link, audit, audit or not synced, update)
+            if applied and link.db is not None and link.db.connected():  # (a stale view: no)
+                done.append(host)
+        self.store.write_programmed(seq, done)
 
-    def _advance(self, state: State) -> Update:
+    def _advance(self, state: State) -> tuple[Update, bool]:
         """Bring the engine to ``state``: by its events, or (declarations changed, or first
-        round) by a full recompute, after which every switch is diffed whole."""
+        round) by a full recompute, after which every switch is diffed whole. Also says
+        whether the state changed since the last round (then it gets a new number)."""
         if self._engine is None or self._held is None or not same_declarations(self._held, state):
             self._engine = Engine.of(state)
             # The engine is long-lived and acyclic: keep the cyclic GC from walking it again
@@ -217,11 +248,12 @@ class Controller:
             gc.freeze()
             for link in self.links.values():
                 link.synced = False
-            update = Update({}, frozenset(state.hosts))
+            update, changed = Update({}, frozenset(state.hosts)), True
         else:
-            update = self._engine.update(Changes.between(self._held, state))
+            changes = Changes.between(self._held, state)
+            update, changed = self._engine.update(changes), changes != Changes()
         self._held = state
-        return update
+        return update, changed
 
     def _apply_config(self) -> None:
         assert self.store is not None and self.config is not None
@@ -281,27 +313,35 @@ class Controller:
             link.bfd[t.remote] = t.bfd_up
 
     def _apply_host(self, host: str, link: HostLink, audit: bool, whole: bool,
-                    update: Update) -> None:
+                    update: Update) -> bool:
         """Tunnels, then flows: the engine's diff for this host, or (``whole``: the switch is
         re-read (``audit``) or new, missed a round, or the engine was rebuilt) the host's whole
-        flows against what the switch holds."""
+        flows against what the switch holds.
+
+        Returns whether the host now reflects the round's state (its sequence number may be
+        recorded): every tunnel port it needs exists with an ofport (so the flows could use
+        it) and its switch holds the engine's flows."""
         assert self._engine is not None
         if link.db is None or link.view is None:
-            return
+            return False
         if not link.view.has_bridge:
             LOG.warning("host %s has no br-int yet", host)
-            return
+            return False
+        wanted = self._engine.tunnels(host)
+        tunnels_done = tunnels_ready(wanted, link.view)
         try:
-            if link.db.set_tunnels(self._engine.tunnels(host), link.view.tunnel_names):
+            if link.db.set_tunnels(wanted, link.view.tunnel_names):
                 self.kick()  # new tunnel ofports show up in the next view
+                tunnels_done = False
         except RuntimeError as exc:  # ovsdbapp: a failed or timed-out transaction
             LOG.error("host %s: tunnel update failed: %s", host, exc)
+            tunnels_done = False
         if link.of is None or link.of.closed:
             link.of, link.installed = None, None
             opened = self._dialed(("openflow", host, link.record.openflow), Opened,
                                   functools.partial(self._open_session, host, link.record))
             if opened is None:
-                return
+                return False
             link.of, link.installed = opened.session, opened.installed
             whole = True
             LOG.info("host %s: OpenFlow %s connected, %d veil flows installed", host,
@@ -313,7 +353,7 @@ class Controller:
             LOG.warning("host %s: flow dump failed: %s", host, exc)
             link.of.close()
             link.of, link.installed = None, None
-            return
+            return False
         assert link.installed is not None
         if whole:
             d = diff_flows(self._engine.flows(host), link.installed)
@@ -321,17 +361,18 @@ class Controller:
             d = update.flows.get(host, FlowDiff((), ()))
         if not d:
             link.synced = True
-            return
+            return tunnels_done
         try:
             link.of.apply(d)
         except OpenFlowError as exc:
             LOG.error("host %s: flow update failed, will re-read and retry: %s", host, exc)
             link.of.close()
             link.of, link.installed = None, None
-            return
+            return False
         link.installed = apply_diff(link.installed, d)
         link.synced = True
         LOG.info("host %s: +%d -%d flows", host, len(d.add), len(d.delete))
+        return tunnels_done
 
     def _open_session(self, host: str, rec: HostRecord) -> Opened:
         """Dial, handshake and dump veil's flows (runs on a dialer thread)."""

@@ -3,6 +3,32 @@
 By default the controller runs a standalone ovsdb-server for it (``StoreServer``); anything
 that speaks OVSDB (the ``veil`` CLI, ``veil join`` on a host) writes to it, and the controller
 watches it. Writes go through ovsdbapp transactions with check_error=True.
+
+Sequence numbers ("programmed up to", as OVN's nb_cfg -> hv_cfg). The single ``Veil_Global``
+row holds ``next_seq``, the newest number handed out, and ``cur_seq``, the number of the
+newest round the controller has taken; every Host row holds ``programmed_seq``. A number
+covers every change to the declared state (tenants, networks, hosts, the config file) and to
+the reported state (a host's VIFs, ofports, tunnel ports as its OVSDB shows them; claims) that
+the controller had seen when it took the number:
+
+- a writer that wants to wait for its change calls ``request_sync()`` after making it: the
+  number goes up by one (compare-and-set, so concurrent writers get distinct numbers) and the
+  writer gets it. ``next_seq > cur_seq`` is a pending request: the controller's next round
+  takes that number, after reading every host's OVSDB as its IDLs have it then.
+- a round that finds the state changed with no request pending takes the next number itself
+  (``round_number``), so every change is numbered, requested or not.
+- after a host's round is done (its tunnel ports all exist with an ofport and its bundle is
+  committed, or it had nothing to change) the controller records the round's number as the
+  host's ``programmed_seq`` (one transaction for all hosts). A host in sync that needed no
+  flow change advances too: it reflects that state. A host whose OVSDB or OpenFlow is down,
+  whose tunnel ports are still being created, or whose bundle was refused does not.
+
+``wait_programmed(store, hosts, n, timeout)`` blocks on the IDL's change notification until
+every host's ``programmed_seq >= n`` and raises ``NotProgrammed`` (a TimeoutError) naming
+each host still behind and its number. ``sync(store, hosts)`` is request + wait. Limit: "seen"
+means the host's update had reached the controller's IDL when it read the request; OVSDB
+sends a host's monitor updates within milliseconds of the commit, and a writer's
+request_sync is its own round trip after its commit, but nothing orders two connections.
 """
 
 from __future__ import annotations
@@ -11,6 +37,7 @@ import ipaddress
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +59,8 @@ from controller.core.model import (
 SCHEMA: Final = Path(__file__).with_name("schema") / "veil.ovsschema"
 SCHEMA_NAME: Final = "Veil"
 SOURCE_KEY: Final = "veil-source"  # external_ids: "config" for rows the config file owns
+GLOBAL: Final = "Veil_Global"
+TABLES: Final = ("Tenant", "Network", "Host", "Claim", "FirstSeen", GLOBAL)
 
 
 class StoreServer:
@@ -118,16 +147,166 @@ class Declared:
     first_seen: Mapping[SeenKey, float] = field(default_factory=dict)  # see controller/core/seen.py
 
 
-class Store:
-    """Typed reads and writes of the Veil database through ovsdbapp."""
+@dataclass(frozen=True)
+class Numbers:
+    """The Veil_Global row: the newest number handed out, the newest a round has taken."""
 
-    def __init__(self, remote: str, on_change: Callable[[], None] = lambda: None) -> None:
-        self.api = ovsdb.connect(remote, SCHEMA_NAME, ovsdb.GenericApi,
-                                 ("Tenant", "Network", "Host", "Claim", "FirstSeen"),
-                                 on_change)
+    next: int
+    cur: int
+
+    @property
+    def pending(self) -> bool:
+        """A writer asked for a number no round has taken yet."""
+        return self.next > self.cur
+
+
+def round_number(seen: Numbers, changed: bool) -> tuple[int, bool]:
+    """The number a round reflects, and whether it must hand out a new one (``next + 1``).
+
+    ``seen`` is read before the round reads the hosts: a pending request is taken as it is
+    (everything before it is in what the round reads); a change nobody asked about gets the
+    next number; otherwise the round reflects the number the last one took."""
+    if seen.pending:
+        return seen.next, False
+    if changed:
+        return seen.next + 1, True
+    return seen.cur, False
+
+
+def wakes_controller(event: str, row: Any, updates: Any) -> bool:
+    """Whether a veil database change is news for the controller's loop. Its own records are
+    not (each would cost an empty round): a Host update of programmed_seq only, a Veil_Global
+    row whose numbers agree (a round took them). A request (next_seq > cur_seq) is."""
+    table = row._table.name
+    if event != "update":
+        return True
+    if table == GLOBAL:
+        return bool(row.next_seq != row.cur_seq)
+    if table == "Host":
+        return bool(ovsdb.changed_columns(row, updates) - {"programmed_seq"})
+    return True
+
+
+class NotProgrammed(TimeoutError):
+    """Some hosts did not reach the sequence number in time; ``behind`` says where they are
+    (None: not joined)."""
+
+    def __init__(self, at_least: int, behind: Mapping[str, int | None], timeout: float) -> None:
+        self.at_least = at_least
+        self.behind = dict(behind)
+        where = ", ".join(f"{h} at {'(not joined)' if n is None else n}"
+                          for h, n in sorted(behind.items()))
+        super().__init__(f"not programmed up to {at_least} within {timeout:g}s: {where}")
+
+
+class Store:
+    """Typed reads and writes of the Veil database through ovsdbapp.
+
+    ``wake`` filters which changes call ``on_change`` (the controller passes ``_wakes``);
+    every change still wakes ``wait_programmed``."""
+
+    def __init__(self, remote: str, on_change: Callable[[], None] = lambda: None,
+                 wake: ovsdb.Wake | None = None) -> None:
+        self._changed = threading.Condition()
+        self._generation = 0
+        notify = wake or (lambda event, row, updates: True)
+
+        def filtered(event: str, row: Any, updates: Any) -> bool:
+            with self._changed:  # (never held while taking the IDL lock: no lock order issue)
+                self._generation += 1
+                self._changed.notify_all()
+            return notify(event, row, updates)
+
+        self.api = ovsdb.connect(remote, SCHEMA_NAME, ovsdb.GenericApi, TABLES, on_change,
+                                 wake=filtered)
 
     def close(self) -> None:
         ovsdb.stop(self.api)
+
+    # -- sequence numbers (see the module docstring) ---------------------------------------------
+    def numbers(self) -> Numbers:
+        """The Veil_Global numbers (0, 0 until the first request or round creates the row)."""
+        with self.api.ovsdb_connection.lock:
+            row = next(iter(self.api.tables[GLOBAL].rows.values()), None)
+            return Numbers(row.next_seq, row.cur_seq) if row else Numbers(0, 0)
+
+    def sequence(self) -> int:
+        """The current sequence number: the newest one handed out."""
+        return self.numbers().next
+
+    def programmed(self) -> dict[str, int]:
+        """Per joined host, the newest number it reflects (0: never programmed)."""
+        with self.api.ovsdb_connection.lock:
+            return {r.system_id: r.programmed_seq for r in self.api.tables["Host"].rows.values()}
+
+    def _global(self, txn: Any) -> Any:
+        """The Veil_Global row, inserted (zeros) in ``txn`` if the database has none yet."""
+        row = next(iter(self.api.tables[GLOBAL].rows.values()), None)
+        if row is None:
+            row = txn.insert(self.api.tables[GLOBAL])
+            row.next_seq, row.cur_seq = 0, 0
+        else:
+            row.verify("next_seq")  # compare-and-set: a concurrent bump makes us retry
+        return row
+
+    def _set_numbers(self, body: Callable[[Any], int | None]) -> int | None:
+        """Run ``body(global_row)`` in a transaction; retried (by ovsdbapp) on a concurrent
+        change, and once more if two clients created the row at once (maxRows 1 refuses one)."""
+        def run(txn: Any) -> int | None:
+            return body(self._global(txn))
+        try:
+            return ovsdb.transact(self.api, run)
+        except RuntimeError:
+            if not self.api.tables[GLOBAL].rows:
+                raise
+            return ovsdb.transact(self.api, run)
+
+    def request_sync(self) -> int:
+        """Hand out a new number and return it: once a host's ``programmed_seq`` reaches it,
+        the host reflects every change made before this call (see the module docstring)."""
+        def bump(row: Any) -> int:
+            row.next_seq = n = row.next_seq + 1
+            return int(n)
+        n = self._set_numbers(bump)
+        assert n is not None
+        return n
+
+    def take_number(self, seen: Numbers, seq: int, bump: bool) -> bool:
+        """The controller takes ``seq`` for a round (``round_number``): cur_seq = seq, and with
+        ``bump`` next_seq = seq too, only if nobody handed out a number since ``seen`` (then
+        False: a request is pending, which the next round takes)."""
+        def take(row: Any) -> int | None:
+            if bump and row.next_seq != seen.next:
+                return None
+            if bump:
+                row.next_seq = seq
+            row.cur_seq = max(seq, row.cur_seq)
+            return seq
+        return self._set_numbers(take) is not None
+
+    def write_programmed(self, seq: int, hosts: Iterable[str]) -> None:
+        """Record that ``hosts`` reflect ``seq`` (never lowering a host's number)."""
+        want = set(hosts)
+        with self.api.ovsdb_connection.lock:
+            rows = [(r.uuid, r.programmed_seq) for r in self.api.tables["Host"].rows.values()
+                    if r.system_id in want]
+        stale = [uuid for uuid, have in rows if have < seq]
+        if not stale:
+            return
+        with self.api.transaction(check_error=True) as txn:
+            for uuid in stale:
+                txn.add(self.api.db_set("Host", uuid, ("programmed_seq", seq)))
+
+    def wait_change(self, seen: int, timeout: float) -> int:
+        """Block until the IDL applied a change after generation ``seen`` (or ``timeout``);
+        returns the generation now. Start with ``generation()``, read, then wait."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._generation != seen, timeout)
+            return self._generation
+
+    def generation(self) -> int:
+        with self._changed:
+            return self._generation
 
     def read(self) -> Declared:
         """The declared state; a row that breaks the invariants is an error, never skipped."""
@@ -263,3 +442,33 @@ class Store:
                     "Network", name=name, tenant=net.tenant, vni=net.vni,
                     subnet=[str(net.subnet)] if net.subnet else [],
                     external_ids={SOURCE_KEY: "config"}))
+
+
+def wait_programmed(store: Store, hosts: Iterable[str], at_least: int,
+                    timeout: float = 30.0, now: Callable[[], float] = time.monotonic
+                    ) -> dict[str, int]:
+    """Wait until every host in ``hosts`` has ``programmed_seq >= at_least``; returns their
+    numbers. Woken by the store's IDL on each change (no polling); raises ``NotProgrammed``
+    naming the hosts still behind (or not joined) after ``timeout`` seconds."""
+    want = sorted(set(hosts))
+    deadline = now() + timeout
+    while True:
+        gen = store.generation()
+        have = store.programmed()
+        behind: dict[str, int | None] = {h: have.get(h) for h in want
+                                         if have.get(h, -1) < at_least}
+        if not behind:
+            return {h: have[h] for h in want}
+        left = deadline - now()
+        if left <= 0:
+            raise NotProgrammed(at_least, behind, timeout)
+        store.wait_change(gen, left)
+
+
+def sync(store: Store, hosts: Iterable[str] | None = None, timeout: float = 30.0) -> int:
+    """``request_sync()`` then ``wait_programmed`` for ``hosts`` (default: every joined host):
+    after it returns, those hosts reflect every change made before the call. Returns the
+    number."""
+    n = store.request_sync()
+    wait_programmed(store, store.programmed() if hosts is None else hosts, n, timeout)
+    return n

@@ -71,6 +71,10 @@ class HostDb:
     def close(self) -> None:
         ovsdb.stop(self.api)
 
+    def connected(self) -> bool:
+        """Whether the IDL is connected now (else its rows may be stale)."""
+        return ovsdb.is_connected(self.api)
+
     def view(self, now: float, recorded: Mapping[SeenKey, float] | None = None) -> HostView:
         """Everything the controller needs from this host, read in one go under the IDL lock.
 
