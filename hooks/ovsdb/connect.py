@@ -78,8 +78,10 @@ def open_vswitch(remote: str, on_change: Callable[[], None], timeout: float = 10
 
 
 def is_connected(api: Any) -> bool:
+    """Whether the IDL's session is connected now (python-ovs' Idl has no public call for it;
+    its jsonrpc session does)."""
     idl: ovs_idl.Idl = api.idl
-    return bool(idl.is_connected())
+    return bool(idl._session.is_connected())
 
 
 def stop(api: Any) -> None:
