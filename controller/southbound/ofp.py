@@ -8,7 +8,6 @@ parser of everything the switch sends.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Final
 
 from os_ken.ofproto import ofproto_protocol, ofproto_v1_4, ofproto_v1_4_parser
@@ -132,7 +131,3 @@ def owned_flow_stats_request(dp: Any) -> Any:
         dp, 0, OFP.OFPTT_ALL, OFP.OFPP_ANY, OFP.OFPG_ANY, COOKIE_TAG, COOKIE_TAG_MASK,
         PARSER.OFPMatch(),
     )
-
-
-def flow_ids(stats: Iterable[Any]) -> frozenset[FlowId]:
-    return frozenset(FlowId(s.table_id, s.cookie) for s in stats)
