@@ -14,6 +14,7 @@ from os_ken.ofproto import ofproto_protocol, ofproto_v1_4, ofproto_v1_4_parser
 
 from controller.southbound import ofwire
 from controller.pipeline.diff import FlowDiff
+from controller.pipeline.fields import FIELDS, INT, is_masked
 from controller.pipeline.flows import (
     COOKIE_TAG,
     COOKIE_TAG_MASK,
@@ -38,9 +39,11 @@ def protocol() -> Any:
 
 
 def _value(field: str, v: MatchValue) -> Any:
-    if isinstance(v, str) and "/" in v:
+    """os-ken's form of a match value: a ``(value, mask)`` pair, of ints for an int field."""
+    if is_masked(v):
         value, mask = v.split("/")
-        if field in ofwire.OXM_FIELDS and ofwire.OXM_FIELDS[field][2] == ofwire.INT:
+        spec = FIELDS.get(field)
+        if spec is not None and spec.kind == INT:
             return (int(value, 0), int(mask, 0))
         return (value, mask)
     return v
@@ -61,7 +64,7 @@ def _action(a: object) -> Any:
         return PARSER.OFPActionSetField(**{a.field: a.value})
     if isinstance(a, Move):
         return PARSER.NXActionRegMove(src_field=a.src, dst_field=a.dst,
-                                      n_bits=ofwire.field_bits(a.src))
+                                      n_bits=ofwire.field(a.src).bits)
     raise TypeError(f"not an action: {a!r}")
 
 
