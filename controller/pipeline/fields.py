@@ -55,7 +55,7 @@ class Field:
 
     name: str  # veil's name and os-ken's (the OXM name in lower case)
     oxm_field: int
-    width: int  # bytes of the OXM value (not OVS's bit width: vlan_vid is 13 bits in 2 bytes)
+    width: int  # bytes of the OXM value (OVS's vlan_vid is 12 bits: a whole move of it fails)
     kind: Kind
     maskable: bool  # whether OVS takes a value/mask for it
     ofctl: str  # ovs-ofctl's name in a match or set_field: dl_src
