@@ -8,24 +8,26 @@ from dataclasses import dataclass
 from typing import Final
 
 from controller.pipeline import tables as P
-from controller.pipeline.flows import (
+from controller.pipeline.fields import (
     ARP_REPLY,
     ARP_REQUEST,
-    BROADCAST,
     ETH_ARP,
     ETH_IPV4,
     ETH_IPV6,
     ETH_RARP,
-    FROM_TUNNEL,
-    IEEE_RESERVED,
     IPPROTO_ICMPV6,
-    METADATA_MASK,
-    METADATA_VNI_MASK,
-    MULTICAST_BIT,
     ND_NA,
     ND_NS,
     ND_RA,
     ND_REDIRECT,
+)
+from controller.pipeline.flows import (
+    BROADCAST,
+    FROM_TUNNEL,
+    IEEE_RESERVED,
+    METADATA_MASK,
+    METADATA_VNI_MASK,
+    MULTICAST_BIT,
     NO_MAC,
     NO_VLAN,
     Action,

@@ -1,6 +1,7 @@
 """OpenFlow flows as plain values, independent of os-ken.
 
-Field names are the OXM names os-ken uses (``eth_src``, ``ipv4_src``, ``tunnel_id`` ...).
+Field names are the OXM names os-ken uses (``eth_src``, ``ipv4_src``, ``tunnel_id`` ...), the
+keys of ``controller.pipeline.fields.FIELDS``.
 A flow's cookie is a hash of its whole content under veil's cookie tag: the cookie both marks
 ownership (``COOKIE_TAG``) and identifies the exact flow, so a restarted controller can diff
 against dumped (table, cookie) pairs without parsing matches back.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from typing import Final
+
+from controller.pipeline.fields import FIELDS
 
 COOKIE_TAG: Final = 0x7E11 << 48  # "veil" marker in the top 16 bits
 COOKIE_TAG_MASK: Final = 0xFFFF << 48
@@ -27,18 +30,6 @@ NO_VLAN: Final = 0
 # IEEE 802.1D reserved group addresses 01:80:c2:00:00:00-0f (STP, PAUSE, LLDP, 802.1X ...):
 # a bridge never forwards them, whatever the EtherType.
 IEEE_RESERVED: Final = "01:80:c2:00:00:00/ff:ff:ff:ff:ff:f0"
-
-ETH_IPV4: Final = 0x0800
-ETH_ARP: Final = 0x0806
-ETH_RARP: Final = 0x8035
-ETH_IPV6: Final = 0x86DD
-IPPROTO_ICMPV6: Final = 58
-ND_NS: Final = 135
-ND_NA: Final = 136
-ND_RA: Final = 134  # router advertisement
-ND_REDIRECT: Final = 137
-ARP_REQUEST: Final = 1
-ARP_REPLY: Final = 2
 
 MatchValue = int | str  # ints for numbers; MACs/IPs as text, optionally "value/mask"
 
@@ -157,38 +148,6 @@ class FlowId:
 
 # -- ovs-ofctl syntax (debugging, tests, `veil flows`) ----------------------------------------
 
-OFCTL_FIELD: Final = {
-    "in_port": "in_port",
-    "eth_src": "dl_src",
-    "eth_dst": "dl_dst",
-    "eth_type": "dl_type",
-    "vlan_vid": "vlan_vid",
-    "ipv4_src": "nw_src",
-    "ipv4_dst": "nw_dst",
-    "ip_proto": "nw_proto",
-    "arp_op": "arp_op",
-    "arp_spa": "arp_spa",
-    "arp_tpa": "arp_tpa",
-    "arp_sha": "arp_sha",
-    "arp_tha": "arp_tha",
-    "ipv6_src": "ipv6_src",
-    "icmpv6_type": "icmpv6_type",
-    "ipv6_nd_target": "nd_target",
-    "ipv6_nd_sll": "nd_sll",
-    "ipv6_nd_tll": "nd_tll",
-    "metadata": "metadata",
-    "tunnel_id": "tun_id",
-}
-NXM_FIELD: Final = {
-    "eth_src": "NXM_OF_ETH_SRC[]",
-    "eth_dst": "NXM_OF_ETH_DST[]",
-    "arp_sha": "NXM_NX_ARP_SHA[]",
-    "arp_tha": "NXM_NX_ARP_THA[]",
-    "arp_spa": "NXM_OF_ARP_SPA[]",
-    "arp_tpa": "NXM_OF_ARP_TPA[]",
-}
-
-
 def _val(v: MatchValue) -> str:
     return hex(v) if isinstance(v, int) and v > 9 else str(v)
 
@@ -196,7 +155,7 @@ def _val(v: MatchValue) -> str:
 def to_ofctl(flow: Flow) -> str:
     """The flow in ``ovs-ofctl add-flow`` syntax (OpenFlow 1.3+)."""
     parts = [f"cookie={hex(flow.cookie)}", f"table={flow.table}", f"priority={flow.priority}"]
-    parts += [f"{OFCTL_FIELD[k]}={_val(v)}" for k, v in flow.match.fields]
+    parts += [f"{FIELDS[k].ofctl}={_val(v)}" for k, v in flow.match.fields]
     acts: list[str] = []
     for a in flow.actions:
         if isinstance(a, Output):
@@ -206,9 +165,9 @@ def to_ofctl(flow: Flow) -> str:
         elif isinstance(a, ToController):
             acts.append("controller")
         elif isinstance(a, SetField):
-            acts.append(f"set_field:{_val(a.value)}->{OFCTL_FIELD[a.field]}")
+            acts.append(f"set_field:{_val(a.value)}->{FIELDS[a.field].ofctl}")
         else:
-            acts.append(f"move:{NXM_FIELD[a.src]}->{NXM_FIELD[a.dst]}")
+            acts.append(f"move:{FIELDS[a.src].nxm}->{FIELDS[a.dst].nxm}")
     if flow.write_metadata is not None:
         value, mask = flow.write_metadata
         acts.append(f"write_metadata:{hex(value)}/{hex(mask)}")

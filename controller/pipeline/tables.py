@@ -19,13 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from controller.pipeline.fields import FIELDS, is_masked
 from controller.pipeline.flows import (
-    ETH_ARP,
-    ETH_IPV4,
-    ETH_IPV6,
-    IPPROTO_ICMPV6,
-    ND_NA,
-    ND_NS,
     Flow,
     Move,
     Output,
@@ -105,21 +100,13 @@ PIPELINE: Final[dict[int, Table]] = {
     )
 }
 
-# field -> (required eth_type, required ip_proto or None)
-_PREREQ: Final[dict[str, tuple[int, int | None]]] = {
-    "ipv4_src": (ETH_IPV4, None),
-    "ipv4_dst": (ETH_IPV4, None),
-    "arp_op": (ETH_ARP, None),
-    "arp_spa": (ETH_ARP, None),
-    "arp_tpa": (ETH_ARP, None),
-    "arp_sha": (ETH_ARP, None),
-    "ipv6_src": (ETH_IPV6, None),
-    "ip_proto": (ETH_IPV6, None),
-    "icmpv6_type": (ETH_IPV6, IPPROTO_ICMPV6),
-    "ipv6_nd_target": (ETH_IPV6, IPPROTO_ICMPV6),
-    "ipv6_nd_sll": (ETH_IPV6, IPPROTO_ICMPV6),
-    "ipv6_nd_tll": (ETH_IPV6, IPPROTO_ICMPV6),
-}
+_UNKNOWN: Final = {f for t in PIPELINE.values() for f in t.matches | t.may_set} - FIELDS.keys()
+if _UNKNOWN:  # a declaration the field table (hence the encoder) cannot back
+    raise PipelineError(f"tables name fields the field table lacks: {sorted(_UNKNOWN)}")
+
+
+def _values(allowed: frozenset[int]) -> str:
+    return " or ".join(f"{v:#06x}" if v > 0xFF else str(v) for v in sorted(allowed))
 
 
 def check_flow(flow: Flow) -> Flow:
@@ -130,22 +117,13 @@ def check_flow(flow: Flow) -> Flow:
     extra = flow.match.names() - table.matches
     if extra:
         raise PipelineError(f"table {table.name} does not match on {sorted(extra)}: {flow}")
-    for name in flow.match.names():
-        prereq = _PREREQ.get(name)
-        if prereq is None:
-            continue
-        eth_type, proto = prereq
-        if flow.match.get("eth_type") != eth_type:
-            raise PipelineError(f"{name} needs eth_type={eth_type:#06x}: {flow}")
-        if proto is not None and flow.match.get("ip_proto") != proto:
-            raise PipelineError(f"{name} needs ip_proto={proto}: {flow}")
-    nd_type = flow.match.get("icmpv6_type")
-    if "ipv6_nd_target" in flow.match.names() and nd_type not in (ND_NS, ND_NA):
-        raise PipelineError(f"ipv6_nd_target needs icmpv6_type 135 or 136: {flow}")
-    if "ipv6_nd_sll" in flow.match.names() and nd_type != ND_NS:
-        raise PipelineError(f"ipv6_nd_sll needs icmpv6_type 135: {flow}")
-    if "ipv6_nd_tll" in flow.match.names() and nd_type != ND_NA:
-        raise PipelineError(f"ipv6_nd_tll needs icmpv6_type 136: {flow}")
+    for name, value in flow.match.fields:
+        spec = FIELDS[name]
+        if not spec.maskable and is_masked(value):
+            raise PipelineError(f"{name} cannot be masked: {flow}")
+        for need, allowed in spec.prereqs:
+            if flow.match.get(need) not in allowed:
+                raise PipelineError(f"{name} needs {need}={_values(allowed)}: {flow}")
     if flow.goto is not None and flow.goto not in table.next_tables:
         raise PipelineError(f"table {table.name} may not go to table {flow.goto}: {flow}")
     if flow.write_metadata is not None and not table.may_write_metadata:
@@ -159,6 +137,9 @@ def check_flow(flow: Flow) -> Flow:
             raise PipelineError(f"table {table.name} may not set {action.field}: {flow}")
         if isinstance(action, Move) and action.dst not in table.may_set:
             raise PipelineError(f"table {table.name} may not set {action.dst}: {flow}")
+        if isinstance(action, Move) and (action.src not in FIELDS or
+                                         FIELDS[action.src].bits != FIELDS[action.dst].bits):
+            raise PipelineError(f"{action.src} is no field of {action.dst}'s width: {flow}")
     return flow
 
 

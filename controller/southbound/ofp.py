@@ -8,13 +8,13 @@ parser of everything the switch sends.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Final
 
 from os_ken.ofproto import ofproto_protocol, ofproto_v1_4, ofproto_v1_4_parser
 
 from controller.southbound import ofwire
 from controller.pipeline.diff import FlowDiff
+from controller.pipeline.fields import FIELDS, INT, is_masked
 from controller.pipeline.flows import (
     COOKIE_TAG,
     COOKIE_TAG_MASK,
@@ -39,9 +39,11 @@ def protocol() -> Any:
 
 
 def _value(field: str, v: MatchValue) -> Any:
-    if isinstance(v, str) and "/" in v:
+    """os-ken's form of a match value: a ``(value, mask)`` pair, of ints for an int field."""
+    if is_masked(v):
         value, mask = v.split("/")
-        if field in ofwire.OXM_FIELDS and ofwire.OXM_FIELDS[field][2] == ofwire.INT:
+        spec = FIELDS.get(field)
+        if spec is not None and spec.kind == INT:
             return (int(value, 0), int(mask, 0))
         return (value, mask)
     return v
@@ -62,7 +64,7 @@ def _action(a: object) -> Any:
         return PARSER.OFPActionSetField(**{a.field: a.value})
     if isinstance(a, Move):
         return PARSER.NXActionRegMove(src_field=a.src, dst_field=a.dst,
-                                      n_bits=ofwire.field_bits(a.src))
+                                      n_bits=ofwire.field(a.src).bits)
     raise TypeError(f"not an action: {a!r}")
 
 
@@ -132,7 +134,3 @@ def owned_flow_stats_request(dp: Any) -> Any:
         dp, 0, OFP.OFPTT_ALL, OFP.OFPP_ANY, OFP.OFPG_ANY, COOKIE_TAG, COOKIE_TAG_MASK,
         PARSER.OFPMatch(),
     )
-
-
-def flow_ids(stats: Iterable[Any]) -> frozenset[FlowId]:
-    return frozenset(FlowId(s.table_id, s.cookie) for s in stats)

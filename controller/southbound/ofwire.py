@@ -4,8 +4,10 @@ os-ken builds an object per message, match field and action and parses every MAC
 netaddr: ~55 us per flow-mod, which held a 20,000-flow bundle to ~10k flow-mods/s. Here a
 flow-mod is two struct packs around cached pieces: one OXM TLV per (field, value) and one
 instruction list per (actions, write_metadata, goto). The bytes are os-ken's, byte for byte
-(tests compare them over random topologies); a match field or value form this module does not
-know raises ``Unsupported`` and ``controller.southbound.ofp`` encodes that one flow with os-ken instead.
+(tests compare them over random topologies). Fields are the rows of
+``controller.pipeline.fields.FIELDS``; a field outside it or a value form this module does not
+know raises ``Unsupported`` and ``controller.southbound.ofp`` encodes that one flow with os-ken
+instead.
 Replies are still parsed by os-ken.
 
 Only framing lives here (no sockets): a message is ``header + body``; a flow-mod body is what
@@ -19,6 +21,7 @@ import struct
 from functools import lru_cache
 from typing import Final
 
+from controller.pipeline.fields import FIELDS, INT, IPV4, MAC, Field, Kind, is_masked
 from controller.pipeline.flows import (
     Action,
     Flow,
@@ -74,50 +77,22 @@ OFPIT_APPLY_ACTIONS: Final = 4
 OFPAT_OUTPUT: Final = 0
 OFPAT_SET_FIELD: Final = 25
 OFPAT_EXPERIMENTER: Final = 0xFFFF
-OFPXMC_OPENFLOW_BASIC: Final = 0x8000
-
-INT, MAC, IPV4, IPV6 = "int", "mac", "ipv4", "ipv6"
-# OXM name -> (OpenFlow basic field number, value size in bytes, value kind)
-OXM_FIELDS: Final[dict[str, tuple[int, int, str]]] = {
-    "in_port": (0, 4, INT),
-    "metadata": (2, 8, INT),
-    "eth_dst": (3, 6, MAC),
-    "eth_src": (4, 6, MAC),
-    "eth_type": (5, 2, INT),
-    "vlan_vid": (6, 2, INT),
-    "ip_proto": (10, 1, INT),
-    "ipv4_src": (11, 4, IPV4),
-    "ipv4_dst": (12, 4, IPV4),
-    "arp_op": (21, 2, INT),
-    "arp_spa": (22, 4, IPV4),
-    "arp_tpa": (23, 4, IPV4),
-    "arp_sha": (24, 6, MAC),
-    "arp_tha": (25, 6, MAC),
-    "ipv6_src": (26, 16, IPV6),
-    "ipv6_dst": (27, 16, IPV6),
-    "icmpv6_type": (29, 1, INT),
-    "ipv6_nd_target": (31, 16, IPV6),
-    "ipv6_nd_sll": (32, 6, MAC),
-    "ipv6_nd_tll": (33, 6, MAC),
-    "tunnel_id": (38, 8, INT),
-}
-
 
 class Unsupported(Exception):
     """Not encodable here (unknown field, value form or action): use os-ken for this flow."""
 
 
-def field_bits(name: str) -> int:
-    """The width of an OXM field in bits (a whole-field NXAST_REG_MOVE copies this many)."""
+def field(name: str) -> Field:
+    """The field table's row for ``name``, or Unsupported (os-ken may still know the field)."""
     try:
-        return OXM_FIELDS[name][1] * 8
+        return FIELDS[name]
     except KeyError:
-        raise Unsupported(f"no OXM field {name!r}") from None
+        raise Unsupported(f"no encoder for field {name!r}") from None
 
 
 # -- match fields ------------------------------------------------------------------------------
 
-def _text_value(kind: str, size: int, text: str) -> bytes:
+def _text_value(kind: Kind, size: int, text: str) -> bytes:
     """The bytes of one textual value (MAC, IP, or an int in a masked ``value/mask``)."""
     if kind == INT:
         try:
@@ -148,7 +123,7 @@ def _int_value(value: int, size: int) -> bytes:
     return value.to_bytes(size, "big")
 
 
-def _value(name: str, kind: str, size: int, value: MatchValue) -> bytes:
+def _value(name: str, kind: Kind, size: int, value: MatchValue) -> bytes:
     if isinstance(value, int):
         if kind != INT:
             raise Unsupported(f"{name}: an int for a {kind} field")
@@ -158,24 +133,28 @@ def _value(name: str, kind: str, size: int, value: MatchValue) -> bytes:
     return _text_value(kind, size, value)
 
 
+# name -> (OXM header, masked OXM header, value bytes, value kind), derived from FIELDS: a TLV
+# the cache has not seen (every flow of a fresh 20,000-MAC push) costs one lookup, no calls
+_TLV_SPEC: Final = {f.name: (f.header(), f.header(masked=True), f.width, f.kind)
+                    for f in FIELDS.values()}
+
+
 @lru_cache(maxsize=1 << 16)
 def oxm_tlv(name: str, value: MatchValue) -> bytes:
     """One OXM TLV; a ``"value/mask"`` text gives a masked TLV with the value pre-masked."""
-    spec = OXM_FIELDS.get(name)
+    spec = _TLV_SPEC.get(name)
     if spec is None:
         raise Unsupported(f"no encoder for match field {name!r}")
-    num, size, kind = spec
+    head, masked_head, size, kind = spec
     try:
-        if isinstance(value, str) and "/" in value:
+        if is_masked(value):
             text, _, mask_text = value.partition("/")
             if "/" in mask_text:
                 raise Unsupported(f"{name}: {value!r} has more than one '/'")
             v = _text_value(kind, size, text)
             m = _text_value(kind, size, mask_text)
             masked = bytes(a & b for a, b in zip(v, m))
-            head = OFPXMC_OPENFLOW_BASIC << 16 | num << 9 | 1 << 8 | 2 * size
-            return _OXM_HEADER.pack(head) + masked + m
-        head = OFPXMC_OPENFLOW_BASIC << 16 | num << 9 | size
+            return _OXM_HEADER.pack(masked_head) + masked + m
         return _OXM_HEADER.pack(head) + _value(name, kind, size, value)
     except ValueError as exc:  # a number out of range: a veil bug, named (os-ken truncates)
         raise ValueError(f"OpenFlow field {name}={value!r}: {exc}") from None
@@ -183,15 +162,12 @@ def oxm_tlv(name: str, value: MatchValue) -> bytes:
 
 @lru_cache(maxsize=4096)
 def _field_order(names: tuple[str, ...]) -> tuple[int, ...]:
-    """Positions of a match's fields by OXM number: os-ken's order, which puts every
+    """Positions of a match's fields in os-ken's order (by OXM type), which puts every
     prerequisite (eth_type, ip_proto) before the fields that need it."""
     if len(set(names)) != len(names):
         raise Unsupported(f"a field given twice in {names}")
-    try:
-        nums = [OXM_FIELDS[n][0] for n in names]
-    except KeyError as exc:
-        raise Unsupported(f"no encoder for match field {exc}") from None
-    return tuple(sorted(range(len(names)), key=nums.__getitem__))
+    types = [field(n).oxm_type for n in names]
+    return tuple(sorted(range(len(names)), key=types.__getitem__))
 
 
 def match_bytes(fields: tuple[tuple[str, MatchValue], ...]) -> bytes:
@@ -205,11 +181,6 @@ def match_bytes(fields: tuple[tuple[str, MatchValue], ...]) -> bytes:
 
 # -- actions and instructions ------------------------------------------------------------------
 
-def _oxm_header(name: str) -> int:
-    num, size, _ = OXM_FIELDS[name]
-    return OFPXMC_OPENFLOW_BASIC << 16 | num << 9 | size
-
-
 def action_bytes(action: Action) -> bytes:
     if isinstance(action, Output):
         return _OUTPUT.pack(OFPAT_OUTPUT, 16, action.port, OFPCML_MAX)
@@ -218,18 +189,16 @@ def action_bytes(action: Action) -> bytes:
     if isinstance(action, ToController):
         return _OUTPUT.pack(OFPAT_OUTPUT, 16, OFPP_CONTROLLER, OFPCML_NO_BUFFER)
     if isinstance(action, SetField):
-        if isinstance(action.value, str) and "/" in action.value:
+        if is_masked(action.value):
             raise Unsupported(f"masked set-field {action}")
         tlv = oxm_tlv(action.field, action.value)
         length = 4 + len(tlv) + (-(4 + len(tlv)) % 8)
         return _SET_FIELD_HEADER.pack(OFPAT_SET_FIELD, length) + tlv + bytes(
             length - 4 - len(tlv))
     if isinstance(action, Move):
-        if action.src not in OXM_FIELDS or action.dst not in OXM_FIELDS:
-            raise Unsupported(f"no encoder for {action}")
-        return _REG_MOVE.pack(OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, NXAST_REG_MOVE,
-                              field_bits(action.src), 0, 0, _oxm_header(action.src),
-                              _oxm_header(action.dst))
+        src, dst = field(action.src), field(action.dst)
+        return _REG_MOVE.pack(OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, NXAST_REG_MOVE, src.bits,
+                              0, 0, src.header(), dst.header())
     raise TypeError(f"not an action: {action!r}")
 
 

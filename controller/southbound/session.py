@@ -225,12 +225,6 @@ class OfSession:
         self.request(ctrl(self.dp, bundle_id, ofp.OFP.OFPBCT_COMMIT_REQUEST, flags, []),
                      f"bundle commit of {n} flow mods")
 
-    def send_packet_out(self, in_port: int, data: bytes, out_port: int) -> None:
-        msg = ofp.PARSER.OFPPacketOut(
-            self.dp, buffer_id=ofp.OFP.OFP_NO_BUFFER, in_port=in_port,
-            actions=[ofp.PARSER.OFPActionOutput(out_port)], data=data)
-        self._send(msg)
-
     # -- reader ------------------------------------------------------------------------------
     def _recv_exact(self, n: int) -> bytes:
         buf = b""

@@ -22,6 +22,7 @@ from controller.southbound import ofp
 from controller.southbound import ofwire
 from controller.pipeline.compute import compute_flows
 from controller.pipeline.diff import FlowDiff, diff_flows
+from controller.pipeline.fields import FIELDS, INT, IPV4, MAC, Kind
 from controller.pipeline.flows import (
     Action,
     Flow,
@@ -74,10 +75,10 @@ def test_every_computed_flow_encodes_like_osken(state: State, xid: int, bundle_i
             delete, xid)
 
 
-def _text(kind: str, raw: bytes) -> str:
-    if kind == ofwire.MAC:
+def _text(kind: Kind, raw: bytes) -> str:
+    if kind == MAC:
         return ":".join(f"{b:02x}" for b in raw)
-    if kind == ofwire.IPV4:
+    if kind == IPV4:
         return str(ipaddress.IPv4Address(raw))
     return str(ipaddress.IPv6Address(raw))
 
@@ -85,9 +86,9 @@ def _text(kind: str, raw: bytes) -> str:
 @st.composite
 def match_values(draw: st.DrawFn, name: str) -> MatchValue:
     """A plain or masked value for OXM field ``name``, in the forms veil's flows use."""
-    _, size, kind = ofwire.OXM_FIELDS[name]
+    size, kind = FIELDS[name].width, FIELDS[name].kind
     masked = draw(st.booleans())
-    if kind == ofwire.INT:
+    if kind == INT:
         value = draw(st.integers(0, (1 << size * 8) - 1))
         if not masked:
             return value
@@ -101,7 +102,7 @@ def match_values(draw: st.DrawFn, name: str) -> MatchValue:
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_every_match_field_and_value_form_encodes_like_osken(data: st.DataObject) -> None:
-    names = data.draw(st.lists(st.sampled_from(sorted(ofwire.OXM_FIELDS)), min_size=1,
+    names = data.draw(st.lists(st.sampled_from(sorted(FIELDS)), min_size=1,
                                max_size=6, unique=True))
     match = Match.of(**{n: data.draw(match_values(n)) for n in names})
     flow = Flow(data.draw(st.integers(0, 254)), data.draw(st.integers(0, 0xFFFF)), match,
@@ -110,7 +111,7 @@ def test_every_match_field_and_value_form_encodes_like_osken(data: st.DataObject
 
 
 def _actions() -> st.SearchStrategy[Action]:
-    settable = st.sampled_from(sorted(ofwire.OXM_FIELDS)).flatmap(
+    settable = st.sampled_from(sorted(FIELDS)).flatmap(
         lambda n: st.builds(SetField, st.just(n), match_values(n).filter(
             lambda v: not (isinstance(v, str) and "/" in v))))
     same_width = st.sampled_from([("eth_src", "eth_dst"), ("arp_sha", "arp_tha"),
@@ -230,7 +231,7 @@ def test_switch_holds_the_same_flows_whichever_encoder_sent_them(
     assert session.installed() == frozenset(f.ident for f in flows)
     # the dump's own reader sees what os-ken's full parse of the same dump sees
     osken = session.request(ofp.owned_flow_stats_request(DP), "dump parsed by os-ken")
-    assert ofp.flow_ids(s for r in osken for s in r.body) == session.installed()
+    assert {FlowId(s.table_id, s.cookie) for r in osken for s in r.body} == session.installed()
 
 
 def l2(n: int, start: int = 0) -> list[Flow]:

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.pipeline.compute import link_local
-from controller.pipeline.flows import ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_RARP, FROM_TUNNEL, MatchValue
+from controller.pipeline.fields import ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_RARP
+from controller.pipeline.flows import FROM_TUNNEL, MatchValue
 from controller.core.migration import PacketIn, claims_after
 from controller.core.model import Binding, Host, Network, State, Tenant, TunnelPort, placement
 from controller.core.seen import SeenKey, first_seen_after, seen_key

@@ -5,15 +5,20 @@ table (two matching flows of equal priority is an error: OVS would pick arbitrar
 actions in order, write-metadata, goto; output to the ingress port is dropped as OVS does.
 ``Fabric`` connects hosts through their tunnel ports, so a packet can be followed from one VM
 to every VM (and controller) that receives it.
+
+A packet is a mapping of field names of ``controller.pipeline.fields.FIELDS`` to values; a value
+is read by its row's kind, and a field outside the table, or of a kind no reader here knows,
+fails loudly instead of never matching.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from controller.pipeline.compute import compute_flows
+from controller.pipeline.fields import FIELDS, INT, IPV4, IPV6, MAC, Kind, is_masked
 from controller.pipeline.flows import (
     Flow,
     MatchValue,
@@ -33,28 +38,45 @@ class AmbiguousMatch(AssertionError):
     """Two flows of one priority match one packet: the pipeline is not deterministic."""
 
 
-def _num(v: MatchValue) -> int:
-    if isinstance(v, int):
-        return v
-    if ":" in v and len(v) == 17 and "." not in v:  # MAC
-        return int(v.replace(":", ""), 16)
-    if v.startswith("0x"):
-        return int(v, 16)
-    return int(ipaddress.ip_address(v))
+def _mac(text: str) -> int:
+    if len(text) != 17 or text[2::3] != ":::::":
+        raise ValueError(f"MAC {text!r} not in aa:bb:cc:dd:ee:ff form")
+    return int(text.replace(":", ""), 16)
 
 
-def field_matches(want: MatchValue, have: MatchValue | None) -> bool:
+def _ip(text: str) -> int:
+    return int(ipaddress.ip_address(text))
+
+
+# how the simulator reads a value of each kind of the field table (ints may come as "0x..." text)
+_TEXT: dict[Kind, Callable[[str], int]] = {
+    INT: lambda text: int(text, 0), MAC: _mac, IPV4: _ip, IPV6: _ip,
+}
+_UNREADABLE = {f.name for f in FIELDS.values() if f.kind not in _TEXT}
+assert not _UNREADABLE, f"the simulator cannot read fields {sorted(_UNREADABLE)}"
+
+
+def _read(name: str, v: MatchValue) -> int:
+    """One value (or mask) of field ``name`` as a number."""
+    spec = FIELDS.get(name)
+    assert spec is not None, f"{name!r} is not in the field table"
+    return v if isinstance(v, int) else _TEXT[spec.kind](v)
+
+
+def field_matches(name: str, want: MatchValue, have: MatchValue | None) -> bool:
+    """Whether a packet's ``have`` of field ``name`` matches ``want``. A packet without the
+    field (an ARP field of an IPv4 packet, or of a forged EtherType) does not match."""
     if have is None:
         return False
-    if isinstance(want, str) and "/" in want:
+    if is_masked(want):
         value, mask = want.split("/")
-        m = _num(mask)
-        return (_num(have) & m) == (_num(value) & m)
-    return _num(want) == _num(have)
+        m = _read(name, mask)
+        return (_read(name, have) & m) == (_read(name, value) & m)
+    return _read(name, want) == _read(name, have)
 
 
 def flow_matches(flow: Flow, pkt: Packet) -> bool:
-    return all(field_matches(v, pkt.get(k)) for k, v in flow.match.fields)
+    return all(field_matches(k, v, pkt.get(k)) for k, v in flow.match.fields)
 
 
 @dataclass(frozen=True)
@@ -98,7 +120,7 @@ def run_switch(flows: Iterable[Flow], pkt: Packet, in_port: int) -> list[Emit]:
                 p[a.dst] = p[a.src]
         if flow.write_metadata is not None:
             value, mask = flow.write_metadata
-            p["metadata"] = (_num(p["metadata"]) & ~mask) | (value & mask)
+            p["metadata"] = (_read("metadata", p["metadata"]) & ~mask) | (value & mask)
         table = flow.goto
     raise AssertionError(f"pipeline loops for {pkt}")
 
