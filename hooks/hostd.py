@@ -21,12 +21,12 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from hooks import contract
+from hooks.ovsdb import DEFAULT_DB
 from hooks.registrar import Registrar
 from hooks.spool import SUFFIX, DrainResult, Spool, drain
 
 LOG = logging.getLogger("veil.hostd")
 DEFAULT_SPOOL = "/var/spool/veil"
-DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"
 RETRY_MIN = 0.2
 RETRY_MAX = 10.0
 # A rescan even without filesystem events: cheap, and covers events watchdog could miss

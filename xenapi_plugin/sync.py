@@ -36,6 +36,7 @@ import XenAPI
 
 from hooks import contract
 from hooks.errors import PlugRejected, RegistrarError
+from hooks.ovsdb import DEFAULT_DB
 from hooks.vif import Vif
 from xenapi_plugin import desired, model
 from xenapi_plugin.backoff import Backoff
@@ -296,7 +297,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--xapi", default=LOCAL_XAPI, help="unix:/path or http(s)://host (default: %(default)s)")
     p.add_argument("--user", default="root")
     p.add_argument("--password-file", help="file holding the password for a remote xapi")
-    p.add_argument("--ovsdb", default="unix:/var/run/openvswitch/db.sock", help="OVSDB remote")
+    p.add_argument("--ovsdb", default=DEFAULT_DB, help="OVSDB remote")
     p.add_argument("--bridge", default=contract.INTEGRATION_BRIDGE)
     p.add_argument("--ovsdb-timeout", type=float, default=5.0, help="OVSDB transaction timeout (s)")
     p.add_argument("--host-uuid", help="this host's xapi uuid (default: OVSDB system-id, else the inventory)")
