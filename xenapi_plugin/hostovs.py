@@ -3,12 +3,15 @@ does not offer (interface and bridge names, system-id) and the Bridge ``bridge-i
 
 VIF registration itself always goes through ``hooks.registrar.Registrar``; the extra IDL
 connection here only reads, and writes Bridge external_ids in one transaction per change.
+vif-hotplug spools what OVSDB could not take: callers write inside ``in_order()`` so those
+older events apply first (the rule in ``hooks.spool``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ovsdbapp import exceptions as ovsdbapp_exceptions
@@ -17,6 +20,7 @@ from hooks import contract
 from hooks.errors import RegistrarError
 from hooks.ovsdb import connect as ovsdb_connect
 from hooks.registrar import Registrar
+from hooks.spool import DrainResult, Spool, in_order
 from hooks.vif import Vif
 
 _TABLES = ("Open_vSwitch", "Bridge", "Interface")
@@ -25,8 +29,10 @@ _TABLES = ("Open_vSwitch", "Bridge", "Interface")
 class RegistrarOvs:
     """The ``sync.HostOvs`` of a real host: registrations on ``bridge`` of ``remote``."""
 
-    def __init__(self, remote: str, bridge: str = contract.INTEGRATION_BRIDGE, timeout: float = 5.0) -> None:
+    def __init__(self, remote: str, spool: Spool, bridge: str = contract.INTEGRATION_BRIDGE,
+                 timeout: float = 5.0) -> None:
         self.remote = remote
+        self.spool = spool
         self.bridge = bridge
         self.timeout = timeout
         self.registrar = Registrar(remote, bridge=bridge, timeout=timeout)
@@ -35,6 +41,11 @@ class RegistrarOvs:
         self._lock = threading.Lock()
 
     # -- registrations: the hook core ------------------------------------------------------------
+    def in_order(self) -> AbstractContextManager[DrainResult]:
+        """Hold the spool's apply lock and apply vif-hotplug's pending events, for a section
+        that reads registrations and writes the newest intent (not reentrant)."""
+        return in_order(self.spool, self.registrar)
+
     def registered(self) -> dict[str, Vif]:
         return {v.port: v for v in self.registrar.registered()}
 
