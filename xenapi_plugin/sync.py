@@ -36,12 +36,12 @@ from typing import Any, Protocol
 import XenAPI
 
 from hooks import contract
+from hooks.backoff import Backoff
 from hooks.errors import PlugRejected, RegistrarError, SpoolError
 from hooks.ovsdb import DEFAULT_DB
 from hooks.spool import DrainResult, Spool
 from hooks.vif import Vif
 from xenapi_plugin import config, desired, model
-from xenapi_plugin.backoff import Backoff
 from xenapi_plugin.xapi import LOCAL_XAPI, is_failure, login
 
 LOG = logging.getLogger("veil.xapi-sync")
