@@ -20,8 +20,7 @@ from controller.core.model import Host, InvalidState, check_name, check_tunnel_t
 from hooks.ovsdb.connect import OvsdbUnreachable
 from controller.northbound.store import HostRecord, Store
 from hooks import contract, hostguard
-
-DEFAULT_HOST_DB = "unix:/var/run/openvswitch/db.sock"
+from hooks.ovsdb import DEFAULT_DB
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--underlay-ip", required=True)
     j.add_argument("--tunnel-types", default="geneve",
                    help="comma list in order of preference (geneve, vxlan, gre)")
-    j.add_argument("--host-db", default=DEFAULT_HOST_DB, help="this host's OVSDB, for writing")
+    j.add_argument("--host-db", default=DEFAULT_DB, help="this host's OVSDB, for writing")
     j.add_argument("--ovsdb", help="how the controller reaches this host's OVSDB "
                    "(default tcp:UNDERLAY_IP:6640; a tcp: remote gets a passive listener)")
     j.add_argument("--openflow", help="how the controller reaches br-int over OpenFlow "
@@ -127,7 +126,7 @@ def join(args: argparse.Namespace) -> int:
     rec = HostRecord(Host(sid, ip, kinds), args.ovsdb or f"tcp:{ip}:6640",
                      args.openflow or f"tcp:{ip}:6653")
     ovsdb_listen, of_listen = _listener(rec.ovsdb), _listener(rec.openflow)
-    api = ovsdb.open_vswitch(args.host_db, lambda: None)
+    api = ovsdb.open_vswitch(args.host_db)
     try:
         try:  # before any write: a guard that cannot be applied leaves the host as it was
             print(hostguard.ensure(args.host_guard, lambda: hostguard.datapaths_via(api)))

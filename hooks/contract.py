@@ -43,3 +43,18 @@ VEIL_TUNNEL_TYPES: Final = "veil-tunnel-types"  # Open_vSwitch: comma list, e.g.
 
 INTEGRATION_BRIDGE: Final = "br-int"
 VEIL_OWNS_PORT: Final = "veil-owns-port"  # Interface: "true" when veil added the port (tap case)
+
+# Names of veil networks (and tenants): ONE rule for the controller that declares them and the
+# hypervisor integrations that tag VIFs with them, so no hypervisor can tag a VIF with a
+# network the controller could never declare. Plain set arithmetic, no ``re``: this module is
+# imported on every hook call.
+NAME_MAX: Final = 63
+NAME_RULE: Final = "1-63 of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+_NAME_START: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_NAME_CHARS: Final = _NAME_START | frozenset("_.-")
+
+
+def is_network_name(value: object) -> bool:
+    """Whether ``value`` is a valid veil network (or tenant) name: see ``NAME_RULE``."""
+    return (isinstance(value, str) and 0 < len(value) <= NAME_MAX and value[0] in _NAME_START
+            and set(value) <= _NAME_CHARS)

@@ -19,3 +19,12 @@ class PlugRejected(RuntimeError):
 
 class SpoolError(RuntimeError):
     """The spool directory is unusable (permissions, disk full...): an operator must act."""
+
+
+class OvsdbUnreachable(RegistrarError):
+    """No OVSDB server answered at ``remote`` (transient: retry later)."""
+
+    def __init__(self, remote: str, why: str) -> None:
+        super().__init__(f"cannot reach OVSDB at {remote}: {why}")
+        self.remote = remote
+        self.why = why

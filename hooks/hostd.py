@@ -21,14 +21,14 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from hooks import contract
+from hooks.backoff import Backoff
+from hooks.ovsdb import DEFAULT_DB
 from hooks.registrar import Registrar
 from hooks.spool import SUFFIX, DrainResult, Spool, drain
 
 LOG = logging.getLogger("veil.hostd")
 DEFAULT_SPOOL = "/var/spool/veil"
-DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"
-RETRY_MIN = 0.2
-RETRY_MAX = 10.0
+RETRY = Backoff(initial=0.2, maximum=10.0)  # while OVSDB is away
 # A rescan even without filesystem events: cheap, and covers events watchdog could miss
 # (e.g. a spool directory replaced under us).
 RESCAN_INTERVAL = 60.0
@@ -48,10 +48,10 @@ class _Wakeup(FileSystemEventHandler):  # type: ignore[misc]
 
 
 def next_wait(result: DrainResult, failures: int) -> float:
-    """Seconds to sleep after a drain that hit ``failures`` consecutive transient errors."""
+    """Seconds to sleep after a drain; ``failures`` counts consecutive blocked drains, this one included."""
     if not result.blocked:
         return RESCAN_INTERVAL
-    return min(RETRY_MAX, RETRY_MIN * (1 << min(max(failures, 0), 16)))
+    return RETRY.delay(failures)
 
 
 class HostDaemon:
@@ -80,7 +80,7 @@ class HostDaemon:
                 result = drain(self.spool, self.registrar)
                 _log_result(result)
                 failures = failures + 1 if result.blocked else 0
-                self._wake.wait(next_wait(result, failures - 1))
+                self._wake.wait(next_wait(result, failures))
         finally:
             observer.stop()
             observer.join(timeout=5)

@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from hooks.ovsdb import DEFAULT_DB
+
 COMMENT: Final = "veil-host-guard"
 TAP_PATTERNS: Final = ("vnet+", "tap+", "vif+")  # libvirt, generic/Xen HVM emulated, Xen PV
 TOOLS: Final = ("iptables", "ip6tables")
@@ -34,7 +36,6 @@ ARP_CHAIN: Final = COMMENT
 TABLE: Final = "raw"
 CHAIN: Final = "PREROUTING"
 MODES: Final = ("auto", "on", "off")
-DEFAULT_DB: Final = "unix:/var/run/openvswitch/db.sock"
 
 
 class HostGuardError(RuntimeError):
@@ -192,27 +193,17 @@ def local_links() -> frozenset[str]:
 
 def bridge_datapaths(db_remote: str, timeout: float = 10.0) -> dict[str, str]:
     """{bridge: datapath_type} read from an OVSDB (ovsdbapp, one read)."""
-    from ovsdbapp import exceptions as ovsdbapp_exceptions
-    from ovsdbapp.backend.ovs_idl import connection, idlutils
-    from ovsdbapp.schema.open_vswitch import impl_idl
+    from hooks.ovsdb import connect
 
-    advice = "start Open vSwitch, or pass --host-guard on|off"
     try:
-        helper = idlutils.get_schema_helper(db_remote, "Open_vSwitch")
-    except Exception as exc:  # ovsdbapp raises a bare Exception when no remote answers
-        raise HostGuardError(f"cannot read the bridges' datapath types at {db_remote} ({exc}): {advice}") from None
-    helper.register_table("Bridge")
-    conn = connection.Connection(idl=connection.OvsdbIdl(db_remote, helper), timeout=timeout)
-    # ovsdbapp keeps its connection in a class attribute: a class of our own keeps it private.
-    api = type("HostGuardIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})(conn, start=False)
-    try:
-        conn.start()
-    except ovsdbapp_exceptions.TimeoutException:
-        raise HostGuardError(f"OVSDB at {db_remote} did not answer within {timeout}s: {advice}") from None
+        api = connect.open_vswitch(db_remote, timeout=timeout, tables=("Bridge",))
+    except connect.OvsdbUnreachable as exc:
+        raise HostGuardError(f"cannot read the bridges' datapath types: {exc}: "
+                             "start Open vSwitch, or pass --host-guard on|off") from None
     try:
         return datapaths_via(api)
     finally:
-        conn.stop(timeout=5)
+        connect.stop(api)
 
 
 def datapaths_via(api: object) -> dict[str, str]:

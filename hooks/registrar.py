@@ -13,11 +13,11 @@ import threading
 from typing import Any
 
 from ovsdbapp import exceptions as ovsdbapp_exceptions
-from ovsdbapp.backend.ovs_idl import command, connection, idlutils
-from ovsdbapp.schema.open_vswitch import impl_idl
+from ovsdbapp.backend.ovs_idl import command, idlutils
 
 from hooks import contract
 from hooks.errors import PlugRejected, RegistrarError, VifError
+from hooks.ovsdb import connect as ovsdb_connect
 from hooks.plugspec import (
     DEACTIVATE_DROP_KEYS,
     deactivate_external_ids,
@@ -91,7 +91,7 @@ class Registrar:
     def close(self) -> None:
         with self._lock:
             if self._api is not None:
-                self._api.ovsdb_connection.stop(timeout=self.timeout)
+                ovsdb_connect.stop(self._api, timeout=self.timeout)
                 self._api = None
 
     # -- internals -------------------------------------------------------------------------------
@@ -102,23 +102,8 @@ class Registrar:
             return self._api
 
     def _connect(self) -> Any:
-        try:
-            helper = idlutils.get_schema_helper(self.db_remote, "Open_vSwitch")
-        except Exception as exc:  # ovsdbapp raises a bare Exception when no remote answers
-            raise RegistrarError(f"cannot reach OVSDB at {self.db_remote}: {exc}") from None
-        for table in _TABLES:
-            helper.register_table(table)
-        idl = connection.OvsdbIdl(self.db_remote, helper)
-        conn = connection.Connection(idl=idl, timeout=self.timeout)
-        # ovsdbapp keeps the connection in a CLASS attribute (one per process); a subclass of
-        # our own per Registrar keeps two registrars on two databases apart.
-        api_cls = type("VeilOvsIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
-        api = api_cls(conn, start=False)
-        try:
-            conn.start()
-        except ovsdbapp_exceptions.TimeoutException:
-            raise RegistrarError(f"OVSDB at {self.db_remote} did not answer within {self.timeout}s") from None
-        return api
+        # OvsdbUnreachable is a RegistrarError: callers spool and retry.
+        return ovsdb_connect.open_vswitch(self.db_remote, timeout=self.timeout, tables=_TABLES)
 
     def _commit(self, cmd: Any) -> None:
         try:

@@ -10,9 +10,14 @@ Layout of a spool directory::
 Every event is written to a temp file, fsync'd, renamed into place and the directory fsync'd,
 so a crash leaves either the whole event or nothing. Events are full desired states
 (``plug`` this VIF / ``unplug`` this port), so applying one twice gives the same rows:
-a crash between apply and delete is harmless. Order is kept by one rule: nobody applies an
-event directly while older events are pending (``submit`` spools behind them instead), and
-everything that applies holds ``.apply.lock``.
+a crash between apply and delete is harmless.
+
+Order is kept by one rule: nobody writes a VIF registration while older events are pending,
+and everything that writes holds ``.apply.lock``. The short-lived hooks (``submit``) spool
+their events behind the pending ones; veil-hostd (``drain``) applies them; every other writer
+(the XenServer sync daemon and dom0 plugin, which write the newest intent straight through)
+writes inside ``in_order``, which applies the pending events first under the same lock. So a
+spooled plug of a port can never land after a newer direct unplug of it.
 
 Import-light on purpose (no pathlib/json/typing): the qemu hook imports it on every call.
 """
@@ -28,7 +33,7 @@ from hooks.vif import Vif
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
     from typing import Protocol, TypeAlias
 
     AnyEvent: TypeAlias = "PlugEvent | UnplugEvent | UnplugVmEvent"
@@ -43,7 +48,8 @@ if TYPE_CHECKING:
         def unplug_vm(self, vm_id: str) -> None: ...
 
 
-__all__ = ["Spool", "SpoolError", "PlugEvent", "UnplugEvent", "UnplugVmEvent", "submit", "drain", "apply_event"]
+__all__ = ["Spool", "SpoolError", "PlugEvent", "UnplugEvent", "UnplugVmEvent", "submit", "drain", "in_order",
+           "apply_event"]
 SUFFIX = ".json"
 MAX_EVENT_BYTES = 1 << 20
 
@@ -296,27 +302,70 @@ def drain(spool: Spool, store: VifStore) -> DrainResult:
     Stops at the first transient failure (order matters more than progress); moves events
     that can never apply to rejected/ so they do not block the queue.
     """
-    result = DrainResult()
     with spool.apply_lock(blocking=True):
-        for path in spool.pending():
-            try:
-                event = spool.load(path)
-            except CorruptEvent as exc:
-                spool.reject(path, str(exc))
-                result.rejected.append(str(exc))
-                continue
-            try:
-                apply_event(store, event)
-            except RegistrarError as exc:
-                result.blocked = str(exc)
-                return result
-            except (PlugRejected, VifError) as exc:
-                spool.reject(path, str(exc))
-                result.rejected.append(f"{event!r}: {exc}")
-                continue
-            spool.remove(path)
-            result.applied += 1
+        return _drain_held(spool, store)
+
+
+def _drain_held(spool: Spool, store: VifStore) -> DrainResult:
+    result = DrainResult()
+    for path in spool.pending():
+        try:
+            event = spool.load(path)
+        except CorruptEvent as exc:
+            spool.reject(path, str(exc))
+            result.rejected.append(str(exc))
+            continue
+        try:
+            apply_event(store, event)
+        except RegistrarError as exc:
+            result.blocked = str(exc)
+            return result
+        except (PlugRejected, VifError) as exc:
+            spool.reject(path, str(exc))
+            result.rejected.append(f"{event!r}: {exc}")
+            continue
+        spool.remove(path)
+        result.applied += 1
     return result
+
+
+def in_order(spool: Spool, store: VifStore) -> _InOrder:
+    """``with in_order(spool, store) as drained:`` the critical section of a direct writer."""
+    return _InOrder(spool, store)
+
+
+class _InOrder:
+    """A direct writer's critical section: hold the apply lock, apply every pending event first.
+
+    Entering blocks while someone else applies, then drains (``drained`` is that DrainResult:
+    its ``rejected`` are worth logging). A pending event that cannot apply now raises
+    RegistrarError with the lock released: writing past it would reorder. Not reentrant (a
+    second flock on the same file from this process would wait for itself).
+    """
+
+    def __init__(self, spool: Spool, store: VifStore) -> None:
+        self.spool = spool
+        self.store = store
+        self._lock: _Locked | None = None
+
+    def __enter__(self) -> DrainResult:
+        lock = self.spool.apply_lock(blocking=True)
+        lock.__enter__()
+        try:
+            result = _drain_held(self.spool, self.store)
+        except BaseException:
+            lock.__exit__()
+            raise
+        if result.blocked:
+            lock.__exit__()
+            raise RegistrarError(f"older spooled events cannot apply yet: {result.blocked}")
+        self._lock = lock
+        return result
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.__exit__()
+            self._lock = None
 
 
 class _Locked:
@@ -359,9 +408,3 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def iter_events(spool: Spool) -> Iterator[tuple[str, AnyEvent]]:
-    """(path, event) for every pending event that parses (inspection and tests)."""
-    for path in spool.pending():
-        yield path, spool.load(path)

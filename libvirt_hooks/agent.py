@@ -30,6 +30,7 @@ from typing import Any
 import libvirt
 
 from hooks import contract
+from hooks.backoff import Backoff
 from hooks.errors import RegistrarError
 from hooks.reconcile import diff
 from hooks.registrar import Registrar
@@ -39,7 +40,7 @@ from libvirt_hooks.domxml import DomainXmlError, plan_domain, read_domain
 from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, ConfigError, HookConfig, known_networks, load_config
 
 LOG = logging.getLogger("veil.libvirt-agent")
-RECONNECT_MIN, RECONNECT_MAX = 0.5, 10.0
+RECONNECT = Backoff(initial=0.5, maximum=10.0)  # while libvirtd is away
 EVENT_IDS = (
     libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
     libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
@@ -86,17 +87,18 @@ class Agent:
     # -- main loop -------------------------------------------------------------------------------
     def run(self) -> None:
         start_event_loop()
-        delay = RECONNECT_MIN
+        failures = 0
         while True:
             try:
                 self._connect()
             except libvirt.libvirtError as exc:
+                failures += 1
+                delay = RECONNECT.delay(failures)
                 LOG.warning("cannot connect to %s (%s); retrying in %.1fs", self.uri, exc, delay)
                 if self._wait_for_stop(delay):
                     return
-                delay = min(RECONNECT_MAX, delay * 2)
                 continue
-            delay = RECONNECT_MIN
+            failures = 0
             if self._serve():
                 self._disconnect()
                 return

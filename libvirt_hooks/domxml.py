@@ -37,7 +37,6 @@ MAX_XML_BYTES = 4 << 20  # libvirt's own domain XMLs are tens of KiB even with h
 MAX_DEPTH = 32
 MAX_ELEMENTS = 100_000
 VEIL_IPS = contract.VEIL_IPS
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
 class DomainXmlError(ValueError):
@@ -276,8 +275,8 @@ def plan_domain(dom: Domain, *, bridge: str = contract.INTEGRATION_BRIDGE,
                 f"veil needs type='ethernet' or type='bridge' on {bridge} with <virtualport type='openvswitch'/>"
             )
             continue
-        if not set(meta.network) <= _NAME_CHARS:
-            plan.problems.append(f"{where}: invalid veil network name {meta.network!r}")
+        if not contract.is_network_name(meta.network):
+            plan.problems.append(f"{where}: invalid veil network name {meta.network!r} ({contract.NAME_RULE})")
             continue
         if known_networks is not None and meta.network not in known_networks:
             plan.problems.append(f"{where}: unknown veil network {meta.network!r}")

@@ -32,6 +32,7 @@ import time
 
 from hooks import contract
 from hooks.errors import SpoolError
+from hooks.ovsdb import DEFAULT_DB
 from libvirt_hooks.domxml import MAX_XML_BYTES, DomainXmlError, plan_domain, read_domain
 
 TYPE_CHECKING = False
@@ -65,7 +66,7 @@ class HookConfig:
 
     def __init__(self) -> None:
         self.mode = "default"
-        self.db = "unix:/var/run/openvswitch/db.sock"
+        self.db = DEFAULT_DB
         self.bridge = contract.INTEGRATION_BRIDGE
         self.spool = "/var/spool/veil"
         self.log = "/var/log/veil/libvirt-hook.log"

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from hooks import contract
 from xenapi_plugin.dispatch import Failure
 
 MISSING_ARGUMENT = "VEIL_MISSING_ARGUMENT"
@@ -19,7 +20,6 @@ UNKNOWN_ARGUMENT = "VEIL_UNKNOWN_ARGUMENT"
 INVALID_ARGUMENT = "VEIL_INVALID_ARGUMENT"
 CONFLICTING_ARGUMENTS = "VEIL_CONFLICTING_ARGUMENTS"
 
-_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _PORT_NAME = re.compile(r"^(vif|tap)[0-9]+\.[0-9]+$")
 _BOOL = {"true": True, "false": False}
 
@@ -51,11 +51,8 @@ def uuid_arg(args: Mapping[str, str], key: str) -> str:
 
 def network_arg(args: Mapping[str, str], key: str) -> str:
     value = args[key]
-    if not _NETWORK_NAME.match(value):
-        raise Failure(
-            INVALID_ARGUMENT,
-            [key, value, "a veil network name is 1-64 of A-Z a-z 0-9 _ . : - and starts alphanumeric"],
-        )
+    if not contract.is_network_name(value):
+        raise Failure(INVALID_ARGUMENT, [key, value, f"a veil network name is {contract.NAME_RULE}"])
     return value
 
 

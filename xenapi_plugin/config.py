@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hooks import contract
+from hooks.ovsdb import DEFAULT_DB
 
 DEFAULT_FILE = "/etc/veil/xen.conf"
 LOCAL_XAPI = "unix:/var/lib/xcp/xapi"
@@ -26,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class XenConfig:
-    ovsdb: str = "unix:/var/run/openvswitch/db.sock"
+    ovsdb: str = DEFAULT_DB
     bridge: str = contract.INTEGRATION_BRIDGE
     xapi: str = LOCAL_XAPI
     host_uuid: str | None = None

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
-from hooks import contract
+from hooks import contract, reconcile
 from hooks.vif import Vif, VifError
 from xenapi_plugin.model import XapiNetwork, XapiState, XapiVIF, XapiVM
 
@@ -171,14 +171,8 @@ class Plan:
         return not self.plug and not self.unplug
 
 
-def satisfied(want: Vif, have: Vif | None) -> bool:
-    """Whether the row already carries every key ``want`` writes (other writers' keys may stay)."""
-    return have is not None and want.external_ids().items() <= have.external_ids().items()
-
-
 def plan(wanted: Mapping[str, Vif], current: Mapping[str, Vif]) -> Plan:
-    """The diff: plug what is missing or differs (plug is idempotent), unplug what is unwanted."""
-    return Plan(
-        plug=tuple(v for port, v in sorted(wanted.items()) if not satisfied(v, current.get(port))),
-        unplug=tuple(sorted(set(current) - set(wanted))),
-    )
+    """The diff (``hooks.reconcile.changes``), by port name: plug what is missing or differs,
+    unplug every current port that is not wanted."""
+    plug, unplug = reconcile.changes([v for _, v in sorted(wanted.items())], [v for _, v in sorted(current.items())])
+    return Plan(plug=tuple(plug), unplug=tuple(v.port for v in unplug))

@@ -3,51 +3,49 @@ does not offer (interface and bridge names, system-id) and the Bridge ``bridge-i
 
 VIF registration itself always goes through ``hooks.registrar.Registrar``; the extra IDL
 connection here only reads, and writes Bridge external_ids in one transaction per change.
+vif-hotplug spools what OVSDB could not take: callers write inside ``in_order()`` so those
+older events apply first (the rule in ``hooks.spool``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ovsdbapp import exceptions as ovsdbapp_exceptions
-from ovsdbapp.backend.ovs_idl import connection, idlutils
-from ovsdbapp.schema.open_vswitch import impl_idl
 
 from hooks import contract
 from hooks.errors import RegistrarError
+from hooks.ovsdb import connect as ovsdb_connect
 from hooks.registrar import Registrar
+from hooks.spool import DrainResult, Spool, in_order
 from hooks.vif import Vif
 
 _TABLES = ("Open_vSwitch", "Bridge", "Interface")
 
 
-class _WatchedIdl(connection.OvsdbIdl):  # type: ignore[misc]
-    """The IDL, reporting Interface rows created or deleted (runs in the connection thread:
-    the callback must only hand the news on)."""
-
-    on_interface_change: Callable[[], None] | None = None
-
-    def notify(self, event: str, row: Any, updates: Any = None) -> None:
-        callback = self.on_interface_change
-        if callback is not None and event in ("create", "delete") and row._table.name == "Interface":
-            callback()
-
-
 class RegistrarOvs:
     """The ``sync.HostOvs`` of a real host: registrations on ``bridge`` of ``remote``."""
 
-    def __init__(self, remote: str, bridge: str = contract.INTEGRATION_BRIDGE, timeout: float = 5.0) -> None:
+    def __init__(self, remote: str, spool: Spool, bridge: str = contract.INTEGRATION_BRIDGE,
+                 timeout: float = 5.0) -> None:
         self.remote = remote
+        self.spool = spool
         self.bridge = bridge
         self.timeout = timeout
         self.registrar = Registrar(remote, bridge=bridge, timeout=timeout)
         self._api: Any = None
-        self._idl: Any = None
+        self._on_interface_change: Callable[[], None] | None = None
         self._lock = threading.Lock()
 
     # -- registrations: the hook core ------------------------------------------------------------
+    def in_order(self) -> AbstractContextManager[DrainResult]:
+        """Hold the spool's apply lock and apply vif-hotplug's pending events, for a section
+        that reads registrations and writes the newest intent (not reentrant)."""
+        return in_order(self.spool, self.registrar)
+
     def registered(self) -> dict[str, Vif]:
         return {v.port: v for v in self.registrar.registered()}
 
@@ -101,13 +99,13 @@ class RegistrarOvs:
     def watch_interfaces(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from the OVSDB thread) whenever an Interface row appears or goes."""
         self._connected()
-        self._idl.on_interface_change = callback
+        self._on_interface_change = callback
 
     def close(self) -> None:
         self.registrar.close()
         with self._lock:
             if self._api is not None:
-                self._api.ovsdb_connection.stop(timeout=self.timeout)
+                ovsdb_connect.stop(self._api, timeout=self.timeout)
                 self._api = None
 
     def _rows(self, table: str) -> list[Any]:
@@ -118,21 +116,14 @@ class RegistrarOvs:
     def _connected(self) -> Any:
         with self._lock:
             if self._api is None:
-                try:
-                    helper = idlutils.get_schema_helper(self.remote, "Open_vSwitch")
-                except Exception as exc:  # ovsdbapp raises a bare Exception when no remote answers
-                    raise RegistrarError(f"cannot reach OVSDB at {self.remote}: {exc}") from None
-                for table in _TABLES:
-                    helper.register_table(table)
-                self._idl = _WatchedIdl(self.remote, helper)
-                conn = connection.Connection(idl=self._idl, timeout=self.timeout)
-                try:
-                    conn.start()
-                except ovsdbapp_exceptions.TimeoutException:
-                    raise RegistrarError(f"OVSDB at {self.remote} did not answer within {self.timeout}s") from None
-                # ovsdbapp keeps the connection in a CLASS attribute of the backend: every
-                # OvsdbIdl of a process shares the first one created. A class of our own per
-                # instance keeps this reader on its own remote and lets close() close only it.
-                api_cls = type("XenHostOvsIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
-                self._api = api_cls(conn)
+                # OvsdbUnreachable is a RegistrarError: the daemon retries, the plugin reports it.
+                self._api = ovsdb_connect.open_vswitch(
+                    self.remote, self._interface_changed, timeout=self.timeout, tables=_TABLES,
+                    wake=lambda event, row, updates: row._table.name == "Interface" and event in ("create", "delete"))
             return self._api
+
+    def _interface_changed(self) -> None:
+        """On the OVSDB thread: an Interface row appeared or went; only hand the news on."""
+        callback = self._on_interface_change
+        if callback is not None:
+            callback()

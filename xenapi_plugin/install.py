@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hooks import hostguard
+from hooks.ovsdb import DEFAULT_DB
 
 PLUGIN = Path("etc/xapi.d/plugins/veil")
 HOOK = Path("etc/xapi.d/vif-hotplug")
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path("/"), help="install under this root (default: /)")
     p.add_argument("--python", default=sys.executable, help="interpreter the scripts run with")
     p.add_argument("--uninstall", action="store_true")
-    p.add_argument("--db", default=hostguard.DEFAULT_DB, help="this host's OVSDB (read by --host-guard auto)")
+    p.add_argument("--db", default=DEFAULT_DB, help="this host's OVSDB (read by --host-guard auto)")
     hostguard.add_argument(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.uninstall:

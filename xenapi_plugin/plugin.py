@@ -26,7 +26,8 @@ from typing import Any
 import XenAPI
 
 from hooks import contract
-from hooks.errors import PlugRejected, RegistrarError, VifError
+from hooks.errors import PlugRejected, RegistrarError, SpoolError, VifError
+from hooks.spool import Spool
 from xenapi_plugin import args as A
 from xenapi_plugin import config, desired, model, sync
 from xenapi_plugin.dispatch import Failure, PluginFn
@@ -40,12 +41,13 @@ NO_NETWORK = "VEIL_VIF_HAS_NO_NETWORK"
 INVALID_VIF = "VEIL_INVALID_VIF"
 OVSDB_UNAVAILABLE = "VEIL_OVSDB_UNAVAILABLE"
 PLUG_REJECTED = "VEIL_PLUG_REJECTED"
+SPOOL_UNUSABLE = "VEIL_SPOOL_UNUSABLE"
 NO_HOST_UUID = "VEIL_UNKNOWN_HOST"
 
 
 def _ovs() -> RegistrarOvs:
     cfg = config.load()
-    return RegistrarOvs(cfg.ovsdb, bridge=cfg.bridge)
+    return RegistrarOvs(cfg.ovsdb, Spool(cfg.spool), bridge=cfg.bridge)
 
 
 def _host_uuid(ovs: RegistrarOvs) -> str:
@@ -80,6 +82,8 @@ def _guarded(fn: Callable[[Any, dict[str, str]], str]) -> PluginFn:
             raise Failure(PLUG_REJECTED, [str(exc)]) from None
         except VifError as exc:
             raise Failure(INVALID_VIF, [str(exc)]) from None
+        except SpoolError as exc:
+            raise Failure(SPOOL_UNUSABLE, [config.load().spool, str(exc)]) from None
 
     call.__name__ = fn.__name__
     return call
@@ -94,6 +98,12 @@ def register(session: Any, arguments: dict[str, str]) -> str:
     ovs = _ovs()
     vif_ref = _lookup(session, "VIF", vif_uuid)
     state = model.fetch_vif_state(session, vif_ref)
+    with ovs.in_order():  # vif-hotplug's older spooled events first (see hooks.spool)
+        return _register(session, ovs, state, vif_uuid, vif_ref, add_port)
+
+
+def _register(session: Any, ovs: RegistrarOvs, state: model.XapiState, vif_uuid: str, vif_ref: str,
+              add_port: bool) -> str:
     ports = sorted(p for p, u in ovs.tagged_ports().items() if u == vif_uuid)
     if ports:
         wanted = desired.wanted_on_tagged_ports(state, {p: vif_uuid for p in ports})
@@ -123,13 +133,14 @@ def unregister(session: Any, arguments: dict[str, str]) -> str:
     port = A.port_arg(a, "port") if which == "port" else None
     vif_uuid = A.uuid_arg(a, "vif_uuid") if which == "vif_uuid" else None
     ovs = _ovs()
-    registered = ovs.registered()
-    if port is not None:
-        done = [port] if port in registered else []
-    else:
-        done = sorted(p for p, v in registered.items() if v.extra.get(contract.XS_VIF_UUID) == vif_uuid)
-    for p in done:
-        ovs.unplug(p, delete_port=delete_port)
+    with ovs.in_order():  # vif-hotplug's older spooled events first (see hooks.spool)
+        registered = ovs.registered()
+        if port is not None:
+            done = [port] if port in registered else []
+        else:
+            done = sorted(p for p, v in registered.items() if v.extra.get(contract.XS_VIF_UUID) == vif_uuid)
+        for p in done:
+            ovs.unplug(p, delete_port=delete_port)
     return _json({"unregistered": done})
 
 

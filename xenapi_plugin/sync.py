@@ -28,6 +28,7 @@ import sys
 import threading
 import xmlrpc.client
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
@@ -35,10 +36,12 @@ from typing import Any, Protocol
 import XenAPI
 
 from hooks import contract
-from hooks.errors import PlugRejected, RegistrarError
+from hooks.backoff import Backoff
+from hooks.errors import PlugRejected, RegistrarError, SpoolError
+from hooks.ovsdb import DEFAULT_DB
+from hooks.spool import DrainResult, Spool
 from hooks.vif import Vif
-from xenapi_plugin import desired, model
-from xenapi_plugin.backoff import Backoff
+from xenapi_plugin import config, desired, model
 from xenapi_plugin.xapi import LOCAL_XAPI, is_failure, login
 
 LOG = logging.getLogger("veil.xapi-sync")
@@ -61,6 +64,7 @@ class HostOvs(Protocol):
     def plug(self, vif: Vif, *, add_port: bool) -> None: ...
     def unplug(self, port: str, *, delete_port: bool) -> None: ...
     def set_bridge_ids(self, ids: Mapping[str, str]) -> None: ...
+    def in_order(self) -> AbstractContextManager[DrainResult]: ...
 
 
 @dataclass
@@ -80,7 +84,16 @@ def reconcile(state: model.XapiState, host_ref: str, ovs: HostOvs, *, manage_por
     (``veil-owns-port``) are ever deleted. With ``manage_ports`` (hosts without xenopsd's vif
     script: labs, tests) xapi decides and veil adds the vif ports itself; otherwise veil
     completes and retracts registrations on the ports xenopsd tagged (see ``desired``).
+    Runs inside ``ovs.in_order()``: vif-hotplug's spooled events are older than xapi's state
+    and apply first, so they can never undo this pass.
     """
+    with ovs.in_order() as drained:
+        for reason in drained.rejected:
+            LOG.error("spooled event can never apply, moved to rejected/: %s", reason)
+        return _reconcile_held(state, host_ref, ovs, manage_ports=manage_ports)
+
+
+def _reconcile_held(state: model.XapiState, host_ref: str, ovs: HostOvs, *, manage_ports: bool) -> Outcome:
     if manage_ports:
         wanted = desired.wanted_from_xapi(state, host_ref, ovs.interface_names())
     else:
@@ -263,6 +276,9 @@ class Applier:
             except RegistrarError as exc:
                 failures += 1
                 LOG.warning("OVSDB: %s; retrying in %.1fs", exc, self.backoff.delay(failures))
+            except SpoolError as exc:  # an operator must act; retrying costs nothing meanwhile
+                failures += 1
+                LOG.error("%s; retrying in %.1fs", exc, self.backoff.delay(failures))
 
     def _fold(self, item: Item) -> None:
         if isinstance(item, Snapshot):
@@ -296,8 +312,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--xapi", default=LOCAL_XAPI, help="unix:/path or http(s)://host (default: %(default)s)")
     p.add_argument("--user", default="root")
     p.add_argument("--password-file", help="file holding the password for a remote xapi")
-    p.add_argument("--ovsdb", default="unix:/var/run/openvswitch/db.sock", help="OVSDB remote")
+    p.add_argument("--ovsdb", default=DEFAULT_DB, help="OVSDB remote")
     p.add_argument("--bridge", default=contract.INTEGRATION_BRIDGE)
+    p.add_argument("--spool", default=config.XenConfig.spool,
+                   help="vif-hotplug's spool: its pending events apply before each pass (default: %(default)s)")
     p.add_argument("--ovsdb-timeout", type=float, default=5.0, help="OVSDB transaction timeout (s)")
     p.add_argument("--host-uuid", help="this host's xapi uuid (default: OVSDB system-id, else the inventory)")
     p.add_argument("--manage-ports", action="store_true",
@@ -317,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.password_file:
         with open(args.password_file) as fh:
             password = fh.read().strip()
-    ovs = RegistrarOvs(args.ovsdb, bridge=args.bridge, timeout=args.ovsdb_timeout)
+    ovs = RegistrarOvs(args.ovsdb, Spool(args.spool), bridge=args.bridge, timeout=args.ovsdb_timeout)
     try:
         host_uuid = args.host_uuid or ovs.system_id() or local_host_uuid()
     except RegistrarError as exc:

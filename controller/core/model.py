@@ -14,6 +14,8 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Final, Literal
 
+from hooks import contract
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 TunnelType = Literal["geneve", "vxlan", "gre"]
@@ -22,7 +24,6 @@ TUNNEL_TYPES: Final[tuple[TunnelType, ...]] = ("geneve", "vxlan", "gre")
 VNI_MIN: Final = 1
 VNI_MAX: Final = (1 << 24) - 1
 _MAC_RE: Final = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class InvalidState(ValueError):
@@ -30,10 +31,10 @@ class InvalidState(ValueError):
 
 
 def check_name(value: object, where: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise InvalidState(
-            f"{where}: {value!r} is not a valid name (letters, digits, '_', '.', '-'; max 63)"
-        )
+    """A tenant, network or host name: the contract's one name rule (hooks.contract), so every
+    network a hypervisor may tag a VIF with can be declared here."""
+    if not isinstance(value, str) or not contract.is_network_name(value):
+        raise InvalidState(f"{where}: {value!r} is not a valid name ({contract.NAME_RULE})")
     return value
 
 

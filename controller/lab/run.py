@@ -43,7 +43,7 @@ def lab_config(lab: Any) -> str:
 def join_host(store: Store, system_id: str, underlay_ip: str, tunnel_types: str,
               host_db: str, openflow: str) -> None:
     """What `veil join` does on a host, for a lab host reachable through unix sockets."""
-    api = ovsdb.open_vswitch(host_db, lambda: None)
+    api = ovsdb.open_vswitch(host_db)
     try:
         api.db_set("Open_vSwitch", ".", ("external_ids", {
             contract.SYSTEM_ID: system_id,

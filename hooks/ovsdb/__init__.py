@@ -1,1 +1,15 @@
-"""OVSDB clients: the one ovsdbapp connection factory, and a lean JSON-RPC client for the hook path."""
+"""OVSDB clients: the one ovsdbapp connection factory (``connect``), and a lean JSON-RPC client
+for the hook path (``rpc``).
+
+Import-light on purpose: the qemu hook imports ``hooks.ovsdb.rpc`` on every VM start, which
+loads this package; ovsdbapp is imported only by ``hooks.ovsdb.connect``.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+# Open vSwitch's own default database socket: every veil program on a host defaults to it.
+DEFAULT_DB: Final = "unix:/var/run/openvswitch/db.sock"

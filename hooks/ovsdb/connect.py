@@ -1,7 +1,16 @@
-"""ovsdbapp connections with change notification, one per database the controller talks to.
+"""The one ovsdbapp connection factory: every OVSDB client of veil opens its IDL here.
 
-ovsdbapp keeps a Backend's connection on the class, so each connection gets its own subclass
-(the pattern Neutron uses); otherwise two hosts would silently share one database.
+Controller (host databases, veil's own database), the hook core's ``Registrar``, the host
+guard and the XenServer host reader all need the same three things, which ovsdbapp leaves to
+each caller:
+
+- a connection of its own. ovsdbapp keeps a Backend's connection in a CLASS attribute (the
+  first instance of a class wins for the whole process), so each connection gets a subclass of
+  its own (the pattern Neutron uses); otherwise two hosts would silently share one database;
+- change notification: the IDL calls ``on_change`` (on the connection thread, so it must only
+  hand the news on) after row changes, optionally filtered by ``wake(event, row, old)``;
+- one specific error when the server cannot be reached: ``OvsdbUnreachable`` names the remote
+  (ovsdbapp itself raises a bare ``Exception`` or a ``TimeoutException`` for this).
 """
 
 from __future__ import annotations
@@ -12,17 +21,22 @@ from typing import Any, TypeVar
 
 from ovs.db import idl as ovs_idl
 from ovsdbapp import api
+from ovsdbapp import exceptions as ovsdbapp_exceptions
 from ovsdbapp.backend import ovs_idl as backend
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils
 from ovsdbapp.schema.open_vswitch import impl_idl
 
+from hooks.errors import OvsdbUnreachable
+
+__all__ = [
+    "OvsdbUnreachable", "GenericApi", "connect", "open_vswitch", "stop", "is_connected", "transact",
+    "changed_columns",
+]
+
 _ids = itertools.count(1)
 T = TypeVar("T")
 
-
-class OvsdbUnreachable(RuntimeError):
-    """The server did not answer (ovsdbapp itself raises a bare Exception for this)."""
-
+OPEN_VSWITCH_TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller", "Manager")
 
 # (event, row, the row's old values of the changed columns or None) -> whether to call on_change
 Wake = Callable[[str, Any, Any], bool]
@@ -52,29 +66,45 @@ class GenericApi(backend.Backend, api.API):  # type: ignore[misc]
 
 
 def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str],
-            on_change: Callable[[], None], timeout: float = 10.0,
+            on_change: Callable[[], None] | None = None, *, timeout: float = 10.0,
             wake: Wake | None = None) -> Any:
-    """Open an ovsdbapp API object of class ``base`` for ``remote``; raises if unreachable."""
-    try:
-        helper = idlutils.get_schema_helper(remote, schema)
-    except Exception as exc:  # ovsdbapp's fetch_schema_json raises plain Exception
-        raise OvsdbUnreachable(f"{remote}: {exc}") from exc
+    """An ovsdbapp API object of class ``base`` on ``remote``, its IDL mirroring ``tables``.
+
+    Returns once the initial dump is in (reads right after see the database). ``timeout`` bounds
+    the connection and each later transaction. ``wake`` decides which row changes call
+    ``on_change`` (default: every change). Raises ``OvsdbUnreachable`` when the server does not
+    answer; close with ``stop``.
+    """
+    helper = idlutils.create_schema_helper(_fetch_schema(remote, schema))
     for table in tables:
         helper.register_table(table)
-    idl_cls = type(f"Idl{next(_ids)}", (_NotifyingIdl,), {
-        "on_change": staticmethod(on_change),
-        "wake": staticmethod(wake or (lambda event, row, updates: True))})
-    idl = idl_cls(remote, helper)
+    idl_attrs: dict[str, Any] = {}
+    if on_change is not None:
+        idl_attrs["on_change"] = staticmethod(on_change)
+    if wake is not None:
+        idl_attrs["wake"] = staticmethod(wake)
+    idl = type(f"Idl{next(_ids)}", (_NotifyingIdl,), idl_attrs)(remote, helper)
     conn = connection.Connection(idl, timeout)
-    api_cls = type(f"{base.__name__}{next(_ids)}", (base,), {})
-    return api_cls(conn, start=True)
+    # ``_ovsdb_connection`` set explicitly: the setter tests the INHERITED value, so a subclass
+    # of a class whose attribute was already set would otherwise share that connection.
+    api_cls = type(f"{base.__name__}{next(_ids)}", (base,), {"_ovsdb_connection": None})
+    instance = api_cls(conn, start=False)
+    try:
+        conn.start()
+    except ovsdbapp_exceptions.TimeoutException:
+        raise OvsdbUnreachable(remote, f"no initial dump within {timeout}s") from None
+    return instance
 
 
-def open_vswitch(remote: str, on_change: Callable[[], None], timeout: float = 10.0) -> Any:
-    """The Open_vSwitch API (add_port, db_set ...) for one host's database."""
-    return connect(remote, "Open_vSwitch", impl_idl.OvsdbIdl,
-                   ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller", "Manager"),
-                   on_change, timeout)
+def open_vswitch(remote: str, on_change: Callable[[], None] | None = None, *, timeout: float = 10.0,
+                 tables: Iterable[str] = OPEN_VSWITCH_TABLES, wake: Wake | None = None) -> Any:
+    """The Open_vSwitch API (add_port, db_set, db_list ...) of one host's database.
+
+    ``tables`` narrows the mirror: every table watched costs memory and initial-dump time on
+    hosts with many ports, so short-lived and focused clients register only what they read.
+    """
+    return connect(remote, "Open_vSwitch", impl_idl.OvsdbIdl, tables, on_change,
+                   timeout=timeout, wake=wake)
 
 
 def is_connected(api: Any) -> bool:
@@ -82,10 +112,6 @@ def is_connected(api: Any) -> bool:
     its jsonrpc session does)."""
     idl: ovs_idl.Idl = api.idl
     return bool(idl._session.is_connected())
-
-
-def stop(api: Any) -> None:
-    api.ovsdb_connection.stop(timeout=5)
 
 
 class _Body(command.BaseCommand):  # type: ignore[misc]
@@ -106,3 +132,22 @@ def transact(api: Any, body: Callable[[Any], T]) -> T:
         txn.add(cmd)
     result: T = cmd.result
     return result
+
+
+def stop(instance: Any, timeout: float = 5.0) -> None:
+    """Stop the connection thread of an API object made by ``connect``."""
+    instance.ovsdb_connection.stop(timeout=timeout)
+
+
+def _fetch_schema(remote: str, schema: str) -> Any:
+    """The schema JSON of ``schema`` from ``remote``.
+
+    ovsdbapp's ``fetch_schema_json`` reports "no remote answered" with a bare ``Exception`` (it
+    logs the reason); only that exact type is translated, any other error is a bug and propagates.
+    """
+    try:
+        return idlutils.fetch_schema_json(remote, schema)
+    except Exception as exc:
+        if type(exc) is not Exception:
+            raise
+        raise OvsdbUnreachable(remote, str(exc)) from None

@@ -10,7 +10,8 @@ import pytest
 from controller.lab.ovs import OvsInstance
 from hooks.ovsdb.rpc import RpcRegistrar
 from hooks.registrar import Registrar
-from hooks.spool import PlugEvent, Spool, UnplugEvent, UnplugVmEvent, apply_event, drain, submit
+from hooks.errors import RegistrarError
+from hooks.spool import PlugEvent, Spool, UnplugEvent, UnplugVmEvent, apply_event, drain, in_order, submit
 from tests.support.rows import bridge_ports, iface_ids
 from tests.hooks.test_registrar import make_vif
 
@@ -111,3 +112,25 @@ def test_a_lost_counter_never_reorders_or_overwrites_events(tmp_path: Path) -> N
     third = spool.append(UnplugEvent("c", delete_port=True))
     assert spool.pending() == [second, third] and os.path.basename(first) < os.path.basename(second)
     assert len(spool.rejected()) == 1
+
+
+def test_a_direct_writer_applies_pending_events_first_and_never_writes_past_a_blocked_one(
+        ovs: OvsInstance, tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path / "spool"))
+    spool.append(PlugEvent(make_vif(), add_port=True))
+    writer = Registrar(ovs.db_remote, timeout=1.0)
+    try:
+        ovs.stop_ovsdb()
+        with pytest.raises(RegistrarError, match="older spooled events cannot apply yet"):
+            with in_order(spool, writer):
+                raise AssertionError("the section must not run past a pending event")
+        with spool.apply_lock(blocking=False) as lock:
+            assert lock.held, "a blocked in_order releases the apply lock"
+        assert len(spool.pending()) == 1
+        ovs.start_ovsdb()
+        with in_order(spool, writer) as drained:
+            assert (drained.applied, spool.pending(), bridge_ports(ovs)) == (1, [], ["tapk1"])
+            writer.unplug("tapk1", delete_port=True)  # the newer intent, written after the older one
+    finally:
+        writer.close()
+    assert bridge_ports(ovs) == []

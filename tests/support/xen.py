@@ -94,7 +94,8 @@ def running_daemon(sim: XapiSim, host: Host, *, manage_ports: bool = True,
     log = host.ovs.rundir / "xapi-sync.log"
     argv = [sys.executable, "-m", "xenapi_plugin.sync", "--xapi", sim.uri, "--ovsdb", host.ovs.db_remote,
             "--host-uuid", host.uuid, "--poll-timeout", str(poll_timeout), "--backoff-initial", "0.05",
-            "--backoff-max", "0.2", "--ovsdb-timeout", str(ovsdb_timeout)]
+            "--backoff-max", "0.2", "--ovsdb-timeout", str(ovsdb_timeout),
+            "--spool", str(host.ovs.rundir / "spool")]
     if manage_ports:
         argv.append("--manage-ports")
     with open(log, "wb") as out:

@@ -15,6 +15,10 @@ from typing import Any
 
 import pytest
 
+from hooks import contract
+from hooks.registrar import Registrar
+from hooks.spool import PlugEvent, Spool, drain
+from hooks.vif import Vif
 from tests.support.xapi_sim import XapiSim
 from tests.support.xen import Host, interfaces, simulated_host, simulated_xapi, vif_script
 from xenapi_plugin.install import install
@@ -304,3 +308,47 @@ def test_on_dom0_the_native_xenapiplugin_dispatches_and_veil_failures_keep_their
     code, fn, exc_class, _ = world.fails("join", {"network": "blue", "network_uuid": "6e0d8f3a-5f0e-4d43-9f0b-"
                                                   "000000000001"}, env)
     assert (code, fn, exc_class) == ("XENAPI_PLUGIN_FAILURE", "join", "FileNotFoundError")
+
+
+# -- ordering with the spool ----------------------------------------------------------------------
+def spooled_plug(w: World, vif: str, port: str, *, add_port: bool) -> Spool:
+    """What vif-hotplug leaves when OVSDB could not take its plug: a pending event for ``port``."""
+    record = w.sim.record("vif", vif)
+    vif_uuid = str(record["uuid"])
+    spool = Spool(w.env["VEIL_SPOOL"])
+    spool.append(PlugEvent(Vif(iface_id=vif_uuid, vm_id=uuid_of(w, "vm", record["VM"]), mac=MAC, port=port,
+                               network="blue", extra={contract.XS_VIF_UUID: vif_uuid}), add_port=add_port))
+    return spool
+
+
+def hostd_catches_up(w: World, spool: Spool) -> None:
+    registrar = Registrar(w.host.ovs.db_remote)
+    try:
+        drain(spool, registrar)
+    finally:
+        registrar.close()
+    assert spool.pending() == []
+
+
+def test_unregister_is_not_overtaken_by_an_older_spooled_plug(world: World) -> None:
+    """The plug of vif6.0 waits in the spool (OVSDB was busy when vif-hotplug ran); then the
+    operator unregisters vif6.0. The unregister is the newer intent and must win once veil-hostd
+    has drained the spool: the plugin drains pending events before writing."""
+    _, vif, _ = running_vm(world, 6)
+    world.vif_script("vif6.0", vif)
+    spool = spooled_plug(world, vif, "vif6.0", add_port=False)
+    assert world.ok("unregister", {"port": "vif6.0"}) == {"unregistered": ["vif6.0"]}
+    hostd_catches_up(world, spool)
+    row = interfaces(world.host.ovs)["vif6.0"]
+    assert row["iface-status"] == "inactive" and "veil-network" not in row
+
+
+def test_sync_is_not_overtaken_by_an_older_spooled_plug(world: World) -> None:
+    """A plug spooled while the VM ran, then the VM shuts down and a sync runs: the VM's port
+    must be gone after veil-hostd drains, not re-created by the older event."""
+    vm, vif, _ = running_vm(world, 7)
+    spool = spooled_plug(world, vif, "vif7.0", add_port=True)
+    world.sim.shutdown_vm(vm)
+    assert world.ok("sync", {"manage_ports": "true"})["unplugged"] == ["vif7.0"]
+    hostd_catches_up(world, spool)
+    assert "vif7.0" not in interfaces(world.host.ovs)

@@ -11,7 +11,7 @@ import pytest
 from hooks.vif import Vif
 from xenapi_plugin import args as A
 from xenapi_plugin import config, desired, model
-from xenapi_plugin.backoff import Backoff
+from hooks.backoff import Backoff
 from xenapi_plugin.dispatch import Failure, respond
 from xenapi_plugin.sync import XapiWatcher
 from xenapi_plugin.xapi import login
@@ -157,6 +157,7 @@ def test_backoff_grows_and_caps() -> None:
     assert [b.delay(n) for n in range(6)] == [0, 0.5, 1, 2, 3, 3]
     with pytest.raises(ValueError):
         Backoff(initial=0)
+    assert Backoff(initial=0.2, maximum=10).delay(5000) == 10, "hours of failures stay at the cap"
 
 
 def test_watcher_retries_an_absent_xapi_on_the_backoff_schedule() -> None:

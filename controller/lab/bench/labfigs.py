@@ -74,7 +74,7 @@ class Plugger:
 
     def _api(self, host: HostRuntime) -> Any:
         if host.name not in self._apis:
-            self._apis[host.name] = ovsdb.open_vswitch(host.ovs.db_remote, lambda: None)
+            self._apis[host.name] = ovsdb.open_vswitch(host.ovs.db_remote)
         return self._apis[host.name]
 
     def plug(self, host: HostRuntime, port: str, ids: Mapping[str, str]) -> None:
