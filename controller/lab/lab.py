@@ -24,6 +24,7 @@ from pathlib import Path
 from controller.lab import netns
 from controller.lab.ovs import OvsInstance, require_ovs
 from controller.lab.topology import Host, Topology, Vm
+from controller.lab.topology import load as load_topology
 from hooks import contract
 
 DEFAULT_ROOT = Path(os.environ.get("VEIL_LAB_ROOT", "/run/veil-lab"))
@@ -353,6 +354,23 @@ def teardown(rundir: Path, prefix: str) -> list[str]:
         netns.delete_netns(name)
     shutil.rmtree(rundir, ignore_errors=True)
     return sorted(names)
+
+
+def open_lab(root: Path = DEFAULT_ROOT, prefix: str | None = None) -> Lab:
+    """The running lab named ``prefix`` under ``root``, or the only one running there."""
+    if prefix is None:
+        labs = running_labs(root)
+        if len(labs) != 1:
+            raise RuntimeError(
+                f"{'no lab is running' if not labs else 'several labs run: ' + ', '.join(labs)}; "
+                "name one with --prefix"
+            )
+        prefix = labs[0]
+    state = Lab.read_state(root / prefix)
+    if not state:
+        raise RuntimeError(f"no lab {prefix} under {root}")
+    path = state.get("topology_path")
+    return Lab.attach(load_topology(Path(str(path)) if path else None), prefix, root)
 
 
 def running_labs(root: Path = DEFAULT_ROOT) -> list[str]:
