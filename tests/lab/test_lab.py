@@ -15,7 +15,7 @@ import pytest
 from controller.lab import netns, topology
 from controller.lab.lab import Lab, running_labs
 from hooks import contract
-from tests.conftest import unique_prefix
+from tests.support.names import unique_prefix
 
 pytestmark = pytest.mark.lab
 
