@@ -9,6 +9,7 @@ from controller.lab.bench.ovn import Ovn
 from controller.lab.lab import HostRuntime, Lab, VmRuntime
 from controller.lab.run import LabController, run_for_lab
 from hooks import contract
+from hooks.ovsdb.connect import OvsdbUnreachable
 
 DAEMON_RESYNC = 5.0  # veil-controller's default resync period: the bench measures it as shipped
 
@@ -118,7 +119,10 @@ class VeilSystem:
         return self.ctl
 
     def start(self, lab: Lab) -> None:
-        self.ctl = run_for_lab(lab, resync=DAEMON_RESYNC)
+        try:
+            self.ctl = run_for_lab(lab, resync=DAEMON_RESYNC)
+        except OvsdbUnreachable as exc:  # a measurement error: the bench records it and goes on
+            raise BenchError(f"veil could not join the lab's hosts: {exc}") from exc
         proc = self.ctl.proc
         assert proc is not None
         deadline = time.monotonic() + 30
