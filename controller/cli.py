@@ -1,26 +1,30 @@
-"""The `veil` command line: operator entry point. `veil lab ...` drives the netns lab.
+"""The `veil` command line: operator entry point, thin verbs over veil's core functions.
+
+Each verb parses its arguments and calls one typed function (``controller.join.join_host``,
+``Store`` methods, ``controller.expected.expected_flows``); the lab and the benchmarks call
+those functions directly, never this module. The netns lab has its own command, `veil-lab`.
 
     veil join --controller DB --system-id ID --underlay-ip IP [--tunnel-types geneve,vxlan]
               [--host-db REMOTE] [--ovsdb REMOTE] [--openflow REMOTE] [--host-guard auto|on|off]
     veil tenant add NAME --db DB
     veil network add NAME --tenant T [--vni N] [--subnet CIDR] --db DB
     veil network del NAME --db DB
-    veil show --db DB                (also: the sequence number and each host's programmed-up-to)
+    veil show --db DB
     veil flows HOST --db DB          (what HOST's br-int should hold, in ovs-ofctl syntax)
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 from collections.abc import Sequence
 
-from controller.core.model import Host, InvalidState, check_name, check_tunnel_types
+from controller.core.model import InvalidState, check_name
+from controller.expected import expected_flows
+from controller.join import DEFAULT_HOST_DB, host_record, join_host
+from controller.northbound.store import Store
+from hooks import hostguard
 from hooks.ovsdb.connect import OvsdbUnreachable
-from controller.northbound.store import HostRecord, Store
-from hooks import contract, hostguard
-from hooks.ovsdb import DEFAULT_DB
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--underlay-ip", required=True)
     j.add_argument("--tunnel-types", default="geneve",
                    help="comma list in order of preference (geneve, vxlan, gre)")
-    j.add_argument("--host-db", default=DEFAULT_DB, help="this host's OVSDB, for writing")
+    j.add_argument("--host-db", default=DEFAULT_HOST_DB, help="this host's OVSDB, for writing")
     j.add_argument("--ovsdb", help="how the controller reaches this host's OVSDB "
                    "(default tcp:UNDERLAY_IP:6640; a tcp: remote gets a passive listener)")
     j.add_argument("--openflow", help="how the controller reaches br-int over OpenFlow "
@@ -63,31 +67,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_flows(store: Store, host: str) -> int:
-    """Read every joined host's OVSDB, compute ``host``'s flows and print them."""
-    import time
-
-    from controller.pipeline.compute import compute_flows
-    from controller.pipeline.flows import to_ofctl
-    from controller.southbound.hostdb import HostDb
-    from controller.service import build_state
-
-    declared = store.read()
-    if host not in {r.host.system_id for r in declared.hosts}:
-        raise InvalidState(f"host {host!r} has not joined")
-    views = {}
-    for rec in declared.hosts:
-        db = HostDb(rec.host.system_id, rec.ovsdb, lambda: None)
-        try:
-            views[rec.host.system_id] = db.view(time.time())
-        finally:
-            db.close()
-    flows = compute_flows(build_state(declared, views), host)
-    for flow in sorted(flows, key=lambda f: (f.table, -f.priority, to_ofctl(f))):
-        print(to_ofctl(flow))
-    return 0
-
-
 def show(store: Store) -> None:
     """The declared state, the sequence numbers and how far each host is programmed."""
     d = store.read()
@@ -103,66 +82,16 @@ def show(store: Store) -> None:
               f"openflow={h.openflow} programmed={programmed.get(h.host.system_id, 0)}")
 
 
-def _listener(remote: str) -> str | None:
-    """The passive OVS target that makes ``remote`` reachable (None for unix sockets)."""
-    kind, _, rest = remote.partition(":")
-    if kind == "tcp":
-        ip, _, port = rest.rpartition(":")
-        return f"ptcp:{port}:{ip}"
-    if kind == "unix":
-        return None
-    raise InvalidState(f"remote {remote!r}: expected tcp:IP:PORT or unix:PATH")
-
-
 def join(args: argparse.Namespace) -> int:
-    from hooks.ovsdb import connect as ovsdb
-
-    sid = check_name(args.system_id, "--system-id")
-    try:
-        ip = ipaddress.ip_address(args.underlay_ip)
-    except ValueError as exc:
-        raise InvalidState(f"--underlay-ip: {exc}") from exc
-    kinds = check_tunnel_types(args.tunnel_types, "--tunnel-types")
-    rec = HostRecord(Host(sid, ip, kinds), args.ovsdb or f"tcp:{ip}:6640",
-                     args.openflow or f"tcp:{ip}:6653")
-    ovsdb_listen, of_listen = _listener(rec.ovsdb), _listener(rec.openflow)
-    api = ovsdb.open_vswitch(args.host_db)
-    try:
-        try:  # before any write: a guard that cannot be applied leaves the host as it was
-            print(hostguard.ensure(args.host_guard, lambda: hostguard.datapaths_via(api)))
-        except hostguard.HostGuardError as exc:
-            raise InvalidState(str(exc)) from None
-        with api.transaction(check_error=True) as txn:
-            txn.add(api.db_set("Open_vSwitch", ".", ("external_ids", {
-                contract.SYSTEM_ID: sid,
-                contract.VEIL_UNDERLAY_IP: str(ip),
-                contract.VEIL_TUNNEL_TYPES: ",".join(kinds),
-            })))
-            txn.add(api.add_br(contract.INTEGRATION_BRIDGE, may_exist=True))
-            txn.add(api.db_set("Bridge", contract.INTEGRATION_BRIDGE, ("fail_mode", "secure")))
-            if ovsdb_listen:
-                txn.add(api.add_manager(ovsdb_listen))
-            if of_listen:
-                txn.add(api.set_controller(contract.INTEGRATION_BRIDGE, [of_listen]))
-    finally:
-        ovsdb.stop(api)
-    store = Store(args.controller)
-    try:
-        store.join(rec)
-    finally:
-        store.close()
-    print(f"host {sid} joined: controller reaches it at {rec.ovsdb} (OVSDB) and "
+    rec = host_record(args.system_id, args.underlay_ip, args.tunnel_types, args.ovsdb, args.openflow)
+    join_host(args.controller, rec, args.host_db, args.host_guard, say=print)
+    print(f"host {rec.host.system_id} joined: controller reaches it at {rec.ovsdb} (OVSDB) and "
           f"{rec.openflow} (OpenFlow)")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] == "lab":
-        from controller.lab import cli as lab_cli
-
-        return lab_cli.main(args_list[1:])
-    args = _parser().parse_args(args_list)
+    args = _parser().parse_args(argv)
     try:
         if args.cmd == "join":
             return join(args)
@@ -177,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.cmd == "network":
                 store.delete_network(args.name)
             elif args.cmd == "flows":
-                return print_flows(store, args.host)
+                for line in expected_flows(store, args.host):
+                    print(line)
             else:
                 show(store)
         finally:

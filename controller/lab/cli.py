@@ -1,4 +1,8 @@
-"""`veil-lab` (also `veil lab`): bring the two-DC lab up and down, look at it, use it."""
+"""`veil-lab`: bring the two-DC lab up and down, look at it, use it.
+
+Thin verbs: each parses its arguments and calls the lab's core (``controller.lab.lab``,
+``controller.lab.demo``, ``controller.lab.bench.runner``), which the tests call directly.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controller.lab import topology
-from controller.lab.lab import DEFAULT_ROOT, Lab, running_labs, teardown
+from controller.lab.lab import DEFAULT_ROOT, Lab, open_lab, running_labs, teardown
 
 
 def _say(msg: str) -> None:
@@ -17,23 +21,7 @@ def _say(msg: str) -> None:
 
 
 def _open(args: argparse.Namespace) -> Lab:
-    """The lab named by --prefix, or the only one running."""
-    root = Path(args.root)
-    prefix = args.prefix
-    if prefix is None:
-        labs = running_labs(root)
-        if len(labs) != 1:
-            raise SystemExit(
-                f"veil-lab: {'no lab is running' if not labs else 'several labs run: ' + ', '.join(labs)}; "
-                "name one with --prefix"
-            )
-        prefix = labs[0]
-    state = Lab.read_state(root / prefix)
-    if not state:
-        raise SystemExit(f"veil-lab: no lab {prefix} under {root}")
-    path = state.get("topology_path")
-    topo_path = Path(str(path)) if path else None
-    return Lab.attach(topology.load(topo_path), prefix, root)
+    return open_lab(Path(args.root), args.prefix)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -10,12 +10,13 @@ every daemon pid file).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -24,11 +25,15 @@ from pathlib import Path
 from controller.lab import netns
 from controller.lab.ovs import OvsInstance, require_ovs
 from controller.lab.topology import Host, Topology, Vm
+from controller.lab.topology import load as load_topology
 from hooks import contract
+from hooks.ovsdb.rpc import RpcRegistrar
+from hooks.vif import Vif
 
 DEFAULT_ROOT = Path(os.environ.get("VEIL_LAB_ROOT", "/run/veil-lab"))
 VM_MTU = 1400  # leaves room for the Geneve/VXLAN/GRE headers on a 1500-byte underlay
 STATE_FILE = "lab.json"
+PLUG_TIMEOUT = 10.0  # seconds per OVSDB plug/unplug: the lab's hosts share two busy cores
 
 Progress = Callable[[str], None]
 
@@ -232,29 +237,26 @@ class Lab:
         netns.guard_host_stack(target.ns, vm.port)
         netns.run(["ip", "link", "set", "eth0", "address", vm.mac], ns=vm.ns)
         netns.run(["ip", "addr", "replace", str(vm.spec.ip), "dev", "eth0"], ns=vm.ns)
-        # Exactly what libvirt runs for <interface type='bridge'><virtualport type='openvswitch'/>,
-        # plus veil's network key (what veil's hooks add).
-        ids = {
-            contract.ATTACHED_MAC: vm.mac,
-            contract.IFACE_ID: vm.iface_id,
-            contract.VM_ID: vm.spec.vm_id,
-            contract.IFACE_STATUS: contract.STATUS_ACTIVE,
-            contract.VEIL_NETWORK: vm.network,
-            contract.VEIL_TENANT: self.topo.network(vm.network).tenant,
-            contract.VEIL_IPS: vm.ip,
-        }
-        target.ovs.vsctl(
-            "--", "--may-exist", "add-port", contract.INTEGRATION_BRIDGE, vm.port,
-            *(arg for k, v in ids.items() for arg in ("--", "set", "Interface", vm.port, f'external_ids:{k}="{v}"')),
-        )
+        # veil's own registration code, as the qemu hook runs it for a tap veil adds: one
+        # OVSDB transaction creating the port with libvirt's four keys and veil's.
+        with _registrar(target) as registrar:
+            registrar.plug(self.vif(name), add_port=True)
         self._placement[name] = target.name
         self._record(placement=dict(self._placement))
+
+    def vif(self, name: str) -> Vif:
+        """VM ``name``'s NIC as veil's hooks register it: libvirt's keys plus veil's network,
+        tenant and IPs (what the domain XML's veil metadata says)."""
+        vm = self.vms[name]
+        return Vif(vm.iface_id, vm.spec.vm_id, vm.mac, vm.port, vm.network,
+                   tenant=self.topo.network(vm.network).tenant, extra={contract.VEIL_IPS: vm.ip})
 
     def unplug_vm(self, name: str) -> None:
         """Detach VM ``name`` from its host (as at VM stop): port and veth go, the VM ns stays."""
         host = self.hosts[self.placement(name)]
         vm = self.vms[name]
-        host.ovs.vsctl("--if-exists", "del-port", contract.INTEGRATION_BRIDGE, vm.port)
+        with _registrar(host) as registrar:
+            registrar.unplug(vm.port, delete_port=True)
         netns.run(["ip", "link", "del", vm.port], ns=host.ns)
         netns.unguard_host_stack(host.ns, vm.port)
         del self._placement[name]
@@ -334,6 +336,16 @@ class Lab:
         return lab
 
 
+@contextlib.contextmanager
+def _registrar(host: HostRuntime) -> Iterator[RpcRegistrar]:
+    """The qemu hook's registrar on ``host``'s OVSDB, closed afterwards (one per plug, as there)."""
+    registrar = RpcRegistrar(host.ovs.db_remote, timeout=PLUG_TIMEOUT)
+    try:
+        yield registrar
+    finally:
+        registrar.close()
+
+
 def teardown(rundir: Path, prefix: str) -> list[str]:
     """Delete a lab by name and by PID: recorded + prefixed namespaces, their processes, pid files, dirs."""
     state = Lab.read_state(rundir)
@@ -353,6 +365,23 @@ def teardown(rundir: Path, prefix: str) -> list[str]:
         netns.delete_netns(name)
     shutil.rmtree(rundir, ignore_errors=True)
     return sorted(names)
+
+
+def open_lab(root: Path = DEFAULT_ROOT, prefix: str | None = None) -> Lab:
+    """The running lab named ``prefix`` under ``root``, or the only one running there."""
+    if prefix is None:
+        labs = running_labs(root)
+        if len(labs) != 1:
+            raise RuntimeError(
+                f"{'no lab is running' if not labs else 'several labs run: ' + ', '.join(labs)}; "
+                "name one with --prefix"
+            )
+        prefix = labs[0]
+    state = Lab.read_state(root / prefix)
+    if not state:
+        raise RuntimeError(f"no lab {prefix} under {root}")
+    path = state.get("topology_path")
+    return Lab.attach(load_topology(Path(str(path)) if path else None), prefix, root)
 
 
 def running_labs(root: Path = DEFAULT_ROOT) -> list[str]:

@@ -9,7 +9,6 @@ there. Functional tests use this class directly as their fixture.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -146,7 +145,3 @@ class OvsInstance:
                 raise RuntimeError(f"{what} did not come up in {self.rundir}: {tail}")
             time.sleep(0.01)
 
-
-def tool_env(rundir: Path) -> dict[str, str]:
-    """Environment that points the stock OVS tools at the instance in ``rundir``."""
-    return OvsInstance(rundir).env() | {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin")}

@@ -1,4 +1,4 @@
-"""Run the real controller for a netns lab (the lab demo and the lab tests use this).
+"""Run veil on a netns lab: the one launcher the demo, the lab tests and the bench use.
 
     ctl = run_for_lab(lab)        # veil DB + config from the topology + `veil join` per host
     ...                           # + `veil-controller` as its own process
@@ -14,24 +14,23 @@ filesystem objects and so reachable from any namespace.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from hooks.ovsdb import connect as ovsdb
-from controller.core.model import Host, check_tunnel_types
-from controller.northbound.store import HostRecord, Store, StoreServer
-from hooks import contract
+from controller.join import host_record, join_host
+from controller.lab.lab import Lab
+from controller.northbound.store import Store, StoreServer
+
+LAB_RESYNC = 2.0  # seconds: the lab tests wait on resyncs, so shorter than the daemon's default
 
 
-def lab_config(lab: Any) -> str:
+def lab_config(lab: Lab) -> str:
     """The tenants/networks of the lab's topology as a controller config file (VNIs allocated)."""
     tenants: dict[str, list[dict[str, str]]] = {}
     for net in lab.topo.networks:
@@ -40,26 +39,12 @@ def lab_config(lab: Any) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def join_host(store: Store, system_id: str, underlay_ip: str, tunnel_types: str,
-              host_db: str, openflow: str) -> None:
-    """What `veil join` does on a host, for a lab host reachable through unix sockets."""
-    api = ovsdb.open_vswitch(host_db)
-    try:
-        api.db_set("Open_vSwitch", ".", ("external_ids", {
-            contract.SYSTEM_ID: system_id,
-            contract.VEIL_UNDERLAY_IP: underlay_ip,
-            contract.VEIL_TUNNEL_TYPES: tunnel_types,
-        })).execute(check_error=True)
-    finally:
-        ovsdb.stop(api)
-    kinds = check_tunnel_types(tunnel_types, f"host {system_id} tunnel types")
-    store.join(HostRecord(Host(system_id, ipaddress.ip_address(underlay_ip), kinds), host_db,
-                          openflow))
-
-
 class LabController:
-    def __init__(self, lab: Any) -> None:
+    """veil (its database and `veil-controller`) run for one lab, as an operator would run it."""
+
+    def __init__(self, lab: Lab, resync: float = LAB_RESYNC) -> None:
         self.lab = lab
+        self.resync = resync
         self.rundir = Path(lab.rundir) / "controller"
         self.server = StoreServer(self.rundir)
         self.config = self.rundir / "veil.yaml"
@@ -71,15 +56,17 @@ class LabController:
         return self.rundir / "controller.pid"
 
     def setup(self) -> None:
-        """Start the veil database, write the config and join every lab host."""
+        """Start the veil database, write the config and join every lab host (`veil join`'s
+        own code; no host guard: the lab guards each VM port itself, see ``Lab.plug_vm``)."""
         self.rundir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(lab_config(self.lab))
         self.server.start()
         store = Store(self.server.remote)
         try:
             for name, h in self.lab.hosts.items():
-                join_host(store, name, h.underlay_ip, self.lab.topo.tunnel, h.ovs.db_remote,
-                          f"unix:{h.ovs.mgmt_sock('br-int')}")
+                rec = host_record(name, h.underlay_ip, self.lab.topo.tunnel, h.ovs.db_remote,
+                                  f"unix:{h.ovs.mgmt_sock('br-int')}")
+                join_host(store, rec, h.ovs.db_remote, host_guard=None)
         finally:
             store.close()
 
@@ -88,7 +75,7 @@ class LabController:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller.daemon", "--db", self.server.remote,
-                 "--config", str(self.config), "--resync", "2"],
+                 "--config", str(self.config), "--resync", f"{self.resync:g}"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 cwd=str(Path(__file__).resolve().parents[2]),
             )
@@ -124,9 +111,9 @@ class LabController:
             time.sleep(0.1)
 
 
-def run_for_lab(lab: Any) -> LabController:
+def run_for_lab(lab: Lab, resync: float = LAB_RESYNC) -> LabController:
     """Start the controller for a lab that is up; returns its handle (call ``stop()``)."""
-    ctl = LabController(lab)
+    ctl = LabController(lab, resync)
     ctl.setup()
     try:
         ctl.start()

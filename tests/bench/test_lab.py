@@ -16,7 +16,7 @@ from controller.lab.bench import flowmods, labfigs
 from controller.lab.bench.results import Goal
 from controller.lab.bench.systems import OvnSystem, VeilSystem
 from controller.lab.lab import Lab
-from tests.conftest import unique_prefix
+from tests.support.names import unique_prefix
 
 pytestmark = pytest.mark.lab
 

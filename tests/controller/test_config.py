@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from controller import cli
 from controller.core.config import parse_config, resolve_networks
 from controller.core.model import InvalidState, Network
 from controller.northbound.store import Store, StoreServer
+from tests.support.poll import until
 
 
 @pytest.mark.parametrize(("text", "error"), [
@@ -49,18 +49,6 @@ def test_vnis_are_kept_across_reloads_and_allocated_smallest_free() -> None:
     existing = [Network("n", "a", 7), Network("cli-net", "a", 3)]
     again = {n.name: n.vni for n in resolve_networks(cfg, existing)}
     assert again == {"n": 7, "m": 1}  # n keeps its VNI; 3 stays the CLI network's
-
-
-@pytest.fixture
-def store_server() -> Iterator[StoreServer]:
-    rundir = Path(tempfile.mkdtemp(prefix="vlc-store-", dir="/tmp"))
-    server = StoreServer(rundir)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(rundir, ignore_errors=True)
 
 
 @pytest.mark.lab  # a real ovsdb-server
@@ -102,16 +90,13 @@ def test_veil_controller_runs_its_embedded_database(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     rundir = Path(tempfile.mkdtemp(prefix="vlc-ctl-", dir="/tmp"))
     server = StoreServer(rundir)
     proc = subprocess.Popen([sys.executable, "-m", "controller.daemon", "--rundir", str(rundir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 20
-        while not server.sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until("the veil database's socket", server.sock.exists, timeout=20)
         assert cli.main(["tenant", "add", "acme", "--db", server.remote]) == 0
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)

@@ -21,7 +21,7 @@ from controller.pipeline.flows import FlowId
 from controller.pipeline.incremental import Changes, Engine
 from controller.core.model import Binding, Host, InvalidState, Network, State, Tenant, TunnelPort
 from tests.support.flowsim import Fabric, arp_request, ipv4
-from tests.controller.test_core import mac, topologies
+from tests.support.strategies import mac, topologies
 
 
 def _event(draw: st.DrawFn, state: State) -> State:

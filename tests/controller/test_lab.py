@@ -10,7 +10,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,16 +18,12 @@ from controller.lab import topology
 from controller.lab.lab import Lab
 from controller.lab.run import LabController, run_for_lab
 from controller.northbound.store import Store
-from tests.conftest import programmed_lab, unique_prefix
+from tests.support.frames import SEND_RAW, Capture, arp_frame, rarp_frame, udp_frame
+from tests.support.labs import flows, programmed_lab
+from tests.support.names import unique_prefix
+from tests.support.poll import until
 
 pytestmark = pytest.mark.lab
-
-SEND_RAW = (
-    "import socket,sys\n"
-    "s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
-    "s.bind(('eth0',0))\n"
-    "for h in sys.argv[1:]: s.send(bytes.fromhex(h))\n"
-)
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +31,6 @@ def lab() -> Iterator[tuple[Lab, LabController]]:
     # every test starts from a programmed lab (each also runs alone with -k)
     with programmed_lab("c") as running:
         yield running
-
-
-def eventually(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.2)
-
-
-def flows(lab: Lab, host: str) -> str:
-    return lab.hosts[host].ovs.ofctl("dump-flows")
 
 
 def veil_flow_counters(lab: Lab) -> dict[tuple[str, str], int]:
@@ -67,53 +51,9 @@ def tunnel_remotes(lab: Lab, host: str) -> set[str]:
     return set(re.findall(r"remote_ip=\"?([0-9.]+)", out))
 
 
-def mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
-def ipv4_bytes(ip: str) -> bytes:
-    return bytes(int(x) for x in ip.split("."))
-
-
-def udp_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, payload: bytes) -> str:
-    udp = (4000).to_bytes(2, "big") + (4000).to_bytes(2, "big") + \
-        (8 + len(payload)).to_bytes(2, "big") + b"\0\0" + payload
-    ip = bytes([0x45, 0]) + (20 + len(udp)).to_bytes(2, "big") + b"\0\0\0\0\x40\x11\0\0" + \
-        ipv4_bytes(src_ip) + ipv4_bytes(dst_ip)
-    return (mac_bytes(dst_mac) + mac_bytes(src_mac) + b"\x08\x00" + ip + udp).hex()
-
-
-def arp_frame(eth_src: str, op: int, sha: str, spa: str, tpa: str) -> str:
-    body = b"\x00\x01\x08\x00\x06\x04" + op.to_bytes(2, "big") + mac_bytes(sha) + \
-        ipv4_bytes(spa) + b"\0" * 6 + ipv4_bytes(tpa)
-    return (b"\xff" * 6 + mac_bytes(eth_src) + b"\x08\x06" + body).hex()
-
-
-class Capture:
-    """tcpdump on one VM's eth0 for the duration of a ``with`` block."""
-
-    def __init__(self, lab: Lab, vm: str, bpf: str = "not ip6") -> None:
-        self.argv = ["ip", "netns", "exec", lab.vms[vm].ns, "tcpdump", "-i", "eth0", "-nn",
-                     "-e", "-A", "-l", "-U", bpf]
-        self.text = ""
-
-    def __enter__(self) -> Capture:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        assert self.proc.stderr is not None
-        self.proc.stderr.readline()  # "listening on eth0 ...": capture is armed
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        time.sleep(0.3)
-        self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=10)
-        self.text = out
-
-
 def test_each_tenant_pings_across_the_dcs(lab: tuple[Lab, LabController]) -> None:
     lab_, _ = lab
-    eventually("a1 (dc1) pings a2 (dc2)", lambda: lab_.ping("a1", "a2"))
+    until("a1 (dc1) pings a2 (dc2)", lambda: lab_.ping("a1", "a2"))
     for src, dst in (("a2", "a3"), ("a3", "a1"), ("b1", "b2"), ("b2", "b3"), ("b3", "b1")):
         assert lab_.ping(src, dst, count=2), f"{src} -> {dst}"
 
@@ -124,8 +64,8 @@ def test_tunnels_only_between_hosts_that_share_a_network(
 
     ip = {h: lab_.hosts[h].underlay_ip for h in lab_.hosts}
     # dc1-h2 has only acme (a3); dc2-h2 has only globex (b2): no tunnel between them
-    eventually("dc1-h1's tunnels to all others",
-               lambda: tunnel_remotes(lab_, "dc1-h1") == {ip["dc1-h2"], ip["dc2-h1"],
+    until("dc1-h1's tunnels to all others",
+          lambda: tunnel_remotes(lab_, "dc1-h1") == {ip["dc1-h2"], ip["dc2-h1"],
                                                           ip["dc2-h2"]})
     assert tunnel_remotes(lab_, "dc1-h2") == {ip["dc1-h1"], ip["dc2-h1"]}
     assert tunnel_remotes(lab_, "dc2-h2") == {ip["dc1-h1"], ip["dc2-h1"]}
@@ -224,12 +164,12 @@ def test_stopped_vm_is_unreachable_everywhere(lab: tuple[Lab, LabController]) ->
     lab_, _ = lab
     a3 = lab_.vms["a3"]
     lab_.unplug_vm("a3")
-    eventually("a3's flows gone from every host",
-               lambda: all(a3.mac not in flows(lab_, h) for h in lab_.hosts))
+    until("a3's flows gone from every host",
+          lambda: all(a3.mac not in flows(lab_, h) for h in lab_.hosts))
     assert not lab_.ping("a1", "a3", count=2, wait=0.5)
     assert lab_.ping("a1", "a2", count=2)
     # a3 was dc1-h2's only VM: it shares no network any more, so its tunnels go, both ends
-    eventually("dc1-h2's tunnels removed", lambda: tunnel_remotes(lab_, "dc1-h2") == set())
+    until("dc1-h2's tunnels removed", lambda: tunnel_remotes(lab_, "dc1-h2") == set())
     assert lab_.hosts["dc1-h2"].underlay_ip not in tunnel_remotes(lab_, "dc1-h1")
 
 
@@ -237,16 +177,9 @@ def test_moved_vm_keeps_its_connectivity(lab: tuple[Lab, LabController]) -> None
     lab_, _ = lab
     a2 = lab_.vms["a2"]
     lab_.move_vm("a2", "dc1-h2")  # DC2 -> DC1, same iface-id and MAC
-    eventually("a1 pings a2 on its new host", lambda: lab_.ping("a1", "a2"))
+    until("a1 pings a2 on its new host", lambda: lab_.ping("a1", "a2"))
     assert a2.mac not in flows(lab_, "dc2-h1").replace(f"dl_dst={a2.mac} actions=set_field", "")
     assert lab_.ping("b1", "b2", count=2)  # the other tenant is undisturbed
-
-
-def rarp_frame(mac: str) -> str:
-    """QEMU's self-announce after a migration: RARP request, sender = target = the guest."""
-    body = b"\x00\x01\x08\x00\x06\x04\x00\x03" + mac_bytes(mac) + b"\0" * 4 + \
-        mac_bytes(mac) + b"\0" * 4
-    return (b"\xff" * 6 + mac_bytes(mac) + b"\x80\x35" + body).hex()
 
 
 def test_live_migration_follows_the_guest_announcement(lab: tuple[Lab, LabController]) -> None:
@@ -274,15 +207,15 @@ def test_live_migration_follows_the_guest_announcement(lab: tuple[Lab, LabContro
                VEIL_IPS: b3.ip}
         dst.ovs.vsctl("add-port", "br-int", port, *(a for k, v in ids.items() for a in (
             "--", "set", "Interface", port, f'external_ids:{k}="{v}"')))
-        eventually("destination port seen as standby (punts RARP to the controller)",
-                   lambda: "CONTROLLER" in flows(lab_, dst_host))
+        until("destination port seen as standby (punts RARP to the controller)",
+              lambda: "CONTROLLER" in flows(lab_, dst_host))
         # before the announcement, b1's traffic still reaches the source copy
         with Capture(lab_, "b3", "icmp") as at_src:
             assert lab_.ping("b1", "b3", count=2)
         assert "ICMP echo request" in at_src.text
         netns.run(["python3", "-c", SEND_RAW, rarp_frame(b3.mac)], ns=ns)
-        eventually("traffic switched to the destination",
-                   lambda: f"dl_dst={b3.mac} actions=output" in flows(lab_, dst_host))
+        until("traffic switched to the destination",
+              lambda: f"dl_dst={b3.mac} actions=output" in flows(lab_, dst_host))
         with Capture(lab_, "b3", "icmp") as at_src_after:
             assert lab_.ping("b1", "b3", count=2)  # answered by the destination copy
         assert "ICMP echo request" not in at_src_after.text
@@ -328,7 +261,7 @@ def test_vxlan_and_gre_are_selectable(kind: str) -> None:
     try:
         lab_.up()
         ctl = run_for_lab(lab_)
-        eventually(f"a1 (dc1) pings a2 (dc2) over {kind}", lambda: lab_.ping("a1", "a2"))
+        until(f"a1 (dc1) pings a2 (dc2) over {kind}", lambda: lab_.ping("a1", "a2"))
         assert lab_.ping("b1", "b2", count=2)
         types = lab_.hosts["dc1-h1"].ovs.vsctl("--bare", "--columns=type", "find", "Interface",
                                                "external_ids:veil-remote!=''")

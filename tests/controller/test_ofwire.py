@@ -40,7 +40,7 @@ from controller.lab import netns
 from controller.lab.ovs import OvsInstance
 from controller.core.model import Binding, Host, Network, State, Tenant, TunnelPort
 from controller.southbound.session import CHUNK, OfSession, OpenFlowError
-from tests.controller.test_core import topologies
+from tests.support.strategies import topologies
 
 DP = ofp.protocol()
 FLAGS = ofp.OFP.OFPBF_ATOMIC | ofp.OFP.OFPBF_ORDERED

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from controller.service import Controller
 from controller.lab import netns
 from controller.northbound.store import HostRecord, Store, StoreServer
 from hooks import contract
-from tests.controller.test_config import store_server  # noqa: F401 (fixture)
+from tests.support.poll import until
 
 pytestmark = pytest.mark.lab
 ip = ipaddress.ip_address
@@ -160,14 +159,6 @@ def plug_two_vifs(ovs: OvsInstance) -> None:
                   f"external_ids:{VEIL_IPS}=198.19.0.{i}")
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path,
                                           caplog: pytest.LogCaptureFixture,
                                           store_server: StoreServer) -> None:
@@ -199,11 +190,11 @@ def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path,
         plug_two_vifs(ovs)
         to_2 = f"in_port=1,ip,dl_src={MAC[1]},dl_dst={MAC[2]},nw_src=198.19.0.1,nw_dst=198.19.0.2"
         p2 = dp_port(ovs, "p2")
-        wait_for("a -> b forwarding", lambda: trace(ovs, to_2) == p2)
+        until("a -> b forwarding", lambda: trace(ovs, to_2) == p2)
         # a config edit that names a bad field changes nothing
         cfg.write_text("tenants:\n  - name: A\n    networks:\n      - {name: na, vni: 0}\n")
-        wait_for("the reload to be rejected", lambda: "networks[0].vni: 0 is not a VNI" in
-                 caplog.text)
+        until("the reload to be rejected", lambda: "networks[0].vni: 0 is not a VNI" in
+              caplog.text)
         assert trace(ovs, to_2) == p2
         # a good edit is picked up without a restart: a new network, and a VIF in it
         cfg.write_text("tenants:\n  - name: A\n    networks:\n      - {name: na, vni: 10}\n"
@@ -212,14 +203,14 @@ def test_controller_programs_a_joined_host(ovs: OvsInstance, tmp_path: Path,
                   "ofport_request=3", f"external_ids:{contract.IFACE_ID}=vif3",
                   f'external_ids:{contract.ATTACHED_MAC}="{MAC[3]}"',
                   f"external_ids:{contract.VEIL_NETWORK}=nb")
-        wait_for("a VIF of the new network programmed",
-                 lambda: f"dl_dst={MAC[3]}" in ovs.ofctl("dump-flows"))
+        until("a VIF of the new network programmed",
+              lambda: f"dl_dst={MAC[3]}" in ovs.ofctl("dump-flows"))
         # flows someone else deletes are put back by the next quiet-period audit
         ovs.ofctl("del-flows", "table=30")
-        wait_for("deleted flows restored", lambda: trace(ovs, to_2) == p2)
+        until("deleted flows restored", lambda: trace(ovs, to_2) == p2)
         # the VM stops: its port goes, and so do its flows
         ovs.vsctl("del-port", "br-int", "p2")
-        wait_for("b's flows removed", lambda: MAC[2] not in ovs.ofctl("dump-flows"))
+        until("b's flows removed", lambda: MAC[2] not in ovs.ofctl("dump-flows"))
     finally:
         if ctl is not None:
             ctl.stop()
@@ -341,7 +332,7 @@ def test_controller_dials_a_host_over_tcp(ovs: OvsInstance, store_server: StoreS
     try:
         to_2 = f"in_port=1,ip,dl_src={MAC[1]},dl_dst={MAC[2]},nw_src=198.19.0.1,nw_dst=198.19.0.2"
         p2 = dp_port(ovs, "p2")
-        wait_for("forwarding programmed over TCP", lambda: trace(ovs, to_2) == p2, timeout=30)
+        until("forwarding programmed over TCP", lambda: trace(ovs, to_2) == p2, timeout=30)
         assert "OpenFlow tcp:127.0.0.1:16653 connected" in (tmp_path / "controller.log").read_text()
     finally:
         proc.terminate()

@@ -12,8 +12,9 @@ import pytest
 
 from controller.lab.ovs import OvsInstance
 from hooks.spool import PlugEvent, Spool, UnplugEvent
-from tests.support.rows import bridge_ports, wait_until
-from tests.hooks.test_registrar import make_vif
+from tests.support.poll import until
+from tests.support.rows import bridge_ports
+from tests.support.vifs import make_vif
 
 pytestmark = pytest.mark.lab
 
@@ -28,14 +29,14 @@ def test_hostd_replays_on_start_waits_out_ovsdb_and_follows_new_events(ovs: OvsI
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
     try:
-        wait_until("hostd noticed OVSDB is down", lambda: "will retry" in log.read_text())
+        until("hostd noticed OVSDB is down", lambda: "will retry" in log.read_text())
         assert len(spool.pending()) == 1
         ovs.start_ovsdb()
-        wait_until("spooled plug applied", lambda: bridge_ports(ovs) == ["tapk1"] and spool.pending() == [])
+        until("spooled plug applied", lambda: bridge_ports(ovs) == ["tapk1"] and spool.pending() == [])
         # A new event file (as a hook writes it) is picked up through watchdog.
         spool.append(PlugEvent(make_vif(port="tapk2", mac="52:54:00:00:00:02"), add_port=True))
         spool.append(UnplugEvent("tapk1", delete_port=True))
-        wait_until("new events applied", lambda: bridge_ports(ovs) == ["tapk2"] and spool.pending() == [])
+        until("new events applied", lambda: bridge_ports(ovs) == ["tapk2"] and spool.pending() == [])
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, log.read_text()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,25 +19,17 @@ from controller.lab import netns
 from controller.lab.ovs import OvsInstance
 from controller.northbound.store import StoreServer
 from hooks import hostguard
-from tests.conftest import unique_prefix
+from tests.support.fixtures import private_netns
+from tests.support.names import unique_prefix
 
 HOST_IP, VM1_IP, VM2_IP = "198.18.77.1", "198.19.77.10", "198.19.77.11"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@contextmanager
-def _namespace(name: str) -> Iterator[str]:
-    netns.add_netns(name)
-    try:
-        yield name
-    finally:
-        netns.delete_netns(name)
-
-
 @pytest.fixture
 def test_netns() -> Iterator[str]:
     """The host's namespace (overrides conftest's: this module's prefix is ``vlg``)."""
-    with _namespace(unique_prefix("g")) as name:
+    with private_netns(unique_prefix("g")) as name:
         yield name
 
 
@@ -156,7 +147,7 @@ def test_install_is_idempotent_and_off_removes_only_veil_rules(test_netns: str) 
 
 def test_auto_without_a_local_netdev_bridge_installs_nothing(ovs: OvsInstance) -> None:
     """br-int is netdev, but its switch lives in another namespace: rules here would guard nothing."""
-    with _namespace(unique_prefix("g")) as other:
+    with private_netns(unique_prefix("g")) as other:
         assert "host guard off (auto)" in _in_ns(other, "hooks.hostguard", "--db", ovs.db_remote)
         assert _veil_rules(other) == []
 

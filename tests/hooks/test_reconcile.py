@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hooks.reconcile import diff
 from hooks.spool import PlugEvent, UnplugEvent
-from tests.hooks.test_vif import vif
+from tests.support.vifs import vif
 
 A = vif(port="vnet0", vm_id="vm-a", iface_id="a0", mac="52:54:00:00:00:a0")
 B = vif(port="tapb0", vm_id="vm-b", iface_id="b0", mac="52:54:00:00:00:b0")

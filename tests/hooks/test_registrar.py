@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +12,9 @@ from hooks.errors import PlugRejected, RegistrarError
 from hooks.ovsdb.rpc import RpcRegistrar
 from hooks.registrar import Registrar
 from hooks.vif import Vif
+from tests.support.poll import until
 from tests.support.rows import bridge_ports, iface_ids
+from tests.support.vifs import make_vif
 
 pytestmark = pytest.mark.lab
 
@@ -29,15 +30,6 @@ def registrar(request: pytest.FixtureRequest, ovs: OvsInstance) -> Iterator[AnyR
         yield reg
     finally:
         reg.close()
-
-
-def make_vif(port: str = "tapk1", **kw: object) -> Vif:
-    base: dict[str, object] = dict(
-        iface_id="5b0b9f7e-1111-4d4e-8b8c-000000000001", vm_id="0d1f0a52-2222-4c6e-9a1b-000000000002",
-        mac="52:54:00:12:34:56", port=port, network="blue", tenant="acme",
-    )
-    base.update(kw)
-    return Vif.from_record(base)
 
 
 def libvirt_add_port(ovs: OvsInstance, port: str, vif: Vif) -> None:
@@ -59,7 +51,7 @@ def test_plug_adds_port_with_contract_and_veil_keys(registrar: AnyRegistrar, ovs
         "iface-id": vif.iface_id, "attached-mac": vif.mac, "iface-status": "active", "vm-id": vif.vm_id,
         "veil-network": "blue", "veil-tenant": "acme", "veil-owns-port": "true",
     }
-    assert registrar.registered() == [vif] or _eventually(registrar, [vif])
+    _shows(registrar, [vif])
 
 
 def test_plug_is_idempotent(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
@@ -113,7 +105,7 @@ def test_unplug_deactivates_and_drops_only_veil_keys(registrar: AnyRegistrar, ov
         "iface-id": vif.iface_id, "attached-mac": vif.mac, "iface-status": "inactive", "vm-id": vif.vm_id,
     }
     assert bridge_ports(ovs) == ["vnet3"]
-    assert _eventually(registrar, [])
+    _shows(registrar, [])
 
 
 def test_missing_bridge_is_a_transient_error(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
@@ -143,14 +135,10 @@ def test_both_registrars_write_identical_rows(ovs: OvsInstance) -> None:
         a.close()
 
 
-def _eventually(registrar: AnyRegistrar, expected: list[Vif]) -> bool:
+def _shows(registrar: AnyRegistrar, expected: list[Vif]) -> None:
     """The ovsdbapp IDL mirror lags the commit by one update message: allow it a moment."""
-    deadline = time.monotonic() + 3.0
-    while registrar.registered() != expected:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    until(f"registered() == {expected!r}", lambda: registrar.registered() == expected, timeout=3.0,
+          interval=0.02, detail=lambda: f"registered() is {registrar.registered()!r}")
 
 
 def test_unplug_vm_deletes_owned_and_deactivates_libvirt_ports(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
@@ -178,14 +166,19 @@ def test_registrar_recovers_after_ovsdb_restarts(registrar: AnyRegistrar, ovs: O
     with pytest.raises(RegistrarError):
         registrar.plug(make_vif(port="tapk2", mac="52:54:00:00:00:02"), add_port=True)
     ovs.start_ovsdb()
-    deadline = time.monotonic() + 15
-    while True:  # the ovsdbapp IDL reconnects with its own back-off
+    errors: list[RegistrarError] = []
+
+    def plugged() -> bool:
         try:
             registrar.plug(make_vif(port="tapk2", mac="52:54:00:00:00:02"), add_port=True)
-            break
-        except RegistrarError:
-            assert time.monotonic() < deadline, "registrar did not recover within 15 s"
-            time.sleep(0.2)
+        except RegistrarError as exc:
+            errors.append(exc)
+            return False
+        return True
+
+    # the ovsdbapp IDL reconnects with its own back-off
+    until("the registrar plugs again after OVSDB restarted", plugged, timeout=15, interval=0.2,
+          detail=lambda: f"last error: {errors[-1] if errors else None}")
     assert bridge_ports(ovs) == ["tapk1", "tapk2"]
 
 

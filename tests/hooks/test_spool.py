@@ -13,7 +13,7 @@ from hooks.registrar import Registrar
 from hooks.errors import RegistrarError
 from hooks.spool import PlugEvent, Spool, UnplugEvent, UnplugVmEvent, apply_event, drain, in_order, submit
 from tests.support.rows import bridge_ports, iface_ids
-from tests.hooks.test_registrar import make_vif
+from tests.support.vifs import make_vif
 
 pytestmark = pytest.mark.lab
 

@@ -11,12 +11,7 @@ from hypothesis import strategies as st
 from hooks import jsonlite
 from hooks.errors import VifError
 from hooks.vif import Vif
-
-
-def vif(**kw: object) -> Vif:
-    base: dict[str, object] = dict(iface_id="i-1", vm_id="vm-1", mac="52:54:00:AB:cd:01", port="vnet0", network="blue")
-    base.update(kw)
-    return Vif.from_record(base)
+from tests.support.vifs import vif
 
 
 def test_external_ids_carry_contract_and_veil_keys() -> None:

@@ -32,17 +32,10 @@ from controller.lab.lab import Lab
 from controller.lab.run import LabController, run_for_lab
 from controller.northbound.store import Store
 from hooks import contract
-from tests.conftest import programmed_lab, unique_prefix
-from tests.controller.test_lab import (
-    SEND_RAW,
-    Capture,
-    arp_frame,
-    eventually,
-    flows,
-    mac_bytes,
-    rarp_frame,
-    udp_frame,
-)
+from tests.support.frames import SEND_RAW, Capture, arp_frame, mac_bytes, rarp_frame, udp_frame
+from tests.support.labs import flows, programmed_lab
+from tests.support.names import unique_prefix
+from tests.support.poll import until
 
 pytestmark = pytest.mark.lab
 
@@ -443,7 +436,7 @@ def test_forged_vxlan_and_gre_packets_likewise(kind: str) -> None:
         lab_.up()
         ctl = run_for_lab(lab_)
         # every host's tunnels programmed: each tenant's third VM reaches both others
-        eventually(f"{kind} tunnels carry both tenants", lambda: all(
+        until(f"{kind} tunnels carry both tenants", lambda: all(
             lab_.ping(s, d) for s, d in (("a1", "a2"), ("b1", "b2"), ("a3", "a1"), ("a3", "a2"),
                                          ("b3", "b1"), ("b3", "b2"))))
         check_forged_tunnel_packets(lab_, ctl, kind)
@@ -543,8 +536,8 @@ def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]
     try:
         for name, (mac, ip, ids) in extra.items():
             plug_extra_vm(lab_, name, host, mac, ip, ids)
-        eventually("the registered extra VM is forwarded",
-                   lambda: lab_.ping("b2", "198.19.0.25"))
+        until("the registered extra VM is forwarded",
+              lambda: lab_.ping("b2", "198.19.0.25"))
 
         def attack() -> None:
             for name, (mac, ip, _) in extra.items():
@@ -600,8 +593,8 @@ def test_a_vm_with_another_tenants_mac_on_the_same_host_gets_none_of_its_traffic
     ns = plug_extra_vm(lab_, "bx", host, a1.mac, clone_ip, vm_ids(
         lab_, "bx", a1.mac, clone_ip, lab_.vms["b1"].network, **{contract.VEIL_TENANT: "globex"}))
     try:
-        eventually("the clone is reachable in tenant B",
-                   lambda: lab_.ping("b1", clone_ip) and lab_.ping("b2", clone_ip))
+        until("the clone is reachable in tenant B",
+              lambda: lab_.ping("b1", clone_ip) and lab_.ping("b2", clone_ip))
         dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-nn",
                                  "-e", "-l", "-U", "icmp or arp"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -654,8 +647,8 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
                VEIL_IPS: a2.ip}
         dst.ovs.vsctl("add-port", "br-int", port, *(a for k, v in ids.items() for a in (
             "--", "set", "Interface", port, f'external_ids:{k}="{v}"')))
-        eventually("the copy is a standby port (punts announcements to the controller)",
-                   lambda: "CONTROLLER" in flows(lab_, dst_host))
+        until("the copy is a standby port (punts announcements to the controller)",
+              lambda: "CONTROLLER" in flows(lab_, dst_host))
         forged = [
             rarp_frame(a2.mac),
             arp_frame(a2.mac, 1, a2.mac, a2.ip, a2.ip),
@@ -676,8 +669,8 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
         assert "ICMP echo request" in at_src.text, "the attack moved a2's traffic"
         # control: the guest's own announcement, on the standby port, does move it
         netns.run(["python3", "-c", SEND_RAW, rarp_frame(a2.mac)], ns=ns)
-        eventually("traffic switched to the copy",
-                   lambda: f"dl_dst={a2.mac} actions=output" in flows(lab_, dst_host))
+        until("traffic switched to the copy",
+              lambda: f"dl_dst={a2.mac} actions=output" in flows(lab_, dst_host))
         with Capture(lab_, "a2", "icmp") as after:
             assert lab_.ping("a1", "a2", count=2)
         assert "ICMP echo request" not in after.text
@@ -685,4 +678,4 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
         dst.ovs.vsctl("--if-exists", "del-port", "br-int", port)
         netns.delete_netns(ns)
         netns.unguard_host_stack(dst.ns, port)
-    eventually("a2's traffic back on its source host", lambda: lab_.ping("a1", "a2"))
+    until("a2's traffic back on its source host", lambda: lab_.ping("a1", "a2"))

@@ -25,7 +25,7 @@ from controller.core.migration import PacketIn, claims_after
 from controller.core.model import Binding, Host, Network, State, Tenant, TunnelPort, placement
 from controller.core.seen import SeenKey, first_seen_after, seen_key
 from tests.support.flowsim import CONTROLLER, Fabric, Packet, arp_request, ipv4, rarp, run_switch
-from tests.controller.test_core import topologies
+from tests.support.strategies import topologies
 
 FOREIGN_MAC = "52:54:00:ee:ee:ee"
 FOREIGN_IP = "198.19.7.7"

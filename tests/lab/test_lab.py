@@ -15,7 +15,7 @@ import pytest
 from controller.lab import netns, topology
 from controller.lab.lab import Lab, running_labs
 from hooks import contract
-from tests.conftest import unique_prefix
+from tests.support.names import unique_prefix
 
 pytestmark = pytest.mark.lab
 
@@ -190,7 +190,7 @@ def test_cli_drives_a_lab_end_to_end(tmp_path: Path) -> None:
 
     def veil(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "controller.cli", "lab", "--root", str(root), *args],
+            [sys.executable, "-m", "controller.lab.cli", "--root", str(root), *args],
             capture_output=True, text=True, env=env, timeout=120,
         )
 

@@ -21,8 +21,9 @@ import pytest
 from libvirt_hooks.domxml import VEIL_XMLNS
 from libvirt_hooks.install import CONFIG_NAME, install
 from libvirt_hooks.qemu_hook import HookConfig
-from tests.conftest import unique_prefix
-from tests.support.rows import rows, wait_until
+from tests.support.names import unique_prefix
+from tests.support.poll import until
+from tests.support.rows import rows
 from tests.support.libvirt import PrivateLibvirt
 
 pytestmark = pytest.mark.libvirt
@@ -154,7 +155,7 @@ def test_restore_and_libvirtd_restart_keep_registration(clean: Lab) -> None:
     lab.lv.start_libvirtd()
     lab.connect()
     # libvirtd reconnects to QEMU asynchronously: wait for the hook's reconnect to have run.
-    wait_until("reconnect hook", lambda: "vlk-b reconnect begin: registered" in Path(lab.cfg.log).read_text())
+    until("reconnect hook", lambda: "vlk-b reconnect begin: registered" in Path(lab.cfg.log).read_text())
     assert veil_rows(lab, uuid) == after_restore
     assert all(ids["iface-status"] == "active" for ids in veil_rows(lab, uuid).values())
 
@@ -230,11 +231,11 @@ def test_hotplug_on_q35_is_registered_by_the_agent_across_a_libvirtd_restart(
     a = agent()
     dom = start(lab, "vlk-e", [("ovs", "52:54:00:0e:00:01")], [("52:54:00:0e:00:01", "blue")], paused=False)
     uuid = dom.UUIDString()
-    wait_until("agent connected", lambda: "full reconciliation #1" in a.text(), detail=a.text)
+    until("agent connected", lambda: "full reconciliation #1" in a.text(), detail=a.text)
     lab.lv.stop_libvirtd()
     lab.lv.start_libvirtd()
     lab.connect()
-    wait_until("agent reconnected", lambda: "full reconciliation #2" in a.text(), detail=a.text)
+    until("agent reconnected", lambda: "full reconciliation #2" in a.text(), detail=a.text)
     dom = lab.conn.lookupByUUIDString(uuid)
     # The operator names the new NIC's network first, then hot-plugs it (no qemu hook fires).
     meta = "".join(f"<port mac='{m}' network='{n}'/>" for m, n in
@@ -246,10 +247,10 @@ def test_hotplug_on_q35_is_registered_by_the_agent_across_a_libvirtd_restart(
                           libvirt.VIR_DOMAIN_AFFECT_LIVE)
     dom.attachDeviceFlags("<interface type='ethernet'><mac address='52:54:00:0e:00:03'/><model type='virtio'/></interface>",
                           libvirt.VIR_DOMAIN_AFFECT_LIVE)
-    wait_until("hot-plugged NICs registered", lambda: sorted(
+    until("hot-plugged NICs registered", lambda: sorted(
         (ids["attached-mac"], ids["veil-network"]) for ids in veil_rows(lab, uuid).values()
     ) == [("52:54:00:0e:00:01", "blue"), ("52:54:00:0e:00:02", "red"), ("52:54:00:0e:00:03", "blue")],
-               detail=lambda: f"rows: {lab.interfaces(uuid)}\nagent log:\n{a.text()[-3000:]}")
+          detail=lambda: f"rows: {lab.interfaces(uuid)}\nagent log:\n{a.text()[-3000:]}")
 
 
 def test_twenty_domains_started_without_veil_are_reconciled_when_the_agent_starts(
@@ -270,7 +271,7 @@ def test_twenty_domains_started_without_veil_are_reconciled_when_the_agent_start
     lab.configure()
     began = time.monotonic()
     a = agent()
-    wait_until("20 domains reconciled", lambda: all(len(veil_rows(lab, u)) == 1 for u in uuids), timeout=60)
+    until("20 domains reconciled", lambda: all(len(veil_rows(lab, u)) == 1 for u in uuids), timeout=60)
     elapsed = time.monotonic() - began
     print(f"20 domains reconciled {elapsed:.2f}s after the agent started")
     assert "full reconciliation #1 done: 20 running domain(s)" in a.text()
@@ -285,14 +286,14 @@ def test_agent_leaves_the_ports_of_a_domain_it_cannot_read_alone(clean: Lab, age
     dom = start(lab, "vlk-f", [("ovs", "52:54:00:0f:00:01")], [("52:54:00:0f:00:01", "blue")])
     uuid = dom.UUIDString()
     a = agent()
-    wait_until("agent connected", lambda: "full reconciliation #1" in a.text(), detail=a.text)
+    until("agent connected", lambda: "full reconciliation #1" in a.text(), detail=a.text)
     before = veil_rows(lab, uuid)
     assert len(before) == 1
     # A fragment with an undeclared prefix: libvirt 9.0 stores it and then serves domain XML
     # that is not well-formed. "Cannot read" must not turn into "has no VIFs, unplug them".
     dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<ports><veil:port mac='52:54:00:0f:00:01' network='red'/></ports>",
                     "veil", VEIL_XMLNS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-    wait_until("agent read the domain", lambda: "leaving its ports as they are" in a.text(), detail=a.text)
+    until("agent read the domain", lambda: "leaving its ports as they are" in a.text(), detail=a.text)
     assert veil_rows(lab, uuid) == before
 
 
@@ -304,7 +305,7 @@ def test_agent_waits_out_an_ovsdb_outage(clean: Lab, agent: Callable[[], Agent])
     lab.lv.ovs.stop_ovsdb()
     try:
         a = agent()
-        wait_until("agent saw the outage", lambda: "OVSDB unavailable" in a.text(), detail=a.text)
+        until("agent saw the outage", lambda: "OVSDB unavailable" in a.text(), detail=a.text)
     finally:
         lab.lv.ovs.start_ovsdb()
-    wait_until("registered once OVSDB is back", lambda: len(veil_rows(lab, dom.UUIDString())) == 1, detail=a.text)
+    until("registered once OVSDB is back", lambda: len(veil_rows(lab, dom.UUIDString())) == 1, detail=a.text)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from controller.lab import netns
 from controller.lab.ovs import OvsInstance
+from tests.support.poll import until
 
 REQUIRED = ("libvirtd", "qemu-system-x86_64", "nsenter", "unshare", "virsh")
 # Bind mounts inside the private mount namespace: host-side dir name -> mount point.
@@ -153,11 +153,10 @@ class PrivateLibvirt:
 
 def _wait_for(path: Path, what: str, proc: subprocess.Popen[bytes] | None, log: Path | None = None,
               timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
+    def appeared() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode} before {path} appeared")
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-2000:] if log is not None and log.exists() else "(no log)"
-            raise RuntimeError(f"{what} did not come up within {timeout}s ({path}): {tail}")
-        time.sleep(0.05)
+        return path.exists()
+
+    until(f"{what} up ({path} exists)", appeared, timeout,
+          detail=lambda: log.read_text()[-2000:] if log is not None and log.exists() else "(no log)")

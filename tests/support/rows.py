@@ -1,10 +1,8 @@
-"""Test helpers of the hook/libvirt tests: Interface rows read back from a real ovsdb-server, polling."""
+"""Test helpers of the hook/libvirt tests: Interface rows read back from a real ovsdb-server."""
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 
 from controller.lab.ovs import OvsInstance
 
@@ -36,13 +34,3 @@ def iface_ids(ovs: OvsInstance, name: str) -> dict[str, str] | None:
 
 def bridge_ports(ovs: OvsInstance, bridge: str = "br-int") -> list[str]:
     return sorted(ovs.vsctl("list-ports", bridge).split())
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0,
-               detail: Callable[[], str] = lambda: "") -> None:
-    """Poll ``check`` until true; fail naming ``what`` (and ``detail()``) after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}\n{detail()}")
-        time.sleep(0.05)

@@ -4,28 +4,26 @@ a running sync daemon, and OVSDB reads through the stock ovs-vsctl."""
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import tempfile
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from controller.lab import netns
 from controller.lab.ovs import OvsInstance
+from tests.support.names import unique_prefix
 from tests.support.xapi_sim import XapiSim
 
-PREFIX = "vlx"
 REPO = Path(__file__).resolve().parents[2]
 
 
 def unique(kind: str) -> str:
-    return f"{PREFIX}{kind}{secrets.token_hex(3)}"
+    """A per-run name for the Xen tests (``vlx<kind>...``)."""
+    return unique_prefix(f"x{kind}")
 
 
 @contextmanager
@@ -143,13 +141,3 @@ def bridge_ids(ovs: OvsInstance, bridge: str = "br-int") -> dict[str, str]:
     return {k: v for k, v in json.loads(out)["data"][0][0][1]}
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll until ``check()`` is truthy (returns it); fail with ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")

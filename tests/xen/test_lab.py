@@ -1,9 +1,9 @@
 """A XenServer-style host and a KVM-style host in the two-DC lab, one tenant network, pinging.
 
-dc1-h1 is plugged the KVM way (the lab writes libvirt's keys). dc2-h1 is a XenServer host: its
-VM's port is ``vif<domid>.0`` added by an emulation of xenopsd's vif script (xs-* keys and
-attached-mac only), and everything else (iface-id, vm-id, iface-status, veil-network, veil-ips)
-comes from veil-xapi-sync following the simulated xapi. The real controller does the rest.
+dc1-h1 is plugged the KVM way (the lab registers it with veil's qemu-hook registrar). dc2-h1
+is a XenServer host: its VM's port is ``vif<domid>.0`` added by an emulation of xenopsd's vif
+script (xs-* keys and attached-mac only), and everything else (iface-id, vm-id, iface-status,
+veil-network, veil-ips) comes from veil-xapi-sync following the simulated xapi. The real controller does the rest.
 When the xapi network leaves veil, the registration goes and so does the path.
 """
 
@@ -16,9 +16,10 @@ import pytest
 from controller.lab import netns, topology
 from controller.lab.lab import VM_MTU, Lab
 from controller.lab.run import LabController, run_for_lab
-from tests.conftest import unique_prefix
+from tests.support.names import unique_prefix
 from tests.support.xapi_sim import XapiSim
-from tests.support.xen import Host, interfaces, running_daemon, simulated_xapi, vif_script, wait_for
+from tests.support.poll import until
+from tests.support.xen import Host, interfaces, running_daemon, simulated_xapi, vif_script
 
 pytestmark = pytest.mark.lab
 
@@ -66,14 +67,14 @@ def test_xen_and_kvm_vms_on_one_tenant_network_ping(lab: tuple[Lab, LabControlle
         host = Host(XEN_HOST, ref, sim.record("host", ref)["uuid"], xen.ovs)
         vif_uuid, net = boot_xen_vm(the_lab, sim, host)
         with running_daemon(sim, host, manage_ports=False):
-            row = wait_for("veil-xapi-sync registered the Xen VIF",
-                           lambda: interfaces(xen.ovs)[f"vif{DOMID}.0"].get("veil-network"))
+            row = until("veil-xapi-sync registered the Xen VIF",
+                        lambda: interfaces(xen.ovs)[f"vif{DOMID}.0"].get("veil-network"))
             assert row == "acme-net"
             assert interfaces(xen.ovs)[f"vif{DOMID}.0"]["iface-id"] == vif_uuid
-            wait_for("KVM VM pings the Xen VM", lambda: the_lab.ping(KVM_VM, XEN_VM), timeout=30)
+            until("KVM VM pings the Xen VM", lambda: the_lab.ping(KVM_VM, XEN_VM), timeout=30)
             assert the_lab.ping(XEN_VM, KVM_VM), "and back"
 
             sim.set_other_config("network", net, "veil-network", None)  # the network leaves veil
-            wait_for("registration retracted",
-                     lambda: "veil-network" not in interfaces(xen.ovs)[f"vif{DOMID}.0"])
-            wait_for("no more replies", lambda: not the_lab.ping(KVM_VM, XEN_VM), timeout=30)
+            until("registration retracted",
+                  lambda: "veil-network" not in interfaces(xen.ovs)[f"vif{DOMID}.0"])
+            until("no more replies", lambda: not the_lab.ping(KVM_VM, XEN_VM), timeout=30)

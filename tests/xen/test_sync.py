@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.xapi_sim import XapiSim
+from tests.support.poll import until
 from tests.support.xen import (
     Host,
     bridge_ids,
@@ -18,7 +19,6 @@ from tests.support.xen import (
     simulated_host,
     simulated_xapi,
     vif_script,
-    wait_for,
 )
 
 pytestmark = pytest.mark.lab
@@ -56,7 +56,7 @@ def test_vm_start_registers_its_veil_vifs_with_the_contract_keys(xapi: XapiSim, 
     xapi.add_vif(vm, plain, "1", "aa:16:3e:00:00:02")
     with running_daemon(xapi, host_a):
         xapi.start_vm(vm, host_a.ref, domid=5)
-        row = wait_for("vif5.0 registered", lambda: interfaces(host_a.ovs).get("vif5.0"))
+        row = until("vif5.0 registered", lambda: interfaces(host_a.ovs).get("vif5.0"))
         vif_uuid = xapi.record("vif", vif0)["uuid"]
         assert row == {
             "iface-id": vif_uuid,
@@ -81,7 +81,7 @@ def test_nicira_overrides_win_and_vif_network_beats_xapi_network(xapi: XapiSim, 
                  other_config={"nicira-iface-id": "port-from-cms", "veil-network": "red"})
     with running_daemon(xapi, host_a):
         xapi.start_vm(vm, host_a.ref, domid=2)
-        row = wait_for("vif2.0 registered", lambda: interfaces(host_a.ovs).get("vif2.0"))
+        row = until("vif2.0 registered", lambda: interfaces(host_a.ovs).get("vif2.0"))
         assert (row["iface-id"], row["vm-id"], row["veil-network"]) == ("port-from-cms", "vm-from-cms", "red")
         assert bridge_ids(host_a.ovs)["bridge-id"] == "bridge-42"
 
@@ -91,13 +91,13 @@ def test_vif_hotplug_and_unplug_follow_xapi(xapi: XapiSim, host_a: Host) -> None
     vm, _ = veil_vm(xapi, "app", "aa:16:3e:00:00:21", net)
     with running_daemon(xapi, host_a):
         xapi.start_vm(vm, host_a.ref, domid=7)
-        wait_for("vif7.0", lambda: "vif7.0" in interfaces(host_a.ovs))
+        until("vif7.0", lambda: "vif7.0" in interfaces(host_a.ovs))
         hot = xapi.add_vif(vm, net, "1", "aa:16:3e:00:00:22")  # VIF.create + VIF.plug on a running VM
-        row = wait_for("hotplugged vif7.1", lambda: interfaces(host_a.ovs).get("vif7.1"))
+        row = until("hotplugged vif7.1", lambda: interfaces(host_a.ovs).get("vif7.1"))
         assert row["iface-id"] == xapi.record("vif", hot)["uuid"]
         assert row["attached-mac"] == "aa:16:3e:00:00:22"
         xapi.unplug_vif(hot)
-        wait_for("vif7.1 removed", lambda: "vif7.1" not in interfaces(host_a.ovs))
+        until("vif7.1 removed", lambda: "vif7.1" not in interfaces(host_a.ovs))
         assert "vif7.0" in interfaces(host_a.ovs)
 
 
@@ -108,9 +108,9 @@ def test_vm_shutdown_removes_its_ports(xapi: XapiSim, host_a: Host) -> None:
     with running_daemon(xapi, host_a):
         xapi.start_vm(vm, host_a.ref, domid=3)
         xapi.start_vm(other, host_a.ref, domid=4)
-        wait_for("both VMs", lambda: {"vif3.0", "vif4.0"} <= set(interfaces(host_a.ovs)))
+        until("both VMs", lambda: {"vif3.0", "vif4.0"} <= set(interfaces(host_a.ovs)))
         xapi.shutdown_vm(vm)
-        wait_for("vif3.0 removed", lambda: "vif3.0" not in interfaces(host_a.ovs))
+        until("vif3.0 removed", lambda: "vif3.0" not in interfaces(host_a.ovs))
         assert interfaces(host_a.ovs)["vif4.0"]["iface-status"] == "active"
 
 
@@ -122,11 +122,11 @@ def test_live_migration_moves_the_registration_to_the_new_host(
     iface_id = xapi.record("vif", vif)["uuid"]
     with running_daemon(xapi, host_a), running_daemon(xapi, host_b):
         xapi.start_vm(vm, host_a.ref, domid=3)
-        wait_for("on A", lambda: interfaces(host_a.ovs).get("vif3.0", {}).get("iface-id") == iface_id)
+        until("on A", lambda: interfaces(host_a.ovs).get("vif3.0", {}).get("iface-id") == iface_id)
         assert "vif3.0" not in interfaces(host_b.ovs)
         xapi.migrate_vm(vm, host_b.ref, domid=9)
-        wait_for("on B", lambda: interfaces(host_b.ovs).get("vif9.0", {}).get("iface-id") == iface_id)
-        wait_for("gone from A", lambda: "vif3.0" not in interfaces(host_a.ovs))
+        until("on B", lambda: interfaces(host_b.ovs).get("vif9.0", {}).get("iface-id") == iface_id)
+        until("gone from A", lambda: "vif3.0" not in interfaces(host_a.ovs))
         assert interfaces(host_b.ovs)["vif9.0"]["iface-status"] == "active"
         assert "vif9.0" not in interfaces(host_a.ovs)
 
@@ -143,16 +143,16 @@ def test_live_migration_on_xenserver_ports_is_active_on_both_hosts_meanwhile(
     with running_daemon(xapi, host_a, manage_ports=False), running_daemon(xapi, host_b, manage_ports=False):
         xapi.start_vm(vm, host_a.ref, domid=3)
         vif_script(xapi, host_a.ovs, "vif3.0", vif)
-        wait_for("on A", lambda: interfaces(host_a.ovs)["vif3.0"].get("iface-id") == iface_id)
+        until("on A", lambda: interfaces(host_a.ovs)["vif3.0"].get("iface-id") == iface_id)
         vif_script(xapi, host_b.ovs, "vif9.0", vif)  # migration under way: xapi still says A, domid 3
-        wait_for("on B, mid-migration",
-                 lambda: interfaces(host_b.ovs)["vif9.0"].get("iface-status") == "active")
+        until("on B, mid-migration",
+              lambda: interfaces(host_b.ovs)["vif9.0"].get("iface-status") == "active")
         assert interfaces(host_b.ovs)["vif9.0"]["iface-id"] == iface_id
         assert interfaces(host_a.ovs)["vif3.0"]["iface-status"] == "active", "both active meanwhile"
         xapi.migrate_vm(vm, host_b.ref, domid=9)
         host_a.ovs.vsctl("del-port", "vif3.0")  # xenopsd on A: the source domain is gone
         xapi.set_other_config("vif", vif, "veil-tenant", "acme")  # a later change reaches B's row
-        wait_for("B follows after the switch", lambda: interfaces(host_b.ovs)["vif9.0"].get("veil-tenant") == "acme")
+        until("B follows after the switch", lambda: interfaces(host_b.ovs)["vif9.0"].get("veil-tenant") == "acme")
         assert interfaces(host_b.ovs)["vif9.0"]["iface-status"] == "active"
         assert "vif3.0" not in interfaces(host_a.ovs)
 
@@ -164,17 +164,17 @@ def test_xapi_restart_mid_stream_loses_nothing(xapi: XapiSim, host_a: Host) -> N
     third, _ = veil_vm(xapi, "third", "aa:16:3e:00:00:53", net)
     with running_daemon(xapi, host_a) as daemon:
         xapi.start_vm(first, host_a.ref, domid=1)
-        wait_for("first", lambda: "vif1.0" in interfaces(host_a.ovs))
+        until("first", lambda: "vif1.0" in interfaces(host_a.ovs))
         resyncs = daemon.resyncs
         xapi.stop()  # cuts the daemon's event.from mid-poll; sessions are gone
         xapi.shutdown_vm(first)  # what happens while xapi is down reaches the database only
         xapi.start_vm(second, host_a.ref, domid=2)
         xapi.start()
-        wait_for("state after the restart",
-                 lambda: (names := set(interfaces(host_a.ovs))) and "vif2.0" in names and "vif1.0" not in names)
+        until("state after the restart",
+              lambda: (names := set(interfaces(host_a.ovs))) and "vif2.0" in names and "vif1.0" not in names)
         assert daemon.resyncs > resyncs, "a new xapi session must start with a full resync"
         xapi.start_vm(third, host_a.ref, domid=3)  # and the stream is followed again afterwards
-        wait_for("third", lambda: "vif3.0" in interfaces(host_a.ovs))
+        until("third", lambda: "vif3.0" in interfaces(host_a.ovs))
 
 
 def test_session_invalidated_without_disconnect_triggers_full_resync(xapi: XapiSim, host_a: Host) -> None:
@@ -183,12 +183,12 @@ def test_session_invalidated_without_disconnect_triggers_full_resync(xapi: XapiS
     net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
     vm, _ = veil_vm(xapi, "vm", "aa:16:3e:00:00:61", net)
     with running_daemon(xapi, host_a) as daemon:
-        wait_for("first snapshot", lambda: daemon.resyncs >= 1)
+        until("first snapshot", lambda: daemon.resyncs >= 1)
         with xapi.db.lock:
             xapi.db.sessions.clear()
         xapi.start_vm(vm, host_a.ref, domid=6)
-        wait_for("vm registered", lambda: "vif6.0" in interfaces(host_a.ovs))
-        wait_for("a second full resync", lambda: daemon.resyncs >= 2)
+        until("vm registered", lambda: "vif6.0" in interfaces(host_a.ovs))
+        until("a second full resync", lambda: daemon.resyncs >= 2)
 
 
 def test_start_reconciles_stale_and_missing_registrations(xapi: XapiSim, host_a: Host) -> None:
@@ -205,7 +205,7 @@ def test_start_reconciles_stale_and_missing_registrations(xapi: XapiSim, host_a:
               "external_ids:iface-id=kvm", "external_ids:attached-mac=52:54:00:00:00:01",
               "external_ids:vm-id=kvm-vm", "external_ids:iface-status=active", "external_ids:veil-network=blue")
     with running_daemon(xapi, host_a):
-        wait_for("reconciled", lambda: (names := set(interfaces(ovs))) and "vif4.0" in names and "vif9.0" not in names)
+        until("reconciled", lambda: (names := set(interfaces(ovs))) and "vif4.0" in names and "vif9.0" not in names)
         assert interfaces(ovs)["vif4.0"]["iface-id"] == xapi.record("vif", vif)["uuid"]
         assert interfaces(ovs)["vnet0"]["veil-network"] == "blue", "ports that are not Xen's are left alone"
 
@@ -222,22 +222,22 @@ def test_xenopsd_made_ports_get_completed_and_tap_vif_pairing(xapi: XapiSim, hos
     with running_daemon(xapi, host_a, manage_ports=False, poll_timeout=60):
         xapi.start_vm(vm, host_a.ref, domid=8)
         vif_script(xapi, ovs, "vif8.0", vif)
-        row = wait_for("vif8.0 completed", lambda: interfaces(ovs)["vif8.0"].get("iface-id"))
+        row = until("vif8.0 completed", lambda: interfaces(ovs)["vif8.0"].get("iface-id"))
         assert row == rec["vif"]["uuid"]
         vif_script(xapi, ovs, "tap8.0", vif)
-        wait_for("tap active, vif inactive",
-                 lambda: interfaces(ovs)["tap8.0"].get("iface-status") == "active"
-                 and interfaces(ovs)["vif8.0"].get("iface-status") == "inactive")
+        until("tap active, vif inactive",
+              lambda: interfaces(ovs)["tap8.0"].get("iface-status") == "active"
+              and interfaces(ovs)["vif8.0"].get("iface-status") == "inactive")
         tap = interfaces(ovs)["tap8.0"]
         assert (tap["iface-id"], tap["attached-mac"], tap["xs-vif-uuid"]) == (
             rec["vif"]["uuid"], "aa:16:3e:00:00:81", rec["vif"]["uuid"])
         assert "veil-owns-port" not in interfaces(ovs)["vif8.0"], "veil did not create this port"
         ovs.vsctl("del-port", "tap8.0")  # PV drivers loaded: xenopsd unplugs the emulated NIC
-        wait_for("the vif active again", lambda: interfaces(ovs)["vif8.0"].get("iface-status") == "active")
+        until("the vif active again", lambda: interfaces(ovs)["vif8.0"].get("iface-status") == "active")
         xapi.set_other_config("network", net, "veil-network", None)  # the network leaves veil
-        wait_for("registration retracted",
-                 lambda: "veil-network" not in interfaces(ovs)["vif8.0"]
-                 and interfaces(ovs)["vif8.0"].get("iface-status") == "inactive")
+        until("registration retracted",
+              lambda: "veil-network" not in interfaces(ovs)["vif8.0"]
+              and interfaces(ovs)["vif8.0"].get("iface-status") == "inactive")
         assert "vif8.0" in interfaces(ovs), "xenopsd's port is xenopsd's to delete"
 
 
@@ -247,9 +247,9 @@ def test_daemon_started_before_xapi_waits_and_then_syncs(xapi: XapiSim, host_a: 
     xapi.start_vm(vm, host_a.ref, domid=2)
     xapi.stop()
     with running_daemon(xapi, host_a) as daemon:
-        wait_for("a failed connection attempt", lambda: "retrying in" in daemon.text())
+        until("a failed connection attempt", lambda: "retrying in" in daemon.text())
         xapi.start()
-        wait_for("registered once xapi is up", lambda: "vif2.0" in interfaces(host_a.ovs))
+        until("registered once xapi is up", lambda: "vif2.0" in interfaces(host_a.ovs))
 
 
 def test_ovsdb_down_longer_than_its_timeout_is_retried_until_it_is_back(xapi: XapiSim, host_a: Host) -> None:
@@ -258,12 +258,12 @@ def test_ovsdb_down_longer_than_its_timeout_is_retried_until_it_is_back(xapi: Xa
     second, _ = veil_vm(xapi, "second", "aa:16:3e:00:00:a2", net)
     with running_daemon(xapi, host_a, ovsdb_timeout=0.5) as daemon:
         xapi.start_vm(first, host_a.ref, domid=1)
-        wait_for("first", lambda: "vif1.0" in interfaces(host_a.ovs))
+        until("first", lambda: "vif1.0" in interfaces(host_a.ovs))
         host_a.ovs.stop_ovsdb()
         xapi.start_vm(second, host_a.ref, domid=2)
-        wait_for("a failed OVSDB write, to be retried", lambda: "OVSDB: " in daemon.text())
+        until("a failed OVSDB write, to be retried", lambda: "OVSDB: " in daemon.text())
         host_a.ovs.start_ovsdb()
-        wait_for("second, after OVSDB came back", lambda: "vif2.0" in interfaces(host_a.ovs), timeout=30)
+        until("second, after OVSDB came back", lambda: "vif2.0" in interfaces(host_a.ovs), timeout=30)
         assert interfaces(host_a.ovs)["vif2.0"]["iface-status"] == "active"
 
 
@@ -278,9 +278,9 @@ def test_start_on_xenserver_ports_completes_known_vifs_and_retracts_unknown_ones
               "external_ids:attached-mac=aa:16:3e:00:00:b6", "external_ids:vm-id=old-vm",
               "external_ids:iface-status=active", "external_ids:veil-network=blue")
     with running_daemon(xapi, host_a, manage_ports=False):
-        wait_for("reconciled at start",
-                 lambda: interfaces(ovs)["vif4.0"].get("iface-id") == xapi.record("vif", vif)["uuid"]
-                 and interfaces(ovs)["vif6.0"].get("iface-status") == "inactive")
+        until("reconciled at start",
+              lambda: interfaces(ovs)["vif4.0"].get("iface-id") == xapi.record("vif", vif)["uuid"]
+              and interfaces(ovs)["vif6.0"].get("iface-status") == "inactive")
         assert "veil-network" not in interfaces(ovs)["vif6.0"]
         assert "vif6.0" in interfaces(ovs), "not veil's port to delete"
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-from controller import cli as veil_cli
-from controller.lab import netns
-from controller.lab.bench.labfigs import REPO, BenchError
-from controller.northbound.store import StoreServer
-
-from controller.lab.bench.labfigs import port_ids
+from controller.lab.bench.labfigs import BenchError, port_ids
 from controller.lab.bench.ovn import Ovn
 from controller.lab.lab import HostRuntime, Lab, VmRuntime
+from controller.lab.run import LabController, run_for_lab
 from hooks import contract
+from hooks.ovsdb.connect import OvsdbUnreachable
+
+DAEMON_RESYNC = 5.0  # veil-controller's default resync period: the bench measures it as shipped
 
 
 class OvnSystem:
@@ -107,58 +101,35 @@ class PlainSystem:
 
 
 class VeilSystem:
-    """veil's controller as an operator runs it: embedded store, hosts joined, `veil-controller`.
+    """veil as an operator runs it: its database, every host joined, `veil-controller`.
 
-    The controller process runs in its own namespace ``<prefix>-veilc`` (so ``Lab.down()``
-    removes it by name) and reaches every host's OVSDB and br-int over unix sockets.
+    Started through ``controller.lab.run`` (the launcher of the demo and the lab tests), with
+    the daemon's default resync period; its pid files live in the lab's run directory, so
+    ``Lab.down()`` finds them whatever happens.
     """
 
     name = "veil"
 
     def __init__(self) -> None:
-        self.lab: Lab | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.ctl: LabController | None = None
 
-    def _lab(self) -> Lab:
-        if self.lab is None:
+    def _ctl(self) -> LabController:
+        if self.ctl is None:
             raise RuntimeError("veil is not started")
-        return self.lab
-
-    @property
-    def rundir(self) -> Path:
-        return self._lab().rundir / "veil"
+        return self.ctl
 
     def start(self, lab: Lab) -> None:
-        self.lab = lab
-        server = StoreServer(self.rundir)
-        server.start()
-        cfg = self.rundir / "veil.yaml"
-        lines = ["tenants:"]
-        for tenant in lab.topo.tenants:
-            lines += [f"  - name: {tenant}", "    networks:"]
-            lines += [f"      - {{name: {n.name}, subnet: {n.subnet}}}" for n in lab.topo.networks if n.tenant == tenant]
-        cfg.write_text("\n".join(lines) + "\n")
-        for h in lab.hosts.values():
-            with contextlib.redirect_stdout(io.StringIO()):
-                rc = veil_cli.main(["join", "--controller", server.remote, "--system-id", h.name,
-                                    "--underlay-ip", h.underlay_ip, "--host-db", h.ovs.db_remote,
-                                    "--ovsdb", h.ovs.db_remote, "--openflow", f"unix:{h.ovs.mgmt_sock('br-int')}"])
-            if rc != 0:
-                raise BenchError(f"veil join {h.name} failed ({rc})")
-        ns = lab.ns_name("veilc")
-        netns.add_netns(ns)
-        log = open(self.rundir / "controller.log", "wb")
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "controller.daemon", "--db", server.remote,
-             "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        log.close()
-        # ``ip netns exec`` execs the command: this pid is the controller's own
-        (self.rundir / "controller.pid").write_text(f"{self.proc.pid}\n")
+        try:
+            self.ctl = run_for_lab(lab, resync=DAEMON_RESYNC)
+        except OvsdbUnreachable as exc:  # a measurement error: the bench records it and goes on
+            raise BenchError(f"veil could not join the lab's hosts: {exc}") from exc
+        proc = self.ctl.proc
+        assert proc is not None
         deadline = time.monotonic() + 30
         while not lab.ping("a1", "a2", count=1, wait=0.3):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.rundir / "controller.log").read_text()[-1500:]
-                raise BenchError(f"veil-controller did not connect a1 and a2 within 30 s: {tail}")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"veil-controller did not connect a1 and a2 within 30 s: "
+                                 f"{self.ctl.log_text()[-1500:]}")
 
     def settle(self) -> None:
         time.sleep(0.3)  # the controller has no "caught up" signal; its rounds take a few ms here
@@ -171,17 +142,13 @@ class VeilSystem:
         pass  # the guest's RARP at dst already moved the traffic (claim); the source port is gone
 
     def control_plane_pids(self) -> dict[str, int]:
-        server = StoreServer(self.rundir)
-        out = {"veil-controller": int((self.rundir / "controller.pid").read_text())}
-        pid = server.pid()
+        ctl = self._ctl()
+        out = {"veil-controller": int(ctl.pidfile.read_text())}
+        pid = ctl.server.pid()
         if pid is not None:
             out["veil-db"] = pid
         return out
 
     def stop(self) -> None:
-        if self.proc is not None:
-            netns.kill_pids([self.proc.pid])
-            self.proc.wait(timeout=10)
-        if self.lab is not None:
-            StoreServer(self.rundir).stop()
-            netns.delete_netns(self.lab.ns_name("veilc"))
+        if self.ctl is not None:
+            self.ctl.stop()
