@@ -48,6 +48,7 @@ def wait_ready(log: Path, *, name: str | None = None, timeout: float = 15.0,
     or when ``alive`` says the VM process is gone."""
     began = time.monotonic()
     while True:
+        running = alive() if alive is not None else True  # before reading: its last words count
         text = log.read_text(errors="replace") if log.exists() else ""
         for line in text.splitlines():
             line = line.strip()
@@ -57,7 +58,7 @@ def wait_ready(log: Path, *, name: str | None = None, timeout: float = 15.0,
                 fields = dict(_FIELD.findall(line[line.index(READY):]))
                 if name is None or fields.get("name") == name:
                     return Ready(line, fields, time.monotonic() - began)
-        if alive is not None and not alive():
+        if not running:
             raise GuestNotReady(f"guest exited before it was ready\n--- console:\n{tail(log)}")
         if time.monotonic() - began > timeout:
             raise GuestNotReady(f"no ready marker within {timeout}s\n--- console:\n{tail(log)}")

@@ -159,10 +159,11 @@ def inputs_key(packages: tuple[Package, ...], init: bytes, echo_src: bytes, comp
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
-def build(cache: Path = DEFAULT_CACHE, *, init: bytes | None = None) -> GuestImage:
+def build(cache: Path = DEFAULT_CACHE, *, init: bytes | None = None, debs: Path | None = None) -> GuestImage:
     """The guest image for the current inputs, building it unless ``cache`` already has it.
 
-    ``init`` replaces the packaged /init script (tests use this to check the rebuild rule).
+    ``init`` replaces the packaged /init script (tests use this to check the rebuild rule);
+    ``debs`` is the .deb download cache (default ``cache/debs``: tests share the real one).
     """
     init = _data("init.sh") if init is None else init
     echo_src = _data("echo.c")
@@ -176,7 +177,7 @@ def build(cache: Path = DEFAULT_CACHE, *, init: bytes | None = None) -> GuestIma
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{key}-", dir=cache) as tmp:
         work = Path(tmp)
-        doc = _build_into(work, cache / "debs", packages, init, echo_src)
+        doc = _build_into(work, debs or cache / "debs", packages, init, echo_src)
         doc["key"] = key
         (work / "out" / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
         try:
