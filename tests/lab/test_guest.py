@@ -222,6 +222,8 @@ def test_two_guests_boot_on_br_int_and_answer_ping_echo_and_exec(
     began = time.monotonic()
     assert g1.exec.run("hostname").output.strip() == "g1"
     print(f"exec round trip {time.monotonic() - began:.3f}s")
+    g1.exec.close()  # a new host connection (the agent saw EOF meanwhile) is served too
+    assert g1.exec.run("echo again").output == "again\n"
     ping4 = g1.exec.run(f"ping -c 1 -W 3 {GUESTS['g2'][1].split('/')[0]}")
     assert ping4.rc == 0, ping4.output
     ping6 = g2.exec.run(f"ping6 -c 1 -W 3 {GUESTS['g1'][2].split('/')[0]}")
