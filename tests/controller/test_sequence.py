@@ -27,7 +27,7 @@ from controller.northbound.store import (
     sync,
     wait_programmed,
 )
-from tests.conftest import programmed_lab
+from tests.support.labs import programmed_lab
 
 
 def test_a_round_takes_a_pending_request_else_a_new_number_for_a_change() -> None:

@@ -27,7 +27,7 @@ from controller.lab.guest.agent import GuestExec
 from controller.lab.guest.domxml import GuestNic, GuestSpec, domain_xml, guest_cmdline
 from libvirt_hooks.install import install
 from libvirt_hooks.qemu_hook import HookConfig
-from tests.conftest import unique_prefix
+from tests.support.names import unique_prefix
 from tests.support.libvirt import PrivateLibvirt, require_libvirt
 from tests.support.rows import rows
 
