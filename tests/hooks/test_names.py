@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from controller.core.model import InvalidState, check_name
 from libvirt_hooks.domxml import DomainXmlError, plan_domain, read_domain
-from tests.libvirt.test_domxml import ETH, dom
+from tests.support.domains import ETH, dom
 from xenapi_plugin.args import network_arg
 from xenapi_plugin.dispatch import Failure
 

@@ -7,18 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libvirt_hooks.domxml import VEIL_XMLNS, DomainXmlError, plan_domain, read_domain
+from tests.support.domains import ETH, OVS, UUID, dom
 
-UUID = "9a8b7c6d-0000-4000-8000-00000000d0d0"
-
-
-def dom(ifaces: str, ports: str = "", meta: bool = True) -> bytes:
-    md = f"<metadata><v:ports xmlns:v='{VEIL_XMLNS}'>{ports}</v:ports></metadata>" if meta else ""
-    return f"<domain><name>d</name><uuid>{UUID}</uuid>{md}<devices>{ifaces}</devices></domain>".encode()
-
-
-OVS = ("<interface type='bridge'><mac address='52:54:00:AA:00:01'/><source bridge='br-int'/>"
-       "<virtualport type='openvswitch'><parameters interfaceid='ifid-1'/></virtualport><target dev='vnet3'/></interface>")
-ETH = "<interface type='ethernet'><mac address='52:54:00:aa:00:02'/><target dev='vnet4'/></interface>"
 
 
 def test_bridge_and_ethernet_interfaces_become_vifs() -> None:
