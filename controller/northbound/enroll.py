@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.northbound import pki as P
-from controller.northbound.tlsctx import Reloading, server_context
+from controller.northbound.tlsctx import Reloading, accept_tls, server_context
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024  # a P-256 CSR in PEM is ~500 bytes
@@ -174,9 +174,8 @@ class _Server(ThreadingHTTPServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
-            request.settimeout(self.handshake_timeout)
             try:
-                tls = self.contexts.get().wrap_socket(request, server_side=True)
+                tls = accept_tls(self.contexts.get(), request, self.handshake_timeout)
             except (OSError, ssl.SSLError) as e:
                 log.info("enrollment: TLS handshake with %s failed: %s", client_address, e)
                 self.shutdown_request(request)

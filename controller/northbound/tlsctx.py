@@ -8,9 +8,13 @@ from changes (checked per accepted connection: one ``stat`` per file).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -59,3 +63,47 @@ class Reloading:
                 self._ctx = self._build()
                 self._stamp = stamp
             return self._ctx
+
+
+def accept_tls(ctx: ssl.SSLContext, raw: socket.socket, timeout: float) -> ssl.SSLSocket:
+    """Server-side handshake on ``raw`` that ends within ``timeout`` seconds in total: a
+    per-read timeout alone lets a slow-loris trickle a ClientHello byte by byte forever.
+    Returns the socket blocking again; raises ``TimeoutError`` or ``ssl.SSLError``."""
+    deadline = time.monotonic() + timeout
+    raw.setblocking(False)
+    tls = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                want: tuple[list[ssl.SSLSocket], list[ssl.SSLSocket]] = ([tls], [])
+            except ssl.SSLWantWriteError:
+                want = ([], [tls])
+            left = deadline - time.monotonic()
+            if left <= 0 or not any(select.select(*want, [], left)[:2]):
+                raise TimeoutError(f"TLS handshake not done within {timeout:g}s")
+    except ssl.SSLError:
+        _linger(tls, deadline)
+        tls.close()
+        raise
+    except BaseException:
+        tls.close()  # wrap_socket detached ``raw``: closing it would not close the fd
+        raise
+    tls.setblocking(True)
+    return tls
+
+
+def _linger(tls: ssl.SSLSocket, deadline: float) -> None:
+    """After a refused handshake OpenSSL has queued an alert ("certificate revoked");
+    closing with the client's first request unread would send a TCP reset that destroys
+    it, and the client would see only "EOF". So: half-close, drain briefly, then close."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(tls, socket.SHUT_WR)  # the fd, not the TLS layer
+        end = min(deadline, time.monotonic() + 1.0)
+        while (left := end - time.monotonic()) > 0:
+            if not select.select([tls], [], [], left)[0]:
+                break
+            if not socket.socket.recv(tls, 4096):
+                break

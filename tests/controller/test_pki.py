@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -159,7 +160,7 @@ def test_csr_key_outside_policy_is_refused_before_the_token_is_used(pki: P.Pki) 
     for key in (rsa_key, p384):
         csr = (x509.CertificateSigningRequestBuilder()
                .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "h1")]))
-               .sign(key, P.hashes.SHA256()))
+               .sign(key, hashes.SHA256()))
         with pytest.raises(P.PolicyError, match="must be EC P-256"):
             pki.enroll(token, csr, NOW)
     assert pki.enroll(token, csr_for("h1")[1], NOW) is not None
