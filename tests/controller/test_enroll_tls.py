@@ -475,3 +475,81 @@ def test_stopping_the_relay_closes_established_connections(
     assert front.connections() == 0
     assert tls.recv(1) == b""
     tls.close()
+
+
+# ---- a host's own listener, configured with what enrollment wrote ---------------------------
+
+def test_a_host_listener_accepts_the_controller_and_never_another_host(
+        pki: P.Pki, server: E.EnrollServer, workdir: Path) -> None:
+    """ovsdb-server as a host runs it (the same options ``ovs-vsctl set-ssl`` sets): the
+    host's key and certificate, and only the controller CA as --ca-cert."""
+    files = E.enroll(server.url, pki.add_host("h1", now()), workdir / "h1", "h1")
+    other_host = E.enroll(server.url, pki.add_host("h2", now()), workdir / "h2", "h2")
+    port = free_port()
+    run = workdir / "hostdb"
+    run.mkdir()
+    (run / "schema.json").write_text(json.dumps(SCHEMA))
+    subprocess.run(["ovsdb-tool", "create", str(run / "db"), str(run / "schema.json")],
+                   check=True)
+    proc = subprocess.Popen(
+        ["ovsdb-server", str(run / "db"), f"--remote=pssl:{port}:{LOCAL}",
+         f"--private-key={files.key}", f"--certificate={files.cert}",
+         f"--ca-cert={files.controller_ca}", f"--unixctl={run / 'ctl'}",
+         f"--log-file={run / 'log'}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((LOCAL, port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+
+        def list_dbs(key: Path, cert: Path) -> subprocess.CompletedProcess[str]:
+            # the controller verifies the host's server certificate with the host CA
+            return subprocess.run(
+                ["ovsdb-client", f"--private-key={key}", f"--certificate={cert}",
+                 f"--ca-cert={pki.host_ca.cert_path}", "--timeout=10", "list-dbs",
+                 f"ssl:{LOCAL}:{port}"], capture_output=True, text=True, timeout=30)
+
+        ctl = pki.controller_identity(now())
+        ok = list_dbs(ctl.key, ctl.cert)
+        assert (ok.returncode, ok.stdout.split()) == (0, ["RbacTest", "_Server"]), ok.stderr
+        bad = list_dbs(other_host.key, other_host.cert)
+        assert bad.returncode != 0 and "RbacTest" not in bad.stdout
+        # by the decided layout operators' certificates are controller-CA certificates too,
+        # so a host listener accepts them (a separate operator CA would close that)
+        alice = pki.operator_identity("alice", now())
+        assert list_dbs(alice.key, alice.cert).returncode == 0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_relay_handshake_deadline_is_total_not_per_read(
+        relay: TlsFront) -> None:
+    """A slow-loris trickling a byte every 0.3 s never hits a per-read timeout of 1 s; the
+    relay still hangs up once the 1 s handshake deadline has passed."""
+    with socket.create_connection(relay.address) as loris:
+        loris.settimeout(0.3)
+        start = time.monotonic()
+        hello = b"\x16\x03\x01\x02\x00" + b"\x01" * 100
+        closed = False
+        for byte in hello:
+            try:
+                loris.sendall(bytes([byte]))
+                if loris.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed = True
+                break
+        assert closed
+        assert time.monotonic() - start < 3
