@@ -8,6 +8,7 @@ the relay: a host may update only the Chassis row named after its certificate's 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -258,6 +259,35 @@ SCHEMA = {
 }
 
 
+@contextlib.contextmanager
+def ovsdb_server(run: Path, ports: list[int], *args: str) -> Iterator[subprocess.Popen[str]]:
+    """ovsdb-server on ``run/db``, returned once it listens on every port, stopped by PID."""
+    proc = subprocess.Popen(
+        ["ovsdb-server", str(run / "db"), f"--unixctl={run / 'ctl'}",
+         f"--log-file={run / 'log'}", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        for port in ports:
+            while True:
+                try:
+                    socket.create_connection((LOCAL, port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError(f"ovsdb-server did not listen on {port}: "
+                                           f"{(run / 'log').read_text()}") from None
+                    time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class Upstream:
     proc: subprocess.Popen[str]
@@ -293,32 +323,10 @@ def upstream(pki: P.Pki, workdir: Path) -> Iterator[Upstream]:
     subprocess.run(["ovsdb-tool", "transact", str(run / "db"), json.dumps(txn)], check=True,
                    capture_output=True)
     ident = pki.upstream_identity(now())
-    proc = subprocess.Popen(
-        ["ovsdb-server", str(run / "db"), "--remote=db:RbacTest,Global,connections",
-         f"--private-key={ident.key}", f"--certificate={ident.cert}",
-         f"--ca-cert={pki.relay_ca.cert_path}", f"--unixctl={run / 'ctl'}",
-         f"--log-file={run / 'log'}", "-vfile:dbg"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 10
-        for port in (host_port, admin_port):
-            while True:
-                try:
-                    socket.create_connection((LOCAL, port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError(f"ovsdb-server did not listen on {port}: "
-                                           f"{(run / 'log').read_text()}") from None
-                    time.sleep(0.05)
+    with ovsdb_server(run, [host_port, admin_port], "--remote=db:RbacTest,Global,connections",
+                      f"--private-key={ident.key}", f"--certificate={ident.cert}",
+                      f"--ca-cert={pki.relay_ca.cert_path}", "-vfile:dbg") as proc:
         yield Upstream(proc, host_port, admin_port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -455,26 +463,45 @@ def test_the_relay_drops_a_silent_peer_after_the_handshake_timeout(
     assert relay.connections() == 0
 
 
+def session(pki: P.Pki, front: TlsFront, ident: P.Identity) -> ssl.SSLSocket:
+    """A raw JSON-RPC session through ``front`` that has answered one list_dbs."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(pki.controller_ca.cert_path))
+    ctx.load_cert_chain(str(ident.cert), str(ident.key))
+    tls = ctx.wrap_socket(socket.create_connection(front.address, timeout=10),
+                          server_hostname=LOCAL)
+    tls.sendall(b'{"id":0,"method":"list_dbs","params":[]}')
+    assert json.loads(tls.recv(4096))["result"] == ["RbacTest", "_Server"]
+    return tls
+
+
 def test_stopping_the_relay_closes_established_connections(
         pki: P.Pki, upstream: Upstream, workdir: Path) -> None:
     front = TlsFront(pki, pki.server_identity(now(), [LOCAL]), (LOCAL, 0),
                      (LOCAL, upstream.host_port))
     front.start()
     try:
-        h1 = host_identity(pki, "h1", workdir / "h1")
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(cafile=str(pki.controller_ca.cert_path))
-        ctx.load_cert_chain(str(h1.cert), str(h1.key))
-        tls = ctx.wrap_socket(socket.create_connection(front.address, timeout=10),
-                              server_hostname=LOCAL)
-        tls.sendall(b'{"id":0,"method":"list_dbs","params":[]}')
-        assert json.loads(tls.recv(4096))["result"] == ["RbacTest", "_Server"]
+        tls = session(pki, front, host_identity(pki, "h1", workdir / "h1"))
         assert front.connections() == 1
     finally:
         front.stop()
     assert front.connections() == 0
     assert tls.recv(1) == b""
     tls.close()
+
+
+def test_the_relay_closes_a_session_idle_past_its_timeout(
+        pki: P.Pki, upstream: Upstream, workdir: Path) -> None:
+    front = TlsFront(pki, pki.server_identity(now(), [LOCAL]), (LOCAL, 0),
+                     (LOCAL, upstream.host_port), idle_timeout=0.5)
+    front.start()
+    try:
+        with session(pki, front, host_identity(pki, "h1", workdir / "h1")) as tls:
+            start = time.monotonic()
+            assert tls.recv(1) == b""  # nothing sent either way: the relay hangs up
+            assert 0.4 < time.monotonic() - start < 3
+    finally:
+        front.stop()
 
 
 # ---- a host's own listener, configured with what enrollment wrote ---------------------------
@@ -491,21 +518,9 @@ def test_a_host_listener_accepts_the_controller_and_never_another_host(
     (run / "schema.json").write_text(json.dumps(SCHEMA))
     subprocess.run(["ovsdb-tool", "create", str(run / "db"), str(run / "schema.json")],
                    check=True)
-    proc = subprocess.Popen(
-        ["ovsdb-server", str(run / "db"), f"--remote=pssl:{port}:{LOCAL}",
-         f"--private-key={files.key}", f"--certificate={files.cert}",
-         f"--ca-cert={files.controller_ca}", f"--unixctl={run / 'ctl'}",
-         f"--log-file={run / 'log'}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((LOCAL, port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.05)
-
+    with ovsdb_server(run, [port], f"--remote=pssl:{port}:{LOCAL}",
+                      f"--private-key={files.key}", f"--certificate={files.cert}",
+                      f"--ca-cert={files.controller_ca}"):
         def list_dbs(key: Path, cert: Path) -> subprocess.CompletedProcess[str]:
             # the controller verifies the host's server certificate with the host CA
             return subprocess.run(
@@ -522,13 +537,6 @@ def test_a_host_listener_accepts_the_controller_and_never_another_host(
         # so a host listener accepts them (a separate operator CA would close that)
         alice = pki.operator_identity("alice", now())
         assert list_dbs(alice.key, alice.cert).returncode == 0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_relay_handshake_deadline_is_total_not_per_read(
