@@ -26,7 +26,8 @@ File layout under the PKI directory (created 0700; every private key 0600)::
     tokens.json    join tokens: id -> system-id, SHA-256 of the secret, expiry (never the secret)
     issued.json    serial -> CN, CA, not-after of every certificate signed for a host
     revoked.json   serial -> CN, CA, not-after, revoked-at (source of the CRLs)
-    .lock          flock for read-modify-write of the JSON files (CLI and daemon share them)
+    .lock          flock for read-modify-write of issued/revoked (CLI and daemon share them)
+    tokens.json.lock  the same for tokens.json (FileTokenStore)
 
 Join token text: ``veil1.<id>.<secret>.<sha256 of the controller CA certificate, hex>``;
 one shell word, the fingerprint lets the joining host verify the controller on first contact
@@ -578,6 +579,28 @@ class Pki:
             _write_json(self.root / "revoked.json", revoked)
             self._write_crls_locked(now)
         return [int(s) for s in serials]
+
+    def remove_operator(self, name: str, now: datetime) -> int | None:
+        """Revoke an operator's certificate (controller CA CRL) and delete it; returns the
+        serial. The relay refuses it at once; host listeners cannot read CRLs, but only the
+        controller reaches those (network policy, see the issue)."""
+        d = self.root / "identities" / f"operator-{validate_system_id(name)}"
+        try:
+            cert = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+        except FileNotFoundError:
+            return None
+        with self._lock.held():
+            revoked = _read_json(self.root / "revoked.json")
+            revoked[str(cert.serial_number)] = {
+                "cn": common_name(cert.subject), "ca": "controller",
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "revoked_at": now.isoformat()}
+            _write_json(self.root / "revoked.json", revoked)
+            self._write_crls_locked(now)
+        for f in ("key.pem", "cert.pem"):
+            (d / f).unlink(missing_ok=True)
+        d.rmdir()
+        return cert.serial_number
 
     def is_revoked(self, serial: int) -> bool:
         return str(serial) in _read_json(self.root / "revoked.json")

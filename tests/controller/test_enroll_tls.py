@@ -382,6 +382,11 @@ def test_an_operator_is_relayed_to_the_remote_without_a_role(
     alice = pki.operator_identity("alice", now())
     got = ovsdb_client(pki, relay, alice, "transact", update("h2", "set-by-alice"))
     assert got.returncode == 0 and json.loads(got.stdout) == [{"count": 1}], got.stderr
+    kept = P.Identity(pki.root.parent / "alice-key.pem", pki.root.parent / "alice.pem")
+    shutil.copy(alice.key, kept.key)
+    shutil.copy(alice.cert, kept.cert)
+    pki.remove_operator("alice", now())
+    refused(pki, relay, kept)  # the controller CA's CRL, reloaded by the relay
 
 
 def test_python_ovs_reaches_the_database_through_the_relay(

@@ -232,3 +232,16 @@ def test_relay_certs_are_short_lived_relay_ca_client_certs(pki: P.Pki) -> None:
     assert pki.relay_ca.issued(cert) and not pki.host_ca.issued(cert)
     assert P.common_name(cert.subject) == "h1"
     assert cert.not_valid_after_utc == NOW + P.RELAY_LIFETIME
+
+
+def test_removing_an_operator_puts_its_serial_on_the_controller_ca_crl(pki: P.Pki) -> None:
+    ident = pki.operator_identity("alice", NOW)
+    serial = x509.load_pem_x509_certificate(ident.cert.read_bytes()).serial_number
+    assert pki.remove_operator("alice", NOW) == serial
+    crl = x509.load_pem_x509_crl(pki.controller_ca.crl_path.read_bytes())
+    assert crl.is_signature_valid(pki.controller_ca.key.public_key())
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    host_crl = x509.load_pem_x509_crl(pki.host_ca.crl_path.read_bytes())
+    assert host_crl.get_revoked_certificate_by_serial_number(serial) is None
+    assert not ident.key.exists() and pki.is_revoked(serial)
+    assert pki.remove_operator("alice", NOW) is None
