@@ -605,6 +605,13 @@ class Pki:
     def is_revoked(self, serial: int) -> bool:
         return str(serial) in _read_json(self.root / "revoked.json")
 
+    @property
+    def revoked_path(self) -> Path:
+        return self.root / "revoked.json"
+
+    def revoked_serials(self) -> frozenset[int]:
+        return frozenset(int(s) for s in _read_json(self.revoked_path))
+
     def write_crls(self, now: datetime) -> None:
         """Re-sign both CRLs (the daemon calls this daily: a CRL expires after CRL_LIFETIME
         and OpenSSL then refuses every peer). Expired certificates leave the list."""

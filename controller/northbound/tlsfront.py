@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import selectors
 import shutil
 import socket
@@ -83,6 +84,9 @@ class TlsFront:
         self._listener = socket.create_server(listen)
         self._listener.settimeout(0.2)
         self._acceptor: threading.Thread | None = None
+        self._revoked_stamp: tuple[int, int, int] | None = None
+        self._revoked: frozenset[int] = frozenset()
+        self._watch_revoked()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -113,8 +117,21 @@ class TlsFront:
         with self._lock:
             return len(self._active)
 
+    def _watch_revoked(self) -> None:
+        """Reload the revoked serials when ``revoked.json`` changes (the accept loop calls
+        this every 0.2 s), so a removed host's *established* sessions end too."""
+        try:
+            st = os.stat(self.pki.revoked_path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = (0, 0, 0)
+        if stamp != self._revoked_stamp:
+            self._revoked = self.pki.revoked_serials()
+            self._revoked_stamp = stamp
+
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
+            self._watch_revoked()
             try:
                 raw, peer = self._listener.accept()
             except TimeoutError:
@@ -145,11 +162,12 @@ class TlsFront:
             der = tls.getpeercert(binary_form=True)
             if der is None:  # CERT_REQUIRED makes this unreachable; stay closed anyway
                 raise Refused("no client certificate")
-            admin, cn = self.identify(x509.load_der_x509_certificate(der))
+            cert = x509.load_der_x509_certificate(der)
+            admin, cn = self.identify(cert)
             target = self.admin_upstream if admin else self.host_upstream
             up = self._connect(target, cn)
             log.info("relay: %s as %r -> %s:%d", peer, cn, *target)
-            self._pump(tls, up)
+            self._pump(tls, up, cert.serial_number)
         except (Refused, P.PolicyError) as e:
             log.warning("relay: refused %s: %s", peer, e)
         except (OSError, ssl.SSLError) as e:  # includes handshake timeouts and failures
@@ -209,9 +227,10 @@ class TlsFront:
             raise
         return up
 
-    def _pump(self, a: ssl.SSLSocket, b: ssl.SSLSocket) -> None:
-        """Relay until either side closes, the relay stops, or nothing moves for
-        ``idle_timeout``; data read before a close is still delivered to the other side."""
+    def _pump(self, a: ssl.SSLSocket, b: ssl.SSLSocket, serial: int) -> None:
+        """Relay until either side closes, the relay stops, the client's certificate is
+        revoked, or nothing moves for ``idle_timeout``; data read before a close is still
+        delivered to the other side."""
         peer = {a: b, b: a}
         out: dict[ssl.SSLSocket, bytearray] = {a: bytearray(), b: bytearray()}
         for s in (a, b):
@@ -223,6 +242,9 @@ class TlsFront:
         last = eof_at = time.monotonic()
         try:
             while not self._stopping.is_set():
+                if serial in self._revoked:
+                    log.warning("relay: closing a session whose certificate was revoked")
+                    return
                 if eof and not out[a] and not out[b]:
                     return
                 ready: set[ssl.SSLSocket] = set()

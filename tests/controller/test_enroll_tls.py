@@ -495,6 +495,15 @@ def test_stopping_the_relay_closes_established_connections(
     tls.close()
 
 
+def test_removing_a_host_ends_its_established_session(
+        pki: P.Pki, relay: TlsFront, workdir: Path) -> None:
+    with session(pki, relay, host_identity(pki, "h1", workdir / "h1")) as tls:
+        pki.remove_host("h1", now())
+        start = time.monotonic()
+        assert tls.recv(1) == b""
+        assert time.monotonic() - start < 3
+
+
 def test_the_relay_closes_a_session_idle_past_its_timeout(
         pki: P.Pki, upstream: Upstream, workdir: Path) -> None:
     front = TlsFront(pki, pki.server_identity(now(), [LOCAL]), (LOCAL, 0),
