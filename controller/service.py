@@ -107,6 +107,7 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._observer: Any = None
         self._ignored: tuple[tuple[Binding, str], ...] = ()
+        self._config_refused: str | None = None  # the last refusal logged (logged once)
         self._engine: Engine | None = None
         self._held: State | None = None  # the state the engine holds
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
@@ -261,9 +262,12 @@ class Controller:
             cfg = load_config(self.config)
             nets = resolve_networks(cfg, self.store.read().networks)
             self.store.sync_config(cfg.tenants, nets)
-        except (InvalidState, OSError, RuntimeError) as exc:
-            LOG.error("config %s rejected, keeping the previous state: %s", self.config, exc)
+        except (InvalidState, RuntimeError) as exc:  # (a RuntimeError: the write failed)
+            if str(exc) != self._config_refused:
+                LOG.error("config refused, keeping the previous state: %s", exc)
+            self._config_refused = str(exc)
             return
+        self._config_refused = None
         LOG.info("config %s applied: %d tenants, %d networks", self.config, len(cfg.tenants),
                  len(nets))
 
