@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.pipeline.incremental import Changes, Engine, Update, same_declarations
-from controller.core.config import load_config, resolve_networks
+from controller.core.config import Config, load_config, plan_config
 from controller.southbound.dialer import Dialer, Failed
 from controller.pipeline.diff import FlowDiff, apply_diff, diff_flows
 from controller.pipeline.compute import TunnelSpec
@@ -108,6 +108,8 @@ class Controller:
         self._observer: Any = None
         self._ignored: tuple[tuple[Binding, str], ...] = ()
         self._config_refused: str | None = None  # the last refusal logged (logged once)
+        self._config_said: set[str] = set()  # the entry refusals last logged
+        self._config_last: Config | None = None  # the config last applied (logged once)
         self._engine: Engine | None = None
         self._held: State | None = None  # the state the engine holds
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
@@ -260,16 +262,27 @@ class Controller:
         assert self.store is not None and self.config is not None
         try:
             cfg = load_config(self.config)
-            nets = resolve_networks(cfg, self.store.read().networks)
-            self.store.sync_config(cfg.tenants, nets)
+            declared = self.store.read()
+            plan = plan_config(cfg, declared.networks, declared.config_owned, str(self.config))
+            self.store.sync_config(cfg.tenants, plan.networks)
         except (InvalidState, RuntimeError) as exc:  # (a RuntimeError: the write failed)
             if str(exc) != self._config_refused:
                 LOG.error("config refused, keeping the previous state: %s", exc)
             self._config_refused = str(exc)
             return
+        said = {*plan.refused, plan.held_reason} - {""}
+        if said != self._config_said or plan.removed or cfg != self._config_last:
+            for line in plan.refused:
+                LOG.error("config %s", line)
+            if plan.held:
+                LOG.error("config refused removal: %s", plan.held_reason)
+            for name in plan.removed:
+                LOG.warning("config %s removes network %s", self.config, name)
+            LOG.info("config %s applied: %d tenants, %d networks (%d entries refused, %d "
+                     "removals held)", self.config, len(cfg.tenants),
+                     len(plan.networks) - len(plan.held), len(plan.refused), len(plan.held))
         self._config_refused = None
-        LOG.info("config %s applied: %d tenants, %d networks", self.config, len(cfg.tenants),
-                 len(nets))
+        self._config_said, self._config_last = said, cfg
 
     def _sync_links(self, declared: Declared) -> None:
         now = self.clock()

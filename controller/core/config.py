@@ -216,3 +216,76 @@ def resolve_networks(cfg: Config, existing: Iterable[Network]) -> tuple[Network,
         used.add(vni)
         out.append(Network(n.name, n.tenant, vni, n.subnet))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class ConfigPlan:
+    """What applying a config file does to the veil database (``plan_config``).
+
+    ``networks`` is every config-owned network after the change (for ``Store.sync_config``:
+    a config-owned row not in it is removed); ``refused`` one line per entry that is not
+    applied; ``removed`` the config networks that go; ``held`` those the file no longer
+    declares but that stay until the removal is confirmed (``held_reason`` says how)."""
+
+    networks: tuple[Network, ...]
+    refused: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    held: tuple[str, ...] = ()
+    held_reason: str = ""
+
+
+def plan_config(cfg: Config, existing: Iterable[Network], config_owned: frozenset[str],
+                source: str = "config") -> ConfigPlan:
+    """The config file owns exactly the networks it created (``veil-source=config``):
+
+    - an entry named like a network made otherwise (the CLI) is refused, as is one whose VNI
+      such a network (or a config network whose removal waits for confirmation) holds: the
+      other entries still apply;
+    - removing half or more of the config-owned networks (all of them: ``tenants: []``, or a
+      file truncated at a line boundary) needs every one of them listed in the file's
+      ``confirm_removal``; until then nothing is removed, and ``held_reason`` names them and
+      the line that confirms. A smaller removal goes ahead (the caller logs it).
+    Tenants are only ever added (a network's tenant stays while anything names it)."""
+    have = {n.name: n for n in existing}
+    others = {name: n for name, n in have.items() if name not in config_owned}
+    other_vni = {n.vni: n.name for n in others.values()}
+    refused: list[str] = []
+    kept: dict[str, Network] = {}  # config-owned rows kept as they are
+    accepted: list[ConfigNetwork] = []
+    for n in cfg.networks:
+        if n.name in others:
+            refused.append(f"{n.where} {n.name!r} refused: a network {n.name!r} made outside "
+                           f"the config file exists")
+        elif n.vni is not None and n.vni in other_vni:
+            refused.append(f"{n.where} {n.name!r} refused: VNI {n.vni} is network "
+                           f"{other_vni[n.vni]!r} (made outside the config file)")
+        else:
+            accepted.append(n)
+            continue
+        if n.name in config_owned and n.name in have:
+            kept[n.name] = have[n.name]
+    owned = sorted(name for name in config_owned if name in have)
+    gone = [name for name in owned
+            if name not in kept and name not in {n.name for n in accepted}]
+    held: list[str] = []
+    reason = ""
+    if gone and 2 * len(gone) >= len(owned) and not set(gone) <= cfg.confirm_removal:
+        held = gone
+        reason = (f"{source} would remove {len(gone)} of {len(owned)} config networks "
+                  f"({', '.join(gone)}); nothing removed: if that is meant, add "
+                  f"`confirm_removal: [{', '.join(gone)}]` to the file")
+        kept.update((name, have[name]) for name in gone)
+        gone = []
+    kept_vni = {n.vni: n.name for n in kept.values()}
+    final: list[ConfigNetwork] = []
+    for n in accepted:
+        if n.vni is not None and n.vni in kept_vni and kept_vni[n.vni] != n.name:
+            refused.append(f"{n.where} {n.name!r} refused: VNI {n.vni} is still network "
+                           f"{kept_vni[n.vni]!r}")
+            if n.name in config_owned and n.name in have:
+                kept[n.name] = have[n.name]
+            continue
+        final.append(n)
+    resolved = resolve_networks(Config(cfg.tenants, tuple(final)), have.values())
+    return ConfigPlan((*resolved, *kept.values()), tuple(refused), tuple(gone), tuple(held),
+                      reason)

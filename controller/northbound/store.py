@@ -145,6 +145,7 @@ class Declared:
     hosts: tuple[HostRecord, ...]
     claims: Mapping[str, str]  # iface-id -> host, while a VIF is live on two hosts
     first_seen: Mapping[SeenKey, float] = field(default_factory=dict)  # see controller/core/seen.py
+    config_owned: frozenset[str] = frozenset()  # networks the config file made (veil-source)
 
 
 @dataclass(frozen=True)
@@ -328,9 +329,11 @@ class Store:
             claims = {r.iface_id: r.host for r in t["Claim"].rows.values()}
             first_seen = {(r.host, r.iface_id, r.ofport): r.since
                           for r in t["FirstSeen"].rows.values()}
+            owned = frozenset(r.name for r in t["Network"].rows.values()
+                              if r.external_ids.get(SOURCE_KEY) == "config")
         check_declared({x.name: x for x in tenants}, {x.name: x for x in networks},
                        {x.host.system_id: x.host for x in hosts})
-        return Declared(tenants, networks, hosts, claims, first_seen)
+        return Declared(tenants, networks, hosts, claims, first_seen, owned)
 
     def write_claims(self, want: Mapping[str, str]) -> None:
         """Make the Claim table equal ``want``, in one transaction."""

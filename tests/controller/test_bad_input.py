@@ -59,3 +59,75 @@ def test_controller_keeps_running_on_an_undecodable_config_and_rereads_it(
     finally:
         store.close()
         ctl.stop()
+
+
+TWO = ("tenants:\n"
+       "  - name: acme\n    networks:\n      - {name: acme-net}\n"
+       "  - name: beta\n    networks:\n      - {name: beta-net}\n")
+
+
+def _config_round(ctl: Controller, cfg: Path, text: str) -> list[str]:
+    """Write ``text`` and apply it as the controller's round does; the networks after."""
+    cfg.write_text(text)
+    ctl._apply_config()
+    assert ctl.store is not None
+    return sorted(n.name for n in ctl.store.read().networks)
+
+
+@pytest.mark.lab  # a real ovsdb-server
+def test_config_removing_most_of_its_networks_needs_confirmation(
+        store_server: StoreServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = tmp_path / "veil.yaml"
+    ctl = Controller(store_server.remote, cfg)
+    ctl.store = Store(store_server.remote)
+    caplog.set_level(logging.INFO, "veil.controller")
+    try:
+        assert _config_round(ctl, cfg, TWO) == ["acme-net", "beta-net"]
+        for empty in ("tenants:\n", "tenants: []\n"):  # (the same refusal is logged once)
+            assert _config_round(ctl, cfg, empty) == ["acme-net", "beta-net"]
+            assert "would remove 2 of 2 config networks (acme-net, beta-net); nothing " \
+                   "removed" in caplog.text
+            assert "confirm_removal: [acme-net, beta-net]" in caplog.text
+        # truncated at a line boundary: beta is gone from the file, not from the fabric
+        truncated = TWO.split("  - name: beta")[0]
+        assert _config_round(ctl, cfg, truncated) == ["acme-net", "beta-net"]
+        assert "would remove 1 of 2 config networks (beta-net)" in caplog.text
+        # confirmed: removed, loudly
+        caplog.clear()
+        assert _config_round(ctl, cfg, truncated + "confirm_removal: [beta-net]\n") == [
+            "acme-net"]
+        assert "removes network beta-net" in caplog.text
+        # a small removal (1 of 3) needs no confirmation, but is logged
+        three = TWO + "      - {name: beta-2}\n      - {name: beta-3}\n"
+        assert _config_round(ctl, cfg, three) == ["acme-net", "beta-2", "beta-3", "beta-net"]
+        caplog.clear()
+        assert _config_round(ctl, cfg, three.replace("      - {name: beta-3}\n", "")) == [
+            "acme-net", "beta-2", "beta-net"]
+        assert "removes network beta-3" in caplog.text
+    finally:
+        ctl.store.close()
+
+
+@pytest.mark.lab  # a real ovsdb-server
+def test_a_config_network_named_like_a_cli_one_is_refused_not_applied(
+        store_server: StoreServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = tmp_path / "veil.yaml"
+    ctl = Controller(store_server.remote, cfg)
+    ctl.store = store = Store(store_server.remote)
+    caplog.set_level(logging.INFO, "veil.controller")
+    try:
+        store.add_tenant("acme")
+        store.add_network("web", "acme", 7)  # made with the CLI
+        got = _config_round(ctl, cfg, "tenants:\n  - name: acme\n    networks:\n"
+                                      "      - {name: web, vni: 9}\n      - {name: db}\n"
+                                      "      - {name: cache, vni: 7}\n")
+        assert got == ["db", "web"]
+        assert [(n.name, n.vni) for n in store.read().networks if n.name == "web"] == [
+            ("web", 7)]
+        assert (f"{cfg}:4: tenants[0].networks[0] 'web' refused: a network 'web' made "
+                "outside the config file exists") in caplog.text
+        assert (f"{cfg}:6: tenants[0].networks[2] 'cache' refused: VNI 7 is network 'web' "
+                "(made outside the config file)") in caplog.text
+        assert "applied: 1 tenants, 1 networks (2 entries refused, 0 removals held)" in caplog.text
+    finally:
+        store.close()
