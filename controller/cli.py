@@ -80,6 +80,8 @@ def show(store: Store) -> None:
         print(f"host {h.host.system_id} underlay={h.host.underlay_ip} "
               f"tunnels={','.join(h.host.tunnel_types)} ovsdb={h.ovsdb} "
               f"openflow={h.openflow} programmed={programmed.get(h.host.system_id, 0)}")
+    for r in d.refused:
+        print(f"refused {r.table} {r.name!r}: {r.reason}")
 
 
 def join(args: argparse.Namespace) -> int:

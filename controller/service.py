@@ -39,6 +39,7 @@ from controller.core.seen import first_seen_after
 from controller.northbound.store import (
     Declared,
     HostRecord,
+    Refusal,
     Store,
     round_number,
     wakes_controller,
@@ -107,6 +108,7 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._observer: Any = None
         self._ignored: tuple[tuple[Binding, str], ...] = ()
+        self._refused: frozenset[Refusal] = frozenset()  # veil database rows refused
         self._config_refused: str | None = None  # the last refusal logged (logged once)
         self._config_said: set[str] = set()  # the entry refusals last logged
         self._config_last: Config | None = None  # the config last applied (logged once)
@@ -190,11 +192,11 @@ class Controller:
         if self.config is not None and (self._config_changed.is_set() or seen.pending):
             self._config_changed.clear()
             self._apply_config()
-        try:
-            declared = self.store.read()
-        except InvalidState as exc:
-            LOG.error("veil database is inconsistent, changing nothing: %s", exc)
-            return
+        declared = self.store.read()
+        refused = frozenset(declared.refused)
+        for r in sorted(refused - self._refused, key=str):  # once per row version
+            LOG.error("veil database: %s", r)
+        self._refused = refused
         self._sync_links(declared)
         unknown = sorted(h for h, link in self.links.items() if link.view is None)
         if unknown and self.clock() - self._started < self.startup_grace:
