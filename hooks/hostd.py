@@ -42,7 +42,16 @@ class _Wakeup(FileSystemEventHandler):  # type: ignore[misc]
         self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        path = str(getattr(event, "dest_path", "") or event.src_path)
+        # Only an event file coming into place: its creation, or the rename that completes it.
+        # The daemon's own reads of an event file raise "opened"/"closed_no_write" events,
+        # which must not wake it: they would turn every back-off wait into a busy retry loop
+        # (issue 12: 20,245 attempts in 15 s with OVSDB down).
+        if event.event_type == "moved":
+            path = str(getattr(event, "dest_path", ""))
+        elif event.event_type == "created":
+            path = str(event.src_path)
+        else:
+            return
         if path.endswith(SUFFIX):
             self.wake.set()
 
