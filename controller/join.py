@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Callable
 
 from controller.core.model import Host, InvalidState, check_name, check_tunnel_types
-from controller.northbound.store import HostRecord, Store
+from controller.northbound.store import HostRecord, Store, check_remote
 from hooks import contract, hostguard
 from hooks.ovsdb import DEFAULT_DB
 
@@ -33,7 +33,10 @@ def host_record(system_id: str, underlay_ip: str, tunnel_types: str = "geneve",
     except ValueError as exc:
         raise InvalidState(f"--underlay-ip: {exc}") from exc
     kinds = check_tunnel_types(tunnel_types, "--tunnel-types")
-    return HostRecord(Host(sid, ip, kinds), ovsdb or f"tcp:{ip}:6640", openflow or f"tcp:{ip}:6653")
+    at = f"[{ip}]" if ip.version == 6 else str(ip)  # OVS writes an IPv6 address in brackets
+    return HostRecord(Host(sid, ip, kinds),
+                      check_remote(ovsdb or f"tcp:{at}:6640", "--ovsdb"),
+                      check_remote(openflow or f"tcp:{at}:6653", "--openflow"))
 
 
 def listener(remote: str) -> str | None:
