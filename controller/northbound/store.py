@@ -291,30 +291,25 @@ def decode_rows(raw: RawRows) -> Declared:
                        f"{', '.join(repr(_name_of(table, o)) for u, o, _ in group if u != uuid)}")
         return out
 
-    tenant_rows = []
-    for uuid, r in rows("Tenant"):
-        try:
-            tenant_rows.append((uuid, r, _decode_tenant(r)))
-        except InvalidState as exc:
-            refuse("Tenant", uuid, r, str(exc))
+    def decoded(table: str, decode: Callable[[Mapping[str, object]], T]
+                ) -> list[tuple[str, Mapping[str, object], T]]:
+        out = []
+        for uuid, r in rows(table):
+            try:
+                out.append((uuid, r, decode(r)))
+            except InvalidState as exc:
+                refuse(table, uuid, r, str(exc))
+        return out
+
+    tenant_rows = decoded("Tenant", _decode_tenant)
     tenants = tuple(t for _, _, t in unique("Tenant", tenant_rows, lambda t: t.name, "name"))
     names = {t.name for t in tenants}
-    net_rows = []
-    for uuid, r in rows("Network"):
-        try:
-            net_rows.append((uuid, r, _decode_network(r, names)))
-        except InvalidState as exc:
-            refuse("Network", uuid, r, str(exc))
+    net_rows = decoded("Network", lambda r: _decode_network(r, names))
     net_rows = unique("Network", net_rows, lambda n: n.name, "name")
     net_rows = unique("Network", net_rows, lambda n: n.vni, "vni")
     networks = tuple(n for _, _, n in net_rows)
     owned = frozenset(n.name for _, r, n in net_rows if _source(r) == "config")
-    host_rows = []
-    for uuid, r in rows("Host"):
-        try:
-            host_rows.append((uuid, r, _decode_host(r)))
-        except InvalidState as exc:
-            refuse("Host", uuid, r, str(exc))
+    host_rows = decoded("Host", _decode_host)
     host_rows = unique("Host", host_rows, lambda h: h.host.system_id, "system_id")
     by_ip: dict[object, list[tuple[str, Mapping[str, object], HostRecord]]] = {}
     for item in host_rows:
