@@ -16,54 +16,101 @@ those functions directly, never this module. The netns lab has its own command, 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from controller.core.model import InvalidState, check_name
+from ovsdbapp import exceptions as ovsdbapp_exceptions
+
+from controller.core.model import InvalidState, check_name, check_vni
 from controller.expected import expected_flows
 from controller.join import DEFAULT_HOST_DB, host_record, join_host
-from controller.northbound.store import Store
+from controller.northbound.store import Store, check_remote
 from hooks import hostguard
 from hooks.ovsdb.connect import OvsdbUnreachable
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a refused command line is one line (``prog: error: ...``) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def seconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds in [low, high]."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number of seconds in {low:g}..{high:g}")
+        return value
+    return parse
+
+
+def remote(text: str) -> str:
+    """An argparse type: an OVSDB remote (tcp:IP:PORT, ssl:IP:PORT, unix:PATH)."""
+    try:
+        return check_remote(text, "remote")
+    except InvalidState as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("remote: ")) from None
+
+
+def _name(text: str) -> str:
+    try:
+        return check_name(text, "name")
+    except InvalidState as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("name: ")) from None
+
+
+def vni(text: str) -> int:
+    try:
+        return check_vni(int(text), "vni")
+    except (ValueError, InvalidState):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a VNI in 1..16777215") from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="veil", description="veil operator commands")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = OneLineParser(prog="veil", description="veil operator commands")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
     j = sub.add_parser("join", help="join this host to a veil controller (run on the host)")
-    j.add_argument("--controller", required=True, help="the controller's database, e.g. "
+    j.add_argument("--controller", required=True, type=remote, help="the controller's database, e.g. "
                    "tcp:198.18.0.100:6641 or unix:/run/veil/veil-db.sock")
     j.add_argument("--system-id", required=True)
     j.add_argument("--underlay-ip", required=True)
     j.add_argument("--tunnel-types", default="geneve",
                    help="comma list in order of preference (geneve, vxlan, gre)")
-    j.add_argument("--host-db", default=DEFAULT_HOST_DB, help="this host's OVSDB, for writing")
-    j.add_argument("--ovsdb", help="how the controller reaches this host's OVSDB "
+    j.add_argument("--host-db", default=DEFAULT_HOST_DB, type=remote, help="this host's OVSDB, for writing")
+    j.add_argument("--ovsdb", type=remote, help="how the controller reaches this host's OVSDB "
                    "(default tcp:UNDERLAY_IP:6640; a tcp: remote gets a passive listener)")
-    j.add_argument("--openflow", help="how the controller reaches br-int over OpenFlow "
+    j.add_argument("--openflow", type=remote, help="how the controller reaches br-int over OpenFlow "
                    "(default tcp:UNDERLAY_IP:6653; a tcp: remote gets a passive listener)")
     hostguard.add_argument(j)
     t = sub.add_parser("tenant")
-    tsub = t.add_subparsers(dest="action", required=True)
+    tsub = t.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
     ta = tsub.add_parser("add")
-    ta.add_argument("name")
-    ta.add_argument("--db", required=True)
+    ta.add_argument("name", type=_name)
+    ta.add_argument("--db", required=True, type=remote)
     n = sub.add_parser("network")
-    nsub = n.add_subparsers(dest="action", required=True)
+    nsub = n.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
     na = nsub.add_parser("add")
-    na.add_argument("name")
-    na.add_argument("--tenant", required=True)
-    na.add_argument("--vni", type=int)
+    na.add_argument("name", type=_name)
+    na.add_argument("--tenant", required=True, type=_name)
+    na.add_argument("--vni", type=vni)
     na.add_argument("--subnet")
-    na.add_argument("--db", required=True)
+    na.add_argument("--db", required=True, type=remote)
     nd = nsub.add_parser("del")
     nd.add_argument("name")
-    nd.add_argument("--db", required=True)
+    nd.add_argument("--db", required=True, type=remote)
     s = sub.add_parser("show")
-    s.add_argument("--db", required=True)
+    s.add_argument("--db", required=True, type=remote)
     f = sub.add_parser("flows", help="the flows a host should have, in ovs-ofctl syntax")
     f.add_argument("host", help="system-id of a joined host")
-    f.add_argument("--db", required=True)
+    f.add_argument("--db", required=True, type=remote)
     return p
 
 
@@ -80,6 +127,8 @@ def show(store: Store) -> None:
         print(f"host {h.host.system_id} underlay={h.host.underlay_ip} "
               f"tunnels={','.join(h.host.tunnel_types)} ovsdb={h.ovsdb} "
               f"openflow={h.openflow} programmed={programmed.get(h.host.system_id, 0)}")
+    for r in d.refused:
+        print(f"refused {r.table} {r.name!r}: {r.reason}")
 
 
 def join(args: argparse.Namespace) -> int:
@@ -91,7 +140,10 @@ def join(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # a refused command line (2, one line) or --help (0)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         if args.cmd == "join":
             return join(args)
@@ -113,8 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             store.close()
     except (InvalidState, ValueError, OvsdbUnreachable) as exc:
-        sys.stderr.write(f"veil: {exc}\n")
+        sys.stderr.write(f"veil: {' '.join(str(exc).split())}\n")
         return 2
+    except ovsdbapp_exceptions.OvsdbAppException as exc:  # the database went away mid-way
+        sys.stderr.write(f"veil: the database did not answer: {' '.join(str(exc).split())}\n")
+        return 1
     return 0
 
 

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Callable
 
 from controller.core.model import Host, InvalidState, check_name, check_tunnel_types
-from controller.northbound.store import HostRecord, Store
+from controller.northbound.store import HostRecord, Store, check_remote
 from hooks import contract, hostguard
 from hooks.ovsdb import DEFAULT_DB
 
@@ -33,7 +33,10 @@ def host_record(system_id: str, underlay_ip: str, tunnel_types: str = "geneve",
     except ValueError as exc:
         raise InvalidState(f"--underlay-ip: {exc}") from exc
     kinds = check_tunnel_types(tunnel_types, "--tunnel-types")
-    return HostRecord(Host(sid, ip, kinds), ovsdb or f"tcp:{ip}:6640", openflow or f"tcp:{ip}:6653")
+    at = f"[{ip}]" if ip.version == 6 else str(ip)  # OVS writes an IPv6 address in brackets
+    return HostRecord(Host(sid, ip, kinds),
+                      check_remote(ovsdb or f"tcp:{at}:6640", "--ovsdb"),
+                      check_remote(openflow or f"tcp:{at}:6653", "--openflow"))
 
 
 def listener(remote: str) -> str | None:
@@ -47,19 +50,38 @@ def listener(remote: str) -> str | None:
     raise InvalidState(f"remote {remote!r}: expected tcp:IP:PORT or unix:PATH")
 
 
+VEIL_LISTENER = "veil-listener"  # Manager external_ids: "true" on the listener veil made
+
+
 def join_host(controller: Store | str, rec: HostRecord, host_db: str = DEFAULT_HOST_DB,
               host_guard: str | None = "auto", say: Callable[[str], None] = _quiet) -> None:
     """Write ``rec``'s host into its OVSDB at ``host_db``, then register it with ``controller``.
 
     ``controller`` is an open Store (the lab joins many hosts over one) or the veil database's
-    remote, opened only once the host's OVSDB is written. ``host_guard`` is a
-    ``hooks.hostguard`` mode applied in this process's network namespace before any write (a
-    guard that cannot be applied leaves the host as it was; its report goes to ``say``); None
-    skips it, for hosts whose VM ports are guarded another way (the netns lab).
+    remote, opened first: an unreachable database leaves the host as it was. ``host_guard``
+    is a ``hooks.hostguard`` mode applied in this process's network namespace before any
+    write (a guard that cannot be applied leaves the host as it was; its report goes to
+    ``say``); None skips it, for hosts whose VM ports are guarded another way (the netns lab).
+
+    Idempotent: a second join changes nothing, a re-join with other settings replaces them.
+    veil's OVSDB listener is the Manager tagged ``veil-listener=true`` (one with the same
+    target made before is adopted); other Managers are never touched. br-int's controller
+    targets are veil's: exactly the OpenFlow listener, or none for a unix: remote.
     """
+    ovsdb_listen, of_listen = listener(rec.ovsdb), listener(rec.openflow)
+    store = controller if isinstance(controller, Store) else Store(controller)
+    try:
+        _write_host(rec, ovsdb_listen, of_listen, host_db, host_guard, say)
+        store.join(rec)
+    finally:
+        if store is not controller:
+            store.close()
+
+
+def _write_host(rec: HostRecord, ovsdb_listen: str | None, of_listen: str | None,
+                host_db: str, host_guard: str | None, say: Callable[[str], None]) -> None:
     from hooks.ovsdb import connect as ovsdb
 
-    ovsdb_listen, of_listen = listener(rec.ovsdb), listener(rec.openflow)
     api = ovsdb.open_vswitch(host_db, lambda: None)
     try:
         if host_guard is not None:
@@ -67,6 +89,9 @@ def join_host(controller: Store | str, rec: HostRecord, host_db: str = DEFAULT_H
                 say(hostguard.ensure(host_guard, lambda: hostguard.datapaths_via(api)))
             except hostguard.HostGuardError as exc:
                 raise InvalidState(str(exc)) from None
+        with api.ovsdb_connection.lock:
+            managers = [(r.uuid, r.target, r.external_ids.get(VEIL_LISTENER))
+                        for r in api.tables["Manager"].rows.values()]
         with api.transaction(check_error=True) as txn:
             txn.add(api.db_set("Open_vSwitch", ".", ("external_ids", {
                 contract.SYSTEM_ID: rec.host.system_id,
@@ -75,17 +100,20 @@ def join_host(controller: Store | str, rec: HostRecord, host_db: str = DEFAULT_H
             })))
             txn.add(api.add_br(contract.INTEGRATION_BRIDGE, may_exist=True))
             txn.add(api.db_set("Bridge", contract.INTEGRATION_BRIDGE, ("fail_mode", "secure")))
-            if ovsdb_listen:
-                txn.add(api.add_manager(ovsdb_listen))
+            for uuid, target, ours in managers:
+                if ours == "true" and target != ovsdb_listen:  # a listener of an earlier join
+                    txn.add(api.db_remove("Open_vSwitch", ".", "manager_options", uuid))
+            have = {target: uuid for uuid, target, _ in managers}
+            if ovsdb_listen in have:
+                txn.add(api.db_set("Manager", have[ovsdb_listen],
+                                   ("external_ids", {VEIL_LISTENER: "true"})))
+            elif ovsdb_listen:
+                made = txn.add(api.db_create("Manager", target=ovsdb_listen,
+                                             external_ids={VEIL_LISTENER: "true"}))
+                txn.add(api.db_add("Open_vSwitch", ".", "manager_options", made))
             if of_listen:
                 txn.add(api.set_controller(contract.INTEGRATION_BRIDGE, [of_listen]))
+            else:
+                txn.add(api.del_controller(contract.INTEGRATION_BRIDGE))
     finally:
         ovsdb.stop(api)
-    if isinstance(controller, Store):
-        controller.join(rec)
-        return
-    store = Store(controller)
-    try:
-        store.join(rec)
-    finally:
-        store.close()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.pipeline.incremental import Changes, Engine, Update, same_declarations
-from controller.core.config import load_config, resolve_networks
+from controller.core.config import Config, load_config, plan_config
 from controller.southbound.dialer import Dialer, Failed
 from controller.pipeline.diff import FlowDiff, apply_diff, diff_flows
 from controller.pipeline.compute import TunnelSpec
@@ -33,18 +33,23 @@ from controller.pipeline.flows import FlowId
 from controller.southbound.hostdb import HostDb, HostView
 from controller.core.migration import PacketIn, claims_after, parse_packet_in
 from controller.core.model import Binding, InvalidState, State, TunnelPort
+from hooks.backoff import Backoff
+from hooks.ovsdb import connect as ovsdb
 from hooks.ovsdb.connect import OvsdbUnreachable
+from ovsdbapp import exceptions as ovsdbapp_exceptions
 from controller.southbound.session import OfSession, OpenFlowError
 from controller.core.seen import first_seen_after
 from controller.northbound.store import (
     Declared,
     HostRecord,
+    Refusal,
     Store,
     round_number,
     wakes_controller,
 )
 
 LOG = logging.getLogger("veil.controller")
+STORE_RETRY = Backoff(initial=0.5, maximum=10.0)  # while the veil database is away
 T = TypeVar("T")
 
 
@@ -107,6 +112,12 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._observer: Any = None
         self._ignored: tuple[tuple[Binding, str], ...] = ()
+        self._db_failures = 0  # consecutive failed connects / rounds to the veil database
+        self._db_away = False
+        self._refused: frozenset[Refusal] = frozenset()  # veil database rows refused
+        self._config_refused: str | None = None  # the last refusal logged (logged once)
+        self._config_said: set[str] = set()  # the entry refusals last logged
+        self._config_last: Config | None = None  # the config last applied (logged once)
         self._engine: Engine | None = None
         self._held: State | None = None  # the state the engine holds
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
@@ -117,8 +128,8 @@ class Controller:
         self._wake.set()
 
     def start(self) -> None:
+        """Start the loop; it connects to the veil database (waiting while it is away)."""
         self._started = self.clock()
-        self.store = Store(self.store_remote, self.kick, wakes_controller)
         if self.config is not None:
             self._config_changed.set()
             self._watch_config(self.config)
@@ -167,31 +178,66 @@ class Controller:
         """False once the loop has ended (stopped, or died on an exception it cannot handle)."""
         return self._thread is not None and self._thread.is_alive()
 
+    def _connect_store(self) -> bool:
+        """Open the veil database; while it is away, say so and back off (never exit)."""
+        try:
+            self.store = Store(self.store_remote, self.kick, wakes_controller)
+        except OvsdbUnreachable as exc:
+            self._db_failures += 1
+            wait = STORE_RETRY.delay(self._db_failures)
+            LOG.warning("waiting for the veil database at %s (%s); retrying in %.1fs",
+                        self.store_remote, exc.why, wait)
+            self._stop.wait(wait)
+            return False
+        LOG.info("connected to the veil database at %s", self.store_remote)
+        self._db_failures = 0
+        self._started = self.clock()  # the startup grace counts from here
+        return True
+
     def _loop(self) -> None:
+        woken = True
         while not self._stop.is_set():
+            if self.store is None and not self._connect_store():
+                continue
+            try:
+                # A quiet period re-reads every switch's flows: a flow someone else deleted
+                # or changed is put back within one period.
+                self.reconcile(audit=not woken)
+                self._db_failures = 0
+            except ovsdbapp_exceptions.OvsdbAppException as exc:  # its writes timed out
+                self._db_failures += 1
+                wait = STORE_RETRY.delay(self._db_failures)
+                LOG.warning("veil database at %s did not answer (%s); next round in %.1fs",
+                            self.store_remote, exc, wait)
+                self._stop.wait(wait)
             woken = self._wake.wait(self.resync_every)
             self._wake.clear()
-            if self._stop.is_set():
-                return
-            # A quiet period re-reads every switch's flows: a flow someone else deleted or
-            # changed is put back within one period.
-            self.reconcile(audit=not woken)
 
     # -- one round -------------------------------------------------------------------------------
     def reconcile(self, audit: bool = False) -> None:
         """Bring every reachable host to the desired state; ``audit`` re-dumps the flows."""
         assert self.store is not None
+        if not ovsdb.is_connected(self.store.api):
+            # (its IDL reconnects by itself: until then the hosts keep the flows they have)
+            if not self._db_away:
+                LOG.warning("veil database at %s is away; waiting for it (hosts keep their "
+                            "flows)", self.store_remote)
+            self._db_away = True
+            return
+        if self._db_away:
+            LOG.info("veil database at %s is back", self.store_remote)
+        self._db_away = False
         # The numbers first: whatever a writer did before its request is then in what we read
         # (a pending request re-reads the config file too: its watcher may not have fired).
         seen = self.store.numbers()
         if self.config is not None and (self._config_changed.is_set() or seen.pending):
             self._config_changed.clear()
             self._apply_config()
-        try:
-            declared = self.store.read()
-        except InvalidState as exc:
-            LOG.error("veil database is inconsistent, changing nothing: %s", exc)
-            return
+        declared = self.store.read()
+        refused = frozenset(declared.refused)
+        for r in sorted(refused - self._refused, key=str):  # once per row version
+            LOG.error("veil database: %s", r)
+        self._refused = refused
         self._sync_links(declared)
         unknown = sorted(h for h, link in self.links.items() if link.view is None)
         if unknown and self.clock() - self._started < self.startup_grace:
@@ -259,13 +305,27 @@ class Controller:
         assert self.store is not None and self.config is not None
         try:
             cfg = load_config(self.config)
-            nets = resolve_networks(cfg, self.store.read().networks)
-            self.store.sync_config(cfg.tenants, nets)
-        except (InvalidState, OSError, RuntimeError) as exc:
-            LOG.error("config %s rejected, keeping the previous state: %s", self.config, exc)
+            declared = self.store.read()
+            plan = plan_config(cfg, declared.networks, declared.config_owned, str(self.config))
+            self.store.sync_config(cfg.tenants, plan.networks)
+        except (InvalidState, RuntimeError) as exc:  # (a RuntimeError: the write failed)
+            if str(exc) != self._config_refused:
+                LOG.error("config refused, keeping the previous state: %s", exc)
+            self._config_refused = str(exc)
             return
-        LOG.info("config %s applied: %d tenants, %d networks", self.config, len(cfg.tenants),
-                 len(nets))
+        said = {*plan.refused, plan.held_reason} - {""}
+        if said != self._config_said or plan.removed or cfg != self._config_last:
+            for line in plan.refused:
+                LOG.error("config %s", line)
+            if plan.held:
+                LOG.error("config refused removal: %s", plan.held_reason)
+            for name in plan.removed:
+                LOG.warning("config %s removes network %s", self.config, name)
+            LOG.info("config %s applied: %d tenants, %d networks (%d entries refused, %d "
+                     "removals held)", self.config, len(cfg.tenants),
+                     len(plan.networks) - len(plan.held), len(plan.refused), len(plan.held))
+        self._config_refused = None
+        self._config_said, self._config_last = said, cfg
 
     def _sync_links(self, declared: Declared) -> None:
         now = self.clock()

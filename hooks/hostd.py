@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -42,7 +43,16 @@ class _Wakeup(FileSystemEventHandler):  # type: ignore[misc]
         self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        path = str(getattr(event, "dest_path", "") or event.src_path)
+        # Only an event file coming into place: its creation, or the rename that completes it.
+        # The daemon's own reads of an event file raise "opened"/"closed_no_write" events,
+        # which must not wake it: they would turn every back-off wait into a busy retry loop
+        # (issue 12: 20,245 attempts in 15 s with OVSDB down).
+        if event.event_type == "moved":
+            path = str(getattr(event, "dest_path", ""))
+        elif event.event_type == "created":
+            path = str(event.src_path)
+        else:
+            return
         if path.endswith(SUFFIX):
             self.wake.set()
 
@@ -95,12 +105,22 @@ def _log_result(result: DrainResult) -> None:
         LOG.warning("OVSDB not available, will retry spooled events: %s", result.blocked)
 
 
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0.1 <= value <= 300):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 0.1..300")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="veil-hostd", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--spool", default=DEFAULT_SPOOL, help=f"spool directory (default {DEFAULT_SPOOL})")
     parser.add_argument("--db", default=DEFAULT_DB, help=f"OVSDB remote (default {DEFAULT_DB})")
     parser.add_argument("--bridge", default=contract.INTEGRATION_BRIDGE)
-    parser.add_argument("--timeout", type=float, default=5.0, help="OVSDB timeout per transaction, seconds")
+    parser.add_argument("--timeout", type=_timeout, default=5.0, help="OVSDB timeout per transaction, seconds")
     parser.add_argument("--once", action="store_true", help="drain once and exit (1 if events remain)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s veil-hostd %(levelname)s %(message)s")

@@ -34,6 +34,7 @@ request_sync is its own round trip after its commit, but nothing orders two conn
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import signal
 import subprocess
@@ -42,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from hooks.ovsdb import connect as ovsdb
 from controller.core.seen import SeenKey
@@ -53,8 +54,12 @@ from controller.core.model import (
     Tenant,
     allocate_vni,
     check_declared,
+    check_name,
     check_tunnel_types,
+    check_vni,
 )
+
+T = TypeVar("T")
 
 SCHEMA: Final = Path(__file__).with_name("schema") / "veil.ovsschema"
 SCHEMA_NAME: Final = "Veil"
@@ -123,6 +128,15 @@ class StoreServer:
             time.sleep(0.02)
 
 
+def _plain(value: object) -> object:
+    """A python-ovs column value as plain data (its maps and sets are dicts and lists)."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [str(v) if not isinstance(v, (str, int, float)) else v for v in value]
+    return value
+
+
 def _run(argv: list[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -145,6 +159,195 @@ class Declared:
     hosts: tuple[HostRecord, ...]
     claims: Mapping[str, str]  # iface-id -> host, while a VIF is live on two hosts
     first_seen: Mapping[SeenKey, float] = field(default_factory=dict)  # see controller/core/seen.py
+    config_owned: frozenset[str] = frozenset()  # networks the config file made (veil-source)
+    refused: tuple[Refusal, ...] = ()  # rows that break a rule: each costs only itself
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A veil database row the controller does not use, and why (``decode_rows``).
+
+    ``row`` holds the row's values as read: equal refusals are the same row version (the
+    controller logs each version once)."""
+
+    table: str
+    uuid: str
+    name: str
+    reason: str
+    row: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.table} {self.name!r} refused: {self.reason}"
+
+
+# A table as read: (uuid, {column: value as python-ovs gives it}) per row. Values are what a
+# client wrote within the schema's types: a string column holds any string.
+RawRows = Mapping[str, Iterable[tuple[str, Mapping[str, object]]]]
+_REMOTE_KINDS: Final = ("tcp", "ssl", "unix")
+
+
+def check_remote(value: object, where: str) -> str:
+    """An OVSDB/OpenFlow remote the controller dials: tcp:IP:PORT, ssl:IP:PORT or unix:PATH
+    (an IPv6 address in brackets)."""
+    kind, _, rest = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if kind == "unix" and rest and "\0" not in rest:
+        return str(value)
+    if kind in ("tcp", "ssl"):
+        host, _, port = rest.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            ipaddress.ip_address(host)
+            ok = port.isascii() and port.isdigit() and 0 < int(port) < 65536
+        except ValueError:
+            ok = False
+        if ok:
+            return str(value)
+    raise InvalidState(f"{where}: {value!r} is not a remote like tcp:IP:PORT, ssl:IP:PORT or "
+                       f"unix:PATH")
+
+
+def _text(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidState(f"{where}: {value!r} is not a non-empty string")
+    return value
+
+
+def _decode_tenant(r: Mapping[str, object]) -> Tenant:
+    return Tenant(check_name(r.get("name"), "name"))
+
+
+def _decode_network(r: Mapping[str, object], tenants: set[str]) -> Network:
+    name = check_name(r.get("name"), "name")
+    tenant = r.get("tenant")
+    if not isinstance(tenant, str) or tenant not in tenants:
+        raise InvalidState(f"tenant: {tenant!r} is not a tenant")
+    vni = check_vni(r.get("vni"), "vni")
+    subnet = r.get("subnet")
+    net = None
+    if subnet not in ([], None):
+        items = subnet if isinstance(subnet, list) else [subnet]
+        if len(items) != 1 or not isinstance(items[0], str):
+            raise InvalidState(f"subnet: {subnet!r} is not one CIDR")
+        try:
+            net = ipaddress.ip_network(items[0])
+        except ValueError as exc:
+            raise InvalidState(f"subnet: {exc}") from None
+    return Network(name, tenant, vni, net)
+
+
+def _decode_host(r: Mapping[str, object]) -> HostRecord:
+    sid = check_name(r.get("system_id"), "system_id")
+    ip = r.get("underlay_ip")
+    try:
+        addr = ipaddress.ip_address(ip if isinstance(ip, str) else "")
+    except ValueError:
+        raise InvalidState(f"underlay_ip: {ip!r} is not an IP address") from None
+    kinds = check_tunnel_types(r.get("tunnel_types"), "tunnel_types")
+    return HostRecord(Host(sid, addr, kinds), check_remote(r.get("ovsdb"), "ovsdb"),
+                      check_remote(r.get("openflow"), "openflow"))
+
+
+def _source(r: Mapping[str, object]) -> object:
+    ids = r.get("external_ids")
+    return ids.get(SOURCE_KEY) if isinstance(ids, dict) else None
+
+
+def _programmed(r: Mapping[str, object]) -> int:
+    n = r.get("programmed_seq", 0)
+    return n if isinstance(n, int) and not isinstance(n, bool) else 0
+
+
+def _name_of(table: str, r: Mapping[str, object]) -> str:
+    key = {"Host": "system_id", "Claim": "iface_id", "FirstSeen": "iface_id"}.get(table, "name")
+    return str(r.get(key, ""))
+
+
+def decode_rows(raw: RawRows) -> Declared:
+    """The declared state in ``raw`` (pure): every row that breaks a rule is refused on its
+    own, with the reason, and the rest is used. A network of a refused or unknown tenant is
+    refused; of two hosts with one underlay IP the one programmed furthest keeps it (the
+    established host; equal: both refused, since neither can be told right)."""
+    refused: list[Refusal] = []
+
+    def rows(table: str) -> list[tuple[str, Mapping[str, object]]]:
+        return sorted(raw.get(table, ()), key=lambda ur: ur[0])
+
+    def refuse(table: str, uuid: str, r: Mapping[str, object], reason: str) -> None:
+        refused.append(Refusal(table, uuid, _name_of(table, r), reason,
+                               tuple(sorted((k, repr(v)) for k, v in r.items()))))
+
+    def unique(table: str, items: list[tuple[str, Mapping[str, object], T]],
+               key: Callable[[T], object], what: str) -> list[tuple[str, Mapping[str, object], T]]:
+        groups: dict[object, list[tuple[str, Mapping[str, object], T]]] = {}
+        for item in items:
+            groups.setdefault(key(item[2]), []).append(item)
+        out = []
+        for k, group in groups.items():
+            if len(group) == 1:
+                out.extend(group)
+                continue
+            for uuid, r, _ in group:
+                refuse(table, uuid, r, f"{what} {k} is also {table} row(s) "
+                       f"{', '.join(repr(_name_of(table, o)) for u, o, _ in group if u != uuid)}")
+        return out
+
+    def decoded(table: str, decode: Callable[[Mapping[str, object]], T]
+                ) -> list[tuple[str, Mapping[str, object], T]]:
+        out = []
+        for uuid, r in rows(table):
+            try:
+                out.append((uuid, r, decode(r)))
+            except InvalidState as exc:
+                refuse(table, uuid, r, str(exc))
+        return out
+
+    tenant_rows = decoded("Tenant", _decode_tenant)
+    tenants = tuple(t for _, _, t in unique("Tenant", tenant_rows, lambda t: t.name, "name"))
+    names = {t.name for t in tenants}
+    net_rows = decoded("Network", lambda r: _decode_network(r, names))
+    net_rows = unique("Network", net_rows, lambda n: n.name, "name")
+    net_rows = unique("Network", net_rows, lambda n: n.vni, "vni")
+    networks = tuple(n for _, _, n in net_rows)
+    owned = frozenset(n.name for _, r, n in net_rows if _source(r) == "config")
+    host_rows = decoded("Host", _decode_host)
+    host_rows = unique("Host", host_rows, lambda h: h.host.system_id, "system_id")
+    by_ip: dict[object, list[tuple[str, Mapping[str, object], HostRecord]]] = {}
+    for item in host_rows:
+        by_ip.setdefault(item[2].host.underlay_ip, []).append(item)
+    hosts: list[HostRecord] = []
+    for ip, group in by_ip.items():
+        best = max(_programmed(r) for _, r, _ in group)
+        keep = [g for g in group if _programmed(g[1]) == best]
+        winner = keep[0] if len(keep) == 1 else None
+        if winner is not None:
+            hosts.append(winner[2])
+        for uuid, r, rec in group:
+            if winner is None or uuid != winner[0]:
+                other = winner[2].host.system_id if winner else ", ".join(
+                    repr(g[2].host.system_id) for g in group if g[0] != uuid)
+                refuse("Host", uuid, r, f"underlay_ip: {ip} is also host "
+                       f"{other!r}" if winner else f"underlay_ip: {ip} is also host {other} "
+                       "(neither programmed further: both refused)")
+    claims: dict[str, str] = {}
+    for uuid, r in rows("Claim"):
+        try:
+            claims[_text(r.get("iface_id"), "iface_id")] = _text(r.get("host"), "host")
+        except InvalidState as exc:
+            refuse("Claim", uuid, r, str(exc))
+    first_seen: dict[SeenKey, float] = {}
+    for uuid, r in rows("FirstSeen"):
+        try:
+            ofport, since = r.get("ofport"), r.get("since")
+            if not isinstance(ofport, int) or isinstance(ofport, bool):
+                raise InvalidState(f"ofport: {ofport!r} is not an integer")
+            if not isinstance(since, (int, float)) or isinstance(since, bool) or not (
+                    math.isfinite(since)):
+                raise InvalidState(f"since: {since!r} is not a finite time")
+            first_seen[(_text(r.get("host"), "host"), _text(r.get("iface_id"), "iface_id"),
+                        ofport)] = float(since)
+        except InvalidState as exc:
+            refuse("FirstSeen", uuid, r, str(exc))
+    return Declared(tenants, networks, tuple(hosts), claims, first_seen, owned, tuple(refused))
 
 
 @dataclass(frozen=True)
@@ -308,29 +511,20 @@ class Store:
         with self._changed:
             return self._generation
 
-    def read(self) -> Declared:
-        """The declared state; a row that breaks the invariants is an error, never skipped."""
+    def raw_rows(self) -> dict[str, list[tuple[str, dict[str, object]]]]:
+        """Every row of the declared tables as the IDL holds it (for ``decode_rows``)."""
+        out: dict[str, list[tuple[str, dict[str, object]]]] = {}
         with self.api.ovsdb_connection.lock:
-            t = self.api.tables
-            tenants = tuple(Tenant(r.name) for r in t["Tenant"].rows.values())
-            networks = tuple(
-                Network(r.name, r.tenant, r.vni,
-                        ipaddress.ip_network(r.subnet[0]) if r.subnet else None)
-                for r in t["Network"].rows.values()
-            )
-            hosts = tuple(
-                HostRecord(
-                    Host(r.system_id, ipaddress.ip_address(r.underlay_ip),
-                         check_tunnel_types(r.tunnel_types, f"host {r.system_id}.tunnel_types")),
-                    r.ovsdb, r.openflow)
-                for r in t["Host"].rows.values()
-            )
-            claims = {r.iface_id: r.host for r in t["Claim"].rows.values()}
-            first_seen = {(r.host, r.iface_id, r.ofport): r.since
-                          for r in t["FirstSeen"].rows.values()}
-        check_declared({x.name: x for x in tenants}, {x.name: x for x in networks},
-                       {x.host.system_id: x.host for x in hosts})
-        return Declared(tenants, networks, hosts, claims, first_seen)
+            for table in ("Tenant", "Network", "Host", "Claim", "FirstSeen"):
+                t = self.api.tables[table]
+                out[table] = [(str(r.uuid), {c: _plain(getattr(r, c)) for c in t.columns})
+                              for r in t.rows.values()]
+        return out
+
+    def read(self) -> Declared:
+        """The declared state; a row that breaks a rule is refused on its own (``refused``)
+        and the rest is used (``decode_rows``)."""
+        return decode_rows(self.raw_rows())
 
     def write_claims(self, want: Mapping[str, str]) -> None:
         """Make the Claim table equal ``want``, in one transaction."""
@@ -376,11 +570,16 @@ class Store:
     def add_network(self, name: str, tenant: str, vni: int | None = None,
                     subnet: str | None = None, source: str = "cli") -> Network:
         current = self.read()
+        rows = [r for _, r in self.raw_rows()["Network"]]  # refused rows hold names/VNIs too
         if tenant not in {t.name for t in current.tenants}:
             raise InvalidState(f"network {name}.tenant: unknown tenant {tenant!r}")
-        if any(n.name == name for n in current.networks):
+        if any(r.get("name") == name for r in rows):
             raise InvalidState(f"network {name}.name: a network {name!r} already exists")
-        chosen = vni if vni is not None else allocate_vni(n.vni for n in current.networks)
+        used = {v for r in rows if isinstance(v := r.get("vni"), int)}
+        if vni is not None and vni in used - {n.vni for n in current.networks}:
+            raise InvalidState(f"network {name}.vni: {vni} is held by a refused Network row "
+                               "(see veil show)")
+        chosen = vni if vni is not None else allocate_vni(used)
         net = Network(name, tenant, chosen, ipaddress.ip_network(subnet) if subnet else None)
         check_declared({t.name: t for t in current.tenants},
                        {n.name: n for n in (*current.networks, net)}, {})

@@ -31,7 +31,7 @@ from tests.support.poll import until
     ("tenants: [{name: a, networks: [{name: n}]}, {name: b, networks: [{name: n}]}]",
      r"tenants\[1\]\.networks\[0\]\.name: network 'n' is also tenants\[0\]\.networks\[0\]"),
     ("tenant: []", r"config\.tenant: unknown key"),
-    ("tenants: [", r"config: not valid YAML"),
+    ("tenants: [", r"config:1:11: not valid YAML: expected the node content"),
     ("", r"config: expected a mapping"),
     ("# nothing yet\n", r"config: expected a mapping"),
     ("other: 1", r"config\.other: unknown key"),

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 from multiprocessing import Pool
 from pathlib import Path
 
 import pytest
 
 from controller.lab.ovs import OvsInstance
+from hooks.hostd import RETRY
 from hooks.spool import PlugEvent, Spool, UnplugEvent
 from tests.support.poll import until
 from tests.support.rows import bridge_ports
@@ -56,3 +59,43 @@ def test_concurrent_writers_never_share_or_lose_a_sequence_number(tmp_path: Path
     ports = [e.port for e in (spool.load(p) for p in spool.pending()) if isinstance(e, UnplugEvent)]
     for w in range(4):  # each writer's events stay in the order it wrote them
         assert [p for p in ports if p.startswith(f"w{w}p")] == [f"w{w}p{i}" for i in range(25)]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_hostd_backs_off_while_ovsdb_is_away_and_does_not_wake_on_its_own_reads(
+        ovs: OvsInstance, tmp_path: Path) -> None:
+    """Issue 12: one pending event, OVSDB away: the attempts follow the back-off schedule
+    (before: watchdog's open/close events of hostd's own reads woke it ~1,300 times a second)."""
+    spool = Spool(str(tmp_path / "spool"))
+    spool.append(PlugEvent(make_vif(), add_port=True))
+    link = tmp_path / "db.sock"  # nothing there yet: OVSDB is away
+    log = tmp_path / "hostd.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hooks.hostd", "--spool", spool.directory, "--db", f"unix:{link}",
+         "--timeout", "1"], stdout=log.open("w"), stderr=subprocess.STDOUT)
+    window = 5.0
+    try:
+        until("hostd noticed OVSDB is away", lambda: "will retry" in log.read_text())
+        start_cpu, start = _cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(window)  # (measuring a rate over a fixed window: the one sleep here)
+        cpu = _cpu_seconds(proc.pid) - start_cpu
+        elapsed = time.monotonic() - start
+        attempts = log.read_text().count("will retry")
+        # the schedule: tries at 0, d(1), d(1)+d(2), ... ; at most this many fit the window
+        # (plus the one before it started)
+        allowed, t = 1, 0.0
+        while t <= elapsed + 1.0:
+            t += RETRY.delay(allowed)
+            allowed += 1
+        assert attempts <= allowed, log.read_text()[-2000:]
+        assert cpu < 0.5, f"{cpu:.2f} CPU-seconds in {elapsed:.1f}s"
+        os.symlink(ovs.db_sock, link)  # OVSDB is back
+        until("the spooled plug applied", lambda: bridge_ports(ovs) == ["tapk1"]
+              and spool.pending() == [], timeout=RETRY.maximum + 10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log.read_text()

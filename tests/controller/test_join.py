@@ -1,0 +1,50 @@
+"""`veil join` on a real OVS: idempotent, a re-join with other settings replaces them, and a
+refused argument line writes nothing (issue 12)."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller import cli
+from controller.lab.ovs import OvsInstance
+from controller.northbound.store import Store, StoreServer
+
+pytestmark = pytest.mark.lab  # a real ovsdb-server and OVS
+
+
+def join_argv(db: str, ovs: OvsInstance, *extra: str) -> list[str]:
+    return ["join", "--controller", db, "--system-id", "h1", "--underlay-ip", "198.18.0.1",
+            "--host-db", ovs.db_remote, "--host-guard", "off", *extra]
+
+
+def listeners(ovs: OvsInstance) -> tuple[list[str], list[str]]:
+    managers = ovs.vsctl("--columns=target", "--format=csv", "--no-headings", "list",
+                         "Manager").split()
+    controllers = ovs.vsctl("get-controller", "br-int").split()
+    return sorted(m.strip('"') for m in managers), sorted(controllers)
+
+
+def test_join_twice_is_idempotent_and_a_rejoin_replaces_the_settings(
+        ovs: OvsInstance, store_server: StoreServer) -> None:
+    db = store_server.remote
+    first = join_argv(db, ovs, "--ovsdb", "tcp:127.0.0.1:16640", "--openflow",
+                      "tcp:127.0.0.1:16653")
+    assert cli.main(first) == 0
+    assert cli.main(first) == 0  # before: a Manager constraint violation traceback
+    assert listeners(ovs) == (["ptcp:16640:127.0.0.1"], ["ptcp:16653:127.0.0.1"])
+    assert cli.main(join_argv(db, ovs, "--ovsdb", "tcp:127.0.0.1:16641", "--openflow",
+                              "tcp:127.0.0.1:16654", "--tunnel-types", "vxlan")) == 0
+    assert listeners(ovs) == (["ptcp:16641:127.0.0.1"], ["ptcp:16654:127.0.0.1"])
+    store = Store(db)
+    try:
+        (rec,) = store.read().hosts
+        assert (rec.ovsdb, rec.openflow, rec.host.tunnel_types) == (
+            "tcp:127.0.0.1:16641", "tcp:127.0.0.1:16654", ("vxlan",))
+    finally:
+        store.close()
+    # back to unix remotes: veil's listeners go, a Manager someone else made stays
+    ovs.vsctl("--", "--id=@m", "create", "Manager", "target=ptcp\\:16999\\:127.0.0.1", "--",
+              "add", "Open_vSwitch", ".", "manager_options", "@m")
+    assert cli.main(join_argv(db, ovs, "--ovsdb", ovs.db_remote, "--openflow",
+                              f"unix:{ovs.mgmt_sock('br-int')}")) == 0
+    assert listeners(ovs) == (["ptcp:16999:127.0.0.1"], [])
