@@ -4,8 +4,14 @@ Each verb parses its arguments and calls one typed function (``controller.join.j
 ``Store`` methods, ``controller.expected.expected_flows``); the lab and the benchmarks call
 those functions directly, never this module. The netns lab has its own command, `veil-lab`.
 
-    veil join --controller DB --system-id ID --underlay-ip IP [--tunnel-types geneve,vxlan]
+    veil join --controller ssl:CTL:6641 --token TOKEN --system-id ID --underlay-ip IP
+              [--enroll https://CTL:6645] [--pki-dir /etc/veil/pki] [--tunnel-types geneve,vxlan]
               [--host-db REMOTE] [--ovsdb REMOTE] [--openflow REMOTE] [--host-guard auto|on|off]
+              [--insecure]     (plaintext tcp: remotes; a warning)
+    veil join --renew --controller ssl:CTL:6641 [--pki-dir DIR] [--force]
+    veil host add NAME [--pki DIR]            (prints a one-time join token)
+    veil host remove NAME [--pki DIR] [--db DB]   (revokes; its Host row goes)
+    veil host list [--pki DIR] [--db DB]
     veil tenant add NAME --db DB
     veil network add NAME --tenant T [--vni N] [--subnet CIDR] --db DB
     veil network del NAME --db DB
@@ -19,11 +25,16 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 
+from controller import hosttls, trust
 from controller.core.model import InvalidState, check_name, check_vni
+from controller.northbound import pki as P
+from controller.northbound.enroll import EnrollError, HostFiles
+from controller.northbound.pki import PkiError
 from controller.expected import expected_flows
 from controller.join import DEFAULT_HOST_DB, host_record, join_host
 from controller.northbound.store import Store, check_remote
@@ -80,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     j = sub.add_parser("join", help="join this host to a veil controller (run on the host)")
     j.add_argument("--controller", required=True, type=remote, help="the controller's database, e.g. "
                    "tcp:198.18.0.100:6641 or unix:/run/veil/veil-db.sock")
-    j.add_argument("--system-id", required=True)
-    j.add_argument("--underlay-ip", required=True)
+    j.add_argument("--system-id", help="required, except with --renew")
+    j.add_argument("--underlay-ip", help="required, except with --renew")
     j.add_argument("--tunnel-types", default="geneve",
                    help="comma list in order of preference (geneve, vxlan, gre)")
     j.add_argument("--host-db", default=DEFAULT_HOST_DB, type=remote, help="this host's OVSDB, for writing")
@@ -90,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--openflow", type=remote, help="how the controller reaches br-int over OpenFlow "
                    "(default tcp:UNDERLAY_IP:6653; a tcp: remote gets a passive listener)")
     hostguard.add_argument(j)
+    _trust_arguments(j, sub)
     t = sub.add_parser("tenant")
     tsub = t.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
     ta = tsub.add_parser("add")
@@ -131,9 +143,89 @@ def show(store: Store) -> None:
         print(f"refused {r.table} {r.name!r}: {r.reason}")
 
 
+def _trust_arguments(j: argparse.ArgumentParser,
+                     sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    """`veil join`'s TLS options and the `veil host` verbs (controller/trust.py)."""
+    j.add_argument("--token", help="one-time join token from `veil host add` (enrolls)")
+    j.add_argument("--enroll", help="enrollment URL (default https://CONTROLLER-HOST:6645)")
+    j.add_argument("--pki-dir", type=Path, default=hosttls.DEFAULT_HOST_PKI,
+                   help="this host's key, certificate and CAs")
+    j.add_argument("--renew", action="store_true", help="renew this host's certificate "
+                   "if due (two thirds of its life gone; run daily)")
+    j.add_argument("--force", action="store_true", help="with --renew: renew now")
+    j.add_argument("--insecure", action="store_true",
+                   help="plaintext tcp: remotes, no certificates (not for production)")
+    h = sub.add_parser("host", help="hosts' join tokens and certificates (on the controller)")
+    hsub = h.add_subparsers(dest="action", required=True)
+    for verb in ("add", "remove", "list"):
+        v = hsub.add_parser(verb)
+        if verb != "list":
+            v.add_argument("name")
+        v.add_argument("--pki", type=Path, default=trust.DEFAULT_PKI)
+        if verb != "add":
+            v.add_argument("--db", help="the veil database (e.g. unix:/run/veil/veil-db.sock)")
+
+
+def host_verb(args: argparse.Namespace) -> int:
+    """`veil host add|remove|list`: on the controller machine (the PKI directory)."""
+    now = trust.utcnow()
+    pki = P.Pki.open(args.pki, now)
+    if args.action == "add":
+        print(trust.add_host(pki, check_name(args.name, "host name"), now))
+        return 0
+    store = Store(args.db) if args.db else None
+    try:
+        if args.action == "remove":
+            serials = trust.remove_host(pki, store, args.name, now)
+            print(f"host {args.name} removed: {len(serials)} certificate(s) revoked")
+        else:
+            for entry in trust.list_hosts(pki, store, now):
+                print(trust.describe(entry))
+    finally:
+        if store is not None:
+            store.close()
+    return 0
+
+
+def _renew(args: argparse.Namespace) -> int:
+    url = hosttls.enroll_url(args.controller, args.enroll)
+    got = hosttls.renew(url, args.pki_dir, trust.utcnow(), force=args.force)
+    print("certificate renewed" if got else "certificate not due for renewal")
+    return 0
+
+
+def _tls_join(args: argparse.Namespace) -> bool:
+    """Whether this join uses TLS (default; not with --insecure or when every remote is a
+    local unix socket). A plaintext tcp: remote without --insecure is refused."""
+    if args.insecure:
+        sys.stderr.write("veil join: --insecure: plaintext control connections; anyone on "
+                         "the network path can read and forge them\n")
+        return False
+    remotes = (args.controller, args.ovsdb or "ssl:", args.openflow or "ssl:")
+    if all(r.startswith("unix:") for r in remotes):
+        return False  # everything local: unix sockets, no TLS
+    for name, remote in zip(("controller", "ovsdb", "openflow"), remotes):
+        if remote.startswith("tcp:"):
+            raise ValueError(f"--{name} {remote}: plaintext; use ssl: (or --insecure)")
+    return True
+
+
 def join(args: argparse.Namespace) -> int:
+    if args.renew:
+        return _renew(args)
+    if not args.system_id or not args.underlay_ip:
+        raise ValueError("veil join: --system-id and --underlay-ip are required")
+    secure = _tls_join(args)
+    if secure:
+        args.ovsdb = args.ovsdb or f"ssl:{args.underlay_ip}:6640"
+        args.openflow = args.openflow or f"ssl:{args.underlay_ip}:6653"
     rec = host_record(args.system_id, args.underlay_ip, args.tunnel_types, args.ovsdb, args.openflow)
-    join_host(args.controller, rec, args.host_db, args.host_guard, say=print)
+    if secure:
+        url = (hosttls.enroll_url(args.controller, args.enroll) if args.token else None)
+        hosttls.join_with_tls(args.controller, rec, args.host_db, args.pki_dir, args.token,
+                              url, args.host_guard, say=print)
+    else:
+        join_host(args.controller, rec, args.host_db, args.host_guard, say=print)
     print(f"host {rec.host.system_id} joined: controller reaches it at {rec.ovsdb} (OVSDB) and "
           f"{rec.openflow} (OpenFlow)")
     return 0
@@ -147,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.cmd == "join":
             return join(args)
+        if args.cmd == "host":
+            return host_verb(args)
         store = Store(args.db)
         try:
             if args.cmd == "tenant":
@@ -164,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 show(store)
         finally:
             store.close()
-    except (InvalidState, ValueError, OvsdbUnreachable) as exc:
+    except (InvalidState, ValueError, OvsdbUnreachable, PkiError, EnrollError) as exc:
         sys.stderr.write(f"veil: {' '.join(str(exc).split())}\n")
         return 2
     except ovsdbapp_exceptions.OvsdbAppException as exc:  # the database went away mid-way

@@ -1,7 +1,13 @@
 """`veil-controller`: run the controller, with its embedded database unless told otherwise.
 
-    veil-controller --rundir /run/veil [--listen ptcp:6641:198.18.0.100] [--config veil.yaml]
-    veil-controller --db tcp:198.18.0.100:6641 [--config veil.yaml]
+    veil-controller --rundir /run/veil --public-ip 198.18.0.1 [--pki /var/lib/veil/pki]
+                    [--config veil.yaml]
+    veil-controller --db unix:/run/veil/veil-db.sock [--config veil.yaml]
+    veil-controller ... --insecure        (plaintext tcp: hosts/--listen allowed; logs a warning)
+
+TLS by default (controller/trust.py): the controller dials hosts' ``ssl:`` remotes with its
+certificate from the PKI directory, and with ``--rundir --public-ip`` runs the enrollment
+endpoint (https://IP:6645) and the database relay (ssl:IP:6641) as threads of this process.
 """
 
 from __future__ import annotations
@@ -18,8 +24,13 @@ from types import FrameType
 
 from controller.cli import OneLineParser, seconds
 from controller.cli import remote as remote_arg
+from controller import trust as trust_mod
+from controller.northbound import access
+from controller.northbound import pki as P
+from controller.northbound.pki import PkiError
 from controller.service import Controller
 from controller.northbound.store import StoreServer
+from controller.southbound import tls
 
 
 def listen_remote(text: str) -> str:
@@ -61,20 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--resync", type=seconds(0.1, 3600.0), default=5.0,
                    help="seconds between safety reconciliations when nothing happens")
     p.add_argument("-v", "--verbose", action="store_true")
+    _trust_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    remote = args.db
-    if args.rundir is not None:
-        server = StoreServer(args.rundir)
-        if server.pid() is None or not Path(f"/proc/{server.pid()}").exists():
-            try:
-                server.start(args.listen)
-            except (RuntimeError, OSError) as exc:  # not a dependency away: cannot start it
-                sys.stderr.write(f"veil-controller: cannot start the veil database in "
-                                 f"{args.rundir}: {' '.join(str(exc).split())}\n")
-                return 1
-        remote = server.remote
+    try:
+        remote, trust = _start_trust(args)
+    except (ValueError, RuntimeError, OSError, PkiError) as exc:  # not a dependency away
+        sys.stderr.write(f"veil-controller: cannot start: {' '.join(str(exc).split())}\n")
+        return 1
     ctl = Controller(remote, args.config, resync_every=args.resync)
     done = threading.Event()
 
@@ -89,9 +95,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not ctl.alive():  # the loop died on an unexpected error (traceback logged): exit
             logging.getLogger("veil.controller").critical("controller loop died; exiting")
             ctl.stop()
+            if trust is not None:
+                trust.stop()
             return 1
     ctl.stop()
+    if trust is not None:
+        trust.stop()
     return 0
+
+
+def _trust_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pki", type=Path, help=f"the controller's PKI directory (default "
+                   f"{trust_mod.DEFAULT_PKI}; created on first start)")
+    p.add_argument("--public-ip", help="with --rundir: run the enrollment endpoint and the "
+                   "database relay on this address (the one hosts reach)")
+    p.add_argument("--relay-port", type=int, default=trust_mod.RELAY_PORT)
+    p.add_argument("--enroll-port", type=int, default=trust_mod.ENROLL_PORT)
+    p.add_argument("--upstream-ports", default="6643,6644", help="127.0.0.1 ports of the "
+                   "database's own TLS remotes behind the relay: HOST_ROLE,ADMIN")
+    p.add_argument("--insecure", action="store_true", help="allow plaintext: tcp: hosts and "
+                   "ptcp: --listen remotes (a warning is logged; not for production)")
+
+
+def _start_trust(args: argparse.Namespace) -> tuple[str, trust_mod.ControllerTrust | None]:
+    """The database remote to use, after configuring TLS and starting what it needs."""
+    log = logging.getLogger("veil.controller")
+    now = trust_mod.utcnow()
+    if args.insecure:
+        log.warning("--insecure: plaintext connections allowed; the control plane is then "
+                    "open to anyone on the network path")
+    elif any(r.startswith("ptcp:") for r in args.listen):
+        raise ValueError("--listen ptcp:... is plaintext: use the relay (--public-ip), or "
+                         "add --insecure")
+    pki = None if args.insecure and args.pki is None else P.Pki.open(
+        args.pki or trust_mod.DEFAULT_PKI, now)
+    tls.configure(trust_mod.client_tls(pki, now) if pki else None, allow_plaintext=args.insecure)
+    if args.rundir is None:
+        return args.db, None
+    host_port, _, admin_port = args.upstream_ports.partition(",")
+    up = access.Upstream(int(host_port), int(admin_port))
+    server = StoreServer(args.rundir)
+    if pki is None:
+        if server.pid() is None or not Path(f"/proc/{server.pid()}").exists():
+            server.start(args.listen)
+        return server.remote, None
+    trust_mod.start_database(server, pki, now, up, tuple(args.listen))
+    if args.public_ip is None:
+        return server.remote, None
+    trust = trust_mod.ControllerTrust(pki, args.public_ip, up, args.relay_port,
+                                      args.enroll_port)
+    trust.start()
+    return server.remote, trust
 
 
 if __name__ == "__main__":

@@ -42,12 +42,12 @@ def host_record(system_id: str, underlay_ip: str, tunnel_types: str = "geneve",
 def listener(remote: str) -> str | None:
     """The passive OVS target that makes ``remote`` reachable (None for unix sockets)."""
     kind, _, rest = remote.partition(":")
-    if kind == "tcp":
+    if kind in ("tcp", "ssl"):  # ssl: the host's SSL row holds the keys (controller/hosttls.py)
         ip, _, port = rest.rpartition(":")
-        return f"ptcp:{port}:{ip}"
+        return f"p{kind}:{port}:{ip}"
     if kind == "unix":
         return None
-    raise InvalidState(f"remote {remote!r}: expected tcp:IP:PORT or unix:PATH")
+    raise InvalidState(f"remote {remote!r}: expected ssl:IP:PORT, tcp:IP:PORT or unix:PATH")
 
 
 VEIL_LISTENER = "veil-listener"  # Manager external_ids: "true" on the listener veil made

@@ -37,6 +37,7 @@ from hooks.backoff import Backoff
 from hooks.ovsdb import connect as ovsdb
 from hooks.ovsdb.connect import OvsdbUnreachable
 from ovsdbapp import exceptions as ovsdbapp_exceptions
+from controller.southbound import tls
 from controller.southbound.session import OfSession, OpenFlowError
 from controller.core.seen import first_seen_after
 from controller.northbound.store import (
@@ -346,7 +347,7 @@ class Controller:
                 self.links[sid] = link = HostLink(rec)
             if link.db is None:
                 link.db = self._dialed(("ovsdb", sid, rec.ovsdb), HostDb,
-                                       functools.partial(HostDb, sid, rec.ovsdb, self.kick))
+                                       functools.partial(self._open_hostdb, sid, rec))
                 if link.db is None:
                     continue
             view = link.db.view(now, declared.first_seen)
@@ -434,9 +435,15 @@ class Controller:
         LOG.info("host %s: +%d -%d flows", host, len(d.add), len(d.delete))
         return tunnels_done
 
+    def _open_hostdb(self, host: str, rec: HostRecord) -> HostDb:
+        """Dial the host's OVSDB (a dialer thread); an ``ssl:`` remote must present ``host``'s
+        certificate, a ``tcp:`` one needs plaintext allowed (southbound/tls.py)."""
+        return HostDb(host, tls.pin(rec.ovsdb, host), self.kick)
+
     def _open_session(self, host: str, rec: HostRecord) -> Opened:
         """Dial, handshake and dump veil's flows (runs on a dialer thread)."""
-        session = OfSession(rec.openflow, functools.partial(self._on_packet_in, host), self.kick)
+        session = OfSession(tls.pin(rec.openflow, host),
+                            functools.partial(self._on_packet_in, host), self.kick)
         try:
             return Opened(session, session.installed())
         except OpenFlowError:

@@ -11,6 +11,7 @@ every daemon pid file).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -33,6 +34,11 @@ from hooks.vif import Vif
 DEFAULT_ROOT = Path(os.environ.get("VEIL_LAB_ROOT", "/run/veil-lab"))
 VM_MTU = 1400  # leaves room for the Geneve/VXLAN/GRE headers on a 1500-byte underlay
 STATE_FILE = "lab.json"
+# the controller's node (run.py puts veil-controller there): on the router, its own subnet
+CONTROLLER_NODE = "ctl"
+CONTROLLER_NET = ipaddress.IPv4Network("198.18.0.0/24")
+CONTROLLER_IP = ipaddress.IPv4Address("198.18.0.1")
+CONTROLLER_GW = ipaddress.IPv4Address("198.18.0.254")
 PLUG_TIMEOUT = 10.0  # seconds per OVSDB plug/unplug: the lab's hosts share two busy cores
 
 Progress = Callable[[str], None]
@@ -219,6 +225,28 @@ class Lab:
             "UNDERLAY_GW": str(dc.gateway),
         }
         netns.run(["bash", str(script("ovs-host.sh"))], ns=h.ns, env=env)
+
+    # -- the controller's node ------------------------------------------------------------------
+    def add_controller_node(self) -> str:
+        """A namespace for veil's controller on the underlay, attached to the router (so both
+        DCs reach it, as a management network would): ``CONTROLLER_IP`` in
+        ``CONTROLLER_NET``. Idempotent; recorded like every node, so ``down`` removes it."""
+        ns = self.ns_name(CONTROLLER_NODE)
+        if ns in netns.list_netns():
+            return ns
+        for dc in self.topo.datacenters:
+            if dc.subnet.overlaps(CONTROLLER_NET):
+                raise netns.CommandError(f"{dc.name}'s subnet {dc.subnet} overlaps the "
+                                         f"controller's {CONTROLLER_NET}")
+        router_ns = self.ns_name(self.topo.router)
+        self._add_ns(CONTROLLER_NODE)
+        netns.add_veth(ns, "eth0", router_ns, CONTROLLER_NODE)
+        plen = CONTROLLER_NET.prefixlen
+        netns.run(["ip", "addr", "add", f"{CONTROLLER_GW}/{plen}", "dev", CONTROLLER_NODE],
+                  ns=router_ns)
+        netns.run(["ip", "addr", "add", f"{CONTROLLER_IP}/{plen}", "dev", "eth0"], ns=ns)
+        netns.run(["ip", "route", "add", "198.18.0.0/15", "via", str(CONTROLLER_GW)], ns=ns)
+        return ns
 
     # -- VMs --------------------------------------------------------------------------------
     def plug_vm(self, name: str, host: str | None = None) -> None:

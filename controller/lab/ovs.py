@@ -90,6 +90,10 @@ class OvsInstance:
                 "ovsdb-server", str(self.db_file),
                 f"--remote=punix:{self.db_sock}",
                 "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+                # as the distributions start it: pssl managers use the SSL row (veil join)
+                "--private-key=db:Open_vSwitch,SSL,private_key",
+                "--certificate=db:Open_vSwitch,SSL,certificate",
+                "--ca-cert=db:Open_vSwitch,SSL,ca_cert",
                 "--pidfile", "--detach", f"--log-file={self.rundir / 'ovsdb-server.log'}",
             ],
             ns=self.ns,

@@ -7,9 +7,17 @@
     ctl.stop()                    # SIGTERM controller, stop its database
 
 Everything lives in ``<lab rundir>/controller`` (so `veil-lab down` also finds its pid files).
-The controller runs in the root namespace and reaches every host through unix sockets: each
-host's OVSDB (db.sock) and br-int's OpenFlow management socket (br-int.mgmt), which are
-filesystem objects and so reachable from any namespace.
+
+Over TLS (the default, as in production): the controller runs in a namespace of its own on
+the underlay (``Lab.add_controller_node``: 198.18.0.1, behind the router), with its PKI in
+``<rundir>/controller/pki``; every host gets a join token (``veil host add``'s function) and
+joins from its own namespace over the underlay (enrollment https://198.18.0.1:6645, the
+database relay ssl:198.18.0.1:6641); the controller dials every host's ``pssl:`` OVSDB and
+OpenFlow listeners on its underlay address. Only the controller's (and the tests') own
+database connection is a unix socket.
+
+``tls=False`` keeps the plaintext lab of before (the controller in the root namespace,
+every host through its unix sockets: db.sock and br-int.mgmt) for comparisons (the bench).
 """
 
 from __future__ import annotations
@@ -24,9 +32,14 @@ from pathlib import Path
 import yaml
 
 from controller.join import host_record, join_host
-from controller.lab.lab import Lab
+from controller.lab.hostjoin import JoinSpec
+from controller.lab.hostjoin import argv as hostjoin_argv
+from controller.lab.lab import CONTROLLER_IP, CONTROLLER_NODE, Lab
+from controller.northbound.pki import Pki
 from controller.northbound.store import Store, StoreServer
+from controller.trust import ENROLL_PORT, RELAY_PORT, utcnow
 
+LISTENING = "database relay ssl:"  # the daemon's log line once relay and enrollment listen
 LAB_RESYNC = 2.0  # seconds: the lab tests wait on resyncs, so shorter than the daemon's default
 
 
@@ -42,9 +55,11 @@ def lab_config(lab: Lab) -> str:
 class LabController:
     """veil (its database and `veil-controller`) run for one lab, as an operator would run it."""
 
-    def __init__(self, lab: Lab, resync: float = LAB_RESYNC) -> None:
+    def __init__(self, lab: Lab, resync: float = LAB_RESYNC, tls: bool = True) -> None:
         self.lab = lab
         self.resync = resync
+        self.tls = tls
+        self.joined = False
         self.rundir = Path(lab.rundir) / "controller"
         self.server = StoreServer(self.rundir)
         self.config = self.rundir / "veil.yaml"
@@ -55,11 +70,20 @@ class LabController:
     def pidfile(self) -> Path:
         return self.rundir / "controller.pid"
 
+    @property
+    def pki_dir(self) -> Path:
+        return self.rundir / "pki"
+
     def setup(self) -> None:
-        """Start the veil database, write the config and join every lab host (`veil join`'s
-        own code; no host guard: the lab guards each VM port itself, see ``Lab.plug_vm``)."""
+        """Write the config; plaintext: start the veil database and join every lab host
+        (`veil join`'s own code; no host guard: the lab guards each VM port itself, see
+        ``Lab.plug_vm``). Over TLS the daemon starts the database and the joins follow
+        ``start`` (``join_all``)."""
         self.rundir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(lab_config(self.lab))
+        if self.tls:
+            self.lab.add_controller_node()
+            return
         self.server.start()
         store = Store(self.server.remote)
         try:
@@ -71,15 +95,56 @@ class LabController:
             store.close()
 
     def start(self) -> None:
-        """Start `veil-controller` as its own process (so a test can kill -9 it)."""
+        """Start `veil-controller` as its own process (so a test can kill -9 it); over TLS
+        in the controller's namespace, with its embedded database, relay and enrollment,
+        returning once they listen (the first start then joins every host)."""
+        argv = [sys.executable, "-m", "controller.daemon", "--config", str(self.config),
+                "--resync", f"{self.resync:g}"]
+        if self.tls:
+            argv = ["ip", "netns", "exec", self.lab.ns_name(CONTROLLER_NODE), *argv,
+                    "--rundir", str(self.rundir), "--pki", str(self.pki_dir),
+                    "--public-ip", str(CONTROLLER_IP)]
+        else:
+            argv += ["--db", self.server.remote, "--insecure"]
+        seen = self.log_text().count(LISTENING)
+        joins = self._start_joins() if self.tls and not self.joined else None
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller.daemon", "--db", self.server.remote,
-                 "--config", str(self.config), "--resync", f"{self.resync:g}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 cwd=str(Path(__file__).resolve().parents[2]),
             )
         self.pidfile.write_text(str(self.proc.pid))
+        if joins is not None:
+            self._joined(joins)
+            self.joined = True
+        if self.tls:
+            self.wait_log(LISTENING, seen + 1, timeout=30.0)
+
+    @property
+    def controller_remote(self) -> str:
+        """The veil database as hosts and operators reach it (through the relay)."""
+        return f"ssl:{CONTROLLER_IP}:{RELAY_PORT}"
+
+    def _join_specs(self) -> list[JoinSpec]:
+        """A fresh one-time token per host (``veil host add``'s function)."""
+        pki = Pki.open(self.pki_dir, utcnow())
+        return [JoinSpec(h.ns, self.controller_remote, f"https://{CONTROLLER_IP}:{ENROLL_PORT}",
+                         pki.add_host(name, utcnow()), name, h.underlay_ip, self.lab.topo.tunnel,
+                         h.ovs.db_remote, str(Path(self.lab.rundir) / name / "pki"))
+                for name, h in self.lab.hosts.items()]
+
+    def _start_joins(self) -> subprocess.Popen[str]:
+        """Every host joins over the underlay, in parallel, each from its own namespace
+        (controller/lab/hostjoin.py), waiting for the controller's listeners itself."""
+        return subprocess.Popen(hostjoin_argv(sys.executable, self._join_specs()),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=str(Path(__file__).resolve().parents[2]))
+
+    @staticmethod
+    def _joined(proc: subprocess.Popen[str]) -> None:
+        out, _ = proc.communicate(timeout=90)
+        if proc.returncode != 0:
+            raise RuntimeError(f"lab hosts could not join over TLS:\n{out[-4000:]}")
 
     def kill(self) -> None:
         """kill -9 the controller process."""
@@ -111,9 +176,10 @@ class LabController:
             time.sleep(0.1)
 
 
-def run_for_lab(lab: Lab, resync: float = LAB_RESYNC) -> LabController:
-    """Start the controller for a lab that is up; returns its handle (call ``stop()``)."""
-    ctl = LabController(lab, resync)
+def run_for_lab(lab: Lab, resync: float = LAB_RESYNC, tls: bool = True) -> LabController:
+    """Start the controller for a lab that is up; returns its handle (call ``stop()``).
+    ``tls=False``: the plaintext lab over unix sockets (for comparisons)."""
+    ctl = LabController(lab, resync, tls)
     ctl.setup()
     try:
         ctl.start()

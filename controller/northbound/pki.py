@@ -416,6 +416,13 @@ class FileTokenStore:
                 _write_json(self.path, data)
         return len(gone)
 
+    def pending_hosts(self, now: datetime) -> list[str]:
+        """The system-id of every token still usable at ``now`` (one entry per token)."""
+        with self._lock.held():
+            data = _read_json(self.path)
+        return [v["system_id"] for v in data.values()
+                if datetime.fromisoformat(v["expires"]) > now]
+
     def pending(self, now: datetime) -> dict[str, datetime]:
         """Token id -> expiry of tokens still usable at ``now`` (for ``veil host list``)."""
         with self._lock.held():
@@ -601,6 +608,18 @@ class Pki:
             (d / f).unlink(missing_ok=True)
         d.rmdir()
         return cert.serial_number
+
+    def issued(self) -> dict[str, dict[str, str]]:
+        """Serial -> {cn, ca, not_after} of every unrevoked host certificate (``veil host
+        list``)."""
+        with self._lock.held():
+            return _read_json(self.root / "issued.json")
+
+    def pending_tokens(self, now: datetime) -> list[str]:
+        """System-ids with a usable join token (only the file store can list them)."""
+        if isinstance(self.tokens, FileTokenStore):
+            return self.tokens.pending_hosts(now)
+        return []
 
     def is_revoked(self, serial: int) -> bool:
         return str(serial) in _read_json(self.root / "revoked.json")

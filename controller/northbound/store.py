@@ -90,8 +90,9 @@ class StoreServer:
     def pidfile(self) -> Path:
         return self.rundir / "veil-db.pid"
 
-    def start(self, listen: Iterable[str] = ()) -> None:
-        """Create the database if needed and start the server; returns when it answers."""
+    def start(self, listen: Iterable[str] = (), options: Iterable[str] = ()) -> None:
+        """Create the database if needed and start the server; returns when it answers.
+        ``options`` are extra ovsdb-server arguments (the TLS remotes: northbound/access.py)."""
         self.rundir.mkdir(parents=True, exist_ok=True)
         if not self.db_file.exists():
             _run(["ovsdb-tool", "create", str(self.db_file), str(SCHEMA)])
@@ -99,7 +100,7 @@ class StoreServer:
             _run(["ovsdb-tool", "convert", str(self.db_file), str(SCHEMA)])
         _run([
             "ovsdb-server", str(self.db_file), f"--remote=punix:{self.sock}",
-            *(f"--remote={r}" for r in listen),
+            *(f"--remote={r}" for r in listen), *options,
             f"--unixctl={self.rundir / 'veil-db.ctl'}", f"--pidfile={self.pidfile}", "--detach",
             f"--log-file={self.rundir / 'veil-db.log'}",
         ])
@@ -604,8 +605,9 @@ class Store:
         row = self._find("Host", "system_id", rec.host.system_id)
         if row is None:
             self.api.db_create("Host", **cols).execute(check_error=True)
-        else:
-            self.api.db_set("Host", row, *cols.items()).execute(check_error=True)
+        else:  # system_id is the key (and RBAC's authorization column: a host may not set it)
+            self.api.db_set("Host", row, *((k, v) for k, v in cols.items() if k != "system_id")
+                            ).execute(check_error=True)
 
     def sync_config(self, tenants: Iterable[Tenant], networks: Iterable[Network]) -> None:
         """Make the config-owned rows equal the config file, in one transaction.

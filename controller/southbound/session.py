@@ -1,4 +1,4 @@
-"""One OpenFlow 1.4 session to a switch, dialled by the controller (unix: or tcp: target).
+"""One OpenFlow 1.4 session to a switch, dialled by the controller (unix:, tcp: or TLS target).
 
 The switch listens (its br-int.mgmt unix socket, or a ``ptcp:`` controller target) and the
 controller connects: a passive switch answers at once, whereas an active OVS 3.1 connection can
@@ -24,6 +24,7 @@ from os_ken.ofproto import ofproto_parser
 
 from controller.southbound import ofp
 from controller.southbound import ofwire
+from controller.southbound import tls
 from controller.pipeline.diff import FlowDiff
 from controller.pipeline.flows import FlowId
 
@@ -37,9 +38,13 @@ class OpenFlowError(RuntimeError):
     """The switch rejected a request, or the session broke while waiting for an answer."""
 
 
-def dial(target: str, timeout: float = 5.0) -> socket.socket:
-    """Connect to ``unix:PATH`` or ``tcp:IP:PORT``."""
+def dial(target: str, timeout: float = 5.0) -> tls.Conn:
+    """Connect to ``unix:PATH``, ``tcp:IP:PORT`` or ``vssl:SYSTEM_ID@IP:PORT`` (TLS, the peer's
+    certificate must name SYSTEM_ID: ``tls.pin`` makes these from a host's ``ssl:`` remote)."""
     kind, _, rest = target.partition(":")
+    if kind == tls.PINNED:
+        cn, address = tls.split_pinned(target)
+        return tls.dial_tls(address, cn, timeout)
     if kind == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -49,7 +54,8 @@ def dial(target: str, timeout: float = 5.0) -> socket.socket:
         sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     else:
-        raise ValueError(f"OpenFlow target {target!r}: expected unix:PATH or tcp:IP:PORT")
+        raise ValueError(f"OpenFlow target {target!r}: expected unix:PATH, tcp:IP:PORT or "
+                         f"{tls.PINNED}:SYSTEM_ID@IP:PORT")
     sock.settimeout(None)
     return sock
 

@@ -137,13 +137,17 @@ def test_veil_show_prints_the_numbers(lab: tuple[Lab, LabController],
 
 
 def test_a_stopped_host_does_not_advance_and_is_named(lab: tuple[Lab, LabController]) -> None:
-    """(Last in this module: it stops dc2-h2's Open vSwitch.) The others reach the number;
+    """(Last in this module: it stops dc2-h2's OVSDB.) The others reach the number;
     waiting for dc2-h2 times out with its name and the number it is stuck at."""
     lab_, ctl = lab
     store = Store(ctl.server.remote)
     try:
         stuck = sync(store)
-        lab_.hosts["dc2-h2"].ovs.stop()
+        # its OVSDB only: the controller reaches it over the underlay, and killing
+        # ovs-vswitchd would also take down the host's underlay port (br-phy), so no FIN
+        # would ever leave: a partition, which a host needing no change may not notice
+        # in time (docs/controller.md, limits)
+        lab_.hosts["dc2-h2"].ovs.stop_ovsdb()
         n = store.request_sync()
         others = [h for h in lab_.hosts if h != "dc2-h2"]
         assert min(wait_programmed(store, others, n).values()) >= n

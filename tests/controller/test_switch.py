@@ -261,7 +261,7 @@ def test_join_opens_passive_listeners_the_controller_dials(ovs: OvsInstance,
     assert cli.main(["join", "--controller", store_server.remote, "--system-id", "h9",
                      "--underlay-ip", "198.18.0.9", "--tunnel-types", "vxlan,geneve",
                      "--host-db", ovs.db_remote, "--ovsdb", ovsdb_remote,
-                     "--openflow", of_remote]) == 0
+                     "--openflow", of_remote, "--insecure"]) == 0
     got = netns.run(["ovs-vsctl", f"--db={ovsdb_remote}", "get", "Open_vSwitch", ".",
                      "external_ids"], ns=ovs.ns).stdout
     assert 'veil-underlay-ip="198.18.0.9"' in got and 'veil-tunnel-types="vxlan,geneve"' in got
@@ -315,7 +315,8 @@ def test_controller_dials_a_host_over_tcp(ovs: OvsInstance, store_server: StoreS
 
     assert cli.main(["join", "--controller", store_server.remote, "--system-id", "h1",
                      "--underlay-ip", "198.18.0.1", "--host-db", ovs.db_remote,
-                     "--ovsdb", "tcp:127.0.0.1:16640", "--openflow", "tcp:127.0.0.1:16653"]) == 0
+                     "--ovsdb", "tcp:127.0.0.1:16640", "--openflow", "tcp:127.0.0.1:16653",
+                     "--insecure"]) == 0
     cfg = tmp_path / "veil.yaml"
     cfg.write_text("tenants: [{name: A, networks: [{name: na, vni: 10}]}]\n")
     for i in (1, 2):
@@ -328,7 +329,8 @@ def test_controller_dials_a_host_over_tcp(ovs: OvsInstance, store_server: StoreS
     log = (tmp_path / "controller.log").open("w")
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ovs.ns, sys.executable, "-m", "controller.daemon", "--db",
-         store_server.remote, "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+         store_server.remote, "--config", str(cfg), "--insecure"], stdout=log,
+        stderr=subprocess.STDOUT)
     try:
         to_2 = f"in_port=1,ip,dl_src={MAC[1]},dl_dst={MAC[2]},nw_src=198.19.0.1,nw_dst=198.19.0.2"
         p2 = dp_port(ovs, "p2")
