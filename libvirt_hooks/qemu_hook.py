@@ -56,7 +56,18 @@ HANDLED = frozenset({
 
 
 class ConfigError(ValueError):
-    """The hook's config file is unreadable or has a bad line."""
+    """The hook's config file is unreadable, not UTF-8, or has a bad line.
+
+    ``cfg`` holds what the valid lines said (so the caller still knows ``mode`` and ``log``
+    when a later line is bad); with an unreadable file it is all defaults.
+    """
+
+    def __init__(self, message: str, cfg: HookConfig | None = None) -> None:
+        super().__init__(message)
+        self.cfg = cfg if cfg is not None else HookConfig()
+
+
+MAX_CONFIG_BYTES = 65536
 
 
 class HookConfig:
@@ -80,30 +91,49 @@ class HookConfig:
 
 
 def load_config(path: str) -> HookConfig:
-    """Read the config file; a missing file means all defaults."""
+    """Read the config file; a missing file means all defaults. ConfigError names file, line
+    and what is wrong; every line is checked, and ``exc.cfg`` keeps what the valid ones set."""
     cfg = HookConfig()
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read(65536).splitlines()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         return cfg
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = (part.strip() for part in line.partition("="))
-        if not sep or key not in HookConfig.__slots__:
-            raise ConfigError(f"{path}:{number}: expected key=value with key in {', '.join(HookConfig.__slots__)}")
-        if key == "mode" and value not in ("default", "strict"):
-            raise ConfigError(f"{path}:{number}: mode must be 'default' or 'strict', got {value!r}")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", cfg) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes: not a veil hook config", cfg)
+    first = ""
+    for number, raw in enumerate(data.split(b"\n"), 1):
         try:
-            parsed: object = float(value) if key == "timeout" else int(value) if key == "max_xml_bytes" else value
-        except ValueError:
-            raise ConfigError(f"{path}:{number}: {key} must be a number, got {value!r}") from None
-        setattr(cfg, key, parsed)
+            problem = _apply_line(cfg, raw)
+        except UnicodeDecodeError as exc:
+            problem = f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8 (the file must be UTF-8)"
+        if problem and not first:
+            first = f"{path}:{number}: {problem}"
+    if first:
+        raise ConfigError(first, cfg)
     return cfg
+
+
+def _apply_line(cfg: HookConfig, raw: bytes) -> str:
+    """Set what one line says on ``cfg``; the problem with it, or "" (UnicodeDecodeError)."""
+    line = raw.decode("utf-8").strip()
+    if not line or line.startswith("#"):
+        return ""
+    key, sep, value = (part.strip() for part in line.partition("="))
+    if not sep or key not in HookConfig.__slots__:
+        return f"expected key=value with key in {', '.join(HookConfig.__slots__)}"
+    if not value.isprintable():
+        return f"{key}: the value contains a control character: {value!r}"
+    if key == "mode" and value not in ("default", "strict"):
+        return f"mode must be 'default' or 'strict', got {value!r}"
+    try:
+        parsed: object = float(value) if key == "timeout" else int(value) if key == "max_xml_bytes" else value
+    except ValueError:
+        return f"{key} must be a number, got {value!r}"
+    setattr(cfg, key, parsed)
+    return ""
 
 
 def known_networks(cfg: HookConfig) -> frozenset[str] | None:
@@ -111,10 +141,13 @@ def known_networks(cfg: HookConfig) -> frozenset[str] | None:
     if not cfg.networks_file:
         return None
     try:
-        with open(cfg.networks_file, encoding="utf-8") as f:
-            return frozenset(n.strip() for n in f if n.strip() and not n.startswith("#"))
+        with open(cfg.networks_file, "rb") as f:
+            text = f.read(MAX_CONFIG_BYTES * 16).decode("utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read networks file {cfg.networks_file}: {exc}") from None
+        raise ConfigError(f"cannot read networks file {cfg.networks_file}: {exc}", cfg) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"networks file {cfg.networks_file}: byte {exc.start} is not UTF-8", cfg) from None
+    return frozenset(n.strip() for n in text.splitlines() if n.strip() and not n.startswith("#"))
 
 
 class Outcome:
@@ -191,19 +224,25 @@ def main(argv: list[str] | None = None, *, config_path: str = DEFAULT_CONFIG,
         return EX_USAGE
     name, op, sub = args[0], args[1], args[2]
     started = time.monotonic()
-    xml = (stdin or sys.stdin.buffer).read()
+    try:
+        xml = (stdin or sys.stdin.buffer).read()
+    except (AttributeError, OSError, ValueError):  # no stdin at all: read_domain reports it empty
+        xml = b""
     if op in ("migrate", "restore") and sub == "begin":
         # libvirt reads stdout as the (new) XML here: echo it unchanged, exactly.
         (stdout or sys.stdout.buffer).write(xml)
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        # Without a readable config the mode is unknown: never block a VM on a veil problem.
-        err.write(f"veil: {exc}\n")
+    if f"{op} {sub}" not in HANDLED:
         return EX_OK
     try:
+        cfg = load_config(config_path)
         out = run(op, sub, xml, cfg)
-    except (ConfigError, SpoolError) as exc:
+    except ConfigError as exc:
+        # Settings that cannot be trusted: nothing is written (the agent repairs once the file is
+        # fixed). Strict mode refuses only if a valid mode=strict line said so.
+        cfg = exc.cfg
+        out = Outcome()
+        out.errors.append(f"{exc}; veil skipped this {op}")
+    except SpoolError as exc:
         out = Outcome()
         out.errors.append(str(exc))
     except Exception as exc:  # noqa: BLE001 - last resort: a veil bug must not traceback into libvirt

@@ -50,10 +50,10 @@ def respond(
     params, methodname = xmlrpc.client.loads(call)
     if methodname is None or methodname not in fn_table:
         return failure_message([UNKNOWN_FUNCTION, str(methodname)])
-    session = session_factory()
-    session._session = params[0]
     args: Any = params[1] if len(params) > 1 else {}
     try:
+        session = session_factory()
+        session._session = params[0]
         return success_message(fn_table[methodname](session, args))
     except Failure as exc:
         return failure_message(exc.params)

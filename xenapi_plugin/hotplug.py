@@ -133,7 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         strict = cfg.strict
         args = parse_args(args_list)
         result = online(cfg, args.vifuuid) if args.action == "online" else remove(cfg, args.vifuuid)
-    except (HookProblem, config.ConfigError, PlugRejected, RegistrarError, VifError) as exc:
+    except config.ConfigError as exc:  # strict only if a valid VEIL_HOOK_MODE line said so
+        sys.stderr.write(f"veil vif-hotplug {' '.join(args_list)}: {exc}\n")
+        return 1 if exc.strict else 0
+    except (HookProblem, PlugRejected, RegistrarError, VifError) as exc:
         sys.stderr.write(f"veil vif-hotplug {' '.join(args_list)}: {exc}\n")
         return 1 if strict else 0
     except Exception as exc:  # a veil bug must not fail the VIF plug unless the operator chose strict

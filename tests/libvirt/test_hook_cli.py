@@ -215,3 +215,45 @@ def test_the_hook_process_never_loads_libvirt_or_heavy_modules(hook: Hook) -> No
 def test_auto_layout_follows_the_libvirt_version(version: tuple[int, int] | None, layout: str) -> None:
     assert choose_layout("auto", version) == layout
     assert choose_layout("shim", (9, 0)) == "shim"
+
+
+# -- a config the hook cannot read (issue 12) ------------------------------------------------------
+def append_to_config(hook: Hook, data: bytes) -> Path:
+    conf = hook.root / "hooks" / "veil-hook.conf"
+    with conf.open("ab") as f:
+        f.write(data)
+    return conf
+
+
+def test_non_utf8_config_default_mode_lets_the_vm_start(hook: Hook) -> None:
+    conf = append_to_config(hook, b"# caf\xe9\n")
+    proc = hook("start", "begin", xml())
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "Traceback" not in err and "not blocking" in err
+    assert f"{conf}:{len(conf.read_bytes().splitlines())}: byte 0xe9" in err and "not UTF-8" in err
+    assert bridge_ports(hook.ovs) == []  # skipped: the settings cannot be trusted
+    assert "not UTF-8" in Path(hook.cfg.log).read_text()  # the log line of the file's log= setting
+
+
+def test_non_utf8_config_strict_mode_refuses_with_the_reason(hook: Hook) -> None:
+    hook.set_mode("strict")
+    append_to_config(hook, b"db=unix:/run/caf\xe9.sock\n")
+    proc = hook("start", "begin", xml())
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("veil: ") and "byte 0xe9" in err
+    assert bridge_ports(hook.ovs) == []
+    # Not at reconnect: libvirt would kill the running guest.
+    assert hook("reconnect", "begin", xml()).returncode == 0
+
+
+def test_non_utf8_networks_file_is_a_clear_error_not_an_internal_one(hook: Hook) -> None:
+    Path(hook.cfg.networks_file).write_bytes(b"blue\nr\xe9d\n")
+    proc = hook("start", "begin", xml())
+    assert proc.returncode == 0 and b"is not UTF-8" in proc.stderr and b"internal error" not in proc.stderr
+    hook.set_mode("strict")
+    Path(hook.cfg.networks_file).write_bytes(b"blue\nr\xe9d\n")
+    proc = hook("start", "begin", xml())
+    assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1 and b"networks file" in proc.stderr
+    assert bridge_ports(hook.ovs) == []

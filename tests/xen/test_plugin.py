@@ -352,3 +352,12 @@ def test_sync_is_not_overtaken_by_an_older_spooled_plug(world: World) -> None:
     assert world.ok("sync", {"manage_ports": "true"})["unplugged"] == ["vif7.0"]
     hostd_catches_up(world, spool)
     assert "vif7.0" not in interfaces(world.host.ovs)
+
+
+# -- a config the plugin cannot read (issue 12) -----------------------------------------------------
+def test_non_utf8_config_is_a_veil_failure_naming_file_and_line(world: World, tmp_path: Path) -> None:
+    conf = tmp_path / "xen.conf"
+    conf.write_bytes(b"VEIL_BRIDGE=br-int\n# caf\xe9\n")
+    code, path, reason = world.fails("status", {}, dict(world.env, VEIL_XEN_CONF=str(conf)))
+    assert (code, path) == ("VEIL_BAD_CONFIG", str(conf))
+    assert reason.startswith("line 2: byte 0xe9") and "not UTF-8" in reason
