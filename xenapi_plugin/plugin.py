@@ -239,25 +239,18 @@ def _session_factory() -> Any:
 
 
 def main() -> None:
-    """Entry point of /etc/xapi.d/plugins/veil: dom0's XenAPIPlugin when present, else ours."""
+    """Entry point of /etc/xapi.d/plugins/veil. Always veil's dispatcher: the same protocol as
+    dom0's XenAPIPlugin.dispatch, which ends in a traceback (xapi: a bare non-zero exit) on a
+    bad methodCall. On dom0 (XenAPIPlugin importable) the session is dom0's local xapi, as
+    XenAPIPlugin would give it."""
+    from xenapi_plugin.dispatch import dispatch
+
     try:
-        import XenAPIPlugin
+        import XenAPIPlugin  # noqa: F401 - only tells dom0 apart
     except ImportError:
-        from xenapi_plugin.dispatch import dispatch
-
         dispatch(FUNCTIONS, _session_factory)
-        return
-
-    def native(fn: PluginFn) -> PluginFn:
-        def call(session: Any, arguments: dict[str, str]) -> str:
-            try:
-                return fn(session, arguments)
-            except Failure as exc:
-                raise XenAPIPlugin.Failure(exc.params[0], exc.params[1:]) from None
-
-        return call
-
-    XenAPIPlugin.dispatch({name: native(fn) for name, fn in FUNCTIONS.items()})
+    else:
+        dispatch(FUNCTIONS, XenAPI.xapi_local)
 
 
 if __name__ == "__main__":
