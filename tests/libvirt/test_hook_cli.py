@@ -52,12 +52,13 @@ def hook(ovs: OvsInstance, tmp_path: Path) -> Hook:
     return Hook(tmp_path / "etc" / "hooks" / "qemu.d" / HOOK_NAME, tmp_path / "etc", cfg, ovs)
 
 
-def xml(*, network: str = "blue", target: str | None = "tapc1", kind: str = "ethernet", meta: bool = True) -> bytes:
+def xml(*, network: str = "blue", target: str | None = "tapc1", kind: str = "ethernet", meta: bool = True,
+        mac: str = "52:54:00:0c:00:01", ips: str = "198.19.0.5", uuid: str = UUID) -> bytes:
     tgt = f"<target dev='{target}'/>" if target else ""
     vport = "<source bridge='br-int'/><virtualport type='openvswitch'><parameters interfaceid='ifc-1'/></virtualport>"
-    iface = f"<interface type='{kind}'><mac address='52:54:00:0c:00:01'/>{vport if kind == 'bridge' else ''}{tgt}</interface>"
-    md = f"<metadata><veil:ports xmlns:veil='{VEIL_XMLNS}'><veil:port mac='52:54:00:0c:00:01' network='{network}' ips='198.19.0.5'/></veil:ports></metadata>" if meta else ""
-    return f"<domain type='qemu'><name>vm1</name><uuid>{UUID}</uuid>{md}<devices>{iface}</devices></domain>".encode()
+    iface = f"<interface type='{kind}'><mac address='{mac}'/>{vport if kind == 'bridge' else ''}{tgt}</interface>"
+    md = f"<metadata><veil:ports xmlns:veil='{VEIL_XMLNS}'><veil:port mac='{mac}' network='{network}' ips='{ips}'/></veil:ports></metadata>" if meta else ""
+    return f"<domain type='qemu'><name>vm1</name><uuid>{uuid}</uuid>{md}<devices>{iface}</devices></domain>".encode()
 
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
@@ -257,3 +258,48 @@ def test_non_utf8_networks_file_is_a_clear_error_not_an_internal_one(hook: Hook)
     proc = hook("start", "begin", xml())
     assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1 and b"networks file" in proc.stderr
     assert bridge_ports(hook.ovs) == []
+
+
+
+# -- what one domain's XML may claim (issue 12) -------------------------------------------------------
+OTHER_UUID = "3e1f9a6c-7d2b-4f0e-8a5c-000000000c22"
+BAD_VIFS = {
+    "multicast-mac": {"mac": "01:00:5e:00:00:01"},
+    "broadcast-mac": {"mac": "ff:ff:ff:ff:ff:ff"},
+    "zero-mac": {"mac": "00:00:00:00:00:00"},
+    "mac-with-spaces": {"mac": " 52:54:00:0c:00:01"},
+    "shell-in-ips": {"ips": "not-an-ip; rm -rf /"},
+    "20000-ips": {"ips": ",".join(f"198.19.{i // 256}.{i % 256}" for i in range(20_000))},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_VIFS))
+def test_an_invalid_vif_is_refused_in_strict_mode_and_never_registered(hook: Hook, name: str) -> None:
+    doc = xml(**BAD_VIFS[name])
+    proc = hook("start", "begin", doc)
+    assert proc.returncode == 0 and proc.stderr.count(b"\n") == 1 and b"not blocking" in proc.stderr
+    assert bridge_ports(hook.ovs) == []
+    hook.set_mode("strict")
+    proc = hook("start", "begin", doc)
+    assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1 and b"Traceback" not in proc.stderr
+    assert bridge_ports(hook.ovs) == []
+
+
+def test_a_domain_cannot_take_over_another_vms_port(hook: Hook) -> None:
+    """vm1's <target dev> names vnet5, the port libvirt made for another VM: refused, and that
+    port's registration is left exactly as it was (not rewritten, not marked veil-owned)."""
+    hook.ovs.vsctl("add-port", "br-int", "vnet5", "--", "set", "Interface", "vnet5",
+                   "external-ids:iface-id=other-ifc", "external-ids:attached-mac=52:54:00:0c:00:99",
+                   f"external-ids:vm-id={OTHER_UUID}", "external-ids:iface-status=active")
+    before = iface_ids(hook.ovs, "vnet5")
+    for kind in ("ethernet", "bridge"):
+        proc = hook("start", "begin", xml(kind=kind, target="vnet5"))
+        assert proc.returncode == 0 and b"belongs to VM " + OTHER_UUID.encode() in proc.stderr, proc.stderr
+        assert iface_ids(hook.ovs, "vnet5") == before
+    hook.set_mode("strict")
+    proc = hook("start", "begin", xml(target="vnet5"))
+    assert proc.returncode == 1 and b"belongs to VM" in proc.stderr and proc.stderr.count(b"\n") == 1
+    assert iface_ids(hook.ovs, "vnet5") == before
+    # The owner itself still registers it.
+    assert hook("start", "begin", xml(kind="bridge", target="vnet5", uuid=OTHER_UUID,
+                                      mac="52:54:00:0c:00:99")).returncode == 0
