@@ -27,7 +27,7 @@ from pathlib import Path
 
 import hooks
 from hooks import contract, hostguard
-from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, HANDLED, HookConfig
+from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, HANDLED, MAX_TIMEOUT, HookConfig
 
 HOOK_NAME = "50-veil"
 CONFIG_NAME = Path(DEFAULT_CONFIG).name
@@ -140,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--uninstall", action="store_true")
     hostguard.add_argument(p)  # auto reads --db's bridges
     a = p.parse_args(argv)
+    if not 0 < a.timeout <= MAX_TIMEOUT:  # NaN fails too; the hook would refuse its own config
+        p.error(f"--timeout {a.timeout}: must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
     if a.uninstall:
         for path in uninstall(a.root):
             print(f"removed {path}")

@@ -68,6 +68,8 @@ class ConfigError(ValueError):
 
 
 MAX_CONFIG_BYTES = 65536
+MAX_TIMEOUT = 60.0  # libvirt waits for the hook without a timeout: a VM start must not
+MIN_XML_BYTES, MAX_XML_LIMIT = 4096, 64 << 20
 
 
 class HookConfig:
@@ -128,12 +130,49 @@ def _apply_line(cfg: HookConfig, raw: bytes) -> str:
         return f"{key}: the value contains a control character: {value!r}"
     if key == "mode" and value not in ("default", "strict"):
         return f"mode must be 'default' or 'strict', got {value!r}"
-    try:
-        parsed: object = float(value) if key == "timeout" else int(value) if key == "max_xml_bytes" else value
-    except ValueError:
-        return f"{key} must be a number, got {value!r}"
+    parsed: object = value
+    if key == "timeout":
+        try:
+            parsed = float(value)
+        except ValueError:
+            parsed = None
+        if not (isinstance(parsed, float) and 0 < parsed <= MAX_TIMEOUT):  # NaN fails too
+            return f"{key}={value}: must be a number of seconds in (0, {MAX_TIMEOUT:g}]"
+    elif key == "max_xml_bytes":
+        size = int(value) if value.isdigit() else -1
+        if not MIN_XML_BYTES <= size <= MAX_XML_LIMIT:
+            return f"{key}={value}: must be a whole number of bytes in [{MIN_XML_BYTES}, {MAX_XML_LIMIT}]"
+        parsed = size
+    elif key == "db" and not _is_remote(value):
+        return f"{key}={value!r}: expected unix:PATH or tcp:IP:PORT (what the hook can connect to)"
+    elif key == "bridge":
+        from hooks.vif import VifError, validate_port_name
+
+        try:
+            validate_port_name(value)
+        except VifError as exc:
+            return f"{key}={value!r}: {exc}"
+    elif key in ("spool", "log") or (key == "networks_file" and value):
+        if not value.startswith("/"):
+            return f"{key}={value!r}: must be an absolute path"
     setattr(cfg, key, parsed)
     return ""
+
+
+def _is_remote(value: str) -> bool:
+    kind, _, where = value.partition(":")
+    if kind == "unix":
+        return where.startswith("/")
+    host, _, port = where.rpartition(":")
+    if kind != "tcp" or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    import _socket
+
+    try:
+        _socket.inet_pton(_socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
 
 
 def known_networks(cfg: HookConfig) -> frozenset[str] | None:
