@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
 # Keys an unplug without port deletion removes (iface-status is rewritten to inactive).
-DEACTIVATE_DROP_KEYS = (contract.VEIL_NETWORK, contract.VEIL_TENANT, contract.VEIL_OWNS_PORT)
+DEACTIVATE_DROP_KEYS = contract.VEIL_INTERFACE_KEYS
 
 
 def plug_external_ids(vif: Vif, *, add_port: bool) -> dict[str, str]:

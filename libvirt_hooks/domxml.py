@@ -151,15 +151,18 @@ class Plan:
     """What a domain asks of veil: VIFs to register and problems (each a one-line reason).
 
     ``pending`` lists veil interfaces without a tap yet (prepare, or XML of a stopped domain):
-    they are valid but cannot be registered until libvirt names their tap.
+    they are valid but cannot be registered until libvirt names their tap. ``untagged`` lists
+    (bridge, message) for openvswitch interfaces no ``<veil:port>`` names: on veil's bridge an
+    unplaced port, unless another controller serves it (the caller decides: strict_bridges).
     """
 
-    __slots__ = ("wanted", "problems", "pending")
+    __slots__ = ("wanted", "problems", "pending", "untagged")
 
     def __init__(self) -> None:
         self.wanted: list[Wanted] = []
         self.problems: list[str] = []
         self.pending: list[str] = []
+        self.untagged: list[tuple[str, str]] = []
 
 
 def plan_domain(dom: Domain, *, bridge: str = contract.INTEGRATION_BRIDGE,
@@ -185,8 +188,8 @@ def plan_domain(dom: Domain, *, bridge: str = contract.INTEGRATION_BRIDGE,
         on_our_bridge = iface.type == "bridge" and iface.ovs_port and iface.bridge == bridge
         where = f"interface {iface.mac or '(no mac)'} of domain {dom.name}"
         if meta is None:
-            if on_our_bridge:
-                plan.problems.append(f"{where} is on {bridge} but no <veil:port> in the domain metadata names it")
+            if iface.type == "bridge" and iface.ovs_port and iface.bridge:
+                plan.untagged.append((iface.bridge, f"{where} is on {iface.bridge} but no <veil:port> in the domain metadata names it"))
             continue
         used.add(id(meta))
         if iface.type == "ethernet":

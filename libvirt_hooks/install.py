@@ -64,7 +64,7 @@ def shim_script(hook: Path) -> str:
 
 def config_text(cfg: HookConfig) -> str:
     lines = [MARKER, "# mode=strict makes veil failures block VM start/migration/restore"]
-    lines += [f"{key}={getattr(cfg, key)}" for key in HookConfig.__slots__]
+    lines += [f"{key}={getattr(cfg, key)}" for key in HookConfig.__slots__ if getattr(cfg, key) is not None]
     return "\n".join(lines) + "\n"
 
 

@@ -75,7 +75,7 @@ MIN_XML_BYTES, MAX_XML_LIMIT = 4096, 64 << 20
 class HookConfig:
     """Settings from ``key=value`` lines (the installer writes them; comments start with #)."""
 
-    __slots__ = ("mode", "db", "bridge", "spool", "log", "timeout", "networks_file", "max_xml_bytes")
+    __slots__ = ("mode", "db", "bridge", "spool", "log", "timeout", "networks_file", "max_xml_bytes", "strict_bridges")
 
     def __init__(self) -> None:
         self.mode = "default"
@@ -86,10 +86,19 @@ class HookConfig:
         self.timeout = 2.0
         self.networks_file = ""
         self.max_xml_bytes = MAX_XML_BYTES
+        # Bridges on which an openvswitch NIC without veil metadata is an error (strict mode
+        # refuses it); None: veil's own bridge. Empty: none (another controller shares it).
+        self.strict_bridges: str | None = None
 
     @property
     def strict(self) -> bool:
         return self.mode == "strict"
+
+    def unplaced_is_error(self, bridge: str) -> bool:
+        """Whether an untagged openvswitch NIC on ``bridge`` is veil's problem."""
+        if self.strict_bridges is None:
+            return bridge == self.bridge
+        return bridge in {b.strip() for b in self.strict_bridges.split(",")}
 
 
 def load_config(path: str) -> HookConfig:
@@ -152,6 +161,14 @@ def _apply_line(cfg: HookConfig, raw: bytes) -> str:
             validate_port_name(value)
         except VifError as exc:
             return f"{key}={value!r}: {exc}"
+    elif key == "strict_bridges" and value:
+        from hooks.vif import VifError, validate_port_name
+
+        try:
+            for name in value.split(","):
+                validate_port_name(name.strip())
+        except VifError as exc:
+            return f"{key}={value!r}: {exc}"
     elif key in ("spool", "log") or (key == "networks_file" and value):
         if not value.startswith("/"):
             return f"{key}={value!r}: must be an absolute path"
@@ -210,7 +227,8 @@ def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
     except DomainXmlError as exc:
         out.errors.append(str(exc))
         return out
-    candidates = [i for i in dom.ifaces if i.type == "ethernet" or (i.ovs_port and i.bridge == cfg.bridge)]
+    candidates = [i for i in dom.ifaces if i.type == "ethernet" or (i.ovs_port and (
+        i.bridge == cfg.bridge or cfg.unplaced_is_error(i.bridge or "")))]
     if not dom.has_metadata and not candidates:
         return out  # not a veil VM: no OVSDB round trip
     if op in ("stopped", "release"):
@@ -222,6 +240,11 @@ def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
         return out
     plan = plan_domain(dom, bridge=cfg.bridge, known_networks=known_networks(cfg))
     out.errors.extend(plan.problems)
+    for bridge, message in plan.untagged:
+        if cfg.unplaced_is_error(bridge):
+            out.errors.append(message)
+        elif bridge == cfg.bridge:
+            out.notes.append(f"not veil's: no <veil:port>, left to whoever serves {bridge} (strict_bridges): {message}")
     if op in ("start", "reconnect"):
         from hooks.spool import PlugEvent
 

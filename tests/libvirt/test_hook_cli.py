@@ -303,3 +303,30 @@ def test_a_domain_cannot_take_over_another_vms_port(hook: Hook) -> None:
     # The owner itself still registers it.
     assert hook("start", "begin", xml(kind="bridge", target="vnet5", uuid=OTHER_UUID,
                                       mac="52:54:00:0c:00:99")).returncode == 0
+
+
+# -- what stop leaves, and whose NICs strict mode judges (issue 12) ----------------------------------
+def test_stopped_on_a_bridge_port_drops_every_veil_key_and_keeps_libvirts(hook: Hook) -> None:
+    hook.ovs.vsctl("add-port", "br-int", "vnet6", "--", "set", "Interface", "vnet6",
+                   "external-ids:iface-id=ifc-1", "external-ids:attached-mac=52:54:00:0c:00:01",
+                   f"external-ids:vm-id={UUID}", "external-ids:iface-status=active")
+    assert hook("start", "begin", xml(kind="bridge", target="vnet6")).returncode == 0
+    ids = iface_ids(hook.ovs, "vnet6")
+    assert ids is not None and ids["veil-ips"] == "198.19.0.5" and ids["veil-network"] == "blue"
+    assert hook("stopped", "end", xml(kind="bridge", target=None)).returncode == 0
+    assert iface_ids(hook.ovs, "vnet6") == {"iface-id": "ifc-1", "attached-mac": "52:54:00:0c:00:01",
+                                            "vm-id": UUID, "iface-status": "inactive"}
+
+
+def test_strict_mode_can_be_scoped_off_a_bridge_another_controller_shares(hook: Hook) -> None:
+    """An OVN-served NIC (openvswitch, br-int, no veil metadata): strict refuses it by default;
+    with strict_bridges= (empty) strict judges only NICs carrying veil metadata."""
+    untagged = xml(kind="bridge", target=None, meta=False)
+    hook.set_mode("strict")
+    assert hook("prepare", "begin", untagged).returncode == 1
+    conf = hook.root / "hooks" / "veil-hook.conf"
+    conf.write_text(conf.read_text() + "strict_bridges=\n")
+    proc = hook("prepare", "begin", untagged)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert "not veil's: no <veil:port>" in Path(hook.cfg.log).read_text()  # still logged, as a note
+    assert hook("prepare", "begin", xml(network="green", target=None)).returncode == 1  # veil's NIC: strict
