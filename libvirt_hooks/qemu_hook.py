@@ -249,6 +249,8 @@ def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
         from hooks.spool import PlugEvent
 
         out.errors.extend(f"{p} has no tap (<target dev>) at {op}" for p in plan.pending)
+        if out.errors and cfg.strict and op in BLOCKING:
+            return out  # libvirt aborts this start: registering the other NICs would outlive it
         events = [PlugEvent(w.vif, add_port=w.add_port) for w in plan.wanted]
         if events:
             _submit(cfg, events, out, "registered " + ", ".join(f"{e.vif.port}={e.vif.network}" for e in events))

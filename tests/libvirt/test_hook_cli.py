@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,7 +264,7 @@ def test_non_utf8_networks_file_is_a_clear_error_not_an_internal_one(hook: Hook)
 
 # -- what one domain's XML may claim (issue 12) -------------------------------------------------------
 OTHER_UUID = "3e1f9a6c-7d2b-4f0e-8a5c-000000000c22"
-BAD_VIFS = {
+BAD_VIFS: dict[str, dict[str, Any]] = {
     "multicast-mac": {"mac": "01:00:5e:00:00:01"},
     "broadcast-mac": {"mac": "ff:ff:ff:ff:ff:ff"},
     "zero-mac": {"mac": "00:00:00:00:00:00"},
@@ -330,3 +331,21 @@ def test_strict_mode_can_be_scoped_off_a_bridge_another_controller_shares(hook: 
     assert (proc.returncode, proc.stderr) == (0, b"")
     assert "not veil's: no <veil:port>" in Path(hook.cfg.log).read_text()  # still logged, as a note
     assert hook("prepare", "begin", xml(network="green", target=None)).returncode == 1  # veil's NIC: strict
+
+
+def test_strict_refusal_writes_nothing_even_for_the_valid_nics(hook: Hook) -> None:
+    """Strict mode refuses the start when one NIC is bad: libvirt aborts it, so registering the
+    domain's other, valid NIC would leave an active VIF for a VM that never ran."""
+    good = xml()
+    bad_iface = "<interface type='ethernet'><mac address='52:54:00:0c:00:02'/><target dev='tapc2'/></interface>"
+    bad_meta = "<veil:port mac='52:54:00:0c:00:02' network='green'/>"
+    doc = good.replace(b"</devices>", bad_iface.encode() + b"</devices>").replace(
+        b"</veil:ports>", bad_meta.encode() + b"</veil:ports>")
+    hook.set_mode("strict")
+    proc = hook("start", "begin", doc)
+    assert proc.returncode == 1 and b"unknown veil network 'green'" in proc.stderr
+    assert bridge_ports(hook.ovs) == []
+    hook.set_mode("default")
+    assert hook("start", "begin", doc).returncode == 0
+    assert bridge_ports(hook.ovs) == ["tapc1"]  # the default mode registers what it can
+

@@ -397,7 +397,7 @@ def run_plugin(w: World, call: str | bytes, env: dict[str, str] | None = None) -
                           capture_output=True, timeout=60, env=env or w.env)
     assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
     (response,), _ = xmlrpc.client.loads(proc.stdout)
-    assert response["Status"] == "Failure", response
+    assert isinstance(response, dict) and response["Status"] == "Failure", response
     return list(response["ErrorDescription"])
 
 
