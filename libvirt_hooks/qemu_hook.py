@@ -31,7 +31,7 @@ import sys
 import time
 
 from hooks import contract
-from hooks.errors import SpoolError
+from hooks.errors import SpoolError, one_line
 from hooks.ovsdb import DEFAULT_DB
 from libvirt_hooks.domxml import MAX_XML_BYTES, DomainXmlError, plan_domain, read_domain
 
@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None, *, config_path: str = DEFAULT_CONFIG,
         _log(cfg, f"{name} {op} {sub}: internal error: {exc!r}\n{traceback.format_exc()}")
         out = Outcome()
         out.errors.append(f"internal error in the veil hook: {exc!r} (traceback in {cfg.log})")
+    out.errors = [one_line(e) for e in out.errors]
+    out.spooled = one_line(out.spooled)
+    out.notes = [one_line(n) for n in out.notes]
+    name = one_line(name)
     status = exit_status(op, out, cfg)
     elapsed_ms = (time.monotonic() - started) * 1000
     for line in out.errors:

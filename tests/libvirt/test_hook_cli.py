@@ -349,3 +349,11 @@ def test_strict_refusal_writes_nothing_even_for_the_valid_nics(hook: Hook) -> No
     assert hook("start", "begin", doc).returncode == 0
     assert bridge_ports(hook.ovs) == ["tapc1"]  # the default mode registers what it can
 
+
+def test_a_message_quoting_a_newline_stays_one_line(hook: Hook) -> None:
+    """Found by test_fuzz_hook: an attribute holding &#10; was quoted verbatim, so the one
+    stderr line libvirt shows (and the log line) split in two, the second one forgeable."""
+    doc = xml(ips="&#10;veil: forged").replace(b"network='blue'", b"network=''")
+    proc = hook("start", "begin", doc)
+    assert proc.returncode == 0 and proc.stderr.count(b"\n") == 1 and b"\\nveil: forged" in proc.stderr
+    assert all(line.startswith("20") for line in Path(hook.cfg.log).read_text().splitlines())
