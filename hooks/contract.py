@@ -43,6 +43,8 @@ VEIL_TUNNEL_TYPES: Final = "veil-tunnel-types"  # Open_vSwitch: comma list, e.g.
 
 INTEGRATION_BRIDGE: Final = "br-int"
 VEIL_OWNS_PORT: Final = "veil-owns-port"  # Interface: "true" when veil added the port (tap case)
+# Every Interface key veil writes: an unplug that keeps the row (libvirt's/xenopsd's port) drops them all.
+VEIL_INTERFACE_KEYS: Final = (VEIL_NETWORK, VEIL_TENANT, VEIL_IPS, VEIL_OWNS_PORT)
 
 # Names of veil networks (and tenants): ONE rule for the controller that declares them and the
 # hypervisor integrations that tag VIFs with them, so no hypervisor can tag a VIF with a

@@ -28,3 +28,11 @@ class OvsdbUnreachable(RegistrarError):
         super().__init__(f"cannot reach OVSDB at {remote}: {why}")
         self.remote = remote
         self.why = why
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: newlines, other control characters and lone surrogates
+    (quoted from untrusted input) escaped as in repr, so a message never spans or forges lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

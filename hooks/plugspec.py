@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
 # Keys an unplug without port deletion removes (iface-status is rewritten to inactive).
-DEACTIVATE_DROP_KEYS = (contract.VEIL_NETWORK, contract.VEIL_TENANT, contract.VEIL_OWNS_PORT)
+DEACTIVATE_DROP_KEYS = contract.VEIL_INTERFACE_KEYS
 
 
 def plug_external_ids(vif: Vif, *, add_port: bool) -> dict[str, str]:
@@ -24,6 +24,33 @@ def plug_external_ids(vif: Vif, *, add_port: bool) -> dict[str, str]:
     if add_port:
         ids[contract.VEIL_OWNS_PORT] = "true"
     return ids
+
+
+def update_external_ids(ids: dict[str, str], current: Mapping[str, str]) -> dict[str, str]:
+    """The keys a plug sets on a row that exists already: never a veil-owns-port mark on a port
+    veil did not add (it would make veil delete someone else's port at unplug)."""
+    if current.get(contract.VEIL_OWNS_PORT) == "true":
+        return ids
+    return {k: v for k, v in ids.items() if k != contract.VEIL_OWNS_PORT}
+
+
+def foreign_owner(vif: Vif, current: Mapping[str, str]) -> str | None:
+    """Why the Interface row whose external_ids are ``current`` belongs to another VM than
+    ``vif``'s (a plug must then be refused), or None when ``vif`` may register on it.
+
+    Another VM's row: its vm-id (os-vif: vm-uuid) names another VM, or, without any VM id, its
+    iface-id is another one (e.g. a port another controller placed). XenServer's xs-vm-uuid,
+    when it matches the VIF's, settles it (the vm-id may come from nicira-vm-id instead)."""
+    xs_vm = current.get(contract.XS_VM_UUID)
+    if xs_vm and xs_vm == vif.extra.get(contract.XS_VM_UUID):
+        return None
+    owner = current.get(contract.VM_ID) or current.get(contract.VM_UUID)
+    if owner and owner != vif.vm_id:
+        return f"port {vif.port!r} belongs to VM {owner} (its external_ids:vm-id), not to VM {vif.vm_id}"
+    iface_id = current.get(contract.IFACE_ID)
+    if not owner and iface_id and iface_id != vif.iface_id:
+        return f"port {vif.port!r} is iface-id {iface_id} of no known VM, not {vif.iface_id} of VM {vif.vm_id}"
+    return None
 
 
 def deactivate_external_ids() -> dict[str, str]:

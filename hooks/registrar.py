@@ -21,8 +21,10 @@ from hooks.ovsdb import connect as ovsdb_connect
 from hooks.plugspec import (
     DEACTIVATE_DROP_KEYS,
     deactivate_external_ids,
+    foreign_owner,
     plug_external_ids,
     ports_to_unplug,
+    update_external_ids,
     vifs_from_rows,
 )
 from hooks.vif import Vif
@@ -51,7 +53,7 @@ class Registrar:
     def plug(self, vif: Vif, *, add_port: bool) -> None:
         """Write ``vif`` into its Interface row, adding the port first when ``add_port``."""
         ids = plug_external_ids(vif, add_port=add_port)
-        self._commit(_PlugCommand(self._connected(), self.bridge, vif.port, ids, add_port))
+        self._commit(_PlugCommand(self._connected(), self.bridge, vif, ids, add_port))
 
     def unplug(self, port: str, *, delete_port: bool) -> None:
         """Remove the port, or mark it inactive and drop veil's keys. A missing port is a no-op."""
@@ -123,12 +125,14 @@ class Registrar:
 
 
 class _PlugCommand(command.BaseCommand):  # type: ignore[misc]
-    """Adds the port when asked and missing, then sets veil's keys one by one (setkey)."""
+    """Adds the port when asked and missing, then sets veil's keys one by one (setkey) unless the
+    row is another VM's; external_ids is verified, so the check holds when the write lands."""
 
-    def __init__(self, api: Any, bridge: str, port: str, ids: dict[str, str], add_port: bool) -> None:
+    def __init__(self, api: Any, bridge: str, vif: Vif, ids: dict[str, str], add_port: bool) -> None:
         super().__init__(api)
         self.bridge = bridge
-        self.port = port
+        self.vif = vif
+        self.port = vif.port
         self.ids = ids
         self.add_port = add_port
 
@@ -148,7 +152,12 @@ class _PlugCommand(command.BaseCommand):  # type: ignore[misc]
             port.interfaces = [iface]
             br.addvalue("ports", port)
             return
-        for key, value in self.ids.items():
+        iface.verify("external_ids")
+        current = dict(iface.external_ids)
+        why = foreign_owner(self.vif, current)
+        if why:
+            raise PlugRejected(why)
+        for key, value in update_external_ids(self.ids, current).items():
             iface.setkey("external_ids", key, value)
 
 

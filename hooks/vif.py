@@ -8,6 +8,8 @@ the qemu hook, which imports this module on every invocation (see docs/kvm.md).
 
 from __future__ import annotations
 
+import _socket
+
 from hooks import contract
 from hooks.errors import VifError
 
@@ -15,7 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Vif", "VifError", "validate_mac", "validate_port_name"]
+__all__ = ["Vif", "VifError", "validate_ips", "validate_mac", "validate_port_name"]
 
 _HEX = frozenset("0123456789abcdef")
 _STATUSES = (contract.STATUS_ACTIVE, contract.STATUS_INACTIVE)
@@ -29,17 +31,45 @@ _OWN_KEYS = frozenset(
 )
 MAX_ID_LEN = 255
 IFNAMSIZ = 16  # Linux interface names: at most 15 characters plus NUL
+MAX_IPS = 64  # port security addresses per VIF
+# iface-id and vm-id: UUIDs in practice (libvirt, xapi, OVN); never whitespace, quotes or commas,
+# which break every consumer that splits or quotes them.
+ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@+=/")
+ID_RULE = "1-255 of A-Z a-z 0-9 - _ . : @ + = /"
 
 
 def validate_mac(mac: str) -> str:
     """The MAC in canonical lower-case ``aa:bb:cc:dd:ee:ff`` form, or VifError."""
     if not isinstance(mac, str):
         raise VifError(f"MAC must be a string, got {type(mac).__name__}")
-    low = mac.strip().lower()
+    low = mac.lower()
     parts = low.split(":")
     if len(parts) != 6 or any(len(p) != 2 or not set(p) <= _HEX for p in parts):
         raise VifError(f"invalid MAC address {mac!r}: expected six hex pairs like 52:54:00:12:34:56")
+    if int(parts[0], 16) & 1:
+        raise VifError(f"MAC address {mac!r} is multicast or broadcast: a NIC needs a unicast MAC")
+    if low == "00:00:00:00:00:00":
+        raise VifError(f"MAC address {mac!r} is all-zero: a NIC needs a unicast MAC")
     return low
+
+
+def validate_ips(text: str) -> str:
+    """A comma list of at most MAX_IPS IPv4/IPv6 addresses in canonical form, or VifError."""
+    if not isinstance(text, str):
+        raise VifError(f"{contract.VEIL_IPS} must be a string, got {type(text).__name__}")
+    entries = [e.strip() for e in text.split(",")]
+    if len(entries) > MAX_IPS:
+        raise VifError(f"{contract.VEIL_IPS}: {len(entries)} addresses, more than {MAX_IPS}")
+    out = []
+    for entry in entries:
+        if not entry:
+            raise VifError(f"{contract.VEIL_IPS}: empty entry in {text[:80]!r}")
+        family = _socket.AF_INET6 if ":" in entry else _socket.AF_INET
+        try:
+            out.append(_socket.inet_ntop(family, _socket.inet_pton(family, entry)))
+        except (OSError, ValueError):
+            raise VifError(f"{contract.VEIL_IPS}: {entry[:80]!r} is not an IP address") from None
+    return ",".join(out)
 
 
 def validate_port_name(port: str) -> str:
@@ -58,6 +88,15 @@ def _check_id(what: str, value: object) -> str:
         raise VifError(f"{what} is empty")
     if len(value) > MAX_ID_LEN or any(ord(c) < 32 for c in value):
         raise VifError(f"{what} {value[:40]!r} is too long or contains control characters")
+    return value
+
+
+def _check_key(what: str, value: object) -> str:
+    """An identifier other systems match on (iface-id, vm-id): ID_RULE."""
+    _check_id(what, value)
+    assert isinstance(value, str)
+    if not set(value) <= ID_CHARS:
+        raise VifError(f"{what} {value[:40]!r} has a character outside {ID_RULE}")
     return value
 
 
@@ -94,13 +133,16 @@ class Vif:
                 raise VifError(f"extra external_ids must map non-empty str to str, got {key!r}: {value!r}")
             if key in _OWN_KEYS:
                 raise VifError(f"extra key {key!r} is a contract key: set it through the Vif field")
+        if contract.VEIL_IPS in extra_d:
+            extra_d[contract.VEIL_IPS] = validate_ips(extra_d[contract.VEIL_IPS])
         if status not in _STATUSES:
             raise VifError(f"iface-status must be one of {_STATUSES}, got {status!r}")
-        if tenant is not None:
+        if tenant is not None and not contract.is_network_name(tenant):
             _check_id("tenant", tenant)
+            raise VifError(f"invalid tenant name {tenant[:40]!r} ({contract.NAME_RULE})")
         set_ = object.__setattr__
-        set_(self, "iface_id", _check_id("iface-id", iface_id))
-        set_(self, "vm_id", _check_id("vm-id", vm_id))
+        set_(self, "iface_id", _check_key("iface-id", iface_id))
+        set_(self, "vm_id", _check_key("vm-id", vm_id))
         set_(self, "mac", validate_mac(mac))
         set_(self, "port", validate_port_name(port))
         set_(self, "network", _check_id("veil network", network))

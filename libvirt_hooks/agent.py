@@ -57,7 +57,8 @@ def desired_for(xml: str, cfg: HookConfig) -> tuple[str, list[tuple[Vif, bool]],
     """(vm uuid, desired (vif, add_port) pairs, problems) of one running domain's XML."""
     dom = read_domain(xml.encode(), limit=cfg.max_xml_bytes)
     plan = plan_domain(dom, bridge=cfg.bridge, known_networks=known_networks(cfg))
-    return dom.uuid, [(w.vif, w.add_port) for w in plan.wanted], plan.problems + plan.pending
+    untagged = [m for b, m in plan.untagged if cfg.unplaced_is_error(b)]
+    return dom.uuid, [(w.vif, w.add_port) for w in plan.wanted], plan.problems + untagged + plan.pending
 
 
 class Agent:

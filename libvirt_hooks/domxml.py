@@ -1,10 +1,8 @@
 """Reading a libvirt domain XML safely, and the veil VIFs it asks for (pure functions).
 
 The qemu hook feeds this whatever libvirt pipes to it; the agent feeds it ``XMLDesc()``. The
-parser is pyexpat with every DTD feature refused (no DOCTYPE, no entity declarations, so no
-entity expansion and no external fetches), a byte limit and a nesting limit, and it keeps
-only what veil reads. ElementTree is not used: it imports ``re`` and more (the hook's latency
-budget, see docs/kvm.md) and offers nothing needed here.
+parser is ``hooks.safexml`` (pyexpat with every DTD feature refused, byte, nesting and element
+limits).
 
 veil's per-domain data lives in the domain ``<metadata>``::
 
@@ -22,10 +20,9 @@ integration bridge itself. An openvswitch interface on the integration bridge th
 
 from __future__ import annotations
 
-from xml.parsers import expat
-
-from hooks import contract
+from hooks import contract, safexml
 from hooks.errors import VifError
+from hooks.safexml import Element, XmlError
 from hooks.vif import Vif
 
 TYPE_CHECKING = False
@@ -34,89 +31,16 @@ if TYPE_CHECKING:
 
 VEIL_XMLNS = "http://veil.dev/xmlns/libvirt/1"
 MAX_XML_BYTES = 4 << 20  # libvirt's own domain XMLs are tens of KiB even with hundreds of devices
-MAX_DEPTH = 32
-MAX_ELEMENTS = 100_000
 VEIL_IPS = contract.VEIL_IPS
 
 
-class DomainXmlError(ValueError):
+class DomainXmlError(XmlError):
     """The domain XML is malformed, hostile or too large: the message says which and where."""
-
-
-class Element:
-    """A parsed element: namespace-qualified tag (``{ns}name`` or ``name``), attributes, children."""
-
-    __slots__ = ("tag", "attrs", "children", "text")
-
-    def __init__(self, tag: str, attrs: dict[str, str]) -> None:
-        self.tag = tag
-        self.attrs = attrs
-        self.children: list[Element] = []
-        self.text = ""
-
-    def find(self, tag: str) -> Element | None:
-        for child in self.children:
-            if child.tag == tag:
-                return child
-        return None
-
-    def findall(self, tag: str) -> list[Element]:
-        return [c for c in self.children if c.tag == tag]
-
-    def path(self, *tags: str) -> Element | None:
-        node: Element | None = self
-        for tag in tags:
-            node = node.find(tag) if node is not None else None
-        return node
 
 
 def parse(data: bytes, *, limit: int = MAX_XML_BYTES) -> Element:
     """Parse XML bytes into Elements; DomainXmlError on anything malformed or hostile."""
-    if len(data) > limit:
-        raise DomainXmlError(f"domain XML is {len(data)} bytes, more than the {limit}-byte limit")
-    if not data.strip():
-        raise DomainXmlError("domain XML is empty")
-    parser = expat.ParserCreate(namespace_separator="}")
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    stack: list[Element] = []
-    root: list[Element] = []
-    count = [0]
-
-    def refuse_dtd(*_args: object) -> None:
-        raise DomainXmlError(f"DOCTYPE/entity declarations are refused (line {parser.CurrentLineNumber})")
-
-    def start(name: str, attrs: dict[str, str]) -> None:
-        count[0] += 1
-        if len(stack) >= MAX_DEPTH or count[0] > MAX_ELEMENTS:
-            raise DomainXmlError(f"domain XML nests deeper than {MAX_DEPTH} or has over {MAX_ELEMENTS} elements")
-        el = Element("{" + name if "}" in name else name, attrs)
-        if stack:
-            stack[-1].children.append(el)
-        else:
-            root.append(el)
-        stack.append(el)
-
-    def end(_name: str) -> None:
-        stack.pop()
-
-    def text(data: str) -> None:
-        if stack and len(stack[-1].text) < 4096:
-            stack[-1].text += data
-
-    parser.StartDoctypeDeclHandler = refuse_dtd
-    parser.EntityDeclHandler = refuse_dtd
-    parser.UnparsedEntityDeclHandler = refuse_dtd
-    parser.ExternalEntityRefHandler = refuse_dtd  # type: ignore[assignment]  # it raises
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = text
-    try:
-        parser.Parse(data, True)
-    except expat.ExpatError as exc:
-        raise DomainXmlError(f"malformed domain XML: {exc}") from None
-    except RecursionError:
-        raise DomainXmlError("domain XML nests too deeply") from None
-    return root[0]
+    return safexml.parse(data, limit=limit, what="domain XML", error=DomainXmlError)
 
 
 class Iface:
@@ -227,15 +151,18 @@ class Plan:
     """What a domain asks of veil: VIFs to register and problems (each a one-line reason).
 
     ``pending`` lists veil interfaces without a tap yet (prepare, or XML of a stopped domain):
-    they are valid but cannot be registered until libvirt names their tap.
+    they are valid but cannot be registered until libvirt names their tap. ``untagged`` lists
+    (bridge, message) for openvswitch interfaces no ``<veil:port>`` names: on veil's bridge an
+    unplaced port, unless another controller serves it (the caller decides: strict_bridges).
     """
 
-    __slots__ = ("wanted", "problems", "pending")
+    __slots__ = ("wanted", "problems", "pending", "untagged")
 
     def __init__(self) -> None:
         self.wanted: list[Wanted] = []
         self.problems: list[str] = []
         self.pending: list[str] = []
+        self.untagged: list[tuple[str, str]] = []
 
 
 def plan_domain(dom: Domain, *, bridge: str = contract.INTEGRATION_BRIDGE,
@@ -261,8 +188,8 @@ def plan_domain(dom: Domain, *, bridge: str = contract.INTEGRATION_BRIDGE,
         on_our_bridge = iface.type == "bridge" and iface.ovs_port and iface.bridge == bridge
         where = f"interface {iface.mac or '(no mac)'} of domain {dom.name}"
         if meta is None:
-            if on_our_bridge:
-                plan.problems.append(f"{where} is on {bridge} but no <veil:port> in the domain metadata names it")
+            if iface.type == "bridge" and iface.ovs_port and iface.bridge:
+                plan.untagged.append((iface.bridge, f"{where} is on {iface.bridge} but no <veil:port> in the domain metadata names it"))
             continue
         used.add(id(meta))
         if iface.type == "ethernet":

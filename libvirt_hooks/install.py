@@ -27,7 +27,7 @@ from pathlib import Path
 
 import hooks
 from hooks import contract, hostguard
-from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, HANDLED, HookConfig
+from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, HANDLED, MAX_TIMEOUT, HookConfig
 
 HOOK_NAME = "50-veil"
 CONFIG_NAME = Path(DEFAULT_CONFIG).name
@@ -64,7 +64,7 @@ def shim_script(hook: Path) -> str:
 
 def config_text(cfg: HookConfig) -> str:
     lines = [MARKER, "# mode=strict makes veil failures block VM start/migration/restore"]
-    lines += [f"{key}={getattr(cfg, key)}" for key in HookConfig.__slots__]
+    lines += [f"{key}={getattr(cfg, key)}" for key in HookConfig.__slots__ if getattr(cfg, key) is not None]
     return "\n".join(lines) + "\n"
 
 
@@ -140,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--uninstall", action="store_true")
     hostguard.add_argument(p)  # auto reads --db's bridges
     a = p.parse_args(argv)
+    if not 0 < a.timeout <= MAX_TIMEOUT:  # NaN fails too; the hook would refuse its own config
+        p.error(f"--timeout {a.timeout}: must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
     if a.uninstall:
         for path in uninstall(a.root):
             print(f"removed {path}")

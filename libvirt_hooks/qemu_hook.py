@@ -31,7 +31,7 @@ import sys
 import time
 
 from hooks import contract
-from hooks.errors import SpoolError
+from hooks.errors import SpoolError, one_line
 from hooks.ovsdb import DEFAULT_DB
 from libvirt_hooks.domxml import MAX_XML_BYTES, DomainXmlError, plan_domain, read_domain
 
@@ -56,13 +56,26 @@ HANDLED = frozenset({
 
 
 class ConfigError(ValueError):
-    """The hook's config file is unreadable or has a bad line."""
+    """The hook's config file is unreadable, not UTF-8, or has a bad line.
+
+    ``cfg`` holds what the valid lines said (so the caller still knows ``mode`` and ``log``
+    when a later line is bad); with an unreadable file it is all defaults.
+    """
+
+    def __init__(self, message: str, cfg: HookConfig | None = None) -> None:
+        super().__init__(message)
+        self.cfg = cfg if cfg is not None else HookConfig()
+
+
+MAX_CONFIG_BYTES = 65536
+MAX_TIMEOUT = 60.0  # libvirt waits for the hook without a timeout: a VM start must not
+MIN_XML_BYTES, MAX_XML_LIMIT = 4096, 64 << 20
 
 
 class HookConfig:
     """Settings from ``key=value`` lines (the installer writes them; comments start with #)."""
 
-    __slots__ = ("mode", "db", "bridge", "spool", "log", "timeout", "networks_file", "max_xml_bytes")
+    __slots__ = ("mode", "db", "bridge", "spool", "log", "timeout", "networks_file", "max_xml_bytes", "strict_bridges")
 
     def __init__(self) -> None:
         self.mode = "default"
@@ -73,37 +86,110 @@ class HookConfig:
         self.timeout = 2.0
         self.networks_file = ""
         self.max_xml_bytes = MAX_XML_BYTES
+        # Bridges on which an openvswitch NIC without veil metadata is an error (strict mode
+        # refuses it); None: veil's own bridge. Empty: none (another controller shares it).
+        self.strict_bridges: str | None = None
 
     @property
     def strict(self) -> bool:
         return self.mode == "strict"
 
+    def unplaced_is_error(self, bridge: str) -> bool:
+        """Whether an untagged openvswitch NIC on ``bridge`` is veil's problem."""
+        if self.strict_bridges is None:
+            return bridge == self.bridge
+        return bridge in {b.strip() for b in self.strict_bridges.split(",")}
+
 
 def load_config(path: str) -> HookConfig:
-    """Read the config file; a missing file means all defaults."""
+    """Read the config file; a missing file means all defaults. ConfigError names file, line
+    and what is wrong; every line is checked, and ``exc.cfg`` keeps what the valid ones set."""
     cfg = HookConfig()
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read(65536).splitlines()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         return cfg
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = (part.strip() for part in line.partition("="))
-        if not sep or key not in HookConfig.__slots__:
-            raise ConfigError(f"{path}:{number}: expected key=value with key in {', '.join(HookConfig.__slots__)}")
-        if key == "mode" and value not in ("default", "strict"):
-            raise ConfigError(f"{path}:{number}: mode must be 'default' or 'strict', got {value!r}")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", cfg) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes: not a veil hook config", cfg)
+    first = ""
+    for number, raw in enumerate(data.split(b"\n"), 1):
         try:
-            parsed: object = float(value) if key == "timeout" else int(value) if key == "max_xml_bytes" else value
-        except ValueError:
-            raise ConfigError(f"{path}:{number}: {key} must be a number, got {value!r}") from None
-        setattr(cfg, key, parsed)
+            problem = _apply_line(cfg, raw)
+        except UnicodeDecodeError as exc:
+            problem = f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8 (the file must be UTF-8)"
+        if problem and not first:
+            first = f"{path}:{number}: {problem}"
+    if first:
+        raise ConfigError(first, cfg)
     return cfg
+
+
+def _apply_line(cfg: HookConfig, raw: bytes) -> str:
+    """Set what one line says on ``cfg``; the problem with it, or "" (UnicodeDecodeError)."""
+    line = raw.decode("utf-8").strip()
+    if not line or line.startswith("#"):
+        return ""
+    key, sep, value = (part.strip() for part in line.partition("="))
+    if not sep or key not in HookConfig.__slots__:
+        return f"expected key=value with key in {', '.join(HookConfig.__slots__)}"
+    if not value.isprintable():
+        return f"{key}: the value contains a control character: {value!r}"
+    if key == "mode" and value not in ("default", "strict"):
+        return f"mode must be 'default' or 'strict', got {value!r}"
+    parsed: object = value
+    if key == "timeout":
+        try:
+            parsed = float(value)
+        except ValueError:
+            parsed = None
+        if not (isinstance(parsed, float) and 0 < parsed <= MAX_TIMEOUT):  # NaN fails too
+            return f"{key}={value}: must be a number of seconds in (0, {MAX_TIMEOUT:g}]"
+    elif key == "max_xml_bytes":
+        size = int(value) if value.isdigit() else -1
+        if not MIN_XML_BYTES <= size <= MAX_XML_LIMIT:
+            return f"{key}={value}: must be a whole number of bytes in [{MIN_XML_BYTES}, {MAX_XML_LIMIT}]"
+        parsed = size
+    elif key == "db" and not _is_remote(value):
+        return f"{key}={value!r}: expected unix:PATH or tcp:IP:PORT (what the hook can connect to)"
+    elif key == "bridge":
+        from hooks.vif import VifError, validate_port_name
+
+        try:
+            validate_port_name(value)
+        except VifError as exc:
+            return f"{key}={value!r}: {exc}"
+    elif key == "strict_bridges" and value:
+        from hooks.vif import VifError, validate_port_name
+
+        try:
+            for name in value.split(","):
+                validate_port_name(name.strip())
+        except VifError as exc:
+            return f"{key}={value!r}: {exc}"
+    elif key in ("spool", "log") or (key == "networks_file" and value):
+        if not value.startswith("/"):
+            return f"{key}={value!r}: must be an absolute path"
+    setattr(cfg, key, parsed)
+    return ""
+
+
+def _is_remote(value: str) -> bool:
+    kind, _, where = value.partition(":")
+    if kind == "unix":
+        return where.startswith("/")
+    host, _, port = where.rpartition(":")
+    if kind != "tcp" or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    import _socket
+
+    try:
+        _socket.inet_pton(_socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
 
 
 def known_networks(cfg: HookConfig) -> frozenset[str] | None:
@@ -111,10 +197,13 @@ def known_networks(cfg: HookConfig) -> frozenset[str] | None:
     if not cfg.networks_file:
         return None
     try:
-        with open(cfg.networks_file, encoding="utf-8") as f:
-            return frozenset(n.strip() for n in f if n.strip() and not n.startswith("#"))
+        with open(cfg.networks_file, "rb") as f:
+            text = f.read(MAX_CONFIG_BYTES * 16).decode("utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read networks file {cfg.networks_file}: {exc}") from None
+        raise ConfigError(f"cannot read networks file {cfg.networks_file}: {exc}", cfg) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"networks file {cfg.networks_file}: byte {exc.start} is not UTF-8", cfg) from None
+    return frozenset(n.strip() for n in text.splitlines() if n.strip() and not n.startswith("#"))
 
 
 class Outcome:
@@ -138,7 +227,8 @@ def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
     except DomainXmlError as exc:
         out.errors.append(str(exc))
         return out
-    candidates = [i for i in dom.ifaces if i.type == "ethernet" or (i.ovs_port and i.bridge == cfg.bridge)]
+    candidates = [i for i in dom.ifaces if i.type == "ethernet" or (i.ovs_port and (
+        i.bridge == cfg.bridge or cfg.unplaced_is_error(i.bridge or "")))]
     if not dom.has_metadata and not candidates:
         return out  # not a veil VM: no OVSDB round trip
     if op in ("stopped", "release"):
@@ -150,10 +240,17 @@ def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
         return out
     plan = plan_domain(dom, bridge=cfg.bridge, known_networks=known_networks(cfg))
     out.errors.extend(plan.problems)
+    for bridge, message in plan.untagged:
+        if cfg.unplaced_is_error(bridge):
+            out.errors.append(message)
+        elif bridge == cfg.bridge:
+            out.notes.append(f"not veil's: no <veil:port>, left to whoever serves {bridge} (strict_bridges): {message}")
     if op in ("start", "reconnect"):
         from hooks.spool import PlugEvent
 
         out.errors.extend(f"{p} has no tap (<target dev>) at {op}" for p in plan.pending)
+        if out.errors and cfg.strict and op in BLOCKING:
+            return out  # libvirt aborts this start: registering the other NICs would outlive it
         events = [PlugEvent(w.vif, add_port=w.add_port) for w in plan.wanted]
         if events:
             _submit(cfg, events, out, "registered " + ", ".join(f"{e.vif.port}={e.vif.network}" for e in events))
@@ -191,19 +288,25 @@ def main(argv: list[str] | None = None, *, config_path: str = DEFAULT_CONFIG,
         return EX_USAGE
     name, op, sub = args[0], args[1], args[2]
     started = time.monotonic()
-    xml = (stdin or sys.stdin.buffer).read()
+    try:
+        xml = (stdin or sys.stdin.buffer).read()
+    except (AttributeError, OSError, ValueError):  # no stdin at all: read_domain reports it empty
+        xml = b""
     if op in ("migrate", "restore") and sub == "begin":
         # libvirt reads stdout as the (new) XML here: echo it unchanged, exactly.
         (stdout or sys.stdout.buffer).write(xml)
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        # Without a readable config the mode is unknown: never block a VM on a veil problem.
-        err.write(f"veil: {exc}\n")
+    if f"{op} {sub}" not in HANDLED:
         return EX_OK
     try:
+        cfg = load_config(config_path)
         out = run(op, sub, xml, cfg)
-    except (ConfigError, SpoolError) as exc:
+    except ConfigError as exc:
+        # Settings that cannot be trusted: nothing is written (the agent repairs once the file is
+        # fixed). Strict mode refuses only if a valid mode=strict line said so.
+        cfg = exc.cfg
+        out = Outcome()
+        out.errors.append(f"{exc}; veil skipped this {op}")
+    except SpoolError as exc:
         out = Outcome()
         out.errors.append(str(exc))
     except Exception as exc:  # noqa: BLE001 - last resort: a veil bug must not traceback into libvirt
@@ -212,6 +315,10 @@ def main(argv: list[str] | None = None, *, config_path: str = DEFAULT_CONFIG,
         _log(cfg, f"{name} {op} {sub}: internal error: {exc!r}\n{traceback.format_exc()}")
         out = Outcome()
         out.errors.append(f"internal error in the veil hook: {exc!r} (traceback in {cfg.log})")
+    out.errors = [one_line(e) for e in out.errors]
+    out.spooled = one_line(out.spooled)
+    out.notes = [one_line(n) for n in out.notes]
+    name = one_line(name)
     status = exit_status(op, out, cfg)
     elapsed_ms = (time.monotonic() - started) * 1000
     for line in out.errors:

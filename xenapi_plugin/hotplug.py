@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import XenAPI
 
 from hooks import contract
-from hooks.errors import PlugRejected, RegistrarError, VifError
+from hooks.errors import PlugRejected, RegistrarError, VifError, one_line
 from hooks.ovsdb.rpc import RpcRegistrar
 from hooks.spool import PlugEvent, Spool, SpoolError, UnplugEvent, submit
 from xenapi_plugin import config, desired, model
@@ -133,14 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         strict = cfg.strict
         args = parse_args(args_list)
         result = online(cfg, args.vifuuid) if args.action == "online" else remove(cfg, args.vifuuid)
-    except (HookProblem, config.ConfigError, PlugRejected, RegistrarError, VifError) as exc:
-        sys.stderr.write(f"veil vif-hotplug {' '.join(args_list)}: {exc}\n")
+    except config.ConfigError as exc:  # strict only if a valid VEIL_HOOK_MODE line said so
+        sys.stderr.write(one_line(f"veil vif-hotplug {' '.join(args_list)}: {exc}") + "\n")
+        return 1 if exc.strict else 0
+    except (HookProblem, PlugRejected, RegistrarError, VifError) as exc:
+        sys.stderr.write(one_line(f"veil vif-hotplug {' '.join(args_list)}: {exc}") + "\n")
         return 1 if strict else 0
     except Exception as exc:  # a veil bug must not fail the VIF plug unless the operator chose strict
-        sys.stderr.write(f"veil vif-hotplug {' '.join(args_list)}: internal error {type(exc).__name__}: {exc}\n")
+        sys.stderr.write(one_line(f"veil vif-hotplug {' '.join(args_list)}: internal error {type(exc).__name__}: {exc}") + "\n")
         return 1 if strict else 0
     if result.note:
-        sys.stderr.write(f"veil vif-hotplug {args.action} {args.vifuuid}: {result.note}\n")
+        sys.stderr.write(one_line(f"veil vif-hotplug {args.action} {args.vifuuid}: {result.note}") + "\n")
     return 0
 
 

@@ -43,15 +43,24 @@ OVSDB_UNAVAILABLE = "VEIL_OVSDB_UNAVAILABLE"
 PLUG_REJECTED = "VEIL_PLUG_REJECTED"
 SPOOL_UNUSABLE = "VEIL_SPOOL_UNUSABLE"
 NO_HOST_UUID = "VEIL_UNKNOWN_HOST"
+BAD_CONFIG = "VEIL_BAD_CONFIG"
+
+
+def _config() -> config.XenConfig:
+    """The settings, or VEIL_BAD_CONFIG [file, what is wrong where]."""
+    try:
+        return config.load()
+    except config.ConfigError as exc:
+        raise Failure(BAD_CONFIG, [exc.source, exc.reason]) from None
 
 
 def _ovs() -> RegistrarOvs:
-    cfg = config.load()
+    cfg = _config()
     return RegistrarOvs(cfg.ovsdb, Spool(cfg.spool), bridge=cfg.bridge)
 
 
 def _host_uuid(ovs: RegistrarOvs) -> str:
-    found = config.load().host_uuid or ovs.system_id() or sync.local_host_uuid()
+    found = _config().host_uuid or ovs.system_id() or sync.local_host_uuid()
     if not found:
         raise Failure(NO_HOST_UUID, ["set VEIL_HOST_UUID or OVSDB external_ids:system-id"])
     return found
@@ -77,13 +86,13 @@ def _guarded(fn: Callable[[Any, dict[str, str]], str]) -> PluginFn:
         try:
             return fn(session, arguments)
         except RegistrarError as exc:
-            raise Failure(OVSDB_UNAVAILABLE, [config.load().ovsdb, str(exc)]) from None
+            raise Failure(OVSDB_UNAVAILABLE, [_config().ovsdb, str(exc)]) from None
         except PlugRejected as exc:
             raise Failure(PLUG_REJECTED, [str(exc)]) from None
         except VifError as exc:
             raise Failure(INVALID_VIF, [str(exc)]) from None
         except SpoolError as exc:
-            raise Failure(SPOOL_UNUSABLE, [config.load().spool, str(exc)]) from None
+            raise Failure(SPOOL_UNUSABLE, [_config().spool, str(exc)]) from None
 
     call.__name__ = fn.__name__
     return call
@@ -225,30 +234,23 @@ FUNCTIONS: dict[str, PluginFn] = {
 
 
 def _session_factory() -> Any:
-    uri = config.load().xapi
+    uri = _config().xapi
     return XenAPI.xapi_local() if uri == LOCAL_XAPI else make_session(uri)
 
 
 def main() -> None:
-    """Entry point of /etc/xapi.d/plugins/veil: dom0's XenAPIPlugin when present, else ours."""
+    """Entry point of /etc/xapi.d/plugins/veil. Always veil's dispatcher: the same protocol as
+    dom0's XenAPIPlugin.dispatch, which ends in a traceback (xapi: a bare non-zero exit) on a
+    bad methodCall. On dom0 (XenAPIPlugin importable) the session is dom0's local xapi, as
+    XenAPIPlugin would give it."""
+    from xenapi_plugin.dispatch import dispatch
+
     try:
-        import XenAPIPlugin
+        import XenAPIPlugin  # noqa: F401 - only tells dom0 apart
     except ImportError:
-        from xenapi_plugin.dispatch import dispatch
-
         dispatch(FUNCTIONS, _session_factory)
-        return
-
-    def native(fn: PluginFn) -> PluginFn:
-        def call(session: Any, arguments: dict[str, str]) -> str:
-            try:
-                return fn(session, arguments)
-            except Failure as exc:
-                raise XenAPIPlugin.Failure(exc.params[0], exc.params[1:]) from None
-
-        return call
-
-    XenAPIPlugin.dispatch({name: native(fn) for name, fn in FUNCTIONS.items()})
+    else:
+        dispatch(FUNCTIONS, XenAPI.xapi_local)
 
 
 if __name__ == "__main__":

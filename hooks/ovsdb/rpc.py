@@ -20,8 +20,10 @@ from hooks.errors import PlugRejected, RegistrarError
 from hooks.plugspec import (
     DEACTIVATE_DROP_KEYS,
     deactivate_external_ids,
+    foreign_owner,
     plug_external_ids,
     ports_to_unplug,
+    update_external_ids,
     vifs_from_rows,
 )
 from hooks.vif import Vif
@@ -59,13 +61,18 @@ class RpcRegistrar:
 
     # -- public API (same as hooks.registrar.Registrar) ----------------------------------------
     def plug(self, vif: Vif, *, add_port: bool) -> None:
-        """Write ``vif`` into its Interface row in one transaction (creating the port if asked)."""
+        """Write ``vif`` into its Interface row in one transaction (creating the port if asked).
+
+        An existing row is read first and the write is guarded by a ``wait`` that its
+        external_ids are still exactly what was read: the check that the row is not another
+        VM's (``plugspec.foreign_owner``) therefore holds when the write lands."""
         ids = plug_external_ids(vif, add_port=add_port)
         with self._session():
             for _attempt in range(3):
-                if add_port and not self._select(
-                    "Port", [["name", "==", vif.port]], ["_uuid"]
-                ):
+                rows = self._select("Interface", [["name", "==", vif.port]], ["external_ids"])
+                if not rows:
+                    if not add_port:
+                        raise PlugRejected(f"no Interface {vif.port!r} in OVSDB to register VIF {vif.iface_id}")
                     try:
                         self._transact(self._insert_ops(vif.port, ids))
                         return
@@ -77,13 +84,20 @@ class RpcRegistrar:
                         if exc.index == 1 and exc.error == "timed out":
                             continue  # the port appeared meanwhile: update it instead
                         raise PlugRejected(f"adding port {vif.port!r} failed: {exc}") from None
-                counts = self._transact_ok(
-                    self._set_keys_ops(vif.port, ids, drop=()), f"updating {vif.port!r}"
-                )
-                if counts[1] == 0:
-                    if add_port:
-                        continue  # deleted between our read and write: add it again
-                    raise PlugRejected(f"no Interface {vif.port!r} in OVSDB to register VIF {vif.iface_id}")
+                current = _map_of(rows[0].get("external_ids") if isinstance(rows[0], dict) else None)
+                why = foreign_owner(vif, current)
+                if why:
+                    raise PlugRejected(why)
+                guard: Json = {
+                    "op": "wait", "timeout": 0, "table": "Interface", "where": [["name", "==", vif.port]],
+                    "columns": ["external_ids"], "until": "==", "rows": [{"external_ids": _ovs_map(current)}],
+                }
+                try:
+                    self._transact([guard, *self._set_keys_ops(vif.port, update_external_ids(ids, current), drop=())])
+                except _TxnFailed as exc:
+                    if exc.index == 0 and exc.error == "timed out":
+                        continue  # changed (or deleted) since our read: decide again
+                    raise PlugRejected(f"updating {vif.port!r} failed: {exc}") from None
                 return
             raise RegistrarError(f"port {vif.port!r} kept changing under us; gave up after 3 attempts")
 

@@ -184,3 +184,26 @@ def test_registrar_recovers_after_ovsdb_restarts(registrar: AnyRegistrar, ovs: O
 
 def test_system_id_names_this_host(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
     assert registrar.system_id() == f"host-{ovs.ns}"
+
+
+def test_plug_refuses_another_vms_row_and_leaves_it_untouched(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
+    owner = make_vif(port="vnet8")
+    libvirt_add_port(ovs, "vnet8", owner)
+    before = iface_ids(ovs, "vnet8")
+    intruder = make_vif(port="vnet8", vm_id="0d1f0a52-2222-4c6e-9a1b-00000000dead", iface_id="mine")
+    for add_port in (False, True):
+        with pytest.raises(PlugRejected, match=f"belongs to VM {owner.vm_id}"):
+            registrar.plug(intruder, add_port=add_port)
+        assert iface_ids(ovs, "vnet8") == before
+    # A port placed by another controller (iface-id, no vm-id) is not taken over either.
+    ovs.vsctl("add-port", "br-int", "ovn9", "--", "set", "Interface", "ovn9", "external-ids:iface-id=lsp-9")
+    with pytest.raises(PlugRejected, match="iface-id lsp-9 of no known VM"):
+        registrar.plug(make_vif(port="ovn9"), add_port=True)
+    assert iface_ids(ovs, "ovn9") == {"iface-id": "lsp-9"}
+
+
+def test_plug_never_marks_a_port_it_did_not_add_as_veils(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
+    ovs.vsctl("add-port", "br-int", "tapk5")
+    registrar.plug(make_vif(port="tapk5"), add_port=True)
+    ids = iface_ids(ovs, "tapk5")
+    assert ids is not None and ids["veil-network"] == "blue" and "veil-owns-port" not in ids

@@ -37,11 +37,28 @@ def test_external_ids_carry_contract_and_veil_keys() -> None:
         ("status", "up", "iface-status"),
         ("extra", {"iface-id": "other"}, "contract key"),
         ("iface_id", "x" * 300, "too long"),
+        ("mac", "01:00:5e:00:00:01", "multicast"),
+        ("mac", "33:33:00:00:00:01", "multicast"),
+        ("mac", "ff:ff:ff:ff:ff:ff", "multicast"),
+        ("mac", "00:00:00:00:00:00", "all-zero"),
+        ("iface_id", "abc def", "iface-id 'abc def'"),
+        ("iface_id", "a,b", "iface-id 'a,b'"),
+        ("vm_id", "vm 1", "vm-id 'vm 1'"),
+        ("extra", {"veil-ips": "not-an-ip; rm -rf /"}, "veil-ips: 'not-an-ip; rm -rf /' is not an IP address"),
+        ("extra", {"veil-ips": "198.19.0.1/24"}, "is not an IP address"),
+        ("extra", {"veil-ips": ",".join(f"198.19.{i // 256}.{i % 256}" for i in range(20_000))}, "more than 64"),
+        ("extra", {"veil-ips": "198.19.0.1,,198.19.0.2"}, "empty entry"),
     ],
 )
 def test_invalid_vifs_are_refused_with_a_specific_message(field: str, value: object, message: str) -> None:
     with pytest.raises(VifError, match=message):
         vif(**{field: value})
+
+
+def test_ips_are_kept_in_canonical_form() -> None:
+    v = vif(extra={"veil-ips": " 198.19.0.5, FD00:0:0::1 "})
+    assert v.extra["veil-ips"] == "198.19.0.5,fd00::1"
+    assert vif(mac="02:00:00:00:00:01").mac == "02:00:00:00:00:01"  # locally administered unicast: fine
 
 
 def test_vif_is_immutable_and_hashable() -> None:

@@ -29,7 +29,6 @@ def test_no_target_yet_is_pending_not_an_error() -> None:
 @pytest.mark.parametrize(
     ("ifaces", "ports", "problem"),
     [
-        (OVS, "", "no <veil:port> in the domain metadata names it"),
         (ETH, "<v:port mac='52:54:00:aa:00:09' network='blue'/>", "matches no interface"),
         ("<interface type='network'><mac address='52:54:00:aa:00:05'/><source network='default'/></interface>",
          "<v:port mac='52:54:00:aa:00:05' network='blue'/>", "veil needs type='ethernet'"),
@@ -42,6 +41,14 @@ def test_no_target_yet_is_pending_not_an_error() -> None:
 def test_problems_are_named(ifaces: str, ports: str, problem: str) -> None:
     plan = plan_domain(read_domain(dom(ifaces, ports)), known_networks={"blue", "red"})
     assert plan.wanted == [] and len(plan.problems) == 1 and problem in plan.problems[0]
+
+
+def test_an_untagged_openvswitch_nic_is_reported_with_its_bridge_for_the_caller_to_judge() -> None:
+    """Whether it is an error depends on who else serves that bridge (strict_bridges)."""
+    plan = plan_domain(read_domain(dom(OVS, "")))
+    assert (plan.wanted, plan.problems) == ([], [])
+    ((bridge, message),) = plan.untagged
+    assert bridge == "br-int" and "no <veil:port> in the domain metadata names it" in message
 
 
 def test_interfaces_elsewhere_without_metadata_are_not_veils_business() -> None:

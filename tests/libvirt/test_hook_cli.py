@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,12 +53,13 @@ def hook(ovs: OvsInstance, tmp_path: Path) -> Hook:
     return Hook(tmp_path / "etc" / "hooks" / "qemu.d" / HOOK_NAME, tmp_path / "etc", cfg, ovs)
 
 
-def xml(*, network: str = "blue", target: str | None = "tapc1", kind: str = "ethernet", meta: bool = True) -> bytes:
+def xml(*, network: str = "blue", target: str | None = "tapc1", kind: str = "ethernet", meta: bool = True,
+        mac: str = "52:54:00:0c:00:01", ips: str = "198.19.0.5", uuid: str = UUID) -> bytes:
     tgt = f"<target dev='{target}'/>" if target else ""
     vport = "<source bridge='br-int'/><virtualport type='openvswitch'><parameters interfaceid='ifc-1'/></virtualport>"
-    iface = f"<interface type='{kind}'><mac address='52:54:00:0c:00:01'/>{vport if kind == 'bridge' else ''}{tgt}</interface>"
-    md = f"<metadata><veil:ports xmlns:veil='{VEIL_XMLNS}'><veil:port mac='52:54:00:0c:00:01' network='{network}' ips='198.19.0.5'/></veil:ports></metadata>" if meta else ""
-    return f"<domain type='qemu'><name>vm1</name><uuid>{UUID}</uuid>{md}<devices>{iface}</devices></domain>".encode()
+    iface = f"<interface type='{kind}'><mac address='{mac}'/>{vport if kind == 'bridge' else ''}{tgt}</interface>"
+    md = f"<metadata><veil:ports xmlns:veil='{VEIL_XMLNS}'><veil:port mac='{mac}' network='{network}' ips='{ips}'/></veil:ports></metadata>" if meta else ""
+    return f"<domain type='qemu'><name>vm1</name><uuid>{uuid}</uuid>{md}<devices>{iface}</devices></domain>".encode()
 
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
@@ -215,3 +217,143 @@ def test_the_hook_process_never_loads_libvirt_or_heavy_modules(hook: Hook) -> No
 def test_auto_layout_follows_the_libvirt_version(version: tuple[int, int] | None, layout: str) -> None:
     assert choose_layout("auto", version) == layout
     assert choose_layout("shim", (9, 0)) == "shim"
+
+
+# -- a config the hook cannot read (issue 12) ------------------------------------------------------
+def append_to_config(hook: Hook, data: bytes) -> Path:
+    conf = hook.root / "hooks" / "veil-hook.conf"
+    with conf.open("ab") as f:
+        f.write(data)
+    return conf
+
+
+def test_non_utf8_config_default_mode_lets_the_vm_start(hook: Hook) -> None:
+    conf = append_to_config(hook, b"# caf\xe9\n")
+    proc = hook("start", "begin", xml())
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "Traceback" not in err and "not blocking" in err
+    assert f"{conf}:{len(conf.read_bytes().splitlines())}: byte 0xe9" in err and "not UTF-8" in err
+    assert bridge_ports(hook.ovs) == []  # skipped: the settings cannot be trusted
+    assert "not UTF-8" in Path(hook.cfg.log).read_text()  # the log line of the file's log= setting
+
+
+def test_non_utf8_config_strict_mode_refuses_with_the_reason(hook: Hook) -> None:
+    hook.set_mode("strict")
+    append_to_config(hook, b"db=unix:/run/caf\xe9.sock\n")
+    proc = hook("start", "begin", xml())
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("veil: ") and "byte 0xe9" in err
+    assert bridge_ports(hook.ovs) == []
+    # Not at reconnect: libvirt would kill the running guest.
+    assert hook("reconnect", "begin", xml()).returncode == 0
+
+
+def test_non_utf8_networks_file_is_a_clear_error_not_an_internal_one(hook: Hook) -> None:
+    Path(hook.cfg.networks_file).write_bytes(b"blue\nr\xe9d\n")
+    proc = hook("start", "begin", xml())
+    assert proc.returncode == 0 and b"is not UTF-8" in proc.stderr and b"internal error" not in proc.stderr
+    hook.set_mode("strict")
+    Path(hook.cfg.networks_file).write_bytes(b"blue\nr\xe9d\n")
+    proc = hook("start", "begin", xml())
+    assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1 and b"networks file" in proc.stderr
+    assert bridge_ports(hook.ovs) == []
+
+
+
+# -- what one domain's XML may claim (issue 12) -------------------------------------------------------
+OTHER_UUID = "3e1f9a6c-7d2b-4f0e-8a5c-000000000c22"
+BAD_VIFS: dict[str, dict[str, Any]] = {
+    "multicast-mac": {"mac": "01:00:5e:00:00:01"},
+    "broadcast-mac": {"mac": "ff:ff:ff:ff:ff:ff"},
+    "zero-mac": {"mac": "00:00:00:00:00:00"},
+    "mac-with-spaces": {"mac": " 52:54:00:0c:00:01"},
+    "shell-in-ips": {"ips": "not-an-ip; rm -rf /"},
+    "20000-ips": {"ips": ",".join(f"198.19.{i // 256}.{i % 256}" for i in range(20_000))},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_VIFS))
+def test_an_invalid_vif_is_refused_in_strict_mode_and_never_registered(hook: Hook, name: str) -> None:
+    doc = xml(**BAD_VIFS[name])
+    proc = hook("start", "begin", doc)
+    assert proc.returncode == 0 and proc.stderr.count(b"\n") == 1 and b"not blocking" in proc.stderr
+    assert bridge_ports(hook.ovs) == []
+    hook.set_mode("strict")
+    proc = hook("start", "begin", doc)
+    assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1 and b"Traceback" not in proc.stderr
+    assert bridge_ports(hook.ovs) == []
+
+
+def test_a_domain_cannot_take_over_another_vms_port(hook: Hook) -> None:
+    """vm1's <target dev> names vnet5, the port libvirt made for another VM: refused, and that
+    port's registration is left exactly as it was (not rewritten, not marked veil-owned)."""
+    hook.ovs.vsctl("add-port", "br-int", "vnet5", "--", "set", "Interface", "vnet5",
+                   "external-ids:iface-id=other-ifc", "external-ids:attached-mac=52:54:00:0c:00:99",
+                   f"external-ids:vm-id={OTHER_UUID}", "external-ids:iface-status=active")
+    before = iface_ids(hook.ovs, "vnet5")
+    for kind in ("ethernet", "bridge"):
+        proc = hook("start", "begin", xml(kind=kind, target="vnet5"))
+        assert proc.returncode == 0 and b"belongs to VM " + OTHER_UUID.encode() in proc.stderr, proc.stderr
+        assert iface_ids(hook.ovs, "vnet5") == before
+    hook.set_mode("strict")
+    proc = hook("start", "begin", xml(target="vnet5"))
+    assert proc.returncode == 1 and b"belongs to VM" in proc.stderr and proc.stderr.count(b"\n") == 1
+    assert iface_ids(hook.ovs, "vnet5") == before
+    # The owner itself still registers it.
+    assert hook("start", "begin", xml(kind="bridge", target="vnet5", uuid=OTHER_UUID,
+                                      mac="52:54:00:0c:00:99")).returncode == 0
+
+
+# -- what stop leaves, and whose NICs strict mode judges (issue 12) ----------------------------------
+def test_stopped_on_a_bridge_port_drops_every_veil_key_and_keeps_libvirts(hook: Hook) -> None:
+    hook.ovs.vsctl("add-port", "br-int", "vnet6", "--", "set", "Interface", "vnet6",
+                   "external-ids:iface-id=ifc-1", "external-ids:attached-mac=52:54:00:0c:00:01",
+                   f"external-ids:vm-id={UUID}", "external-ids:iface-status=active")
+    assert hook("start", "begin", xml(kind="bridge", target="vnet6")).returncode == 0
+    ids = iface_ids(hook.ovs, "vnet6")
+    assert ids is not None and ids["veil-ips"] == "198.19.0.5" and ids["veil-network"] == "blue"
+    assert hook("stopped", "end", xml(kind="bridge", target=None)).returncode == 0
+    assert iface_ids(hook.ovs, "vnet6") == {"iface-id": "ifc-1", "attached-mac": "52:54:00:0c:00:01",
+                                            "vm-id": UUID, "iface-status": "inactive"}
+
+
+def test_strict_mode_can_be_scoped_off_a_bridge_another_controller_shares(hook: Hook) -> None:
+    """An OVN-served NIC (openvswitch, br-int, no veil metadata): strict refuses it by default;
+    with strict_bridges= (empty) strict judges only NICs carrying veil metadata."""
+    untagged = xml(kind="bridge", target=None, meta=False)
+    hook.set_mode("strict")
+    assert hook("prepare", "begin", untagged).returncode == 1
+    conf = hook.root / "hooks" / "veil-hook.conf"
+    conf.write_text(conf.read_text() + "strict_bridges=\n")
+    proc = hook("prepare", "begin", untagged)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert "not veil's: no <veil:port>" in Path(hook.cfg.log).read_text()  # still logged, as a note
+    assert hook("prepare", "begin", xml(network="green", target=None)).returncode == 1  # veil's NIC: strict
+
+
+def test_strict_refusal_writes_nothing_even_for_the_valid_nics(hook: Hook) -> None:
+    """Strict mode refuses the start when one NIC is bad: libvirt aborts it, so registering the
+    domain's other, valid NIC would leave an active VIF for a VM that never ran."""
+    good = xml()
+    bad_iface = "<interface type='ethernet'><mac address='52:54:00:0c:00:02'/><target dev='tapc2'/></interface>"
+    bad_meta = "<veil:port mac='52:54:00:0c:00:02' network='green'/>"
+    doc = good.replace(b"</devices>", bad_iface.encode() + b"</devices>").replace(
+        b"</veil:ports>", bad_meta.encode() + b"</veil:ports>")
+    hook.set_mode("strict")
+    proc = hook("start", "begin", doc)
+    assert proc.returncode == 1 and b"unknown veil network 'green'" in proc.stderr
+    assert bridge_ports(hook.ovs) == []
+    hook.set_mode("default")
+    assert hook("start", "begin", doc).returncode == 0
+    assert bridge_ports(hook.ovs) == ["tapc1"]  # the default mode registers what it can
+
+
+def test_a_message_quoting_a_newline_stays_one_line(hook: Hook) -> None:
+    """Found by test_fuzz_hook: an attribute holding &#10; was quoted verbatim, so the one
+    stderr line libvirt shows (and the log line) split in two, the second one forgeable."""
+    doc = xml(ips="&#10;veil: forged").replace(b"network='blue'", b"network=''")
+    proc = hook("start", "begin", doc)
+    assert proc.returncode == 0 and proc.stderr.count(b"\n") == 1 and b"\\nveil: forged" in proc.stderr
+    assert all(line.startswith("20") for line in Path(hook.cfg.log).read_text().splitlines())

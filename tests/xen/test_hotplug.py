@@ -166,3 +166,16 @@ def test_emulated_tap_and_vif_both_registered_tap_active(dom0: Dom0) -> None:
     rows = interfaces(dom0.host.ovs)
     assert (rows["tap7.0"]["iface-status"], rows["vif7.0"]["iface-status"]) == ("active", "inactive")
     assert rows["tap7.0"]["iface-id"] == rows["vif7.0"]["iface-id"] == vif_uuid
+
+
+def test_non_utf8_config_is_one_line_and_blocks_only_in_strict_mode(dom0: Dom0, tmp_path: Path) -> None:
+    vm_uuid, vif_uuid = dom0.vm_with_vif(9)
+    conf = tmp_path / "xen.conf"
+    args = ("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid)
+    for mode, status in (("default", 0), ("strict", 1)):
+        conf.write_bytes(f"VEIL_HOOK_MODE={mode}\n# caf\xe9\n".encode("latin-1"))
+        proc = dom0.run(*args, env=dict(dom0.env, VEIL_XEN_CONF=str(conf)))
+        assert proc.returncode == status, proc.stderr
+        assert proc.stderr.count("\n") == 1 and f"{conf}:2: byte 0xe9" in proc.stderr
+        assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+        assert "iface-id" not in interfaces(dom0.host.ovs)["vif9.0"]

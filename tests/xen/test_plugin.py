@@ -299,9 +299,11 @@ def test_sync_rejects_bad_arguments_and_unknown_host(world: World) -> None:
     assert code == "VEIL_UNKNOWN_HOST" and "6e0d8f3a-5f0e-4d43-9f0b-00000000dead" in message
 
 
-def test_on_dom0_the_native_xenapiplugin_dispatches_and_veil_failures_keep_their_codes(world: World) -> None:
-    """With XenAPIPlugin importable (dom0) the plugin hands its table to it."""
+def test_on_dom0_the_plugin_uses_the_local_xapi_and_keeps_veil_failure_codes(world: World) -> None:
+    """With XenAPIPlugin importable (dom0) the session is dom0's local xapi; the dispatcher
+    stays veil's (dom0's ends in a traceback on a malformed methodCall)."""
     env = dict(world.env, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "support" / "dom0"))
+    assert run_plugin(world, "<methodCall>", env)[0] == "VEIL_MALFORMED_CALL"
     assert world.fails("register", {"vif_uuid": "nope"}, env)[:2] == ["VEIL_INVALID_ARGUMENT", "vif_uuid"]
     assert world.fails("explode", {}, env) == ["UNKNOWN_XENAPI_PLUGIN_FUNCTION", "explode"]
     # dom0's dispatch talks to the local xapi socket, which does not exist here: a plugin failure
@@ -352,3 +354,66 @@ def test_sync_is_not_overtaken_by_an_older_spooled_plug(world: World) -> None:
     assert world.ok("sync", {"manage_ports": "true"})["unplugged"] == ["vif7.0"]
     hostd_catches_up(world, spool)
     assert "vif7.0" not in interfaces(world.host.ovs)
+
+
+# -- a config the plugin cannot read (issue 12) -----------------------------------------------------
+def test_non_utf8_config_is_a_veil_failure_naming_file_and_line(world: World, tmp_path: Path) -> None:
+    conf = tmp_path / "xen.conf"
+    conf.write_bytes(b"VEIL_BRIDGE=br-int\n# caf\xe9\n")
+    code, path, reason = world.fails("status", {}, dict(world.env, VEIL_XEN_CONF=str(conf)))
+    assert (code, path) == ("VEIL_BAD_CONFIG", str(conf))
+    assert reason.startswith("line 2: byte 0xe9") and "not UTF-8" in reason
+
+
+# -- what xapi (or anyone who can run the file) may put in argv[1] (issue 12) -------------------------
+def _call(fn: str, *params: Any) -> str:
+    return xmlrpc.client.dumps(params, methodname=fn)
+
+
+ENTITIES = ('<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
+            '<methodCall><methodName>status</methodName><params><param><value>&b;</value></param>'
+            '<param><value><struct></struct></value></param></params></methodCall>')
+BAD_CALLS: dict[str, str | bytes] = {
+    "malformed": "<methodCall><methodName>status</methodName><params><param>",
+    "truncated": _call("status", "OpaqueRef:s", {})[:70],
+    "empty": "",
+    "not-xml": "status",
+    "entity-expansion": ENTITIES,
+    "control-character": _call("status", "OpaqueRef:s", {"k": "\x01"}),
+    "no-params": "<methodCall><methodName>status</methodName></methodCall>",
+    "one-param": _call("status", "OpaqueRef:s"),
+    "session-not-a-string": _call("status", 7, {}),
+    "nameless-member": ("<methodCall><methodName>status</methodName><params><param><value>s</value></param>"
+                        "<param><value><struct><member><value>x</value></member></struct></value></param>"
+                        "</params></methodCall>"),
+    "not-utf8": _call("status", "OpaqueRef:s", {}).encode().replace(b"OpaqueRef:s", b"OpaqueRef:\xff"),
+    "no-method-name": "<methodCall><params></params></methodCall>",
+}
+
+
+def run_plugin(w: World, call: str | bytes, env: dict[str, str] | None = None) -> list[str]:
+    """The plugin's answer to ``call`` as xapi reads it; it must exit 0 with a methodResponse."""
+    proc = subprocess.run([str(w.plugin).encode(), call.encode() if isinstance(call, str) else call],
+                          capture_output=True, timeout=60, env=env or w.env)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
+    (response,), _ = xmlrpc.client.loads(proc.stdout)
+    assert isinstance(response, dict) and response["Status"] == "Failure", response
+    return list(response["ErrorDescription"])
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALLS))
+def test_a_bad_method_call_is_a_veil_failure(world: World, name: str) -> None:
+    before = interfaces(world.host.ovs)
+    code, *params = run_plugin(world, BAD_CALLS[name])
+    assert code == "VEIL_MALFORMED_CALL" and len(params) == 1 and params[0], params
+    assert interfaces(world.host.ovs) == before
+
+
+def test_entity_declarations_are_refused_by_name(world: World) -> None:
+    assert "DOCTYPE" in run_plugin(world, ENTITIES)[1]
+
+
+def test_a_bad_mode_setting_is_a_veil_failure(world: World) -> None:
+    code, source, reason = run_plugin(world, _call("status", world.session, {}),
+                                      dict(world.env, VEIL_HOOK_MODE="STRICT"))
+    assert code == "VEIL_BAD_CONFIG" and "VEIL_HOOK_MODE='STRICT'" in reason and "environment" in source

@@ -239,3 +239,15 @@ def test_settings_file_and_environment(tmp_path: Any) -> None:
         config.load({"VEIL_XEN_CONF": str(conf)})
     with pytest.raises(config.ConfigError, match="VEIL_HOOK_MODE"):
         config.load({"VEIL_XEN_CONF": str(tmp_path / "none"), "VEIL_HOOK_MODE": "lenient"})
+
+
+def test_a_failure_carrying_control_characters_or_surrogates_is_still_a_readable_response() -> None:
+    """An error message can quote anything (an OVSDB error, a byte of argv): the response must
+    stay XML that xapi can parse, with the odd characters escaped, not dropped."""
+
+    def refuse(session: Any, args: dict[str, str]) -> str:
+        raise Failure("VEIL_X", ["bell\x07", "lone \udcff", "fine é\n"])
+
+    call = xmlrpc.client.dumps(("OpaqueRef:s1", {}), methodname="refuse")
+    assert _parse(respond({"refuse": refuse}, call, _Session))["ErrorDescription"] == [
+        "VEIL_X", "bell\\x07", "lone \\udcff", "fine é\n"]
