@@ -13,8 +13,9 @@ pytestmark = pytest.mark.lab  # a real ovsdb-server and OVS
 
 
 def join_argv(db: str, ovs: OvsInstance, *extra: str) -> list[str]:
+    """Plaintext tcp: listeners (--insecure): this test is about the listeners, not TLS."""
     return ["join", "--controller", db, "--system-id", "h1", "--underlay-ip", "198.18.0.1",
-            "--host-db", ovs.db_remote, "--host-guard", "off", *extra]
+            "--host-db", ovs.db_remote, "--host-guard", "off", "--insecure", *extra]
 
 
 def listeners(ovs: OvsInstance) -> tuple[list[str], list[str]]:
