@@ -330,7 +330,7 @@ class Controller:
         wanted = self._engine.tunnels(host)
         tunnels_done = tunnels_ready(wanted, link.view)
         try:
-            if link.db.set_tunnels(wanted, link.view.tunnel_names):
+            if link.db.set_tunnels(wanted, link.view.tunnel_names, link.view.stale_bfd):
                 self.kick()  # new tunnel ofports show up in the next view
                 tunnels_done = False
         except RuntimeError as exc:  # ovsdbapp: a failed or timed-out transaction

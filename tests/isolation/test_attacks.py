@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import random
 import re
 import signal
@@ -679,3 +680,107 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
         netns.delete_netns(ns)
         netns.unguard_host_stack(dst.ns, port)
     until("a2's traffic back on its source host", lambda: lab_.ping("a1", "a2"))
+
+
+# -- what the hosts' OVS itself interprets (issue 10) ----------------------------------------
+
+# A tenant VM talking to a peer on the BFD ports: plain UDP datagrams with a marker, and
+# well-formed BFD control packets (RFC 5880: version 1, state Down or AdminDown, your
+# discriminator 0, which a BFD session accepts from anyone; TTL 255 as RFC 5881 wants, the
+# one check OVS makes on the IP header), argv: dst_ip seconds.
+BFD_FLOOD = (
+    "import random,socket,struct,sys,time\n"
+    "dst=sys.argv[1]; end=time.time()+float(sys.argv[2]); n=0\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+    "s.setsockopt(socket.IPPROTO_IP,socket.IP_TTL,255)\n"
+    "while time.time()<end:\n"
+    "  for port in (3784,4784):\n"
+    "    s.sendto(b'BFDHIT-%d-%d' % (port,n),(dst,port))\n"
+    "    for state in (1,0):\n"
+    "      s.sendto(struct.pack('!BBBBIIIII',0x20,state<<6,3,24,random.getrandbits(32),0,"
+    "1000000,1000000,0),(dst,port))\n"
+    "  n+=1; time.sleep(0.02)\n"
+    "print(n)\n"
+)
+
+# Receives on UDP 3784 and 4784 until its stdin closes; prints, per port, how many marked
+# datagrams and how many BFD-shaped (24 byte) ones arrived.
+BFD_RECV = (
+    "import json,select,socket,sys\n"
+    "socks={}\n"
+    "for port in (3784,4784):\n"
+    "  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',port)); socks[s]=port\n"
+    "got={p:[0,0] for p in socks.values()}\n"
+    "print('ready',flush=True)\n"
+    "while True:\n"
+    "  r=select.select([sys.stdin,*socks],[],[])[0]\n"
+    "  if sys.stdin in r: break\n"
+    "  for s in r:\n"
+    "    d=s.recv(2048); got[socks[s]][0 if d.startswith(b'BFDHIT-') else 1]+=1\n"
+    "print(json.dumps(got))\n"
+)
+
+
+def bfd_states(lab: Lab) -> dict[tuple[str, str], str]:
+    """(host, tunnel interface) -> its BFD state, for every veil tunnel of every host."""
+    out = {}
+    for h, rt in lab.hosts.items():
+        text = rt.ovs.vsctl("--format=csv", "--data=bare", "--no-headings",
+                            "--columns=name,bfd_status", "find", "Interface",
+                            "external_ids:veil-remote!=none")
+        for line in filter(None, text.splitlines()):
+            name, _, status = line.partition(",")
+            state = re.search(r"\bstate=(\w+)", status)
+            out[(h, name)] = state.group(1) if state else "none"
+    return out
+
+
+def test_a_vms_udp_to_the_bfd_ports_is_tenant_traffic_and_every_tunnel_stays_up(
+        lab: tuple[Lab, LabController]) -> None:
+    """a1 (dc1-h1) sends a2 (dc2-h1) UDP to 3784 (BFD) and 4784 (multihop BFD) for 4 s:
+    marked datagrams and well-formed BFD control packets saying Down / AdminDown. Without
+    bfd:check_tnl_key the receiving host's tunnel BFD takes the inner packets as its own
+    (any tunnel key), drops them and goes down. With it: every tunnel of every host stays up
+    the whole time, and a2 receives all of a1's datagrams."""
+    lab_, _ = lab
+    # a tunnel made by an older veil (BFD without check_tnl_key) is brought up to date
+    h2 = lab_.hosts["dc2-h1"].ovs
+    old = h2.vsctl("--data=bare", "--no-headings", "--columns=name", "find", "Interface",
+                   "external_ids:veil-remote!=none").split()[0]
+    h2.vsctl("remove", "Interface", old, "bfd", "check_tnl_key")
+    until("the controller sets check_tnl_key again", lambda: "check_tnl_key=true" in h2.vsctl(
+        "--data=bare", "get", "Interface", old, "bfd").replace('"', ""), timeout=15)
+    until("every tunnel's BFD is up", lambda: set(bfd_states(lab_).values()) == {"up"},
+          timeout=30, interval=0.5, detail=lambda: repr(bfd_states(lab_)))
+    tunnels = bfd_states(lab_)
+    assert len(tunnels) >= 6, tunnels  # a3/b3 hosts reach both other hosts of their tenant
+    a2 = lab_.vms["a2"].ip
+    assert lab_.ping("a1", "a2")
+    down: list[dict[tuple[str, str], str]] = []
+    recv = subprocess.Popen(["ip", "netns", "exec", lab_.vms["a2"].ns, "python3", "-c",
+                             BFD_RECV], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert recv.stdout is not None and recv.stdout.readline().strip() == "ready"
+    try:
+        flood = subprocess.Popen(["ip", "netns", "exec", lab_.vms["a1"].ns, "python3", "-c",
+                                  BFD_FLOOD, a2, "4"], stdout=subprocess.PIPE, text=True)
+        try:
+            while flood.poll() is None:
+                states = bfd_states(lab_)
+                if set(states.values()) != {"up"}:
+                    down.append(states)
+                time.sleep(0.2)
+        finally:
+            sent = int(flood.communicate(timeout=10)[0])
+        time.sleep(1.0)  # a session the attack pushed down would still be down now
+        states = bfd_states(lab_)
+        if set(states.values()) != {"up"}:
+            down.append(states)
+    finally:
+        out, _ = recv.communicate("", timeout=10)
+    got = {int(k): v for k, v in json.loads(out.splitlines()[-1]).items()}
+    assert not down, f"BFD went down during the attack: {down[0]}"
+    # every round sent one marked datagram and two BFD control packets to each port: all
+    # arrive (a lost one here or there on a loaded machine aside), none is eaten by a host
+    assert sent > 50, sent
+    for port, (marked, bfd) in got.items():
+        assert marked >= 0.9 * sent and bfd >= 0.9 * 2 * sent, (port, got, sent)
