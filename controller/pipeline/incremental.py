@@ -45,6 +45,7 @@ from controller.core.model import (
     Tenant,
     TunnelPort,
     is_migration_twin,
+    tenant_mismatch,
 )
 
 
@@ -425,7 +426,9 @@ class Engine:
         """The bindings placement may forward to, in State.build's order."""
         return sorted((b for b in self._bindings.get(iface, ())
                        if b.network in self.networks and b.host in self.hosts and b.active
-                       and b.ofport > 0), key=lambda b: (b.host, b.ofport))
+                       and b.ofport > 0
+                       and tenant_mismatch(b, self.networks[b.network]) is None),
+                      key=lambda b: (b.host, b.ofport))
 
     def _choose(self, iface: str) -> Binding | None:
         cands = self._eligible(iface)

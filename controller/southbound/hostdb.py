@@ -1,7 +1,7 @@
 """One host's Open vSwitch database as the controller sees it, and the tunnel ports it owns.
 
 Reads: every br-int Interface carrying the hooks' external_ids (iface-id, attached-mac,
-iface-status, veil-network, veil-ips) becomes a ``Binding``; every port veil created for a tunnel
+iface-status, veil-network, veil-tenant, veil-ips) becomes a ``Binding``; every port veil created for a tunnel
 (external_ids veil-remote) a ``TunnelPort`` with its BFD state. Writes: the tunnel ports, all
 changes of one host in one transaction.
 """
@@ -65,7 +65,8 @@ def binding_from_row(host: str, name: str, ids: dict[str, str], ofport: int,
             raise InvalidState(f"{where}:{VEIL_IPS}: {raw!r}: {exc}") from exc
     status = ids.get(contract.IFACE_STATUS, contract.STATUS_ACTIVE)
     return Binding(ids[contract.IFACE_ID], host, mac, network, ofport, tuple(ips),
-                   active=status == contract.STATUS_ACTIVE, since=since)
+                   active=status == contract.STATUS_ACTIVE, since=since,
+                   tenant=ids.get(contract.VEIL_TENANT) or None)
 
 
 class HostDb:

@@ -3,8 +3,9 @@ tunnels equal ``compute_flows``/``compute_tunnels`` on the same state, and the d
 take each switch from its old flows to exactly its new ones.
 
 Events are random (hypothesis): VIFs come and go (with reused ofports, duplicate MACs and IPs,
-inactive ports, undeclared networks, unjoined hosts), live migrations start, pins move, tunnel
-ports appear, change ofport and disappear.
+inactive ports, undeclared networks, unjoined hosts, a veil-tenant that is absent, the
+network's or another tenant's), live migrations start, pins move, tunnel ports appear, change
+ofport and disappear.
 """
 
 from __future__ import annotations
@@ -39,10 +40,13 @@ def _event(draw: st.DrawFn, state: State) -> State:
         known = sorted({b.iface_id for b in state.bindings})
         iface = draw(st.sampled_from(known + ["new-a", "new-b"]))  # same iface: migration
         ip = ipaddress.ip_address(f"198.19.0.{draw(st.integers(1, 4))}")
-        bindings.append(Binding(iface, host, mac(draw(st.integers(0, 5))),
-                                draw(st.sampled_from(nets)), port, (ip,),
+        net = draw(st.sampled_from(nets))
+        # veil-tenant: none, the network's own, or another (refused)
+        owner = state.networks[net].tenant if net in state.networks else None
+        tenant = draw(st.sampled_from([None, owner, *sorted(state.tenants), "t-unknown"]))
+        bindings.append(Binding(iface, host, mac(draw(st.integers(0, 5))), net, port, (ip,),
                                 active=draw(st.integers(0, 5)) > 0,
-                                since=float(draw(st.integers(0, 3)))))
+                                since=float(draw(st.integers(0, 3))), tenant=tenant))
     tunnels = [t for t in state.tunnels if draw(st.integers(0, 4)) > 0]
     have = {(t.host, t.remote) for t in tunnels}
     for h in state.hosts:

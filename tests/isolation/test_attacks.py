@@ -516,10 +516,11 @@ def vm_ids(lab: Lab, name: str, mac: str, ip: str, network: str, **extra: str) -
 
 
 def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]) -> None:
-    """Ports on br-int with no veil keys, with an undeclared network, marked inactive, or
-    with a MAC another VIF of the network already has: their broadcasts reach nobody.
-    Control: a correctly registered extra VM's broadcast reaches its network."""
-    lab_, _ = lab
+    """Ports on br-int with no veil keys, with an undeclared network, marked inactive, with
+    a MAC another VIF of the network already has, or with a veil-tenant that does not own
+    the network: their broadcasts reach nobody. Control: a correctly registered extra VM's
+    broadcast reaches its network."""
+    lab_, ctl = lab
     host = lab_.placement("b1")
     b1 = lab_.vms["b1"]
     net = b1.network
@@ -533,12 +534,19 @@ def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]
         "xd": (b1.mac, "198.19.0.24", vm_ids(lab_, "xd", b1.mac, "198.19.0.24", net)),
         "xok": ("02:00:00:00:01:05", "198.19.0.25", vm_ids(lab_, "xok", "02:00:00:00:01:05",
                                                            "198.19.0.25", net)),
+        # a hypervisor tags a port of tenant acme with globex's network
+        "xt": ("02:00:00:00:01:06", "198.19.0.27", vm_ids(
+            lab_, "xt", "02:00:00:00:01:06", "198.19.0.27", net,
+            **{contract.VEIL_TENANT: "acme"})),
     }
     try:
         for name, (mac, ip, ids) in extra.items():
             plug_extra_vm(lab_, name, host, mac, ip, ids)
         until("the registered extra VM is forwarded",
               lambda: lab_.ping("b2", "198.19.0.25"))
+        refused = (f"VIF {lab_.prefix}-xt on {host} is not forwarded: veil-tenant 'acme' "
+                   f"does not own network {net} (its tenant is 'globex')")
+        ctl.wait_log(refused)
 
         def attack() -> None:
             for name, (mac, ip, _) in extra.items():
@@ -553,6 +561,8 @@ def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]
     for vm, text in seen.items():
         want = {"DEAD-xok"} if lab_.vms[vm].network == net else set()
         assert markers(text, "DEAD-") == want, (vm, text)
+    # one line for the refused binding, not one per round (the plugs and unplugs were rounds)
+    assert ctl.log_text().count(refused) == 1, ctl.log_text()[-3000:]
 
 
 def test_a_duplicate_macs_owner_survives_a_controller_restart(

@@ -442,3 +442,27 @@ def test_a_duplicate_macs_owner_survives_a_controller_restart() -> None:
     # a host that left takes its records along
     assert first_seen_after(record, [], frozenset(), frozenset({"h1"})) == {
         k: v for k, v in record.items() if k[0] == "h1"}
+
+
+def test_a_vif_whose_veil_tenant_is_not_its_networks_is_refused() -> None:
+    """A hypervisor tags a port of tenant b with tenant a's network (veil-network na,
+    veil-tenant b): the port is not forwarded, with the reason, and a frame from it reaches
+    nobody; an absent veil-tenant is accepted (writers that do not set it), the network's
+    own tenant too."""
+    ip = ipaddress.ip_address
+    base = _one_host_two_tenants()
+    intruder = Binding("x", "h1", "52:54:00:00:00:09", "na", 19, (ip("198.19.0.9"),), tenant="b")
+    plain = Binding("y", "h1", "52:54:00:00:00:0a", "na", 20, (ip("198.19.0.10"),))
+    own = Binding("z", "h1", "52:54:00:00:00:0b", "na", 21, (ip("198.19.0.11"),), tenant="a")
+    state = State.build(base.tenants.values(), base.networks.values(), base.hosts.values(),
+                        [*base.bindings, intruder, plain, own], base.tunnels)
+    place = placement(state)
+    assert "x" not in place.active and {"y", "z"} <= place.active.keys()
+    assert [why for b, why in place.ignored if b.iface_id == "x"] == [
+        "veil-tenant 'b' does not own network na (its tenant is 'a')"]
+    fabric = Fabric(state)
+    assert fabric.send(intruder, ipv4(intruder.mac, "ff:ff:ff:ff:ff:ff", "198.19.0.9",
+                                      "198.19.0.255")) == []
+    got = fabric.send(plain, ipv4(plain.mac, "ff:ff:ff:ff:ff:ff", "198.19.0.10",
+                                  "198.19.0.255"))
+    assert sorted(d.iface_id or "" for d in got) == ["a1", "a2", "z"]
