@@ -110,10 +110,11 @@ def link_local(mac: str) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + iid)
 
 
-def _port_security(b: Binding) -> Iterator[Flow]:
-    ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
+def _port_security(b: Binding, own: dict[str, MatchValue], ps: int = P.PORT_SECURITY,
+                   nxt: int = P.ARP_RESPONDER) -> Iterator[Flow]:
+    """What ``b`` may send, matched with ``own`` (its port and MAC; for the copy that checks
+    frames from its host's tunnel, table tunnel_security: the tunnel port, VNI and MAC)."""
     v4 = [ip for ip in b.ips if ip.version == 4]
-    own: dict[str, MatchValue] = {"in_port": b.ofport, "eth_src": b.mac}
     if v4:
         for ip in v4:
             yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV4, ipv4_src=str(ip)), goto=nxt)
@@ -124,15 +125,15 @@ def _port_security(b: Binding) -> Iterator[Flow]:
         yield Flow(ps, 90, Match.of(**own, eth_type=ETH_ARP, arp_sha=b.mac), goto=nxt)
     # Guests announce themselves after a migration with RARP (QEMU's self-announce).
     yield Flow(ps, 100, Match.of(**own, eth_type=ETH_RARP), goto=nxt)
-    yield from _ipv6_security(b, own, checked=bool(b.ips))
+    yield from _ipv6_security(b, own, bool(b.ips), ps, nxt)
 
 
-def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool) -> Iterator[Flow]:
+def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool, ps: int,
+                   nxt: int) -> Iterator[Flow]:
     """IPv6 sources and Neighbor Discovery: a VIF may only advertise (NA) its own addresses,
     from one of them, with its own MAC, and solicit (NS) with its own MAC; only DAD's NS may
     come from :: (and has no MAC option). With no addresses declared (``checked`` False) only
     the MACs are checked. Router advertisements and redirects: ``GUARD_FLOWS``."""
-    ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
     macs = (b.mac, NO_MAC)  # an absent link-layer option reads as 00:00:00:00:00:00
     nd: dict[str, MatchValue] = {**own, "eth_type": ETH_IPV6, "ip_proto": IPPROTO_ICMPV6}
     own_v6: list[str] = [str(ip) for ip in b.ips if ip.version == 6] + [str(link_local(b.mac))]
@@ -151,8 +152,9 @@ def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool) -> Ite
     if checked:  # duplicate address detection: from ::, without a link-layer option (RFC 4862)
         yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src="::",
                                      ipv6_nd_sll=NO_MAC), goto=nxt)
-    for nd_type in (ND_NA, ND_NS):
-        yield Flow(ps, 105, Match.of(**nd, icmpv6_type=nd_type))  # any other NA/NS: spoofed
+    if ps == P.PORT_SECURITY:  # (table tunnel_security has one such drop per host: TUNNEL_ND)
+        for nd_type in (ND_NA, ND_NS):
+            yield Flow(ps, 105, Match.of(**nd, icmpv6_type=nd_type))  # other NA/NS: spoofed
     if checked:  # "::" is only ever DAD's source (above)
         for a6 in own_v6:
             yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV6, ipv6_src=a6), goto=nxt)
@@ -212,13 +214,21 @@ def _default_flows() -> tuple[Flow, ...]:
 # ICMPv6 router advertisements and redirects (a guest is never a router of its network:
 # accepting them lets one VM route its peers' IPv6 through itself). Distinct priorities:
 # an RA to a reserved address matches both, and OpenFlow leaves equal-priority overlaps open.
-GUARD_FLOWS: Final = (
-    Flow(P.PORT_SECURITY, 125, Match.of(eth_dst=IEEE_RESERVED)),
-    *(Flow(P.PORT_SECURITY, 120, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6,
-                                          icmpv6_type=t)) for t in (ND_RA, ND_REDIRECT)),
+# Table tunnel_security gets the same guards: no VIF can have sent those through its host.
+GUARD_FLOWS: Final = tuple(
+    flow for table in (P.PORT_SECURITY, P.TUNNEL_SECURITY) for flow in (
+        Flow(table, 125, Match.of(eth_dst=IEEE_RESERVED)),
+        *(Flow(table, 120, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6,
+                                    icmpv6_type=t)) for t in (ND_RA, ND_REDIRECT)),
+    )
 )
+# Table tunnel_security sees tunnel packets only: one drop per ND type covers every NA/NS
+# no member's flows accept (port security drops them per VIF, as it matches per port).
+TUNNEL_ND: Final = tuple(
+    Flow(P.TUNNEL_SECURITY, 105, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6,
+                                          icmpv6_type=t)) for t in (ND_NA, ND_NS))
 # every table's priority-0 flow and the guards: the same on every host
-DEFAULT_FLOWS: Final = _default_flows() + GUARD_FLOWS
+DEFAULT_FLOWS: Final = _default_flows() + GUARD_FLOWS + TUNNEL_ND
 
 
 # A host's flows are the union of independent parts; each part is a pure function of a small
@@ -232,7 +242,7 @@ def vif_flows(b: Binding, vni: int) -> Iterator[Flow]:
     a tagged frame would pass port security and reach peers still tagged."""
     yield Flow(P.CLASSIFY, 100, Match.of(in_port=b.ofport, vlan_vid=NO_VLAN),
                write_metadata=(vni, METADATA_MASK), goto=P.PORT_SECURITY)
-    yield from _port_security(b)
+    yield from _port_security(b, {"in_port": b.ofport, "eth_src": b.mac})
 
 
 def standby_flows(b: Binding) -> Iterator[Flow]:
@@ -259,9 +269,7 @@ def network_flows(host: str, net: Network, members: Sequence[Binding], hosts: It
     gratuitous ARP."""
     yield from tunnel_classify_flows(host, net.vni, hosts, tun_port)
     for b in members:
-        flow = l2_flow(host, net.vni, b, tun_port)
-        if flow is not None:
-            yield flow
+        yield from member_flows(host, net.vni, b, tun_port)
     yield from bum_flows(host, net.vni, members, tun_port)
     unique = unique_ips(members)
     for b in members:
@@ -271,11 +279,35 @@ def network_flows(host: str, net: Network, members: Sequence[Binding], hosts: It
 
 def tunnel_classify_flows(host: str, vni: int, hosts: Iterable[str],
                           tun_port: Mapping[str, int]) -> Iterator[Flow]:
-    """Packets from the tunnels of the network's other hosts, by VNI, into the network."""
+    """Packets from the tunnels of the network's other hosts, by VNI, into the network (then
+    table tunnel_security checks their sender). Untagged only, as from a VIF."""
     for remote in hosts:
         if remote != host and remote in tun_port:
-            yield Flow(P.CLASSIFY, 100, Match.of(in_port=tun_port[remote], tunnel_id=vni),
-                       write_metadata=(vni | FROM_TUNNEL, METADATA_MASK), goto=P.L2_LOOKUP)
+            yield Flow(P.CLASSIFY, 100, Match.of(in_port=tun_port[remote], tunnel_id=vni,
+                                                 vlan_vid=NO_VLAN),
+                       write_metadata=(vni | FROM_TUNNEL, METADATA_MASK),
+                       goto=P.TUNNEL_SECURITY)
+
+
+def tunnel_security_flows(vni: int, b: Binding, ofport: int) -> Iterator[Flow]:
+    """What may come in from the tunnel port ``ofport`` to ``b``'s host with ``b``'s MAC in
+    its network: exactly what ``b``'s port security lets out there (a compromised or buggy
+    hypervisor can send nothing in the name of a VIF the controller did not place on it, nor
+    with addresses that VIF may not use)."""
+    yield from _port_security(b, {"in_port": ofport, "tunnel_id": vni, "eth_src": b.mac},
+                              P.TUNNEL_SECURITY, P.L2_LOOKUP)
+
+
+def member_flows(host: str, vni: int, b: Binding, tun_port: Mapping[str, int]
+                 ) -> tuple[Flow, ...]:
+    """``host``'s flows for member ``b`` of a network: its L2 entry and, for a member on
+    another host, what ``host`` accepts from that host's tunnel in its name."""
+    l2 = l2_flow(host, vni, b, tun_port)
+    if l2 is None:
+        return ()
+    if b.host == host:
+        return (l2,)
+    return (l2, *tunnel_security_flows(vni, b, tun_port[b.host]))
 
 
 def l2_flow(host: str, vni: int, b: Binding, tun_port: Mapping[str, int]) -> Flow | None:

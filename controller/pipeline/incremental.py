@@ -26,7 +26,7 @@ from controller.pipeline.compute import (
     arp_flows,
     bum_flows,
     garp_flows,
-    l2_flow,
+    member_flows,
     tunnel_classify_flows,
     standby_flows,
     tunnel_kind,
@@ -124,31 +124,32 @@ class _NetPart:
     """One host's flows for one of its networks, kept in pieces that change separately."""
 
     classify: tuple[Flow, ...]  # from the tunnels of the network's other hosts
-    l2: dict[Binding, Flow]  # per member with a path
+    l2: dict[Binding, tuple[Flow, ...]]  # per member with a path: L2 entry, tunnel security
     bum: tuple[Flow, ...]
     garp: tuple[Flow, ...]  # local owners' gratuitous ARP
 
     @staticmethod
     def of(host: str, vni: int, members: tuple[Binding, ...], hosts: Iterable[str],
            tun_port: Mapping[str, int]) -> _NetPart:
-        l2 = {b: f for b in members if (f := l2_flow(host, vni, b, tun_port)) is not None}
+        l2 = {b: fs for b in members if (fs := member_flows(host, vni, b, tun_port))}
         return _NetPart(tuple(tunnel_classify_flows(host, vni, hosts, tun_port)), l2,
                         bum_flows(host, vni, members, tun_port), _garp(host, vni, members))
 
     def flows(self) -> list[Flow]:
-        return [*self.classify, *self.l2.values(), *self.bum, *self.garp]
+        return [*self.classify, *(f for fs in self.l2.values() for f in fs), *self.bum,
+                *self.garp]
 
     def members_changed(self, host: str, vni: int, left: set[Binding], joined: set[Binding],
                         members: tuple[Binding, ...], tun_port: Mapping[str, int]
                         ) -> tuple[list[Flow], list[Flow]]:
         """Update in place; the flows that went and the flows that came."""
-        old = [f for b in left if (f := self.l2.pop(b, None)) is not None]
-        new = []
+        old = [f for b in left for f in self.l2.pop(b, ())]
+        new: list[Flow] = []
         for b in joined:
-            f = l2_flow(host, vni, b, tun_port)
-            if f is not None:
-                self.l2[b] = f
-                new.append(f)
+            fs = member_flows(host, vni, b, tun_port)
+            if fs:
+                self.l2[b] = fs
+                new.extend(fs)
         old.extend((*self.bum, *self.garp))
         self.bum = bum_flows(host, vni, members, tun_port)
         self.garp = _garp(host, vni, members)
