@@ -421,9 +421,10 @@ def test_no_cross_tenant_injection_through_a_forwarding_host(
 def test_tunnel_packets_are_accepted_only_for_the_networks_both_ends_share(
         lab: tuple[Lab, LabController]) -> None:
     """The underlay router forges Geneve packets (source = a real peer host) with every VNI
-    (and 0, and one nobody serves) to every host. Only a VNI of a network the (claimed)
-    sender and the receiver share is decapsulated, only into that network, only to local
-    VMs (never back into a tunnel)."""
+    (and 0, and one nobody serves) to every host, with an unknown inner source MAC and with
+    every VM's. Only a VNI of a network the (claimed) sender and the receiver share is
+    decapsulated, only into that network, only to local VMs (never back into a tunnel), and
+    only with the MAC (and IP) of a VM placed on the claimed sender in that network."""
     check_forged_tunnel_packets(*lab, "geneve")
 
 
@@ -457,15 +458,23 @@ def check_forged_tunnel_packets(lab_: Lab, ctl: LabController, kind: str) -> Non
     macs = {v: lab_.vms[v].mac for v in lab_.vms}
     packets: list[str] = []
     expect: dict[str, set[str]] = {v: set() for v in lab_.vms}
+    # inner sources: an unknown MAC, and each VM as if sent from every host (table
+    # tunnel_security accepts a VM's frame only from the host it is placed on)
+    senders = [("02:00:00:00:00:99", "198.19.0.99", None)] + [
+        (lab_.vms[v].mac, lab_.vms[v].ip, v) for v in lab_.vms]
     for src in lab_.hosts:
         for dst in lab_.hosts:
             for net, key in [*vni.items(), ("none", unserved), ("none", 0), *wide]:
-                for dst_mac in (BROADCAST, *macs.values()):
-                    tag = f"INJ-{key}-{src}-{dst}-{dst_mac.replace(':', '')}"
-                    inner = udp_frame("02:00:00:00:00:99", dst_mac, "198.19.0.99",
-                                      "198.19.0.255", tag.encode())
+                for (smac, sip, svm), dst_mac in ((s, d) for s in senders
+                                                   for d in (BROADCAST, *macs.values())):
+                    tag = "-".join(("INJ", str(key), src, dst, smac.replace(":", ""),
+                                    dst_mac.replace(":", "")))
+                    inner = udp_frame(smac, dst_mac, sip, "198.19.0.255", tag.encode())
                     packets.append(encap(kind, ip[src], ip[dst], key, inner))
                     if src == dst or net not in nets_of[src] & nets_of[dst]:
+                        continue
+                    if svm is None or lab_.placement(svm) != src or \
+                            lab_.vms[svm].network != net:
                         continue
                     # delivered to the local VMs of that network: to the owner of a
                     # local MAC, else flooded (a remote or foreign MAC is unknown here)
@@ -794,3 +803,63 @@ def test_a_vms_udp_to_the_bfd_ports_is_tenant_traffic_and_every_tunnel_stays_up(
     assert sent > 50, sent
     for port, (marked, bfd) in got.items():
         assert marked >= 0.9 * sent and bfd >= 0.9 * 2 * sent, (port, got, sent)
+
+
+def tunnel_ofport(lab: Lab, host: str, remote: str) -> int:
+    """The ofport of ``host``'s veil tunnel towards host ``remote``."""
+    ovs = lab.hosts[host].ovs
+    name = ovs.vsctl("--data=bare", "--no-headings", "--columns=name", "find", "Interface",
+                     f"external_ids:veil-remote={remote}").strip()
+    return int(ovs.vsctl("get", "Interface", name, "ofport"))
+
+
+def test_a_compromised_hypervisor_cannot_send_as_other_hosts_vms(
+        lab: tuple[Lab, LabController]) -> None:
+    """dc2-h1 (a2, b3) is compromised: it writes frames straight into its tunnel to dc1-h1
+    (a1, b1) with OpenFlow packet-outs: as a3 (a VM of dc1-h2), as b2 (dc2-h2) in globex's
+    network, as a2 with another VM's source IP, a forged ARP reply "a3's IP is at a2" for
+    a1, and a2's own frame tagged. dc1-h1 drops them all (table tunnel_security); control:
+    a2's genuine frame sent the same way arrives, and a2 and b3 keep working."""
+    lab_, ctl = lab
+    rogue, victim = "dc2-h1", "dc1-h1"
+    assert lab_.placement("a2") == lab_.placement("b3") == rogue
+    assert lab_.placement("a1") == lab_.placement("b1") == victim
+    vni = vnis(ctl)
+    port = tunnel_ofport(lab_, rogue, victim)
+    a1, a2, a3, b2 = (lab_.vms[v] for v in ("a1", "a2", "a3", "b2"))
+    forged = {  # marker -> (VNI, frame)
+        "ROGUE-as-a3": (vni[a1.network], udp_frame(a3.mac, BROADCAST, a3.ip, "198.19.0.255",
+                                                   b"ROGUE-as-a3")),
+        "ROGUE-as-b2": (vni[b2.network], udp_frame(b2.mac, BROADCAST, b2.ip, "198.19.0.255",
+                                                   b"ROGUE-as-b2")),
+        "ROGUE-a2-ip": (vni[a1.network], udp_frame(a2.mac, a1.mac, a3.ip, a1.ip,
+                                                   b"ROGUE-a2-ip")),
+        "ROGUE-tagged": (vni[a1.network], tagged(udp_frame(
+            a2.mac, a1.mac, a2.ip, a1.ip, b"ROGUE-tagged"), b"\x81\x00\x00\x05")),
+        "ROGUE-ok": (vni[a1.network], udp_frame(a2.mac, a1.mac, a2.ip, a1.ip, b"ROGUE-ok")),
+    }
+    poison = arp_frame(a2.mac, 2, a2.mac, a3.ip, a1.ip)
+    poison = poison[:12] and mac_bytes(a1.mac).hex() + poison[12:]  # unicast to a1
+    ovs = lab_.hosts[rogue].ovs
+
+    def packet_out(key: int, frame: str) -> None:
+        ovs.ofctl("packet-out", f"in_port=controller packet={frame} "
+                  f"actions=set_field:{key}->tun_id,output:{port}")
+
+    lab_.exec("a1", ["ip", "neigh", "replace", a3.ip, "lladdr", a3.mac, "dev", "eth0",
+                     "nud", "stale"], check=True)
+
+    def attack() -> None:
+        for key, frame in forged.values():
+            packet_out(key, frame)
+        packet_out(vni[a1.network], poison)
+        time.sleep(0.5)
+
+    seen = captured(lab_, ["a1", "b1"], "udp port 4000 or arp", attack)
+    assert markers(seen["a1"], "ROGUE-") == {"ROGUE-ok"}, seen["a1"]
+    assert markers(seen["b1"], "ROGUE-") == set(), seen["b1"]
+    assert f"Reply {a3.ip} is-at {a2.mac}" not in seen["a1"], seen["a1"]
+    neigh = lab_.exec("a1", ["ip", "neigh", "show", a3.ip], check=True).stdout
+    assert a2.mac not in neigh, neigh
+    # the genuine VMs on the compromised host still work both ways
+    assert lab_.ping("a2", "a1") and lab_.ping("b3", "b1") and lab_.ping("a1", "a3")
