@@ -396,8 +396,11 @@ def test_no_cross_tenant_injection_through_a_forwarding_host(
                         check=True).stdout.strip()
     acme = vnis(ctl)["acme-net"]
 
+    a3 = lab_.vms["a3"]  # placed on dc1-h2: the one inner source a2's host takes from it
+    assert lab_.placement("a3") == "dc1-h2"
+
     def packet(tag: bytes) -> str:
-        inner = udp_frame("02:00:00:00:00:99", BROADCAST, "198.19.0.99", "198.19.0.255", tag)
+        inner = udp_frame(a3.mac, BROADCAST, a3.ip, "198.19.0.255", tag)
         return geneve(src_ip, dst_ip, acme, inner)
 
     control = captured(lab_, ["a2"], "udp port 4000", lambda: lab_.exec(
