@@ -149,22 +149,22 @@ def test_two_owners_of_one_ofport_are_refused_loudly() -> None:
 
 def test_scale_measure_runs_and_flows_grow_by_a_few_per_port() -> None:
     """controller.lab.bench.scale at a small size: every event kind ran, and an added port
-    (one IPv4 address) costs each other host of its network 11 flows: its L2 entry, its ARP
-    answer and the 9 of table tunnel_security that accept it from its host's tunnel (OVN:
-    ~15)."""
+    (one IPv4 address) costs each other host of its network 6 flows: its L2 entry, its ARP
+    answer, the classify flow that accepts its MAC from its host's tunnel and the 3 of table
+    tunnel_security for its ARP and its link-local's NA/NS (OVN: ~15)."""
     from controller.lab.bench.scale import measure
 
     m = measure(hosts=20, vifs=200, networks=20, events=3)
     assert set(m["events_compute_diff_ms"]) >= {
         "vif_added_network_on_host", "vif_added_random_host", "vif_removed", "migration"}
-    assert m["flows_added_other_host"]["max"] <= 11
+    assert m["flows_added_other_host"]["max"] <= 6
     assert m["initial_flow_mods"] > 0 and m["flows_per_host"]["max"] >= m["flows_per_host"]["median"]
 
 
 def test_an_owners_gratuitous_arp_is_flooded_and_other_hosts_hold_no_garp_flow() -> None:
     """The gratuitous-ARP exception lives on the owner's host only, so a port added to a
-    network costs each other host of it its L2 entry, its ARP answer and its 9 tunnel
-    security flows (none of them a GARP flow)."""
+    network costs each other host of it its L2 entry, its ARP answer, its tunnel classify
+    flow and its 3 tunnel security flows (none of them a GARP flow)."""
     state = _fabric(3, [("a", 1, "n", "198.19.0.1"), ("b", 2, "n", "198.19.0.2"),
                         ("c", 3, "n", "198.19.0.3")])
     a = state.placed.active["a"]
@@ -174,4 +174,4 @@ def test_an_owners_gratuitous_arp_is_flooded_and_other_hosts_hold_no_garp_flow()
     update = engine.update(Changes(added=(
         Binding("d", "h1", mac(9), "n", 9, (ipaddress.ip_address("198.19.0.4"),)),)))
     assert {h: len(d.add) - len(d.delete) for h, d in update.flows.items()
-            if h != "h1"} == {"h2": 11, "h3": 11}
+            if h != "h1"} == {"h2": 6, "h3": 6}

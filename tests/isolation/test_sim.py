@@ -476,9 +476,12 @@ def test_a_host_can_send_into_its_tunnels_only_what_its_own_vifs_may_send(
         state: State, data: st.DataObject) -> None:
     """The remote end of a tunnel port writes any frame, with any key: any VIF's MAC (of a
     VIF on another host, of another network, a standby copy), any addresses. The receiving
-    host delivers it only if a VIF the controller placed on that remote host, in the
-    network of that key, could have sent it through its port security; an honest frame of
-    such a VIF is delivered (control)."""
+    host delivers it only to its VIFs of the key's network, untagged, and only with the
+    source MAC of a VIF the controller placed on that remote host in that network and, for
+    ARP and ND, that VIF's sender addresses (``check_tunnel_sender``); an honest frame of
+    such a VIF is delivered (control). Not guaranteed (docs/isolation.md, security model):
+    the IP sources of other packets, and the EtherType, of frames with its own VIFs' MACs
+    (port security on their host checks those for an honest hypervisor only)."""
     if not state.tunnels:
         return
     t = data.draw(st.sampled_from(list(state.tunnels)))
@@ -497,13 +500,36 @@ def test_a_host_can_send_into_its_tunnels_only_what_its_own_vifs_may_send(
         src = senders.get(str(e.packet["eth_src"]))
         assert src is not None, f"{t.remote} sent as a VIF not placed on it: {pkt}"
         assert local[e.port].network == src.network, pkt
-        check_leaves_as_its_own(src, e.packet)
+        check_tunnel_sender(src, e.packet)
     # control: each VIF placed on the remote host gets its honest broadcast through
     for src in sorted(senders.values(), key=lambda b: b.iface_id):
         hello = honest(src, "ipv4", "ff:ff:ff:ff:ff:ff", "198.19.0.255", "::")
         got = run_switch(Fabric(state).flows[t.host], {**hello, "tunnel_id": key}, t.ofport)
         peers = {p for p, b in local.items() if b.network == src.network}
         assert {e.port for e in got} == peers, (src, got)
+
+
+def check_tunnel_sender(src: Binding, pkt: Packet) -> None:
+    """What a frame from the tunnel of ``src``'s host in ``src``'s name may look like when it
+    reaches a VIF: ``src``'s MAC, untagged, no IEEE reserved destination, no RA or redirect,
+    and whatever could poison a neighbour's ARP or ND cache only with ``src``'s addresses:
+    ARP SHA and SPA, an NA's target with a link-layer option, an NS's source with one."""
+    v4 = {str(ip) for ip in src.ips if ip.version == 4}
+    assert pkt["eth_src"] == src.mac
+    assert pkt["vlan_vid"] == 0, f"a tagged frame got out: {pkt}"
+    assert not str(pkt["eth_dst"]).startswith("01:80:c2:00:00:0"), f"IEEE reserved: {pkt}"
+    if pkt["eth_type"] == ETH_ARP:
+        assert pkt["arp_sha"] == src.mac, pkt
+        assert not v4 or pkt["arp_spa"] in v4, pkt
+    if pkt["eth_type"] == ETH_IPV6 and pkt.get("ip_proto") == 58:
+        icmp = pkt.get("icmpv6_type")
+        assert icmp not in (134, 137), f"router advertisement/redirect: {pkt}"
+        if icmp == 136 and pkt.get("ipv6_nd_tll", NO_MAC) != NO_MAC:
+            assert pkt["ipv6_nd_tll"] == src.mac, pkt
+            assert not src.ips or pkt["ipv6_nd_target"] in own_v6(src), pkt
+        if icmp == 135 and pkt.get("ipv6_nd_sll", NO_MAC) != NO_MAC:
+            assert pkt["ipv6_nd_sll"] == src.mac, pkt
+            assert not src.ips or pkt["ipv6_src"] in own_v6(src), pkt
 
 
 def _three_hosts() -> State:
@@ -531,8 +557,9 @@ def _from_tunnel(state: State, host: str, remote: str, vni: int, pkt: Packet) ->
 
 def test_a_rogue_host_cannot_send_as_another_hosts_vm_or_another_network() -> None:
     """h2 is compromised. Frames it writes into its tunnel to h1 with a3's MAC (a VM on h3),
-    with b2's MAC in a1's network (b2 is on h2, but in nb), or with an unknown MAC are
-    dropped at h1; a2's and b2's own frames (placed on h2) still arrive."""
+    with b2's MAC in a1's network (b2 is on h2, but in nb), with an unknown MAC, or tagged,
+    are dropped at h1; a2's and b2's own frames (placed on h2) still arrive, and so does
+    a2's MAC with another IPv4 source (not guaranteed: not ARP/ND)."""
     state = _three_hosts()
     bc = "ff:ff:ff:ff:ff:ff"
 
@@ -542,10 +569,12 @@ def test_a_rogue_host_cannot_send_as_another_hosts_vm_or_another_network() -> No
     assert _from_tunnel(state, "h1", "h2", 10, frame("52:54:00:00:00:03", "198.19.0.3")) == []
     assert _from_tunnel(state, "h1", "h2", 10, frame("52:54:00:00:00:04", "198.19.0.1")) == []
     assert _from_tunnel(state, "h1", "h2", 10, frame(FOREIGN_MAC, FOREIGN_IP)) == []
-    # a2's MAC with another source IP, and a tagged copy of a2's own frame
-    assert _from_tunnel(state, "h1", "h2", 10, frame("52:54:00:00:00:02", "198.19.0.3")) == []
+    # a tagged copy of a2's own frame
     assert _from_tunnel(state, "h1", "h2", 10, {**frame("52:54:00:00:00:02", "198.19.0.2"),
                                                 "vlan_vid": VLAN_PRESENT}) == []
+    # the residual (docs/isolation.md, security model): a2's MAC with another IPv4 source
+    # arrives; only a2's port security on an honest h2 checks that
+    assert _from_tunnel(state, "h1", "h2", 10, frame("52:54:00:00:00:02", "198.19.0.3")) == ["a1"]
     # controls: what h2's VMs really send arrives, and a3's frame from h3's own tunnel too
     assert _from_tunnel(state, "h1", "h2", 10, frame("52:54:00:00:00:02", "198.19.0.2")) == ["a1"]
     assert _from_tunnel(state, "h1", "h2", 11, frame("52:54:00:00:00:04", "198.19.0.1")) == ["b1"]
@@ -572,8 +601,20 @@ def test_a_forged_arp_reply_from_a_rogue_host_is_dropped() -> None:
           "ipv6_src": str(link_local(a2)), "ip_proto": 58, "icmpv6_type": 136,
           "ipv6_nd_target": str(link_local(a3)), "ipv6_nd_tll": a2}
     assert _from_tunnel(state, "h1", "h2", 10, na) == []
+    ns: dict[str, MatchValue] = {**na, "icmpv6_type": 135, "ipv6_nd_target": str(link_local(a1)),
+                                 "ipv6_nd_sll": a2}
+    del ns["ipv6_nd_tll"]
+    # an NS "from a3's link-local, at a2's MAC" (a1 would cache it), and one with a3's MAC
+    for forged_ns in ({**ns, "ipv6_src": str(link_local(a3))},
+                      {**ns, "ipv6_nd_sll": a3}):
+        assert _from_tunnel(state, "h1", "h2", 10, forged_ns) == [], forged_ns
     assert _from_tunnel(state, "h1", "h2", 10, reply(a2, a2, "198.19.0.2")) == ["a1"]
     assert _from_tunnel(state, "h1", "h2", 10, {**na, "ipv6_nd_target": str(link_local(a2))}
+                        ) == ["a1"]
+    assert _from_tunnel(state, "h1", "h2", 10, ns) == ["a1"]
+    # without a link-layer option an NA or NS changes no cache's MAC (NUD's answers, DAD)
+    assert _from_tunnel(state, "h1", "h2", 10, {**na, "ipv6_nd_tll": NO_MAC}) == ["a1"]
+    assert _from_tunnel(state, "h1", "h2", 10, {**ns, "ipv6_src": "::", "ipv6_nd_sll": NO_MAC}
                         ) == ["a1"]
 
 
