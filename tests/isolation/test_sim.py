@@ -585,7 +585,8 @@ def test_a_forged_arp_reply_from_a_rogue_host_is_dropped() -> None:
     """h2 is compromised and wants a1 to send a3's traffic (198.19.0.3) to a2's MAC: an ARP
     reply "198.19.0.3 is at a2" to a1, with a2's MAC (placed on h2) as the Ethernet source,
     or with a3's MAC outright, and the same as gratuitous broadcast and as an NA for a3's
-    link-local. All are dropped at h1; a2's genuine ARP reply arrives."""
+    link-local, and an NS from a3's link-local (or with a3's MAC as SLL). All are dropped at
+    h1; a2's genuine ARP reply, NA and NS arrive, and NA/NS without a link-layer option."""
     state = _three_hosts()
     a1, a2, a3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
 
