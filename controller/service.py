@@ -263,8 +263,12 @@ class Controller:
             state = build_state(declared, views, claims)
         ignored = state.placed.ignored
         if ignored != self._ignored:
+            # one line per refused binding and reason, when it is first refused (not again
+            # each time another binding comes or goes)
+            before = set(self._ignored)
             for b, why in ignored:
-                LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
+                if (b, why) not in before:
+                    LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
             self._ignored = ignored
         try:
             update, changed = self._advance(state)
@@ -391,7 +395,7 @@ class Controller:
         wanted = self._engine.tunnels(host)
         tunnels_done = tunnels_ready(wanted, link.view)
         try:
-            if link.db.set_tunnels(wanted, link.view.tunnel_names):
+            if link.db.set_tunnels(wanted, link.view.tunnel_names, link.view.stale_bfd):
                 self.kick()  # new tunnel ofports show up in the next view
                 tunnels_done = False
         except RuntimeError as exc:  # ovsdbapp: a failed or timed-out transaction

@@ -36,7 +36,7 @@ XS_SYSTEM_UUID: Final = "xs-system-uuid"
 # veil's own keys
 VEIL_PREFIX: Final = "veil-"
 VEIL_NETWORK: Final = "veil-network"  # Interface: the veil network (tenant L2 segment) joined
-VEIL_TENANT: Final = "veil-tenant"  # Interface: informational, the network's tenant
+VEIL_TENANT: Final = "veil-tenant"  # Interface: the network's tenant (the controller refuses a mismatch)
 VEIL_IPS: Final = "veil-ips"  # Interface: comma list of the VIF's IPs (port security, ARP responder)
 VEIL_UNDERLAY_IP: Final = "veil-underlay-ip"  # Open_vSwitch: this host's tunnel endpoint
 VEIL_TUNNEL_TYPES: Final = "veil-tunnel-types"  # Open_vSwitch: comma list, e.g. geneve,vxlan

@@ -94,6 +94,8 @@ class Binding:
 
     During a live migration the same ``iface_id`` has a binding on two hosts.
     ``since`` is when the controller first saw the binding (passed in, never read here).
+    ``tenant`` is the ``veil-tenant`` the hypervisor reported (None: it wrote none); a binding
+    whose tenant is not its network's is never forwarded (``tenant_mismatch``).
     """
 
     iface_id: str
@@ -104,6 +106,7 @@ class Binding:
     ips: tuple[IPAddress, ...] = ()
     active: bool = True
     since: float = 0.0
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,17 @@ def allocate_vni(used: Iterable[int]) -> int:
     raise InvalidState("vni: all 16777215 VNIs are in use")
 
 
+def tenant_mismatch(b: Binding, net: Network) -> str | None:
+    """Why ``b`` may not join ``net``: its reported ``veil-tenant`` names another tenant than
+    the network's (a hypervisor or hook that got the network wrong, or lies about it). A
+    binding without ``veil-tenant`` is not checked: writers other than veil's hooks (and the
+    hooks before issue 10) leave it out, and ``veil-network`` alone still decides then."""
+    if b.tenant is None or b.tenant == net.tenant:
+        return None
+    return (f"veil-tenant {b.tenant!r} does not own network {net.name} "
+            f"(its tenant is {net.tenant!r})")
+
+
 def is_migration_twin(chosen: Binding, other: Binding) -> bool:
     """Two live bindings of one iface-id are the halves of a live migration only if they
     also agree on network and MAC: a port that reuses a VIF's iface-id in another network
@@ -255,6 +269,8 @@ def placement(state: State) -> Placement:
     for b in state.bindings:
         if b.network not in state.networks:
             ignored.append((b, f"veil-network {b.network!r} is not declared"))
+        elif (why := tenant_mismatch(b, state.networks[b.network])) is not None:
+            ignored.append((b, why))
         elif b.host not in state.hosts:
             ignored.append((b, f"host {b.host!r} has not joined"))
         elif not b.active:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -110,10 +110,10 @@ def link_local(mac: str) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + iid)
 
 
-def _port_security(b: Binding) -> Iterator[Flow]:
+def _port_security(b: Binding, own: dict[str, MatchValue]) -> Iterator[Flow]:
+    """What ``b`` may send, matched with ``own`` (its port and MAC)."""
     ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
     v4 = [ip for ip in b.ips if ip.version == 4]
-    own: dict[str, MatchValue] = {"in_port": b.ofport, "eth_src": b.mac}
     if v4:
         for ip in v4:
             yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV4, ipv4_src=str(ip)), goto=nxt)
@@ -124,7 +124,12 @@ def _port_security(b: Binding) -> Iterator[Flow]:
         yield Flow(ps, 90, Match.of(**own, eth_type=ETH_ARP, arp_sha=b.mac), goto=nxt)
     # Guests announce themselves after a migration with RARP (QEMU's self-announce).
     yield Flow(ps, 100, Match.of(**own, eth_type=ETH_RARP), goto=nxt)
-    yield from _ipv6_security(b, own, checked=bool(b.ips))
+    yield from _ipv6_security(b, own, bool(b.ips))
+
+
+def own_v6(b: Binding) -> list[str]:
+    """The IPv6 addresses ``b`` may use: its declared ones and its EUI-64 link-local."""
+    return [str(ip) for ip in b.ips if ip.version == 6] + [str(link_local(b.mac))]
 
 
 def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool) -> Iterator[Flow]:
@@ -135,14 +140,14 @@ def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool) -> Ite
     ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
     macs = (b.mac, NO_MAC)  # an absent link-layer option reads as 00:00:00:00:00:00
     nd: dict[str, MatchValue] = {**own, "eth_type": ETH_IPV6, "ip_proto": IPPROTO_ICMPV6}
-    own_v6: list[str] = [str(ip) for ip in b.ips if ip.version == 6] + [str(link_local(b.mac))]
+    mine = own_v6(b)
     for mac in macs:
         if checked:
-            for src in own_v6:
-                for a6 in own_v6:
+            for src in mine:
+                for a6 in mine:
                     yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_src=src,
                                                  ipv6_nd_target=a6, ipv6_nd_tll=mac), goto=nxt)
-            for src in own_v6:
+            for src in mine:
                 yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src=src,
                                              ipv6_nd_sll=mac), goto=nxt)
         else:
@@ -152,9 +157,9 @@ def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool) -> Ite
         yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src="::",
                                      ipv6_nd_sll=NO_MAC), goto=nxt)
     for nd_type in (ND_NA, ND_NS):
-        yield Flow(ps, 105, Match.of(**nd, icmpv6_type=nd_type))  # any other NA/NS: spoofed
+        yield Flow(ps, 105, Match.of(**nd, icmpv6_type=nd_type))  # other NA/NS: spoofed
     if checked:  # "::" is only ever DAD's source (above)
-        for a6 in own_v6:
+        for a6 in mine:
             yield Flow(ps, 100, Match.of(**own, eth_type=ETH_IPV6, ipv6_src=a6), goto=nxt)
     else:
         yield Flow(ps, 90, Match.of(**own, eth_type=ETH_IPV6), goto=nxt)
@@ -202,7 +207,8 @@ def _to_tunnel(vni: int, ofport: int) -> tuple[Action, ...]:
 def _default_flows() -> tuple[Flow, ...]:
     out = []
     for table in P.PIPELINE.values():
-        default = {P.ARP_RESPONDER: P.L2_LOOKUP, P.L2_LOOKUP: P.FLOOD}.get(table.table_id)
+        default = {P.TUNNEL_SECURITY: P.L2_LOOKUP, P.ARP_RESPONDER: P.L2_LOOKUP,
+                   P.L2_LOOKUP: P.FLOOD}.get(table.table_id)
         out.append(Flow(table.table_id, 0, Match(), goto=default))
     return tuple(out)
 
@@ -212,13 +218,34 @@ def _default_flows() -> tuple[Flow, ...]:
 # ICMPv6 router advertisements and redirects (a guest is never a router of its network:
 # accepting them lets one VM route its peers' IPv6 through itself). Distinct priorities:
 # an RA to a reserved address matches both, and OpenFlow leaves equal-priority overlaps open.
-GUARD_FLOWS: Final = (
-    Flow(P.PORT_SECURITY, 125, Match.of(eth_dst=IEEE_RESERVED)),
-    *(Flow(P.PORT_SECURITY, 120, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6,
-                                          icmpv6_type=t)) for t in (ND_RA, ND_REDIRECT)),
+# Table tunnel_security gets the same guards: no VIF can have sent those through its host.
+GUARD_FLOWS: Final = tuple(
+    flow for table in (P.PORT_SECURITY, P.TUNNEL_SECURITY) for flow in (
+        Flow(table, 125, Match.of(eth_dst=IEEE_RESERVED)),
+        *(Flow(table, 120, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6,
+                                    icmpv6_type=t)) for t in (ND_RA, ND_REDIRECT)),
+    )
+)
+# Table tunnel_security sees tunnel packets whose (tunnel port, VNI, source MAC) table classify
+# matched to a member placed on the tunnel's host (tunnel_classify_flow). What could poison a
+# neighbour's ARP or ND cache needs the member's own flows (tunnel_security_flows); one flow
+# per host each drops ARP and NA/NS that none of them accepts, and lets NA/NS without a
+# link-layer option through (they change no cache's MAC: NUD probes' answers, DAD's NS).
+# Everything else goes on (table 0 checked its source MAC: a compromised host may still
+# forge other headers of its own VMs' frames, docs/isolation.md "Security model").
+TUNNEL_POLICY: Final = (
+    Flow(P.TUNNEL_SECURITY, 105, Match.of(eth_type=ETH_ARP)),
+    *(Flow(P.TUNNEL_SECURITY, 105, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6,
+                                            icmpv6_type=t)) for t in (ND_NA, ND_NS)),
+    Flow(P.TUNNEL_SECURITY, 108, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6,
+                                          icmpv6_type=ND_NA, ipv6_nd_tll=NO_MAC),
+         goto=P.L2_LOOKUP),
+    Flow(P.TUNNEL_SECURITY, 108, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6,
+                                          icmpv6_type=ND_NS, ipv6_nd_sll=NO_MAC),
+         goto=P.L2_LOOKUP),
 )
 # every table's priority-0 flow and the guards: the same on every host
-DEFAULT_FLOWS: Final = _default_flows() + GUARD_FLOWS
+DEFAULT_FLOWS: Final = _default_flows() + GUARD_FLOWS + TUNNEL_POLICY
 
 
 # A host's flows are the union of independent parts; each part is a pure function of a small
@@ -232,7 +259,7 @@ def vif_flows(b: Binding, vni: int) -> Iterator[Flow]:
     a tagged frame would pass port security and reach peers still tagged."""
     yield Flow(P.CLASSIFY, 100, Match.of(in_port=b.ofport, vlan_vid=NO_VLAN),
                write_metadata=(vni, METADATA_MASK), goto=P.PORT_SECURITY)
-    yield from _port_security(b)
+    yield from _port_security(b, {"in_port": b.ofport, "eth_src": b.mac})
 
 
 def standby_flows(b: Binding) -> Iterator[Flow]:
@@ -252,16 +279,13 @@ def arp_flows(net: Network, members: Sequence[Binding]) -> tuple[Flow, ...]:
     return tuple(f for b in members for f in _arp_responder(net, b, set(b.ips) & unique))
 
 
-def network_flows(host: str, net: Network, members: Sequence[Binding], hosts: Iterable[str],
+def network_flows(host: str, net: Network, members: Sequence[Binding],
                   tun_port: Mapping[str, int]) -> Iterator[Flow]:
-    """``host``'s flows for one of its networks: tunnel classify for the other ``hosts`` of
-    the network, L2 lookup of its ``members`` (forwarded VIFs), flood, its local members'
-    gratuitous ARP."""
-    yield from tunnel_classify_flows(host, net.vni, hosts, tun_port)
+    """``host``'s flows for one of its networks: per member (forwarded VIF) its L2 entry and,
+    for one on another host, what comes in from that host's tunnel in its name; flood; its
+    local members' gratuitous ARP."""
     for b in members:
-        flow = l2_flow(host, net.vni, b, tun_port)
-        if flow is not None:
-            yield flow
+        yield from member_flows(host, net.vni, b, tun_port)
     yield from bum_flows(host, net.vni, members, tun_port)
     unique = unique_ips(members)
     for b in members:
@@ -269,13 +293,51 @@ def network_flows(host: str, net: Network, members: Sequence[Binding], hosts: It
             yield from garp_flows(net.vni, b, unique)
 
 
-def tunnel_classify_flows(host: str, vni: int, hosts: Iterable[str],
-                          tun_port: Mapping[str, int]) -> Iterator[Flow]:
-    """Packets from the tunnels of the network's other hosts, by VNI, into the network."""
-    for remote in hosts:
-        if remote != host and remote in tun_port:
-            yield Flow(P.CLASSIFY, 100, Match.of(in_port=tun_port[remote], tunnel_id=vni),
-                       write_metadata=(vni | FROM_TUNNEL, METADATA_MASK), goto=P.L2_LOOKUP)
+def tunnel_classify_flow(vni: int, b: Binding, ofport: int) -> Flow:
+    """Packets from the tunnel port ``ofport`` (towards ``b``'s host) with ``b``'s VNI and MAC
+    into ``b``'s network, then table tunnel_security: a host's tunnel carries only frames of
+    VIFs the controller placed on that host. Untagged only, as from a VIF."""
+    return Flow(P.CLASSIFY, 100, Match.of(in_port=ofport, tunnel_id=vni, vlan_vid=NO_VLAN,
+                                          eth_src=b.mac),
+                write_metadata=(vni | FROM_TUNNEL, METADATA_MASK), goto=P.TUNNEL_SECURITY)
+
+
+def tunnel_security_flows(vni: int, b: Binding, ofport: int) -> Iterator[Flow]:
+    """The ARP and ND sender addresses that may come in from the tunnel port ``ofport`` with
+    ``b``'s MAC (table classify checked it): ARP with SHA = its MAC and SPA one of its IPv4
+    addresses, NA for one of its IPv6 addresses (link-local included) with TLL = its MAC, NS
+    from one of them with SLL = its MAC. With no IPs declared only the MACs (as its port
+    security). The rest of ARP and of NA/NS with a link-layer option: TUNNEL_POLICY drops."""
+    own: dict[str, MatchValue] = {"in_port": ofport, "tunnel_id": vni, "eth_src": b.mac}
+    nd: dict[str, MatchValue] = {**own, "eth_type": ETH_IPV6, "ip_proto": IPPROTO_ICMPV6}
+    ts, nxt = P.TUNNEL_SECURITY, P.L2_LOOKUP
+    if not b.ips:
+        yield Flow(ts, 110, Match.of(**own, eth_type=ETH_ARP, arp_sha=b.mac), goto=nxt)
+        yield Flow(ts, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_nd_tll=b.mac), goto=nxt)
+        yield Flow(ts, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_nd_sll=b.mac), goto=nxt)
+        return
+    for ip in b.ips:
+        if ip.version == 4:
+            yield Flow(ts, 110, Match.of(**own, eth_type=ETH_ARP, arp_sha=b.mac,
+                                         arp_spa=str(ip)), goto=nxt)
+    for a6 in own_v6(b):
+        yield Flow(ts, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_nd_target=a6,
+                                     ipv6_nd_tll=b.mac), goto=nxt)
+        yield Flow(ts, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src=a6,
+                                     ipv6_nd_sll=b.mac), goto=nxt)
+
+
+def member_flows(host: str, vni: int, b: Binding, tun_port: Mapping[str, int]
+                 ) -> tuple[Flow, ...]:
+    """``host``'s flows for member ``b`` of a network: its L2 entry and, for a member on
+    another host, what ``host`` accepts from that host's tunnel in its name."""
+    l2 = l2_flow(host, vni, b, tun_port)
+    if l2 is None:
+        return ()
+    if b.host == host:
+        return (l2,)
+    port = tun_port[b.host]
+    return (l2, tunnel_classify_flow(vni, b, port), *tunnel_security_flows(vni, b, port))
 
 
 def l2_flow(host: str, vni: int, b: Binding, tun_port: Mapping[str, int]) -> Flow | None:
@@ -330,5 +392,4 @@ def _flows(state: State, host: str) -> Iterator[Flow]:
         net = state.networks[net_name]
         members = state.members.get(net_name, ())
         yield from arp_flows(net, members)
-        yield from network_flows(host, net, members, sorted(state.network_hosts[net_name]),
-                                 tun_port)
+        yield from network_flows(host, net, members, tun_port)

@@ -26,8 +26,7 @@ from controller.pipeline.compute import (
     arp_flows,
     bum_flows,
     garp_flows,
-    l2_flow,
-    tunnel_classify_flows,
+    member_flows,
     standby_flows,
     tunnel_kind,
     tunnel_name,
@@ -45,6 +44,7 @@ from controller.core.model import (
     Tenant,
     TunnelPort,
     is_migration_twin,
+    tenant_mismatch,
 )
 
 
@@ -122,32 +122,31 @@ class _HostDelta:
 class _NetPart:
     """One host's flows for one of its networks, kept in pieces that change separately."""
 
-    classify: tuple[Flow, ...]  # from the tunnels of the network's other hosts
-    l2: dict[Binding, Flow]  # per member with a path
+    l2: dict[Binding, tuple[Flow, ...]]  # per member with a path: L2 entry; from a remote
+    # member's host's tunnel: classify, tunnel security
     bum: tuple[Flow, ...]
     garp: tuple[Flow, ...]  # local owners' gratuitous ARP
 
     @staticmethod
-    def of(host: str, vni: int, members: tuple[Binding, ...], hosts: Iterable[str],
-           tun_port: Mapping[str, int]) -> _NetPart:
-        l2 = {b: f for b in members if (f := l2_flow(host, vni, b, tun_port)) is not None}
-        return _NetPart(tuple(tunnel_classify_flows(host, vni, hosts, tun_port)), l2,
-                        bum_flows(host, vni, members, tun_port), _garp(host, vni, members))
+    def of(host: str, vni: int, members: tuple[Binding, ...], tun_port: Mapping[str, int]
+           ) -> _NetPart:
+        l2 = {b: fs for b in members if (fs := member_flows(host, vni, b, tun_port))}
+        return _NetPart(l2, bum_flows(host, vni, members, tun_port), _garp(host, vni, members))
 
     def flows(self) -> list[Flow]:
-        return [*self.classify, *self.l2.values(), *self.bum, *self.garp]
+        return [*(f for fs in self.l2.values() for f in fs), *self.bum, *self.garp]
 
     def members_changed(self, host: str, vni: int, left: set[Binding], joined: set[Binding],
                         members: tuple[Binding, ...], tun_port: Mapping[str, int]
                         ) -> tuple[list[Flow], list[Flow]]:
         """Update in place; the flows that went and the flows that came."""
-        old = [f for b in left if (f := self.l2.pop(b, None)) is not None]
-        new = []
+        old = [f for b in left for f in self.l2.pop(b, ())]
+        new: list[Flow] = []
         for b in joined:
-            f = l2_flow(host, vni, b, tun_port)
-            if f is not None:
-                self.l2[b] = f
-                new.append(f)
+            fs = member_flows(host, vni, b, tun_port)
+            if fs:
+                self.l2[b] = fs
+                new.extend(fs)
         old.extend((*self.bum, *self.garp))
         self.bum = bum_flows(host, vni, members, tun_port)
         self.garp = _garp(host, vni, members)
@@ -366,7 +365,7 @@ class Engine:
             new_part = None
             if h in self._net_hosts.get(n, ()):
                 new_part = _NetPart.of(h, self.networks[n].vni, self._members.get(n, ()),
-                                       self._net_hosts[n], self._tun_port.get(h, {}))
+                                       self._tun_port.get(h, {}))
                 self._parts[(h, n)] = new_part
             at(h).swap(old_part.flows() if old_part else (), new_part.flows() if new_part else ())
         retunneled: dict[str, set[str]] = {}  # host -> remotes whose tunnel port changed
@@ -381,12 +380,6 @@ class Engine:
                 self.networks[n].vni
             members = self._members.get(n, ())
             remotes = retunneled.get(h, set()) & self._net_hosts[n]
-            out: list[Flow] = []
-            into: list[Flow] = []
-            if n in moved or remotes:
-                out.extend(part.classify)
-                part.classify = tuple(tunnel_classify_flows(h, vni, self._net_hosts[n], tun_port))
-                into.extend(part.classify)
             if n in changed_members:
                 old_m, new_m = set(old_members[n]), set(members)
                 left, joined = old_m - new_m, new_m - old_m
@@ -396,7 +389,7 @@ class Engine:
             moved_behind = {b for b in members if b.host in remotes} - joined
             m_out, m_in = part.members_changed(h, vni, left | moved_behind,
                                                joined | moved_behind, members, tun_port)
-            at(h).swap(out + m_out, into + m_in)
+            at(h).swap(m_out, m_in)
         return frozenset(h for n in moved for h in old_hosts[n] | self._net_hosts.get(n, frozenset()))
 
     # -- helpers ------------------------------------------------------------------------------
@@ -425,7 +418,9 @@ class Engine:
         """The bindings placement may forward to, in State.build's order."""
         return sorted((b for b in self._bindings.get(iface, ())
                        if b.network in self.networks and b.host in self.hosts and b.active
-                       and b.ofport > 0), key=lambda b: (b.host, b.ofport))
+                       and b.ofport > 0
+                       and tenant_mismatch(b, self.networks[b.network]) is None),
+                      key=lambda b: (b.host, b.ofport))
 
     def _choose(self, iface: str) -> Binding | None:
         cands = self._eligible(iface)

@@ -3,9 +3,13 @@
 Metadata carries the network's VNI in its low 24 bits and, in bit 32, whether the packet came
 in from a tunnel (split horizon: tunnel traffic is only ever delivered locally).
 
-    0 CLASSIFY      in_port (+tunnel_id) -> network metadata      -> 10 (VIF) / 30 (tunnel)
-                    (VIFs: untagged frames only)
+    0 CLASSIFY      in_port (+tunnel_id, eth_src of a member placed -> 10 (VIF) / 15 (tunnel)
+                    on the tunnel's host) -> network metadata
+                    (untagged frames only)
    10 PORT_SECURITY source MAC/IP, ARP SPA/SHA, ND target          -> 20
+                    (no IEEE reserved destination, RA or redirect)
+   15 TUNNEL_SECURITY from host H's tunnel: ARP SHA/SPA, NA target   -> 30
+                    and NS source with a MAC option of that VIF
                     (no IEEE reserved destination, RA or redirect)
    20 ARP_RESPONDER ARP requests for known IPs answered in place  -> 30
    30 L2_LOOKUP     dst MAC -> local port or remote host's tunnel  -> 40 (BUM)
@@ -31,6 +35,7 @@ from controller.pipeline.flows import (
 
 CLASSIFY: Final = 0
 PORT_SECURITY: Final = 10
+TUNNEL_SECURITY: Final = 15
 ARP_RESPONDER: Final = 20
 L2_LOOKUP: Final = 30
 FLOOD: Final = 40
@@ -57,9 +62,10 @@ PIPELINE: Final[dict[int, Table]] = {
     for t in (
         Table(
             CLASSIFY, "classify",
-            "map a VIF's packets, or a tunnel's packets by VNI, to their network",
+            "map a VIF's packets, or a tunnel's packets by VNI and the source MAC of a VIF "
+            "placed on the tunnel's host, to their network",
             frozenset({"in_port", "tunnel_id", "vlan_vid", "eth_type", "eth_src", "eth_dst"}),
-            frozenset({PORT_SECURITY, L2_LOOKUP}),
+            frozenset({PORT_SECURITY, TUNNEL_SECURITY}),
             may_output=True,  # only ToController, for a standby VIF's RARP/GARP
             may_write_metadata=True,
         ),
@@ -72,6 +78,17 @@ PIPELINE: Final[dict[int, Table]] = {
                 "ipv6_nd_tll",
             }),
             frozenset({ARP_RESPONDER}),
+        ),
+        Table(
+            TUNNEL_SECURITY, "tunnel_security",
+            "accept from host H's tunnel ARP and ND only with the sender addresses of the VIF "
+            "placed on H whose MAC it has (classify checked the MAC)",
+            frozenset({
+                "in_port", "tunnel_id", "eth_src", "eth_dst", "eth_type", "arp_spa",
+                "arp_sha", "ipv6_src", "ip_proto", "icmpv6_type", "ipv6_nd_target",
+                "ipv6_nd_sll", "ipv6_nd_tll",
+            }),
+            frozenset({L2_LOOKUP}),
         ),
         Table(
             ARP_RESPONDER, "arp_responder",

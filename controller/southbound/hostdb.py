@@ -1,7 +1,7 @@
 """One host's Open vSwitch database as the controller sees it, and the tunnel ports it owns.
 
 Reads: every br-int Interface carrying the hooks' external_ids (iface-id, attached-mac,
-iface-status, veil-network, veil-ips) becomes a ``Binding``; every port veil created for a tunnel
+iface-status, veil-network, veil-tenant, veil-ips) becomes a ``Binding``; every port veil created for a tunnel
 (external_ids veil-remote) a ``TunnelPort`` with its BFD state. Writes: the tunnel ports, all
 changes of one host in one transaction.
 """
@@ -24,6 +24,12 @@ LOG = logging.getLogger(__name__)
 VEIL_IPS: Final = contract.VEIL_IPS
 VEIL_REMOTE: Final = "veil-remote"  # Interface: the remote system-id of a veil tunnel port
 BRIDGE: Final = contract.INTEGRATION_BRIDGE
+# Every veil tunnel's BFD configuration. check_tnl_key: OVS's BFD takes only packets with
+# tunnel key 0 as its own control messages (its own sessions send key 0; veil never uses
+# VNI 0). Without it, a tenant VM's UDP to port 3784 inside the tunnel (any VNI) is eaten by
+# the receiving host's BFD and, well formed (TTL 255, your_disc 0, state Down), drives that
+# tunnel's session down: docs/isolation.md, "What the hosts' OVS interprets".
+TUNNEL_BFD: Final[Mapping[str, str]] = {"enable": "true", "check_tnl_key": "true"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,9 @@ class HostView:
     tunnels: tuple[TunnelPort, ...]
     tunnel_names: frozenset[str]
     rejected: tuple[tuple[str, str], ...]  # interface name, why
+    # veil tunnel interfaces whose bfd column is not TUNNEL_BFD (made by an older veil, or
+    # changed behind its back): rewritten by set_tunnels
+    stale_bfd: frozenset[str] = frozenset()
 
 
 def _ofport(row: Any) -> int:
@@ -56,7 +65,8 @@ def binding_from_row(host: str, name: str, ids: dict[str, str], ofport: int,
             raise InvalidState(f"{where}:{VEIL_IPS}: {raw!r}: {exc}") from exc
     status = ids.get(contract.IFACE_STATUS, contract.STATUS_ACTIVE)
     return Binding(ids[contract.IFACE_ID], host, mac, network, ofport, tuple(ips),
-                   active=status == contract.STATUS_ACTIVE, since=since)
+                   active=status == contract.STATUS_ACTIVE, since=since,
+                   tenant=ids.get(contract.VEIL_TENANT) or None)
 
 
 class HostDb:
@@ -84,6 +94,7 @@ class HostDb:
         bindings: list[Binding] = []
         tunnels: list[TunnelPort] = []
         names: set[str] = set()
+        stale: set[str] = set()
         rejected: list[tuple[str, str]] = []
         seen: set[tuple[str, int]] = set()
         with self.api.ovsdb_connection.lock:
@@ -96,6 +107,8 @@ class HostDb:
                 ids = dict(row.external_ids)
                 if VEIL_REMOTE in ids:
                     names.add(row.name)
+                    if dict(row.bfd) != TUNNEL_BFD:
+                        stale.add(row.name)
                     bfd = dict(row.bfd_status).get("state")
                     tunnels.append(TunnelPort(self.system_id, ids[VEIL_REMOTE], _ofport(row),
                                               None if bfd is None else bfd == "up"))
@@ -112,19 +125,24 @@ class HostDb:
         for key in set(self._first_seen) - seen:
             del self._first_seen[key]
         return HostView(sid, bridge is not None, tuple(bindings), tuple(tunnels),
-                        frozenset(names), tuple(rejected))
+                        frozenset(names), tuple(rejected), frozenset(stale))
 
-    def set_tunnels(self, want: Iterable[TunnelSpec], have: frozenset[str]) -> bool:
-        """Create/delete veil tunnel ports so exactly ``want`` exist; one transaction.
+    def set_tunnels(self, want: Iterable[TunnelSpec], have: frozenset[str],
+                    stale_bfd: frozenset[str] = frozenset()) -> bool:
+        """Create/delete veil tunnel ports so exactly ``want`` exist, and give every kept one
+        whose BFD configuration is ``stale_bfd`` TUNNEL_BFD; one transaction.
 
         Returns whether anything was changed.
         """
         want_by_name = {s.name: s for s in want}
         add = [s for n, s in sorted(want_by_name.items()) if n not in have]
         delete = sorted(have - want_by_name.keys())
-        if not add and not delete:
+        fix = sorted((stale_bfd & have) & want_by_name.keys())
+        if not add and not delete and not fix:
             return False
         with self.api.transaction(check_error=True) as txn:
+            for name in fix:
+                txn.add(self.api.db_set("Interface", name, ("bfd", dict(TUNNEL_BFD))))
             for name in delete:
                 txn.add(self.api.del_port(name, bridge=BRIDGE, if_exists=True))
             for s in add:
@@ -133,8 +151,10 @@ class HostDb:
                     "Interface", s.name,
                     ("type", s.kind),
                     ("options", {"remote_ip": s.remote_ip, "key": "flow"}),
-                    ("bfd", {"enable": "true"}),
+                    ("bfd", dict(TUNNEL_BFD)),
                     ("external_ids", {VEIL_REMOTE: s.remote}),
                 ))
         LOG.info("%s: tunnels +%s -%s", self.system_id, [s.name for s in add], delete)
+        if fix:
+            LOG.info("%s: tunnel BFD set to %s on %s", self.system_id, dict(TUNNEL_BFD), fix)
         return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import random
 import re
 import signal
@@ -395,8 +396,11 @@ def test_no_cross_tenant_injection_through_a_forwarding_host(
                         check=True).stdout.strip()
     acme = vnis(ctl)["acme-net"]
 
+    a3 = lab_.vms["a3"]  # placed on dc1-h2: the one inner source a2's host takes from it
+    assert lab_.placement("a3") == "dc1-h2"
+
     def packet(tag: bytes) -> str:
-        inner = udp_frame("02:00:00:00:00:99", BROADCAST, "198.19.0.99", "198.19.0.255", tag)
+        inner = udp_frame(a3.mac, BROADCAST, a3.ip, "198.19.0.255", tag)
         return geneve(src_ip, dst_ip, acme, inner)
 
     control = captured(lab_, ["a2"], "udp port 4000", lambda: lab_.exec(
@@ -420,9 +424,10 @@ def test_no_cross_tenant_injection_through_a_forwarding_host(
 def test_tunnel_packets_are_accepted_only_for_the_networks_both_ends_share(
         lab: tuple[Lab, LabController]) -> None:
     """The underlay router forges Geneve packets (source = a real peer host) with every VNI
-    (and 0, and one nobody serves) to every host. Only a VNI of a network the (claimed)
-    sender and the receiver share is decapsulated, only into that network, only to local
-    VMs (never back into a tunnel)."""
+    (and 0, and one nobody serves) to every host, with an unknown inner source MAC and with
+    every VM's. Only a VNI of a network the (claimed) sender and the receiver share is
+    decapsulated, only into that network, only to local VMs (never back into a tunnel), and
+    only with the MAC (and IP) of a VM placed on the claimed sender in that network."""
     check_forged_tunnel_packets(*lab, "geneve")
 
 
@@ -456,15 +461,23 @@ def check_forged_tunnel_packets(lab_: Lab, ctl: LabController, kind: str) -> Non
     macs = {v: lab_.vms[v].mac for v in lab_.vms}
     packets: list[str] = []
     expect: dict[str, set[str]] = {v: set() for v in lab_.vms}
+    # inner sources: an unknown MAC, and each VM as if sent from every host (table classify
+    # accepts a VM's MAC from a tunnel only from the host it is placed on)
+    senders = [("02:00:00:00:00:99", "198.19.0.99", None)] + [
+        (lab_.vms[v].mac, lab_.vms[v].ip, v) for v in lab_.vms]
     for src in lab_.hosts:
         for dst in lab_.hosts:
             for net, key in [*vni.items(), ("none", unserved), ("none", 0), *wide]:
-                for dst_mac in (BROADCAST, *macs.values()):
-                    tag = f"INJ-{key}-{src}-{dst}-{dst_mac.replace(':', '')}"
-                    inner = udp_frame("02:00:00:00:00:99", dst_mac, "198.19.0.99",
-                                      "198.19.0.255", tag.encode())
+                for (smac, sip, svm), dst_mac in ((s, d) for s in senders
+                                                   for d in (BROADCAST, *macs.values())):
+                    tag = "-".join(("INJ", str(key), src, dst, smac.replace(":", ""),
+                                    dst_mac.replace(":", "")))
+                    inner = udp_frame(smac, dst_mac, sip, "198.19.0.255", tag.encode())
                     packets.append(encap(kind, ip[src], ip[dst], key, inner))
                     if src == dst or net not in nets_of[src] & nets_of[dst]:
+                        continue
+                    if svm is None or lab_.placement(svm) != src or \
+                            lab_.vms[svm].network != net:
                         continue
                     # delivered to the local VMs of that network: to the owner of a
                     # local MAC, else flooded (a remote or foreign MAC is unknown here)
@@ -515,10 +528,11 @@ def vm_ids(lab: Lab, name: str, mac: str, ip: str, network: str, **extra: str) -
 
 
 def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]) -> None:
-    """Ports on br-int with no veil keys, with an undeclared network, marked inactive, or
-    with a MAC another VIF of the network already has: their broadcasts reach nobody.
-    Control: a correctly registered extra VM's broadcast reaches its network."""
-    lab_, _ = lab
+    """Ports on br-int with no veil keys, with an undeclared network, marked inactive, with
+    a MAC another VIF of the network already has, or with a veil-tenant that does not own
+    the network: their broadcasts reach nobody. Control: a correctly registered extra VM's
+    broadcast reaches its network."""
+    lab_, ctl = lab
     host = lab_.placement("b1")
     b1 = lab_.vms["b1"]
     net = b1.network
@@ -532,12 +546,19 @@ def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]
         "xd": (b1.mac, "198.19.0.24", vm_ids(lab_, "xd", b1.mac, "198.19.0.24", net)),
         "xok": ("02:00:00:00:01:05", "198.19.0.25", vm_ids(lab_, "xok", "02:00:00:00:01:05",
                                                            "198.19.0.25", net)),
+        # a hypervisor tags a port of tenant acme with globex's network
+        "xt": ("02:00:00:00:01:06", "198.19.0.27", vm_ids(
+            lab_, "xt", "02:00:00:00:01:06", "198.19.0.27", net,
+            **{contract.VEIL_TENANT: "acme"})),
     }
     try:
         for name, (mac, ip, ids) in extra.items():
             plug_extra_vm(lab_, name, host, mac, ip, ids)
         until("the registered extra VM is forwarded",
               lambda: lab_.ping("b2", "198.19.0.25"))
+        refused = (f"VIF {lab_.prefix}-xt on {host} is not forwarded: veil-tenant 'acme' "
+                   f"does not own network {net} (its tenant is 'globex')")
+        ctl.wait_log(refused)
 
         def attack() -> None:
             for name, (mac, ip, _) in extra.items():
@@ -552,6 +573,8 @@ def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]
     for vm, text in seen.items():
         want = {"DEAD-xok"} if lab_.vms[vm].network == net else set()
         assert markers(text, "DEAD-") == want, (vm, text)
+    # one line for the refused binding, not one per round (the plugs and unplugs were rounds)
+    assert ctl.log_text().count(refused) == 1, ctl.log_text()[-3000:]
 
 
 def test_a_duplicate_macs_owner_survives_a_controller_restart(
@@ -679,3 +702,169 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
         netns.delete_netns(ns)
         netns.unguard_host_stack(dst.ns, port)
     until("a2's traffic back on its source host", lambda: lab_.ping("a1", "a2"))
+
+
+# -- what the hosts' OVS itself interprets (issue 10) ----------------------------------------
+
+# A tenant VM talking to a peer on the BFD ports: plain UDP datagrams with a marker, and
+# well-formed BFD control packets (RFC 5880: version 1, state Down or AdminDown, your
+# discriminator 0, which a BFD session accepts from anyone; TTL 255 as RFC 5881 wants, the
+# one check OVS makes on the IP header), argv: dst_ip seconds.
+BFD_FLOOD = (
+    "import random,socket,struct,sys,time\n"
+    "dst=sys.argv[1]; end=time.time()+float(sys.argv[2]); n=0\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+    "s.setsockopt(socket.IPPROTO_IP,socket.IP_TTL,255)\n"
+    "while time.time()<end:\n"
+    "  for port in (3784,4784):\n"
+    "    s.sendto(b'BFDHIT-%d-%d' % (port,n),(dst,port))\n"
+    "    for state in (1,0):\n"
+    "      s.sendto(struct.pack('!BBBBIIIII',0x20,state<<6,3,24,random.getrandbits(32),0,"
+    "1000000,1000000,0),(dst,port))\n"
+    "  n+=1; time.sleep(0.02)\n"
+    "print(n)\n"
+)
+
+# Receives on UDP 3784 and 4784 until its stdin closes; prints, per port, how many marked
+# datagrams and how many BFD-shaped (24 byte) ones arrived.
+BFD_RECV = (
+    "import json,select,socket,sys\n"
+    "socks={}\n"
+    "for port in (3784,4784):\n"
+    "  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',port)); socks[s]=port\n"
+    "got={p:[0,0] for p in socks.values()}\n"
+    "print('ready',flush=True)\n"
+    "while True:\n"
+    "  r=select.select([sys.stdin,*socks],[],[])[0]\n"
+    "  if sys.stdin in r: break\n"
+    "  for s in r:\n"
+    "    d=s.recv(2048); got[socks[s]][0 if d.startswith(b'BFDHIT-') else 1]+=1\n"
+    "print(json.dumps(got))\n"
+)
+
+
+def bfd_states(lab: Lab) -> dict[tuple[str, str], str]:
+    """(host, tunnel interface) -> its BFD state, for every veil tunnel of every host."""
+    out = {}
+    for h, rt in lab.hosts.items():
+        text = rt.ovs.vsctl("--format=csv", "--data=bare", "--no-headings",
+                            "--columns=name,bfd_status", "find", "Interface",
+                            "external_ids:veil-remote!=none")
+        for line in filter(None, text.splitlines()):
+            name, _, status = line.partition(",")
+            state = re.search(r"\bstate=(\w+)", status)
+            out[(h, name)] = state.group(1) if state else "none"
+    return out
+
+
+def test_a_vms_udp_to_the_bfd_ports_is_tenant_traffic_and_every_tunnel_stays_up(
+        lab: tuple[Lab, LabController]) -> None:
+    """a1 (dc1-h1) sends a2 (dc2-h1) UDP to 3784 (BFD) and 4784 (multihop BFD) for 4 s:
+    marked datagrams and well-formed BFD control packets saying Down / AdminDown. Without
+    bfd:check_tnl_key the receiving host's tunnel BFD takes the inner packets as its own
+    (any tunnel key), drops them and goes down. With it: every tunnel of every host stays up
+    the whole time, and a2 receives all of a1's datagrams."""
+    lab_, _ = lab
+    # a tunnel made by an older veil (BFD without check_tnl_key) is brought up to date
+    h2 = lab_.hosts["dc2-h1"].ovs
+    old = h2.vsctl("--data=bare", "--no-headings", "--columns=name", "find", "Interface",
+                   "external_ids:veil-remote!=none").split()[0]
+    h2.vsctl("remove", "Interface", old, "bfd", "check_tnl_key")
+    until("the controller sets check_tnl_key again", lambda: "check_tnl_key=true" in h2.vsctl(
+        "--data=bare", "get", "Interface", old, "bfd").replace('"', ""), timeout=15)
+    until("every tunnel's BFD is up", lambda: set(bfd_states(lab_).values()) == {"up"},
+          timeout=30, interval=0.5, detail=lambda: repr(bfd_states(lab_)))
+    tunnels = bfd_states(lab_)
+    assert len(tunnels) >= 6, tunnels  # a3/b3 hosts reach both other hosts of their tenant
+    a2 = lab_.vms["a2"].ip
+    assert lab_.ping("a1", "a2")
+    down: list[dict[tuple[str, str], str]] = []
+    recv = subprocess.Popen(["ip", "netns", "exec", lab_.vms["a2"].ns, "python3", "-c",
+                             BFD_RECV], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert recv.stdout is not None and recv.stdout.readline().strip() == "ready"
+    try:
+        flood = subprocess.Popen(["ip", "netns", "exec", lab_.vms["a1"].ns, "python3", "-c",
+                                  BFD_FLOOD, a2, "4"], stdout=subprocess.PIPE, text=True)
+        try:
+            while flood.poll() is None:
+                states = bfd_states(lab_)
+                if set(states.values()) != {"up"}:
+                    down.append(states)
+                time.sleep(0.2)
+        finally:
+            sent = int(flood.communicate(timeout=10)[0])
+        time.sleep(1.0)  # a session the attack pushed down would still be down now
+        states = bfd_states(lab_)
+        if set(states.values()) != {"up"}:
+            down.append(states)
+    finally:
+        out, _ = recv.communicate("", timeout=10)
+    got = {int(k): v for k, v in json.loads(out.splitlines()[-1]).items()}
+    assert not down, f"BFD went down during the attack: {down[0]}"
+    # every round sent one marked datagram and two BFD control packets to each port: all
+    # arrive (a lost one here or there on a loaded machine aside), none is eaten by a host
+    assert sent > 50, sent
+    for port, (marked, bfd) in got.items():
+        assert marked >= 0.9 * sent and bfd >= 0.9 * 2 * sent, (port, got, sent)
+
+
+def tunnel_ofport(lab: Lab, host: str, remote: str) -> int:
+    """The ofport of ``host``'s veil tunnel towards host ``remote``."""
+    ovs = lab.hosts[host].ovs
+    name = ovs.vsctl("--data=bare", "--no-headings", "--columns=name", "find", "Interface",
+                     f"external_ids:veil-remote={remote}").strip()
+    return int(ovs.vsctl("get", "Interface", name, "ofport"))
+
+
+def test_a_compromised_hypervisor_cannot_send_as_other_hosts_vms(
+        lab: tuple[Lab, LabController]) -> None:
+    """dc2-h1 (a2, b3) is compromised: it writes frames straight into its tunnel to dc1-h1
+    (a1, b1) with OpenFlow packet-outs: as a3 (a VM of dc1-h2), as b2 (dc2-h2) in globex's
+    network, a forged ARP reply "a3's IP is at a2" for a1, and a2's own frame tagged.
+    dc1-h1 drops them all (tables classify and tunnel_security); control: a2's genuine frame
+    sent the same way arrives, and a2 and b3 keep working. a2's MAC with another VM's IPv4
+    source arrives too: the residual of docs/isolation.md's security model (only ARP/ND
+    sender addresses are checked at the receiving end; a1's ARP cache stays right)."""
+    lab_, ctl = lab
+    rogue, victim = "dc2-h1", "dc1-h1"
+    assert lab_.placement("a2") == lab_.placement("b3") == rogue
+    assert lab_.placement("a1") == lab_.placement("b1") == victim
+    vni = vnis(ctl)
+    port = tunnel_ofport(lab_, rogue, victim)
+    a1, a2, a3, b2 = (lab_.vms[v] for v in ("a1", "a2", "a3", "b2"))
+    forged = {  # marker -> (VNI, frame)
+        "ROGUE-as-a3": (vni[a1.network], udp_frame(a3.mac, BROADCAST, a3.ip, "198.19.0.255",
+                                                   b"ROGUE-as-a3")),
+        "ROGUE-as-b2": (vni[b2.network], udp_frame(b2.mac, BROADCAST, b2.ip, "198.19.0.255",
+                                                   b"ROGUE-as-b2")),
+        "ROGUE-a2-ip": (vni[a1.network], udp_frame(a2.mac, a1.mac, a3.ip, a1.ip,
+                                                   b"ROGUE-a2-ip")),
+        "ROGUE-tagged": (vni[a1.network], tagged(udp_frame(
+            a2.mac, a1.mac, a2.ip, a1.ip, b"ROGUE-tagged"), b"\x81\x00\x00\x05")),
+        "ROGUE-ok": (vni[a1.network], udp_frame(a2.mac, a1.mac, a2.ip, a1.ip, b"ROGUE-ok")),
+    }
+    poison = arp_frame(a2.mac, 2, a2.mac, a3.ip, a1.ip)
+    poison = poison[:12] and mac_bytes(a1.mac).hex() + poison[12:]  # unicast to a1
+    ovs = lab_.hosts[rogue].ovs
+
+    def packet_out(key: int, frame: str) -> None:
+        ovs.ofctl("packet-out", f"in_port=controller packet={frame} "
+                  f"actions=set_field:{key}->tun_id,output:{port}")
+
+    lab_.exec("a1", ["ip", "neigh", "replace", a3.ip, "lladdr", a3.mac, "dev", "eth0",
+                     "nud", "stale"], check=True)
+
+    def attack() -> None:
+        for key, frame in forged.values():
+            packet_out(key, frame)
+        packet_out(vni[a1.network], poison)
+        time.sleep(0.5)
+
+    seen = captured(lab_, ["a1", "b1"], "udp port 4000 or arp", attack)
+    assert markers(seen["a1"], "ROGUE-") == {"ROGUE-ok", "ROGUE-a2-ip"}, seen["a1"]
+    assert markers(seen["b1"], "ROGUE-") == set(), seen["b1"]
+    assert f"Reply {a3.ip} is-at {a2.mac}" not in seen["a1"], seen["a1"]
+    neigh = lab_.exec("a1", ["ip", "neigh", "show", a3.ip], check=True).stdout
+    assert a2.mac not in neigh, neigh
+    # the genuine VMs on the compromised host still work both ways
+    assert lab_.ping("a2", "a1") and lab_.ping("b3", "b1") and lab_.ping("a1", "a3")

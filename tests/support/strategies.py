@@ -36,12 +36,20 @@ def topologies(draw: st.DrawFn, all_tunnels: bool = False) -> State:
         net = f"n{draw(st.integers(0, n_nets - 1))}"
         # IPs deliberately overlap between networks (tenant B reuses tenant A's addresses)
         ip = ipaddress.ip_address(f"198.19.0.{draw(st.integers(1, 6))}")
-        bindings.append(Binding(f"vif{i}", host, mac(i), net, next_port[host], (ip,)))
+        # veil-tenant as the hook reports it: mostly absent or the network's own; sometimes
+        # another tenant's (a hypervisor that mislabels or lies: never forwarded)
+        owner = nets[int(net[1:])].tenant
+        # another tenant's (a hypervisor that mislabels or lies: never forwarded); the first
+        # VIF is always forwardable, so every topology has a sender
+        tenant = draw(st.sampled_from([None, owner, owner, f"t{draw(st.integers(0, 3))}"]
+                                      if i else [None, owner]))
+        bindings.append(Binding(f"vif{i}", host, mac(i), net, next_port[host], (ip,),
+                                tenant=tenant))
         next_port[host] += 1
         if n_hosts > 1 and draw(st.integers(0, 3)) == 0:  # live migration under way
             dest = f"h{(int(host[1:]) + 1) % n_hosts}"
             bindings.append(Binding(f"vif{i}", dest, mac(i), net, next_port[dest], (ip,),
-                                    since=1.0))
+                                    since=1.0, tenant=draw(st.sampled_from([tenant, owner]))))
             next_port[dest] += 1
     claims = {b.iface_id: b.host for b in bindings if b.since and draw(st.booleans())}
     base = State.build(tenants, nets, hosts, bindings, claims=claims)
