@@ -4,6 +4,7 @@
       - name: acme
         networks:
           - {name: acme-net, vni: 100, subnet: 198.19.0.0/24}   # vni optional
+            dhcp_servers: [acme-dhcp]   # optional: ports that may answer as DHCP servers
 
 A bad file is rejected as a whole with a message naming the field (``tenants[0].networks[1].vni:
 ...``); the controller then keeps what it had, so a typo loses nothing.
@@ -34,6 +35,7 @@ class ConfigNetwork:
     tenant: str
     vni: int | None
     subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    dhcp_servers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def parse_config(text: str, source: str = "config") -> Config:
             raise InvalidState(f"{where}.networks: expected a list")
         for j, n in enumerate(raw_nets):
             nwhere = f"{where}.networks[{j}]"
-            nm = _keys(n, nwhere, {"name", "vni", "subnet"}, {"name"})
+            nm = _keys(n, nwhere, {"name", "vni", "subnet", "dhcp_servers"}, {"name"})
             name = check_name(nm["name"], f"{nwhere}.name")
             if name in seen_n:
                 raise InvalidState(f"{nwhere}.name: network {name!r} is also {seen_n[name]}")
@@ -100,8 +102,18 @@ def parse_config(text: str, source: str = "config") -> Config:
                     subnet = ipaddress.ip_network(str(nm["subnet"]))
                 except ValueError as exc:
                     raise InvalidState(f"{nwhere}.subnet: {exc}") from exc
-            networks.append(ConfigNetwork(name, tname, vni, subnet))
+            networks.append(ConfigNetwork(name, tname, vni, subnet,
+                                          _dhcp_servers(nm.get("dhcp_servers"), nwhere)))
     return Config(tuple(tenants), tuple(networks))
+
+
+def _dhcp_servers(raw: object, where: str) -> frozenset[str]:
+    """The iface-ids a network lets answer as DHCP/DHCPv6 servers (default: none)."""
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise InvalidState(f"{where}.dhcp_servers: expected a list of iface-ids")
+    return frozenset(raw)
 
 
 def load_config(path: Path) -> Config:
@@ -122,5 +134,5 @@ def resolve_networks(cfg: Config, existing: Iterable[Network]) -> tuple[Network,
         if vni is None:
             vni = allocate_vni(used)
         used.add(vni)
-        out.append(Network(n.name, n.tenant, vni, n.subnet))
+        out.append(Network(n.name, n.tenant, vni, n.subnet, n.dhcp_servers))
     return tuple(out)

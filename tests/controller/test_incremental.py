@@ -39,8 +39,10 @@ def _event(draw: st.DrawFn, state: State) -> State:
         known = sorted({b.iface_id for b in state.bindings})
         iface = draw(st.sampled_from(known + ["new-a", "new-b"]))  # same iface: migration
         ip = ipaddress.ip_address(f"198.19.0.{draw(st.integers(1, 4))}")
+        # IPv4 only, none declared (MAC-only), or IPv4 and IPv6 (DHCP servers' flows differ)
+        ips = draw(st.sampled_from([(ip,), (), (ip, ipaddress.ip_address("fd00::1"))]))
         bindings.append(Binding(iface, host, mac(draw(st.integers(0, 5))),
-                                draw(st.sampled_from(nets)), port, (ip,),
+                                draw(st.sampled_from(nets)), port, ips,
                                 active=draw(st.integers(0, 5)) > 0,
                                 since=float(draw(st.integers(0, 3)))))
     tunnels = [t for t in state.tunnels if draw(st.integers(0, 4)) > 0]
