@@ -245,8 +245,10 @@ _DHCP6_SERVER: Final = _udp(ETH_IPV6, DHCPV6_SERVER_PORT, DHCPV6_CLIENT_PORT)
 #   header chain is cut inside an extension header (OVS reports ip_proto 0, a value a parsed
 #   packet never has: hop-by-hop is walked), an ICMPv6 packet without its ICMPv6 header (a
 #   first fragment that leaves the type to a later fragment, the RA-Guard evasion of RFC 7113:
-#   OVS reports type 0, which is reserved), and UDP without its UDP header (a tiny first
-#   fragment hiding the ports: OVS reports ports 0; port 0 is reserved).
+#   type 0, which is reserved). With OVS's default fragment handling ("normal") every
+#   fragment reads as L4 ports/types 0, so this drops every first fragment of ICMPv6: no
+#   fragmented ND, RA or redirect can be reassembled (RFC 6980); a fragmented echo is lost.
+#   Fragmented UDP and ICMPv4 are not checked (open: docs/isolation.md).
 PORT_GUARD_FLOWS: Final = tuple(
     Flow(P.PORT_SECURITY, 120, Match.of(**m)) for m in (
         _DHCP4_SERVER,
@@ -254,8 +256,6 @@ PORT_GUARD_FLOWS: Final = tuple(
         {"eth_type": ETH_IPV4, "ip_proto": IPPROTO_ICMP, "icmpv4_type": ICMP_REDIRECT},
         {"eth_type": ETH_IPV6, "ip_proto": 0},
         {"eth_type": ETH_IPV6, "ip_proto": IPPROTO_ICMPV6, "icmpv6_type": 0},
-        {"eth_type": ETH_IPV4, "ip_proto": IPPROTO_UDP, "udp_dst": 0},
-        {"eth_type": ETH_IPV6, "ip_proto": IPPROTO_UDP, "udp_dst": 0},
     )
 )
 # every table's priority-0 flow and the guards: the same on every host
