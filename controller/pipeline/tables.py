@@ -6,7 +6,7 @@ in from a tunnel (split horizon: tunnel traffic is only ever delivered locally).
     0 CLASSIFY      in_port (+tunnel_id) -> network metadata      -> 10 (VIF) / 30 (tunnel)
                     (VIFs: untagged frames only)
    10 PORT_SECURITY source MAC/IP, ARP SPA/SHA, ND target          -> 20
-                    (no IEEE reserved destination, RA or redirect)
+                    (no IEEE reserved destination, RA, redirect, DHCP server reply)
    20 ARP_RESPONDER ARP requests for known IPs answered in place  -> 30
    30 L2_LOOKUP     dst MAC -> local port or remote host's tunnel  -> 40 (BUM)
    40 FLOOD         BUM -> local ports + hosts with the network
