@@ -13,7 +13,7 @@ those functions directly, never this module. The netns lab has its own command, 
     veil host remove NAME [--pki DIR] [--db DB]   (revokes; its Host row goes)
     veil host list [--pki DIR] [--db DB]
     veil tenant add NAME --db DB
-    veil network add NAME --tenant T [--vni N] [--subnet CIDR] --db DB
+    veil network add NAME --tenant T [--vni N] [--subnet CIDR] [--dhcp-server IFACE]... --db DB
     veil network del NAME --db DB
     veil show --db DB
     veil flows HOST --db DB          (what HOST's br-int should hold, in ovs-ofctl syntax)
@@ -114,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     na.add_argument("--tenant", required=True, type=_name)
     na.add_argument("--vni", type=vni)
     na.add_argument("--subnet")
+    na.add_argument("--dhcp-server", action="append", default=[], metavar="IFACE",
+                    help="iface-id of a port that may answer as a DHCP server (repeatable)")
     na.add_argument("--db", required=True, type=remote)
     nd = nsub.add_parser("del")
     nd.add_argument("name")
@@ -133,7 +135,8 @@ def show(store: Store) -> None:
     for t in d.tenants:
         print(f"tenant {t.name}")
     for n in sorted(d.networks, key=lambda n: n.vni):
-        print(f"network {n.name} tenant={n.tenant} vni={n.vni} subnet={n.subnet}")
+        servers = f" dhcp_servers={','.join(sorted(n.dhcp_servers))}" if n.dhcp_servers else ""
+        print(f"network {n.name} tenant={n.tenant} vni={n.vni} subnet={n.subnet}{servers}")
     print(f"sequence {numbers.next} (controller at {numbers.cur})")
     for h in d.hosts:
         print(f"host {h.host.system_id} underlay={h.host.underlay_ip} "
@@ -247,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 store.add_tenant(check_name(args.name, "tenant name"))
             elif args.cmd == "network" and args.action == "add":
                 net = store.add_network(check_name(args.name, "network name"), args.tenant,
-                                        args.vni, args.subnet)
+                                        args.vni, args.subnet,
+                                        dhcp_servers=args.dhcp_server)
                 print(f"network {net.name}: tenant {net.tenant}, VNI {net.vni}")
             elif args.cmd == "network":
                 store.delete_network(args.name)

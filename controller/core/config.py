@@ -4,6 +4,7 @@
       - name: acme
         networks:
           - {name: acme-net, vni: 100, subnet: 198.19.0.0/24}   # vni optional
+            dhcp_servers: [acme-dhcp]   # optional: ports that may answer as DHCP servers
 
 A bad file (unreadable, not UTF-8, not YAML, a bad field) is rejected as a whole with one
 line naming the file, the line and the problem (``veil.yaml:5: tenants[0].networks[1].vni:
@@ -41,6 +42,7 @@ class ConfigNetwork:
     tenant: str
     vni: int | None
     subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    dhcp_servers: frozenset[str] = frozenset()
     where: str = field(default="", compare=False)  # "veil.yaml:7: tenants[0].networks[1]"
 
 
@@ -157,7 +159,7 @@ def _parse(data: object, root: Any, source: str) -> Config:
             raise InvalidState(f"{where}.networks: expected a list")
         for j, n in enumerate(raw_nets):
             nwhere = f"{where}.networks[{j}]"
-            nm = _keys(n, nwhere, {"name", "vni", "subnet"}, {"name"})
+            nm = _keys(n, nwhere, {"name", "vni", "subnet", "dhcp_servers"}, {"name"})
             name = check_name(nm["name"], f"{nwhere}.name")
             if name in seen_n:
                 raise InvalidState(f"{nwhere}.name: network {name!r} is also {seen_n[name]}")
@@ -175,7 +177,8 @@ def _parse(data: object, root: Any, source: str) -> Config:
                     raise InvalidState(f"{nwhere}.subnet: {exc}") from exc
             line = _line(root, nwhere)
             networks.append(ConfigNetwork(name, tname, vni, subnet,
-                                          f"{source}:{line}: {nwhere}" if line else nwhere))
+                                          _dhcp_servers(nm.get("dhcp_servers"), nwhere),
+                                          where=f"{source}:{line}: {nwhere}" if line else nwhere))
     return Config(tuple(tenants), tuple(networks), confirmed)
 
 
@@ -189,6 +192,15 @@ def decode_config(data: bytes, source: str = "config") -> Config:
         raise InvalidState(f"{source}:{line}:{col}: not UTF-8 (byte 0x{data[exc.start]:02x}: "
                            f"{exc.reason})") from None
     return parse_config(text, source)
+
+
+def _dhcp_servers(raw: object, where: str) -> frozenset[str]:
+    """The iface-ids a network lets answer as DHCP/DHCPv6 servers (default: none)."""
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise InvalidState(f"{where}.dhcp_servers: expected a list of iface-ids")
+    return frozenset(raw)
 
 
 def load_config(path: Path) -> Config:
@@ -214,7 +226,7 @@ def resolve_networks(cfg: Config, existing: Iterable[Network]) -> tuple[Network,
         if vni is None:
             vni = allocate_vni(used)
         used.add(vni)
-        out.append(Network(n.name, n.tenant, vni, n.subnet))
+        out.append(Network(n.name, n.tenant, vni, n.subnet, n.dhcp_servers))
     return tuple(out)
 
 

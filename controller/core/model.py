@@ -79,6 +79,9 @@ class Network:
     tenant: str
     vni: int
     subnet: IPNetwork | None = None
+    # iface-ids of the ports allowed to answer as DHCP/DHCPv6 servers (the tenant's own DHCP
+    # server VM); from every other port, server replies are dropped (docs/isolation.md)
+    dhcp_servers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -569,7 +569,8 @@ class Store:
             self.api.db_create("Tenant", name=name).execute(check_error=True)
 
     def add_network(self, name: str, tenant: str, vni: int | None = None,
-                    subnet: str | None = None, source: str = "cli") -> Network:
+                    subnet: str | None = None, source: str = "cli",
+                    dhcp_servers: Iterable[str] = ()) -> Network:
         current = self.read()
         rows = [r for _, r in self.raw_rows()["Network"]]  # refused rows hold names/VNIs too
         if tenant not in {t.name for t in current.tenants}:
@@ -581,12 +582,14 @@ class Store:
             raise InvalidState(f"network {name}.vni: {vni} is held by a refused Network row "
                                "(see veil show)")
         chosen = vni if vni is not None else allocate_vni(used)
-        net = Network(name, tenant, chosen, ipaddress.ip_network(subnet) if subnet else None)
+        net = Network(name, tenant, chosen, ipaddress.ip_network(subnet) if subnet else None,
+                      frozenset(dhcp_servers))
         check_declared({t.name: t for t in current.tenants},
                        {n.name: n for n in (*current.networks, net)}, {})
         self.api.db_create(
             "Network", name=name, tenant=tenant, vni=chosen,
             subnet=[str(net.subnet)] if net.subnet else [],
+            dhcp_servers=sorted(net.dhcp_servers),
             external_ids={SOURCE_KEY: source},
         ).execute(check_error=True)
         return net
@@ -621,12 +624,12 @@ class Store:
             tab = self.api.tables
             have_t = {r.name: r.uuid for r in tab["Tenant"].rows.values()}
             have_n = {r.name: (r.uuid, r.external_ids.get(SOURCE_KEY), r.vni, list(r.subnet),
-                               r.tenant)
+                               r.tenant, sorted(r.dhcp_servers))
                       for r in tab["Network"].rows.values()}
         with self.api.transaction(check_error=True) as txn:
             for name in want_t.keys() - have_t.keys():
                 txn.add(self.api.db_create("Tenant", name=name))
-            for name, (uuid, source, vni, subnet, tenant) in have_n.items():
+            for name, (uuid, source, vni, subnet, tenant, servers) in have_n.items():
                 if source != "config":
                     continue
                 net = want_n.get(name)
@@ -634,14 +637,16 @@ class Store:
                     txn.add(self.api.db_destroy("Network", uuid))
                     continue
                 cols = dict(vni=net.vni, subnet=[str(net.subnet)] if net.subnet else [],
-                            tenant=net.tenant)
-                if (vni, subnet, tenant) != (cols["vni"], cols["subnet"], cols["tenant"]):
+                            tenant=net.tenant, dhcp_servers=sorted(net.dhcp_servers))
+                if (vni, subnet, tenant, servers) != (cols["vni"], cols["subnet"], cols["tenant"],
+                                                      cols["dhcp_servers"]):
                     txn.add(self.api.db_set("Network", uuid, *cols.items()))
             for name in want_n.keys() - have_n.keys():
                 net = want_n[name]
                 txn.add(self.api.db_create(
                     "Network", name=name, tenant=net.tenant, vni=net.vni,
                     subnet=[str(net.subnet)] if net.subnet else [],
+                    dhcp_servers=sorted(net.dhcp_servers),
                     external_ids={SOURCE_KEY: "config"}))
 
 

@@ -11,11 +11,18 @@ from controller.pipeline import tables as P
 from controller.pipeline.fields import (
     ARP_REPLY,
     ARP_REQUEST,
+    DHCP_CLIENT_PORT,
+    DHCP_SERVER_PORT,
+    DHCPV6_CLIENT_PORT,
+    DHCPV6_SERVER_PORT,
     ETH_ARP,
     ETH_IPV4,
     ETH_IPV6,
     ETH_RARP,
+    ICMP_REDIRECT,
+    IPPROTO_ICMP,
     IPPROTO_ICMPV6,
+    IPPROTO_UDP,
     ND_NA,
     ND_NS,
     ND_RA,
@@ -153,9 +160,12 @@ def _ipv6_security(b: Binding, own: dict[str, MatchValue], checked: bool) -> Ite
         else:
             yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NA, ipv6_nd_tll=mac), goto=nxt)
             yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_nd_sll=mac), goto=nxt)
-    if checked:  # duplicate address detection: from ::, without a link-layer option (RFC 4862)
-        yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src="::",
-                                     ipv6_nd_sll=NO_MAC), goto=nxt)
+    if checked:  # duplicate address detection: from ::, without a link-layer option (RFC 4862),
+        # and only for an own address (a DAD NS for a tentative address of a peer makes the
+        # peer give it up, RFC 4862 5.4.3)
+        for a6 in mine:
+            yield Flow(ps, 110, Match.of(**nd, icmpv6_type=ND_NS, ipv6_src="::",
+                                         ipv6_nd_target=a6, ipv6_nd_sll=NO_MAC), goto=nxt)
     for nd_type in (ND_NA, ND_NS):
         yield Flow(ps, 105, Match.of(**nd, icmpv6_type=nd_type))  # other NA/NS: spoofed
     if checked:  # "::" is only ever DAD's source (above)
@@ -244,8 +254,65 @@ TUNNEL_POLICY: Final = (
                                           icmpv6_type=ND_NS, ipv6_nd_sll=NO_MAC),
          goto=P.L2_LOOKUP),
 )
+
+def _udp(eth_type: int, src: int, dst: int) -> dict[str, MatchValue]:
+    return {"eth_type": eth_type, "ip_proto": IPPROTO_UDP, "udp_src": src, "udp_dst": dst}
+
+
+_DHCP4_SERVER: Final = _udp(ETH_IPV4, DHCP_SERVER_PORT, DHCP_CLIENT_PORT)
+_DHCP6_SERVER: Final = _udp(ETH_IPV6, DHCPV6_SERVER_PORT, DHCPV6_CLIENT_PORT)
+
+# Red-team pass 2 (docs/isolation.md): more of what no VIF may send, one flow per host each,
+# priority 120 (pairwise disjoint, and disjoint from the RA/redirect guards):
+# - DHCP and DHCPv6 server replies (UDP 67->68, 547->546): a rogue DHCP server hands its
+#   neighbours their gateway and DNS (as Neutron's "prevent DHCP spoofing" rule); a port the
+#   network declares a DHCP server passes at priority 121 (``vif_dhcp_flows``);
+# - ICMPv4 redirects (type 5): a guest is never its network's router;
+# - what OVS could not parse far enough to check (packet-shape evasion): an IPv6 packet whose
+#   header chain is cut inside an extension header (OVS reports ip_proto 0, a value a parsed
+#   packet never has: hop-by-hop is walked), an ICMPv6 packet without its ICMPv6 header (a
+#   first fragment that leaves the type to a later fragment, the RA-Guard evasion of RFC 7113:
+#   type 0, which is reserved). With OVS's default fragment handling ("normal") every
+#   fragment reads as L4 ports/types 0, so this drops every first fragment of ICMPv6: no
+#   fragmented ND, RA or redirect can be reassembled (RFC 6980); a fragmented echo is lost.
+#   Fragmented UDP and ICMPv4 are not checked (open: docs/isolation.md).
+PORT_GUARD_FLOWS: Final = tuple(
+    Flow(P.PORT_SECURITY, 120, Match.of(**m)) for m in (
+        _DHCP4_SERVER,
+        _DHCP6_SERVER,
+        {"eth_type": ETH_IPV4, "ip_proto": IPPROTO_ICMP, "icmpv4_type": ICMP_REDIRECT},
+        {"eth_type": ETH_IPV6, "ip_proto": 0},
+        {"eth_type": ETH_IPV6, "ip_proto": IPPROTO_ICMPV6, "icmpv6_type": 0},
+    )
+)
 # every table's priority-0 flow and the guards: the same on every host
-DEFAULT_FLOWS: Final = _default_flows() + GUARD_FLOWS + TUNNEL_POLICY
+DEFAULT_FLOWS: Final = _default_flows() + GUARD_FLOWS + TUNNEL_POLICY + PORT_GUARD_FLOWS
+
+
+def vif_dhcp_flows(b: Binding, net: Network) -> Iterator[Flow]:
+    """A local forwarded VIF's DHCP exceptions to port security (red-team pass 2).
+
+    DHCP client from 0.0.0.0 (DISCOVER/REQUEST before the guest has its address, as OVN and
+    Neutron allow): with IPv4 addresses declared, only UDP 68->67 to 255.255.255.255 from
+    the VIF's MAC (MAC-only VIFs pass any IPv4 anyway). A port the network declares one of
+    its DHCP servers (``Network.dhcp_servers``) may send DHCP/DHCPv6 server replies, from its
+    own addresses only, past the guard that drops them from everyone else."""
+    ps, nxt = P.PORT_SECURITY, P.ARP_RESPONDER
+    own: dict[str, MatchValue] = {"in_port": b.ofport, "eth_src": b.mac}
+    v4 = [str(ip) for ip in b.ips if ip.version == 4]
+    if v4:
+        yield Flow(ps, 100, Match.of(**own, **_udp(ETH_IPV4, DHCP_CLIENT_PORT, DHCP_SERVER_PORT),
+                                     ipv4_src="0.0.0.0", ipv4_dst="255.255.255.255"), goto=nxt)
+    if b.iface_id not in net.dhcp_servers:
+        return
+    if not b.ips:  # MAC-only security: any source address
+        yield Flow(ps, 121, Match.of(**own, **_DHCP4_SERVER), goto=nxt)
+        yield Flow(ps, 121, Match.of(**own, **_DHCP6_SERVER), goto=nxt)
+        return
+    for ip4 in v4:
+        yield Flow(ps, 121, Match.of(**own, **_DHCP4_SERVER, ipv4_src=ip4), goto=nxt)
+    for ip6 in [str(ip) for ip in b.ips if ip.version == 6] + [str(link_local(b.mac))]:
+        yield Flow(ps, 121, Match.of(**own, **_DHCP6_SERVER, ipv6_src=ip6), goto=nxt)
 
 
 # A host's flows are the union of independent parts; each part is a pure function of a small
@@ -384,6 +451,7 @@ def _flows(state: State, host: str) -> Iterator[Flow]:
     for b in place.active.values():
         if b.host == host:
             yield from vif_flows(b, state.networks[b.network].vni)
+            yield from vif_dhcp_flows(b, state.networks[b.network])
     for b in place.standby:
         if b.host == host:
             yield from standby_flows(b)

@@ -22,7 +22,14 @@ ETH_IPV4: Final = 0x0800
 ETH_ARP: Final = 0x0806
 ETH_RARP: Final = 0x8035
 ETH_IPV6: Final = 0x86DD
+IPPROTO_ICMP: Final = 1
+IPPROTO_UDP: Final = 17
 IPPROTO_ICMPV6: Final = 58
+ICMP_REDIRECT: Final = 5  # ICMPv4 redirect
+DHCP_SERVER_PORT: Final = 67
+DHCP_CLIENT_PORT: Final = 68
+DHCPV6_CLIENT_PORT: Final = 546
+DHCPV6_SERVER_PORT: Final = 547
 ND_RA: Final = 134  # router advertisement
 ND_NS: Final = 135
 ND_NA: Final = 136
@@ -91,6 +98,8 @@ def _eth(*types: int) -> tuple[Prereq, ...]:
 _IP: Final = _eth(ETH_IPV4, ETH_IPV6)
 _ARP: Final = _eth(ETH_ARP)
 _ICMPV6: Final = (*_eth(ETH_IPV6), ("ip_proto", frozenset({IPPROTO_ICMPV6})))
+_ICMPV4: Final = (*_eth(ETH_IPV4), ("ip_proto", frozenset({IPPROTO_ICMP})))
+_UDP: Final = (*_IP, ("ip_proto", frozenset({IPPROTO_UDP})))
 
 
 def _nd(*types: int) -> tuple[Prereq, ...]:
@@ -109,6 +118,9 @@ FIELDS: Final[Mapping[str, Field]] = {
         Field("ip_proto", 10, 1, INT, False, "nw_proto", "NXM_OF_IP_PROTO[]", _IP),
         Field("ipv4_src", 11, 4, IPV4, True, "nw_src", "NXM_OF_IP_SRC[]", _eth(ETH_IPV4)),
         Field("ipv4_dst", 12, 4, IPV4, True, "nw_dst", "NXM_OF_IP_DST[]", _eth(ETH_IPV4)),
+        Field("udp_src", 15, 2, INT, True, "udp_src", "NXM_OF_UDP_SRC[]", _UDP),
+        Field("udp_dst", 16, 2, INT, True, "udp_dst", "NXM_OF_UDP_DST[]", _UDP),
+        Field("icmpv4_type", 19, 1, INT, False, "icmp_type", "NXM_OF_ICMP_TYPE[]", _ICMPV4),
         Field("arp_op", 21, 2, INT, False, "arp_op", "NXM_OF_ARP_OP[]", _ARP),
         Field("arp_spa", 22, 4, IPV4, True, "arp_spa", "NXM_OF_ARP_SPA[]", _ARP),
         Field("arp_tpa", 23, 4, IPV4, True, "arp_tpa", "NXM_OF_ARP_TPA[]", _ARP),

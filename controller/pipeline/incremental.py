@@ -31,6 +31,7 @@ from controller.pipeline.compute import (
     tunnel_kind,
     tunnel_name,
     unique_ips,
+    vif_dhcp_flows,
     vif_flows,
 )
 from controller.pipeline.diff import FlowDiff
@@ -204,7 +205,7 @@ class Engine:
         """Equal to ``compute_flows(self.state(), host)``."""
         out: list[Flow] = list(DEFAULT_FLOWS)
         for b in self._local.get(host, ()):
-            out.extend(vif_flows(b, self.networks[b.network].vni))
+            out.extend(self._vif(b))
         for b in self._local_standby.get(host, ()):
             out.extend(standby_flows(b))
         for n in self._host_nets.get(host, ()):
@@ -436,6 +437,11 @@ class Engine:
             owner.setdefault(b.mac, b)
         return tuple(sorted(owner.values(), key=lambda b: b.iface_id))
 
+    def _vif(self, b: Binding) -> tuple[Flow, ...]:
+        """The VIF part of forwarded binding ``b`` (``compute._flows``'s two VIF calls)."""
+        net = self.networks[b.network]
+        return (*vif_flows(b, net.vni), *vif_dhcp_flows(b, net))
+
     def _set_roles(self, iface: str, at: Callable[[str], _Sink],
                    host_nets_changed: set[str]) -> None:
         """Move ``iface``'s VIF parts to match its new forwarded/standby bindings."""
@@ -444,12 +450,10 @@ class Engine:
         if old_active is not new_active:
             if old_active is not None:
                 self._local[old_active.host].discard(old_active)
-                at(old_active.host).swap(
-                    vif_flows(old_active, self.networks[old_active.network].vni), ())
+                at(old_active.host).swap(self._vif(old_active), ())
             if new_active is not None:
                 self._local.setdefault(new_active.host, set()).add(new_active)
-                at(new_active.host).swap((), vif_flows(new_active,
-                                                       self.networks[new_active.network].vni))
+                at(new_active.host).swap((), self._vif(new_active))
             if new_active is not None:
                 self._placed[iface] = new_active
             else:

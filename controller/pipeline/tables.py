@@ -7,7 +7,7 @@ in from a tunnel (split horizon: tunnel traffic is only ever delivered locally).
                     on the tunnel's host) -> network metadata
                     (untagged frames only)
    10 PORT_SECURITY source MAC/IP, ARP SPA/SHA, ND target          -> 20
-                    (no IEEE reserved destination, RA or redirect)
+                    (no IEEE reserved destination, RA, redirect, DHCP server reply)
    15 TUNNEL_SECURITY from host H's tunnel: ARP SHA/SPA, NA target   -> 30
                     and NS source with a MAC option of that VIF
                     (no IEEE reserved destination, RA or redirect)
@@ -75,7 +75,7 @@ PIPELINE: Final[dict[int, Table]] = {
             frozenset({
                 "in_port", "eth_src", "eth_dst", "eth_type", "ipv4_src", "arp_spa", "arp_sha",
                 "ipv6_src", "ip_proto", "icmpv6_type", "ipv6_nd_target", "ipv6_nd_sll",
-                "ipv6_nd_tll",
+                "ipv6_nd_tll", "ipv4_dst", "udp_src", "udp_dst", "icmpv4_type",
             }),
             frozenset({ARP_RESPONDER}),
         ),

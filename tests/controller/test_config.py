@@ -36,6 +36,8 @@ from tests.support.poll import until
     ("# nothing yet\n", r"config: expected a mapping"),
     ("other: 1", r"config\.other: unknown key"),
     ("{}", r"config\.tenants: missing"),
+    ("tenants: [{name: a, networks: [{name: n, dhcp_servers: vm1}]}]",
+     r"tenants\[0\]\.networks\[0\]\.dhcp_servers: expected a list of iface-ids"),
 ])
 def test_config_errors_name_the_field(text: str, error: str) -> None:
     with pytest.raises(InvalidState, match=error):
@@ -51,6 +53,13 @@ def test_vnis_are_kept_across_reloads_and_allocated_smallest_free() -> None:
     assert again == {"n": 7, "m": 1}  # n keeps its VNI; 3 stays the CLI network's
 
 
+def test_dhcp_servers_are_read_per_network_and_default_to_none() -> None:
+    cfg = parse_config("tenants: [{name: a, networks: [{name: n, dhcp_servers: [dhcp1]}, "
+                       "{name: m}]}]")
+    got = {n.name: n.dhcp_servers for n in resolve_networks(cfg, [])}
+    assert got == {"n": frozenset({"dhcp1"}), "m": frozenset()}
+
+
 @pytest.mark.lab  # a real ovsdb-server
 def test_cli_declares_networks_in_the_veil_database(
         store_server: StoreServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,6 +73,11 @@ def test_cli_declares_networks_in_the_veil_database(
     assert "network x.tenant: unknown tenant 'nobody'" in capsys.readouterr().err
     assert cli.main(["show", "--db", db]) == 0
     assert "network web tenant=acme vni=1" in capsys.readouterr().out
+    assert cli.main(["network", "add", "lan", "--tenant", "acme", "--dhcp-server", "dhcp1",
+                     "--db", db]) == 0
+    assert cli.main(["show", "--db", db]) == 0
+    assert "network lan tenant=acme vni=2 subnet=None dhcp_servers=dhcp1" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.lab  # a real ovsdb-server
@@ -79,6 +93,10 @@ def test_config_sync_owns_only_its_rows(store_server: StoreServer) -> None:
         cfg = parse_config("tenants: [{name: acme, networks: [{name: a}]}]")
         store.sync_config(cfg.tenants, resolve_networks(cfg, store.read().networks))
         assert {(n.name, n.vni) for n in store.read().networks} == {("by-hand", 3), ("a", 1)}
+        cfg = parse_config("tenants: [{name: acme, networks: [{name: a, dhcp_servers: [d]}]}]")
+        store.sync_config(cfg.tenants, resolve_networks(cfg, store.read().networks))
+        assert {(n.name, n.dhcp_servers) for n in store.read().networks} == {
+            ("by-hand", frozenset()), ("a", frozenset({"d"}))}
     finally:
         store.close()
 

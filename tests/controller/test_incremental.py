@@ -44,7 +44,9 @@ def _event(draw: st.DrawFn, state: State) -> State:
         # veil-tenant: none, the network's own, or another (refused)
         owner = state.networks[net].tenant if net in state.networks else None
         tenant = draw(st.sampled_from([None, owner, *sorted(state.tenants), "t-unknown"]))
-        bindings.append(Binding(iface, host, mac(draw(st.integers(0, 5))), net, port, (ip,),
+        # IPv4 only, none declared (MAC-only), or IPv4 and IPv6 (DHCP servers' flows differ)
+        ips = draw(st.sampled_from([(ip,), (), (ip, ipaddress.ip_address("fd00::1"))]))
+        bindings.append(Binding(iface, host, mac(draw(st.integers(0, 5))), net, port, ips,
                                 active=draw(st.integers(0, 5)) > 0,
                                 since=float(draw(st.integers(0, 3))), tenant=tenant))
     tunnels = [t for t in state.tunnels if draw(st.integers(0, 4)) > 0]

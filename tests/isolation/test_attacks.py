@@ -295,6 +295,146 @@ def test_router_advertisements_and_redirects_from_a_vm_are_dropped(
     assert ll1 not in routes, f"b3 routes IPv6 through b1: {routes}"
 
 
+# -- red-team pass 2: port security whatever the packet's shape (docs/isolation.md) ----------
+
+def ipv6_packet(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, next_header: int,
+                payload: bytes) -> str:
+    """An IPv6 frame with ``payload`` (extension headers, fragments ...) as given: no
+    checksum is fixed up (the receiving VM's stack is not what these tests check)."""
+    ip6 = struct.pack("!IHBB", 0x60000000, len(payload), next_header, 255) + \
+        ipaddress.IPv6Address(src_ip).packed + ipaddress.IPv6Address(dst_ip).packed
+    return ether(dst_mac, src_mac, 0x86DD, ip6 + payload)
+
+
+def ext_header(next_header: int, marker: bytes) -> bytes:
+    """A hop-by-hop/destination-options header padded with one PadN option holding
+    ``marker`` (8-byte multiple)."""
+    size = (len(marker) + 4 + 7) // 8 * 8
+    return bytes([next_header, size // 8 - 1, 1, size - 4]) + marker.ljust(size - 4, b"\0")
+
+
+def frag_header(next_header: int, offset8: int, more: bool) -> bytes:
+    return struct.pack("!BBHI", next_header, 0, offset8 << 3 | int(more), 0x5EED)
+
+
+def ipv4_packet(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, proto: int, l4: bytes,
+                flags_frag: int = 0, ihl: int = 5, total: int | None = None,
+                options: bytes = b"") -> str:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 4 * ihl + len(l4) if total is None
+                     else total, 7, flags_frag, 64, proto, 0, socket.inet_aton(src_ip),
+                     socket.inet_aton(dst_ip)) + options
+    ip = ip[:10] + _checksum(ip).to_bytes(2, "big") + ip[12:]
+    return ether(dst_mac, src_mac, 0x0800, ip + l4)
+
+
+def udp(sport: int, dport: int, data: bytes) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+
+
+def test_router_advertisements_hidden_by_extension_headers_or_fragments_are_dropped(
+        lab: tuple[Lab, LabController]) -> None:
+    """b1 sends RAs behind hop-by-hop, destination-options and routing (type 0) headers, in an
+    atomic fragment and a whole first fragment, a first fragment without the ICMPv6 header
+    (the RA in the second), a first fragment cut inside its destination options, and a DAD
+    NS for b3's address: none reaches a VM; nor does a fragmented echo request (every ICMPv6
+    first fragment is dropped: OVS reads a fragment's type as 0). b1's honest echo request,
+    a UDP first fragment and its DAD NS for its own address, sent with them, reach b2 and
+    b3."""
+    lab_, _ = lab
+    b1, b3 = lab_.vms["b1"], lab_.vms["b3"]
+    ll1, ll3 = str(link_local(b1.mac)), str(link_local(b3.mac))
+    allnodes = "33:33:00:00:00:01"
+
+    def ra(marker: bytes) -> bytes:
+        return struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0) + b"\x01\x01" + \
+            mac_bytes(b1.mac) + marker
+
+    def v6(nh: int, payload: bytes, dst: str = "ff02::1", mac: str = allnodes) -> str:
+        return ipv6_packet(b1.mac, mac, ll1, dst, nh, payload)
+    echo = struct.pack("!BBHHH", 128, 0, 0, 1, 1)
+    dad = struct.pack("!BBHI", 135, 0, 0, 0)
+    attacks = [
+        v6(0, ext_header(58, b"X6-hbh") + ra(b"X6-hbh-ra")),
+        v6(60, ext_header(58, b"X6-dst") + ra(b"X6-dst-ra")),
+        v6(43, bytes([58, 0, 0, 0, 0, 0, 0, 0]) + ra(b"X6-rh0-ra")),
+        v6(60, ext_header(60, b"X6-dst2") + ext_header(58, b"X6-dst3") + ra(b"X6-dstx2-ra")),
+        v6(44, frag_header(58, 0, False) + ra(b"X6-atomic-ra")),
+        v6(44, frag_header(58, 0, True) + ra(b"X6-whole1st-ra")),
+        v6(44, frag_header(58, 0, True) + echo + b"X6-echo-frag".ljust(16, b".")),
+        v6(44, frag_header(60, 0, True) + ext_header(58, b"X6-noicmp-first")),
+        v6(44, frag_header(60, 0, True) + ext_header(58, b"X6-cut-first" + bytes(30))[:16]),
+        icmp6_frame(b1.mac, "33:33:ff:00:00:13", "::", "ff02::1:ff00:13",
+                    dad + ipaddress.IPv6Address(ll3).packed + b"X6-dad-peer"),
+    ]
+    honest = [
+        v6(58, echo + b"X6-honest-echo"),
+        v6(44, frag_header(17, 0, True) + udp(4000, 4000, b"X6-udp-frag".ljust(24, b"."))),
+        icmp6_frame(b1.mac, "33:33:ff:00:00:11", "::", "ff02::1:ff00:11",
+                    dad + ipaddress.IPv6Address(ll1).packed + b"X6-dad-own"),
+    ]
+    seen = captured(lab_, vm_names(lab_, but="b1"), "ip6",
+                    lambda: send_from(lab_, "b1", [*honest, *attacks]))
+    want = {"X6-honest-echo", "X6-udp-frag", "X6-dad-own"}
+    for vm, text in seen.items():
+        got = markers(text, "X6-")
+        if lab_.vms[vm].network == b1.network:
+            assert got == want, (vm, sorted(got), text[-3000:])
+        else:
+            assert not got, (vm, text)
+
+
+def test_dhcp_server_replies_redirects_and_odd_ipv4_from_a_vm(
+        lab: tuple[Lab, LabController]) -> None:
+    """b1 sends a DHCP OFFER (67->68, from its own IP), a DHCPv6 ADVERTISE (547->546), an
+    ICMPv4 redirect to b2, IPv4 headers OVS rejects (IHL 4; a total length past the frame's end): none reaches a VM. Delivered
+    to b1's network (tenant payload, by design): a DHCP DISCOVER from 0.0.0.0 (dropped
+    before), an IPv4 packet with a loose source route option, a 42-byte frame and one with
+    trailing bytes, VXLAN and GRE packets carrying frames for a tenant A VM (never
+    decapsulated: a1/a2 see nothing)."""
+    lab_, _ = lab
+    b1, b2, a2 = lab_.vms["b1"], lab_.vms["b2"], lab_.vms["a2"]
+    ll1 = str(link_local(b1.mac))
+
+    def v4(marker: bytes, proto: int = 17, l4: bytes | None = None, src: str = b1.ip,
+           dst: str = "255.255.255.255", mac: str = BROADCAST, **kw: int | bytes) -> str:
+        body = udp(4000, 4000, marker) if l4 is None else l4
+        return ipv4_packet(b1.mac, mac, src, dst, proto, body, **kw)  # type: ignore[arg-type]
+    inner = udp_frame(b1.mac, a2.mac, b1.ip, a2.ip, b"X4-inner-for-a2")
+    redirect = struct.pack("!BBH4s", 5, 1, 0, socket.inet_aton(b1.ip)) + bytes(20) + \
+        b"X4-redirect"
+    attacks = [
+        v4(b"", l4=udp(67, 68, b"X4-offer")),
+        ipv6_packet(b1.mac, "33:33:00:01:00:02", ll1, "ff02::1:2", 17,
+                    udp(547, 546, b"X4-advertise6")),
+        v4(b"", proto=1, l4=redirect, dst=b2.ip, mac=b2.mac),
+        v4(b"X4-ihl4", ihl=4),
+        v4(b"X4-toolong", total=400),
+    ]
+    honest = [
+        v4(b"X4-honest"),
+        v4(b"", l4=udp(68, 67, b"X4-discover"), src="0.0.0.0"),
+        v4(b"X4-lsrr", ihl=7, options=bytes([0x83, 7, 4]) + socket.inet_aton(b2.ip) + b"\0"),
+        v4(b"X4-short"),  # 50 bytes: under Ethernet's 60-byte minimum
+        v4(b"X4-trailing") + b" trailing-garbage".hex(),
+        v4(b"", l4=bytes.fromhex(encap("vxlan", b1.ip, b2.ip, 100, inner))[20:],
+           dst=b2.ip, mac=b2.mac),
+        v4(b"", proto=47, l4=bytes.fromhex(encap("gre", b1.ip, b2.ip, 100, inner))[20:],
+           dst=b2.ip, mac=b2.mac),
+    ]
+    seen = captured(lab_, vm_names(lab_, but="b1"), "ip or ip6",
+                    lambda: send_from(lab_, "b1", [*honest, *attacks]))
+    for vm, text in seen.items():
+        got = markers(text, "X4-")
+        if vm == "b2":  # every honest frame (the tunnels' inner frame only as payload)
+            assert got == {"X4-honest", "X4-discover", "X4-lsrr", "X4-short", "X4-trailing",
+                           "X4-inner-for-a2"}, (sorted(got), text[-3000:])
+        elif lab_.vms[vm].network == b1.network:
+            assert got == {"X4-honest", "X4-discover", "X4-lsrr", "X4-short",
+                           "X4-trailing"}, (vm, sorted(got), text[-3000:])
+        else:
+            assert not got, (vm, text)
+
+
 def test_arp_poisoning_of_a_same_tenant_peer_is_dropped(lab: tuple[Lab, LabController]) -> None:
     """b1 claims b2's IP with its own MAC (gratuitous ARP, and a reply aimed at b3): b3's
     neighbour entry for b2 keeps b2's MAC; b1's honest gratuitous ARP does reach b3."""

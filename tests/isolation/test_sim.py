@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.pipeline.compute import link_local
-from controller.pipeline.fields import ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_RARP
+from controller.pipeline.fields import ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_RARP, FIELDS
 from controller.pipeline.flows import FROM_TUNNEL, MatchValue
 from controller.core.migration import PacketIn, claims_after
 from controller.core.model import Binding, Host, Network, State, Tenant, TunnelPort, placement
@@ -41,7 +41,7 @@ def own_v6(b: Binding) -> set[str]:
     return {str(ip) for ip in b.ips if ip.version == 6} | {str(link_local(b.mac))}
 
 
-KINDS = ("ipv4", "arp", "rarp", "udp6", "ns", "na", "ra", "other")
+KINDS = ("ipv4", "arp", "rarp", "udp6", "ns", "na", "ra", "other", "dhcp", "dhcp6", "redirect4")
 
 
 def honest(src: Binding, kind: str, dst_mac: str, target4: str, target6: str,
@@ -52,6 +52,12 @@ def honest(src: Binding, kind: str, dst_mac: str, target4: str, target6: str,
     pkt: dict[str, MatchValue] = {"eth_src": src.mac, "eth_dst": dst_mac, "vlan_vid": 0}
     if kind == "ipv4":
         pkt |= {"eth_type": ETH_IPV4, "ipv4_src": ip4, "ipv4_dst": target4, "ip_proto": 17}
+    elif kind == "dhcp":  # a DHCP client's DISCOVER (its forgeries: a server's reply)
+        pkt |= {"eth_type": ETH_IPV4, "ipv4_src": "0.0.0.0", "ipv4_dst": "255.255.255.255",
+                "ip_proto": 17, "udp_src": 68, "udp_dst": 67}
+    elif kind == "redirect4":  # an echo request (its forgeries: a redirect)
+        pkt |= {"eth_type": ETH_IPV4, "ipv4_src": ip4, "ipv4_dst": target4, "ip_proto": 1,
+                "icmpv4_type": 8}
     elif kind in ("arp", "rarp"):
         pkt |= {"eth_type": ETH_ARP if kind == "arp" else ETH_RARP,
                 "arp_op": 1 if kind == "arp" else 3, "arp_sha": src.mac, "arp_spa": ip4,
@@ -59,7 +65,10 @@ def honest(src: Binding, kind: str, dst_mac: str, target4: str, target6: str,
     elif kind == "other":
         pkt["eth_type"] = other_type
     else:
-        pkt |= {"eth_type": ETH_IPV6, "ipv6_src": ll, "ip_proto": 17 if kind == "udp6" else 58}
+        pkt |= {"eth_type": ETH_IPV6, "ipv6_src": ll,
+                "ip_proto": 17 if kind in ("udp6", "dhcp6") else 58}
+        if kind == "dhcp6":  # a DHCPv6 client's SOLICIT (its forgeries: a server's reply)
+            pkt |= {"udp_src": 546, "udp_dst": 547}
         if kind == "ns":
             pkt |= {"icmpv6_type": 135, "ipv6_nd_target": target6, "ipv6_nd_sll": src.mac}
         elif kind == "na":
@@ -82,7 +91,22 @@ def forgeries(state: State) -> dict[str, list[MatchValue]]:
         "ipv6_src": v6, "ipv6_nd_target": v6, "ipv6_nd_sll": macs, "ipv6_nd_tll": macs,
         "icmpv6_type": list(ICMPV6_TYPES), "eth_type": list(ETH_TYPES),
         "vlan_vid": [0, VLAN_PRESENT, VLAN_PRESENT | 5],
+        "ipv4_dst": ["255.255.255.255", *v4], "udp_src": [0, 67, 68, 546, 547, 4000],
+        "udp_dst": [0, 67, 68, 546, 547], "icmpv4_type": [0, 5, 8], "ip_proto": [0, 1, 17, 58],
     }
+
+
+def as_parsed(pkt: Mapping[str, MatchValue]) -> dict[str, MatchValue]:
+    """``pkt`` as OVS would read it: without the fields whose prerequisites it lacks (after a
+    forged ip_proto, the old protocol's ports or ICMPv6 type are no longer in the packet)."""
+    out = dict(pkt)
+    while True:
+        gone = [k for k in out if k in FIELDS and any(
+            out.get(need) not in allowed for need, allowed in FIELDS[k].prereqs)]
+        if not gone:
+            return out
+        for k in gone:
+            del out[k]
 
 
 @st.composite
@@ -100,20 +124,34 @@ def attack_packets(draw: st.DrawFn, state: State, src: Binding) -> Packet:
     n = draw(st.sampled_from((0, 1, 1, 1, 2)))
     for name in draw(st.lists(st.sampled_from(forgeable), min_size=n, max_size=n, unique=True)):
         pkt[name] = draw(st.sampled_from(pools[name]))
-    return pkt
+    return as_parsed(pkt)
 
 
-def check_leaves_as_its_own(src: Binding, pkt: Packet) -> None:
+DHCP_CLIENT = (17, 68, 67, "255.255.255.255")
+
+
+def check_leaves_as_its_own(src: Binding, pkt: Packet,
+                            dhcp_servers: frozenset[str] = frozenset()) -> None:
     """What a packet from ``src`` may look like when it reaches another VIF: its own MAC and
     addresses in every header a neighbour believes, and nothing but untagged IP/ARP/RARP to
-    a destination a bridge forwards."""
+    a destination a bridge forwards; no DHCP/DHCPv6 server reply unless its network declares
+    ``src`` a DHCP server (``dhcp_servers``), no ICMPv4 redirect, no header OVS could not
+    parse (ip_proto 0, ICMPv6 type 0)."""
     v4 = {str(ip) for ip in src.ips if ip.version == 4}
+    l4 = (pkt.get("ip_proto"), pkt.get("udp_src"), pkt.get("udp_dst"))
+    if l4 in ((17, 67, 68), (17, 547, 546)):
+        assert src.iface_id in dhcp_servers, f"a DHCP server reply got out: {pkt}"
+    assert pkt.get("icmpv4_type") != 5 or pkt.get("ip_proto") != 1, f"redirect: {pkt}"
+    assert pkt.get("ip_proto") != 0 or pkt.get("eth_type") != ETH_IPV6, pkt
+    assert pkt.get("icmpv6_type") != 0, pkt
     et = pkt["eth_type"]
     assert pkt["eth_src"] == src.mac
     assert pkt["vlan_vid"] == 0, f"a tagged frame got out: {pkt}"
     assert not str(pkt["eth_dst"]).startswith("01:80:c2:00:00:0"), f"IEEE reserved: {pkt}"
     assert et in (ETH_IPV4, ETH_ARP, ETH_RARP, ETH_IPV6)
-    if et == ETH_IPV4 and v4:
+    if et == ETH_IPV4 and v4 and pkt["ipv4_src"] == "0.0.0.0":  # only a DHCP client's
+        assert (*l4, pkt.get("ipv4_dst")) == DHCP_CLIENT, pkt
+    elif et == ETH_IPV4 and v4:
         assert pkt["ipv4_src"] in v4
     if et == ETH_ARP:
         assert pkt["arp_sha"] == src.mac
@@ -161,7 +199,7 @@ def check_any_header(state: State, data: st.DataObject) -> None:
         if d.iface_id == src.iface_id:
             check_arp_answer(state, src, d.packet)
         else:
-            check_leaves_as_its_own(src, d.packet)
+            check_leaves_as_its_own(src, d.packet, state.networks[src.network].dhcp_servers)
 
 
 @st.composite
@@ -294,7 +332,7 @@ def test_every_single_forged_field_is_caught_or_harmless() -> None:
             base = honest(src, kind, "ff:ff:ff:ff:ff:ff", "198.19.0.2", "fe80::99")
             for name in sorted(k for k in base if k in pools):
                 for value in pools[name]:
-                    pkt = {**base, name: value}
+                    pkt = as_parsed({**base, name: value})
                     for d in fabric.send(src, pkt):
                         got = placement(state).active[str(d.iface_id)]
                         assert got.network == src.network, (src.iface_id, pkt)
@@ -638,3 +676,110 @@ def test_a_claim_moves_only_for_a_standby_binding_on_the_announcing_port() -> No
                                                           rarp_type)):
         assert claims_after(pinned, state, [p]) == pinned, p
     assert claims_after(pinned, state, [PacketIn("h3", 7, mac, rarp_type)]) == {"a2": "h3"}
+
+
+# -- red-team pass 2: port security whatever the packet's shape (docs/isolation.md) ----------
+# Packets below are written as OVS parses them: `ovs-ofctl parse-pcap` (OVS 3.1) on the raw
+# frames the lab tests send shows, for an IPv6 first fragment that leaves the ICMPv6 header to
+# a later fragment, icmp6 with icmp_type=0; for a first fragment cut inside an extension
+# header, nw_proto=0; for a later fragment, nw_proto=44 (the fragment header) and no L4 at
+# all; for an RA behind hop-by-hop, destination-options or routing headers, or in an atomic or
+# whole first fragment, icmp_type=134 (but ofproto's default "normal" fragment handling then
+# zeroes the L4 ports/types of every fragment: the lab shows a fragment's ICMPv6 type as 0);
+# for an IPv4 header with IHL < 5 or a total length past the frame's end,
+# nw_src=0.0.0.0, nw_proto=0.
+
+def _udp4(src_ip: str, sport: int, dport: int, dst_ip: str = "255.255.255.255",
+          mac: str = VICTIM.mac) -> dict[str, MatchValue]:
+    return {"eth_src": mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": ETH_IPV4,
+            "ipv4_src": src_ip, "ipv4_dst": dst_ip, "ip_proto": 17, "udp_src": sport,
+            "udp_dst": dport}
+
+
+def _delivered(fabric: Fabric, pkt: Packet, src: Binding = VICTIM) -> list[str | None]:
+    return [d.iface_id for d in fabric.send(src, pkt)]
+
+
+def test_router_advertisements_hidden_by_fragments_or_extension_headers_are_dropped() -> None:
+    """The RA-Guard evasions of RFC 7113: an RA OVS still sees behind extension headers hits
+    the RA guard; a first fragment without the ICMPv6 header (type 0 as parsed) or cut inside
+    an extension header (ip_proto 0) is dropped, so the later fragments (no L4 header, let
+    through like any fragment) can never be reassembled. The controls: the same VIF's echo
+    request, whole and as a first fragment, reaches the peer."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    ll = str(link_local(VICTIM.mac))
+    assert _delivered(fabric, _v6(ll, 134)) == []  # RA behind HBH/DST/RH0, or fragmented
+    assert _delivered(fabric, _v6(ll, 0)) == []  # first fragment, ICMPv6 header in the next
+    assert _delivered(fabric, {**_v6(ll, None), "ip_proto": 0}) == []  # chain cut short
+    assert _delivered(fabric, _v6(ll, 128, PEER.mac)) == ["vm-peer"]  # control
+    later = {**_v6(ll, None, PEER.mac), "ip_proto": 44}  # a later fragment: opaque payload
+    assert _delivered(fabric, later) == ["vm-peer"]
+
+
+def test_dhcp_server_replies_pass_only_from_the_networks_declared_dhcp_servers() -> None:
+    """UDP 67->68 and DHCPv6 547->546 from the VIF's own addresses: dropped, unless the
+    network lists the port in ``dhcp_servers``; even then only from its own addresses. The
+    failing-before evidence: without the guard (priority 120) the first two are delivered."""
+    ll = str(link_local(VICTIM.mac))
+    offer = _udp4("198.19.0.1", 67, 68)
+    advertise = {**_v6(ll, None), "udp_src": 547, "udp_dst": 546}
+    plain = _victim_state([VICTIM, PEER])
+    assert _delivered(Fabric(plain), offer) == []
+    assert _delivered(Fabric(plain), advertise) == []
+    assert _delivered(Fabric(plain), _udp4("198.19.0.1", 4000, 4000)) == ["vm-peer"]  # control
+    ip = ipaddress.ip_address
+    served = State.build(
+        [Tenant("a"), Tenant("b")],
+        [Network("na", "a", 10, dhcp_servers=frozenset({VICTIM.iface_id})),
+         Network("nb", "b", 11)],
+        [Host("h1", ip("198.18.0.1")), Host("h2", ip("198.18.0.2"))], [VICTIM, PEER],
+        [TunnelPort("h1", "h2", 10), TunnelPort("h2", "h1", 10)])
+    fabric = Fabric(served)
+    assert _delivered(fabric, offer) == ["vm-peer"]
+    assert _delivered(fabric, advertise) == ["vm-peer"]
+    assert _delivered(fabric, _udp4("198.19.0.3", 67, 68)) == []  # a peer's address
+    assert _delivered(fabric, {**advertise, "ipv6_src": str(link_local(PEER.mac))}) == []
+    # the peer, not declared, still may not answer
+    assert _delivered(fabric, _udp4("198.19.0.3", 67, 68, mac=PEER.mac), PEER) == []
+
+
+def test_a_dhcp_client_may_ask_from_0_0_0_0_and_nothing_else_may() -> None:
+    """DISCOVER/REQUEST: UDP 68->67 from 0.0.0.0 to 255.255.255.255 with the VIF's MAC is
+    delivered (it was dropped before: fail-closed). From 0.0.0.0, any other destination,
+    port pair or protocol is dropped, as is the client's packet with another MAC."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    assert _delivered(fabric, _udp4("0.0.0.0", 68, 67)) == ["vm-peer"]
+    for pkt in (_udp4("0.0.0.0", 68, 67, "198.19.0.3"), _udp4("0.0.0.0", 67, 68),
+                _udp4("0.0.0.0", 68, 68), _udp4("0.0.0.0", 4000, 67),
+                {**_udp4("0.0.0.0", 68, 67), "eth_src": FOREIGN_MAC},
+                ipv4(VICTIM.mac, "ff:ff:ff:ff:ff:ff", "0.0.0.0", "255.255.255.255")):
+        assert _delivered(fabric, pkt) == [], pkt
+
+
+def test_ipv4_redirects_and_unparsable_headers_from_a_vm_are_dropped() -> None:
+    """ICMPv4 redirect (type 5) to a peer: dropped; the echo request sent with it arrives.
+    An IPv4 header OVS rejects (IHL < 5, total length past the frame: source 0.0.0.0, protocol 0): dropped."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    icmp = {**ipv4(VICTIM.mac, PEER.mac, "198.19.0.1", "198.19.0.3"), "icmpv4_type": 8}
+    assert _delivered(fabric, icmp) == ["vm-peer"]
+    assert _delivered(fabric, {**icmp, "icmpv4_type": 5}) == []
+    assert _delivered(fabric, {**_udp4("0.0.0.0", 0, 0), "ipv4_dst": "0.0.0.0",
+                               "ip_proto": 0}) == []
+
+
+def test_duplicate_address_detection_cannot_take_a_peers_address() -> None:
+    """A DAD NS (from ::, no link-layer option) for a peer's tentative address would make the
+    peer give it up (RFC 4862 5.4.3): dropped (it was delivered before); the DAD NS for an
+    own address still arrives. An NA answering a peer's DAD (target: the peer's address) and
+    an ARP reply to a peer's ACD probe (sender: the probed IP) are dropped; so is an RFC 5227
+    probe from 0.0.0.0 (not allowed: see docs/isolation.md)."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    ll, peer_ll = str(link_local(VICTIM.mac)), str(link_local(PEER.mac))
+    dad = _v6("::", 135, "33:33:ff:00:00:01", ipv6_nd_target=ll, ipv6_nd_sll=NO_MAC)
+    assert _delivered(fabric, dad) == ["vm-peer"]
+    assert _delivered(fabric, {**dad, "ipv6_nd_target": peer_ll}) == []
+    steal = _v6(ll, 136, ipv6_nd_target=peer_ll, ipv6_nd_tll=VICTIM.mac)
+    assert _delivered(fabric, steal) == []
+    reply = {**arp_request(VICTIM.mac, "198.19.0.3", "198.19.0.3"), "arp_op": 2}
+    assert _delivered(fabric, reply) == []
+    assert _delivered(fabric, arp_request(VICTIM.mac, "0.0.0.0", "198.19.0.3")) == []

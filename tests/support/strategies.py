@@ -8,6 +8,7 @@ OpenFlow wire, isolation simulator) draw from the same generator, so it lives he
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from hypothesis import strategies as st
 
@@ -52,6 +53,11 @@ def topologies(draw: st.DrawFn, all_tunnels: bool = False) -> State:
                                     since=1.0, tenant=draw(st.sampled_from([tenant, owner]))))
             next_port[dest] += 1
     claims = {b.iface_id: b.host for b in bindings if b.since and draw(st.booleans())}
+    # some ports are their network's declared DHCP servers ("new-a": one an event may add)
+    ports = sorted({b.iface_id for b in bindings} | {"new-a"})
+    nets = [replace(n, dhcp_servers=frozenset(draw(st.lists(st.sampled_from(ports),
+                                                            max_size=2))))
+            for n in nets]
     base = State.build(tenants, nets, hosts, bindings, claims=claims)
     # tunnel ports as the runtime would create them; some may not exist yet
     tunnels = []
