@@ -2,6 +2,8 @@
 
     ctl = run_for_lab(lab)        # veil DB + config from the topology + `veil join` per host
     ...                           # + `veil-controller` as its own process
+    lab.plug_vm("a3", "dc2-h2")   # any change: a host's OVSDB, the veil DB, the config file
+    ctl.sync()                    # returns once every joined host reflects it (sequence numbers)
     ctl.kill()                    # kill -9 (flows stay in every switch)
     ctl.start()                   # restart: reconciles from a flow dump, no flush
     ctl.stop()                    # SIGTERM controller, stop its database
@@ -18,16 +20,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
 
 from controller.join import host_record, join_host
 from controller.lab.lab import Lab
-from controller.northbound.store import Store, StoreServer
+from controller.northbound.store import NotProgrammed, Store, StoreServer, sync
 
-LAB_RESYNC = 2.0  # seconds: the lab tests wait on resyncs, so shorter than the daemon's default
+LAB_RESYNC = 2.0  # seconds: shorter than the daemon's default, so a lab's quiet-period audits
+# (which put back flows deleted behind veil's back) come sooner; waits use sync(), not resyncs
 
 
 def lab_config(lab: Lab) -> str:
@@ -50,6 +53,7 @@ class LabController:
         self.config = self.rundir / "veil.yaml"
         self.log = self.rundir / "controller.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._store: Store | None = None  # opened by setup(), closed by stop()
 
     @property
     def pidfile(self) -> Path:
@@ -61,14 +65,27 @@ class LabController:
         self.rundir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(lab_config(self.lab))
         self.server.start()
-        store = Store(self.server.remote)
+        self._store = store = Store(self.server.remote)
+        for name, h in self.lab.hosts.items():
+            rec = host_record(name, h.underlay_ip, self.lab.topo.tunnel, h.ovs.db_remote,
+                              f"unix:{h.ovs.mgmt_sock('br-int')}")
+            join_host(store, rec, h.ovs.db_remote, host_guard=None)
+
+    def sync(self, hosts: Iterable[str] | None = None, timeout: float = 20.0) -> int:
+        """Return once ``hosts`` (default: every joined host) reflect every change made before
+        the call (``store.sync``: a sequence number requested, then waited for, no polling);
+        returns the number. Works across ``kill()``/``start()``: a restarted controller records
+        numbers once its first round has read every host and diffed its flows. Raises
+        ``NotProgrammed`` naming the hosts still behind, with the controller's log tail."""
+        if self._store is None:
+            raise RuntimeError("the controller's database is not set up (call setup())")
         try:
-            for name, h in self.lab.hosts.items():
-                rec = host_record(name, h.underlay_ip, self.lab.topo.tunnel, h.ovs.db_remote,
-                                  f"unix:{h.ovs.mgmt_sock('br-int')}")
-                join_host(store, rec, h.ovs.db_remote, host_guard=None)
-        finally:
-            store.close()
+            return sync(self._store, hosts, timeout)
+        except NotProgrammed as exc:
+            alive = self.proc is not None and self.proc.poll() is None
+            exc.add_note(f"veil-controller {'running' if alive else 'NOT running'}; "
+                         f"its log ends:\n{self.log_text()[-3000:]}")
+            raise
 
     def start(self) -> None:
         """Start `veil-controller` as its own process (so a test can kill -9 it)."""
@@ -97,25 +114,20 @@ class LabController:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         self.server.stop()
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
-    def wait_log(self, needle: str, count: int = 1, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.log_text().count(needle) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"controller log never showed {needle!r} x{count}:\n"
-                                   + self.log_text()[-3000:])
-            time.sleep(0.1)
-
 
 def run_for_lab(lab: Lab, resync: float = LAB_RESYNC) -> LabController:
     """Start the controller for a lab that is up; returns its handle (call ``stop()``)."""
     ctl = LabController(lab, resync)
-    ctl.setup()
     try:
+        ctl.setup()
         ctl.start()
     except BaseException:
         ctl.stop()
