@@ -79,8 +79,8 @@ def controller_steps(lab: Lab, checks: Checks, say: Say) -> None:
 
 def _controller_demo(lab: Lab, ctl: LabController, checks: Checks, say: Say) -> None:
     n = ctl.sync()
-    say(f"   every host is programmed up to sequence number {n} (the controller says so in its"
-        " database: no guessing how long to wait)")
+    say(f"   every host is programmed up to sequence number {n} (as the controller records it in"
+        " its database)")
     checks.expect("a1 (dc1) reaches a2 (dc2) once the controller has programmed the hosts",
                   reaches(lab, "a1", "a2"))
     for name, h in lab.hosts.items():
@@ -141,6 +141,7 @@ def _controller_demo(lab: Lab, ctl: LabController, checks: Checks, say: Say) -> 
     ctl.kill()
     say("   controller killed (SIGKILL) while the ping runs")
     checks.expect("with no controller at all, b1 -> b2 works too", lab.ping("b1", "b2", count=2))
+    restarted_at = len(ctl.log_text())
     ctl.start()
     say("   controller restarted")
     rest, _ = ping.communicate(timeout=60)
@@ -154,6 +155,10 @@ def _controller_demo(lab: Lab, ctl: LabController, checks: Checks, say: Say) -> 
     after = flow_counters(lab)
     checks.expect(f"the same {len(after)} veil flows are installed, none re-added (packet counters kept)",
                   after.keys() == before.keys() and all(after[k] >= before[k] for k in before))
+    since = ctl.log_text()[restarted_at:]
+    checks.expect("its log since the restart: every host connected, no flow added or removed",
+                  since.count("veil flows installed") == len(lab.hosts)
+                  and not re.search(r"host \S+: \+\d+ -\d+ flows", since))
 
 
 def flow_counters(lab: Lab) -> dict[tuple[str, str], int]:
