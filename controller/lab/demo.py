@@ -223,6 +223,11 @@ def run_demo(root: Path, *, keep: bool, say: Say) -> int:
         for src, dst in (("a1", "a3"), ("a1", "a2"), ("b1", "b2")):
             where = "same DC" if lab.topo.host(lab.vms[src].spec.host).dc == lab.topo.host(lab.vms[dst].spec.host).dc else "across DCs"
             checks.expect(f"{src} cannot reach {dst} ({where})", not lab.ping(src, dst, wait=0.5))
+        # Those pings left ARP lookups in the guests that are still failing: a kernel whose
+        # lookup runs out of probes answers the packets queued on it "unreachable", even once
+        # the controller has programmed the path. The guests start step 5 with clean tables.
+        for src in ("a1", "b1"):
+            lab.exec(src, ["ip", "neigh", "flush", "dev", "eth0"], check=True)
         controller_steps(lab, checks, say)
     finally:
         say("")
