@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class LabController:
         self.config = self.rundir / "veil.yaml"
         self.log = self.rundir / "controller.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._store: Store | None = None  # opened by setup(), closed by stop()
+        self._store: Store | None = None  # sync()'s, opened on its first call, closed by stop()
 
     @property
     def pidfile(self) -> Path:
@@ -65,11 +66,14 @@ class LabController:
         self.rundir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(lab_config(self.lab))
         self.server.start()
-        self._store = store = Store(self.server.remote)
-        for name, h in self.lab.hosts.items():
-            rec = host_record(name, h.underlay_ip, self.lab.topo.tunnel, h.ovs.db_remote,
-                              f"unix:{h.ovs.mgmt_sock('br-int')}")
-            join_host(store, rec, h.ovs.db_remote, host_guard=None)
+        store = Store(self.server.remote)
+        try:
+            for name, h in self.lab.hosts.items():
+                rec = host_record(name, h.underlay_ip, self.lab.topo.tunnel, h.ovs.db_remote,
+                                  f"unix:{h.ovs.mgmt_sock('br-int')}")
+                join_host(store, rec, h.ovs.db_remote, host_guard=None)
+        finally:
+            store.close()
 
     def sync(self, hosts: Iterable[str] | None = None, timeout: float = 20.0) -> int:
         """Return once ``hosts`` (default: every joined host) reflect every change made before
@@ -78,7 +82,7 @@ class LabController:
         numbers once its first round has read every host and diffed its flows. Raises
         ``NotProgrammed`` naming the hosts still behind, with the controller's log tail."""
         if self._store is None:
-            raise RuntimeError("the controller's database is not set up (call setup())")
+            self._store = Store(self.server.remote)  # kept: one IDL for the controller's life
         try:
             return sync(self._store, hosts, timeout)
         except NotProgrammed as exc:
@@ -121,6 +125,16 @@ class LabController:
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+    def wait_log(self, needle: str, count: int = 1, timeout: float = 30.0) -> None:
+        """For what only the log says (BFD state changes); a change the controller programs
+        is waited for with ``sync()``."""
+        deadline = time.monotonic() + timeout
+        while self.log_text().count(needle) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"controller log never showed {needle!r} x{count}:\n"
+                                   + self.log_text()[-3000:])
+            time.sleep(0.1)
 
 
 def run_for_lab(lab: Lab, resync: float = LAB_RESYNC) -> LabController:
