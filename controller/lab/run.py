@@ -2,6 +2,8 @@
 
     ctl = run_for_lab(lab)        # veil DB + config from the topology + `veil join` per host
     ...                           # + `veil-controller` as its own process
+    lab.plug_vm("a3", "dc2-h2")   # any change: a host's OVSDB, the veil DB, the config file
+    ctl.sync()                    # returns once every joined host reflects it (sequence numbers)
     ctl.kill()                    # kill -9 (flows stay in every switch)
     ctl.start()                   # restart: reconciles from a flow dump, no flush
     ctl.stop()                    # SIGTERM controller, stop its database
@@ -27,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -36,11 +39,12 @@ from controller.lab.hostjoin import JoinSpec
 from controller.lab.hostjoin import argv as hostjoin_argv
 from controller.lab.lab import CONTROLLER_IP, CONTROLLER_NODE, Lab
 from controller.northbound.pki import Pki
-from controller.northbound.store import Store, StoreServer
+from controller.northbound.store import NotProgrammed, Store, StoreServer, sync
 from controller.trust import ENROLL_PORT, RELAY_PORT, utcnow
 
 LISTENING = "database relay ssl:"  # the daemon's log line once relay and enrollment listen
-LAB_RESYNC = 2.0  # seconds: the lab tests wait on resyncs, so shorter than the daemon's default
+LAB_RESYNC = 2.0  # seconds: shorter than the daemon's default, so a lab's quiet-period audits
+# (which put back flows deleted behind veil's back) come sooner; waits use sync(), not resyncs
 
 
 def lab_config(lab: Lab) -> str:
@@ -65,6 +69,7 @@ class LabController:
         self.config = self.rundir / "veil.yaml"
         self.log = self.rundir / "controller.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._store: Store | None = None  # sync()'s, opened on its first call, closed by stop()
 
     @property
     def pidfile(self) -> Path:
@@ -93,6 +98,22 @@ class LabController:
                 join_host(store, rec, h.ovs.db_remote, host_guard=None)
         finally:
             store.close()
+
+    def sync(self, hosts: Iterable[str] | None = None, timeout: float = 20.0) -> int:
+        """Return once ``hosts`` (default: every joined host) reflect every change made before
+        the call (``store.sync``: a sequence number requested, then waited for, no polling);
+        returns the number. Works across ``kill()``/``start()``: a restarted controller records
+        numbers once its first round has read every host and diffed its flows. Raises
+        ``NotProgrammed`` naming the hosts still behind, with the controller's log tail."""
+        if self._store is None:
+            self._store = Store(self.server.remote)  # kept: one IDL for the controller's life
+        try:
+            return sync(self._store, hosts, timeout)
+        except NotProgrammed as exc:
+            alive = self.proc is not None and self.proc.poll() is None
+            exc.add_note(f"veil-controller {'running' if alive else 'NOT running'}; "
+                         f"its log ends:\n{self.log_text()[-3000:]}")
+            raise
 
     def start(self) -> None:
         """Start `veil-controller` as its own process (so a test can kill -9 it); over TLS
@@ -162,12 +183,17 @@ class LabController:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         self.server.stop()
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
     def wait_log(self, needle: str, count: int = 1, timeout: float = 30.0) -> None:
+        """For what only the log says (BFD state changes); a change the controller programs
+        is waited for with ``sync()``."""
         deadline = time.monotonic() + timeout
         while self.log_text().count(needle) < count:
             if time.monotonic() > deadline:
@@ -180,8 +206,8 @@ def run_for_lab(lab: Lab, resync: float = LAB_RESYNC, tls: bool = True) -> LabCo
     """Start the controller for a lab that is up; returns its handle (call ``stop()``).
     ``tls=False``: the plaintext lab over unix sockets (for comparisons)."""
     ctl = LabController(lab, resync, tls)
-    ctl.setup()
     try:
+        ctl.setup()
         ctl.start()
     except BaseException:
         ctl.stop()

@@ -99,16 +99,30 @@ def test_iperf3_harness_measures_the_ovn_tunnel(ovn_lab: tuple[Lab, OvnSystem]) 
     assert r.error is None and len(r.samples) == 1 and r.samples[0] > 0
 
 
-def test_veil_system_comes_up_forwards_and_reports_its_control_plane() -> None:
+def test_veil_system_comes_up_forwards_measures_and_reports_its_control_plane() -> None:
     lab = Lab(topology.load(), prefix=unique_prefix("b"))
     system = VeilSystem()
     try:
         lab.up()
-        system.start(lab)  # returns once a1 (dc1) reaches a2 (dc2) through veil's flows
+        system.start(lab)  # returns once every host is programmed and a1 (dc1) reaches a2 (dc2)
         # up to 3 tries: a path's first packet over a new userspace tunnel can be dropped while
         # ovs-vswitchd resolves the underlay next hop (the router) for it
         assert lab.ping("a3", "a2", count=3)
         assert lab.ping("b1", "b2", count=3)  # the other tenant too, across DCs
+        # the figures wait for veil with settle() (its sequence numbers) between their steps
+        labfigs.static_arp(lab)
+        plugger = labfigs.Plugger(lab)
+        try:
+            up = labfigs.vif_up_to_ping(lab, system, plugger, "a1", "a2", reps=1)
+            moved = labfigs.migration(lab, system, plugger, "a1", "a3", ("dc1-h1", "dc2-h2"), True,
+                                      reps=1)
+        finally:
+            plugger.close()
+        assert up.error is None and len(up.samples) == 1 and up.samples[0] > 0
+        assert moved.error is None and len(moved.samples) == 1
+        assert "tap-a1" in lab.hosts["dc2-h2"].ovs.vsctl("list-ports", "br-int").split()
+        system.settle()
+        assert lab.ping("a3", "a1", count=3)  # a1 answers from dc2-h2 now
         pids = system.control_plane_pids()
         assert set(pids) == {"veil-controller", "veil-db"}
         assert all(v > 0 for v in labfigs.rss_mb(pids).values())

@@ -34,7 +34,7 @@ from controller.lab.run import LabController, run_for_lab
 from controller.northbound.store import Store
 from hooks import contract
 from tests.support.frames import SEND_RAW, Capture, arp_frame, mac_bytes, rarp_frame, udp_frame
-from tests.support.labs import flows, programmed_lab
+from tests.support.labs import flows, programmed_lab, wait_programmed
 from tests.support.names import unique_prefix
 from tests.support.poll import until
 
@@ -580,10 +580,7 @@ def test_forged_vxlan_and_gre_packets_likewise(kind: str) -> None:
     try:
         lab_.up()
         ctl = run_for_lab(lab_)
-        # every host's tunnels programmed: each tenant's third VM reaches both others
-        until(f"{kind} tunnels carry both tenants", lambda: all(
-            lab_.ping(s, d) for s, d in (("a1", "a2"), ("b1", "b2"), ("a3", "a1"), ("a3", "a2"),
-                                         ("b3", "b1"), ("b3", "b2"))))
+        wait_programmed(lab_, ctl)  # every host's {kind} tunnels carry both tenants
         check_forged_tunnel_packets(lab_, ctl, kind)
     finally:
         if ctl is not None:
@@ -694,8 +691,8 @@ def test_ports_veil_does_not_forward_send_nothing(lab: tuple[Lab, LabController]
     try:
         for name, (mac, ip, ids) in extra.items():
             plug_extra_vm(lab_, name, host, mac, ip, ids)
-        until("the registered extra VM is forwarded",
-              lambda: lab_.ping("b2", "198.19.0.25"))
+        ctl.sync()
+        assert lab_.ping("b2", "198.19.0.25"), "the registered extra VM is forwarded"
         refused = (f"VIF {lab_.prefix}-xt on {host} is not forwarded: veil-tenant 'acme' "
                    f"does not own network {net} (its tenant is 'globex')")
         ctl.wait_log(refused)
@@ -731,14 +728,14 @@ def test_a_duplicate_macs_owner_survives_a_controller_restart(
     try:
         plug_extra_vm(lab_, "xr", host, b1.mac, "198.19.0.26", ids)
         refused = f"VIF {dup_id} on {host} is not forwarded: MAC {b1.mac}"
-        ctl.wait_log(refused)
+        ctl.sync()
+        assert refused in ctl.log_text()
         assert lab_.ping("b2", "b1")
-        connects = ctl.log_text().count("veil flows installed")
         ctl.kill()
+        restarted_at = len(ctl.log_text())
         ctl.start()
-        ctl.wait_log("veil flows installed", connects + len(lab_.hosts))
-        ctl.wait_log(refused, 2)  # the restarted controller refuses the duplicate too
-        time.sleep(2.5)  # one more resync period: a changed owner would be programmed by now
+        ctl.sync()  # the restarted controller has programmed every host: a changed owner too
+        assert refused in ctl.log_text()[restarted_at:]  # it refuses the duplicate as well
         assert lab_.ping("b2", "b1", count=3), "b1's MAC changed owner after the restart"
     finally:
         unplug_extra_vm(lab_, "xr", host)
@@ -749,15 +746,15 @@ def test_a_vm_with_another_tenants_mac_on_the_same_host_gets_none_of_its_traffic
     """Tenant B starts a VM with a1's MAC next to a1 (dc1-h1). It works in its own network
     (the control: pings with b1 and b2), gets none of a1's traffic, and its broadcasts and
     ARP stay in tenant B."""
-    lab_, _ = lab
+    lab_, ctl = lab
     a1 = lab_.vms["a1"]
     host = lab_.placement("a1")
     clone_ip = "198.19.0.14"
     ns = plug_extra_vm(lab_, "bx", host, a1.mac, clone_ip, vm_ids(
         lab_, "bx", a1.mac, clone_ip, lab_.vms["b1"].network, **{contract.VEIL_TENANT: "globex"}))
     try:
-        until("the clone is reachable in tenant B",
-              lambda: lab_.ping("b1", clone_ip) and lab_.ping("b2", clone_ip))
+        ctl.sync()
+        assert lab_.ping("b1", clone_ip) and lab_.ping("b2", clone_ip), "the clone, in tenant B"
         dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-nn",
                                  "-e", "-l", "-U", "icmp or arp"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -810,8 +807,8 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
                VEIL_IPS: a2.ip}
         dst.ovs.vsctl("add-port", "br-int", port, *(a for k, v in ids.items() for a in (
             "--", "set", "Interface", port, f'external_ids:{k}="{v}"')))
-        until("the copy is a standby port (punts announcements to the controller)",
-              lambda: "CONTROLLER" in flows(lab_, dst_host))
+        ctl.sync()
+        assert "CONTROLLER" in flows(lab_, dst_host)  # a standby port: punts announcements
         forged = [
             rarp_frame(a2.mac),
             arp_frame(a2.mac, 1, a2.mac, a2.ip, a2.ip),
@@ -825,12 +822,17 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
                 arp_frame(me.mac, 1, a2.mac, a2.ip, a2.ip),
             ]
             send_from(lab_, attacker, forged + own_mac)
-        time.sleep(2.5)  # a resync period: a moved claim would have been sent by now
-        assert "announced itself" not in ctl.log_text()
+        # Only the standby port's own announcements are punted (by in_port), so none of these
+        # should reach the controller; one that did would be a packet-in, which no sequence
+        # number covers: the sync is the controller's round after the attack, and the log
+        # is read only after the two-echo ping (>= 1 s later) for anything still in flight.
+        ctl.sync()
         with Capture(lab_, "a2", "icmp") as at_src:
             assert lab_.ping("a1", "a2", count=2)
         assert "ICMP echo request" in at_src.text, "the attack moved a2's traffic"
-        # control: the guest's own announcement, on the standby port, does move it
+        assert "announced itself" not in ctl.log_text()
+        # control: the guest's own announcement, on the standby port, does move it (a poll:
+        # the RARP reaches the controller as a packet-in, nothing orders it before a sync)
         netns.run(["python3", "-c", SEND_RAW, rarp_frame(a2.mac)], ns=ns)
         until("traffic switched to the copy",
               lambda: f"dl_dst={a2.mac} actions=output" in flows(lab_, dst_host))
@@ -841,7 +843,8 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
         dst.ovs.vsctl("--if-exists", "del-port", "br-int", port)
         netns.delete_netns(ns)
         netns.unguard_host_stack(dst.ns, port)
-    until("a2's traffic back on its source host", lambda: lab_.ping("a1", "a2"))
+    ctl.sync()
+    assert lab_.ping("a1", "a2"), "a2's traffic back on its source host"
 
 
 # -- what the hosts' OVS itself interprets (issue 10) ----------------------------------------

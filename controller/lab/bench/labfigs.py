@@ -226,6 +226,9 @@ def migration(lab: Lab, system: System, plugger: Plugger, mover: str, pinger: st
         system.settle()
         switcher = m.switcher()
         probe = start_probe(lab, lab.vms[pinger], ["gaps", vm.ip, "--duration", "2.5"])
+        # Not a wait for the system (settle() above was): the probe's baseline, 0.7 s of replies
+        # every 1 ms before the switch (a gap is measured between replies, and a move with no
+        # reply before it is an error), leaving 1.8 s of the probe's 2.5 s for the outage.
         time.sleep(0.7)
         t_switch = time.monotonic()
         if not prebound:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from controller.lab.bench.labfigs import BenchError, port_ids
 from controller.lab.bench.ovn import Ovn
 from controller.lab.lab import HostRuntime, Lab, VmRuntime
 from controller.lab.run import LabController, run_for_lab
+from controller.northbound.store import NotProgrammed
 from hooks import contract
 from hooks.ovsdb.connect import OvsdbUnreachable
 
@@ -123,16 +122,22 @@ class VeilSystem:
             self.ctl = run_for_lab(lab, resync=DAEMON_RESYNC)
         except OvsdbUnreachable as exc:  # a measurement error: the bench records it and goes on
             raise BenchError(f"veil could not join the lab's hosts: {exc}") from exc
-        proc = self.ctl.proc
-        assert proc is not None
-        deadline = time.monotonic() + 30
-        while not lab.ping("a1", "a2", count=1, wait=0.3):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"veil-controller did not connect a1 and a2 within 30 s: "
-                                 f"{self.ctl.log_text()[-1500:]}")
+        try:
+            self.ctl.sync(timeout=30)  # every joined host programmed (sequence numbers)
+        except NotProgrammed as exc:
+            raise BenchError(f"veil-controller did not program every host within 30 s: {exc}: "
+                             f"{self.ctl.log_text()[-1500:]}") from exc
+        # the data path, not the controller: the first packet over a new userspace tunnel can
+        # be dropped while ovs-vswitchd resolves the underlay next hop (up to 3 echoes)
+        if not lab.ping("a1", "a2", count=3, wait=0.3):
+            raise BenchError(f"a1 does not reach a2 once veil programmed every host: "
+                             f"{self.ctl.log_text()[-1500:]}")
 
     def settle(self) -> None:
-        time.sleep(0.3)  # the controller has no "caught up" signal; its rounds take a few ms here
+        try:
+            self._ctl().sync(timeout=30)  # every host reflects every change made so far
+        except NotProgrammed as exc:
+            raise BenchError(f"veil-controller did not catch up: {exc}") from exc
 
     def prebind(self, vm: VmRuntime, src: HostRuntime, dst: HostRuntime) -> dict[str, str]:
         """What libvirt writes for the incoming domain: the same iface-id, active, on dst."""
