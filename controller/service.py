@@ -265,9 +265,11 @@ class Controller:
         if ignored != self._ignored:
             # one line per refused binding and reason, when it is first refused (not again
             # each time another binding comes or goes)
-            before = set(self._ignored)
+            # keyed by (host, iface-id, reason), not by the binding's value: a refused port
+            # whose ofport arrives later is still the same refusal
+            before = {(b.host, b.iface_id, why) for b, why in self._ignored}
             for b, why in ignored:
-                if (b, why) not in before:
+                if (b.host, b.iface_id, why) not in before:
                     LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
             self._ignored = ignored
         try:

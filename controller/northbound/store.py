@@ -233,7 +233,12 @@ def _decode_network(r: Mapping[str, object], tenants: set[str]) -> Network:
             net = ipaddress.ip_network(items[0])
         except ValueError as exc:
             raise InvalidState(f"subnet: {exc}") from None
-    return Network(name, tenant, vni, net)
+    servers = r.get("dhcp_servers", [])
+    items = servers if isinstance(servers, list) else [servers]
+    ids = frozenset(s for s in items if isinstance(s, str) and s and s.isprintable())
+    if len(ids) != len(items):
+        raise InvalidState(f"dhcp_servers: {servers!r} is not a set of iface-ids")
+    return Network(name, tenant, vni, net, ids)
 
 
 def _decode_host(r: Mapping[str, object]) -> HostRecord:

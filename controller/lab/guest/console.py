@@ -50,7 +50,10 @@ def wait_ready(log: Path, *, name: str | None = None, timeout: float = 15.0,
     while True:
         running = alive() if alive is not None else True  # before reading: its last words count
         text = log.read_text(errors="replace") if log.exists() else ""
-        for line in text.splitlines():
+        # only whole lines: the serial console writes a line in several chunks, and a ready
+        # line read half-written would carry cut fields (an IPv4 address "198.19.")
+        complete = text[:text.rfind("\n") + 1]
+        for line in complete.splitlines():
             line = line.strip()
             if FAILED in line:
                 raise GuestNotReady(f"guest reported: {line[line.index(FAILED):]}\n--- console:\n{tail(log)}")
