@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 
 from hooks import jsonlite
 from hooks.errors import PlugRejected, RegistrarError, SpoolError, VifError
@@ -230,10 +231,11 @@ class Spool:
             return []
 
     # -- locking ---------------------------------------------------------------------------------
-    def apply_lock(self, *, blocking: bool = True) -> _Locked:
-        """The lock every applier holds; with ``blocking=False`` check ``.held`` after entering."""
+    def apply_lock(self, *, blocking: bool = True, wait: float = 0.0) -> _Locked:
+        """The lock every applier holds; with ``blocking=False`` check ``.held`` after entering
+        (taken if it comes free within ``wait`` seconds)."""
         self.ensure()
-        return _Locked(os.path.join(self.directory, ".apply.lock"), blocking=blocking)
+        return _Locked(os.path.join(self.directory, ".apply.lock"), blocking=blocking, wait=wait)
 
 
 class SubmitResult:
@@ -248,16 +250,19 @@ class SubmitResult:
         self.spool_reason = ""
 
 
-def submit(spool: Spool, store: VifStore, events: Sequence[AnyEvent]) -> SubmitResult:
+def submit(spool: Spool, store: VifStore, events: Sequence[AnyEvent], *, lock_wait: float = 0.0) -> SubmitResult:
     """Apply ``events`` now, in order, or spool them behind older pending ones.
 
     Transient failures (RegistrarError) spool the failed event and all later ones; permanent
-    ones (PlugRejected/VifError) are reported in ``rejected`` and the rest still applies.
+    ones (PlugRejected/VifError) are reported in ``rejected`` and the rest still applies. The
+    apply lock is waited for up to ``lock_wait`` seconds: another hook holds it for a few
+    milliseconds (its own OVSDB write), and spooling behind it would cost three fsyncs and
+    leave the VIF unregistered until veil-hostd runs; only a lock held longer spools.
     """
     result = SubmitResult()
-    with spool.apply_lock(blocking=False) as lock:
+    with spool.apply_lock(blocking=False, wait=lock_wait) as lock:
         if not lock.held:
-            result.spool_reason = "the host daemon is applying spooled events"
+            result.spool_reason = "another writer (veil-hostd or a hook) held the spool's apply lock"
         elif spool.pending():
             result.spool_reason = "older events are still spooled"
         for index, event in enumerate(events):
@@ -371,20 +376,34 @@ class _InOrder:
 class _Locked:
     """flock() on a file for the duration of a ``with`` block."""
 
-    def __init__(self, path: str, *, blocking: bool) -> None:
+    def __init__(self, path: str, *, blocking: bool, wait: float = 0.0) -> None:
         self.path = path
         self.blocking = blocking
+        self.wait = wait
         self.fd = -1
         self.held = False
 
     def __enter__(self) -> _Locked:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+        if self.blocking:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
             self.held = True
-        except BlockingIOError:
-            self.held = False
-        return self
+            return self
+        # Non-blocking, retried until ``wait`` runs out: flock has no timeout of its own.
+        deadline = time.monotonic() + self.wait
+        pause = 0.0002
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.held = True
+                return self
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.held = False
+                    return self
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.005)
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)  # closing releases the flock

@@ -70,6 +70,7 @@ class ConfigError(ValueError):
 MAX_CONFIG_BYTES = 65536
 MAX_TIMEOUT = 60.0  # libvirt waits for the hook without a timeout: a VM start must not
 MIN_XML_BYTES, MAX_XML_LIMIT = 4096, 64 << 20
+LOCK_WAIT = 0.5  # seconds a hook waits for the spool's apply lock before spooling behind its holder
 
 
 class HookConfig:
@@ -263,7 +264,10 @@ def _submit(cfg: HookConfig, events: list[PlugEvent] | list[UnplugVmEvent], out:
 
     registrar = RpcRegistrar(cfg.db, bridge=cfg.bridge, timeout=cfg.timeout)
     try:
-        result = submit(Spool(cfg.spool), registrar, events)
+        # Another hook (a VM starting at the same time) holds the apply lock only for its own
+        # write: wait for it rather than spool behind it; veil-hostd draining a backlog is
+        # waited for as long, then spooled behind.
+        result = submit(Spool(cfg.spool), registrar, events, lock_wait=min(LOCK_WAIT, cfg.timeout))
     finally:
         registrar.close()
     out.errors.extend(result.rejected)
