@@ -2,8 +2,8 @@
 
 ovsdbapp (and the ``ovs`` IDL under it) must fetch the schema and download a monitor of the
 tables before the first write: too slow for a hook that runs synchronously inside every VM
-start (budget: p99 <= 20 ms per invocation, see docs/kvm.md). This client speaks RFC 7047
-directly: an optional read, then exactly ONE write transaction per plug/unplug, guarded by
+start (budget: p99 <= 15 ms per invocation, see docs/kvm.md). This client speaks RFC 7047
+directly: ONE write transaction per usual plug (an optional read before it otherwise), guarded by
 ``wait`` operations so a concurrent change makes it fail cleanly instead of writing on stale
 assumptions. It has the same interface and the same resulting rows as ``hooks.registrar``
 (tests run both against a real ovsdb-server). It imports only C modules and light veil ones.
