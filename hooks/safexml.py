@@ -9,7 +9,7 @@ docs/kvm.md) and offers nothing needed here.
 
 from __future__ import annotations
 
-from xml.parsers import expat
+import pyexpat as expat  # what xml.parsers.expat re-exports, without its two package imports
 
 MAX_DEPTH = 32
 MAX_ELEMENTS = 100_000

@@ -26,7 +26,7 @@ honours the status, with a one-line reason on stderr that libvirt shows to the u
 
 from __future__ import annotations
 
-import os
+import posix  # not os: see hooks/spool.py
 import sys
 import time
 
@@ -70,6 +70,7 @@ class ConfigError(ValueError):
 MAX_CONFIG_BYTES = 65536
 MAX_TIMEOUT = 60.0  # libvirt waits for the hook without a timeout: a VM start must not
 MIN_XML_BYTES, MAX_XML_LIMIT = 4096, 64 << 20
+LOCK_WAIT = 0.5  # seconds a hook waits for the spool's apply lock before spooling behind its holder
 
 
 class HookConfig:
@@ -263,7 +264,10 @@ def _submit(cfg: HookConfig, events: list[PlugEvent] | list[UnplugVmEvent], out:
 
     registrar = RpcRegistrar(cfg.db, bridge=cfg.bridge, timeout=cfg.timeout)
     try:
-        result = submit(Spool(cfg.spool), registrar, events)
+        # Another hook (a VM starting at the same time) holds the apply lock only for its own
+        # write: wait for it rather than spool behind it; veil-hostd draining a backlog is
+        # waited for as long, then spooled behind.
+        result = submit(Spool(cfg.spool), registrar, events, lock_wait=min(LOCK_WAIT, cfg.timeout))
     finally:
         registrar.close()
     out.errors.extend(result.rejected)
@@ -339,14 +343,20 @@ def main(argv: list[str] | None = None, *, config_path: str = DEFAULT_CONFIG,
 def _log(cfg: HookConfig, message: str) -> None:
     """Append one line to the hook log (best effort: a full disk must not block a VM)."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    line = f"{stamp} veil-qemu-hook[{os.getpid()}] {message.rstrip()}\n".encode("utf-8", "replace")
+    line = f"{stamp} veil-qemu-hook[{posix.getpid()}] {message.rstrip()}\n".encode("utf-8", "replace")
+    flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT
     try:
-        os.makedirs(os.path.dirname(cfg.log) or ".", exist_ok=True)
-        fd = os.open(cfg.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            os.write(fd, line)
+            fd = posix.open(cfg.log, flags, 0o640)
+        except FileNotFoundError:  # first line ever: create the log's directory
+            import os
+
+            os.makedirs(os.path.dirname(cfg.log) or ".", exist_ok=True)
+            fd = posix.open(cfg.log, flags, 0o640)
+        try:
+            posix.write(fd, line)
         finally:
-            os.close(fd)
+            posix.close(fd)
     except OSError:
         pass
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,21 @@ def test_submit_spools_while_a_drain_holds_the_lock(ovs: OvsInstance, tmp_path: 
     assert result.spooled == 1 and bridge_ports(ovs) == []
     assert drain(spool, RpcRegistrar(ovs.db_remote)).applied == 1
     assert bridge_ports(ovs) == ["tapk1"]
+
+
+def test_submit_waits_for_a_lock_held_briefly_and_spools_behind_a_longer_one(ovs: OvsInstance, tmp_path: Path) -> None:
+    """Hooks of VMs starting at once: the second waits for the first's write instead of spooling."""
+    spool = Spool(str(tmp_path / "spool"))
+    holder = spool.apply_lock()
+    holder.__enter__()  # another writer (its own open file: flock conflicts within a process too)
+    threading.Timer(0.1, holder.__exit__).start()
+    waited = submit(spool, RpcRegistrar(ovs.db_remote), [PlugEvent(make_vif(), add_port=True)], lock_wait=5.0)
+    assert (waited.applied, waited.spooled, spool.pending()) == (1, 0, [])
+    assert bridge_ports(ovs) == ["tapk1"]
+    with spool.apply_lock():
+        later = submit(spool, RpcRegistrar(ovs.db_remote), [UnplugEvent("tapk1", delete_port=True)], lock_wait=0.05)
+    assert later.spooled == 1 and "apply lock" in later.spool_reason and bridge_ports(ovs) == ["tapk1"]
+    assert drain(spool, RpcRegistrar(ovs.db_remote)).applied == 1 and bridge_ports(ovs) == []
 
 
 def test_a_lost_counter_never_reorders_or_overwrites_events(tmp_path: Path) -> None:

@@ -126,7 +126,9 @@ class Result:
 
 @dataclass(frozen=True)
 class Comparison:
-    """``stat`` of (figure, system) divided by the same of (figure, against) must be ``op`` limit."""
+    """``stat`` of (figure, system) divided by the same of (figure, against) must be ``op`` limit;
+    ``against_figure`` compares with another figure of the same run instead (e.g. the hook's
+    parallel case against its sequential one)."""
 
     figure: str
     system: str
@@ -134,9 +136,11 @@ class Comparison:
     stat: Stat
     op: Op | None = None  # None: the ratio is reported, there is no goal on it
     limit: float = 1.0
+    against_figure: str | None = None
 
     def ratio(self, results: Mapping[tuple[str, str], Result]) -> float | None:
-        a, b = results.get((self.figure, self.system)), results.get((self.figure, self.against))
+        a = results.get((self.figure, self.system))
+        b = results.get((self.against_figure or self.figure, self.against))
         sa, sb = (a.summary if a else None), (b.summary if b else None)
         if sa is None or sb is None or sb.get(self.stat) == 0:
             return None
@@ -152,7 +156,8 @@ class Comparison:
 
     def text(self) -> str:
         goal = f" {self.op} {self.limit:g}x" if self.op else ""
-        return f"{self.system}/{self.against} {self.stat}{goal}"
+        against = f"{self.against} fig {self.against_figure}" if self.against_figure else self.against
+        return f"{self.system}/{against} {self.stat}{goal}"
 
 
 def index(results: Iterable[Result]) -> dict[tuple[str, str], Result]:
