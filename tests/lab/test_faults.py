@@ -188,7 +188,7 @@ DEPENDENCIES = (
 
 
 # -- VMs starting and stopping ------------------------------------------------------------------
-def _churn(rig: Rig, dep: Dependency, kind: str) -> list[str]:
+def _churn(rig: Rig, dep: Dependency) -> list[str]:
     """VMs start and stop during the fault, through the hook path; returns what was done."""
     lab, done = rig.lab, []
     if rig.stopped is not None:  # start the VM the last case stopped
@@ -303,7 +303,7 @@ def test_dependency_fault_under_vm_churn_converges(rig: Rig, dep: Dependency, ki
         else:
             os.kill(pid, signal.SIGSTOP)
             rig.hung.append(pid)
-        done = _churn(rig, dep, kind)
+        done = _churn(rig, dep)
         if dep.name in ("host-ovsdb", "host-vswitchd"):
             _others_programmed(rig, dep)
         if dep.name == "host-ovsdb" and kind == "hang":  # it says which host it cannot write
