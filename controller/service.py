@@ -30,7 +30,7 @@ from controller.southbound.dialer import Dialer, Failed
 from controller.pipeline.diff import FlowDiff, apply_diff, diff_flows
 from controller.pipeline.compute import TunnelSpec
 from controller.pipeline.flows import FlowId
-from controller.southbound.hostdb import HostDb, HostView
+from controller.southbound.hostdb import HostDb, HostDbStuck, HostView
 from controller.core.migration import PacketIn, claims_after, parse_packet_in
 from controller.core.model import Binding, InvalidState, State, TunnelPort
 from hooks.backoff import Backoff
@@ -92,6 +92,9 @@ class HostLink:
     # True while ``installed`` is the engine's desired flows as of the last round: then the
     # engine's per-event diff is all this switch needs; else the whole host is diffed.
     synced: bool = False
+    # True while its OVSDB holds a transaction it does not answer (a hung ovsdb-server): the
+    # last view stands and nothing is written to it, so the loop never waits on it.
+    stuck: bool = False
 
 
 class Controller:
@@ -356,7 +359,17 @@ class Controller:
                                        functools.partial(self._open_hostdb, sid, rec))
                 if link.db is None:
                     continue
-            view = link.db.view(now, declared.first_seen)
+            try:
+                view = link.db.view(now, declared.first_seen)
+            except HostDbStuck as exc:
+                if not link.stuck:
+                    LOG.warning("host %s: ovsdb %s (hung?); keeping its last view, not writing "
+                                "to it", sid, exc)
+                link.stuck = True
+                continue
+            if link.stuck:
+                LOG.info("host %s: ovsdb answers again", sid)
+            link.stuck = False
             if link.view is None or view.rejected != link.view.rejected:
                 for name, why in view.rejected:
                     LOG.error("host %s: VIF %s not plugged: %s", sid, name, why)
@@ -395,9 +408,10 @@ class Controller:
             LOG.warning("host %s has no br-int yet", host)
             return False
         wanted = self._engine.tunnels(host)
-        tunnels_done = tunnels_ready(wanted, link.view)
+        tunnels_done = tunnels_ready(wanted, link.view) and not link.stuck
         try:
-            if link.db.set_tunnels(wanted, link.view.tunnel_names, link.view.stale_bfd):
+            if not link.stuck and link.db.set_tunnels(wanted, link.view.tunnel_names,
+                                                      link.view.stale_bfd):
                 self.kick()  # new tunnel ofports show up in the next view
                 tunnels_done = False
         except RuntimeError as exc:  # ovsdbapp: a failed or timed-out transaction

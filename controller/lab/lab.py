@@ -29,6 +29,7 @@ from controller.lab.topology import Host, Topology, Vm
 from controller.lab.topology import load as load_topology
 from hooks import contract
 from hooks.ovsdb.rpc import RpcRegistrar
+from hooks.spool import PlugEvent, Spool, SubmitResult, UnplugEvent, submit
 from hooks.vif import Vif
 
 DEFAULT_ROOT = Path(os.environ.get("VEIL_LAB_ROOT", "/run/veil-lab"))
@@ -217,6 +218,20 @@ class Lab:
 
     def _start_host(self, h: HostRuntime) -> None:
         h.ovs.start(system_id=h.name)
+        self._configure_host(h)
+
+    def revive_host(self, name: str) -> None:
+        """Start whichever of host ``name``'s ovsdb-server and ovs-vswitchd is not running (as
+        systemd restarts a dead daemon) and re-apply its network setup, as its boot does: a
+        restarted ovs-vswitchd re-creates br-phy without the underlay address."""
+        h = self.hosts[name]
+        if not h.ovs.alive("ovsdb-server"):
+            h.ovs.start_ovsdb()
+        if not h.ovs.alive("ovs-vswitchd"):
+            h.ovs.start_vswitchd()
+        self._configure_host(h)
+
+    def _configure_host(self, h: HostRuntime) -> None:
         dc = self.topo.dc(h.spec.dc)
         env = h.ovs.env() | {
             "SYSTEM_ID": h.name,
@@ -249,11 +264,13 @@ class Lab:
         return ns
 
     # -- VMs --------------------------------------------------------------------------------
-    def plug_vm(self, name: str, host: str | None = None) -> None:
+    def plug_vm(self, name: str, host: str | None = None, *, spool: Spool | None = None) -> None:
         """Attach VM ``name`` to ``host``'s br-int (its spec host by default), as a hypervisor would.
 
         The VM namespace (and so its IP, MAC and ARP cache) survives re-plugs: moving a VM is
-        unplug + plug on another host with the same iface-id and MAC.
+        unplug + plug on another host with the same iface-id and MAC. With ``spool`` the port is
+        registered as the qemu hook does it (``hooks.spool.submit``): now, or spooled for
+        veil-hostd when the host's OVSDB is away.
         """
         vm = self.vms[name]
         target = self.hosts[host or vm.spec.host]
@@ -268,7 +285,10 @@ class Lab:
         # veil's own registration code, as the qemu hook runs it for a tap veil adds: one
         # OVSDB transaction creating the port with libvirt's four keys and veil's.
         with _registrar(target) as registrar:
-            registrar.plug(self.vif(name), add_port=True)
+            if spool is None:
+                registrar.plug(self.vif(name), add_port=True)
+            else:
+                _submitted(submit(spool, registrar, [PlugEvent(self.vif(name), add_port=True)]))
         self._placement[name] = target.name
         self._record(placement=dict(self._placement))
 
@@ -279,12 +299,16 @@ class Lab:
         return Vif(vm.iface_id, vm.spec.vm_id, vm.mac, vm.port, vm.network,
                    tenant=self.topo.network(vm.network).tenant, extra={contract.VEIL_IPS: vm.ip})
 
-    def unplug_vm(self, name: str) -> None:
-        """Detach VM ``name`` from its host (as at VM stop): port and veth go, the VM ns stays."""
+    def unplug_vm(self, name: str, *, spool: Spool | None = None) -> None:
+        """Detach VM ``name`` from its host (as at VM stop): port and veth go, the VM ns stays.
+        ``spool``: unregistered through the hook path, as in ``plug_vm``."""
         host = self.hosts[self.placement(name)]
         vm = self.vms[name]
         with _registrar(host) as registrar:
-            registrar.unplug(vm.port, delete_port=True)
+            if spool is None:
+                registrar.unplug(vm.port, delete_port=True)
+            else:
+                _submitted(submit(spool, registrar, [UnplugEvent(vm.port, delete_port=True)]))
         netns.run(["ip", "link", "del", vm.port], ns=host.ns)
         netns.unguard_host_stack(host.ns, vm.port)
         del self._placement[name]
@@ -372,6 +396,12 @@ def _registrar(host: HostRuntime) -> Iterator[RpcRegistrar]:
         yield registrar
     finally:
         registrar.close()
+
+
+def _submitted(result: SubmitResult) -> None:
+    """Applied or spooled is the hook's success; an event refused for good is the lab's error."""
+    if result.rejected:
+        raise RuntimeError(f"the hook path refused the event: {result.rejected[0]}")
 
 
 def teardown(rundir: Path, prefix: str) -> list[str]:

@@ -31,6 +31,15 @@ BRIDGE: Final = contract.INTEGRATION_BRIDGE
 # tunnel's session down: docs/isolation.md, "What the hosts' OVS interprets".
 TUNNEL_BFD: Final[Mapping[str, str]] = {"enable": "true", "check_tnl_key": "true"}
 
+# How long a read waits for the IDL lock. ovsdbapp's connection thread holds that lock for a
+# whole transaction and python-ovs waits for the answer without a deadline: a hung
+# (SIGSTOPped) ovsdb-server whose unix socket stays open keeps it forever (issue 12).
+LOCK_WAIT: Final = 1.0
+
+
+class HostDbStuck(RuntimeError):
+    """The host's OVSDB has a transaction in flight that it does not answer (hung server)."""
+
 
 @dataclass(frozen=True)
 class HostView:
@@ -97,7 +106,10 @@ class HostDb:
         stale: set[str] = set()
         rejected: list[tuple[str, str]] = []
         seen: set[tuple[str, int]] = set()
-        with self.api.ovsdb_connection.lock:
+        lock = self.api.ovsdb_connection.lock
+        if not lock.acquire(timeout=LOCK_WAIT):
+            raise HostDbStuck(f"{self.remote}: a transaction has not been answered")
+        try:
             tables = self.api.tables
             ovs_rows = list(tables["Open_vSwitch"].rows.values())
             sid = ovs_rows[0].external_ids.get(contract.SYSTEM_ID) if ovs_rows else None
@@ -122,6 +134,8 @@ class HostDb:
                                                          _ofport(row), since))
                     except InvalidState as exc:
                         rejected.append((row.name, str(exc)))
+        finally:
+            lock.release()
         for key in set(self._first_seen) - seen:
             del self._first_seen[key]
         return HostView(sid, bridge is not None, tuple(bindings), tuple(tunnels),
