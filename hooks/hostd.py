@@ -5,6 +5,11 @@ no integration bridge yet). This daemon drains the spool at start (events left f
 reboot or crash) and whenever watchdog reports a new event file; while OVSDB stays
 unavailable it retries with capped exponential backoff. Order and idempotency come from
 ``hooks.spool.drain``; this module only decides when to call it.
+
+On KVM hosts it also serves the qemu hook's fast path (``--hook-socket``, default
+/run/veil/hook.sock; ``''`` turns it off): the installed sh hook forwards each call to
+libvirt_hooks/service.py, which runs the same hook code in this process, and runs the Python
+hook itself whenever this daemon is not there to answer.
 """
 
 from __future__ import annotations
@@ -122,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bridge", default=contract.INTEGRATION_BRIDGE)
     parser.add_argument("--timeout", type=_timeout, default=5.0, help="OVSDB timeout per transaction, seconds")
     parser.add_argument("--once", action="store_true", help="drain once and exit (1 if events remain)")
+    parser.add_argument("--hook-socket", default="/run/veil/hook.sock",
+                        help="unix socket of the qemu hook service (root only; '' to not serve it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s veil-hostd %(levelname)s %(message)s")
     spool = Spool(args.spool)
@@ -139,7 +146,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         LOG.info("watching spool %s, OVSDB %s", spool.directory, args.db)
-        daemon.run()
+        service = None
+        if args.hook_socket:
+            from libvirt_hooks.service import HookService  # KVM hosts only
+
+            service = HookService(args.hook_socket)
+            try:
+                service.start()
+            except OSError as exc:  # the hook falls back to its Python path: keep draining
+                LOG.error("hook service not started on %s (the hook runs its Python path): %s", args.hook_socket, exc)
+                service = None
+        try:
+            daemon.run()
+        finally:
+            if service is not None:
+                service.stop()
         return 0
     finally:
         registrar.close()

@@ -28,7 +28,7 @@ def test_hostd_replays_on_start_waits_out_ovsdb_and_follows_new_events(ovs: OvsI
     ovs.stop_ovsdb()
     log = tmp_path / "hostd.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hooks.hostd", "--spool", spool.directory, "--db", ovs.db_remote, "--timeout", "1"],
+        [sys.executable, "-m", "hooks.hostd", "--hook-socket", "", "--spool", spool.directory, "--db", ovs.db_remote, "--timeout", "1"],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
     try:
@@ -75,7 +75,7 @@ def test_hostd_backs_off_while_ovsdb_is_away_and_does_not_wake_on_its_own_reads(
     link = tmp_path / "db.sock"  # nothing there yet: OVSDB is away
     log = tmp_path / "hostd.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hooks.hostd", "--spool", spool.directory, "--db", f"unix:{link}",
+        [sys.executable, "-m", "hooks.hostd", "--hook-socket", "", "--spool", spool.directory, "--db", f"unix:{link}",
          "--timeout", "1"], stdout=log.open("w"), stderr=subprocess.STDOUT)
     window = 5.0
     try:

@@ -140,7 +140,8 @@ class HostDaemons:
             # `ip netns exec` execs the command: the PID is hostd's own.
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", h.ns, sys.executable, "-m", "hooks.hostd",
-                 "--spool", self.spool(host).directory, "--db", h.ovs.db_remote, "--timeout", "2"],
+                 "--spool", self.spool(host).directory, "--db", h.ovs.db_remote, "--timeout", "2",
+                 "--hook-socket", str(self.lab.rundir / host / "hook.sock")],
                 stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
         self.procs[host] = proc
         self.pidfile(host).write_text(str(proc.pid))
