@@ -58,19 +58,7 @@ def hook_script(python: str, package_root: str, config: Path, *, socket_path: st
         return python_hook_script(python, package_root, config)
     q = shlex.quote
     handled = "|".join(q(op) for op in sorted(HANDLED))
-    fallback = (
-        "import sys\n"
-        f"sys.path.insert(0, {package_root!r})\n"
-        "if sys.argv[1:2] == ['--from-request']:\n"
-        "    del sys.argv[1]\n"
-        "    from libvirt_hooks.hookwire import WireError, skip_request_header\n"
-        "    try:\n"
-        "        skip_request_header(sys.stdin.buffer)\n"
-        "    except WireError:\n"
-        "        pass  # a request file cut short: the hook reports what is left of stdin\n"
-        "from libvirt_hooks.qemu_hook import main\n"
-        f"sys.exit(main(config_path={str(config)!r}))\n"
-    )
+    fallback = fallback_code(package_root, config)
     sock_dir = os.path.dirname(socket_path) or "."
     return f"""#!/bin/sh
 {MARKER}
@@ -107,6 +95,26 @@ fi
 rm -f "$req" "$rep"
 exit "$st"
 """
+
+
+def fallback_code(package_root: str, config: Path) -> str:
+    """What the sh hook runs with ``python -I -S -c`` when it cannot forward: the Python hook.
+
+    ``--from-request`` first: stdin is the request file the sh hook wrote (its argv header is
+    skipped, the rest is libvirt's stdin, byte for byte)."""
+    return (
+        "import sys\n"
+        f"sys.path.insert(0, {package_root!r})\n"
+        "if sys.argv[1:2] == ['--from-request']:\n"
+        "    del sys.argv[1]\n"
+        "    from libvirt_hooks.hookwire import WireError, skip_request_header\n"
+        "    try:\n"
+        "        skip_request_header(sys.stdin.buffer)\n"
+        "    except WireError:\n"
+        "        pass  # a request file cut short: the hook reports what is left of stdin\n"
+        "from libvirt_hooks.qemu_hook import main\n"
+        f"sys.exit(main(config_path={str(config)!r}))\n"
+    )
 
 
 def python_hook_script(python: str, package_root: str, config: Path) -> str:

@@ -30,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from libvirt_hooks import hookwire
 from libvirt_hooks.domxml import MAX_XML_BYTES
-from libvirt_hooks.qemu_hook import MAX_XML_LIMIT, main
+from libvirt_hooks.qemu_hook import MAX_XML_LIMIT
+from libvirt_hooks.qemu_hook import main as hook_main
 
 LOG = logging.getLogger("veil.hostd.hooks")
 DEFAULT_SOCKET = "/run/veil/hook.sock"
@@ -52,6 +53,8 @@ class HookService:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._inode = -1  # of the socket file we bound: stop() removes only that one
+        self._count_lock = threading.Lock()
+        self.answered = 0  # requests answered; unanswered ones (the hook fell back) are logged
 
     def start(self) -> None:
         """Bind (atomically replacing a stale socket file) and serve in a background thread."""
@@ -98,6 +101,7 @@ class HookService:
                 pass
             self._sock.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        LOG.info("hook service stopped: %d request(s) answered", self.answered)
 
     def _serve(self) -> None:
         assert self._sock is not None
@@ -128,6 +132,8 @@ class HookService:
                 if answer is not None:
                     conn.settimeout(REQUEST_DEADLINE)
                     conn.sendall(answer)
+                    with self._count_lock:
+                        self.answered += 1
         except OSError as exc:  # the client gave up (its own timeout) or went away
             LOG.warning("hook service: client connection: %s", exc)
         except Exception:  # noqa: BLE001 - no reply: the client falls back to the Python hook
@@ -146,7 +152,7 @@ class HookService:
             LOG.warning("hook service: bad request, the hook falls back: %s", exc)
             return None
         out, err = io.BytesIO(), io.StringIO()
-        status = main(argv, config_path=cfg_path, stdin=io.BytesIO(data), stdout=out, stderr=err)
+        status = hook_main(argv, config_path=cfg_path, stdin=io.BytesIO(data), stdout=out, stderr=err)
         # As Python's own stderr writes it (UTF-8, backslashreplace for undecodable argv bytes).
         return hookwire.reply(status, out.getvalue(), err.getvalue().encode("utf-8", "backslashreplace"))
 
@@ -184,3 +190,33 @@ def _read_request(conn: socket.socket) -> tuple[str, list[str], bytes]:
     if not cfg_path.startswith("/"):
         raise hookwire.WireError(f"request config path {cfg_path!r} is not absolute")
     return cfg_path, [os.fsdecode(f) for f in fields[1:]], b"".join(chunks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m libvirt_hooks.service [--socket PATH]``: the hook service alone, without the
+    spool drain of veil-hostd (for tests and for hosts that run hostd elsewhere)."""
+    import argparse
+    import signal
+
+    p = argparse.ArgumentParser(prog="veil-hook-service", description="Serve the veil qemu hook's fast path.")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"unix socket (default {DEFAULT_SOCKET})")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s veil-hook-service %(levelname)s %(message)s")
+    service = HookService(a.socket)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: done.set())
+    try:
+        service.start()
+    except OSError as exc:
+        LOG.error("cannot listen on %s: %s", a.socket, exc)
+        return 1
+    try:
+        done.wait()
+    finally:
+        service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

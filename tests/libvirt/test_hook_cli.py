@@ -2,12 +2,15 @@
 
 No libvirtd here: these feed the hook XML libvirt would never produce (malformed, hostile,
 huge) and check exit status per mode, the one-line stderr, and that OVSDB stays untouched.
+Every case runs twice (the ``hook`` fixture's two params): with the hook service answering
+(the fast path: the sh hook forwards to it) and without it (the sh hook runs the Python hook).
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,9 @@ import pytest
 from controller.lab.ovs import OvsInstance
 from hooks.spool import Spool
 from libvirt_hooks.domxml import VEIL_XMLNS
-from libvirt_hooks.install import HOOK_NAME, InstallError, choose_layout, install, uninstall
-from libvirt_hooks.qemu_hook import HookConfig
+from libvirt_hooks.install import HOOK_NAME, InstallError, choose_layout, fallback_code, install, uninstall
+from libvirt_hooks.qemu_hook import HANDLED, HookConfig
+from tests.support.hookservice import hook_service, processes_mentioning
 from tests.support.rows import bridge_ports, iface_ids
 
 pytestmark = pytest.mark.lab
@@ -31,26 +35,43 @@ class Hook:
     root: Path
     cfg: HookConfig
     ovs: OvsInstance
+    socket: Path
+    forwarded: int = 0  # calls the sh hook forwards (the operations the hook acts on)
 
     def set_mode(self, mode: str) -> None:
         self.cfg.mode = mode
-        install(self.root, self.cfg, layout="qemu.d")
+        install(self.root, self.cfg, layout="qemu.d", socket_path=str(self.socket))
 
     def __call__(self, op: str, sub: str, xml: bytes) -> subprocess.CompletedProcess[bytes]:
+        self.forwarded += f"{op} {sub}" in HANDLED
         return subprocess.run(
             [str(self.path), "vm1", op, sub, "-"], input=xml, capture_output=True, timeout=30,
             env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"},
         )
 
 
-@pytest.fixture
-def hook(ovs: OvsInstance, tmp_path: Path) -> Hook:
+@pytest.fixture(params=["service", "python"])
+def hook(request: pytest.FixtureRequest, ovs: OvsInstance, tmp_path: Path) -> Iterator[Hook]:
+    """The installed hook; "service": the hook service answers on its socket (fast path),
+    "python": nobody does (no socket file: the sh hook runs the Python hook)."""
     cfg = HookConfig()
     cfg.db, cfg.spool, cfg.log = ovs.db_remote, str(tmp_path / "spool"), str(tmp_path / "hook.log")
     (tmp_path / "networks").write_text("blue\nred\n")
     cfg.networks_file = str(tmp_path / "networks")
-    install(tmp_path / "etc", cfg, layout="qemu.d")
-    return Hook(tmp_path / "etc" / "hooks" / "qemu.d" / HOOK_NAME, tmp_path / "etc", cfg, ovs)
+    socket = tmp_path / "run" / "hook.sock"
+    install(tmp_path / "etc", cfg, layout="qemu.d", socket_path=str(socket))
+    h = Hook(tmp_path / "etc" / "hooks" / "qemu.d" / HOOK_NAME, tmp_path / "etc", cfg, ovs, socket)
+    if request.param == "python":
+        yield h
+    else:
+        with hook_service(socket, tmp_path / "service.log"):
+            yield h
+        # The fast path answered every call (none fell back to the Python hook).
+        served = (tmp_path / "service.log").read_text()
+        assert "falls back" not in served and "internal error" not in served
+        assert int(served.rsplit("stopped: ", 1)[1].split()[0]) >= h.forwarded, served
+    assert processes_mentioning(str(tmp_path)) == []
+    assert sorted(p.name for p in socket.parent.glob(".hook.*")) == []  # request/reply files removed
 
 
 def xml(*, network: str = "blue", target: str | None = "tapc1", kind: str = "ethernet", meta: bool = True,
@@ -187,7 +208,7 @@ def test_uninstall_removes_only_veils_files(hook: Hook) -> None:
 
 
 def test_shim_layout_for_libvirt_without_qemu_d(hook: Hook) -> None:
-    install(hook.root, hook.cfg, layout="shim")
+    install(hook.root, hook.cfg, layout="shim", socket_path=str(hook.socket))
     shim = hook.root / "hooks" / "qemu"
     proc = subprocess.run([str(shim), "vm1", "start", "begin", "-"], input=xml(), capture_output=True, timeout=30,
                           env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"})
@@ -196,21 +217,28 @@ def test_shim_layout_for_libvirt_without_qemu_d(hook: Hook) -> None:
     uninstall(hook.root)
     shim.write_text("#!/bin/sh\n# the operator's own hook\n")
     with pytest.raises(InstallError, match="not veil's"):
-        install(hook.root, hook.cfg, layout="shim")
+        install(hook.root, hook.cfg, layout="shim", socket_path=str(hook.socket))
     assert "operator's own hook" in shim.read_text()
 
 
 def test_the_hook_process_never_loads_libvirt_or_heavy_modules(hook: Hook) -> None:
-    """The hook must never call libvirt (deadlock) and must start fast: check what it imports."""
-    script = hook.path.read_text().replace(
-        "sys.exit(main(", "rc = main(").rstrip().rstrip(")") + ")\n"
-    script += "bad = sorted({'libvirt', 'ovsdbapp', 'ovs', 'json', 're', 'typing', 'dataclasses', 'logging'} & set(sys.modules))\n"
-    script += "sys.stderr.write(repr(bad))\nsys.exit(rc)\n"
-    probe = hook.path.with_name("probe")
-    probe.write_text(script)
-    probe.chmod(0o755)
-    proc = subprocess.run([str(probe), "vm1", "start", "begin", "-"], input=xml(), capture_output=True, timeout=30)
+    """The hook must never call libvirt (deadlock) and must start fast: check what its Python
+    path imports (the fallback of the sh hook, and what the hook service runs)."""
+    code = fallback_code(str(Path(__file__).resolve().parents[2]), hook.root / "hooks" / "veil-hook.conf")
+    code = code.replace("sys.exit(main(", "rc = (main(")
+    code += "bad = sorted({'libvirt', 'ovsdbapp', 'ovs', 'json', 're', 'typing', 'dataclasses', 'logging'} & set(sys.modules))\n"
+    code += "sys.stderr.write(repr(bad))\nsys.exit(rc)\n"
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, "vm1", "start", "begin", "-"], input=xml(),
+                          capture_output=True, timeout=30)
     assert (proc.returncode, proc.stderr) == (0, b"[]")
+    assert bridge_ports(hook.ovs) == ["tapc1"]
+
+
+def test_the_installed_hook_is_sh_forwarding_to_the_service(hook: Hook) -> None:
+    text = hook.path.read_text()
+    assert text.startswith("#!/bin/sh\n") and f"SOCK={hook.socket}" in text and "nc.openbsd -N -U" in text
+    proc = hook("started", "begin", xml())  # nothing to do: neither forwarded nor Python
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
 
 
 @pytest.mark.parametrize(("version", "layout"), [((9, 0), "qemu.d"), ((6, 5), "qemu.d"), ((6, 4), "shim"), (None, "qemu.d")])
