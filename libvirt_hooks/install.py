@@ -83,13 +83,18 @@ fallback() {{
 }}
 {{ printf 'veil-hook/1 %d\\n%s\\000' "$#" {q(str(config))} && printf '%s\\000' "$@" && cat; }} > "$req" 2>/dev/null || fallback "$@"
 {FORWARDER} -N -U -w {forward_timeout} "$SOCK" < "$req" > "$rep" 2>/dev/null || fallback "$@"
-{{ read -r magic st elen olen end && {{ ! read -r extra && [ -z "$extra" ] || [ "$elen$olen" != 00 ]; }}; }} < "$rep" || fallback "$@"
-[ "$magic" = veil-hook-reply/1 ] && [ "$end" = end ] || fallback "$@"
+line= extra= more=
+{{ IFS= read -r line; got=$?; IFS= read -r extra || [ -n "$extra" ] && more=1; }} < "$rep"
+[ "$got" = 0 ] || fallback "$@"
+set -f
+header() {{ [ $# = 5 ] && [ "$1" = veil-hook-reply/1 ] && [ "$5" = end ] && st=$2 elen=$3 olen=$4; }}
+header $line || fallback "$@"
+[ "$line" = "veil-hook-reply/1 $st $elen $olen end" ] || fallback "$@"
 case "$st:$elen:$olen" in *[!0-9:]*|:*|*::*|*:|0[0-9]*|*:0[0-9]*|*[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]*) fallback "$@" ;; esac
 [ "$st" -le 255 ] || fallback "$@"
-if [ "$elen$olen" != 00 ]; then
+if [ "$elen$olen" != 00 ] || [ -n "$more" ]; then  # an empty reply is its header alone
   size=$(wc -c < "$rep") || fallback "$@"
-  [ "$size" -eq $(( ${{#magic}} + ${{#st}} + ${{#elen}} + ${{#olen}} + 8 + elen + olen )) ] || fallback "$@"
+  [ "$size" -eq $(( ${{#line}} + 1 + elen + olen )) ] || fallback "$@"
   {{ read -r _; [ "$elen" = 0 ] || head -c "$elen" >&2; [ "$olen" = 0 ] || cat; }} < "$rep"
 fi
 rm -f "$req" "$rep"
