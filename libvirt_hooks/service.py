@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -151,6 +152,13 @@ class HookService:
         except (hookwire.WireError, TimeoutError) as exc:
             LOG.warning("hook service: bad request, the hook falls back: %s", exc)
             return None
+        if _client_gone(conn):
+            # Its sh hook stopped waiting (this process was stopped or starved past the forward
+            # timeout) and ran the Python hook itself: running this call now would replay it out
+            # of order (a start after the stop that followed it).
+            LOG.warning("hook service: dropped %s, its caller gave up waiting and ran the Python hook",
+                        " ".join(argv[:3]))
+            return None
         out, err = io.BytesIO(), io.StringIO()
         status = hook_main(argv, config_path=cfg_path, stdin=io.BytesIO(data), stdout=out, stderr=err)
         # As Python's own stderr writes it (UTF-8, backslashreplace for undecodable argv bytes).
@@ -161,6 +169,13 @@ def _peer_allowed(conn: socket.socket) -> bool:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _, uid, _ = struct.unpack("3i", creds)
     return uid in (0, os.geteuid())
+
+
+def _client_gone(conn: socket.socket) -> bool:
+    """Whether the peer closed its end entirely (it half-closes after sending, nothing more)."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLHUP)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
 
 def _read_request(conn: socket.socket) -> tuple[str, list[str], bytes]:

@@ -21,6 +21,8 @@ import pytest
 from libvirt_hooks.domxml import VEIL_XMLNS
 from libvirt_hooks.install import CONFIG_NAME, install
 from libvirt_hooks.qemu_hook import HookConfig
+from libvirt_hooks.service import DEFAULT_SOCKET
+from tests.support.hookservice import hook_service
 from tests.support.names import unique_prefix
 from tests.support.poll import until
 from tests.support.rows import rows
@@ -158,6 +160,42 @@ def test_restore_and_libvirtd_restart_keep_registration(clean: Lab) -> None:
     until("reconnect hook", lambda: "vlk-b reconnect begin: registered" in Path(lab.cfg.log).read_text())
     assert veil_rows(lab, uuid) == after_restore
     assert all(ids["iface-status"] == "active" for ids in veil_rows(lab, uuid).values())
+
+
+def test_the_fast_path_serves_libvirtd_and_a_hung_service_falls_back(clean: Lab) -> None:
+    """The hook service (in the mount namespace libvirtd sees, as veil-hostd runs on a host)
+    answers libvirtd's hook calls; SIGSTOP'd, the VM still starts and registers (the sh hook
+    runs the Python hook after the forward timeout) and its stale calls are dropped later."""
+    lab = clean
+    assert lab.lv.holder is not None
+    prefix = ["nsenter", "-t", str(lab.lv.holder.pid), "-m", "-n", "--"]
+    log = lab.lv.root / "hook-service.log"
+    macs = ["52:54:00:0f:00:01", "52:54:00:0f:00:02", "52:54:00:0f:00:03"]
+    with hook_service(lab.lv.root / "run" / "veil" / "hook.sock", log, prefix=prefix, listen=DEFAULT_SOCKET) as svc:
+        dom = start(lab, "vlk-f", [("ovs", macs[0]), ("eth", macs[1])], [(macs[0], "blue"), (macs[1], "red")])
+        uuid = dom.UUIDString()
+        assert sorted(ids["veil-network"] for ids in veil_rows(lab, uuid).values()) == ["blue", "red"]
+        dom.destroy()
+        assert lab.interfaces(uuid) == {}
+        lab.configure(mode="strict")
+        bad = lab.conn.defineXML(domain_xml("vlk-g", [("eth", macs[2])], [(macs[2], "green")]))
+        with pytest.raises(libvirt.libvirtError, match="veil: .*unknown veil network 'green'"):
+            bad.create()
+        answered_before_stop = log.read_text()
+        lab.configure(timeout=0.5)  # default mode; the sh hook gives a silent service 3 s
+        os.kill(svc.pid, signal.SIGSTOP)
+        began = time.monotonic()
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        assert time.monotonic() - began >= 2 * 2.5  # prepare and start each waited, then fell back
+        assert sorted(ids["veil-network"] for ids in veil_rows(lab, uuid).values()) == ["blue", "red"]
+        dom.destroy()
+        assert lab.interfaces(uuid) == {}
+        os.kill(svc.pid, signal.SIGCONT)
+        until("stale calls dropped", lambda: log.read_text().count("gave up waiting") >= 4)
+        assert lab.interfaces(uuid) == {}
+    assert "falls back" not in answered_before_stop and "internal error" not in log.read_text()
+    answered = int(log.read_text().rsplit("stopped: ", 1)[1].split()[0])
+    assert answered >= 5, log.read_text()  # prepare, start, stopped, release, the refused prepare
 
 
 def test_missing_metadata_default_starts_strict_refuses(clean: Lab) -> None:

@@ -137,11 +137,22 @@ def test_a_hung_hostd_delays_the_start_by_the_forward_timeout_then_falls_back(ho
         took = _start_registers(hook)
         limit = forward_timeout(hook.cfg)
         assert limit - 0.5 <= took < limit + 10, took
+        assert hook("vm1", "stopped", "end", "-", stdin=xml(target=None)).returncode == 0
+        assert bridge_ports(hook.ovs) == []
+        # Resumed, hostd finds both requests waiting: their callers are gone, so it must not
+        # replay them (the start after the stop would register a VM that is not running).
+        os.kill(hostd.pid, signal.SIGCONT)
+        until("hostd dropped both stale requests", lambda: log.read_text().count("gave up waiting") == 2)
+        time.sleep(0.5)
+        assert bridge_ports(hook.ovs) == []
+        assert hook("vm1", "start", "begin", "-", stdin=xml()).returncode == 0  # and serves again
+        assert bridge_ports(hook.ovs) == ["tapc1"]
     finally:
         os.kill(hostd.pid, signal.SIGCONT)
         hostd.terminate()
         assert hostd.wait(timeout=15) == 0, log.read_text()
     assert not hook.socket.exists()  # hostd removed its socket on the way out
+    assert "1 request(s) answered" in log.read_text()
 
 
 class FakeService:

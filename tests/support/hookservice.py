@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,12 +16,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def hook_service(socket_path: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def hook_service(socket_path: Path, log: Path, *, prefix: Sequence[str] = (),
+                 listen: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m libvirt_hooks.service --socket socket_path`` until the block ends; it must
-    then exit cleanly on SIGTERM (continued first, in case a test stopped it)."""
+    then exit cleanly on SIGTERM (continued first, in case a test stopped it). ``prefix``
+    (e.g. nsenter into a private mount namespace, which must exec, not fork) runs it elsewhere,
+    listening on ``listen``, the path there of what is ``socket_path`` here."""
+    argv = [*prefix, sys.executable, "-m", "libvirt_hooks.service", "--socket", listen or str(socket_path)]
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "libvirt_hooks.service", "--socket", str(socket_path)],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
     try:
         until("hook service listening", lambda: socket_path.is_socket() or proc.poll() is not None)
         assert proc.poll() is None, log.read_text()

@@ -3,10 +3,14 @@
     python -m controller.lab.bench.hook [--iterations 200] [--parallel 10] [--parallel-rounds 20] [--output result.json]
 
 It starts a private ovsdb-server + ovs-vswitchd (own network namespace and run directory),
-installs the hook with ``veil-libvirt-install`` into a private config root, then runs the
-installed hook as libvirt does (a subprocess, domain XML on stdin, environment of LC_ALL, PATH
+installs the hook with ``veil-libvirt-install`` into a private config root (twice: the default
+sh hook forwarding to the hook service, which runs as veil-hostd runs it, and the Python hook
+alone, as installed before the fast path; called alternately), then runs the installed hooks as
+libvirt does (a subprocess, domain XML on stdin, environment of LC_ALL, PATH
 and HOME only) and times each invocation from spawn to exit, with its CPU time (user+system of
-that child, from ``wait4``: it does not depend on what else the machine runs, wall time does).
+that child and the processes it waited for, from ``wait4``: it does not depend on what else the
+machine runs, wall time does; for the fast path the service's own CPU for that call is added,
+from its threads' schedstat).
 
 Sequential: one VM lifecycle per round, ``prepare`` (validation only), ``start`` for a
 libvirt-created openvswitch port (updates the row) and for a tap (adds the port), ``started``
@@ -14,7 +18,8 @@ libvirt-created openvswitch port (updates the row) and for a tap (adds the port)
 openvswitch ports, half taps) run prepare, start, started each, all N started at the same
 instant, then all N stop at once; every call is timed. For reference, in the same run: bare
 interpreter start-up (``python -c pass`` and ``python -I -S -c pass``, the latter also N at
-once: the floor no hook can go below on this machine), and a one-shot process doing the same
+once: the floor no Python hook can go below on this machine), ``sh -c true`` (the same for
+the sh hook), and a one-shot process doing the same
 plug through ovsdbapp. Output: JSON with p50/p95/p99/max per operation and a description of the
 machine. Everything it creates is removed at the end, even on failure.
 """
@@ -226,20 +231,68 @@ def _by_op(samples: Sequence[tuple[str, float, float]]) -> tuple[dict[str, list[
     return wall, cpu
 
 
+def service_cpu_ns(pid: int) -> int:
+    """CPU time of every thread of process ``pid`` so far, in ns (schedstat: not tick-rounded)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # a thread that just ended
+            pass
+    return total
+
+
+class Service:
+    """The hook service as veil-hostd runs it (``python -m libvirt_hooks.service``), for the fast path."""
+
+    def __init__(self, socket_path: Path, log: Path) -> None:
+        self.socket_path, self.log = socket_path, log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "libvirt_hooks.service", "--socket", str(socket_path)],
+                                         stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not socket_path.is_socket():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"hook service did not start: {log.read_text()[-500:]}")
+            time.sleep(0.02)
+
+    def cpu(self) -> float:
+        return service_cpu_ns(self.proc.pid) / 1e9
+
+    def stop(self) -> int:
+        """Stop it; the number of requests it answered (a call that fell back is an error here)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=30)
+        text = self.log.read_text()
+        if "falls back" in text or "internal error" in text or "stopped: " not in text:
+            raise RuntimeError(f"hook service: {text[-800:]}")
+        return int(text.rsplit("stopped: ", 1)[1].split()[0])
+
+
 def run_benchmark(iterations: int = 200, warmup: int = 10, oneshot: int = 20, parallel: int = 10,
                   parallel_rounds: int = 20) -> dict[str, object]:
+    """Both hooks of the same install in the same run, alternating call by call: the installed
+    default (the sh hook forwarding to the hook service, "fast") and the Python hook alone
+    ("python", what was installed before the fast path)."""
     load_before = os.getloadavg()[0]
     prefix = f"vlkb{os.urandom(3).hex()}"
     root = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
     ovs = OvsInstance(root / "ovs", ns=prefix)
     netns.add_netns(prefix)
+    service: Service | None = None
     try:
         ovs.start(system_id=prefix)
         ovs.vsctl("add-br", "br-int", "--", "set", "Bridge", "br-int", "datapath_type=netdev", "fail_mode=secure")
         cfg = HookConfig()
         cfg.db, cfg.spool, cfg.log = ovs.db_remote, str(root / "spool"), str(root / "hook.log")
-        install(root / "etc", cfg, layout="qemu.d")
-        hook = root / "etc" / "hooks" / "qemu.d" / HOOK_NAME
+        (root / "run").mkdir()
+        sock = root / "run" / "hook.sock"
+        install(root / "etc", cfg, layout="qemu.d", socket_path=str(sock))
+        install(root / "etc-python", cfg, layout="qemu.d", socket_path=None)
+        hooks = {"fast": root / "etc" / "hooks" / "qemu.d" / HOOK_NAME,
+                 "python": root / "etc-python" / "hooks" / "qemu.d" / HOOK_NAME}
+        service = Service(sock, root / "service.log")
         # libvirt's own add-port for the openvswitch case, done once (the hook updates the row).
         ovs.vsctl("add-port", "br-int", "vnetb0", "--", "set", "Interface", "vnetb0",
                   "external-ids:attached-mac=52:54:00:be:00:01", "external-ids:vm-id=" + UUID)
@@ -250,27 +303,36 @@ def run_benchmark(iterations: int = 200, warmup: int = 10, oneshot: int = 20, pa
             "started": ("started", "begin", domain_xml("ethernet", "tapb0")),
             "stopped": ("stopped", "end", domain_xml("ethernet", None)),
         }
-        samples: dict[str, list[float]] = {name: [] for name in cases}
-        cpu: dict[str, list[float]] = {name: [] for name in cases}
+        samples = {v: {name: [] for name in cases} for v in hooks}  # type: dict[str, dict[str, list[float]]]
+        cpu = {v: {name: [] for name in cases} for v in hooks}  # type: dict[str, dict[str, list[float]]]
+        service_cpu: list[float] = []  # per forwarded call, sequential
+        forwarded = 0
         python = sys.executable
-        bare = {"python -c pass": [python, "-c", "pass"], "python -I -S -c pass": [python, "-I", "-S", "-c", "pass"]}
+        bare = {"python -c pass": [python, "-c", "pass"], "python -I -S -c pass": [python, "-I", "-S", "-c", "pass"],
+                "sh -c true": ["/bin/sh", "-c", "true"]}
         bare_wall: dict[str, list[float]] = {k: [] for k in bare}
         bare_cpu: dict[str, list[float]] = {k: [] for k in bare}
         for i in range(warmup + iterations):
-            # One VM lifecycle per round: prepare, start (both port kinds), started, stop;
-            # then bare start-up, interleaved so that both see the same load.
-            for name, (op, sub, xml) in cases.items():
-                wall, used, _ = time_hook(hook, op, sub, xml)
-                if i >= warmup:
-                    samples[name].append(wall)
-                    cpu[name].append(used)
+            # One VM lifecycle per round and hook, the two hooks alternating (which one goes
+            # first alternates too); then bare start-up, interleaved so that all see the same load.
+            for variant in (("fast", "python") if i % 2 == 0 else ("python", "fast")):
+                for name, (op, sub, xml) in cases.items():
+                    before = service.cpu()
+                    wall, used, _ = time_hook(hooks[variant], op, sub, xml)
+                    served = service.cpu() - before
+                    forwarded += variant == "fast" and name != "started"
+                    if i >= warmup:
+                        samples[variant][name].append(wall)
+                        if variant == "fast":
+                            used += served  # the service's share of this call counts too
+                            if name != "started":
+                                service_cpu.append(served)
+                        cpu[variant][name].append(used)
             if i >= warmup and i % 2 == 0:
                 for key, argv in bare.items():
                     wall, used = _time_argv(argv)
                     bare_wall[key].append(wall)
                     bare_cpu[key].append(used)
-        all_samples = [t for s in samples.values() for t in s]
-        all_cpu = [t for s in cpu.values() for t in s]
 
         # N VMs at once: even numbers get a libvirt openvswitch port, odd ones a tap.
         vms = [(vm, "bridge" if vm % 2 == 0 else "ethernet", f"vnetp{vm}" if vm % 2 == 0 else f"tapp{vm}")
@@ -279,54 +341,85 @@ def run_benchmark(iterations: int = 200, warmup: int = 10, oneshot: int = 20, pa
             if kind == "bridge":
                 ovs.vsctl("add-port", "br-int", tap, "--", "set", "Interface", tap,
                           f"external-ids:attached-mac=52:54:00:be:00:{vm:02x}", f"external-ids:vm-id={vm_uuid(vm)}")
-        par: list[tuple[str, float, float]] = []
-        floor: list[float] = []
+        par: dict[str, list[tuple[str, float, float]]] = {v: [] for v in hooks}
+        par_service_cpu = 0.0
+        floor: dict[str, list[float]] = {"python -I -S -c pass": [], "sh -c true": []}
         for r in range(1 + parallel_rounds):  # round 0 warms up
-            got = parallel_starts(hook, vms)
-            # A call that found the spool's lock taken spooled its event (counted as "spooled"):
-            # apply it as veil-hostd would, so the next round starts from an empty spool.
-            registrar = RpcRegistrar(ovs.db_remote, timeout=5.0)
-            try:
-                drained = drain(Spool(cfg.spool), registrar)
-            finally:
-                registrar.close()
-            if drained.blocked or drained.rejected:
-                raise RuntimeError(f"draining the spool: {drained}")
-            bare_n = parallel_bare(bare["python -I -S -c pass"], parallel)
+            for variant in (("fast", "python") if r % 2 == 0 else ("python", "fast")):
+                before = service.cpu()
+                got = parallel_starts(hooks[variant], vms)
+                used = service.cpu() - before
+                forwarded += sum(1 for op, _, _ in got if op != "started") if variant == "fast" else 0
+                # A call that found the spool's lock taken spooled its event (counted as "spooled"):
+                # apply it as veil-hostd would, so the next round starts from an empty spool.
+                registrar = RpcRegistrar(ovs.db_remote, timeout=5.0)
+                try:
+                    drained = drain(Spool(cfg.spool), registrar)
+                finally:
+                    registrar.close()
+                if drained.blocked or drained.rejected:
+                    raise RuntimeError(f"draining the spool: {drained}")
+                if r:
+                    par[variant] += got
+                    if variant == "fast":
+                        par_service_cpu += used
+            bare_n = {k: parallel_bare(bare[k], parallel) for k in floor}
             if r:
-                par += got
-                floor += bare_n
-        par_wall, par_cpu = _by_op(par)
-        # "spooled" calls are start or stopped calls that wrote the spool instead of OVSDB.
-        par_start = [w for op, w, _ in par if op != "stopped"]
-        par_start_cpu = [c for op, _, c in par if op != "stopped"]
-        spooled = sum(1 for op, _, _ in par if op == "spooled")
+                for k, walls in bare_n.items():
+                    floor[k] += walls
+        answered = service.stop()
+        if answered != forwarded:
+            raise RuntimeError(f"the hook service answered {answered} of {forwarded} forwarded calls: some fell back")
         compare = [time_ovsdbapp_oneshot(ovs.db_remote) for _ in range(oneshot)]
+
+        def sequential(variant: str) -> dict[str, object]:
+            return {"operations": {name: percentiles(s) for name, s in samples[variant].items()},
+                    "cpu_time_per_invocation": {name: percentiles(c) for name, c in cpu[variant].items()},
+                    "all": percentiles([t for s in samples[variant].values() for t in s]),
+                    "all_cpu": percentiles([t for s in cpu[variant].values() for t in s])}
+
+        def at_once(variant: str) -> dict[str, object]:
+            calls = par[variant]
+            wall, used = _by_op(calls)
+            # "spooled" calls are start or stopped calls that wrote the spool instead of OVSDB.
+            starts = [(w, c) for op, w, c in calls if op != "stopped"]
+            return {"vms_at_once": parallel, "rounds": parallel_rounds,
+                    "starts": percentiles([w for w, _ in starts]), "starts_cpu": percentiles([c for _, c in starts]),
+                    "operations": {op: percentiles(s) for op, s in wall.items()},
+                    "cpu_time_per_invocation": {op: percentiles(c) for op, c in used.items()},
+                    "events_spooled": sum(1 for op, _, _ in calls if op == "spooled")}
+
+        fast_par = at_once("fast")
+        n_fwd = sum(1 for op, _, _ in par["fast"] if op != "started")
+        fast_par["service_cpu_per_forwarded_call_mean_ms"] = round(par_service_cpu / max(1, n_fwd) * 1000, 2)
+        fast_par["starts_cpu_note"] = ("client (sh, cat, nc) CPU per call from wait4; the service's CPU is "
+                                       "service_cpu_per_forwarded_call_mean_ms on top (not attributable per call "
+                                       "with 10 at once)")
+        fast_par["python_startup_at_once"] = percentiles(floor["python -I -S -c pass"])
+        fast_par["sh_startup_at_once"] = percentiles(floor["sh -c true"])
         return {
             "benchmark": "veil libvirt qemu hook, wall time per invocation (spawn to exit)",
             "goal_p99_ms": 15.0,
-            "operations": {name: percentiles(s) for name, s in samples.items()},
-            "cpu_time_per_invocation": {name: percentiles(c) for name, c in cpu.items()},
-            "all": percentiles(all_samples),
-            "all_cpu": percentiles(all_cpu),
-            "parallel": {
-                "vms_at_once": parallel, "rounds": parallel_rounds,
-                "starts": percentiles(par_start), "starts_cpu": percentiles(par_start_cpu),
-                "operations": {op: percentiles(s) for op, s in par_wall.items()},
-                "cpu_time_per_invocation": {op: percentiles(c) for op, c in par_cpu.items()},
-                "python_startup_at_once": percentiles(floor),
-                "events_spooled": spooled,
-            },
+            "installed": "fast: sh hook forwarding to the hook service (veil-hostd), Python hook as fallback",
+            **sequential("fast"),
+            "service_cpu_per_forwarded_call": percentiles(service_cpu),
+            "parallel": fast_par,
+            "python_hook": sequential("python") | {"parallel": at_once("python")},
             "for_comparison": {
                 "ovsdbapp_oneshot_process_plug": percentiles(compare),
                 "python_startup_only": percentiles(bare_wall["python -I -S -c pass"]),
                 "python_startup_cpu": percentiles(bare_cpu["python -I -S -c pass"]),
                 "python_with_site_startup": percentiles(bare_wall["python -c pass"]),
                 "python_with_site_startup_cpu": percentiles(bare_cpu["python -c pass"]),
+                "sh_startup_only": percentiles(bare_wall["sh -c true"]),
+                "sh_startup_cpu": percentiles(bare_cpu["sh -c true"]),
             },
             "machine": machine() | {"loadavg_1m_before": load_before},
         }
     finally:
+        if service is not None and service.proc.poll() is None:
+            service.proc.terminate()
+            service.proc.wait(timeout=30)
         ovs.stop()
         netns.delete_netns(prefix)
         shutil.rmtree(root, ignore_errors=True)
