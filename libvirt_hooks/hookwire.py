@@ -3,7 +3,8 @@
 Request (what the sh hook writes with builtins and ``cat``, then sends with socat)::
 
     veil-hook/1 ARGC\\n
-    CONFIG_PATH \\0 ARG1 \\0 ... ARGn \\0      (argv cannot hold a NUL: no escaping needed)
+    CONFIG_PATH \\0 REQUEST_FILE \\0 REPLY_FILE \\0
+    ARG1 \\0 ... ARGn \\0                     (argv cannot hold a NUL: no escaping needed)
     STDIN BYTES ... until the client's EOF     (binary, passed through unchanged)
 
 Reply::
@@ -11,6 +12,9 @@ Reply::
     veil-hook-reply/1 STATUS STDERR_LEN STDOUT_LEN end\\n
     STDERR BYTES  STDOUT BYTES                 (exactly those lengths, nothing after)
 
+The two file names are the sh hook's own copies of the request (its fallback's stdin) and of the
+reply; it holds both open, and the service unlinks them once it has read the whole request
+(the sh hook then needs no ``rm`` process; a service that did not is covered by the hook).
 The sh hook checks the header (magic, numbers, the ``end`` word, a newline) and the total size
 before it replays anything; any doubt and it runs the Python hook itself (the fallback), so a
 reply is used whole or not at all. This module imports nothing: the fallback path loads it.
@@ -63,9 +67,12 @@ def read_fields(stream: BinaryIO, count: int) -> list[bytes]:
     return fields
 
 
+FIELDS_BEFORE_ARGV = 3  # config path, request file, reply file
+
+
 def skip_request_header(stream: BinaryIO) -> None:
     """Position ``stream`` (a request file) at its stdin bytes: the sh hook's fallback path."""
-    read_fields(stream, parse_header(stream.readline(MAX_HEADER + 1)) + 1)
+    read_fields(stream, parse_header(stream.readline(MAX_HEADER + 1)) + FIELDS_BEFORE_ARGV)
 
 
 def reply(status: int, out: bytes, err: bytes) -> bytes:

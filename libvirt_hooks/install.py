@@ -75,29 +75,39 @@ esac
 umask 077
 req={q(sock_dir)}/.hook.$$.req
 rep={q(sock_dir)}/.hook.$$.rep
+src=
 fallback() {{
-  "$PY" -I -S -c "$CODE" --from-request "$@" < "$req"
+  if [ -n "$src" ]; then "$PY" -I -S -c "$CODE" --from-request "$@" <&4
+  elif [ -f "$req" ]; then "$PY" -I -S -c "$CODE" --from-request "$@" < "$req"
+  else "$PY" -I -S -c "$CODE" "$@"  # the request file could not be made: stdin is untouched
+  fi
   st=$?
   rm -f "$req" "$rep"
   exit $st
 }}
-{{ printf 'veil-hook/1 %d\\n%s\\000' "$#" {q(str(config))} && printf '%s\\000' "$@" && cat; }} > "$req" 2>/dev/null || fallback "$@"
-{FORWARDER} -N -U -w {forward_timeout} "$SOCK" < "$req" > "$rep" 2>/dev/null || fallback "$@"
-line= extra= more=
-{{ IFS= read -r line; got=$?; IFS= read -r extra || [ -n "$extra" ] && more=1; }} < "$rep"
-[ "$got" = 0 ] || fallback "$@"
+{{ printf 'veil-hook/1 %d\\n%s\\000%s\\000%s\\000' "$#" {q(str(config))} "$req" "$rep" && printf '%s\\000' "$@" && cat; }} 2>/dev/null > "$req" || fallback "$@"
+# The service unlinks both files once it has read the whole request: they live on as these
+# descriptors (4: the fallback's stdin, 3: nc's, 5/6/7: the reply written, read, measured).
+{{ command exec 4< "$req" && src=4 && command exec 3< "$req" 5> "$rep" 6< "$rep" 7< "$rep"; }} 2>/dev/null || fallback "$@"
+{FORWARDER} -N -U -w {forward_timeout} "$SOCK" <&3 >&5 2>/dev/null || fallback "$@"
+exec 3<&- 5>&-
+line=
+{{ IFS= read -r line; }} <&6 || fallback "$@"
 set -f
 header() {{ [ $# = 5 ] && [ "$1" = veil-hook-reply/1 ] && [ "$5" = end ] && st=$2 elen=$3 olen=$4; }}
 header $line || fallback "$@"
 [ "$line" = "veil-hook-reply/1 $st $elen $olen end" ] || fallback "$@"
 case "$st:$elen:$olen" in *[!0-9:]*|:*|*::*|*:|0[0-9]*|*:0[0-9]*|*[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]*) fallback "$@" ;; esac
 [ "$st" -le 255 ] || fallback "$@"
-if [ "$elen$olen" != 00 ] || [ -n "$more" ]; then  # an empty reply is its header alone
-  size=$(wc -c < "$rep") || fallback "$@"
+if [ "$elen$olen" = 00 ]; then  # the usual reply: its header alone, nothing after it
+  extra=
+  {{ IFS= read -r extra || [ -n "$extra" ]; }} <&6 && fallback "$@"
+else
+  size=$(wc -c <&7) || fallback "$@"
   [ "$size" -eq $(( ${{#line}} + 1 + elen + olen )) ] || fallback "$@"
-  {{ read -r _; [ "$elen" = 0 ] || head -c "$elen" >&2; [ "$olen" = 0 ] || cat; }} < "$rep"
+  {{ [ "$elen" = 0 ] || head -c "$elen" >&2; [ "$olen" = 0 ] || cat; }} <&6
 fi
-rm -f "$req" "$rep"
+{{ [ -e "$req" ] || [ -e "$rep" ]; }} && rm -f "$req" "$rep"  # a service that did not unlink them
 exit "$st"
 """
 

@@ -148,10 +148,11 @@ class HookService:
             LOG.warning("hook service: refused a client that is neither root nor our own uid")
             return None
         try:
-            cfg_path, argv, data = _read_request(conn)
+            cfg_path, files, argv, data = _read_request(conn)
         except (hookwire.WireError, TimeoutError) as exc:
             LOG.warning("hook service: bad request, the hook falls back: %s", exc)
             return None
+        self._unlink_own_files(files)
         if _client_gone(conn):
             # Its sh hook stopped waiting (this process was stopped or starved past the forward
             # timeout) and ran the Python hook itself: running this call now would replay it out
@@ -163,6 +164,22 @@ class HookService:
         status = hook_main(argv, config_path=cfg_path, stdin=io.BytesIO(data), stdout=out, stderr=err)
         # As Python's own stderr writes it (UTF-8, backslashreplace for undecodable argv bytes).
         return hookwire.reply(status, out.getvalue(), err.getvalue().encode("utf-8", "backslashreplace"))
+
+
+    def _unlink_own_files(self, files: list[str]) -> None:
+        """Remove the sh hook's request and reply files (it keeps them open): only names it
+        makes, ``.hook.PID.req``/``.rep`` next to this socket."""
+        directory = os.path.dirname(self.path) or "."
+        for path in files:
+            head, name = os.path.split(path)
+            stem, _, kind = name.rpartition(".")
+            if head != directory or kind not in ("req", "rep") or not stem.startswith(".hook.") \
+                    or not stem[len(".hook."):].isdigit():
+                continue
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def _peer_allowed(conn: socket.socket) -> bool:
@@ -178,13 +195,14 @@ def _client_gone(conn: socket.socket) -> bool:
     return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
 
-def _read_request(conn: socket.socket) -> tuple[str, list[str], bytes]:
+def _read_request(conn: socket.socket) -> tuple[str, list[str], list[str], bytes]:
+    """(config path, the sh hook's own files, argv, stdin) of the request on ``conn``."""
     deadline = time.monotonic() + REQUEST_DEADLINE
     conn.settimeout(REQUEST_DEADLINE)
     stream = conn.makefile("rb")
     try:
         count = hookwire.parse_header(stream.readline(hookwire.MAX_HEADER + 1))
-        fields = hookwire.read_fields(stream, count + 1)
+        fields = hookwire.read_fields(stream, count + hookwire.FIELDS_BEFORE_ARGV)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -204,7 +222,8 @@ def _read_request(conn: socket.socket) -> tuple[str, list[str], bytes]:
     cfg_path = os.fsdecode(fields[0])
     if not cfg_path.startswith("/"):
         raise hookwire.WireError(f"request config path {cfg_path!r} is not absolute")
-    return cfg_path, [os.fsdecode(f) for f in fields[1:]], b"".join(chunks)
+    skip = hookwire.FIELDS_BEFORE_ARGV
+    return cfg_path, [os.fsdecode(f) for f in fields[1:skip]], [os.fsdecode(f) for f in fields[skip:]], b"".join(chunks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -217,9 +217,11 @@ def test_a_garbage_reply_falls_back_and_the_start_registers(hook: Installed, nam
         assert (migrate.returncode, migrate.stdout, migrate.stderr) == (0, doc, b"")
     finally:
         fake.close()
-    # What the sh hook sent: header, config path, argv, then stdin untouched.
-    head = f"veil-hook/1 4\n{hook.tmp / 'etc' / 'hooks' / 'veil-hook.conf'}\0vm1\0migrate\0begin\0-\0".encode()
-    assert fake.requests[-1] == head + doc
+    # What the sh hook sent: header, config path, its request and reply files, argv, then stdin untouched.
+    head, req, rep, rest = fake.requests[-1].split(b"\0", 3)
+    assert head == f"veil-hook/1 4\n{hook.tmp / 'etc' / 'hooks' / 'veil-hook.conf'}".encode()
+    assert req.startswith(bytes(hook.socket.parent / ".hook.")) and req.endswith(b".req") and rep == req[:-3] + b"rep"
+    assert rest == b"vm1\0migrate\0begin\0-\0" + doc
 
 
 def test_a_well_formed_reply_is_replayed_byte_exact(hook: Installed) -> None:
@@ -281,3 +283,27 @@ def test_a_request_that_never_completes_is_dropped_at_the_deadline(tmp_path: Pat
     finally:
         service.stop()
     assert service.answered == 0
+
+
+def test_the_service_unlinks_only_the_sh_hooks_own_files(tmp_path: Path) -> None:
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir()
+    elsewhere.mkdir()
+    own, foreign, outside = run / ".hook.123.req", run / "precious.req", elsewhere / ".hook.5.rep"
+    for f in (own, foreign, outside):
+        f.write_text("x")
+    service = HookService(str(run / "hook.sock"))
+    service.start()
+    try:
+        for req, rep in ((own, foreign), (outside, run / ".hook.x.rep")):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(str(run / "hook.sock"))
+                client.sendall(b"veil-hook/1 3\n%s\0%s\0%s\0vm1\0started\0begin\0" % (
+                    bytes(tmp_path / "none.conf"), bytes(req), bytes(rep)))
+                client.shutdown(socket.SHUT_WR)
+                client.settimeout(10)
+                assert client.recv(100).startswith(b"veil-hook-reply/1 0 0 0 end\n")
+    finally:
+        service.stop()
+    assert not own.exists() and foreign.exists() and outside.exists()
+    assert service.answered == 2
