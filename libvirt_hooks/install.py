@@ -44,7 +44,7 @@ class InstallError(RuntimeError):
 
 
 def hook_script(python: str, package_root: str, config: Path, *, socket_path: str | None = None,
-                forward_timeout: int = 7) -> str:
+                forward_timeout: int = 6) -> str:
     """The executable libvirt runs.
 
     With ``socket_path`` (the default install): a POSIX sh script that forwards argv and stdin
@@ -271,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for path in written:
         print(f"wrote {path}")
+    if a.hook_socket and shutil.which(FORWARDER) is None:
+        print(f"veil-libvirt-install: warning: {FORWARDER} not found (Debian: netcat-openbsd): every hook call "
+              "takes the Python path until it is installed", file=sys.stderr)
     print("restart libvirtd to load the hook (libvirt reads hooks only at start)")
     return 0
 

@@ -30,7 +30,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from libvirt_hooks import hookwire
-from libvirt_hooks.domxml import MAX_XML_BYTES
 from libvirt_hooks.qemu_hook import MAX_XML_LIMIT
 from libvirt_hooks.qemu_hook import main as hook_main
 
@@ -39,8 +38,7 @@ DEFAULT_SOCKET = "/run/veil/hook.sock"
 WORKERS = 4  # the hook is mostly OVSDB round trips and one fsync-free write: 4 keep 2 cores busy
 MAX_QUEUED = 64  # requests accepted but not started: past that, refuse (the sh hook falls back)
 REQUEST_DEADLINE = 5.0  # seconds for the client to send its whole request
-MAX_STDIN = MAX_XML_LIMIT + 1  # the hook itself refuses anything over its max_xml_bytes
-assert MAX_XML_BYTES <= MAX_XML_LIMIT
+MAX_STDIN = MAX_XML_LIMIT + 1  # the hook itself refuses anything over its max_xml_bytes (<= this)
 
 
 class HookService:
