@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from controller.lab.ovs import OvsInstance
+from hooks import hostd
 from hooks.hostd import RETRY
 from hooks.spool import PlugEvent, Spool, UnplugEvent
 from tests.support.poll import until
@@ -99,3 +100,19 @@ def test_hostd_backs_off_while_ovsdb_is_away_and_does_not_wake_on_its_own_reads(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, log.read_text()
+
+
+@pytest.mark.parametrize("db", ["db.sock", "tcp:localhost:6640", "tcp:127.0.0.1:99999", "unix:", "ssl:[::1]"])
+def test_hostd_refuses_a_malformed_db_remote_at_start(
+        db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12: a malformed --db was retried forever as "OVSDB not available"; now one line
+    naming it, exit 2, before the spool is touched (its events stay for a corrected start)."""
+    spool = Spool(str(tmp_path / "spool"))
+    spool.append(PlugEvent(make_vif(port="tapm1"), add_port=True))
+    before = spool.pending()
+    with pytest.raises(SystemExit) as exit_:
+        hostd.main(["--db", db, "--spool", spool.directory, "--once"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"veil-hostd: error: argument --db: {db!r} is not a remote like" in err
+    assert spool.pending() == before and len(before) == 1
