@@ -16,7 +16,7 @@ from controller.lab.ovs import OvsInstance
 from hooks import hostd
 from hooks.hostd import RETRY
 from hooks.spool import PlugEvent, Spool, UnplugEvent
-from tests.support.poll import until
+from tests.support.poll import cpu_seconds, until
 from tests.support.rows import bridge_ports
 from tests.support.vifs import make_vif
 
@@ -62,11 +62,6 @@ def test_concurrent_writers_never_share_or_lose_a_sequence_number(tmp_path: Path
         assert [p for p in ports if p.startswith(f"w{w}p")] == [f"w{w}p{i}" for i in range(25)]
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def test_hostd_backs_off_while_ovsdb_is_away_and_does_not_wake_on_its_own_reads(
         ovs: OvsInstance, tmp_path: Path) -> None:
     """Issue 12: one pending event, OVSDB away: the attempts follow the back-off schedule
@@ -81,9 +76,9 @@ def test_hostd_backs_off_while_ovsdb_is_away_and_does_not_wake_on_its_own_reads(
     window = 5.0
     try:
         until("hostd noticed OVSDB is away", lambda: "will retry" in log.read_text())
-        start_cpu, start = _cpu_seconds(proc.pid), time.monotonic()
+        start_cpu, start = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(window)  # (measuring a rate over a fixed window: the one sleep here)
-        cpu = _cpu_seconds(proc.pid) - start_cpu
+        cpu = cpu_seconds(proc.pid) - start_cpu
         elapsed = time.monotonic() - start
         attempts = log.read_text().count("will retry")
         # the schedule: tries at 0, d(1), d(1)+d(2), ... ; at most this many fit the window
