@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from controller.cli import OneLineParser, seconds
-from controller.cli import remote as remote_arg
 from controller import trust as trust_mod
 from controller.northbound import access
 from controller.northbound import pki as P
@@ -31,6 +29,8 @@ from controller.northbound.pki import PkiError
 from controller.service import Controller
 from controller.northbound.store import StoreServer
 from controller.southbound import tls
+from hooks.cliargs import OneLineParser, seconds
+from hooks.cliargs import remote as remote_arg
 
 
 def listen_remote(text: str) -> str:
