@@ -143,6 +143,10 @@ def host_verb(args: argparse.Namespace) -> int:
     """`veil host add|remove|list`: on the controller machine (the PKI directory)."""
     now = trust.utcnow()
     pki = P.Pki.open(args.pki, now)
+    for name in pki.reissued_operators:
+        print(f"veil: operator {name!r}: its controller-CA certificate is revoked and re-issued "
+              f"under the operator CA; give the operator the new {args.pki}/identities/"
+              f"operator-{name} files", file=sys.stderr)
     if args.action == "add":
         print(trust.add_host(pki, check_name(args.name, "host name"), now))
         return 0

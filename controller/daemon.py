@@ -129,6 +129,10 @@ def _start_trust(args: argparse.Namespace) -> tuple[str, trust_mod.ControllerTru
                          "add --insecure")
     pki = None if args.insecure and args.pki is None else P.Pki.open(
         args.pki or trust_mod.DEFAULT_PKI, now)
+    for name in pki.reissued_operators if pki else ():
+        log.warning("operator %r: its controller-CA certificate (from before the operator CA) "
+                    "is revoked and re-issued under the operator CA; give the operator the "
+                    "new identities/operator-%s files", name, name)
     tls.configure(trust_mod.client_tls(pki, now) if pki else None, allow_plaintext=args.insecure)
     if args.rundir is None:
         return args.db, None
