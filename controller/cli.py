@@ -22,11 +22,9 @@ those functions directly, never this module. The netns lab has its own command, 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 
@@ -37,38 +35,10 @@ from controller.northbound.enroll import EnrollError, HostFiles
 from controller.northbound.pki import PkiError
 from controller.expected import expected_flows
 from controller.join import DEFAULT_HOST_DB, host_record, join_host
-from controller.northbound.store import Store, check_remote
+from controller.northbound.store import Store
 from hooks import hostguard
+from hooks.cliargs import OneLineParser, remote
 from hooks.ovsdb.connect import OvsdbUnreachable
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a refused command line is one line (``prog: error: ...``) and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
-
-
-def seconds(low: float, high: float) -> Callable[[str], float]:
-    """An argparse type: a finite number of seconds in [low, high]."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a number of seconds in {low:g}..{high:g}")
-        return value
-    return parse
-
-
-def remote(text: str) -> str:
-    """An argparse type: an OVSDB remote (tcp:IP:PORT, ssl:IP:PORT, unix:PATH)."""
-    try:
-        return check_remote(text, "remote")
-    except InvalidState as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("remote: ")) from None
 
 
 def _name(text: str) -> str:
@@ -173,6 +143,10 @@ def host_verb(args: argparse.Namespace) -> int:
     """`veil host add|remove|list`: on the controller machine (the PKI directory)."""
     now = trust.utcnow()
     pki = P.Pki.open(args.pki, now)
+    for name in pki.reissued_operators:
+        print(f"veil: operator {name!r}: its controller-CA certificate is revoked and re-issued "
+              f"under the operator CA; give the operator the new {args.pki}/identities/"
+              f"operator-{name} files", file=sys.stderr)
     if args.action == "add":
         print(trust.add_host(pki, check_name(args.name, "host name"), now))
         return 0

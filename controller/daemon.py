@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from controller.cli import OneLineParser, seconds
-from controller.cli import remote as remote_arg
 from controller import trust as trust_mod
 from controller.northbound import access
 from controller.northbound import pki as P
@@ -31,6 +29,8 @@ from controller.northbound.pki import PkiError
 from controller.service import Controller
 from controller.northbound.store import StoreServer
 from controller.southbound import tls
+from hooks.cliargs import OneLineParser, seconds
+from hooks.cliargs import remote as remote_arg
 
 
 def listen_remote(text: str) -> str:
@@ -129,6 +129,10 @@ def _start_trust(args: argparse.Namespace) -> tuple[str, trust_mod.ControllerTru
                          "add --insecure")
     pki = None if args.insecure and args.pki is None else P.Pki.open(
         args.pki or trust_mod.DEFAULT_PKI, now)
+    for name in pki.reissued_operators if pki else ():
+        log.warning("operator %r: its controller-CA certificate (from before the operator CA) "
+                    "is revoked and re-issued under the operator CA; give the operator the "
+                    "new identities/operator-%s files", name, name)
     tls.configure(trust_mod.client_tls(pki, now) if pki else None, allow_plaintext=args.insecure)
     if args.rundir is None:
         return args.db, None

@@ -8,13 +8,18 @@ running controller would program, without asking it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from controller.core.model import InvalidState
 from controller.northbound.store import Store
 
 
-def expected_flows(store: Store, host: str) -> list[str]:
-    """``host``'s flows in ovs-ofctl syntax, ordered by table, then priority (highest first)."""
+def expected_flows(store: Store, host: str, reach: Mapping[str, str] | None = None) -> list[str]:
+    """``host``'s flows in ovs-ofctl syntax, ordered by table, then priority (highest first).
+
+    ``reach`` overrides, per system-id, the remote its OVSDB is read at (default: the Host
+    row's, which is how the controller reaches it; a lab or an operator on the host itself
+    may reach it through its local socket instead)."""
     from controller.pipeline.compute import compute_flows
     from controller.pipeline.flows import to_ofctl
     from controller.service import build_state
@@ -25,7 +30,8 @@ def expected_flows(store: Store, host: str) -> list[str]:
         raise InvalidState(f"host {host!r} has not joined")
     views = {}
     for rec in declared.hosts:
-        db = HostDb(rec.host.system_id, rec.ovsdb, lambda: None)
+        remote = (reach or {}).get(rec.host.system_id, rec.ovsdb)
+        db = HostDb(rec.host.system_id, remote, lambda: None)
         try:
             views[rec.host.system_id] = db.view(time.time())
         finally:

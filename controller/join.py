@@ -1,8 +1,8 @@
 """Joining a host to veil: the one implementation behind `veil join`, the lab and the bench.
 
 A join has two halves that must agree: the host's own OVSDB (system-id, underlay IP, tunnel
-types, br-int in fail_mode=secure, and passive listeners for the remotes the controller will
-dial) and the host's row in the veil database (``Store.join``). Keeping both here, with typed
+types, br-int in fail_mode=secure without in-band control, and passive listeners for the
+remotes the controller will dial) and the host's row in the veil database (``Store.join``). Keeping both here, with typed
 arguments, means the lab and the benchmarks measure exactly what an operator runs, and no
 caller drives the CLI by argv.
 """
@@ -100,6 +100,10 @@ def _write_host(rec: HostRecord, ovsdb_listen: str | None, of_listen: str | None
             })))
             txn.add(api.add_br(contract.INTEGRATION_BRIDGE, may_exist=True))
             txn.add(api.db_set("Bridge", contract.INTEGRATION_BRIDGE, ("fail_mode", "secure")))
+            # no in-band control: OVS would add hidden NORMAL flows (priority 180000+, above
+            # every veil flow) for ARP and TCP to each active controller/manager address
+            txn.add(api.db_set("Bridge", contract.INTEGRATION_BRIDGE,
+                               ("other_config", {"disable-in-band": "true"})))
             for uuid, target, ours in managers:
                 if ours == "true" and target != ovsdb_listen:  # a listener of an earlier join
                     txn.add(api.db_remove("Open_vSwitch", ".", "manager_options", uuid))

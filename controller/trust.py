@@ -103,7 +103,7 @@ class ControllerTrust:
         if not self.pki.crl_due(now):
             return False
         self.pki.write_crls(now)
-        LOG.info("re-signed the host and controller CRLs")
+        LOG.info("re-signed the host, controller and operator CRLs")
         return True
 
     def stop(self) -> None:

@@ -14,9 +14,7 @@ hook itself whenever this daemon is not there to answer.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 import signal
 import sys
 import threading
@@ -28,6 +26,7 @@ from watchdog.observers import Observer
 
 from hooks import contract
 from hooks.backoff import Backoff
+from hooks.cliargs import OneLineParser, remote, seconds
 from hooks.ovsdb import DEFAULT_DB
 from hooks.registrar import Registrar
 from hooks.spool import SUFFIX, DrainResult, Spool, drain
@@ -110,22 +109,12 @@ def _log_result(result: DrainResult) -> None:
         LOG.warning("OVSDB not available, will retry spooled events: %s", result.blocked)
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0.1 <= value <= 300):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 0.1..300")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="veil-hostd", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = OneLineParser(prog="veil-hostd", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--spool", default=DEFAULT_SPOOL, help=f"spool directory (default {DEFAULT_SPOOL})")
-    parser.add_argument("--db", default=DEFAULT_DB, help=f"OVSDB remote (default {DEFAULT_DB})")
+    parser.add_argument("--db", default=DEFAULT_DB, type=remote, help=f"OVSDB remote (default {DEFAULT_DB})")
     parser.add_argument("--bridge", default=contract.INTEGRATION_BRIDGE)
-    parser.add_argument("--timeout", type=_timeout, default=5.0, help="OVSDB timeout per transaction, seconds")
+    parser.add_argument("--timeout", type=seconds(0.1, 300.0), default=5.0, help="OVSDB timeout per transaction, seconds")
     parser.add_argument("--once", action="store_true", help="drain once and exit (1 if events remain)")
     parser.add_argument("--hook-socket", default="/run/veil/hook.sock",
                         help="unix socket of the qemu hook service (root only; '' to not serve it)")

@@ -53,6 +53,44 @@ def foreign_owner(vif: Vif, current: Mapping[str, str]) -> str | None:
     return None
 
 
+# Keys a takeover of a stale row drops before writing the new VIF's (the old VM's veil keys
+# and os-vif's vm-uuid would otherwise outlive it); veil-owns-port stays (veil added the port).
+TAKEOVER_DROP_KEYS = (*(k for k in contract.VEIL_INTERFACE_KEYS if k != contract.VEIL_OWNS_PORT),
+                      contract.VM_UUID)
+
+
+def device_gone(ofport: object, error: object, link_state: object) -> str | None:
+    """Why OVS's Interface columns say no VM is behind the row's device any more (None: it
+    may be live). A tap whose VM stopped is gone (vswitchd: ofport -1, error "could not open
+    network device"), or, once libvirt made a new tap of that name for the VM starting now,
+    has no carrier (no qemu holds it yet: link_state down). Unknown (vswitchd never looked)
+    counts as live."""
+    if isinstance(error, str) and error:
+        return f"OVS reports: {error}"
+    if ofport == -1:
+        return "OVS cannot open its device (ofport -1)"
+    if link_state == "down":
+        return "its device has no carrier (link_state down): no VM holds it"
+    return None
+
+
+def claim(vif: Vif, current: Mapping[str, str], gone: str | None) -> tuple[str | None, str | None]:
+    """(why the plug is refused, the takeover note) for a plug of ``vif`` onto the row whose
+    external_ids are ``current``; ``gone`` is ``device_gone`` of that row.
+
+    Another VM's row is refused while that VM is plausibly alive; a row left by a lost unplug
+    (its device gone: libvirt reuses tap names) is taken over, with a note naming the old
+    owner. A port of no known VM (another controller's) is never taken over."""
+    why = foreign_owner(vif, current)
+    if why is None:
+        return None, None
+    owner = current.get(contract.VM_ID) or current.get(contract.VM_UUID)
+    if gone is None or not owner:
+        return why, None
+    return None, (f"took over port {vif.port!r} from VM {owner} for VM {vif.vm_id}: a stale row "
+                  f"(lost unplug?): {gone}")
+
+
 def deactivate_external_ids() -> dict[str, str]:
     """The keys an unplug without port deletion sets (after dropping DEACTIVATE_DROP_KEYS)."""
     return {contract.IFACE_STATUS: contract.STATUS_INACTIVE}

@@ -9,6 +9,7 @@ rows without ovsdbapp's connection bootstrap (see docs/kvm.md for the figures).
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -20,8 +21,10 @@ from hooks.errors import PlugRejected, RegistrarError, VifError
 from hooks.ovsdb import connect as ovsdb_connect
 from hooks.plugspec import (
     DEACTIVATE_DROP_KEYS,
+    TAKEOVER_DROP_KEYS,
+    claim,
     deactivate_external_ids,
-    foreign_owner,
+    device_gone,
     plug_external_ids,
     ports_to_unplug,
     update_external_ids,
@@ -34,6 +37,7 @@ __all__ = ["Registrar", "RegistrarError", "PlugRejected", "VifError"]
 # The IDL only mirrors what registration needs: every table the daemon watches costs memory
 # and initial-dump time on hosts with many ports.
 _TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface")
+LOG = logging.getLogger("veil.registrar")
 
 
 class _BridgeMissing(Exception):
@@ -49,11 +53,17 @@ class Registrar:
         self.timeout = timeout
         self._api: Any = None
         self._lock = threading.Lock()
+        self.took_over: list[str] = []  # one note per stale row a plug took over (also logged)
 
     def plug(self, vif: Vif, *, add_port: bool) -> None:
-        """Write ``vif`` into its Interface row, adding the port first when ``add_port``."""
+        """Write ``vif`` into its Interface row, adding the port first when ``add_port``
+        (another VM's row: refused while that VM is plausibly alive, else taken over)."""
         ids = plug_external_ids(vif, add_port=add_port)
-        self._commit(_PlugCommand(self._connected(), self.bridge, vif, ids, add_port))
+        cmd = _PlugCommand(self._connected(), self.bridge, vif, ids, add_port)
+        self._commit(cmd)
+        if cmd.took_over:
+            LOG.warning("%s", cmd.took_over)
+            self.took_over.append(cmd.took_over)
 
     def unplug(self, port: str, *, delete_port: bool) -> None:
         """Remove the port, or mark it inactive and drop veil's keys. A missing port is a no-op."""
@@ -135,6 +145,7 @@ class _PlugCommand(command.BaseCommand):  # type: ignore[misc]
         self.port = vif.port
         self.ids = ids
         self.add_port = add_port
+        self.took_over: str | None = None
 
     def run_idl(self, txn: Any) -> None:
         iface = idlutils.row_by_value(self.api.idl, "Interface", "name", self.port, None)
@@ -154,11 +165,20 @@ class _PlugCommand(command.BaseCommand):  # type: ignore[misc]
             return
         iface.verify("external_ids")
         current = dict(iface.external_ids)
-        why = foreign_owner(self.vif, current)
+        why, self.took_over = claim(self.vif, current, device_gone(
+            _one(iface.ofport), _one(iface.error), _one(iface.link_state)))
         if why:
             raise PlugRejected(why)
+        if self.took_over:
+            for key in TAKEOVER_DROP_KEYS:
+                iface.delkey("external_ids", key)
         for key, value in update_external_ids(self.ids, current).items():
             iface.setkey("external_ids", key, value)
+
+
+def _one(column: Any) -> object:
+    """An optional IDL column (a list of zero or one value) as its value or None."""
+    return column[0] if isinstance(column, list) and len(column) == 1 else None
 
 
 class _DeactivateCommand(command.BaseCommand):  # type: ignore[misc]

@@ -16,7 +16,6 @@ reconciles everything again.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import queue
 import signal
@@ -31,6 +30,7 @@ import libvirt
 
 from hooks import contract
 from hooks.backoff import Backoff
+from hooks.cliargs import OneLineParser, remote, seconds
 from hooks.errors import RegistrarError
 from hooks.reconcile import diff
 from hooks.registrar import Registrar
@@ -41,6 +41,7 @@ from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, ConfigError, HookConfig, kno
 
 LOG = logging.getLogger("veil.libvirt-agent")
 RECONNECT = Backoff(initial=0.5, maximum=10.0)  # while libvirtd is away
+OVSDB_RETRY = Backoff(initial=0.5, maximum=10.0)  # while OVSDB is away: reconcile again
 EVENT_IDS = (
     libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
     libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
@@ -74,6 +75,7 @@ class Agent:
         self.conn: Any = None
         self.generation = 0
         self.reconciled = 0  # full reconciliations done (observability)
+        self.ovsdb_retry = OVSDB_RETRY
 
     # -- event plumbing (runs in libvirt's event thread: only enqueue) --------------------------
     def _on_domain_event(self, conn: Any, dom: Any, *args: Any) -> None:
@@ -106,10 +108,21 @@ class Agent:
             self._disconnect()
 
     def _serve(self) -> bool:
-        """Process jobs until the connection is lost (False) or a stop is requested (True)."""
+        """Process jobs until the connection is lost (False) or a stop is requested (True).
+
+        A reconcile OVSDB could not take is retried as one full reconcile (it covers every
+        job that failed meanwhile) after ``OVSDB_RETRY.delay(consecutive failures)``."""
         self.jobs.put((_ALL, self.generation))
+        failures = 0
+        retry_at: float | None = None
         while True:
-            job, generation = self.jobs.get()
+            try:
+                wait = None if retry_at is None else max(0.0, retry_at - time.monotonic())
+                job, generation = self.jobs.get(timeout=wait)
+            except queue.Empty:
+                job, generation = _ALL, self.generation
+            if job == _ALL:
+                retry_at = None  # this full reconcile is the retry
             if job == _STOP:
                 return True
             if job == _CLOSED:
@@ -119,6 +132,7 @@ class Agent:
                 return False
             try:
                 self._reconcile(None if job == _ALL else job)
+                failures = 0
             except libvirt.libvirtError as exc:
                 if self.conn.isAlive() == 1:
                     LOG.error("libvirt error while reconciling %s: %s", job, exc)
@@ -126,10 +140,10 @@ class Agent:
                 LOG.warning("libvirtd went away (%s); reconnecting", exc)
                 return False
             except RegistrarError as exc:
-                LOG.warning("OVSDB unavailable (%s); will reconcile again", exc)
-                retry = threading.Timer(1.0, self.jobs.put, args=((job, generation),))
-                retry.daemon = True
-                retry.start()
+                failures += 1
+                delay = self.ovsdb_retry.delay(failures)
+                LOG.warning("OVSDB unavailable (%s); will reconcile again in %.1fs", exc, delay)
+                retry_at = time.monotonic() + delay
 
     def _connect(self) -> None:
         conn = libvirt.openReadOnly(self.uri)
@@ -220,11 +234,12 @@ def start_event_loop() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="veil-libvirt-agent", description="Reconcile libvirt domains into OVSDB.")
+    p = OneLineParser(prog="veil-libvirt-agent", description="Reconcile libvirt domains into OVSDB.")
     p.add_argument("--uri", default="qemu:///system")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="the qemu hook's config (db, bridge, spool, networks)")
-    p.add_argument("--db", help="OVSDB remote (overrides the config)")
-    p.add_argument("--timeout", type=float, default=5.0, help="OVSDB timeout per transaction, seconds")
+    p.add_argument("--db", type=remote, help="OVSDB remote (overrides the config)")
+    p.add_argument("--timeout", type=seconds(0.1, 300.0), default=5.0,
+                   help="OVSDB timeout per transaction, seconds")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s veil-libvirt-agent %(levelname)s %(message)s")
     try:

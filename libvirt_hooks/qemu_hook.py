@@ -270,6 +270,7 @@ def _submit(cfg: HookConfig, events: list[PlugEvent] | list[UnplugVmEvent], out:
         result = submit(Spool(cfg.spool), registrar, events, lock_wait=min(LOCK_WAIT, cfg.timeout))
     finally:
         registrar.close()
+    out.notes.extend(registrar.took_over)  # stale rows of VMs gone (one line each, naming them)
     out.errors.extend(result.rejected)
     if result.spooled:
         out.spooled = f"{result.spooled} event(s) spooled to {cfg.spool}: {result.spool_reason}"

@@ -37,6 +37,7 @@ import XenAPI
 
 from hooks import contract
 from hooks.backoff import Backoff
+from hooks.cliargs import OneLineParser, remote, seconds
 from hooks.errors import PlugRejected, RegistrarError, SpoolError
 from hooks.ovsdb import DEFAULT_DB
 from hooks.spool import DrainResult, Spool
@@ -61,6 +62,7 @@ class HostOvs(Protocol):
     def owned_ports(self) -> set[str]: ...
     def watch_interfaces(self, callback: Callable[[], None]) -> None: ...
     def bridge_names(self) -> set[str]: ...
+    def system_id(self) -> str | None: ...
     def plug(self, vif: Vif, *, add_port: bool) -> None: ...
     def unplug(self, port: str, *, delete_port: bool) -> None: ...
     def set_bridge_ids(self, ids: Mapping[str, str]) -> None: ...
@@ -308,22 +310,62 @@ def local_host_uuid(inventory: str = INVENTORY) -> str | None:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="veil-xapi-sync", description=__doc__.splitlines()[0] if __doc__ else None)
+    """The command line, every value checked: a bad one is one line naming it, exit 2."""
+    p = OneLineParser(prog="veil-xapi-sync", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--xapi", default=LOCAL_XAPI, help="unix:/path or http(s)://host (default: %(default)s)")
     p.add_argument("--user", default="root")
     p.add_argument("--password-file", help="file holding the password for a remote xapi")
-    p.add_argument("--ovsdb", default=DEFAULT_DB, help="OVSDB remote")
+    p.add_argument("--ovsdb", default=DEFAULT_DB, type=remote, help="OVSDB remote")
     p.add_argument("--bridge", default=contract.INTEGRATION_BRIDGE)
     p.add_argument("--spool", default=config.XenConfig.spool,
                    help="vif-hotplug's spool: its pending events apply before each pass (default: %(default)s)")
-    p.add_argument("--ovsdb-timeout", type=float, default=5.0, help="OVSDB transaction timeout (s)")
+    p.add_argument("--ovsdb-timeout", type=seconds(0.1, 300.0), default=5.0, help="OVSDB transaction timeout (s)")
     p.add_argument("--host-uuid", help="this host's xapi uuid (default: OVSDB system-id, else the inventory)")
     p.add_argument("--manage-ports", action="store_true",
                    help="add/delete vifD.N ports too (hosts without xenopsd's vif script: labs)")
-    p.add_argument("--poll-timeout", type=float, default=30.0, help="event.from long-poll timeout (s)")
-    p.add_argument("--backoff-initial", type=float, default=0.5, help="first retry delay (s), xapi and OVSDB")
-    p.add_argument("--backoff-max", type=float, default=30.0, help="longest retry delay (s)")
-    return p.parse_args(argv)
+    p.add_argument("--poll-timeout", type=seconds(0.1, 3600.0), default=30.0,
+                   help="event.from long-poll timeout (s)")
+    p.add_argument("--backoff-initial", type=seconds(0.01, 3600.0), default=0.5,
+                   help="first retry delay (s), xapi and OVSDB")
+    p.add_argument("--backoff-max", type=seconds(0.01, 3600.0), default=30.0, help="longest retry delay (s)")
+    args = p.parse_args(argv)
+    if args.backoff_max < args.backoff_initial:
+        p.error(f"argument --backoff-max: {args.backoff_max:g} is less than --backoff-initial "
+                f"{args.backoff_initial:g}")
+    return args
+
+
+def read_password(path: str | None) -> str:
+    """The remote xapi's password from ``--password-file`` ("" without one)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(65536).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--password-file {path}: cannot read it: {exc}") from None
+
+
+def wait_for_ovsdb(ovs: HostOvs, remote_name: str, host_uuid: str | None, stopping: threading.Event,
+                   backoff: Backoff, on_change: Callable[[], None]) -> tuple[bool, str | None]:
+    """Connect to OVSDB (and read this host's system-id when no ``--host-uuid`` was given),
+    retrying on ``backoff`` while it is away: a daemon never exits because a dependency is
+    away (issue 12). Returns (stopped, host uuid or None when nothing names this host)."""
+    failures = 0
+    while True:
+        try:
+            ovs.watch_interfaces(on_change)
+            uuid = host_uuid or ovs.system_id() or local_host_uuid()
+            if failures:
+                LOG.info("OVSDB at %s is there", remote_name)
+            return False, uuid
+        except RegistrarError as exc:
+            failures += 1
+            delay = backoff.delay(failures)
+            what = "" if host_uuid else " (to read this host's system-id: no --host-uuid)"
+            LOG.warning("waiting for OVSDB at %s%s: %s; retrying in %.1fs", remote_name, what, exc, delay)
+            if stopping.wait(delay):
+                return True, None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,42 +373,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s veil-xapi-sync %(levelname)s %(message)s")
-    password = ""
-    if args.password_file:
-        with open(args.password_file) as fh:
-            password = fh.read().strip()
-    ovs = RegistrarOvs(args.ovsdb, Spool(args.spool), bridge=args.bridge, timeout=args.ovsdb_timeout)
     try:
-        host_uuid = args.host_uuid or ovs.system_id() or local_host_uuid()
-    except RegistrarError as exc:
-        sys.stderr.write(f"veil-xapi-sync: no --host-uuid and cannot read OVSDB system-id: {exc}\n")
-        return 2
-    if not host_uuid:
-        sys.stderr.write("veil-xapi-sync: cannot tell this host's uuid: pass --host-uuid\n")
+        password = read_password(args.password_file)
+    except ValueError as exc:
+        sys.stderr.write(f"veil-xapi-sync: {' '.join(str(exc).split())}\n")
         return 2
     inbox: queue.Queue[Item] = queue.Queue()
+    stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stopping.set()
         inbox.put(STOP)
 
-    stopping = threading.Event()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     backoff = Backoff(initial=args.backoff_initial, maximum=args.backoff_max)
-    watcher = XapiWatcher(
-        connect=lambda: login(args.xapi, args.user, password),
-        host_uuid=host_uuid,
-        emit=inbox.put,
-        wait=stopping.wait,
-        backoff=backoff,
-        poll_timeout=args.poll_timeout,
-    )
-    LOG.info("following xapi %s for host %s, OVSDB %s", args.xapi, host_uuid, args.ovsdb)
-    # A daemon thread: at stop it may sit in a long event.from, which must not hold the exit.
-    threading.Thread(target=watcher.run, name="xapi-watcher", daemon=True).start()
+    ovs = RegistrarOvs(args.ovsdb, Spool(args.spool), bridge=args.bridge, timeout=args.ovsdb_timeout)
     try:
-        ovs.watch_interfaces(lambda: inbox.put(OVSDB_CHANGED))
+        stopped, host_uuid = wait_for_ovsdb(ovs, args.ovsdb, args.host_uuid, stopping, backoff,
+                                            lambda: inbox.put(OVSDB_CHANGED))
+        if stopped:
+            return 0
+        if not host_uuid:
+            sys.stderr.write("veil-xapi-sync: cannot tell this host's uuid (no OVSDB system-id, no "
+                             f"{INVENTORY}): pass --host-uuid\n")
+            return 2
+        watcher = XapiWatcher(
+            connect=lambda: login(args.xapi, args.user, password),
+            host_uuid=host_uuid,
+            emit=inbox.put,
+            wait=stopping.wait,
+            backoff=backoff,
+            poll_timeout=args.poll_timeout,
+        )
+        LOG.info("following xapi %s for host %s, OVSDB %s", args.xapi, host_uuid, args.ovsdb)
+        # A daemon thread: at stop it may sit in a long event.from, which must not hold the exit.
+        threading.Thread(target=watcher.run, name="xapi-watcher", daemon=True).start()
         Applier(ovs, args.manage_ports, inbox, backoff).run()
     except UnknownHost as exc:
         sys.stderr.write(f"veil-xapi-sync: {exc}\n")
@@ -374,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         ovs.close()
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,13 +1,17 @@
 """The veil PKI: certificate authorities, host certificates, join tokens and revocation.
 
-Why three CAs and not one: Open vSwitch's SSL (``ovs-vsctl set-ssl``, ``ovsdb-server
+Why four CAs and not one: Open vSwitch's SSL (``ovs-vsctl set-ssl``, ``ovsdb-server
 --ca-cert``) only checks that a peer's chain ends at the CA file it was given; it checks no
 name and reads no CRL. A host's OVSDB (6640) and OpenFlow (6653) listeners must accept the
-controller and never another host, so whatever they trust must not sign host certificates:
+controller and nobody else (not another host, not an operator: a revoked certificate would
+keep working there until it expires), so whatever they trust signs only the controller:
 
-* controller CA - signs the controller's client certificate, the operators' client
-  certificates and the controller's server certificate (enrollment endpoint, database
-  relay). Host listeners trust only this CA; hosts verify the controller with it.
+* controller CA - signs the controller's client certificate and the controller's server
+  certificate (enrollment endpoint, database relay), nothing else. Host listeners trust
+  only this CA; hosts verify the controller with it.
+* operator CA - signs operators' client certificates (CN ``operator:<name>``). Only the
+  relay trusts it (with its CRL), so an operator acts through the veil database, never on
+  a host's switch directly, and ``remove_operator`` takes effect everywhere it is accepted.
 * host CA - signs host certificates (CN = the host's system-id). The controller and the
   veil database relay trust it for hosts; its CRL lists removed hosts.
 * relay CA - internal to the controller machine: only the local ovsdb-server trusts it, and
@@ -20,6 +24,7 @@ can issue an expired certificate or expire a token without sleeping or patching.
 File layout under the PKI directory (created 0700; every private key 0600)::
 
     controller-ca/{key.pem,cert.pem,crl.pem}
+    operator-ca/{key.pem,cert.pem,crl.pem}   (added to older directories on open)
     host-ca/{key.pem,cert.pem,crl.pem}
     relay-ca/{key.pem,cert.pem}
     identities/<name>/{key.pem,cert.pem}   controller, server, operator-<name>, relay-upstream
@@ -441,13 +446,16 @@ class Pki:
     """
 
     def __init__(self, root: Path, controller_ca: Ca, host_ca: Ca, relay_ca: Ca,
-                 tokens: TokenStore) -> None:
+                 tokens: TokenStore, operator_ca: Ca) -> None:
         self.root = root
         self.controller_ca = controller_ca
+        self.operator_ca = operator_ca
         self.host_ca = host_ca
         self.relay_ca = relay_ca
         self.tokens = tokens
         self._lock = _FileLock(root / ".lock")
+        # operators whose controller-CA certificate ``open`` replaced (upgrade), for the log
+        self.reissued_operators: list[str] = []
 
     @classmethod
     def open(cls, root: Path, now: datetime, tokens: TokenStore | None = None) -> Pki:
@@ -461,10 +469,50 @@ class Pki:
             Ca.create_or_load(root / "host-ca", "veil host CA", now),
             Ca.create_or_load(root / "relay-ca", "veil relay CA", now),
             tokens or FileTokenStore(root / "tokens.json"),
+            Ca.create_or_load(root / "operator-ca", "veil operator CA", now),
         )
-        if not (pki.host_ca.crl_path.exists() and pki.controller_ca.crl_path.exists()):
+        if not all(ca.crl_path.exists() for ca, _ in pki._crl_cas()):
             pki.write_crls(now)
+        pki.reissued_operators = pki._upgrade_operators(now)
         return pki
+
+    def _crl_cas(self) -> tuple[tuple[Ca, str], ...]:
+        """The CAs with a CRL, and the name ``revoked.json`` records them by."""
+        return ((self.host_ca, "host"), (self.controller_ca, "controller"),
+                (self.operator_ca, "operator"))
+
+    def _upgrade_operators(self, now: datetime) -> list[str]:
+        """A PKI directory from before the operator CA holds operator certificates signed by
+        the controller CA, which every host listener trusts. Re-issue each under the operator
+        CA (new key, same files) and revoke the old serial on the controller CA CRL, so the
+        relay refuses the old one at once. Returns the operator names re-issued.
+
+        Host listeners cannot read that CRL: a copy of an old certificate taken out of the
+        PKI directory stays accepted there until it expires, unless the controller CA is
+        replaced (docs/pki.md, "Upgrading")."""
+        done: list[str] = []
+        for d in sorted((self.root / "identities").glob("operator-*")):
+            try:
+                cert = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+            except FileNotFoundError:
+                continue
+            if not self.controller_ca.issued(cert):
+                continue
+            name = d.name.removeprefix("operator-")
+            self._revoke(cert, "controller", now)
+            self.operator_identity(name, now)
+            done.append(name)
+        return done
+
+    def _revoke(self, cert: x509.Certificate, ca: str, now: datetime) -> None:
+        with self._lock.held():
+            revoked = _read_json(self.root / "revoked.json")
+            revoked[str(cert.serial_number)] = {
+                "cn": common_name(cert.subject), "ca": ca,
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "revoked_at": now.isoformat()}
+            _write_json(self.root / "revoked.json", revoked)
+            self._write_crls_locked(now)
 
     # -- identities of the controller side
 
@@ -499,9 +547,11 @@ class Pki:
                                     Usage.SERVER, now, sans=sans)
 
     def operator_identity(self, name: str, now: datetime) -> Identity:
+        """An operator's client certificate, from the operator CA: accepted by the relay
+        (CRL checked), never by a host listener."""
         validate_system_id(name)
         return self.ensure_identity(f"operator-{name}", OPERATOR_PREFIX + name,
-                                    self.controller_ca, Usage.CLIENT, now)
+                                    self.operator_ca, Usage.CLIENT, now)
 
     def upstream_identity(self, now: datetime, sans: Iterable[str] = ("127.0.0.1",)) -> Identity:
         """The local ovsdb-server's certificate, signed by the relay CA (its ``--ca-cert``)."""
@@ -588,22 +638,15 @@ class Pki:
         return [int(s) for s in serials]
 
     def remove_operator(self, name: str, now: datetime) -> int | None:
-        """Revoke an operator's certificate (controller CA CRL) and delete it; returns the
-        serial. The relay refuses it at once; host listeners cannot read CRLs, but only the
-        controller reaches those (network policy, see the issue)."""
+        """Revoke an operator's certificate (operator CA CRL) and delete it; returns the
+        serial. The relay, the only listener that trusts the operator CA, refuses it at once
+        and ends its established sessions; host listeners never accepted it."""
         d = self.root / "identities" / f"operator-{validate_system_id(name)}"
         try:
             cert = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
         except FileNotFoundError:
             return None
-        with self._lock.held():
-            revoked = _read_json(self.root / "revoked.json")
-            revoked[str(cert.serial_number)] = {
-                "cn": common_name(cert.subject), "ca": "controller",
-                "not_after": cert.not_valid_after_utc.isoformat(),
-                "revoked_at": now.isoformat()}
-            _write_json(self.root / "revoked.json", revoked)
-            self._write_crls_locked(now)
+        self._revoke(cert, "operator" if self.operator_ca.issued(cert) else "controller", now)
         for f in ("key.pem", "cert.pem"):
             (d / f).unlink(missing_ok=True)
         d.rmdir()
@@ -643,14 +686,14 @@ class Pki:
                 if datetime.fromisoformat(v["not_after"]) > now}
         if live != revoked:
             _write_json(self.root / "revoked.json", live)
-        for name, ca in (("host", self.host_ca), ("controller", self.controller_ca)):
+        for ca, name in self._crl_cas():
             entries = [(int(s), datetime.fromisoformat(v["revoked_at"]))
                        for s, v in live.items() if v["ca"] == name]
             write_file(ca.crl_path, ca.crl(entries, now))
 
     def crl_due(self, now: datetime) -> bool:
         """Whether a CRL is past half its life (time to call :meth:`write_crls`)."""
-        for ca in (self.host_ca, self.controller_ca):
+        for ca, _ in self._crl_cas():
             crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes())
             nxt = crl.next_update_utc
             if nxt is None or nxt - now < CRL_LIFETIME / 2:
@@ -658,10 +701,9 @@ class Pki:
         return False
 
     def client_trust(self) -> list[Path]:
-        """CA certificates and CRLs a listener serving both hosts and the controller/
-        operators loads (the relay), in one list for ``SSLContext.load_verify_locations``."""
-        return [self.host_ca.cert_path, self.host_ca.crl_path,
-                self.controller_ca.cert_path, self.controller_ca.crl_path]
+        """CA certificates and CRLs a listener serving hosts, operators and the controller
+        loads (the relay), in one list for ``SSLContext.load_verify_locations``."""
+        return [p for ca, _ in self._crl_cas() for p in (ca.cert_path, ca.crl_path)]
 
 
 def needs_renewal(cert: x509.Certificate, now: datetime) -> bool:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from hooks import cliargs
 from hooks.ovsdb import connect as ovsdb
 from controller.core.seen import SeenKey
 from controller.core.model import (
@@ -189,22 +190,10 @@ _REMOTE_KINDS: Final = ("tcp", "ssl", "unix")
 
 def check_remote(value: object, where: str) -> str:
     """An OVSDB/OpenFlow remote the controller dials: tcp:IP:PORT, ssl:IP:PORT or unix:PATH
-    (an IPv6 address in brackets)."""
-    kind, _, rest = value.partition(":") if isinstance(value, str) else ("", "", "")
-    if kind == "unix" and rest and "\0" not in rest:
-        return str(value)
-    if kind in ("tcp", "ssl"):
-        host, _, port = rest.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        try:
-            ipaddress.ip_address(host)
-            ok = port.isascii() and port.isdigit() and 0 < int(port) < 65536
-        except ValueError:
-            ok = False
-        if ok:
-            return str(value)
-    raise InvalidState(f"{where}: {value!r} is not a remote like tcp:IP:PORT, ssl:IP:PORT or "
-                       f"unix:PATH")
+    (an IPv6 address in brackets); the rule is ``hooks.cliargs.is_remote``."""
+    if not cliargs.is_remote(value):
+        raise InvalidState(f"{where}: {value!r} is not a remote like {cliargs.REMOTE_FORMS}")
+    return str(value)
 
 
 def _text(value: object, where: str) -> str:

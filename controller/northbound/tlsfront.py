@@ -4,7 +4,8 @@ Why: ovsdb-server checks a client certificate's chain and nothing else - no CRL,
 removed host's certificate would keep working until it expires. The relay therefore is
 the database's only TLS listener for hosts, operators and the controller:
 
-1. mutual TLS from the client: chain to the host CA or the controller CA, leaf CRL checked
+1. mutual TLS from the client: chain to the host CA, the operator CA or the controller CA
+   (the controller's own client certificate only), leaf CRL checked
    (the CRLs are reloaded when ``veil host remove`` rewrites them), serial checked again
    against the PKI's revocation list, CN policed (a host CN can never read "controller"
    or "operator:...");
@@ -189,11 +190,21 @@ class TlsFront:
             raise Refused(f"certificate of {cn!r} is revoked")
         if self.pki.host_ca.issued(cert):
             return False, P.validate_system_id(cn)
+        if self.pki.operator_ca.issued(cert):
+            if not cn.startswith(P.OPERATOR_PREFIX):
+                raise Refused(f"operator CA certificate with unexpected CN {cn!r}")
+            P.validate_system_id(cn.removeprefix(P.OPERATOR_PREFIX))
+            return True, cn
         if self.pki.controller_ca.issued(cert):
-            if cn != P.CONTROLLER_CN and not cn.startswith(P.OPERATOR_PREFIX):
+            if cn.startswith(P.OPERATOR_PREFIX):
+                raise Refused(f"operator certificate {cn!r} from the controller CA (issued "
+                              "before the operator CA): use the one the controller re-issued "
+                              "under the operator CA")
+            if cn != P.CONTROLLER_CN:
                 raise Refused(f"controller CA certificate with unexpected CN {cn!r}")
             return True, cn
-        raise Refused(f"certificate of {cn!r} is from neither the host nor controller CA")
+        raise Refused(f"certificate of {cn!r} is from none of the host, operator and "
+                      "controller CAs")
 
     def _client_context(self, cn: str) -> ssl.SSLContext:
         """A cached context presenting a relay-CA certificate for ``cn``."""

@@ -272,18 +272,24 @@ _DHCP6_SERVER: Final = _udp(ETH_IPV6, DHCPV6_SERVER_PORT, DHCPV6_CLIENT_PORT)
 #   header chain is cut inside an extension header (OVS reports ip_proto 0, a value a parsed
 #   packet never has: hop-by-hop is walked), an ICMPv6 packet without its ICMPv6 header (a
 #   first fragment that leaves the type to a later fragment, the RA-Guard evasion of RFC 7113:
-#   type 0, which is reserved). With OVS's default fragment handling ("normal") every
-#   fragment reads as L4 ports/types 0, so this drops every first fragment of ICMPv6: no
-#   fragmented ND, RA or redirect can be reassembled (RFC 6980); a fragmented echo is lost.
-#   Fragmented UDP and ICMPv4 are not checked (open: docs/isolation.md).
-PORT_GUARD_FLOWS: Final = tuple(
-    Flow(P.PORT_SECURITY, 120, Match.of(**m)) for m in (
+#   type 0, which is reserved).
+# Fragments: every br-int is in nx-match fragment handling (the southbound session sets it on
+# connect, ``OFPC_FRAG_NX_MATCH``), so a first fragment carries its L4 header and the guards
+# above drop fragmented DHCP/DHCPv6 server replies and ICMPv4 redirects as they drop whole
+# ones. A later fragment has no L4 header: it reads ports/types 0, which no guard and no
+# allow flow here matches (no flow of table port_security allows port or type 0), so it
+# passes as opaque payload, useless without its first fragment. Every ICMPv6 first fragment
+# is dropped (priority 122, above the guards it overlaps): no fragmented ND, RA or redirect
+# is ever reassembled (RFC 6980); a fragmented ICMPv6 echo is lost.
+PORT_GUARD_FLOWS: Final = (
+    *(Flow(P.PORT_SECURITY, 120, Match.of(**m)) for m in (
         _DHCP4_SERVER,
         _DHCP6_SERVER,
         {"eth_type": ETH_IPV4, "ip_proto": IPPROTO_ICMP, "icmpv4_type": ICMP_REDIRECT},
         {"eth_type": ETH_IPV6, "ip_proto": 0},
         {"eth_type": ETH_IPV6, "ip_proto": IPPROTO_ICMPV6, "icmpv6_type": 0},
-    )
+    )),
+    Flow(P.PORT_SECURITY, 122, Match.of(eth_type=ETH_IPV6, ip_proto=IPPROTO_ICMPV6, ip_frag="first")),
 )
 # every table's priority-0 flow and the guards: the same on every host
 DEFAULT_FLOWS: Final = _default_flows() + GUARD_FLOWS + TUNNEL_POLICY + PORT_GUARD_FLOWS

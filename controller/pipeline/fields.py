@@ -37,14 +37,29 @@ ND_REDIRECT: Final = 137
 ARP_REQUEST: Final = 1
 ARP_REPLY: Final = 2
 
+OFPXMC_NXM_1: Final = 0x0001  # Nicira's NXM fields that OVS takes as OXM (ip_frag)
 OFPXMC_OPENFLOW_BASIC: Final = 0x8000
 OFPXMC_EXPERIMENTER: Final = 0xFFFF
 
-Kind = Literal["int", "mac", "ipv4", "ipv6"]
+Kind = Literal["int", "mac", "ipv4", "ipv6", "frag"]
 INT: Final[Kind] = "int"
 MAC: Final[Kind] = "mac"
 IPV4: Final[Kind] = "ipv4"
 IPV6: Final[Kind] = "ipv6"
+FRAG: Final[Kind] = "frag"  # a fragment type by ovs-ofctl's name; each name is a value/mask
+
+# OVS's ip_frag bits: 1 = any fragment, 2 = a fragment with a non-zero offset ("later").
+# Only meaningful with the switch in nx-match fragment handling (``OFPC_FRAG_NX_MATCH``,
+# which the southbound session sets): first fragments then carry their L4 header, later
+# fragments read L4 fields as 0 (they have none).
+FRAG_ANY: Final = 1
+FRAG_LATER: Final = 2
+FRAG_VALUES: Final[Mapping[str, tuple[int, int]]] = {
+    "no": (0, FRAG_ANY), "yes": (FRAG_ANY, FRAG_ANY),
+    "first": (FRAG_ANY, FRAG_ANY | FRAG_LATER), "later": (FRAG_ANY | FRAG_LATER, FRAG_ANY | FRAG_LATER),
+    "not_later": (0, FRAG_LATER),
+}
+OFPC_FRAG_NX_MATCH: Final = 3  # OFPT_SET_CONFIG flags: OVS's nx-match fragment handling
 
 # A prerequisite: the match must hold this field at one of these values (OpenFlow 1.4, table 12).
 Prereq = tuple[str, frozenset[int]]
@@ -69,6 +84,7 @@ class Field:
     nxm: str  # how ovs-ofctl prints the field in a move action: NXM_OF_ETH_SRC[]
     prereqs: tuple[Prereq, ...] = ()
     oxm_class: int = OFPXMC_OPENFLOW_BASIC
+    nbits: int | None = None  # OVS's width in bits when narrower than the bytes (ip_frag: 2)
 
     def __post_init__(self) -> None:
         if self.oxm_class == OFPXMC_EXPERIMENTER:  # its TLV carries an experimenter id too
@@ -77,13 +93,23 @@ class Field:
     @property
     def bits(self) -> int:
         """Width in bits: what a whole-field NXAST_REG_MOVE copies."""
-        return self.width * 8
+        return self.nbits if self.nbits is not None else self.width * 8
 
     @property
     def oxm_type(self) -> int:
         """os-ken's number for the field (class and field): the order it serializes a match
         in, which puts every prerequisite before the fields that need it."""
         return self.oxm_class << 7 | self.oxm_field
+
+    @property
+    def order(self) -> int:
+        """Where the encoder puts the field in a match: OVS reads a match in order and refuses
+        a field before its prerequisites (OFPBMC_BAD_PREREQ). os-ken's order (``oxm_type``)
+        does that for the OpenFlow basic class; an NXM field (ip_frag, class 1 sorts first
+        there) goes after every basic one."""
+        if self.oxm_class == OFPXMC_NXM_1:
+            return (OFPXMC_OPENFLOW_BASIC + 1) << 7 | self.oxm_field
+        return self.oxm_type
 
     def header(self, masked: bool = False) -> int:
         """The 32-bit OXM header of a TLV of this field (a masked TLV carries value and mask)."""
@@ -116,6 +142,8 @@ FIELDS: Final[Mapping[str, Field]] = {
         Field("eth_type", 5, 2, INT, False, "dl_type", "NXM_OF_ETH_TYPE[]"),
         Field("vlan_vid", 6, 2, INT, True, "vlan_vid", "OXM_OF_VLAN_VID[]"),
         Field("ip_proto", 10, 1, INT, False, "nw_proto", "NXM_OF_IP_PROTO[]", _IP),
+        Field("ip_frag", 26, 1, FRAG, False, "nw_frag", "NXM_NX_IP_FRAG[]", _IP,
+              oxm_class=OFPXMC_NXM_1, nbits=2),
         Field("ipv4_src", 11, 4, IPV4, True, "nw_src", "NXM_OF_IP_SRC[]", _eth(ETH_IPV4)),
         Field("ipv4_dst", 12, 4, IPV4, True, "nw_dst", "NXM_OF_IP_DST[]", _eth(ETH_IPV4)),
         Field("udp_src", 15, 2, INT, True, "udp_src", "NXM_OF_UDP_SRC[]", _UDP),

@@ -75,7 +75,7 @@ PIPELINE: Final[dict[int, Table]] = {
             frozenset({
                 "in_port", "eth_src", "eth_dst", "eth_type", "ipv4_src", "arp_spa", "arp_sha",
                 "ipv6_src", "ip_proto", "icmpv6_type", "ipv6_nd_target", "ipv6_nd_sll",
-                "ipv6_nd_tll", "ipv4_dst", "udp_src", "udp_dst", "icmpv4_type",
+                "ipv6_nd_tll", "ipv4_dst", "udp_src", "udp_dst", "icmpv4_type", "ip_frag",
             }),
             frozenset({ARP_RESPONDER}),
         ),

@@ -14,7 +14,7 @@ from os_ken.ofproto import ofproto_protocol, ofproto_v1_4, ofproto_v1_4_parser
 
 from controller.southbound import ofwire
 from controller.pipeline.diff import FlowDiff
-from controller.pipeline.fields import FIELDS, INT, is_masked
+from controller.pipeline.fields import FIELDS, FRAG, FRAG_VALUES, INT, is_masked
 from controller.pipeline.flows import (
     COOKIE_TAG,
     COOKIE_TAG_MASK,
@@ -39,7 +39,11 @@ def protocol() -> Any:
 
 
 def _value(field: str, v: MatchValue) -> Any:
-    """os-ken's form of a match value: a ``(value, mask)`` pair, of ints for an int field."""
+    """os-ken's form of a match value: a ``(value, mask)`` pair, of ints for an int field
+    (and for a fragment type's name)."""
+    spec = FIELDS.get(field)
+    if spec is not None and spec.kind == FRAG and isinstance(v, str) and v in FRAG_VALUES:
+        return FRAG_VALUES[v]
     if is_masked(v):
         value, mask = v.split("/")
         spec = FIELDS.get(field)
@@ -50,7 +54,11 @@ def _value(field: str, v: MatchValue) -> Any:
 
 
 def to_match(flow: Flow) -> Any:
-    return PARSER.OFPMatch(**{k: _value(k, v) for k, v in flow.match.fields})
+    """os-ken's match, in the order the direct encoder writes (``Field.order``: os-ken's own
+    sorting would put an NXM field such as ip_frag before its prerequisite eth_type)."""
+    names = sorted((k for k, _ in flow.match.fields), key=lambda k: FIELDS[k].order if k in FIELDS else 0)
+    values = dict(flow.match.fields)
+    return PARSER.OFPMatch(_ordered_fields=[OFP.oxm_normalize_user(k, _value(k, values[k])) for k in names])
 
 
 def _action(a: object) -> Any:

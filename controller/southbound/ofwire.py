@@ -21,7 +21,7 @@ import struct
 from functools import lru_cache
 from typing import Final
 
-from controller.pipeline.fields import FIELDS, INT, IPV4, MAC, Field, Kind, is_masked
+from controller.pipeline.fields import FIELDS, FRAG, FRAG_VALUES, INT, IPV4, MAC, Field, Kind, is_masked
 from controller.pipeline.flows import (
     Action,
     Flow,
@@ -146,6 +146,11 @@ def oxm_tlv(name: str, value: MatchValue) -> bytes:
     if spec is None:
         raise Unsupported(f"no encoder for match field {name!r}")
     head, masked_head, size, kind = spec
+    if kind == FRAG:  # a fragment type's name is a value/mask (always a masked TLV)
+        frag = FRAG_VALUES.get(value) if isinstance(value, str) else None
+        if frag is None:
+            raise Unsupported(f"{name}: {value!r} is none of {', '.join(FRAG_VALUES)}")
+        return _OXM_HEADER.pack(masked_head) + bytes(frag)
     try:
         if is_masked(value):
             text, _, mask_text = value.partition("/")
@@ -163,10 +168,11 @@ def oxm_tlv(name: str, value: MatchValue) -> bytes:
 @lru_cache(maxsize=4096)
 def _field_order(names: tuple[str, ...]) -> tuple[int, ...]:
     """Positions of a match's fields in os-ken's order (by OXM type), which puts every
-    prerequisite (eth_type, ip_proto) before the fields that need it."""
+    prerequisite (eth_type, ip_proto) before the fields that need it; NXM fields last
+    (``Field.order``)."""
     if len(set(names)) != len(names):
         raise Unsupported(f"a field given twice in {names}")
-    types = [field(n).oxm_type for n in names]
+    types = [field(n).order for n in names]
     return tuple(sorted(range(len(names)), key=types.__getitem__))
 
 

@@ -26,6 +26,7 @@ from controller.southbound import ofp
 from controller.southbound import ofwire
 from controller.southbound import tls
 from controller.pipeline.diff import FlowDiff
+from controller.pipeline.fields import OFPC_FRAG_NX_MATCH
 from controller.pipeline.flows import FlowId
 
 LOG = logging.getLogger(__name__)
@@ -162,8 +163,11 @@ class OfSession:
                 "(set Bridge protocols to include OpenFlow14)")
         self._reader.start()
         # Packet-ins (a migrated guest's RARP) need a non-zero miss_send_len on this session.
-        self._send(ofp.PARSER.OFPSetConfig(self.dp, ofp.OFP.OFPC_FRAG_NORMAL,
-                                           ofp.OFP.OFPCML_NO_BUFFER))
+        # Fragments: nx-match handling (the switch's, kept until ovs-vswitchd restarts, which
+        # ends this session: every connect sets it again), so first fragments carry their L4
+        # header for port security's guards (compute.PORT_GUARD_FLOWS) and ip_frag is
+        # matched; OVS's default ("normal") reads every fragment's ports/types as 0.
+        self._send(ofp.PARSER.OFPSetConfig(self.dp, OFPC_FRAG_NX_MATCH, ofp.OFP.OFPCML_NO_BUFFER))
         self.request(ofp.PARSER.OFPBarrierRequest(self.dp), "barrier after hello")
 
     def installed(self) -> frozenset[FlowId]:

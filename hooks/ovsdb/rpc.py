@@ -19,8 +19,10 @@ from hooks import contract, jsonlite
 from hooks.errors import PlugRejected, RegistrarError
 from hooks.plugspec import (
     DEACTIVATE_DROP_KEYS,
+    TAKEOVER_DROP_KEYS,
+    claim,
     deactivate_external_ids,
-    foreign_owner,
+    device_gone,
     plug_external_ids,
     ports_to_unplug,
     update_external_ids,
@@ -58,6 +60,7 @@ class RpcRegistrar:
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self._next_id = 0
         self._deadline = 0.0
+        self.took_over: list[str] = []  # one note per stale row a plug took over (the hook logs them)
 
     # -- public API (same as hooks.registrar.Registrar) ----------------------------------------
     def plug(self, vif: Vif, *, add_port: bool) -> None:
@@ -65,14 +68,16 @@ class RpcRegistrar:
 
         An existing row is read first and the write is guarded by a ``wait`` that its
         external_ids are still exactly what was read: the check that the row is not another
-        VM's (``plugspec.foreign_owner``) therefore holds when the write lands. The usual cases
+        VM's (``plugspec.claim``: refused while that VM is plausibly alive, a stale row taken
+        over, noted in ``took_over``) therefore holds when the write lands. The usual cases
         first try ONE transaction without the read (``_plug_in_one``)."""
         ids = plug_external_ids(vif, add_port=add_port)
         with self._session():
             if self._plug_in_one(vif, ids, add_port=add_port):
                 return
             for _attempt in range(3):
-                rows = self._select("Interface", [["name", "==", vif.port]], ["external_ids"])
+                rows = self._select("Interface", [["name", "==", vif.port]],
+                                    ["external_ids", "ofport", "error", "link_state"])
                 if not rows:
                     if not add_port:
                         raise PlugRejected(f"no Interface {vif.port!r} in OVSDB to register VIF {vif.iface_id}")
@@ -87,20 +92,25 @@ class RpcRegistrar:
                         if exc.index == 1 and exc.error == "timed out":
                             continue  # the port appeared meanwhile: update it instead
                         raise PlugRejected(f"adding port {vif.port!r} failed: {exc}") from None
-                current = _map_of(rows[0].get("external_ids") if isinstance(rows[0], dict) else None)
-                why = foreign_owner(vif, current)
+                row = rows[0] if isinstance(rows[0], dict) else {}
+                current = _map_of(row.get("external_ids"))
+                why, took_over = claim(vif, current, device_gone(
+                    _scalar(row.get("ofport")), _scalar(row.get("error")), _scalar(row.get("link_state"))))
                 if why:
                     raise PlugRejected(why)
+                drop = TAKEOVER_DROP_KEYS if took_over else ()
                 guard: Json = {
                     "op": "wait", "timeout": 0, "table": "Interface", "where": [["name", "==", vif.port]],
                     "columns": ["external_ids"], "until": "==", "rows": [{"external_ids": _ovs_map(current)}],
                 }
                 try:
-                    self._transact([guard, *self._set_keys_ops(vif.port, update_external_ids(ids, current), drop=())])
+                    self._transact([guard, *self._set_keys_ops(vif.port, update_external_ids(ids, current), drop=drop)])
                 except _TxnFailed as exc:
                     if exc.index == 0 and exc.error == "timed out":
                         continue  # changed (or deleted) since our read: decide again
                     raise PlugRejected(f"updating {vif.port!r} failed: {exc}") from None
+                if took_over:
+                    self.took_over.append(took_over)
                 return
             raise RegistrarError(f"port {vif.port!r} kept changing under us; gave up after 3 attempts")
 
@@ -365,6 +375,13 @@ def _map_of(value: Json) -> dict[str, str]:
     if isinstance(value, list) and len(value) == 2 and value[0] == "map" and isinstance(value[1], list):
         return {str(p[0]): str(p[1]) for p in value[1] if isinstance(p, list) and len(p) == 2}
     return {}
+
+
+def _scalar(value: Json) -> Json:
+    """An optional column's value: ``["set", []]`` is None, ``["set", [x]]`` is x."""
+    if isinstance(value, list) and len(value) == 2 and value[0] == "set" and isinstance(value[1], list):
+        return value[1][0] if len(value[1]) == 1 else None
+    return value
 
 
 def _uuid_of(row: Json) -> str:

@@ -132,10 +132,12 @@ def test_veil_system_comes_up_forwards_measures_and_reports_its_control_plane() 
         lab.down()
 
 
-def test_flow_push_installs_every_flow_with_both_senders(tmp_path: Path) -> None:
+def test_flow_push_installs_every_flow_with_every_sender_unix_and_tls(tmp_path: Path) -> None:
     rundir = tmp_path / "switch"
-    results = flowmods.measure(unique_prefix("f"), rundir, n=300, reps=1, goal=Goal("median", ">=", 1.0))
+    results = flowmods.measure(unique_prefix("f"), rundir, n=300, reps=2, goal=Goal("median", ">=", 1.0))
     assert not rundir.exists()
     # measure() itself checks the switch holds exactly n flows after each push
-    assert [r.system for r in results] == ["veil", "ovs-ofctl"]
-    assert all(r.error is None and len(r.samples) == 1 and r.samples[0] > 0 for r in results)
+    assert [r.system for r in results] == ["veil", "ovs-ofctl", flowmods.TLS]
+    assert all(r.error is None and len(r.samples) == 2 and min(r.samples) > 0 for r in results)
+    tls_row = results[2]
+    assert tls_row.goals == (Goal("median", ">=", 1.0),) and "pssl" in tls_row.method

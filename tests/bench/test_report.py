@@ -180,6 +180,7 @@ def test_rarp_frame_is_qemus_self_announcement() -> None:
 
 def test_cli_options_are_checked() -> None:
     assert parse_figures("lab, 5") == frozenset({"lab", "5"})
+    assert parse_figures("2") == frozenset({"2"})  # figure 2 alone: veil over TLS and plaintext
     with pytest.raises(ValueError, match="7"):
         parse_figures("lab,7")
     with pytest.raises(ValueError, match="nothing"):

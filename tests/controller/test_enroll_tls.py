@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.northbound import enroll as E
 from controller.northbound import pki as P
+from controller.northbound.tlsfront import Refused as TlsRefused
 from controller.northbound.tlsfront import TlsFront
 
 LOCAL = "127.0.0.1"
@@ -297,6 +298,12 @@ class Upstream:
 
 @pytest.fixture
 def upstream(pki: P.Pki, workdir: Path) -> Iterator[Upstream]:
+    with upstream_for(pki, workdir) as up:
+        yield up
+
+
+@contextlib.contextmanager
+def upstream_for(pki: P.Pki, workdir: Path) -> Iterator[Upstream]:
     """ovsdb-server with two pssl remotes taken from its Connection table, trusting only
     the relay CA; stopped by PID."""
     run = workdir / "db"
@@ -331,6 +338,12 @@ def upstream(pki: P.Pki, workdir: Path) -> Iterator[Upstream]:
 
 @pytest.fixture
 def relay(pki: P.Pki, upstream: Upstream) -> Iterator[TlsFront]:
+    with relay_for(pki, upstream) as front:
+        yield front
+
+
+@contextlib.contextmanager
+def relay_for(pki: P.Pki, upstream: Upstream) -> Iterator[TlsFront]:
     front = TlsFront(pki, pki.server_identity(now(), [LOCAL]), (LOCAL, 0),
                      (LOCAL, upstream.host_port), (LOCAL, upstream.admin_port),
                      handshake_timeout=1.0, max_connections=16)
@@ -387,6 +400,38 @@ def test_an_operator_is_relayed_to_the_remote_without_a_role(
     shutil.copy(alice.cert, kept.cert)
     pki.remove_operator("alice", now())
     refused(pki, relay, kept)  # the controller CA's CRL, reloaded by the relay
+
+
+def test_an_upgraded_pki_reissues_operators_and_the_relay_refuses_the_old_certificate(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A PKI directory from before the operator CA (operator certificate signed by the
+    controller CA): opening it re-issues the operator under the operator CA; through the
+    relay the new certificate writes, the old one is refused, with the reason logged."""
+    caplog.set_level(logging.INFO)
+    root = workdir / "old-pki"
+    old = P.Pki.open(root, now())
+    key = P.new_key()
+    cert = old.controller_ca.sign(key.public_key(), "operator:alice", now(),
+                                  P.SERVICE_LIFETIME, P.Usage.CLIENT)
+    kept = write_identity(workdir / "alice-old", key, cert)
+    d = root / "identities" / "operator-alice"
+    d.mkdir(parents=True)
+    shutil.copy(kept.key, d / "key.pem")
+    shutil.copy(kept.cert, d / "cert.pem")
+    shutil.rmtree(root / "operator-ca")
+    pki = P.Pki.open(root, now())
+    assert pki.reissued_operators == ["alice"]
+    with upstream_for(pki, workdir) as up, relay_for(pki, up) as front:
+        new = P.Identity(d / "key.pem", d / "cert.pem")
+        got = ovsdb_client(pki, front, new, "transact", update("h2", "by-new-alice"))
+        assert got.returncode == 0 and json.loads(got.stdout) == [{"count": 1}], got.stderr
+        refused(pki, front, kept)  # revoked on the controller CA CRL at the upgrade
+        assert logged(caplog, "certificate revoked")
+        # one the upgrade never saw (not on any CRL): refused, naming the cause
+        stray = pki.controller_ca.sign(P.new_key().public_key(), "operator:bob", now(),
+                                       P.SERVICE_LIFETIME, P.Usage.CLIENT)
+        with pytest.raises(TlsRefused, match="issued before the operator CA"):
+            front.identify(stray)
 
 
 def test_python_ovs_reaches_the_database_through_the_relay(
@@ -547,10 +592,11 @@ def test_a_host_listener_accepts_the_controller_and_never_another_host(
         assert (ok.returncode, ok.stdout.split()) == (0, ["RbacTest", "_Server"]), ok.stderr
         bad = list_dbs(other_host.key, other_host.cert)
         assert bad.returncode != 0 and "RbacTest" not in bad.stdout
-        # by the decided layout operators' certificates are controller-CA certificates too,
-        # so a host listener accepts them (a separate operator CA would close that)
+        # operators' certificates come from the operator CA, which host listeners do not
+        # trust: an operator acts through the relay, never on a host's switch directly
         alice = pki.operator_identity("alice", now())
-        assert list_dbs(alice.key, alice.cert).returncode == 0
+        refused_op = list_dbs(alice.key, alice.cert)
+        assert refused_op.returncode != 0 and "RbacTest" not in refused_op.stdout
 
 
 def test_the_relay_handshake_deadline_is_total_not_per_read(

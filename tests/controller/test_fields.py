@@ -16,7 +16,7 @@ import pytest
 from os_ken.lib import type_desc
 from os_ken.ofproto import ofproto_v1_4
 
-from controller.pipeline.fields import FIELDS, INT, IPV4, IPV6, MAC, Field, Kind
+from controller.pipeline.fields import FIELDS, FRAG, FRAG_VALUES, INT, IPV4, IPV6, MAC, Field, Kind
 from controller.pipeline.flows import Flow, Match, MatchValue, Move, to_ofctl
 from controller.pipeline.tables import PIPELINE, PipelineError, check_flow
 from controller.southbound import ofwire
@@ -28,6 +28,7 @@ _OSKEN_KIND: dict[type, Kind] = {type_desc.IntDescr: INT, type_desc.MacAddr: MAC
 SAMPLE: dict[Kind, tuple[MatchValue, MatchValue]] = {
     INT: (1, 1), MAC: ("00:00:00:00:00:01", "ff:00:00:00:00:00"),
     IPV4: ("10.0.0.1", "255.0.0.0"), IPV6: ("fd00::1", "ffff::"),
+    FRAG: ("first", "1"),  # a fragment type is a name; it takes no further mask
 }
 ROWS = sorted(FIELDS.values(), key=lambda f: f.oxm_type)
 
@@ -45,19 +46,21 @@ def test_every_row_is_the_oxm_field_osken_knows_by_that_name(row: Field) -> None
     assert (osken.oxm_type >> 7, osken.oxm_type & 0x7F) == (row.oxm_class, row.oxm_field)
     assert osken.type.size == row.width
     kind = type(osken.type) if isinstance(osken.type, type_desc.IntDescr) else osken.type
-    assert _OSKEN_KIND[kind] == row.kind
-    value, mask = SAMPLE[row.kind]
+    # os-ken takes a fragment type as the int value/mask its name stands for
+    assert _OSKEN_KIND[kind] == (INT if row.kind == FRAG else row.kind)
+    value, mask = SAMPLE[INT] if row.kind == FRAG else SAMPLE[row.kind]
     assert _osken_header(row.name, value) == row.header()
     assert _osken_header(row.name, (value, mask)) == row.header(masked=True)
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.prereqs], ids=lambda f: f.name)
 def test_prerequisites_are_rows_that_os_ken_serializes_first(row: Field) -> None:
-    """The encoder writes a match in os-ken's order (by OXM type): OVS reads a field only
-    after its prerequisites, so each must sort before the field needing it."""
+    """The encoder writes a match in os-ken's order (by OXM type, NXM fields last: ``order``):
+    OVS reads a field only after its prerequisites, so each must sort before the field
+    needing it."""
     for need, allowed in row.prereqs:
         assert FIELDS[need].kind == INT and allowed
-        assert FIELDS[need].oxm_type < row.oxm_type
+        assert FIELDS[need].order < row.order
 
 
 # -- against ovs-ofctl -------------------------------------------------------------------------

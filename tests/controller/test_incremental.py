@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.pipeline.compute import compute_flows, compute_tunnels
+from controller.pipeline.compute import compute_flows, compute_tunnels, link_local
 from controller.pipeline.diff import apply_diff
-from controller.pipeline.flows import FlowId
+from controller.pipeline.flows import FlowId, MatchValue
 from controller.pipeline.incremental import Changes, Engine
 from controller.core.model import Binding, Host, InvalidState, Network, State, Tenant, TunnelPort
 from tests.support.flowsim import Fabric, arp_request, ipv4
@@ -95,6 +95,44 @@ def test_incremental_equals_full_recompute_for_random_events(state: State,
     held = engine.state()
     assert (set(held.bindings), held.tunnels, held.claims) == (
         set(state.bindings), state.tunnels, state.claims)
+
+
+def _reach(fabric: Fabric, b: Binding, pkt: dict[str, MatchValue]) -> list[str | None]:
+    return sorted((d.iface_id for d in fabric.send(b, pkt)), key=str)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topologies(), st.data())
+def test_fragments_after_random_events_pass_as_opaque_payload_or_not_at_all(
+        state: State, data: st.DataObject) -> None:
+    """On the engine's flows after random events (switches in nx-match fragment handling),
+    from every placed VIF with its own addresses: a later fragment (no L4 header: ports and
+    type read 0) goes exactly where the same VIF's whole UDP datagram goes; the first
+    fragment of a DHCP server reply or an ICMPv4 redirect goes where the whole one goes
+    (nowhere, unless the port is a declared DHCP server); an ICMPv6 first fragment goes
+    nowhere, while the same VIF's whole ICMPv6 echo may."""
+    engine = Engine.of(state)
+    for _ in range(data.draw(st.integers(0, 3))):
+        new = data.draw(events(state))
+        engine.update(Changes.between(state, new))
+        state = new
+    fabric = Fabric(state)
+    fabric.flows = {h: engine.flows(h) for h in state.hosts}
+    placed = [*state.placed.active.values(), *state.placed.standby]
+    for b in placed:
+        src4 = next((str(ip) for ip in b.ips if ip.version == 4), "198.19.9.9")
+        src6 = str(link_local(b.mac))
+        udp: dict[str, MatchValue] = {**ipv4(b.mac, "ff:ff:ff:ff:ff:ff", src4, "198.19.255.255"),
+                                      "ip_proto": 17}
+        whole = _reach(fabric, b, {**udp, "udp_src": 4000, "udp_dst": 4000})
+        offer: dict[str, MatchValue] = {**udp, "udp_src": 67, "udp_dst": 68}
+        redirect: dict[str, MatchValue] = {**udp, "ip_proto": 1, "icmpv4_type": 5}
+        for pkt in (offer, redirect):
+            assert _reach(fabric, b, {**pkt, "ip_frag": "later"}) == whole, (b, pkt)
+            assert _reach(fabric, b, {**pkt, "ip_frag": "first"}) == _reach(fabric, b, pkt), (b, pkt)
+        v6: dict[str, MatchValue] = {"eth_src": b.mac, "eth_dst": "33:33:00:00:00:01", "eth_type": 0x86DD,
+                                     "ipv6_src": src6, "ip_proto": 58, "icmpv6_type": 128}
+        assert _reach(fabric, b, {**v6, "ip_frag": "first"}) == []
 
 
 def _fabric(n_hosts: int, vms: list[tuple[str, int, str, str]]) -> State:

@@ -30,19 +30,21 @@ def csr_for(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.CertificateSignin
     return key, P.make_csr(key, cn)
 
 
-def test_open_creates_three_cas_with_private_keys_0600_and_reloads_the_same(
+def test_open_creates_four_cas_with_private_keys_0600_and_reloads_the_same(
         tmp_path: Path) -> None:
     first = P.Pki.open(tmp_path / "pki", NOW)
-    for ca in (first.controller_ca, first.host_ca, first.relay_ca):
+    for ca in (first.controller_ca, first.operator_ca, first.host_ca, first.relay_ca):
         assert stat.S_IMODE((ca.directory / "key.pem").stat().st_mode) == 0o600
         assert ca.cert.not_valid_after_utc - NOW >= timedelta(days=3649)
         assert ca.cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert stat.S_IMODE((tmp_path / "pki").stat().st_mode) == 0o700
     assert len({P.fingerprint(c.cert) for c in
-                (first.controller_ca, first.host_ca, first.relay_ca)}) == 3
+                (first.controller_ca, first.operator_ca, first.host_ca, first.relay_ca)}) == 4
     again = P.Pki.open(tmp_path / "pki", NOW + timedelta(days=1))
     assert P.fingerprint(again.host_ca.cert) == P.fingerprint(first.host_ca.cert)
     assert P.fingerprint(again.controller_ca.cert) == P.fingerprint(first.controller_ca.cert)
+    assert P.fingerprint(again.operator_ca.cert) == P.fingerprint(first.operator_ca.cert)
+    assert again.reissued_operators == []
 
 
 def test_enrolled_host_cert_chains_to_the_host_ca_only_and_has_the_system_id(
@@ -59,12 +61,16 @@ def test_enrolled_host_cert_chains_to_the_host_ca_only_and_has_the_system_id(
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
-def test_controller_and_operator_certs_are_controller_ca_client_certs(pki: P.Pki) -> None:
-    for ident, cn in ((pki.controller_identity(NOW), "controller"),
-                      (pki.operator_identity("alice", NOW), "operator:alice")):
+def test_controller_certs_are_controller_ca_and_operator_certs_operator_ca_client_certs(
+        pki: P.Pki) -> None:
+    for ident, cn, ca in ((pki.controller_identity(NOW), "controller", pki.controller_ca),
+                          (pki.operator_identity("alice", NOW), "operator:alice",
+                           pki.operator_ca)):
         cert = x509.load_pem_x509_certificate(ident.cert.read_bytes())
         assert P.common_name(cert.subject) == cn
-        assert pki.controller_ca.issued(cert) and not pki.host_ca.issued(cert)
+        assert ca.issued(cert) and not pki.host_ca.issued(cert)
+        others = {pki.controller_ca, pki.operator_ca, pki.host_ca, pki.relay_ca} - {ca}
+        assert not any(o.issued(cert) for o in others)  # host listeners: controller CA only
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
         assert stat.S_IMODE(ident.key.stat().st_mode) == 0o600
@@ -234,14 +240,71 @@ def test_relay_certs_are_short_lived_relay_ca_client_certs(pki: P.Pki) -> None:
     assert cert.not_valid_after_utc == NOW + P.RELAY_LIFETIME
 
 
-def test_removing_an_operator_puts_its_serial_on_the_controller_ca_crl(pki: P.Pki) -> None:
+def test_removing_an_operator_puts_its_serial_on_the_operator_ca_crl(pki: P.Pki) -> None:
     ident = pki.operator_identity("alice", NOW)
     serial = x509.load_pem_x509_certificate(ident.cert.read_bytes()).serial_number
     assert pki.remove_operator("alice", NOW) == serial
-    crl = x509.load_pem_x509_crl(pki.controller_ca.crl_path.read_bytes())
-    assert crl.is_signature_valid(pki.controller_ca.key.public_key())
+    crl = x509.load_pem_x509_crl(pki.operator_ca.crl_path.read_bytes())
+    assert crl.is_signature_valid(pki.operator_ca.key.public_key())
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
-    host_crl = x509.load_pem_x509_crl(pki.host_ca.crl_path.read_bytes())
-    assert host_crl.get_revoked_certificate_by_serial_number(serial) is None
+    for other in (pki.host_ca, pki.controller_ca):
+        other_crl = x509.load_pem_x509_crl(other.crl_path.read_bytes())
+        assert other_crl.get_revoked_certificate_by_serial_number(serial) is None
     assert not ident.key.exists() and pki.is_revoked(serial)
     assert pki.remove_operator("alice", NOW) is None
+
+
+def old_layout_with_operator(root: Path, name: str) -> x509.Certificate:
+    """A PKI directory as the code before the operator CA left it: no operator-ca/, and the
+    operator's certificate signed by the controller CA."""
+    old = P.Pki.open(root, NOW)
+    key = P.new_key()
+    cert = old.controller_ca.sign(key.public_key(), P.OPERATOR_PREFIX + name, NOW,
+                                  P.SERVICE_LIFETIME, P.Usage.CLIENT)
+    d = root / "identities" / f"operator-{name}"
+    P.write_private(d / "key.pem", P.key_pem(key))
+    P.write_file(d / "cert.pem", P.cert_pem(cert))
+    for f in ("key.pem", "cert.pem", "crl.pem"):
+        (root / "operator-ca" / f).unlink()
+    (root / "operator-ca").rmdir()
+    return cert
+
+
+def test_opening_an_older_directory_creates_the_operator_ca_and_reissues_operators(
+        tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    old = old_layout_with_operator(root, "alice")
+    controller_before = P.fingerprint(x509.load_pem_x509_certificate(
+        (root / "controller-ca" / "cert.pem").read_bytes()))
+    later = NOW + timedelta(days=2)
+    pki = P.Pki.open(root, later)
+    assert pki.reissued_operators == ["alice"]
+    assert stat.S_IMODE((root / "operator-ca" / "key.pem").stat().st_mode) == 0o600
+    assert P.fingerprint(pki.controller_ca.cert) == controller_before  # hosts keep theirs
+    new = x509.load_pem_x509_certificate(
+        (root / "identities" / "operator-alice" / "cert.pem").read_bytes())
+    assert P.common_name(new.subject) == "operator:alice"
+    assert pki.operator_ca.issued(new) and not pki.controller_ca.issued(new)
+    assert new.public_key() != old.public_key()  # a new key, not the old one re-signed
+    # the old serial is on the controller CA CRL (the relay refuses it), not the new one
+    assert pki.is_revoked(old.serial_number) and not pki.is_revoked(new.serial_number)
+    crl = x509.load_pem_x509_crl(pki.controller_ca.crl_path.read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(old.serial_number) is not None
+    assert x509.load_pem_x509_crl(pki.operator_ca.crl_path.read_bytes()).is_signature_valid(
+        pki.operator_ca.key.public_key())
+    # once done, opening again changes nothing
+    again = P.Pki.open(root, later)
+    assert again.reissued_operators == []
+    assert P.fingerprint(again.operator_ca.cert) == P.fingerprint(pki.operator_ca.cert)
+    assert (root / "identities" / "operator-alice" / "cert.pem").read_bytes() == \
+        P.cert_pem(new)
+
+
+def test_crl_due_and_write_crls_cover_the_operator_ca(pki: P.Pki) -> None:
+    assert not pki.crl_due(NOW)
+    later = NOW + P.CRL_LIFETIME / 2 + timedelta(minutes=1)
+    assert pki.crl_due(later)
+    pki.write_crls(later)
+    crl = x509.load_pem_x509_crl(pki.operator_ca.crl_path.read_bytes())
+    assert crl.next_update_utc == later + P.CRL_LIFETIME
+    assert pki.operator_ca.crl_path in pki.client_trust()

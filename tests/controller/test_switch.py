@@ -107,6 +107,39 @@ def test_sent_flows_forward_isolate_and_answer_arp(ovs: OvsInstance, session: Of
     assert answer.endswith("," + dp_port(ovs, "p1"))
 
 
+def test_session_sets_nx_match_fragments_so_port_security_sees_first_fragments(
+        ovs: OvsInstance) -> None:
+    """OVS's default fragment handling ("normal") reads every fragment's L4 ports as 0, so a
+    fragmented DHCP OFFER passed port security. A veil session puts the switch in nx-match
+    (OFPC_FRAG_NX_MATCH on connect): the OFFER's first fragment is dropped; its later
+    fragments (no L4 header), a big datagram's fragments and an ICMPv4 echo's pass; every
+    ICMPv6 first fragment is dropped."""
+    add_ports(ovs, 3)
+    assert ovs.ofctl("get-frags").strip() == "normal"  # OVS's default, before any session
+    session = OfSession(f"unix:{ovs.mgmt_sock('br-int')}", lambda m: None, lambda: None)
+    try:
+        assert ovs.ofctl("get-frags").strip() == "nx-match"
+        session.apply(diff_flows(compute_flows(one_host_state(), "h1"), session.installed()))
+    finally:
+        session.close()
+    assert ovs.ofctl("get-frags").strip() == "nx-match"  # the switch's, not the session's
+    p2 = dp_port(ovs, "p2")
+    udp = (f"in_port=1,udp,dl_src={MAC[1]},dl_dst=ff:ff:ff:ff:ff:ff,nw_src=198.19.0.1,"
+           "nw_dst=255.255.255.255")
+    assert trace(ovs, f"{udp},nw_frag=first,udp_src=67,udp_dst=68") == "drop"
+    assert trace(ovs, f"{udp},nw_frag=no,udp_src=67,udp_dst=68") == "drop"
+    assert trace(ovs, f"{udp},nw_frag=later") == p2  # opaque: useless without its first
+    assert trace(ovs, f"{udp},nw_frag=first,udp_src=4000,udp_dst=4000") == p2  # controls
+    icmp = f"in_port=1,icmp,dl_src={MAC[1]},dl_dst={MAC[2]},nw_src=198.19.0.1,nw_dst=198.19.0.2"
+    assert trace(ovs, f"{icmp},nw_frag=first,icmp_type=5") == "drop"  # a fragmented redirect
+    assert trace(ovs, f"{icmp},nw_frag=first,icmp_type=8") == p2
+    assert trace(ovs, f"{icmp},nw_frag=later") == p2
+    echo6 = (f"in_port=1,icmp6,dl_src={MAC[1]},dl_dst={MAC[2]},ipv6_src=fe80::5054:ff:fe00:1,"
+             "ipv6_dst=fe80::5054:ff:fe00:2,icmpv6_type=128")
+    assert trace(ovs, echo6) == p2
+    assert trace(ovs, f"{echo6},nw_frag=first") == "drop"
+
+
 def test_reconnect_reconciles_without_flushing(ovs: OvsInstance, session: OfSession) -> None:
     add_ports(ovs, 3)
     ovs.ofctl("add-flow", "cookie=0x1,table=5,priority=1,actions=drop")  # someone else's flow

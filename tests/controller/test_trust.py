@@ -213,15 +213,34 @@ def test_a_host_writes_only_its_own_row_and_never_tenants_or_networks(
         assert 'client "dc1-h1" role "host"' in got.get("details", ""), got
 
 
-def test_the_operator_identity_writes_tenants_through_the_relay(
-        lab: tuple[Lab, LabController]) -> None:
+def test_an_operator_writes_tenants_through_the_relay_never_a_host_and_is_revoked(
+        lab: tuple[Lab, LabController], tmp_path: Path) -> None:
+    """Operator certificates come from the operator CA: the relay accepts them (a Tenant
+    written), a host's OVSDB and OpenFlow listeners (real ovsdb-server/ovs-vswitchd, which
+    trust only the controller CA) refuse them, and after ``remove_operator`` so does the
+    relay."""
     lab_, ctl = lab
-    alice = pki(ctl).operator_identity("alice", now())
-    got = transact(lab_, ctl, alice, {"op": "insert", "table": "Tenant",
-                                      "row": {"name": "alice-t"}})
+    p = pki(ctl)
+    alice = p.operator_identity("alice", now())
+    kept = P.Identity(tmp_path / "alice-key.pem", tmp_path / "alice.pem")
+    shutil.copy(alice.key, kept.key)
+    shutil.copy(alice.cert, kept.cert)
+    got = transact(lab_, ctl, kept, {"op": "insert", "table": "Tenant",
+                                     "row": {"name": "alice-t"}})
     assert "uuid" in got[0], got
-    transact(lab_, ctl, alice, {"op": "delete", "table": "Tenant",
-                                "where": [["name", "==", "alice-t"]]})
+    transact(lab_, ctl, kept, {"op": "delete", "table": "Tenant",
+                               "where": [["name", "==", "alice-t"]]})
+    for name in ("dc1-h1", "dc2-h2"):
+        ip = lab_.hosts[name].underlay_ip
+        for port, kind in ((6640, "ovsdb"), (6653, "openflow")):
+            accepted, detail = probe(lab_, ip, port, kind, kept)
+            assert not accepted, f"{name} {kind} accepted an operator certificate: {detail}"
+    assert probe(lab_, CTL, RELAY_PORT, "ovsdb", kept)[0]
+    p.remove_operator("alice", now())
+    accepted, detail = probe(lab_, CTL, RELAY_PORT, "ovsdb", kept)
+    assert not accepted, f"the relay accepted a removed operator: {detail}"
+    code, out = relay_client(lab_, ctl, kept, "list-dbs")
+    assert code != 0 and "Veil" not in out.split(), out
 
 
 # ---- stolen system-id --------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from controller.lab.ovs import OvsInstance
+from hooks import hostd
 from hooks.hostd import RETRY
 from hooks.spool import PlugEvent, Spool, UnplugEvent
-from tests.support.poll import until
+from tests.support.poll import cpu_seconds, until
 from tests.support.rows import bridge_ports
 from tests.support.vifs import make_vif
 
@@ -61,11 +62,6 @@ def test_concurrent_writers_never_share_or_lose_a_sequence_number(tmp_path: Path
         assert [p for p in ports if p.startswith(f"w{w}p")] == [f"w{w}p{i}" for i in range(25)]
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def test_hostd_backs_off_while_ovsdb_is_away_and_does_not_wake_on_its_own_reads(
         ovs: OvsInstance, tmp_path: Path) -> None:
     """Issue 12: one pending event, OVSDB away: the attempts follow the back-off schedule
@@ -80,9 +76,9 @@ def test_hostd_backs_off_while_ovsdb_is_away_and_does_not_wake_on_its_own_reads(
     window = 5.0
     try:
         until("hostd noticed OVSDB is away", lambda: "will retry" in log.read_text())
-        start_cpu, start = _cpu_seconds(proc.pid), time.monotonic()
+        start_cpu, start = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(window)  # (measuring a rate over a fixed window: the one sleep here)
-        cpu = _cpu_seconds(proc.pid) - start_cpu
+        cpu = cpu_seconds(proc.pid) - start_cpu
         elapsed = time.monotonic() - start
         attempts = log.read_text().count("will retry")
         # the schedule: tries at 0, d(1), d(1)+d(2), ... ; at most this many fit the window
@@ -99,3 +95,19 @@ def test_hostd_backs_off_while_ovsdb_is_away_and_does_not_wake_on_its_own_reads(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, log.read_text()
+
+
+@pytest.mark.parametrize("db", ["db.sock", "tcp:localhost:6640", "tcp:127.0.0.1:99999", "unix:", "ssl:[::1]"])
+def test_hostd_refuses_a_malformed_db_remote_at_start(
+        db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12: a malformed --db was retried forever as "OVSDB not available"; now one line
+    naming it, exit 2, before the spool is touched (its events stay for a corrected start)."""
+    spool = Spool(str(tmp_path / "spool"))
+    spool.append(PlugEvent(make_vif(port="tapm1"), add_port=True))
+    before = spool.pending()
+    with pytest.raises(SystemExit) as exit_:
+        hostd.main(["--db", db, "--spool", spool.directory, "--once"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"veil-hostd: error: argument --db: {db!r} is not a remote like" in err
+    assert spool.pending() == before and len(before) == 1

@@ -13,7 +13,7 @@ from hooks.ovsdb.rpc import RpcRegistrar
 from hooks.registrar import Registrar
 from hooks.vif import Vif
 from tests.support.poll import until
-from tests.support.rows import bridge_ports, iface_ids
+from tests.support.rows import bridge_ports, iface_ids, live_device, wait_gone, wait_live
 from tests.support.vifs import make_vif
 
 pytestmark = pytest.mark.lab
@@ -187,8 +187,11 @@ def test_system_id_names_this_host(registrar: AnyRegistrar, ovs: OvsInstance) ->
 
 
 def test_plug_refuses_another_vms_row_and_leaves_it_untouched(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
+    """The owner is plausibly alive (its device is open in OVS, with carrier): refused."""
     owner = make_vif(port="vnet8")
+    live_device(ovs, "vnet8")
     libvirt_add_port(ovs, "vnet8", owner)
+    wait_live(ovs, "vnet8")
     before = iface_ids(ovs, "vnet8")
     intruder = make_vif(port="vnet8", vm_id="0d1f0a52-2222-4c6e-9a1b-00000000dead", iface_id="mine")
     for add_port in (False, True):
@@ -200,6 +203,33 @@ def test_plug_refuses_another_vms_row_and_leaves_it_untouched(registrar: AnyRegi
     with pytest.raises(PlugRejected, match="iface-id lsp-9 of no known VM"):
         registrar.plug(make_vif(port="ovn9"), add_port=True)
     assert iface_ids(ovs, "ovn9") == {"iface-id": "lsp-9"}
+
+
+def test_plug_takes_over_the_stale_row_of_a_vm_that_is_gone(registrar: AnyRegistrar, ovs: OvsInstance) -> None:
+    """libvirt reuses tap names: a row a lost unplug left (its tap gone: OVS reports ofport -1,
+    "could not open network device") is not another VM's any more. The next VM given that
+    name takes it over, the old VM's veil keys go, and the takeover is noted naming it."""
+    old = make_vif(port="vnet9", vm_id="0d1f0a52-2222-4c6e-9a1b-0000000000aa", iface_id="old-ifc",
+                   mac="52:54:00:00:00:aa", extra={contract.VEIL_IPS: "198.19.0.9"})
+    registrar.plug(old, add_port=True)  # an ethernet tap veil added; its VM then died unseen
+    wait_gone(ovs, "vnet9")
+    new = make_vif(port="vnet9", mac="52:54:00:00:00:bb", network="red")
+    registrar.plug(new, add_port=True)
+    ids = iface_ids(ovs, "vnet9")
+    assert ids is not None and ids[contract.VM_ID] == new.vm_id and ids[contract.IFACE_ID] == new.iface_id
+    assert ids[contract.ATTACHED_MAC] == new.mac and ids[contract.VEIL_NETWORK] == "red"
+    assert contract.VEIL_IPS not in ids, "the old VM's addresses went with it"
+    assert ids[contract.VEIL_OWNS_PORT] == "true", "still the port veil added (deleted at unplug)"
+    assert len(registrar.took_over) == 1 and f"from VM {old.vm_id} for VM {new.vm_id}" in registrar.took_over[0]
+    assert "ofport -1" in registrar.took_over[0] or "could not open" in registrar.took_over[0]
+    # Its own plug again is no takeover.
+    registrar.plug(new, add_port=True)
+    assert len(registrar.took_over) == 1
+    # A stale port of no known VM (another controller's) is still not veil's to take.
+    ovs.vsctl("add-port", "br-int", "ovn7", "--", "set", "Interface", "ovn7", "external-ids:iface-id=lsp-7")
+    wait_gone(ovs, "ovn7")
+    with pytest.raises(PlugRejected, match="iface-id lsp-7 of no known VM"):
+        registrar.plug(make_vif(port="ovn7"), add_port=True)
 
 
 def test_plug_never_marks_a_port_it_did_not_add_as_veils(registrar: AnyRegistrar, ovs: OvsInstance) -> None:

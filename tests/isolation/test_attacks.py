@@ -435,6 +435,79 @@ def test_dhcp_server_replies_redirects_and_odd_ipv4_from_a_vm(
             assert not got, (vm, text)
 
 
+UDP_RECEIVE = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+    "s.bind(('0.0.0.0',int(sys.argv[1])));s.settimeout(float(sys.argv[2]))\n"
+    "print('ready',flush=True)\n"
+    "print(len(s.recv(65535)))\n"
+)
+
+
+def fragments(l4: bytes, first_len: int) -> list[tuple[int, bytes]]:
+    """``l4`` cut into an IPv4 first fragment of ``first_len`` bytes (a multiple of 8) and
+    one later fragment: (flags_frag, payload) pairs."""
+    assert first_len % 8 == 0 and len(l4) > first_len
+    return [(0x2000, l4[:first_len]), (first_len // 8, l4[first_len:])]
+
+
+def test_fragmented_dhcp_offers_and_redirects_are_dropped_fragmented_traffic_flows(
+        lab: tuple[Lab, LabController]) -> None:
+    """b1 sends a DHCP OFFER (67->68, from its own IP) and an ICMPv4 redirect to b2, each as
+    two IPv4 fragments (the L4 header in the first), and a DHCPv6 ADVERTISE (547->546) as
+    two IPv6 fragments: no first fragment reaches a VM (before the fix, with OVS's default
+    "normal" fragment handling reading ports/type 0 on every fragment, all were delivered). Later fragments pass as opaque payload (useless without
+    their first). The controls, sent with them: a fragmented UDP datagram to b2 (both
+    fragments arrive), a 3000-byte ping b1 -> b2 (fragmented both ways, reassembled, answered)
+    and a 4000-byte UDP datagram that b2's socket receives whole."""
+    lab_, _ = lab
+    b1, b2 = lab_.vms["b1"], lab_.vms["b2"]
+
+    def frags(l4: bytes, proto: int = 17, dst: str = "255.255.255.255", mac: str = BROADCAST) -> list[str]:
+        return [ipv4_packet(b1.mac, mac, b1.ip, dst, proto, part, flags_frag=ff)
+                for ff, part in fragments(l4, 24)]
+    redirect = struct.pack("!BBH4s", 5, 1, 0, socket.inet_aton(b1.ip)) + b"X5-redirect-1st".ljust(20, b".")
+    ll1 = str(link_local(b1.mac))
+    advertise = [ipv6_packet(b1.mac, "33:33:00:01:00:02", ll1, "ff02::1:2", 44, part) for part in (
+        frag_header(17, 0, True) + udp(547, 546, b"X5-adv6-first".ljust(16, b".")),
+        frag_header(17, 3, False) + b"X5-adv6-later")]
+    attacks = [
+        *frags(udp(67, 68, b"X5-offer-first".ljust(16, b".")) + b"X5-offer-later"),
+        *frags(redirect + b"X5-redirect-later", proto=1, dst=b2.ip, mac=b2.mac),
+        *advertise,
+    ]
+    honest = frags(udp(4000, 4000, b"X5-udp-first".ljust(16, b".")) + b"X5-udp-later", dst=b2.ip, mac=b2.mac)
+    seen = captured(lab_, vm_names(lab_, but="b1"), "ip or ip6",
+                    lambda: send_from(lab_, "b1", [*honest, *attacks]))
+    flooded = {"X5-offer-later", "X5-adv6-later"}  # the broadcast/multicast ones' later fragments
+    for vm, text in seen.items():
+        got = markers(text, "X5-")
+        if vm == "b2":
+            assert got == {"X5-udp-first", "X5-udp-later", "X5-redirect-later", *flooded}, (
+                sorted(got), text[-3000:])
+        elif lab_.vms[vm].network == b1.network:
+            assert got == flooded, (vm, sorted(got), text[-3000:])
+        else:
+            assert not got, (vm, text)
+    # real fragmented traffic, reassembled by the VMs' stacks
+    ping = lab_.exec("b1", ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", "-s", "3000", b2.ip],
+                     timeout=15)
+    assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+    receiver = subprocess.Popen(["ip", "netns", "exec", lab_.node_ns("b2"), "python3", "-c", UDP_RECEIVE,
+                                 "4000", "10"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+        lab_.exec("b1", ["python3", "-c", "import socket,sys\n"
+                         "socket.socket(socket.AF_INET,socket.SOCK_DGRAM).sendto(b'x'*4000,(sys.argv[1],4000))",
+                         b2.ip], check=True)
+        out, _ = receiver.communicate(timeout=15)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+    assert out.strip() == "4000", out
+
+
 def test_arp_poisoning_of_a_same_tenant_peer_is_dropped(lab: tuple[Lab, LabController]) -> None:
     """b1 claims b2's IP with its own MAC (gratuitous ARP, and a reply aimed at b3): b3's
     neighbour entry for b2 keeps b2's MAC; b1's honest gratuitous ARP does reach b3."""

@@ -684,8 +684,9 @@ def test_a_claim_moves_only_for_a_standby_binding_on_the_announcing_port() -> No
 # a later fragment, icmp6 with icmp_type=0; for a first fragment cut inside an extension
 # header, nw_proto=0; for a later fragment, nw_proto=44 (the fragment header) and no L4 at
 # all; for an RA behind hop-by-hop, destination-options or routing headers, or in an atomic or
-# whole first fragment, icmp_type=134 (but ofproto's default "normal" fragment handling then
-# zeroes the L4 ports/types of every fragment: the lab shows a fragment's ICMPv6 type as 0);
+# whole first fragment, icmp_type=134 (ofproto's default "normal" fragment handling then
+# zeroed the L4 ports/types of every fragment; veil's switches are in nx-match handling,
+# which keeps a first fragment's L4 header and gives later ones none: flowsim reads them so);
 # for an IPv4 header with IHL < 5 or a total length past the frame's end,
 # nw_src=0.0.0.0, nw_proto=0.
 
@@ -714,6 +715,44 @@ def test_router_advertisements_hidden_by_fragments_or_extension_headers_are_drop
     assert _delivered(fabric, _v6(ll, 128, PEER.mac)) == ["vm-peer"]  # control
     later = {**_v6(ll, None, PEER.mac), "ip_proto": 44}  # a later fragment: opaque payload
     assert _delivered(fabric, later) == ["vm-peer"]
+
+
+def test_fragmented_dhcp_server_replies_and_redirects_are_dropped_other_fragments_pass() -> None:
+    """With the switch in nx-match fragment handling a first fragment carries its L4 header:
+    a fragmented DHCP OFFER (UDP 67->68), DHCPv6 ADVERTISE (547->546) and ICMPv4 redirect
+    are dropped at their first fragment; later fragments (ports/type read as 0) pass as
+    opaque payload. Every ICMPv6 first fragment (priority 122) is dropped, so no fragmented
+    ND, RA or redirect is reassembled. The controls: a fragmented echo request and a big UDP
+    datagram, first and later fragments, reach the peer, and a declared DHCP server's
+    fragmented OFFER passes."""
+    fabric = Fabric(_victim_state([VICTIM, PEER]))
+    ll = str(link_local(VICTIM.mac))
+    first, later = {"ip_frag": "first"}, {"ip_frag": "later"}
+    offer = _udp4("198.19.0.1", 67, 68)
+    advertise = {**_v6(ll, None), "udp_src": 547, "udp_dst": 546}
+    echo = {**ipv4(VICTIM.mac, PEER.mac, "198.19.0.1", "198.19.0.3"), "icmpv4_type": 8}
+    for attack in (offer, advertise, {**echo, "icmpv4_type": 5}, _v6(ll, 128, PEER.mac),
+                   _v6(ll, 134), _v6(ll, 136, ipv6_nd_target=ll, ipv6_nd_tll=VICTIM.mac)):
+        assert _delivered(fabric, {**attack, **first}) == [], attack
+    for control in (echo, {**echo, "icmpv4_type": 0}, _udp4("198.19.0.1", 4000, 4000, "198.19.0.3")):
+        assert _delivered(fabric, {**control, **first}) == ["vm-peer"], control
+        assert _delivered(fabric, {**control, **later}) == ["vm-peer"], control
+    # later fragments of anything (the switch reads no L4: ports/type 0): opaque payload
+    for pkt in (offer, {**echo, "icmpv4_type": 5}):
+        assert _delivered(fabric, {**pkt, **later}) == ["vm-peer"], pkt
+    assert _delivered(fabric, {**_v6(ll, None, PEER.mac), "ip_proto": 44, **later}) == ["vm-peer"]
+    # no allow flow with L4 fields takes a later fragment: a DHCP client's from 0.0.0.0 is dropped
+    assert _delivered(fabric, {**_udp4("0.0.0.0", 68, 67), **first}) == ["vm-peer"]
+    assert _delivered(fabric, {**_udp4("0.0.0.0", 68, 67), **later}) == []
+    ip = ipaddress.ip_address
+    served = Fabric(State.build(
+        [Tenant("a"), Tenant("b")],
+        [Network("na", "a", 10, dhcp_servers=frozenset({VICTIM.iface_id})), Network("nb", "b", 11)],
+        [Host("h1", ip("198.18.0.1")), Host("h2", ip("198.18.0.2"))], [VICTIM, PEER],
+        [TunnelPort("h1", "h2", 10), TunnelPort("h2", "h1", 10)]))
+    assert _delivered(served, {**offer, **first}) == ["vm-peer"]
+    assert _delivered(served, {**offer, **later}) == ["vm-peer"]
+    assert _delivered(served, {**_udp4("198.19.0.3", 67, 68), **first}) == []  # a peer's address
 
 
 def test_dhcp_server_replies_pass_only_from_the_networks_declared_dhcp_servers() -> None:

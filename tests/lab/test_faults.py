@@ -272,7 +272,7 @@ def _others_programmed(rig: Rig, dep: Dependency) -> None:
         if not dep.host_db_down and dep.name == "host-vswitchd":
             # (the expected flows need every host's OVSDB: here the faulted host's answers)
             for h in others:
-                assert installed(lab, h) == expected(store, h), f"{h} not converged"
+                assert installed(lab, h) == expected(lab, store, h), f"{h} not converged"
     finally:
         store.close()
     for peer in MOVER_PEERS:

@@ -22,7 +22,7 @@ from controller.lab.ovs import OvsInstance
 from libvirt_hooks.domxml import VEIL_XMLNS
 from libvirt_hooks.install import HOOK_NAME, install
 from libvirt_hooks.qemu_hook import HANDLED, HookConfig, main
-from tests.support.rows import rows
+from tests.support.rows import live_device, rows, wait_live
 
 pytestmark = pytest.mark.lab
 UUID = "3e1f9a6c-7d2b-4f0e-8a5c-00000000f001"
@@ -94,9 +94,11 @@ class Bench:
         self.conf = tmp / "etc" / "hooks" / "veil-hook.conf"
         self.script = tmp / "etc" / "hooks" / "qemu.d" / HOOK_NAME
         self.valid_conf = self.conf.read_bytes()
+        live_device(ovs, "vnetf9")  # its VM is running: the port is not up for takeover
         ovs.vsctl("add-port", "br-int", "vnetf9", "--", "set", "Interface", "vnetf9", "external-ids:iface-id=other-ifc",
                   "external-ids:attached-mac=52:54:00:f0:00:99", f"external-ids:vm-id={OTHER_VM}",
                   "external-ids:iface-status=active")
+        wait_live(ovs, "vnetf9")
 
     def set_config(self, data: bytes) -> None:
         self.conf.write_bytes(data)

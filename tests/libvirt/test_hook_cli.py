@@ -23,7 +23,7 @@ from libvirt_hooks.domxml import VEIL_XMLNS
 from libvirt_hooks.install import HOOK_NAME, InstallError, choose_layout, fallback_code, install, uninstall
 from libvirt_hooks.qemu_hook import HANDLED, HookConfig
 from tests.support.hookservice import hook_service, processes_mentioning
-from tests.support.rows import bridge_ports, iface_ids
+from tests.support.rows import bridge_ports, iface_ids, live_device, wait_gone, wait_live
 
 pytestmark = pytest.mark.lab
 UUID = "3e1f9a6c-7d2b-4f0e-8a5c-000000000c11"
@@ -316,10 +316,13 @@ def test_an_invalid_vif_is_refused_in_strict_mode_and_never_registered(hook: Hoo
 
 def test_a_domain_cannot_take_over_another_vms_port(hook: Hook) -> None:
     """vm1's <target dev> names vnet5, the port libvirt made for another VM: refused, and that
-    port's registration is left exactly as it was (not rewritten, not marked veil-owned)."""
+    port's registration is left exactly as it was (not rewritten, not marked veil-owned). The
+    other VM is plausibly alive: its tap is open in OVS, with carrier."""
+    live_device(hook.ovs, "vnet5")
     hook.ovs.vsctl("add-port", "br-int", "vnet5", "--", "set", "Interface", "vnet5",
                    "external-ids:iface-id=other-ifc", "external-ids:attached-mac=52:54:00:0c:00:99",
                    f"external-ids:vm-id={OTHER_UUID}", "external-ids:iface-status=active")
+    wait_live(hook.ovs, "vnet5")
     before = iface_ids(hook.ovs, "vnet5")
     for kind in ("ethernet", "bridge"):
         proc = hook("start", "begin", xml(kind=kind, target="vnet5"))
@@ -332,6 +335,29 @@ def test_a_domain_cannot_take_over_another_vms_port(hook: Hook) -> None:
     # The owner itself still registers it.
     assert hook("start", "begin", xml(kind="bridge", target="vnet5", uuid=OTHER_UUID,
                                       mac="52:54:00:0c:00:99")).returncode == 0
+
+
+def test_a_stale_row_of_a_vm_that_is_gone_is_taken_over_with_one_log_line(hook: Hook) -> None:
+    """libvirt reuses tap names: a row a lost unplug left on vnet6 (its VM gone, its tap gone:
+    OVS reports ofport -1) must not make the next VM given vnet6 go dark. Taken over, in
+    strict mode too, one hook log line naming the old owner."""
+    hook.ovs.vsctl("add-port", "br-int", "vnet6", "--", "set", "Interface", "vnet6",
+                   "external-ids:iface-id=other-ifc", "external-ids:attached-mac=52:54:00:0c:00:99",
+                   f"external-ids:vm-id={OTHER_UUID}", "external-ids:iface-status=active",
+                   "external-ids:veil-network=red", "external-ids:veil-ips=198.19.0.99",
+                   "external-ids:veil-owns-port=true")
+    wait_gone(hook.ovs, "vnet6")
+    hook.set_mode("strict")
+    proc = hook("start", "begin", xml(target="vnet6"))
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    ids = iface_ids(hook.ovs, "vnet6")
+    assert ids is not None and ids["vm-id"] == UUID and ids["veil-network"] == "blue"
+    assert ids["attached-mac"] == "52:54:00:0c:00:01" and ids["veil-ips"] == "198.19.0.5"
+    took = [line for line in Path(hook.cfg.log).read_text().splitlines() if "took over" in line]
+    assert len(took) == 1 and f"took over port 'vnet6' from VM {OTHER_UUID} for VM {UUID}" in took[0], took
+    # the VM stops: veil added that port, so it goes
+    assert hook("stopped", "end", xml(target="vnet6")).returncode == 0
+    assert "vnet6" not in bridge_ports(hook.ovs)
 
 
 # -- what stop leaves, and whose NICs strict mode judges (issue 12) ----------------------------------

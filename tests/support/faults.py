@@ -48,16 +48,18 @@ def installed(lab: Lab, host: str) -> frozenset[FlowKey]:
     return frozenset(k for k in map(_key, out.splitlines()) if k is not None)
 
 
-def expected(store: Store, host: str) -> frozenset[FlowKey]:
-    """What a fresh controller computes for ``host`` (``controller.expected``)."""
-    return frozenset(k for k in map(_key, expected_flows(store, host)) if k is not None)
+def expected(lab: Lab, store: Store, host: str) -> frozenset[FlowKey]:
+    """What a fresh controller computes for ``host`` (``controller.expected``), reading every
+    host's OVSDB through its local socket (the Host rows name TLS remotes on the underlay)."""
+    reach = {name: h.ovs.db_remote for name, h in lab.hosts.items()}
+    return frozenset(k for k in map(_key, expected_flows(store, host, reach)) if k is not None)
 
 
 def flow_mismatch(lab: Lab, store: Store) -> dict[str, str]:
     """Per host whose installed veil flows differ from a fresh controller's: how (empty: none)."""
     out = {}
     for host in lab.hosts:
-        have, want = installed(lab, host), expected(store, host)
+        have, want = installed(lab, host), expected(lab, store, host)
         if have != want:
             out[host] = f"{len(want - have)} missing, {len(have - want)} extra of {len(want)}"
     return out

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from controller.pipeline.compute import compute_flows
-from controller.pipeline.fields import FIELDS, INT, IPV4, IPV6, MAC, Kind, is_masked
+from controller.pipeline.fields import FIELDS, FRAG, FRAG_LATER, FRAG_VALUES, INT, IPV4, IPV6, MAC, Kind, is_masked
 from controller.pipeline.flows import (
     Flow,
     MatchValue,
@@ -51,6 +51,7 @@ def _ip(text: str) -> int:
 # how the simulator reads a value of each kind of the field table (ints may come as "0x..." text)
 _TEXT: dict[Kind, Callable[[str], int]] = {
     INT: lambda text: int(text, 0), MAC: _mac, IPV4: _ip, IPV6: _ip,
+    FRAG: lambda text: FRAG_VALUES[text][0],  # a packet's fragment type by name: its bits
 }
 _UNREADABLE = {f.name for f in FIELDS.values() if f.kind not in _TEXT}
 assert not _UNREADABLE, f"the simulator cannot read fields {sorted(_UNREADABLE)}"
@@ -68,6 +69,9 @@ def field_matches(name: str, want: MatchValue, have: MatchValue | None) -> bool:
     field (an ARP field of an IPv4 packet, or of a forged EtherType) does not match."""
     if have is None:
         return False
+    if FIELDS[name].kind == FRAG:  # a flow's fragment type is a name for a value/mask
+        bits, frag_mask = FRAG_VALUES[str(want)]
+        return _read(name, have) & frag_mask == bits
     if is_masked(want):
         value, mask = want.split("/")
         m = _read(name, mask)
@@ -85,12 +89,29 @@ class Emit:
     packet: Packet
 
 
+# Fragments as a switch in nx-match fragment handling reads them (the session sets it): every
+# IPv4/IPv6 packet has ip_frag (0 when not a fragment); a later fragment has no L4 header, so
+# the fields that need ip_proto read 0 (the field table's prerequisites say which).
+IP_ETH_TYPES = dict(FIELDS["ip_frag"].prereqs)["eth_type"]
+L4_FIELDS = frozenset(f.name for f in FIELDS.values() if any(n == "ip_proto" for n, _ in f.prereqs))
+
+
+def as_switch_reads(pkt: Packet) -> dict[str, MatchValue]:
+    """``pkt`` with the fragment fields as the switch sees them."""
+    p = dict(pkt)
+    if p.get("eth_type") in IP_ETH_TYPES:
+        frag = _read("ip_frag", p.setdefault("ip_frag", 0))
+        if frag & FRAG_LATER:
+            p.update({name: 0 for name in L4_FIELDS})
+    return p
+
+
 def run_switch(flows: Iterable[Flow], pkt: Packet, in_port: int) -> list[Emit]:
     """Every packet the switch emits for ``pkt`` arriving on ``in_port``."""
     by_table: dict[int, list[Flow]] = {}
     for f in flows:
         by_table.setdefault(f.table, []).append(f)
-    p: dict[str, MatchValue] = {**pkt, "in_port": in_port, "metadata": 0}
+    p: dict[str, MatchValue] = {**as_switch_reads(pkt), "in_port": in_port, "metadata": 0}
     p.setdefault("tunnel_id", 0)
     p.setdefault("vlan_vid", 0)  # OFPVID_NONE: untagged unless the packet says otherwise
     out: list[Emit] = []

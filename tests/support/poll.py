@@ -7,8 +7,10 @@ returned and, when given, ``detail()`` (usually a log tail): enough to debug fro
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -30,3 +32,10 @@ def until(what: str, check: Callable[[], T | None], timeout: float = 20.0, *,
             extra = f"\n{detail()}" if detail is not None else ""
             raise AssertionError(f"not within {timeout:g}s: {what} (last value seen: {last!r}){extra}")
         time.sleep(interval)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, from /proc/PID/stat: how a
+    test sees that a daemon waiting for a dependency does not spin."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime

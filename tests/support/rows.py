@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+from controller.lab import netns
 from controller.lab.ovs import OvsInstance
+from tests.support.poll import until
 
 
 def _decode(cell: object) -> object:
@@ -34,3 +36,31 @@ def iface_ids(ovs: OvsInstance, name: str) -> dict[str, str] | None:
 
 def bridge_ports(ovs: OvsInstance, bridge: str = "br-int") -> list[str]:
     return sorted(ovs.vsctl("list-ports", bridge).split())
+
+
+def interface(ovs: OvsInstance, name: str) -> dict[str, object]:
+    """The Interface row ``name`` (every column, decoded)."""
+    (row,) = [r for r in rows(ovs, "Interface") if r["name"] == name]
+    return row
+
+
+def live_device(ovs: OvsInstance, name: str) -> None:
+    """A device ``name`` with carrier in the host's namespace (a veth pair, both ends up), as
+    a running VM's tap is: for a port row that is plausibly alive."""
+    assert ovs.ns is not None
+    netns.run(["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"], ns=ovs.ns)
+    for dev in (name, f"{name}p"):
+        netns.run(["ip", "link", "set", dev, "up"], ns=ovs.ns)
+
+
+def wait_live(ovs: OvsInstance, name: str) -> None:
+    """Until vswitchd has opened ``name``'s device: an ofport, no error, link up."""
+    until(f"{name} is live in OVS", lambda: (lambda r: isinstance(r["ofport"], int) and r["ofport"] > 0
+          and r["error"] == [] and r["link_state"] == "up")(interface(ovs, name)),
+          detail=lambda: repr(interface(ovs, name)))
+
+
+def wait_gone(ovs: OvsInstance, name: str) -> None:
+    """Until vswitchd reports ``name``'s device missing (ofport -1, "could not open ...")."""
+    until(f"{name}'s device reported missing", lambda: interface(ovs, name)["ofport"] == -1,
+          detail=lambda: repr(interface(ovs, name)))

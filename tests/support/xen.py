@@ -86,16 +86,20 @@ class Daemon:
 
 @contextmanager
 def running_daemon(sim: XapiSim, host: Host, *, manage_ports: bool = True,
-                   poll_timeout: float = 0.5, ovsdb_timeout: float = 5.0) -> Iterator[Daemon]:
+                   poll_timeout: float = 0.5, ovsdb_timeout: float = 5.0,
+                   host_uuid: bool = True) -> Iterator[Daemon]:
     """veil-xapi-sync for ``host`` as its own process (as deployed: one per host), with a short
-    poll and back-off so tests run fast. Stopped with SIGTERM, killed if it does not stop."""
+    poll and back-off so tests run fast. Without ``host_uuid`` it reads the host's uuid from
+    OVSDB (its system-id), as on dom0. Stopped with SIGTERM, killed if it does not stop."""
     log = host.ovs.rundir / "xapi-sync.log"
     argv = [sys.executable, "-m", "xenapi_plugin.sync", "--xapi", sim.uri, "--ovsdb", host.ovs.db_remote,
-            "--host-uuid", host.uuid, "--poll-timeout", str(poll_timeout), "--backoff-initial", "0.05",
+            "--poll-timeout", str(poll_timeout), "--backoff-initial", "0.05",
             "--backoff-max", "0.2", "--ovsdb-timeout", str(ovsdb_timeout),
             "--spool", str(host.ovs.rundir / "spool")]
     if manage_ports:
         argv.append("--manage-ports")
+    if host_uuid:
+        argv += ["--host-uuid", host.uuid]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     daemon = Daemon(proc, log)

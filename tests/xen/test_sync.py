@@ -252,6 +252,29 @@ def test_daemon_started_before_xapi_waits_and_then_syncs(xapi: XapiSim, host_a: 
         until("registered once xapi is up", lambda: "vif2.0" in interfaces(host_a.ovs))
 
 
+@pytest.mark.parametrize("host_uuid", [False, True], ids=["system-id-from-ovsdb", "host-uuid-given"])
+def test_daemon_started_before_ovsdb_waits_and_then_syncs(xapi: XapiSim, host_a: Host, host_uuid: bool) -> None:
+    """Issue 12: OVSDB away at start. Without --host-uuid (the system-id is read from OVSDB) the
+    daemon exited 2, with it a traceback; now it waits on its back-off, saying what for, and
+    syncs once OVSDB is there."""
+    net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
+    vm, _ = veil_vm(xapi, "early", "aa:16:3e:00:00:c1", net)
+    xapi.start_vm(vm, host_a.ref, domid=3)
+    host_a.ovs.stop_ovsdb()
+    # (the default OVSDB timeout: ovsdbapp waits that long for ovs-vswitchd, which reconnects
+    # to the restarted ovsdb-server on its own back-off, and logs a traceback when it expires)
+    with running_daemon(xapi, host_a, host_uuid=host_uuid) as daemon:
+        until("two attempts, each saying what it waits for",
+              lambda: daemon.text().count("waiting for OVSDB at " + host_a.ovs.db_remote) >= 2,
+              detail=daemon.text)
+        assert ("system-id" in daemon.text()) != host_uuid and "retrying in" in daemon.text()
+        assert daemon.proc.poll() is None, daemon.text()
+        host_a.ovs.start_ovsdb()
+        until("registered once OVSDB is there", lambda: "vif3.0" in interfaces(host_a.ovs), timeout=30,
+              detail=daemon.text)
+        assert f"for host {host_a.uuid}" in daemon.text()
+
+
 def test_ovsdb_down_longer_than_its_timeout_is_retried_until_it_is_back(xapi: XapiSim, host_a: Host) -> None:
     net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
     first, _ = veil_vm(xapi, "first", "aa:16:3e:00:00:a1", net)

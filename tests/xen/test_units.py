@@ -13,7 +13,7 @@ from xenapi_plugin import args as A
 from xenapi_plugin import config, desired, model
 from hooks.backoff import Backoff
 from xenapi_plugin.dispatch import Failure, respond
-from xenapi_plugin.sync import XapiWatcher
+from xenapi_plugin.sync import XapiWatcher, parse_args
 from xenapi_plugin.xapi import login
 
 HOST = "OpaqueRef:host-a"
@@ -251,3 +251,44 @@ def test_a_failure_carrying_control_characters_or_surrogates_is_still_a_readable
     call = xmlrpc.client.dumps(("OpaqueRef:s1", {}), methodname="refuse")
     assert _parse(respond({"refuse": refuse}, call, _Session))["ErrorDescription"] == [
         "VEIL_X", "bell\\x07", "lone \\udcff", "fine é\n"]
+
+
+@pytest.mark.parametrize("option", ["--backoff-initial", "--backoff-max", "--ovsdb-timeout", "--poll-timeout"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e300", "soon"])
+def test_sync_refuses_a_bad_number_of_seconds_in_one_line(
+        option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12: these were plain floats (0 or negative: a ValueError traceback from Backoff;
+    NaN accepted). Now one line naming the option, exit 2."""
+    with pytest.raises(SystemExit) as exit_:
+        parse_args([option, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {option}: {value!r} is not a number of seconds" in err
+
+
+@pytest.mark.parametrize(("argv", "error"), [
+    (["--backoff-initial", "5", "--backoff-max", "1"], "argument --backoff-max: 1 is less than --backoff-initial 5"),
+    (["--ovsdb", "db.sock"], "argument --ovsdb: 'db.sock' is not a remote like"),
+])
+def test_sync_refuses_inconsistent_or_malformed_arguments(
+        argv: list[str], error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and error in err
+
+
+def test_sync_accepts_sane_arguments() -> None:
+    args = parse_args(["--backoff-initial", "0.05", "--backoff-max", "0.2", "--ovsdb-timeout", "0.5",
+                       "--ovsdb", "tcp:127.0.0.1:6640"])
+    assert (args.backoff_initial, args.backoff_max, args.ovsdb_timeout) == (0.05, 0.2, 0.5)
+    assert Backoff(initial=args.backoff_initial, maximum=args.backoff_max).delay(9) == 0.2
+
+
+def test_sync_unreadable_password_file_is_one_line_exit_2(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from xenapi_plugin import sync
+
+    assert sync.main(["--password-file", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--password-file" in err and "Traceback" not in err

@@ -21,7 +21,7 @@ from controller.lab.bench import flowmods, hooklat, labfigs, report
 from controller.lab.bench.labfigs import BenchError, Plugger, System
 from controller.lab.bench.ovn import OvnMissing
 from controller.lab.bench.results import Comparison, Goal, Result
-from controller.lab.bench.systems import OvnSystem, PlainSystem, VeilSystem
+from controller.lab.bench.systems import PLAINTEXT, OvnSystem, PlainSystem, VeilSystem
 from controller.lab.lab import DEFAULT_ROOT, Lab
 from controller.southbound.session import OpenFlowError
 
@@ -44,6 +44,11 @@ GOALS = {
     "4d": (Goal("median", "<=", 5.0),),
     flowmods.FIG5: (Goal("median", ">=", 30_000.0),),
 }
+# veil over TLS (the default lab) beside the same controller on the plaintext lab: what TLS costs
+TLS_COMPARISONS = (
+    Comparison(labfigs.FIG2, "veil", PLAINTEXT, "median"),
+    Comparison(flowmods.FIG5, flowmods.TLS, "veil", "median"),
+)
 PLOT_GOALS = {hooklat.FIG1: 15.0, labfigs.FIG2: 8.0, labfigs.FIG3[True]: 5.0}
 COMPARISONS = (
     # 10 VM starts at once: p99 per hook call at most twice the sequential p99 of the same run.
@@ -58,6 +63,7 @@ COMPARISONS = (
     Comparison(labfigs.FIGMEM, "veil", "ovn", "max"),
     Comparison("4d", "veil", "ovn", "median"),
     Comparison(flowmods.FIG5, "veil", "ovs-ofctl", "median"),
+    *TLS_COMPARISONS,
 )
 
 
@@ -72,7 +78,7 @@ class Plan:
     events: int = 50
     flows: int = 20_000  # fig 5
     flow_reps: int = 3
-    figures: frozenset[str] = frozenset({"1", "lab", "4", "5"})
+    figures: frozenset[str] = frozenset({"1", "lab", "4", "5"})  # "2": only fig 2, veil TLS vs plaintext
     quick: bool = False  # fig 1: fewer hook calls
 
 
@@ -140,8 +146,9 @@ def throughput_rounds(beds: list[Bed], plan: Plan, say: Say) -> list[Result]:
     return out
 
 
-def latency_figures(bed: Bed, plan: Plan, say: Say) -> list[Result]:
-    """Memory and figures 2 and 3 for one controller (not for plain OVS)."""
+def latency_figures(bed: Bed, plan: Plan, say: Say, fig2_only: bool = False) -> list[Result]:
+    """Memory and figures 2 and 3 for one controller (not for plain OVS); for veil on the
+    plaintext lab only figure 2."""
     system, lab, plugger = bed.system, bed.lab, bed.plugger
     steps: list[tuple[str, str, str, Callable[[], Result]]] = [
         (labfigs.FIGMEM, "control plane RSS", "MB", lambda: labfigs.memory(system)),
@@ -154,6 +161,10 @@ def latency_figures(bed: Bed, plan: Plan, say: Say) -> list[Result]:
         ("3b", labfigs.FIG3_TITLE[False], "ms",
          lambda: labfigs.migration(lab, system, plugger, MOVER, PINGER, MIGRATION_HOSTS, False, plan.moves)),
     ]
+    if not fig2_only and system.name == PLAINTEXT:
+        fig2_only = True  # the plaintext lab is there for what TLS costs on VIF up, nothing else
+    if fig2_only:
+        steps = [s for s in steps if s[0] == labfigs.FIG2]
     out = []
     for fig, title, unit, fn in steps:
         if bed.broken is not None:
@@ -163,6 +174,8 @@ def latency_figures(bed: Bed, plan: Plan, say: Say) -> list[Result]:
                 r = fn()
             except MEASUREMENT_ERRORS as exc:
                 r = _failed(fig, title, system.name, unit, exc)
+        if fig == labfigs.FIG2 and isinstance(system, VeilSystem):
+            r = replace(r, method=f"{r.method}; {_CHANNEL[system.tls]}")
         say(f"[{system.name}] fig {fig}: {_brief(r)}")
         out.append(r)
     if isinstance(system, OvnSystem) and bed.broken is None:
@@ -170,16 +183,29 @@ def latency_figures(bed: Bed, plan: Plan, say: Say) -> list[Result]:
     return out
 
 
-def lab_figures(plan: Plan, root: Path, say: Say) -> list[Result]:
-    """Figures 2, 3, 6 and memory: plain OVS, OVN and veil, each on a lab of its own."""
+_CHANNEL = {
+    True: ("veil over TLS (the default lab: the controller in a namespace of its own on the underlay "
+           "dials every host's pssl OVSDB and OpenFlow listeners, CN-pinned)"),
+    False: ("veil on the plaintext lab (run_for_lab(tls=False): the controller in the root namespace, "
+            "every host through its unix sockets db.sock and br-int.mgmt), same run and lab build as the TLS row"),
+}
+
+
+def lab_figures(plan: Plan, root: Path, say: Say, fig2_only: bool = False) -> list[Result]:
+    """Figures 2, 3, 6 and memory: plain OVS, OVN and veil, each on a lab of its own, and
+    figure 2 for veil on the plaintext lab too (TLS's cost). ``fig2_only``: figure 2 for the
+    two veil labs alone (no OVN, no throughput)."""
+    systems: list[System] = [VeilSystem(), VeilSystem(tls=False)]
+    if not fig2_only:
+        systems = [PlainSystem(THROUGHPUT_HOSTS), OvnSystem(), *systems]
     beds: list[Bed] = []
     try:
-        for system in (PlainSystem(THROUGHPUT_HOSTS), OvnSystem(), VeilSystem()):
+        for system in systems:
             beds.append(_up(system, root, say))
-        out = throughput_rounds(beds, plan, say)
+        out = [] if fig2_only else throughput_rounds([b for b in beds if b.system.name != PLAINTEXT], plan, say)
         for bed in beds:
             if not isinstance(bed.system, PlainSystem):
-                out += latency_figures(bed, plan, say)
+                out += latency_figures(bed, plan, say, fig2_only)
         return out
     finally:
         for bed in beds:
@@ -268,6 +294,8 @@ def run(out: Path, plan: Plan, say: Say, root: Path = DEFAULT_ROOT) -> int:
             results.append(r)
     if "lab" in plan.figures:
         results += lab_figures(plan, root, say)
+    elif "2" in plan.figures:
+        results += lab_figures(plan, root, say, fig2_only=True)
     if "4" in plan.figures:
         say(f"fig 4: {plan.hosts} simulated hosts, {plan.vifs} VIFs (pure compute, may take minutes)")
         for r in scale_figures(plan):
@@ -291,7 +319,7 @@ def run(out: Path, plan: Plan, say: Say, root: Path = DEFAULT_ROOT) -> int:
 
 
 def parse_figures(text: str) -> frozenset[str]:
-    allowed = {"1", "lab", "4", "5"}
+    allowed = {"1", "lab", "2", "4", "5"}
     figs = frozenset(x.strip() for x in text.split(",") if x.strip())
     bad = figs - allowed
     if bad or not figs:

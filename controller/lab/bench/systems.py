@@ -11,6 +11,7 @@ from hooks import contract
 from hooks.ovsdb.connect import OvsdbUnreachable
 
 DAEMON_RESYNC = 5.0  # veil-controller's default resync period: the bench measures it as shipped
+PLAINTEXT = "veil-plaintext"  # veil on the plaintext lab, beside veil over TLS (the default)
 
 
 class OvnSystem:
@@ -107,9 +108,11 @@ class VeilSystem:
     ``Lab.down()`` finds them whatever happens.
     """
 
-    name = "veil"
-
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = True) -> None:
+        """``tls=False``: the plaintext lab (``run_for_lab(tls=False)``: the controller in the
+        root namespace, every host through its unix sockets), reported as ``veil-plaintext``."""
+        self.tls = tls
+        self.name: str = "veil" if tls else PLAINTEXT
         self.ctl: LabController | None = None
 
     def _ctl(self) -> LabController:
@@ -119,7 +122,7 @@ class VeilSystem:
 
     def start(self, lab: Lab) -> None:
         try:
-            self.ctl = run_for_lab(lab, resync=DAEMON_RESYNC)
+            self.ctl = run_for_lab(lab, resync=DAEMON_RESYNC, tls=self.tls)
         except OvsdbUnreachable as exc:  # a measurement error: the bench records it and goes on
             raise BenchError(f"veil could not join the lab's hosts: {exc}") from exc
         try:

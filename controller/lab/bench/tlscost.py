@@ -24,8 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from controller.lab import netns
-from controller.lab.bench.flowmods import l2_flows
-from controller.lab.hostjoin import enter_netns
+from controller.lab.bench.flowmods import in_netns_child, l2_flows
 from controller.lab.ovs import OvsInstance
 from controller.northbound import pki as P
 from controller.pipeline.diff import FlowDiff
@@ -59,36 +58,13 @@ def measure(n: int, reps: int, small: int = 12, small_reps: int = 200) -> dict[s
         ident = pki.controller_identity(now)
         tls.configure(tls.ClientTls(ident.key, ident.cert, pki.host_ca.cert_path,
                                     pki.host_ca.crl_path), allow_plaintext=True)
-        out = _in_child(ns, lambda: _run(ovs, n, reps, small, small_reps))
+        got = in_netns_child(ns, lambda: _run(ovs, n, reps, small, small_reps))
+        out = got if isinstance(got, dict) else {}
     finally:
         ovs.stop()
         netns.delete_netns(ns)
         shutil.rmtree(work, ignore_errors=True)
     return out
-
-
-def _in_child(ns: str, body: Callable[[], dict[str, object]]) -> dict[str, object]:
-    """Run ``body`` in a forked child inside ``ns`` (deleting a namespace kills every process
-    in it, so the measuring process must not be one of them); its result comes back as JSON."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        code = 0
-        try:
-            enter_netns(ns)
-            data = json.dumps(body()).encode()
-        except BaseException as e:
-            data, code = json.dumps({"error": repr(e)}).encode(), 1
-        with os.fdopen(w, "wb") as f:
-            f.write(data)
-        os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    result: dict[str, object] = json.loads(data)
-    return result
 
 
 def _run(ovs: OvsInstance, n: int, reps: int, small: int, small_reps: int) -> dict[str, object]:
