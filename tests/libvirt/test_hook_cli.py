@@ -22,11 +22,11 @@ from hooks.spool import Spool
 from libvirt_hooks.domxml import VEIL_XMLNS
 from libvirt_hooks.install import HOOK_NAME, InstallError, choose_layout, fallback_code, install, uninstall
 from libvirt_hooks.qemu_hook import HANDLED, HookConfig
+from tests.support.domains import BAD_INPUTS, BILLION_LAUGHS, HOOK_UUID as UUID, hook_xml as xml
 from tests.support.hookservice import hook_service, processes_mentioning
 from tests.support.rows import bridge_ports, iface_ids, live_device, wait_gone, wait_live
 
 pytestmark = pytest.mark.lab
-UUID = "3e1f9a6c-7d2b-4f0e-8a5c-000000000c11"
 
 
 @dataclass
@@ -74,28 +74,6 @@ def hook(request: pytest.FixtureRequest, ovs: OvsInstance, tmp_path: Path) -> It
     assert sorted(p.name for p in socket.parent.glob(".hook.*")) == []  # request/reply files removed
 
 
-def xml(*, network: str = "blue", target: str | None = "tapc1", kind: str = "ethernet", meta: bool = True,
-        mac: str = "52:54:00:0c:00:01", ips: str = "198.19.0.5", uuid: str = UUID) -> bytes:
-    tgt = f"<target dev='{target}'/>" if target else ""
-    vport = "<source bridge='br-int'/><virtualport type='openvswitch'><parameters interfaceid='ifc-1'/></virtualport>"
-    iface = f"<interface type='{kind}'><mac address='{mac}'/>{vport if kind == 'bridge' else ''}{tgt}</interface>"
-    md = f"<metadata><veil:ports xmlns:veil='{VEIL_XMLNS}'><veil:port mac='{mac}' network='{network}' ips='{ips}'/></veil:ports></metadata>" if meta else ""
-    return f"<domain type='qemu'><name>vm1</name><uuid>{uuid}</uuid>{md}<devices>{iface}</devices></domain>".encode()
-
-
-BILLION_LAUGHS = b"""<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
-<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]><domain><name>&lol3;</name></domain>"""
-EXTERNAL_ENTITY = b"""<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/shadow">]><domain><name>&x;</name></domain>"""
-BAD_INPUTS = {
-    "truncated": xml()[:60],
-    "not-xml": b"\x00\xff garbage",
-    "empty": b"",
-    "billion-laughs": BILLION_LAUGHS,
-    "external-entity": EXTERNAL_ENTITY,
-    "huge": b"<domain><name>vm1</name><uuid>" + UUID.encode() + b"</uuid><description>" + b"A" * (5 << 20) + b"</description></domain>",
-    "deep": b"<domain>" + b"<a>" * 5000 + b"</a>" * 5000 + b"</domain>",
-    "wrong-root": b"<network><name>x</name></network>",
-}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_INPUTS))

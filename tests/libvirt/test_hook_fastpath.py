@@ -27,7 +27,7 @@ from libvirt_hooks import hookwire
 from libvirt_hooks.install import HOOK_NAME, forward_timeout, install
 from libvirt_hooks.qemu_hook import HookConfig
 from libvirt_hooks.service import REQUEST_DEADLINE, HookService
-from tests.libvirt.test_hook_cli import BAD_INPUTS, xml
+from tests.support.domains import BAD_INPUTS, hook_xml as xml
 from tests.support.hookservice import hook_service, processes_mentioning
 from tests.support.poll import until
 from tests.support.rows import bridge_ports
