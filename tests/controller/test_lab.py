@@ -19,7 +19,7 @@ from controller.lab.lab import Lab
 from controller.lab.run import LabController, run_for_lab
 from controller.northbound.store import Store
 from tests.support.frames import SEND_RAW, Capture, arp_frame, rarp_frame, udp_frame
-from tests.support.labs import flows, programmed_lab, wait_programmed
+from tests.support.labs import flows, programmed_lab, standby_copy, wait_programmed
 from tests.support.names import unique_prefix
 from tests.support.poll import until
 
@@ -191,28 +191,14 @@ def test_moved_vm_keeps_its_connectivity(lab: tuple[Lab, LabController]) -> None
 def test_live_migration_follows_the_guest_announcement(lab: tuple[Lab, LabController]) -> None:
     """The same iface-id active on two hosts: traffic stays with the source until the guest
     announces itself (RARP) on the destination, then follows it."""
-    from controller.southbound.hostdb import VEIL_IPS
     from controller.lab import netns
-    from hooks import contract
 
     lab_, ctl = lab
     b3 = lab_.vms["b3"]
     src_host = lab_.placement("b3")
     dst_host = next(h for h in lab_.hosts if h != src_host and lab_.hosts[h].spec.dc ==
                     lab_.hosts[src_host].spec.dc)
-    dst = lab_.hosts[dst_host]
-    ns = f"{lab_.prefix}-vm-b3-dst"  # the guest's copy on the destination, same MAC and IP
-    netns.add_netns(ns)
-    port = "tap-b3-dst"
-    try:
-        netns.add_veth(ns, "eth0", dst.ns, port)
-        netns.run(["ip", "link", "set", "eth0", "address", b3.mac], ns=ns)
-        netns.run(["ip", "addr", "add", str(b3.spec.ip), "dev", "eth0"], ns=ns)
-        ids = {contract.IFACE_ID: b3.iface_id, contract.ATTACHED_MAC: b3.mac,
-               contract.IFACE_STATUS: contract.STATUS_ACTIVE, contract.VEIL_NETWORK: b3.network,
-               VEIL_IPS: b3.ip}
-        dst.ovs.vsctl("add-port", "br-int", port, *(a for k, v in ids.items() for a in (
-            "--", "set", "Interface", port, f'external_ids:{k}="{v}"')))
+    with standby_copy(lab_, "b3", dst_host) as ns:
         ctl.sync()
         assert "CONTROLLER" in flows(lab_, dst_host)  # a standby port: punts RARP to veil
         # before the announcement, b1's traffic still reaches the source copy
@@ -238,8 +224,6 @@ def test_live_migration_follows_the_guest_announcement(lab: tuple[Lab, LabContro
         lab_.unplug_vm("b3")
         ctl.sync()
         assert lab_.ping("b1", "b3", count=2)
-    finally:
-        netns.delete_netns(ns)
 
 
 def test_a_dead_host_is_reported_by_bfd(lab: tuple[Lab, LabController]) -> None:

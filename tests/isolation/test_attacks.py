@@ -34,7 +34,7 @@ from controller.lab.run import LabController, run_for_lab
 from controller.northbound.store import Store
 from hooks import contract
 from tests.support.frames import SEND_RAW, Capture, arp_frame, mac_bytes, rarp_frame, udp_frame
-from tests.support.labs import flows, programmed_lab, wait_programmed
+from tests.support.labs import flows, programmed_lab, standby_copy, wait_programmed
 from tests.support.names import unique_prefix
 from tests.support.poll import until
 
@@ -866,20 +866,7 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
     src_host = lab_.placement("a2")
     dst_host = lab_.placement("b2")
     assert src_host != dst_host
-    dst = lab_.hosts[dst_host]
-    ns = f"{lab_.prefix}-vm-a2-dst"
-    port = "tap-a2-dst"
-    netns.add_netns(ns)
-    try:
-        netns.add_veth(ns, "eth0", dst.ns, port)
-        netns.guard_host_stack(dst.ns, port)
-        netns.run(["ip", "link", "set", "eth0", "address", a2.mac], ns=ns)
-        netns.run(["ip", "addr", "add", str(a2.spec.ip), "dev", "eth0"], ns=ns)
-        ids = {contract.IFACE_ID: a2.iface_id, contract.ATTACHED_MAC: a2.mac,
-               contract.IFACE_STATUS: contract.STATUS_ACTIVE, contract.VEIL_NETWORK: a2.network,
-               VEIL_IPS: a2.ip}
-        dst.ovs.vsctl("add-port", "br-int", port, *(a for k, v in ids.items() for a in (
-            "--", "set", "Interface", port, f'external_ids:{k}="{v}"')))
+    with standby_copy(lab_, "a2", dst_host) as ns:
         ctl.sync()
         assert "CONTROLLER" in flows(lab_, dst_host)  # a standby port: punts announcements
         forged = [
@@ -912,10 +899,6 @@ def test_rarp_or_garp_with_a_migrating_vms_mac_does_not_steal_it(
         with Capture(lab_, "a2", "icmp") as after:
             assert lab_.ping("a1", "a2", count=2)
         assert "ICMP echo request" not in after.text
-    finally:
-        dst.ovs.vsctl("--if-exists", "del-port", "br-int", port)
-        netns.delete_netns(ns)
-        netns.unguard_host_stack(dst.ns, port)
     ctl.sync()
     assert lab_.ping("a1", "a2"), "a2's traffic back on its source host"
 

@@ -10,9 +10,10 @@ import contextlib
 import functools
 from collections.abc import Iterator
 
-from controller.lab import topology
+from controller.lab import netns, topology
 from controller.lab.lab import Lab
 from controller.lab.run import LabController, run_for_lab
+from hooks import contract
 from tests.support.names import unique_prefix
 from tests.support.poll import until
 
@@ -55,3 +56,32 @@ def programmed_lab(kind: str) -> Iterator[tuple[Lab, LabController]]:
 def flows(lab: Lab, host: str) -> str:
     """``host``'s br-int flow table, as ovs-ofctl dump-flows prints it."""
     return lab.hosts[host].ovs.ofctl("dump-flows")
+
+
+@contextlib.contextmanager
+def standby_copy(lab: Lab, vm: str, dst_host: str) -> Iterator[str]:
+    """A live migration's destination copy of ``vm`` on ``dst_host``, as veil sees libvirt's
+    incoming domain: a namespace with the VM's MAC and IP, its tap on br-int registered
+    active with the VM's iface-id (so the same iface-id is active on two hosts). Written
+    with ovs-vsctl on purpose: what libvirt and the hook write, before the guest runs.
+    Yields the copy's namespace; the port, the namespace and the host-stack guard go after."""
+    spec = lab.vms[vm]
+    dst = lab.hosts[dst_host]
+    ns = f"{lab.prefix}-vm-{vm}-dst"
+    port = f"tap-{vm}-dst"
+    netns.add_netns(ns)
+    try:
+        netns.add_veth(ns, "eth0", dst.ns, port)
+        netns.guard_host_stack(dst.ns, port)
+        netns.run(["ip", "link", "set", "eth0", "address", spec.mac], ns=ns)
+        netns.run(["ip", "addr", "add", str(spec.spec.ip), "dev", "eth0"], ns=ns)
+        ids = {contract.IFACE_ID: spec.iface_id, contract.ATTACHED_MAC: spec.mac,
+               contract.IFACE_STATUS: contract.STATUS_ACTIVE,
+               contract.VEIL_NETWORK: spec.network, contract.VEIL_IPS: spec.ip}
+        dst.ovs.vsctl("add-port", "br-int", port, *(a for k, v in ids.items() for a in (
+            "--", "set", "Interface", port, f'external_ids:{k}="{v}"')))
+        yield ns
+    finally:
+        dst.ovs.vsctl("--if-exists", "del-port", "br-int", port)
+        netns.delete_netns(ns)
+        netns.unguard_host_stack(dst.ns, port)
