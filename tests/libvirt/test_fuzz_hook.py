@@ -22,7 +22,7 @@ from controller.lab.ovs import OvsInstance
 from libvirt_hooks.domxml import VEIL_XMLNS
 from libvirt_hooks.install import HOOK_NAME, install
 from libvirt_hooks.qemu_hook import HANDLED, HookConfig, main
-from tests.support.rows import live_device, rows, wait_live
+from tests.support.rows import client_rows, live_device, wait_live
 
 pytestmark = pytest.mark.lab
 UUID = "3e1f9a6c-7d2b-4f0e-8a5c-00000000f001"
@@ -104,7 +104,7 @@ class Bench:
         self.conf.write_bytes(data)
 
     def dump(self) -> list[object]:
-        return [sorted(map(repr, rows(self.ovs, t))) for t in ("Bridge", "Port", "Interface")]
+        return [sorted(map(repr, client_rows(self.ovs, t))) for t in ("Bridge", "Port", "Interface")]
 
     def check(self, argv: list[str], stdin: bytes, *, strict: bool | None) -> None:
         """One in-process call with every property checked; ``strict`` None: unknown."""

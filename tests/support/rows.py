@@ -24,6 +24,22 @@ def rows(ovs: OvsInstance, table: str) -> list[dict[str, object]]:
     return [dict(zip(out["headings"], (_decode(c) for c in row))) for row in out["data"]]
 
 
+#: Columns ovs-vswitchd itself keeps up to date (counters, link state, kernel facts). A test that
+#: asks "did this refused call change OVSDB?" must not count them: a live veth's IPv6 chatter
+#: moves rx_packets between two reads.
+VSWITCHD_WRITTEN = frozenset({
+    "statistics", "status", "link_state", "link_resets", "link_speed", "duplex", "admin_state", "mac_in_use",
+    "ifindex", "ofport", "error", "bfd_status", "cfm_fault", "cfm_fault_status", "cfm_flap_count", "cfm_health",
+    "cfm_remote_mpids", "cfm_remote_opstate", "lacp_current", "rstp_status", "rstp_statistics", "datapath_id",
+    "datapath_version",
+})
+
+
+def client_rows(ovs: OvsInstance, table: str) -> list[dict[str, object]]:
+    """Rows of ``table`` without the columns ovs-vswitchd writes: what a client (a hook) could change."""
+    return [{k: v for k, v in row.items() if k not in VSWITCHD_WRITTEN} for row in rows(ovs, table)]
+
+
 def iface_ids(ovs: OvsInstance, name: str) -> dict[str, str] | None:
     """external_ids of Interface ``name``, or None when no such row exists."""
     for row in rows(ovs, "Interface"):
