@@ -16,7 +16,7 @@ each caller:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ovs.db import idl as ovs_idl
@@ -65,19 +65,26 @@ class GenericApi(backend.Backend, api.API):  # type: ignore[misc]
     lookup_table: dict[str, tuple[str, str, str | None]] = {}
 
 
-def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str],
+def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str] | Mapping[str, Sequence[str]],
             on_change: Callable[[], None] | None = None, *, timeout: float = 10.0,
             wake: Wake | None = None) -> Any:
     """An ovsdbapp API object of class ``base`` on ``remote``, its IDL mirroring ``tables``.
 
-    Returns once the initial dump is in (reads right after see the database). ``timeout`` bounds
-    the connection and each later transaction. ``wake`` decides which row changes call
-    ``on_change`` (default: every change). Raises ``OvsdbUnreachable`` when the server does not
-    answer; close with ``stop``.
+    ``tables`` is table names (every column mirrored) or a table -> columns mapping: the server
+    then sends only those columns, so a change to any other column (ovs-vswitchd's statistics,
+    every few seconds per interface) costs neither a message nor a wake-up. Returns once the
+    initial dump is in (reads right after see the database). ``timeout`` bounds the connection
+    and each later transaction. ``wake`` decides which row changes call ``on_change`` (default:
+    every change). Raises ``OvsdbUnreachable`` when the server does not answer; close with
+    ``stop``.
     """
     helper = idlutils.create_schema_helper(_fetch_schema(remote, schema))
-    for table in tables:
-        helper.register_table(table)
+    if isinstance(tables, Mapping):
+        for table, columns in tables.items():
+            helper.register_columns(table, list(columns))
+    else:
+        for table in tables:
+            helper.register_table(table)
     idl_attrs: dict[str, Any] = {}
     if on_change is not None:
         idl_attrs["on_change"] = staticmethod(on_change)
@@ -97,7 +104,8 @@ def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str],
 
 
 def open_vswitch(remote: str, on_change: Callable[[], None] | None = None, *, timeout: float = 10.0,
-                 tables: Iterable[str] = OPEN_VSWITCH_TABLES, wake: Wake | None = None) -> Any:
+                 tables: Iterable[str] | Mapping[str, Sequence[str]] = OPEN_VSWITCH_TABLES,
+                 wake: Wake | None = None) -> Any:
     """The Open_vSwitch API (add_port, db_set, db_list ...) of one host's database.
 
     ``tables`` narrows the mirror: every table watched costs memory and initial-dump time on
