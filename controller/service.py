@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,11 @@ class HostLink:
     stuck: bool = False
 
 
+# Hosts programmed at once in a round. Each host's work is mostly waiting on its own sockets
+# (an OVSDB commit, an OpenFlow bundle's reply), so a round costs its slowest host, not the sum.
+PROGRAMMERS = 16
+
+
 class Controller:
     def __init__(self, store_remote: str, config: Path | None = None,
                  clock: Callable[[], float] = time.time, resync_every: float = 5.0,
@@ -126,6 +132,7 @@ class Controller:
         self._held: State | None = None  # the state the engine holds
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
                              expected=(OvsdbUnreachable, OSError, OpenFlowError))
+        self._programmers = ThreadPoolExecutor(PROGRAMMERS, thread_name_prefix="veil-program")
 
     # -- wiring --------------------------------------------------------------------------------
     def kick(self) -> None:
@@ -145,6 +152,7 @@ class Controller:
         self._wake.set()
         if self._thread:
             self._thread.join(10)
+        self._programmers.shutdown(wait=False, cancel_futures=True)
         if self._observer is not None:
             self._observer.stop()
         for link in self.links.values():
@@ -284,13 +292,19 @@ class Controller:
         if seq != seen.cur and not self.store.take_number(seen, seq, bump):
             seq = seen.cur  # a request came in meanwhile: the next round takes its number
             self.kick()
-        done = []
-        for host, link in sorted(self.links.items()):
-            synced, link.synced = link.synced, False  # stays False unless this round applies
-            applied = self._apply_host(host, link, audit, audit or not synced, update)
-            if applied and link.db is not None and link.db.connected():  # (a stale view: no)
-                done.append(host)
-        self.store.write_programmed(seq, done)
+        # Every host at once, those this change touches submitted first (the destination of a
+        # move, the hosts of a new VIF's network); a worker's exception surfaces here.
+        order = sorted(self.links.items(), key=lambda item: (item[0] not in update.flows, item[0]))
+        programmed = [(host, self._programmers.submit(self._program, host, link, audit, update))
+                      for host, link in order]
+        self.store.write_programmed(seq, sorted(host for host, f in programmed if f.result()))
+
+    def _program(self, host: str, link: HostLink, audit: bool, update: Update) -> bool:
+        """One host's part of a round (on a programmer thread: it touches only ``link``).
+        Returns whether the host now reflects the round (its sequence number may be recorded)."""
+        synced, link.synced = link.synced, False  # stays False unless this round applies
+        applied = self._apply_host(host, link, audit, audit or not synced, update)
+        return applied and link.db is not None and link.db.connected()  # (a stale view: no)
 
     def _advance(self, state: State) -> tuple[Update, bool]:
         """Bring the engine to ``state``: by its events, or (declarations changed, or first
