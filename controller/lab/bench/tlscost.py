@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from controller.lab import netns
+from controller.lab.lab import new_prefix
 from controller.lab.bench.flowmods import in_netns_child, l2_flows
 from controller.lab.ovs import OvsInstance
 from controller.northbound import pki as P
@@ -39,7 +40,7 @@ def _count(ovs: OvsInstance) -> int:
 def measure(n: int, reps: int, small: int = 12, small_reps: int = 200) -> dict[str, object]:
     now = datetime.now(P.UTC)
     work = Path(tempfile.mkdtemp(prefix="veil-tlscost-"))
-    ns = f"vtc{int(time.time()) % 100000}"
+    ns = f"{new_prefix()}tc"  # random per run: two benches (or a test) never share it
     netns.add_netns(ns)
     ovs = OvsInstance(work / "ovs", ns=ns)
     out: dict[str, object] = {}
