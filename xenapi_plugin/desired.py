@@ -23,10 +23,8 @@ What a registration holds, as OVS's ovs-xapi-sync did (shared reference xenapi-p
   uuid (the first, by uuid, when several networks share the bridge).
 """
 
-from __future__ import annotations
-
-from collections.abc import Iterable, Mapping, Set
-from dataclasses import dataclass, field
+from typing import AbstractSet as Set
+from typing import Dict, Iterable, Mapping, NamedTuple, Tuple
 
 from hooks import contract, reconcile
 from hooks.vif import Vif, VifError
@@ -48,7 +46,7 @@ def tap_port(domid: int, device: str) -> str:
     return f"tap{domid}.{device}"
 
 
-def veil_network(vif: XapiVIF, network: XapiNetwork | None) -> str | None:
+def veil_network(vif: "XapiVIF", network: "XapiNetwork | None") -> "str | None":
     """The veil network a VIF joined: its own setting wins over its xapi network's."""
     if vif.other_config.get(VEIL_NETWORK):
         return vif.other_config[VEIL_NETWORK]
@@ -57,7 +55,7 @@ def veil_network(vif: XapiVIF, network: XapiNetwork | None) -> str | None:
     return None
 
 
-def vif_for(vm: XapiVM, vif: XapiVIF, network: XapiNetwork | None) -> Vif | None:
+def vif_for(vm: "XapiVM", vif: "XapiVIF", network: "XapiNetwork | None") -> "Vif | None":
     """The registration of one attached VIF of a running VM (None when it is not veil's)."""
     veil_net = veil_network(vif, network)
     if veil_net is None:
@@ -83,7 +81,7 @@ def vif_for(vm: XapiVM, vif: XapiVIF, network: XapiNetwork | None) -> Vif | None
     )
 
 
-def on_ports(reg: Vif, ports: Iterable[str]) -> list[Vif]:
+def on_ports(reg: "Vif", ports: "Iterable[str]") -> "list[Vif]":
     """``reg`` on each port of one VIF: with a ``tap`` among them the tap is the active one."""
     names = sorted(set(ports))
     has_tap = any(p.startswith("tap") for p in names)
@@ -93,15 +91,16 @@ def on_ports(reg: Vif, ports: Iterable[str]) -> list[Vif]:
     ]
 
 
-@dataclass(frozen=True)
 class Wanted:
-    """Port name -> registration, and the VIFs xapi describes in a way veil cannot register."""
+    """Port name -> registration, and the VIFs xapi describes in a way veil cannot register
+    (VIF uuid -> why); filled in by the functions below, then only read."""
 
-    vifs: dict[str, Vif] = field(default_factory=dict)
-    rejected: dict[str, str] = field(default_factory=dict)  # VIF uuid -> why
+    def __init__(self) -> None:
+        self.vifs: Dict[str, Vif] = {}
+        self.rejected: Dict[str, str] = {}
 
 
-def _register(wanted: Wanted, state: XapiState, vif: XapiVIF, ports: Iterable[str]) -> None:
+def _register(wanted: "Wanted", state: "XapiState", vif: "XapiVIF", ports: "Iterable[str]") -> None:
     vm = state.vms.get(vif.vm)
     if vm is None:
         return
@@ -115,7 +114,7 @@ def _register(wanted: Wanted, state: XapiState, vif: XapiVIF, ports: Iterable[st
             wanted.vifs[one.port] = one
 
 
-def wanted_from_xapi(state: XapiState, host_ref: str, existing_ports: Set[str]) -> Wanted:
+def wanted_from_xapi(state: "XapiState", host_ref: str, existing_ports: "Set[str]") -> "Wanted":
     """Where veil makes the ports: every veil VIF xapi says is plugged on ``host_ref``.
 
     ``existing_ports`` are the interface names present in OVSDB; only ``tapD.N`` among them
@@ -132,11 +131,11 @@ def wanted_from_xapi(state: XapiState, host_ref: str, existing_ports: Set[str]) 
     return wanted
 
 
-def wanted_on_tagged_ports(state: XapiState, tagged: Mapping[str, str]) -> Wanted:
+def wanted_on_tagged_ports(state: "XapiState", tagged: "Mapping[str, str]") -> "Wanted":
     """Where xenopsd makes the ports: ``tagged`` maps port name -> its ``xs-vif-uuid``; each
     VIF xapi knows is registered on its ports (a port of an unknown VIF is wanted by no one)."""
     by_uuid = {vif.uuid: vif for vif in state.vifs.values()}
-    ports: dict[str, list[str]] = {}
+    ports: "dict[str, list[str]]" = {}
     for port, vif_uuid in tagged.items():
         ports.setdefault(vif_uuid, []).append(port)
     wanted = Wanted()
@@ -146,32 +145,31 @@ def wanted_on_tagged_ports(state: XapiState, tagged: Mapping[str, str]) -> Wante
     return wanted
 
 
-def desired_bridge_ids(state: XapiState, bridges: Set[str]) -> dict[str, str]:
+def desired_bridge_ids(state: "XapiState", bridges: "Set[str]") -> "dict[str, str]":
     """Bridge name -> bridge-id for the existing OVS bridges that back an xapi network."""
-    by_bridge: dict[str, list[XapiNetwork]] = {}
+    by_bridge: "dict[str, list[XapiNetwork]]" = {}
     for net in state.networks.values():
         if net.bridge in bridges:
             by_bridge.setdefault(net.bridge, []).append(net)
-    result: dict[str, str] = {}
+    result: "dict[str, str]" = {}
     for bridge, nets in by_bridge.items():
         first = min(nets, key=lambda n: n.uuid)
         result[bridge] = first.other_config.get(NICIRA_BRIDGE_ID) or first.uuid
     return result
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """The changes that take OVSDB from ``current`` to ``wanted``: plug these, unplug those."""
 
-    plug: tuple[Vif, ...]
-    unplug: tuple[str, ...]
+    plug: Tuple[Vif, ...]
+    unplug: Tuple[str, ...]
 
     @property
     def empty(self) -> bool:
         return not self.plug and not self.unplug
 
 
-def plan(wanted: Mapping[str, Vif], current: Mapping[str, Vif]) -> Plan:
+def plan(wanted: "Mapping[str, Vif]", current: "Mapping[str, Vif]") -> "Plan":
     """The diff (``hooks.reconcile.changes``), by port name: plug what is missing or differs,
     unplug every current port that is not wanted."""
     plug, unplug = reconcile.changes([v for _, v in sorted(wanted.items())], [v for _, v in sorted(current.items())])

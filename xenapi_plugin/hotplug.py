@@ -17,15 +17,12 @@ with exit 1. OVSDB is spoken to with the hook core's lean JSON-RPC registrar: no
 import on this path.
 """
 
-from __future__ import annotations
-
 import argparse
 import http.client
 import subprocess
 import sys
 import xmlrpc.client
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple, Sequence
 
 import XenAPI
 
@@ -48,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
         raise HookProblem(f"bad arguments: {message}")
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+def parse_args(argv: "Sequence[str]") -> "argparse.Namespace":
     p = _Parser(prog="vif-hotplug", add_help=False)
     p.add_argument("-action", required=True, choices=ACTIONS)
     p.add_argument("-vifuuid", required=True)
@@ -56,14 +53,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     applied: int
     spooled: int
     note: str = ""
 
 
-def online(cfg: config.XenConfig, vif_uuid: str) -> Result:
+def online(cfg: "config.XenConfig", vif_uuid: str) -> "Result":
     try:
         session = login(cfg.xapi)
         try:
@@ -86,13 +82,14 @@ def online(cfg: config.XenConfig, vif_uuid: str) -> Result:
     return _submit(cfg, [PlugEvent(one, add_port=False) for _, one in sorted(wanted.vifs.items())])
 
 
-def ports_of_vif(cfg: config.XenConfig, vif_uuid: str) -> list[str]:
+def ports_of_vif(cfg: "config.XenConfig", vif_uuid: str) -> "list[str]":
     """The ports the vif script tagged with this VIF. Never derived from xapi's domid: during a
     live migration the destination's VIF is plugged while xapi still names the source domain."""
     argv = ["ovs-vsctl", f"--db={cfg.ovsdb}", "--timeout=5", "--bare", "--columns=name",
             "find", "Interface", f"external_ids:{contract.XS_VIF_UUID}={vif_uuid}"]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise HookProblem(f"cannot run ovs-vsctl: {exc}") from None
     if proc.returncode != 0:
@@ -100,7 +97,7 @@ def ports_of_vif(cfg: config.XenConfig, vif_uuid: str) -> list[str]:
     return sorted(proc.stdout.split())
 
 
-def remove(cfg: config.XenConfig, vif_uuid: str) -> Result:
+def remove(cfg: "config.XenConfig", vif_uuid: str) -> "Result":
     store = RpcRegistrar(cfg.ovsdb, bridge=cfg.bridge)
     try:
         ports = [v.port for v in store.registered() if v.extra.get(contract.XS_VIF_UUID) == vif_uuid]
@@ -111,7 +108,7 @@ def remove(cfg: config.XenConfig, vif_uuid: str) -> Result:
     return _submit(cfg, [UnplugEvent(p, delete_port=False) for p in ports])
 
 
-def _submit(cfg: config.XenConfig, events: Sequence[PlugEvent | UnplugEvent]) -> Result:
+def _submit(cfg: "config.XenConfig", events: "Sequence[PlugEvent | UnplugEvent]") -> "Result":
     store = RpcRegistrar(cfg.ovsdb, bridge=cfg.bridge)
     try:
         outcome = submit(Spool(cfg.spool), store, events)
@@ -125,7 +122,7 @@ def _submit(cfg: config.XenConfig, events: Sequence[PlugEvent | UnplugEvent]) ->
     return Result(outcome.applied, outcome.spooled, note)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     strict = False
     try:

@@ -8,12 +8,10 @@ rewrites both files; ``--uninstall`` removes them. Installing also applies the h
 kernel datapath needs no guard, a netdev bridge does).
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from typing import Sequence
 from pathlib import Path
 
 from hooks import hostguard
@@ -36,7 +34,7 @@ def script(what: str, module: str, python: str) -> str:
     return _TEMPLATE.format(python=python, what=what, module=module)
 
 
-def install(root: Path, python: str = sys.executable) -> list[Path]:
+def install(root: "Path", python: str = sys.executable) -> "list[Path]":
     """Write both scripts under ``root``; returns their paths."""
     written = []
     for rel, what, module in (
@@ -53,7 +51,7 @@ def install(root: Path, python: str = sys.executable) -> list[Path]:
     return written
 
 
-def uninstall(root: Path) -> list[Path]:
+def uninstall(root: "Path") -> "list[Path]":
     removed = []
     for rel in (PLUGIN, HOOK):
         path = root / rel
@@ -63,7 +61,7 @@ def uninstall(root: Path) -> list[Path]:
     return removed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     p = argparse.ArgumentParser(prog="veil-xen-install", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--root", type=Path, default=Path("/"), help="install under this root (default: /)")
     p.add_argument("--python", default=sys.executable, help="interpreter the scripts run with")

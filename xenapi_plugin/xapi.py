@@ -6,8 +6,6 @@ encodes the socket path as the URL host with '/' written as '_', so such paths m
 '_' themselves.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import XenAPI
@@ -20,7 +18,7 @@ class XapiUriError(ValueError):
     """The --xapi value is neither unix:/path nor an http(s) URL."""
 
 
-def make_session(uri: str) -> Any:
+def make_session(uri: str) -> "Any":
     """A not-yet-logged-in ``XenAPI.Session`` for ``uri``."""
     if uri.startswith("unix:"):
         path = uri[len("unix:"):]
@@ -32,14 +30,14 @@ def make_session(uri: str) -> Any:
     raise XapiUriError(f"{uri}: expected unix:/path/to/socket or http(s)://host")
 
 
-def login(uri: str, user: str = "root", password: str = "") -> Any:
+def login(uri: str, user: str = "root", password: str = "") -> "Any":
     """A logged-in session (dom0's local socket accepts root with any password)."""
     session = make_session(uri)
     session.login_with_password(user, password, "1.0", ORIGINATOR)
     return session
 
 
-def is_failure(exc: BaseException, code: str) -> bool:
+def is_failure(exc: "BaseException", code: str) -> bool:
     """Whether ``exc`` is an xapi failure with error code ``code`` (e.g. UUID_INVALID)."""
-    details: Any = getattr(exc, "details", None)
+    details: "Any" = getattr(exc, "details", None)
     return isinstance(exc, XenAPI.Failure) and isinstance(details, list) and bool(details) and details[0] == code
