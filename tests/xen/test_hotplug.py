@@ -14,8 +14,8 @@ import pytest
 from hooks.registrar import Registrar
 from hooks.spool import Spool, UnplugEvent, drain
 from tests.support.xapi_sim import XapiSim
+from tests.support.dom0_python import install_dom0
 from tests.support.xen import Host, interfaces, simulated_host, simulated_xapi, vif_script
-from xenapi_plugin.install import install
 
 pytestmark = pytest.mark.lab
 
@@ -48,7 +48,7 @@ class Dom0:
 @pytest.fixture
 def dom0(tmp_path: Path) -> Iterator[Dom0]:
     with simulated_xapi() as sim, simulated_host(sim, "xs-a", "198.18.30.1") as host:
-        _, hook = install(tmp_path / "root")
+        _, hook = install_dom0(tmp_path / "root")
         spool = tmp_path / "spool"
         env = dict(os.environ, VEIL_XAPI=sim.uri, VEIL_OVSDB=host.ovs.db_remote, VEIL_SPOOL=str(spool),
                    VEIL_XEN_CONF=str(tmp_path / "absent.conf"))

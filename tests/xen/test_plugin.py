@@ -20,8 +20,8 @@ from hooks.registrar import Registrar
 from hooks.spool import PlugEvent, Spool, drain
 from hooks.vif import Vif
 from tests.support.xapi_sim import XapiSim
+from tests.support.dom0_python import install_dom0
 from tests.support.xen import Host, interfaces, simulated_host, simulated_xapi, vif_script
-from xenapi_plugin.install import install
 from xenapi_plugin.xapi import login
 
 pytestmark = pytest.mark.lab
@@ -66,7 +66,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     with simulated_xapi() as sim, simulated_host(sim, "xs-a", "198.18.20.1") as host:
-        plugin, _ = install(tmp_path / "root")
+        plugin, _ = install_dom0(tmp_path / "root")
         session = login(sim.uri)
         env = dict(os.environ, VEIL_XAPI=sim.uri, VEIL_OVSDB=host.ovs.db_remote,
                    VEIL_XEN_CONF=str(tmp_path / "absent.conf"), VEIL_SPOOL=str(tmp_path / "spool"))
