@@ -18,7 +18,10 @@ What a registration holds, as OVS's ovs-xapi-sync did (shared reference xenapi-p
   inactive; both carry the same keys;
 - the veil network comes from VIF other_config ``veil-network``, else the xapi network's; a VIF
   with neither is not veil's and is left alone;
-- ``veil-ips`` (port security) = the VIF's ``ipv4_allowed`` + ``ipv6_allowed``, when set;
+- ``veil-ips`` (port security) = the VIF's ``ipv4_allowed`` + ``ipv6_allowed`` when its locking
+  mode is ``locked`` (``model.locking_mode``: ``network_default`` is the network's
+  ``default_locking_mode``); ``unlocked`` filters nothing; a ``disabled`` VIF is not registered
+  (xapi gives it no port), as xapi's setup-vif-rules does;
 - ``bridge-id`` of a bridge = its network's other_config ``nicira-bridge-id`` else the network
   uuid (the first, by uuid, when several networks share the bridge).
 """
@@ -28,6 +31,7 @@ from typing import Dict, Iterable, Mapping, NamedTuple, Tuple
 
 from hooks import contract, reconcile
 from hooks.vif import Vif, VifError
+from xenapi_plugin import model
 from xenapi_plugin.model import XapiNetwork, XapiState, XapiVIF, XapiVM
 
 NICIRA_IFACE_ID = "nicira-iface-id"
@@ -58,7 +62,8 @@ def veil_network(vif: "XapiVIF", network: "XapiNetwork | None") -> "str | None":
 def vif_for(vm: "XapiVM", vif: "XapiVIF", network: "XapiNetwork | None") -> "Vif | None":
     """The registration of one attached VIF of a running VM (None when it is not veil's)."""
     veil_net = veil_network(vif, network)
-    if veil_net is None:
+    mode = model.locking_mode(vif, network)
+    if veil_net is None or mode == model.DISABLED:  # disabled: xapi gives the VIF no port at all
         return None
     tenant = vif.other_config.get(VEIL_TENANT) or (network.other_config.get(VEIL_TENANT) if network else None)
     extra = {
@@ -67,7 +72,7 @@ def vif_for(vm: "XapiVM", vif: "XapiVIF", network: "XapiNetwork | None") -> "Vif
     }
     if network is not None:
         extra[contract.XS_NETWORK_UUID] = network.uuid
-    if vif.ips:
+    if vif.ips and mode == model.LOCKED:  # xapi enforces the allowed lists only when locked
         extra[VEIL_IPS] = ",".join(vif.ips)
     return Vif(
         iface_id=vif.other_config.get(NICIRA_IFACE_ID) or vif.uuid,

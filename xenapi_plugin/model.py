@@ -7,11 +7,14 @@ Records arrive as XML-RPC structs with xapi's field names (``power_state``, ``re
 """
 
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, NamedTuple, Tuple
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Tuple
 
 NULL_REF = "OpaqueRef:NULL"
 RUNNING_STATES = frozenset({"Running", "Paused"})
 CLASSES = ("vm", "vif", "network")
+# VIF locking modes (xapi's setup-vif-rules): ipv4_allowed/ipv6_allowed are enforced only when
+# locked; unlocked filters nothing; disabled means the VIF gets no port at all.
+LOCKED, UNLOCKED, DISABLED, NETWORK_DEFAULT = "locked", "unlocked", "disabled", "network_default"
 _EMPTY: Mapping[str, Any] = MappingProxyType({})  # the shared default of the immutable maps below
 
 
@@ -69,6 +72,7 @@ class XapiVIF(NamedTuple):
     currently_attached: bool
     other_config: Mapping[str, str] = _EMPTY
     ips: Tuple[str, ...] = ()  # ipv4_allowed + ipv6_allowed (xapi's locking-mode addresses)
+    locking_mode: str = NETWORK_DEFAULT  # locked | unlocked | disabled | network_default
 
     @classmethod
     def from_record(cls, rec: "Mapping[str, Any]") -> "XapiVIF":
@@ -81,6 +85,7 @@ class XapiVIF(NamedTuple):
             currently_attached=bool(rec.get("currently_attached", False)),
             other_config=_str_map(rec.get("other_config")),
             ips=tuple(str(ip) for key in ("ipv4_allowed", "ipv6_allowed") for ip in rec.get(key) or ()),
+            locking_mode=str(rec.get("locking_mode") or NETWORK_DEFAULT),
         )
 
 
@@ -89,6 +94,7 @@ class XapiNetwork(NamedTuple):
     bridge: str
     name_label: str
     other_config: Mapping[str, str] = _EMPTY
+    default_locking_mode: str = UNLOCKED  # what a VIF's network_default means (unlocked | disabled)
 
     @classmethod
     def from_record(cls, rec: "Mapping[str, Any]") -> "XapiNetwork":
@@ -97,7 +103,16 @@ class XapiNetwork(NamedTuple):
             bridge=str(rec.get("bridge", "")),
             name_label=str(rec.get("name_label", "")),
             other_config=_str_map(rec.get("other_config")),
+            default_locking_mode=str(rec.get("default_locking_mode") or UNLOCKED),
         )
+
+
+def locking_mode(vif: "XapiVIF", network: "Optional[XapiNetwork]") -> str:
+    """The mode xapi's setup-vif-rules applies to ``vif``: its own, or for ``network_default``
+    its network's ``default_locking_mode`` (xapi's default: unlocked)."""
+    if vif.locking_mode != NETWORK_DEFAULT:
+        return vif.locking_mode
+    return network.default_locking_mode if network is not None else UNLOCKED
 
 
 class XapiState(NamedTuple):

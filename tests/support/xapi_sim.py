@@ -270,7 +270,7 @@ class XapiSim:
     def add_network(self, name: str, bridge: str, other_config: dict[str, str] | None = None) -> str:
         return self.db.create("network", {"uuid": str(uuidlib.uuid4()), "name_label": name, "bridge": bridge,
                                           "other_config": dict(other_config or {}), "VIFs": [], "PIFs": [],
-                                          "MTU": "1500"})
+                                          "MTU": "1500", "default_locking_mode": "unlocked"})
 
     def add_vm(self, name: str, other_config: dict[str, str] | None = None) -> str:
         return self.db.create("vm", {"uuid": str(uuidlib.uuid4()), "name_label": name, "power_state": "Halted",
@@ -279,11 +279,12 @@ class XapiSim:
                                      "other_config": dict(other_config or {})})
 
     def add_vif(self, vm: str, network: str, device: str, mac: str,
-                other_config: dict[str, str] | None = None, ipv4_allowed: list[str] | None = None) -> str:
+                other_config: dict[str, str] | None = None, ipv4_allowed: list[str] | None = None,
+                locking_mode: str = "network_default") -> str:
         running = self.db.tables["vm"][vm]["power_state"] == "Running"
         ref = self.db.create("vif", {"uuid": str(uuidlib.uuid4()), "device": device, "MAC": mac, "network": network,
                                      "VM": vm, "currently_attached": False, "MTU": "1500",
-                                     "other_config": dict(other_config or {}), "locking_mode": "network_default",
+                                     "other_config": dict(other_config or {}), "locking_mode": locking_mode,
                                      "ipv4_allowed": list(ipv4_allowed or []), "ipv6_allowed": []})
         self.db.update("vm", vm, VIFs=[*self.db.tables["vm"][vm]["VIFs"], ref])
         self.db.update("network", network, VIFs=[*self.db.tables["network"][network]["VIFs"], ref])

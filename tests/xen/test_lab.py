@@ -48,7 +48,7 @@ def boot_xen_vm(lab: Lab, sim: XapiSim, host: Host) -> tuple[str, str]:
     tenant = lab.topo.network(spec.network).tenant
     net = sim.add_network(spec.network, "br-int", {"veil-network": spec.network, "veil-tenant": tenant})
     vm = sim.add_vm(XEN_VM)
-    vif = sim.add_vif(vm, net, "0", spec.mac, ipv4_allowed=[spec.ip])
+    vif = sim.add_vif(vm, net, "0", spec.mac, ipv4_allowed=[spec.ip], locking_mode="locked")
     sim.start_vm(vm, host.ref, DOMID)
     port = f"vif{DOMID}.0"
     netns.add_netns(spec.ns)  # lab.down() removes it: it carries the lab's prefix

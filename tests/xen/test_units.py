@@ -90,11 +90,33 @@ def test_overrides_and_the_vifs_own_network_win() -> None:
     assert (v.iface_id, v.vm_id, v.network, v.mac) == ("cms-port", "cms-vm", "red", "aa:16:3e:00:00:0a")
 
 
-def test_locking_mode_addresses_become_veil_ips() -> None:
-    rec = {**vif_rec("vif-u", "vm"), "ipv4_allowed": ["198.19.0.5"], "ipv6_allowed": ["fd00::5"]}
-    s = state_of(ev("vm", "vm", vm_rec("vm-u")), ev("vif", "v", rec))
-    (v,) = desired.wanted_from_xapi(s, HOST, set()).vifs.values()
+def locking(mode: str, network_default: str | None = None) -> dict[str, desired.Vif]:
+    rec = {**vif_rec("vif-u", "vm"), "ipv4_allowed": ["198.19.0.5"], "ipv6_allowed": ["fd00::5"],
+           "locking_mode": mode}
+    net = NET if network_default is None else {**NET, "default_locking_mode": network_default}
+    s = model.state_from_snapshot([ev("network", "OpaqueRef:net", net), ev("vm", "vm", vm_rec("vm-u")),
+                                   ev("vif", "v", rec)])
+    return desired.wanted_from_xapi(s, HOST, set()).vifs
+
+
+def test_locked_vif_addresses_become_veil_ips() -> None:
+    (v,) = locking("locked").values()
     assert v.extra["veil-ips"] == "198.19.0.5,fd00::5"
+
+
+def test_an_unlocked_vif_filters_nothing_whatever_its_allowed_lists_say() -> None:
+    (v,) = locking("unlocked").values()
+    assert "veil-ips" not in v.extra, "xapi enforces ipv4_allowed/ipv6_allowed only when locked"
+
+
+def test_a_disabled_vif_gets_no_registration_at_all() -> None:
+    assert locking("disabled") == {}, "xapi adds no port for locking_mode=disabled"
+
+
+def test_network_default_follows_the_networks_default_locking_mode() -> None:
+    assert "veil-ips" not in next(iter(locking("network_default").values())).extra, "xapi's default: unlocked"
+    assert "veil-ips" not in next(iter(locking("network_default", "unlocked").values())).extra
+    assert locking("network_default", "disabled") == {}
 
 
 def test_vif_on_no_veil_network_is_not_wanted() -> None:
