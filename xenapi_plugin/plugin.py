@@ -58,7 +58,10 @@ def _ovs() -> "RegistrarOvs":
 
 
 def _host_uuid(ovs: "RegistrarOvs") -> str:
-    found = _config().host_uuid or ovs.system_id() or sync.local_host_uuid()
+    try:
+        found = _config().host_uuid or sync.host_identity(ovs.system_id(), sync.local_host_uuid())
+    except sync.UnknownHost as exc:
+        raise Failure(NO_HOST_UUID, [str(exc)]) from None
     if not found:
         raise Failure(NO_HOST_UUID, ["set VEIL_HOST_UUID or OVSDB external_ids:system-id"])
     return found

@@ -296,6 +296,16 @@ class Applier:
         self._reported = out.rejected
 
 
+def host_identity(system_id: "Optional[str]", installation_uuid: "Optional[str]") -> "Optional[str]":
+    """This host's xapi uuid without ``--host-uuid``: OVSDB's system-id and dom0's
+    INSTALLATION_UUID, which XenServer's Open vSwitch set-up makes equal. When both are set and
+    differ, neither can be trusted: UnknownHost (never a guess that registers another host's VIFs)."""
+    if system_id and installation_uuid and system_id != installation_uuid:
+        raise UnknownHost(f"OVSDB system-id {system_id} is not this host's INSTALLATION_UUID "
+                          f"{installation_uuid} ({INVENTORY}): fix one, or pass --host-uuid")
+    return system_id or installation_uuid
+
+
 def local_host_uuid(inventory: str = INVENTORY) -> "str | None":
     """dom0's host uuid (INSTALLATION_UUID in /etc/xensource-inventory), if this is dom0."""
     try:
@@ -355,7 +365,7 @@ def wait_for_ovsdb(ovs: "HostOvs", remote_name: str, host_uuid: "str | None", st
     while True:
         try:
             ovs.watch_interfaces(on_change)
-            uuid = host_uuid or ovs.system_id() or local_host_uuid()
+            uuid = host_uuid or host_identity(ovs.system_id(), local_host_uuid())
             if failures:
                 LOG.info("OVSDB at %s is there", remote_name)
             return False, uuid

@@ -93,7 +93,7 @@ class RpcRegistrar:
                 row = rows[0] if isinstance(rows[0], dict) else {}
                 current = map_of(row.get("external_ids"))
                 why, took_over = claim(vif, current, device_gone(
-                    _scalar(row.get("ofport")), _scalar(row.get("error")), _scalar(row.get("link_state"))))
+                    scalar(row.get("ofport")), scalar(row.get("error")), scalar(row.get("link_state"))))
                 if why:
                     raise PlugRejected(why)
                 drop = TAKEOVER_DROP_KEYS if took_over else ()
@@ -386,7 +386,7 @@ def map_of(value: "Json") -> "dict[str, str]":
     return {}
 
 
-def _scalar(value: "Json") -> "Json":
+def scalar(value: "Json") -> "Json":
     """An optional column's value: ``["set", []]`` is None, ``["set", [x]]`` is x."""
     if isinstance(value, list) and len(value) == 2 and value[0] == "set" and isinstance(value[1], list):
         return value[1][0] if len(value[1]) == 1 else None

@@ -90,7 +90,7 @@ def test_overrides_and_the_vifs_own_network_win() -> None:
     assert (v.iface_id, v.vm_id, v.network, v.mac) == ("cms-port", "cms-vm", "red", "aa:16:3e:00:00:0a")
 
 
-def locking(mode: str, network_default: str | None = None) -> dict[str, desired.Vif]:
+def locking(mode: str, network_default: str | None = None) -> dict[str, Vif]:
     rec = {**vif_rec("vif-u", "vm"), "ipv4_allowed": ["198.19.0.5"], "ipv6_allowed": ["fd00::5"],
            "locking_mode": mode}
     net = NET if network_default is None else {**NET, "default_locking_mode": network_default}
@@ -314,3 +314,13 @@ def test_sync_unreadable_password_file_is_one_line_exit_2(tmp_path: Any, capsys:
     assert sync.main(["--password-file", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--password-file" in err and "Traceback" not in err
+
+
+def test_the_host_identity_is_refused_when_ovsdb_and_the_inventory_disagree() -> None:
+    from xenapi_plugin.sync import UnknownHost, host_identity
+
+    assert host_identity("h-1", "h-1") == "h-1"
+    assert host_identity(None, "h-1") == "h-1" and host_identity("h-1", None) == "h-1"
+    assert host_identity(None, None) is None
+    with pytest.raises(UnknownHost, match="system-id h-2 is not this host's INSTALLATION_UUID h-1"):
+        host_identity("h-2", "h-1")
