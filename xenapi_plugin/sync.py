@@ -7,8 +7,9 @@ consumer:
   a full snapshot with ``event.from(classes, "")``, then follow ``event.from`` with the returned
   token, emitting ``Snapshot`` and ``Events`` items. When xapi fails it waits (exponential
   back-off), logs in again and emits a new full ``Snapshot``. XenAPI.Session logs in again by
-  itself on SESSION_INVALID (xapi restarted): the watcher notices the new session handle and
-  snapshots too, so nothing that changed while xapi was down is lost.
+  itself on SESSION_INVALID (expiry, xapi restarted); the watcher's session reports that
+  (``xapi.SessionRenewed``) instead of retrying the call, and the watcher snapshots at once,
+  so nothing that changed meanwhile is lost and no long poll is waited out first.
 - OVSDB reports Interface rows appearing or going (xenopsd adding or removing a tap):
   ``OVSDB_CHANGED`` items.
 - ``Applier`` (the main thread) is the one place that writes: it folds items into the state and
@@ -38,7 +39,7 @@ from hooks.ovsdb import DEFAULT_DB
 from hooks.spool import DrainResult, Spool
 from hooks.vif import Vif
 from xenapi_plugin import config, desired, model
-from xenapi_plugin.xapi import LOCAL_XAPI, is_failure, login
+from xenapi_plugin.xapi import LOCAL_XAPI, SessionRenewed, is_failure, login
 
 LOG = logging.getLogger("veil.xapi-sync")
 XEN_PORT = re.compile(r"^(vif|tap)[0-9]+\.[0-9]+$")
@@ -215,7 +216,12 @@ class XapiWatcher:
     def _session_lifetime(self) -> None:
         session = self.connect()
         try:
-            self._follow(session)
+            while True:
+                try:
+                    self._follow(session)
+                    return
+                except SessionRenewed:  # xapi may have lost events with the old session
+                    LOG.info("xapi session renewed (expired, or xapi restarted): full resync now")
         finally:
             try:  # xapi keeps a bounded number of sessions per user: never leak one
                 session.xenapi.session.logout()
@@ -223,7 +229,8 @@ class XapiWatcher:
                 pass
 
     def _follow(self, session: "Any") -> None:
-        """Snapshot, then events; returns when the session was replaced (start over)."""
+        """Snapshot, then events, until stopped. SessionRenewed (a session from
+        ``login(..., report_renewal=True)``) ends it at once: start over."""
         handle = session.handle
         host_ref = host_ref_for(session, self.host_uuid)
         state, token = snapshot(session)
@@ -409,7 +416,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                              f"{INVENTORY}): pass --host-uuid\n")
             return 2
         watcher = XapiWatcher(
-            connect=lambda: login(args.xapi, args.user, password),
+            connect=lambda: login(args.xapi, args.user, password, report_renewal=True),
             host_uuid=host_uuid,
             emit=inbox.put,
             wait=stopping.wait,

@@ -18,21 +18,40 @@ class XapiUriError(ValueError):
     """The --xapi value is neither unix:/path nor an http(s) URL."""
 
 
-def make_session(uri: str) -> "Any":
-    """A not-yet-logged-in ``XenAPI.Session`` for ``uri``."""
+class SessionRenewed(Exception):
+    """xapi answered SESSION_INVALID and the session has just logged in again: whatever call
+    was under way is abandoned instead of retried, so a follower of event.from takes its new
+    full snapshot now rather than after a whole long poll with the new session."""
+
+
+class _RenewalReportingSession(XenAPI.Session):  # type: ignore[misc]  # XenAPI is untyped
+    """XenAPI.Session whose transparent re-login (its ``_login``, called by ``xenapi_request``
+    on SESSION_INVALID; the same in dom0's XenAPI.py) ends the call with SessionRenewed."""
+
+    def _login(self, method: str, params: "Any") -> None:
+        renewing = self._session is not None
+        super()._login(method, params)
+        if renewing:
+            raise SessionRenewed("xapi invalidated the session; logged in again")
+
+
+def make_session(uri: str, report_renewal: bool = False) -> "Any":
+    """A not-yet-logged-in ``XenAPI.Session`` for ``uri``; with ``report_renewal`` a call
+    during which it had to log in again raises SessionRenewed instead of being retried."""
+    cls = _RenewalReportingSession if report_renewal else XenAPI.Session
     if uri.startswith("unix:"):
         path = uri[len("unix:"):]
         if not path.startswith("/") or "_" in path:
             raise XapiUriError(f"{uri}: need an absolute socket path without '_' (XenAPI maps '_' to '/')")
-        return XenAPI.Session("http://" + path.replace("/", "_") + "/", transport=XenAPI.UDSTransport())
+        return cls("http://" + path.replace("/", "_") + "/", transport=XenAPI.UDSTransport())
     if uri.startswith(("http://", "https://")):
-        return XenAPI.Session(uri)
+        return cls(uri)
     raise XapiUriError(f"{uri}: expected unix:/path/to/socket or http(s)://host")
 
 
-def login(uri: str, user: str = "root", password: str = "") -> "Any":
+def login(uri: str, user: str = "root", password: str = "", report_renewal: bool = False) -> "Any":
     """A logged-in session (dom0's local socket accepts root with any password)."""
-    session = make_session(uri)
+    session = make_session(uri, report_renewal)
     session.login_with_password(user, password, "1.0", ORIGINATOR)
     return session
 

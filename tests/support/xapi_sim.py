@@ -105,7 +105,7 @@ class SimDB:
                 self.sessions.discard(params[0])
             return ""
         if method in ("event.from", "event_from"):  # Python clients send event_from ('from' is a keyword)
-            return self.event_from(list(args[0]), str(args[1]), float(args[2]))
+            return self.event_from(list(args[0]), str(args[1]), float(args[2]), session=str(params[0]))
         cls_name, _, op = method.partition(".")
         cls = {v: k for k, v in CLASSES.items()}.get(cls_name)
         if cls is None:
@@ -151,7 +151,14 @@ class SimDB:
             return ""
         raise XapiError("MESSAGE_METHOD_UNKNOWN", f"{CLASSES[cls]}.{op}")
 
-    def event_from(self, classes: list[str], token: str, timeout: float) -> dict[str, Any]:
+    def expire_sessions(self) -> None:
+        """xapi drops every session (expiry, a pool change) while its socket stays up: each
+        call of one, a blocked event.from too, gets SESSION_INVALID."""
+        with self.lock:
+            self.sessions.clear()
+            self.lock.notify_all()
+
+    def event_from(self, classes: list[str], token: str, timeout: float, session: str = "") -> dict[str, Any]:
         wanted = {c.lower() for c in classes}
         match: Callable[[str], bool] = (lambda c: True) if "*" in wanted else (lambda c: c in wanted)
         with self.lock:
@@ -168,10 +175,13 @@ class SimDB:
             except ValueError:
                 raise XapiError("EVENT_FROM_TOKEN_INVALID", token) from None
             self.lock.wait_for(
-                lambda: any(match(e["class"]) for e in self.events[since:]) or self.closing, timeout
+                lambda: any(match(e["class"]) for e in self.events[since:]) or self.closing
+                or (session and session not in self.sessions), timeout
             )
             if self.closing:
                 raise ConnectionAbortedError("xapi is shutting down")
+            if session and session not in self.sessions:
+                raise XapiError("SESSION_INVALID", session)
             events = [e for e in self.events[since:] if match(e["class"])]
             return self._answer(events, self.generation)
 

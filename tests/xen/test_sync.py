@@ -184,11 +184,20 @@ def test_session_invalidated_without_disconnect_triggers_full_resync(xapi: XapiS
     vm, _ = veil_vm(xapi, "vm", "aa:16:3e:00:00:61", net)
     with running_daemon(xapi, host_a) as daemon:
         until("first snapshot", lambda: daemon.resyncs >= 1)
-        with xapi.db.lock:
-            xapi.db.sessions.clear()
+        xapi.db.expire_sessions()
         xapi.start_vm(vm, host_a.ref, domid=6)
         until("vm registered", lambda: "vif6.0" in interfaces(host_a.ovs))
         until("a second full resync", lambda: daemon.resyncs >= 2)
+
+
+def test_a_renewed_session_resyncs_at_once_not_after_a_poll_timeout(xapi: XapiSim, host_a: Host) -> None:
+    """A session xapi drops while the daemon sits in a long event.from: XenAPI.Session logs in
+    again by itself; the daemon must take its full resync then, not after the next hour-long
+    poll with the new session."""
+    with running_daemon(xapi, host_a, poll_timeout=3600) as daemon:
+        until("first snapshot", lambda: daemon.resyncs >= 1, detail=daemon.text)
+        xapi.db.expire_sessions()  # the daemon's blocked event.from answers SESSION_INVALID
+        until("a second full resync", lambda: daemon.resyncs >= 2, detail=daemon.text)
 
 
 def test_start_reconciles_stale_and_missing_registrations(xapi: XapiSim, host_a: Host) -> None:
