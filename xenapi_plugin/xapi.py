@@ -6,9 +6,12 @@ encodes the socket path as the URL host with '/' written as '_', so such paths m
 '_' themselves.
 """
 
+import logging
 from typing import Any
 
 import XenAPI
+
+LOG = logging.getLogger("veil.xapi")
 
 LOCAL_XAPI = "unix:/var/lib/xcp/xapi"
 ORIGINATOR = "veil"
@@ -49,11 +52,35 @@ def make_session(uri: str, report_renewal: bool = False) -> "Any":
     raise XapiUriError(f"{uri}: expected unix:/path/to/socket or http(s)://host")
 
 
+MAX_MASTER_HOPS = 3  # a pool that names members as its master would otherwise loop
+
+
+def master_uri(uri: str, address: str) -> str:
+    """The master's URL, same scheme as ``uri``, from HOST_IS_SLAVE's master address."""
+    scheme = uri.partition("://")[0]
+    ipv6 = address.count(":") > 1 and not address.startswith("[")
+    host = "[" + address + "]" if ipv6 else address
+    return "{}://{}".format(scheme, host)
+
+
 def login(uri: str, user: str = "root", password: str = "", report_renewal: bool = False) -> "Any":
-    """A logged-in session (dom0's local socket accepts root with any password)."""
-    session = make_session(uri, report_renewal)
-    session.login_with_password(user, password, "1.0", ORIGINATOR)
-    return session
+    """A logged-in session (dom0's local socket accepts root with any password). A pool
+    member that is not the master refuses an https login with HOST_IS_SLAVE [master address]:
+    the login follows it (the local Unix socket forwards to the master by itself)."""
+    for _hop in range(MAX_MASTER_HOPS + 1):
+        session = make_session(uri, report_renewal)
+        try:
+            session.login_with_password(user, password, "1.0", ORIGINATOR)
+            return session
+        except XenAPI.Failure as exc:
+            details = getattr(exc, "details", None)
+            if not (is_failure(exc, "HOST_IS_SLAVE") and isinstance(details, list) and len(details) > 1
+                    and uri.startswith(("http://", "https://"))):
+                raise
+            new = master_uri(uri, str(details[1]))
+            LOG.info("xapi at %s: HOST_IS_SLAVE, the pool master is %s: logging in there", uri, new)
+            uri = new
+    raise XapiUriError("{}: HOST_IS_SLAVE more than {} times: the pool names no master".format(uri, MAX_MASTER_HOPS))
 
 
 def is_failure(exc: "BaseException", code: str) -> bool:

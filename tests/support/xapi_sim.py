@@ -227,8 +227,42 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer, Simple
             self.open_requests.discard(request)
 
 
+class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer, SimpleXMLRPCDispatcher):
+    """xapi over HTTP on 127.0.0.1 (what a remote client reaches): the pool master's database,
+    or, with ``slave_of``, a pool member that refuses logins with HOST_IS_SLAVE [master]."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, db: SimDB, slave_of: str | None = None) -> None:
+        self.db = db
+        self.slave_of = slave_of
+        self.logRequests = False
+        SimpleXMLRPCDispatcher.__init__(self, allow_none=True, encoding=None, use_builtin_types=False)
+        socketserver.TCPServer.__init__(self, ("127.0.0.1", 0), _Handler)
+
+    def _dispatch(self, method: str, params: Iterable[Any]) -> Any:
+        try:
+            if self.slave_of is not None:  # xapi on a member: logins go to the master
+                if method.startswith("session.login"):
+                    raise XapiError("HOST_IS_SLAVE", self.slave_of)
+                raise XapiError("SESSION_INVALID", str(next(iter(params), "")))
+            return {"Status": "Success", "Value": self.db.call(method, tuple(params))}
+        except XapiError as exc:
+            return {"Status": "Failure", "ErrorDescription": exc.description}
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer is not the simulator's error."""
+
+    @property
+    def address(self) -> str:
+        host, port = self.server_address[:2]
+        return f"{host}:{port}"
+
+
 class XapiSim:
-    """The simulated xapi of a pool: one database, a server on ``sock_path`` that can restart."""
+    """The simulated xapi of a pool: one database, a server on ``sock_path`` that can restart;
+    ``serve_http()`` adds the master's HTTP endpoint, ``serve_member()`` a member's."""
 
     def __init__(self, sock_path: Path) -> None:
         if "_" in str(sock_path):
@@ -237,6 +271,8 @@ class XapiSim:
         self.db = SimDB()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._tcp: list[_TcpServer] = []
+        self._master_http: str | None = None
 
     @property
     def uri(self) -> str:
@@ -271,6 +307,27 @@ class XapiSim:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def _serve(self, server: _TcpServer) -> str:
+        threading.Thread(target=server.serve_forever, name="xapi-sim-http", daemon=True).start()
+        self._tcp.append(server)
+        return f"http://{server.address}"
+
+    def serve_http(self) -> str:
+        """The pool master over HTTP on 127.0.0.1; its URL (stopped with ``stop_http``)."""
+        self._master_http = self._master_http or self._serve(_TcpServer(self.db))
+        return self._master_http
+
+    def serve_member(self) -> str:
+        """A pool member's xapi: its URL; a login there is HOST_IS_SLAVE [master address]."""
+        master = self.serve_http()[len("http://"):]
+        return self._serve(_TcpServer(self.db, slave_of=master))
+
+    def stop_http(self) -> None:
+        for server in self._tcp:
+            server.shutdown()
+            server.server_close()
+        self._tcp, self._master_http = [], None
 
     # -- the world, changed the way xapi changes it --------------------------------------------
     def add_host(self, name: str, address: str) -> str:

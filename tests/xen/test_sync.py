@@ -200,6 +200,18 @@ def test_a_renewed_session_resyncs_at_once_not_after_a_poll_timeout(xapi: XapiSi
         until("a second full resync", lambda: daemon.resyncs >= 2, detail=daemon.text)
 
 
+def test_a_pool_member_that_is_not_the_master_sends_the_daemon_to_the_master(xapi: XapiSim, host_a: Host) -> None:
+    """A login to a member's xapi is refused with HOST_IS_SLAVE [master address]: the daemon
+    follows the master instead of retrying the member for ever."""
+    net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
+    vm, _ = veil_vm(xapi, "vm", "aa:16:3e:00:00:65", net)
+    xapi.start_vm(vm, host_a.ref, domid=5)
+    with running_daemon(xapi, host_a, xapi_uri=xapi.serve_member()) as daemon:
+        until("registered through the master", lambda: interfaces(host_a.ovs).get("vif5.0", {}).get("veil-network"),
+              detail=daemon.text)
+        assert "HOST_IS_SLAVE" in daemon.text() and xapi.serve_http()[len("http://"):] in daemon.text()
+
+
 def test_start_reconciles_stale_and_missing_registrations(xapi: XapiSim, host_a: Host) -> None:
     net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
     running, vif = veil_vm(xapi, "running", "aa:16:3e:00:00:71", net)
