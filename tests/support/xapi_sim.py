@@ -256,7 +256,7 @@ class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer, SimpleXMLR
 
     @property
     def address(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = self.socket.getsockname()[:2]
         return f"{host}:{port}"
 
 
