@@ -47,25 +47,27 @@ class SimDB:
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self.tables: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in CLASSES}
-        self.events: list[dict[str, Any]] = []
         self.generation = 0
+        self.created: dict[tuple[str, str], int] = {}
+        self.modified: dict[tuple[str, str], int] = {}
+        self.deleted: dict[tuple[str, str], int] = {}
         self.sessions: set[str] = set()
         self.calls: list[str] = []
 
     # -- mutations (hold the lock) -------------------------------------------------------------
+    # xapi keeps, per object, the generation it was created and last modified at (and, for a
+    # destroyed one, when it went); event.from reports objects, not a log of changes.
     def _emit(self, cls: str, op: str, ref: str) -> None:
         self.generation += 1
-        snapshot = dict(self.tables[cls].get(ref, {}))
-        self.events.append(
-            {
-                "id": str(self.generation),
-                "timestamp": f"20261124T00:00:{self.generation:02d}Z",
-                "class": cls,
-                "operation": op,
-                "ref": ref,
-                "snapshot": snapshot,
-            }
-        )
+        key = (cls, ref)
+        if op == "add":
+            self.created[key] = self.modified[key] = self.generation
+        elif op == "mod":
+            self.modified[key] = self.generation
+        else:
+            self.created.pop(key, None)
+            self.modified.pop(key, None)
+            self.deleted[key] = self.generation
         self.lock.notify_all()
 
     def create(self, cls: str, record: dict[str, Any]) -> str:
@@ -82,8 +84,8 @@ class SimDB:
 
     def destroy(self, cls: str, ref: str) -> None:
         with self.lock:
-            self._emit(cls, "del", ref)
             del self.tables[cls][ref]
+            self._emit(cls, "del", ref)
 
     def get_ref(self, cls: str, uuid: str) -> str:
         with self.lock:
@@ -159,37 +161,61 @@ class SimDB:
             self.lock.notify_all()
 
     def event_from(self, classes: list[str], token: str, timeout: float, session: str = "") -> dict[str, Any]:
+        """xapi's event.from: every object of ``classes`` that changed since ``token``, ONCE,
+        with its record as it is now; creates, then mods, then deletes (a del has no snapshot).
+        Token "" is everything as ``add``. Tokens are opaque strings; a malformed one is
+        EVENT_FROM_TOKEN_PARSE_FAILURE. Blocks up to ``timeout`` while nothing changed."""
         wanted = {c.lower() for c in classes}
         match: Callable[[str], bool] = (lambda c: True) if "*" in wanted else (lambda c: c in wanted)
         with self.lock:
             if token == "":
-                events = [
-                    {"id": "0", "timestamp": "", "class": c, "operation": "add", "ref": r, "snapshot": dict(rec)}
-                    for c, table in self.tables.items()
-                    if match(c)
-                    for r, rec in table.items()
-                ]
-                return self._answer(events, self.generation)
-            try:
-                since = int(token)
-            except ValueError:
-                raise XapiError("EVENT_FROM_TOKEN_INVALID", token) from None
+                events = [self._event(c, "add", r, self.created.get((c, r), 0)) for c, table in self.tables.items()
+                          if match(c) for r in table]
+                return self._answer(events)
+            since = parse_token(token)
             self.lock.wait_for(
-                lambda: any(match(e["class"]) for e in self.events[since:]) or self.closing
-                or (session and session not in self.sessions), timeout
+                lambda: bool(self._changes(since, match)) or self.closing
+                or bool(session and session not in self.sessions), timeout
             )
             if self.closing:
                 raise ConnectionAbortedError("xapi is shutting down")
             if session and session not in self.sessions:
                 raise XapiError("SESSION_INVALID", session)
-            events = [e for e in self.events[since:] if match(e["class"])]
-            return self._answer(events, self.generation)
+            return self._answer(self._changes(since, match))
+
+    def _changes(self, since: int, match: Callable[[str], bool]) -> list[dict[str, Any]]:
+        adds = sorted((g, k) for k, g in self.created.items() if g > since and match(k[0]))
+        mods = sorted((g, k) for k, g in self.modified.items()
+                      if g > since and self.created.get(k, 0) <= since and match(k[0]))
+        dels = sorted((g, k) for k, g in self.deleted.items() if g > since and match(k[0]))
+        return ([self._event(c, "add", r, g) for g, (c, r) in adds] + [self._event(c, "mod", r, g) for g, (c, r) in mods]
+                + [self._event(c, "del", r, g) for g, (c, r) in dels])
+
+    def _event(self, cls: str, op: str, ref: str, generation: int) -> dict[str, Any]:
+        event: dict[str, Any] = {"id": str(generation), "timestamp": f"20261124T00:00:{generation % 60:02d}Z", "class": cls,
+                 "operation": op, "ref": ref}
+        if op != "del":
+            event["snapshot"] = dict(self.tables[cls][ref])
+        return event
 
     closing = False
 
-    def _answer(self, events: list[dict[str, Any]], generation: int) -> dict[str, Any]:
+    def _answer(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         counts = {CLASSES[c]: str(len(t)) for c, t in self.tables.items()}
-        return {"events": events, "valid_ref_counts": counts, "token": str(generation)}
+        return {"events": events, "valid_ref_counts": counts, "token": make_token(self.generation)}
+
+
+def make_token(generation: int) -> str:
+    """xapi's event.from token today: two zero-padded generation counters (clients must treat
+    it as opaque; veil only hands it back)."""
+    return "%020d,%020d" % (generation, 0)
+
+
+def parse_token(token: str) -> int:
+    first, comma, second = token.partition(",")
+    if not comma or not first.isdigit() or not second.isdigit():
+        raise XapiError("EVENT_FROM_TOKEN_PARSE_FAILURE", token)
+    return int(first)
 
 
 class _Handler(SimpleXMLRPCRequestHandler):
