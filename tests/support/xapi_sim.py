@@ -396,8 +396,12 @@ class XapiSim:
         self.db.update("vm", vm, power_state="Halted", resident_on=NULL_REF, domid="-1")
 
     def migrate_vm(self, vm: str, host: str, domid: int) -> None:
-        """After a live migration: the VM runs on ``host`` under a new domid, VIFs stay attached."""
-        self.db.update("vm", vm, resident_on=host, domid=str(domid))
+        """The end of a live migration as xapi shows it: the VM's fields change in separate
+        updates (``resident_on``, then ``domid``), VIFs stay attached. The destination's ports
+        came before, from its xenopsd, under a temporary VM uuid (``Xenopsd.plug(...,
+        domain_uuid=...)``); a reader may see the first update alone."""
+        self.db.update("vm", vm, resident_on=host)
+        self.db.update("vm", vm, domid=str(domid))
 
     def unplug_vif(self, vif: str) -> None:
         self.db.update("vif", vif, currently_attached=False)
