@@ -179,3 +179,25 @@ def plan(wanted: "Mapping[str, Vif]", current: "Mapping[str, Vif]") -> "Plan":
     unplug every current port that is not wanted."""
     plug, unplug = reconcile.changes([v for _, v in sorted(wanted.items())], [v for _, v in sorted(current.items())])
     return Plan(plug=tuple(plug), unplug=tuple(v.port for v in unplug))
+
+
+CONTROLLER_FAIL_MODE = "vswitch-controller-fail-mode"
+
+
+def bridge_problems(state: "XapiState", bridge: str) -> "list[str]":
+    """What xcp-networkd will do to veil's integration bridge, from the xapi networks on it:
+    a managed network's bridge is set to ``fail_mode=standalone`` (a learning switch: tenant
+    isolation gone) unless the network has ``other_config:vswitch-controller-fail-mode=secure``,
+    and an internal (no PIF) managed network's bridge is destroyed with its last VIF (the
+    controller's flows with it). A bridge veil manages wants ``managed=false``."""
+    problems = []
+    for net in sorted(state.networks.values(), key=lambda n: n.uuid):
+        if net.bridge != bridge or not net.managed:
+            continue
+        if net.other_config.get(CONTROLLER_FAIL_MODE) != "secure":
+            problems.append(f"xapi network {net.uuid} ({net.name_label}) manages {bridge}: xcp-networkd sets "
+                            f"fail_mode=standalone unless other_config:{CONTROLLER_FAIL_MODE}=secure")
+        if net.pifs == 0:
+            problems.append(f"xapi network {net.uuid} ({net.name_label}) is internal and managed: xcp-networkd "
+                            f"destroys {bridge} with its last VIF; create it with managed=false")
+    return problems

@@ -95,6 +95,8 @@ class XapiNetwork(NamedTuple):
     name_label: str
     other_config: Mapping[str, str] = _EMPTY
     default_locking_mode: str = UNLOCKED  # what a VIF's network_default means (unlocked | disabled)
+    managed: bool = True  # xcp-networkd owns the bridge (xapi's default)
+    pifs: int = 0  # physical interfaces: none is an "internal" network
 
     @classmethod
     def from_record(cls, rec: "Mapping[str, Any]") -> "XapiNetwork":
@@ -104,6 +106,8 @@ class XapiNetwork(NamedTuple):
             name_label=str(rec.get("name_label", "")),
             other_config=_str_map(rec.get("other_config")),
             default_locking_mode=str(rec.get("default_locking_mode") or UNLOCKED),
+            managed=rec.get("managed", True) is not False,
+            pifs=len(rec.get("PIFs") or ()),
         )
 
 

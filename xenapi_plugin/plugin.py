@@ -220,6 +220,10 @@ def status(session: "Any", arguments: "dict[str, str]") -> str:
         )
     except RegistrarError as exc:
         report.update(reachable=False, error=str(exc))
+    where = 'field "bridge"="{}"'.format(ovs.bridge)
+    networks = {ref: model.XapiNetwork.from_record(rec)
+                for ref, rec in session.xenapi.network.get_all_records_where(where).items()}
+    report["bridge_warnings"] = desired.bridge_problems(model.XapiState(networks=networks), ovs.bridge)
     return _json(report)
 
 

@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     class HostOvs(Protocol):
         """This host's OVSDB as the daemon needs it (xenapi_plugin.hostovs.RegistrarOvs)."""
 
+        bridge: str
+
         def registered(self) -> "Mapping[str, Vif]": ...
         def interface_names(self) -> "set[str]": ...
         def tagged_ports(self) -> "dict[str, str]": ...
@@ -259,6 +261,7 @@ class Applier:
         self.backoff = backoff or Backoff()
         self._snapshot: Optional[Snapshot] = None
         self._reported: Dict[str, str] = {}
+        self._bridge_problems: List[str] = []
 
     def run(self) -> None:
         """Until a STOP item; raises the error of a Fatal item."""
@@ -296,6 +299,11 @@ class Applier:
             self._snapshot = Snapshot(model.apply_events(self._snapshot.state, item.events), self._snapshot.host_ref)
 
     def _reconcile(self, snap: "Snapshot") -> None:
+        problems = desired.bridge_problems(snap.state, self.ovs.bridge)
+        if problems != self._bridge_problems:
+            for problem in problems:
+                LOG.warning("%s", problem)
+            self._bridge_problems = problems
         out = reconcile(snap.state, snap.host_ref, self.ovs, manage_ports=self.manage_ports)
         for what, why in sorted(out.rejected.items()):
             if self._reported.get(what) != why:

@@ -360,10 +360,11 @@ class XapiSim:
         return self.db.create("host", {"uuid": str(uuidlib.uuid4()), "name_label": name, "hostname": name,
                                        "address": address, "resident_VMs": []})
 
-    def add_network(self, name: str, bridge: str, other_config: dict[str, str] | None = None) -> str:
+    def add_network(self, name: str, bridge: str, other_config: dict[str, str] | None = None,
+                    managed: bool = True) -> str:
         return self.db.create("network", {"uuid": str(uuidlib.uuid4()), "name_label": name, "bridge": bridge,
                                           "other_config": dict(other_config or {}), "VIFs": [], "PIFs": [],
-                                          "MTU": "1500", "default_locking_mode": "unlocked"})
+                                          "MTU": "1500", "default_locking_mode": "unlocked", "managed": managed})
 
     def add_vm(self, name: str, other_config: dict[str, str] | None = None) -> str:
         return self.db.create("vm", {"uuid": str(uuidlib.uuid4()), "name_label": name, "power_state": "Halted",

@@ -113,7 +113,14 @@ def test_status(world: World) -> None:
     assert report["system_id"] == world.host.uuid
     assert report["bridge_present"] is True
     assert report["registered"] == 0
+    assert report["bridge_warnings"] == []
     assert world.fails("status", {"verbose": "true"})[:2] == ["VEIL_UNKNOWN_ARGUMENT", "verbose"]
+
+
+def test_status_warns_of_a_managed_xapi_network_on_br_int(world: World) -> None:
+    world.sim.add_network("veil", "br-int", {"veil-network": "blue"})  # xapi's default: managed
+    warnings = world.ok("status", {})["bridge_warnings"]
+    assert any("fail_mode=standalone" in w for w in warnings) and any("last VIF" in w for w in warnings)
 
 
 def test_status_reports_unreachable_ovsdb(world: World, tmp_path: Path) -> None:

@@ -324,3 +324,15 @@ def test_the_host_identity_is_refused_when_ovsdb_and_the_inventory_disagree() ->
     assert host_identity(None, None) is None
     with pytest.raises(UnknownHost, match="system-id h-2 is not this host's INSTALLATION_UUID h-1"):
         host_identity("h-2", "h-1")
+
+
+def test_bridge_problems_name_what_xcp_networkd_does_to_br_int() -> None:
+    def problems(**net: Any) -> list[str]:
+        return desired.bridge_problems(model.state_from_snapshot([ev("network", "n", {**NET, **net})]), "br-int")
+
+    standalone, destroyed = problems()  # xapi's defaults: managed, internal, no fail-mode key
+    assert "fail_mode=standalone" in standalone and "vswitch-controller-fail-mode=secure" in standalone
+    assert "destroys br-int with its last VIF" in destroyed
+    assert problems(PIFs=["OpaqueRef:pif"], other_config={"vswitch-controller-fail-mode": "secure"}) == []
+    assert problems(managed=False) == [], "a bridge xcp-networkd does not manage is veil's"
+    assert problems(bridge="xenbr0") == []
