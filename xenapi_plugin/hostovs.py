@@ -149,15 +149,17 @@ class InterfaceWatch:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        failures = 0
+        failures, first = 0, True
         while not self._stopping.is_set():
+            healthy = False
             try:
-                self._follow(first=failures == 0)
+                healthy = self._follow(first)
             except (OSError, ValueError, RegistrarError):
                 pass
             if self._stopping.is_set():
                 return
-            failures += 1
+            first = first and not healthy
+            failures = 1 if healthy else failures + 1  # a watch that got its rows was healthy
             if self._stopping.wait(self.backoff.delay(failures)):
                 return
 
@@ -175,8 +177,12 @@ class InterfaceWatch:
         sock.settimeout(None)
         return sock
 
-    def _follow(self, first: bool) -> None:
+    def _follow(self, first: bool) -> bool:
+        """Until the connection ends; True when the monitor's first reply had come (a healthy
+        watch), so the next reconnect starts its back-off anew. ``first``: the daemon has not
+        seen any rows yet, so that reply is no news."""
         sock = self._sock = self._connect()
+        replied = False
         try:
             request = {"id": _WATCH_ID, "method": "monitor",
                        "params": ["Open_vSwitch", _WATCH_ID, {"Interface": {"columns": ["name"]}}]}
@@ -186,7 +192,7 @@ class InterfaceWatch:
             while not self._stopping.is_set():
                 chunk = sock.recv(65536)
                 if not chunk:
-                    return
+                    return replied
                 buf += chunk.decode("utf-8", "replace")
                 if len(buf) > _MAX_MESSAGE:
                     raise RegistrarError("OVSDB message larger than {} bytes".format(_MAX_MESSAGE))
@@ -201,8 +207,13 @@ class InterfaceWatch:
                     if msg.get("method") == "echo":
                         sock.sendall(json.dumps({"id": msg.get("id"), "result": msg.get("params"),
                                                  "error": None}).encode())
-                    elif msg.get("method") == "update" or (msg.get("id") == _WATCH_ID and not first):
-                        self.callback()  # a row came or went; or the rows after a reconnect
+                    elif msg.get("id") == _WATCH_ID:
+                        replied = True
+                        if not first:
+                            self.callback()  # the rows after a reconnect: they may have changed meanwhile
+                    elif msg.get("method") == "update":
+                        self.callback()  # a row came or went
+            return replied
         finally:
             self._sock = None
             sock.close()
