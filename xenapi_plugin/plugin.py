@@ -221,9 +221,13 @@ def status(session: "Any", arguments: "dict[str, str]") -> str:
     except RegistrarError as exc:
         report.update(reachable=False, error=str(exc))
     where = 'field "bridge"="{}"'.format(ovs.bridge)
-    networks = {ref: model.XapiNetwork.from_record(rec)
-                for ref, rec in session.xenapi.network.get_all_records_where(where).items()}
-    report["bridge_warnings"] = desired.bridge_problems(model.XapiState(networks=networks), ovs.bridge)
+    try:
+        networks = {ref: model.XapiNetwork.from_record(rec)
+                    for ref, rec in session.xenapi.network.get_all_records_where(where).items()}
+    except sync.XAPI_AWAY as exc:  # status still reports OVSDB when xapi cannot be asked
+        report.update(bridge_warnings=None, xapi_error="{}: {}".format(type(exc).__name__, exc))
+    else:
+        report["bridge_warnings"] = desired.bridge_problems(model.XapiState(networks=networks), ovs.bridge)
     return _json(report)
 
 
