@@ -6,7 +6,7 @@ DEPS := controller/lab/scripts/deps.sh
 # Keep the demo lab up afterwards with: make demo KEEP=1
 KEEP ?= 0
 
-.PHONY: all deps deps-test demo test lint unit clean-labs bench
+.PHONY: all deps deps-test demo test lint unit clean-labs bench xen-rpm
 
 all: test
 
@@ -36,3 +36,7 @@ clean-labs: deps
 # Installs OVN (a benchmark peer only, never a veil dependency); ~10 minutes on 2 cores.
 bench: deps-test
 	$(VENV)/bin/veil-lab bench
+
+# The noarch RPM for XenServer / XCP-ng dom0 (docs/xenserver.md): dist/veil-xen-*.noarch.rpm.
+xen-rpm: deps
+	$(PY) -m xenapi_plugin.packaging --out dist

@@ -3,25 +3,39 @@ consecutive failure. Pure (no clock, no sleeping): callers count failures and sl
 so tests check the schedule without waiting for it.
 
 Used by veil-hostd (spool drains while OVSDB is away), the libvirt agent (libvirtd reconnects)
-and veil-xapi-sync (xapi logins and OVSDB passes).
+and veil-xapi-sync (xapi logins and OVSDB passes). veil-xapi-sync runs in XenServer's dom0
+(Python 3.6, no ``dataclasses``): so a small immutable class written out.
 """
 
-from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
 class Backoff:
     """Exponential back-off capped at ``maximum``; ``delay(0)`` is 0 (first try is immediate)."""
 
-    initial: float = 0.5
-    factor: float = 2.0
-    maximum: float = 30.0
+    __slots__ = ("initial", "factor", "maximum")
+    initial: float
+    factor: float
+    maximum: float
 
-    def __post_init__(self) -> None:
-        if self.initial <= 0 or self.factor < 1 or self.maximum < self.initial:
-            raise ValueError(f"invalid back-off {self}: need 0 < initial <= maximum and factor >= 1")
+    def __init__(self, initial: float = 0.5, factor: float = 2.0, maximum: float = 30.0) -> None:
+        if initial <= 0 or factor < 1 or maximum < initial:
+            raise ValueError(f"invalid back-off Backoff(initial={initial}, factor={factor}, maximum={maximum}): "
+                             "need 0 < initial <= maximum and factor >= 1")
+        object.__setattr__(self, "initial", initial)
+        object.__setattr__(self, "factor", factor)
+        object.__setattr__(self, "maximum", maximum)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Backoff is immutable: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Backoff) and (self.initial, self.factor, self.maximum) == (
+            other.initial, other.factor, other.maximum)
+
+    def __hash__(self) -> int:
+        return hash((self.initial, self.factor, self.maximum))
+
+    def __repr__(self) -> str:
+        return f"Backoff(initial={self.initial}, factor={self.factor}, maximum={self.maximum})"
 
     def delay(self, failures: int) -> float:
         """Seconds to wait before the next try after ``failures`` consecutive failures."""

@@ -7,8 +7,6 @@ all use these, so they live in ``hooks/`` (the controller may import hooks, neve
 Not imported by the qemu hook (it has no command line to speak of, and argparse costs time).
 """
 
-from __future__ import annotations
-
 import argparse
 import ipaddress
 import math
@@ -21,11 +19,11 @@ REMOTE_FORMS = "tcp:IP:PORT, ssl:IP:PORT or unix:PATH"
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a refused command line is one line (``prog: error: ...``) and exit 2."""
 
-    def error(self, message: str) -> NoReturn:
+    def error(self, message: str) -> "NoReturn":
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-def seconds(low: float, high: float) -> Callable[[str], float]:
+def seconds(low: float, high: float) -> "Callable[[str], float]":
     """An argparse type: a finite number of seconds in [low, high]."""
     def parse(text: str) -> float:
         try:

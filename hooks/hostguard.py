@@ -14,58 +14,57 @@ Shape: read what is installed -> pure diff against the wanted rules -> one place
 iptables/ip6tables commands.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import Callable, Mapping, Sequence
+from typing import NamedTuple, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final  # novm: type checking only (3.8+; dom0 runs 3.6)
 
 from hooks.ovsdb import DEFAULT_DB
 
-COMMENT: Final = "veil-host-guard"
-TAP_PATTERNS: Final = ("vnet+", "tap+", "vif+")  # libvirt, generic/Xen HVM emulated, Xen PV
-TOOLS: Final = ("iptables", "ip6tables")
-ARP_TOOL: Final = "arptables"
-ARP_CHAIN: Final = COMMENT
-TABLE: Final = "raw"
-CHAIN: Final = "PREROUTING"
-MODES: Final = ("auto", "on", "off")
+COMMENT: "Final" = "veil-host-guard"
+TAP_PATTERNS: "Final" = ("vnet+", "tap+", "vif+")  # libvirt, generic/Xen HVM emulated, Xen PV
+TOOLS: "Final" = ("iptables", "ip6tables")
+ARP_TOOL: "Final" = "arptables"
+ARP_CHAIN: "Final" = COMMENT
+TABLE: "Final" = "raw"
+CHAIN: "Final" = "PREROUTING"
+MODES: "Final" = ("auto", "on", "off")
 
 
 class HostGuardError(RuntimeError):
     """The guard cannot be decided or applied; the message says what to do."""
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One raw-table DROP for an interface pattern, in one address family's tool."""
 
     tool: str
     iface: str
 
-    def spec(self) -> list[str]:
+    def spec(self) -> "list[str]":
         return ["-i", self.iface, "-m", "comment", "--comment", COMMENT, "-j", "DROP"]
 
 
-@dataclass(frozen=True)
-class Installed:
+class Installed(NamedTuple):
     """A veil-tagged rule as listed by ``-S``: ``args`` deletes exactly it."""
 
     rule: Rule
-    args: tuple[str, ...]
+    args: Tuple[str, ...]
 
 
-def wanted_rules(enabled: bool, patterns: Sequence[str] = TAP_PATTERNS) -> frozenset[Rule]:
+def wanted_rules(enabled: bool, patterns: "Sequence[str]" = TAP_PATTERNS) -> "frozenset[Rule]":
     return frozenset(Rule(t, p) for t in TOOLS for p in patterns) if enabled else frozenset()
 
 
-def decide(mode: str, datapaths: Mapping[str, str], local_links: frozenset[str]) -> bool:
+def decide(mode: str, datapaths: "Mapping[str, str]", local_links: "frozenset[str]") -> bool:
     """Whether the guard should be on.
 
     ``auto`` guards when a bridge with the userspace datapath lives in THIS network namespace
@@ -79,7 +78,7 @@ def decide(mode: str, datapaths: Mapping[str, str], local_links: frozenset[str])
     return any(dp == "netdev" and br in local_links for br, dp in datapaths.items())
 
 
-def parse_listing(tool: str, listing: str) -> list[Installed]:
+def parse_listing(tool: str, listing: str) -> "list[Installed]":
     """veil's rules in ``TOOL -t raw -S PREROUTING`` output (other rules are not ours)."""
     found = []
     for line in listing.splitlines():
@@ -90,18 +89,18 @@ def parse_listing(tool: str, listing: str) -> list[Installed]:
     return found
 
 
-def _after(words: list[str], flag: str) -> str:
+def _after(words: "list[str]", flag: str) -> str:
     return words[words.index(flag) + 1] if flag in words[:-1] else ""
 
 
-def plan(wanted: frozenset[Rule], installed: Sequence[Installed]) -> list[list[str]]:
+def plan(wanted: "frozenset[Rule]", installed: "Sequence[Installed]") -> "list[list[str]]":
     """argv lists that turn ``installed`` into ``wanted``: deletions first, then inserts.
 
     A duplicate of a wanted rule (two installers racing) is deleted too, so the end state holds
     each rule exactly once.
     """
-    cmds: list[list[str]] = []
-    kept: set[Rule] = set()
+    cmds: "list[list[str]]" = []
+    kept: "set[Rule]" = set()
     for inst in installed:
         if inst.rule in wanted and inst.rule not in kept:
             kept.add(inst.rule)
@@ -115,33 +114,33 @@ def plan(wanted: frozenset[Rule], installed: Sequence[Installed]) -> list[list[s
 Runner = Callable[[Sequence[str]], str]
 
 
-def run_checked(argv: Sequence[str]) -> str:
+def run_checked(argv: "Sequence[str]") -> str:
     """Run one iptables command; a missing tool or a failure raises with its stderr."""
     if shutil.which(argv[0]) is None:
         raise HostGuardError(
             f"{argv[0]} not found: install the iptables package (its iptables, ip6tables and "
             "arptables drop VM-tap traffic to the host stack) or pass --host-guard off")
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
+    proc = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=30, check=False)
     if proc.returncode != 0:
         raise HostGuardError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc.stdout
 
 
-def installed_rules(run: Runner = run_checked, tools: Sequence[str] = TOOLS) -> list[Installed]:
+def installed_rules(run: "Runner" = run_checked, tools: "Sequence[str]" = TOOLS) -> "list[Installed]":
     return [r for tool in tools
             for r in parse_listing(tool, run([tool, "-w", "-t", TABLE, "-S", CHAIN]))]
 
 
-@dataclass(frozen=True)
-class ArpState:
+class ArpState(NamedTuple):
     """veil's part of ``arptables -S``: its chain, the INPUT jumps to it, the patterns in it."""
 
     chain: bool = False
     jumps: int = 0
-    ifaces: tuple[str, ...] = ()
+    ifaces: Tuple[str, ...] = ()
 
 
-def parse_arp_listing(listing: str) -> ArpState:
+def parse_arp_listing(listing: str) -> "ArpState":
     chain, jumps, ifaces = False, 0, []
     for line in listing.splitlines():
         words = shlex.split(line)
@@ -154,7 +153,7 @@ def parse_arp_listing(listing: str) -> ArpState:
     return ArpState(chain, jumps, tuple(ifaces))
 
 
-def plan_arp(enabled: bool, state: ArpState, patterns: Sequence[str] = TAP_PATTERNS) -> list[list[str]]:
+def plan_arp(enabled: bool, state: "ArpState", patterns: "Sequence[str]" = TAP_PATTERNS) -> "list[list[str]]":
     """arptables commands turning ``state`` into the wanted one (ARP never reaches iptables).
 
     arptables has no comment match: veil's ARP drops live in a chain of their own, named like
@@ -174,7 +173,7 @@ def plan_arp(enabled: bool, state: ArpState, patterns: Sequence[str] = TAP_PATTE
     return cmds
 
 
-def apply(enabled: bool, run: Runner = run_checked) -> list[list[str]]:
+def apply(enabled: bool, run: "Runner" = run_checked) -> "list[list[str]]":
     """Make the host's rules match ``enabled``; returns the commands run (empty: nothing to do)."""
     # Without the tool nothing of ours can be installed: turning the guard off needs no tool.
     tools = TOOLS if enabled else tuple(t for t in TOOLS if shutil.which(t))
@@ -186,34 +185,36 @@ def apply(enabled: bool, run: Runner = run_checked) -> list[list[str]]:
     return cmds
 
 
-def local_links() -> frozenset[str]:
+def local_links() -> "frozenset[str]":
     """Network interfaces of this process's network namespace."""
     return frozenset(os.listdir("/sys/class/net"))
 
 
-def bridge_datapaths(db_remote: str, timeout: float = 10.0) -> dict[str, str]:
-    """{bridge: datapath_type} read from an OVSDB (ovsdbapp, one read)."""
-    from hooks.ovsdb import connect
+def bridge_datapaths(db_remote: str, timeout: float = 10.0) -> "dict[str, str]":
+    """{bridge: datapath_type} read from an OVSDB (one JSON-RPC select: this runs in XenServer's
+    dom0 too, which has no ovsdbapp)."""
+    from hooks.errors import RegistrarError
+    from hooks.ovsdb.rpc import RpcRegistrar
 
+    client = RpcRegistrar(db_remote, timeout=timeout)
     try:
-        api = connect.open_vswitch(db_remote, timeout=timeout, tables=("Bridge",))
-    except connect.OvsdbUnreachable as exc:
+        rows = client.select("Bridge", ["name", "datapath_type"])
+    except RegistrarError as exc:
         raise HostGuardError(f"cannot read the bridges' datapath types: {exc}: "
                              "start Open vSwitch, or pass --host-guard on|off") from None
-    try:
-        return datapaths_via(api)
     finally:
-        connect.stop(api)
+        client.close()
+    return {str(r.get("name")): str(r.get("datapath_type")) for r in rows}
 
 
-def datapaths_via(api: object) -> dict[str, str]:
+def datapaths_via(api: object) -> "dict[str, str]":
     """{bridge: datapath_type} through an already open ovsdbapp Open_vSwitch API."""
     rows = api.db_list("Bridge", columns=["name", "datapath_type"]).execute(  # type: ignore[attr-defined]
         check_error=True)
     return {str(r["name"]): str(r["datapath_type"]) for r in rows}
 
 
-def ensure(mode: str, datapaths: Callable[[], Mapping[str, str]]) -> str:
+def ensure(mode: str, datapaths: "Callable[[], Mapping[str, str]]") -> str:
     """Decide and apply; returns a one-line report. ``datapaths`` is read only for ``auto``."""
     enabled = decide(mode, datapaths() if mode == "auto" else {}, local_links())
     cmds = apply(enabled)
@@ -221,14 +222,14 @@ def ensure(mode: str, datapaths: Callable[[], Mapping[str, str]]) -> str:
     return f"host guard {state} ({mode}): {len(cmds)} rule change(s)"
 
 
-def add_argument(p: argparse.ArgumentParser) -> None:
+def add_argument(p: "argparse.ArgumentParser") -> None:
     p.add_argument("--host-guard", choices=MODES, default="auto",
                    help="drop VM-tap (vnet+, tap+, vif+) traffic to the host's IP stack in the "
                         "raw table: auto = when a local bridge uses datapath_type=netdev; "
                         "off removes veil's rules (default auto)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     p = argparse.ArgumentParser(prog="veil-host-guard", description=__doc__.splitlines()[0] if __doc__ else None)
     add_argument(p)
     p.add_argument("--db", default=DEFAULT_DB, help="OVSDB to read datapath types from (auto)")

@@ -6,13 +6,11 @@ objects, arrays, strings, integers, floats, booleans and null, so a small exact 
 Long-running daemons keep using ``json``; tests check this codec against it.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import TypeAlias
+    from typing import TypeAlias  # novm: type checking only
 
-    Json: TypeAlias = "None | bool | int | float | str | list[Json] | dict[str, Json]"
+    Json: "TypeAlias" = "None | bool | int | float | str | list[Json] | dict[str, Json]"
 
 __all__ = ["dumps", "loads", "JsonLiteError", "MAX_DEPTH"]
 
@@ -40,7 +38,7 @@ def _enc_str(s: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def dumps(value: Json) -> str:
+def dumps(value: "Json") -> str:
     """Compact JSON text of ``value`` (dict keys must be strings)."""
     if value is None:
         return "null"
@@ -68,7 +66,7 @@ def dumps(value: Json) -> str:
     raise JsonLiteError(f"cannot encode {type(value).__name__} as JSON")
 
 
-def loads(text: str) -> Json:
+def loads(text: str) -> "Json":
     """Parse one JSON document; trailing non-space text is an error."""
     # A trailing space lets a bare top-level number end unambiguously.
     value, end = decode_prefix(text + " ", 0)
@@ -78,7 +76,7 @@ def loads(text: str) -> Json:
     return value
 
 
-def decode_prefix(text: str, pos: int) -> tuple[Json, int]:
+def decode_prefix(text: str, pos: int) -> "tuple[Json, int]":
     """Parse one JSON value starting at ``pos``; returns it and the offset after it.
 
     Raises ``JsonLiteError`` for malformed input, and ``IncompleteJson`` when the text ends in
@@ -109,7 +107,7 @@ class _Parser:
             raise IncompleteJson(f"unexpected end of JSON at offset {pos}")
         return self.text[pos]
 
-    def value(self, pos: int, depth: int) -> tuple[Json, int]:
+    def value(self, pos: int, depth: int) -> "tuple[Json, int]":
         if depth > MAX_DEPTH:
             raise JsonLiteError(f"JSON nested deeper than {MAX_DEPTH} at offset {pos}")
         c = self._at(pos)
@@ -129,8 +127,8 @@ class _Parser:
                 raise JsonLiteError(f"invalid literal at offset {pos}")
         return self._number(pos)
 
-    def _object(self, pos: int, depth: int) -> tuple[Json, int]:
-        out: dict[str, Json] = {}
+    def _object(self, pos: int, depth: int) -> "tuple[Json, int]":
+        out: "dict[str, Json]" = {}
         pos = _skip_ws(self.text, pos)
         if self._at(pos) == "}":
             return out, pos + 1
@@ -151,8 +149,8 @@ class _Parser:
                 raise JsonLiteError(f"expected ',' or '}}' at offset {pos}")
             pos = _skip_ws(self.text, pos + 1)
 
-    def _array(self, pos: int, depth: int) -> tuple[Json, int]:
-        out: list[Json] = []
+    def _array(self, pos: int, depth: int) -> "tuple[Json, int]":
+        out: "list[Json]" = []
         pos = _skip_ws(self.text, pos)
         if self._at(pos) == "]":
             return out, pos + 1
@@ -167,7 +165,7 @@ class _Parser:
                 raise JsonLiteError(f"expected ',' or ']' at offset {pos}")
             pos += 1
 
-    def _string(self, pos: int) -> tuple[str, int]:
+    def _string(self, pos: int) -> "tuple[str, int]":
         text = self.text
         out = []
         start = pos
@@ -196,7 +194,7 @@ class _Parser:
             else:
                 raise JsonLiteError(f"invalid escape in string starting at offset {start}")
 
-    def _hex4(self, pos: int) -> tuple[int, int]:
+    def _hex4(self, pos: int) -> "tuple[int, int]":
         digits = self.text[pos:pos + 4]
         if len(digits) < 4:
             raise IncompleteJson(f"unexpected end of JSON at offset {len(self.text)}")
@@ -205,7 +203,7 @@ class _Parser:
         except ValueError:
             raise JsonLiteError(f"invalid \\u escape at offset {pos}") from None
 
-    def _number(self, pos: int) -> tuple[Json, int]:
+    def _number(self, pos: int) -> "tuple[Json, int]":
         end = pos
         while end < len(self.text) and self.text[end] in _NUM_CHARS:
             end += 1

@@ -4,8 +4,6 @@ The ovsdbapp registrar (daemons) and the JSON-RPC registrar (the qemu hook) must
 same rows; keeping the key arithmetic here keeps them from drifting apart.
 """
 
-from __future__ import annotations
-
 from hooks import contract
 from hooks.errors import VifError
 from hooks.vif import Vif
@@ -18,7 +16,7 @@ if TYPE_CHECKING:
 DEACTIVATE_DROP_KEYS = contract.VEIL_INTERFACE_KEYS
 
 
-def plug_external_ids(vif: Vif, *, add_port: bool) -> dict[str, str]:
+def plug_external_ids(vif: "Vif", *, add_port: bool) -> "dict[str, str]":
     """The keys a plug sets; a port veil creates itself is marked so veil may delete it later."""
     ids = vif.external_ids()
     if add_port:
@@ -26,7 +24,7 @@ def plug_external_ids(vif: Vif, *, add_port: bool) -> dict[str, str]:
     return ids
 
 
-def update_external_ids(ids: dict[str, str], current: Mapping[str, str]) -> dict[str, str]:
+def update_external_ids(ids: "dict[str, str]", current: "Mapping[str, str]") -> "dict[str, str]":
     """The keys a plug sets on a row that exists already: never a veil-owns-port mark on a port
     veil did not add (it would make veil delete someone else's port at unplug)."""
     if current.get(contract.VEIL_OWNS_PORT) == "true":
@@ -34,7 +32,7 @@ def update_external_ids(ids: dict[str, str], current: Mapping[str, str]) -> dict
     return {k: v for k, v in ids.items() if k != contract.VEIL_OWNS_PORT}
 
 
-def foreign_owner(vif: Vif, current: Mapping[str, str]) -> str | None:
+def foreign_owner(vif: "Vif", current: "Mapping[str, str]") -> "str | None":
     """Why the Interface row whose external_ids are ``current`` belongs to another VM than
     ``vif``'s (a plug must then be refused), or None when ``vif`` may register on it.
 
@@ -59,7 +57,7 @@ TAKEOVER_DROP_KEYS = (*(k for k in contract.VEIL_INTERFACE_KEYS if k != contract
                       contract.VM_UUID)
 
 
-def device_gone(ofport: object, error: object, link_state: object) -> str | None:
+def device_gone(ofport: object, error: object, link_state: object) -> "str | None":
     """Why OVS's Interface columns say no VM is behind the row's device any more (None: it
     may be live). A tap whose VM stopped is gone (vswitchd: ofport -1, error "could not open
     network device"), or, once libvirt made a new tap of that name for the VM starting now,
@@ -74,7 +72,7 @@ def device_gone(ofport: object, error: object, link_state: object) -> str | None
     return None
 
 
-def claim(vif: Vif, current: Mapping[str, str], gone: str | None) -> tuple[str | None, str | None]:
+def claim(vif: "Vif", current: "Mapping[str, str]", gone: "str | None") -> "tuple[str | None, str | None]":
     """(why the plug is refused, the takeover note) for a plug of ``vif`` onto the row whose
     external_ids are ``current``; ``gone`` is ``device_gone`` of that row.
 
@@ -91,15 +89,15 @@ def claim(vif: Vif, current: Mapping[str, str], gone: str | None) -> tuple[str |
                   f"(lost unplug?): {gone}")
 
 
-def deactivate_external_ids() -> dict[str, str]:
+def deactivate_external_ids() -> "dict[str, str]":
     """The keys an unplug without port deletion sets (after dropping DEACTIVATE_DROP_KEYS)."""
     return {contract.IFACE_STATUS: contract.STATUS_INACTIVE}
 
 
-def vifs_from_rows(rows: Iterable[tuple[str, Mapping[str, str]]]) -> tuple[list[Vif], list[str]]:
+def vifs_from_rows(rows: "Iterable[tuple[str, Mapping[str, str]]]") -> "tuple[list[Vif], list[str]]":
     """Vifs of the Interface rows veil registered, plus one message per unreadable row."""
-    vifs: list[Vif] = []
-    problems: list[str] = []
+    vifs: "list[Vif]" = []
+    problems: "list[str]" = []
     for name, ids in rows:
         if contract.VEIL_NETWORK not in ids:
             continue
@@ -111,13 +109,13 @@ def vifs_from_rows(rows: Iterable[tuple[str, Mapping[str, str]]]) -> tuple[list[
     return vifs, problems
 
 
-def ports_to_unplug(rows: Iterable[tuple[str, Mapping[str, str]]]) -> tuple[list[str], list[str]]:
+def ports_to_unplug(rows: "Iterable[tuple[str, Mapping[str, str]]]") -> "tuple[list[str], list[str]]":
     """Of a VM's Interface rows: (ports veil added and deletes, veil ports it only deactivates).
 
     Rows veil never registered (no veil key) are left alone: they belong to someone else.
     """
-    delete: list[str] = []
-    deactivate: list[str] = []
+    delete: "list[str]" = []
+    deactivate: "list[str]" = []
     for name, ids in rows:
         if ids.get(contract.VEIL_OWNS_PORT) == "true":
             delete.append(name)

@@ -5,15 +5,13 @@ The one diff of veil's agents: the libvirt agent (``diff``: events applied throu
 the desired VIFs from the hypervisor, read what veil registered, and write the ``changes``.
 """
 
-from __future__ import annotations
-
 from collections.abc import Collection, Sequence
 
 from hooks.spool import PlugEvent, UnplugEvent
 from hooks.vif import Vif
 
 
-def satisfied(want: Vif, have: Vif | None) -> bool:
+def satisfied(want: "Vif", have: "Vif | None") -> bool:
     """True when ``have``'s row already carries every key ``want`` would write (keys of other
     writers may stay: plug writes key by key, so rewriting would change nothing)."""
     return (have is not None and have.port == want.port
@@ -21,10 +19,10 @@ def satisfied(want: Vif, have: Vif | None) -> bool:
 
 
 def changes(
-    desired: Sequence[Vif],
-    registered: Sequence[Vif],
-    vm_ids: Collection[str] | None = None,
-) -> tuple[list[Vif], list[Vif]]:
+    desired: "Sequence[Vif]",
+    registered: "Sequence[Vif]",
+    vm_ids: "Collection[str] | None" = None,
+) -> "tuple[list[Vif], list[Vif]]":
     """(to plug, to unplug): the ``desired`` VIFs whose rows are missing or differ (in
     ``desired``'s order; plug is idempotent), and the ``registered`` ones on no desired port (in
     ``registered``'s order).
@@ -39,11 +37,11 @@ def changes(
 
 
 def diff(
-    desired: Sequence[tuple[Vif, bool]],
-    registered: Sequence[Vif],
-    owned: Collection[str],
-    vm_ids: Collection[str] | None = None,
-) -> list[PlugEvent | UnplugEvent]:
+    desired: "Sequence[tuple[Vif, bool]]",
+    registered: "Sequence[Vif]",
+    owned: "Collection[str]",
+    vm_ids: "Collection[str] | None" = None,
+) -> "list[PlugEvent | UnplugEvent]":
     """Events turning ``registered`` into ``desired`` ((vif, add_port) pairs); see ``changes``.
 
     Unplugs come first, so a port name that moved from one VM to another is freed before it is
@@ -51,5 +49,5 @@ def diff(
     """
     add_port = {vif.port: add for vif, add in desired}
     plug, unplug = changes([vif for vif, _ in desired], registered, vm_ids)
-    events: list[PlugEvent | UnplugEvent] = [UnplugEvent(v.port, delete_port=v.port in owned) for v in unplug]
+    events: "list[PlugEvent | UnplugEvent]" = [UnplugEvent(v.port, delete_port=v.port in owned) for v in unplug]
     return events + [PlugEvent(v, add_port[v.port]) for v in plug]

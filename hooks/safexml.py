@@ -7,8 +7,6 @@ ElementTree is not used: it imports ``re`` and more (the qemu hook's latency bud
 docs/kvm.md) and offers nothing needed here.
 """
 
-from __future__ import annotations
-
 import pyexpat as expat  # what xml.parsers.expat re-exports, without its two package imports
 
 MAX_DEPTH = 32
@@ -24,29 +22,29 @@ class Element:
 
     __slots__ = ("tag", "attrs", "children", "text")
 
-    def __init__(self, tag: str, attrs: dict[str, str]) -> None:
+    def __init__(self, tag: str, attrs: "dict[str, str]") -> None:
         self.tag = tag
         self.attrs = attrs
-        self.children: list[Element] = []
+        self.children: "list[Element]" = []
         self.text = ""
 
-    def find(self, tag: str) -> Element | None:
+    def find(self, tag: str) -> "Element | None":
         for child in self.children:
             if child.tag == tag:
                 return child
         return None
 
-    def findall(self, tag: str) -> list[Element]:
+    def findall(self, tag: str) -> "list[Element]":
         return [c for c in self.children if c.tag == tag]
 
-    def path(self, *tags: str) -> Element | None:
-        node: Element | None = self
+    def path(self, *tags: str) -> "Element | None":
+        node: "Element | None" = self
         for tag in tags:
             node = node.find(tag) if node is not None else None
         return node
 
 
-def parse(data: bytes, *, limit: int, what: str = "XML", error: type[XmlError] = XmlError) -> Element:
+def parse(data: bytes, *, limit: int, what: str = "XML", error: "type[XmlError]" = XmlError) -> "Element":
     """Parse XML bytes into Elements; ``error`` (naming ``what``) on anything malformed or hostile."""
     if len(data) > limit:
         raise error(f"{what} is {len(data)} bytes, more than the {limit}-byte limit")
@@ -54,14 +52,14 @@ def parse(data: bytes, *, limit: int, what: str = "XML", error: type[XmlError] =
         raise error(f"{what} is empty")
     parser = expat.ParserCreate(namespace_separator="}")
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    stack: list[Element] = []
-    root: list[Element] = []
+    stack: "list[Element]" = []
+    root: "list[Element]" = []
     count = [0]
 
     def refuse_dtd(*_args: object) -> None:
         raise error(f"DOCTYPE/entity declarations are refused (line {parser.CurrentLineNumber})")
 
-    def start(name: str, attrs: dict[str, str]) -> None:
+    def start(name: str, attrs: "dict[str, str]") -> None:
         count[0] += 1
         if len(stack) >= MAX_DEPTH or count[0] > MAX_ELEMENTS:
             raise error(f"{what} nests deeper than {MAX_DEPTH} or has over {MAX_ELEMENTS} elements")

@@ -24,8 +24,6 @@ Import-light on purpose (no pathlib/json/typing, not even ``os``: its import, wi
 re-exports and is loaded with the interpreter): the qemu hook imports it on every call.
 """
 
-from __future__ import annotations
-
 import fcntl
 import posix
 import time
@@ -37,14 +35,14 @@ from hooks.vif import Vif
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Protocol, TypeAlias
+    from typing import Protocol, TypeAlias  # novm: type checking only
 
-    AnyEvent: TypeAlias = "PlugEvent | UnplugEvent | UnplugVmEvent"
+    AnyEvent: "TypeAlias" = "PlugEvent | UnplugEvent | UnplugVmEvent"
 
     class VifStore(Protocol):
         """What applies events: hooks.registrar.Registrar or hooks.ovsdb.rpc.RpcRegistrar."""
 
-        def plug(self, vif: Vif, *, add_port: bool) -> None: ...
+        def plug(self, vif: "Vif", *, add_port: bool) -> None: ...
 
         def unplug(self, port: str, *, delete_port: bool) -> None: ...
 
@@ -66,11 +64,11 @@ class PlugEvent:
 
     __slots__ = ("vif", "add_port")
 
-    def __init__(self, vif: Vif, add_port: bool) -> None:
+    def __init__(self, vif: "Vif", add_port: bool) -> None:
         self.vif = vif
         self.add_port = add_port
 
-    def record(self) -> dict[str, object]:
+    def record(self) -> "dict[str, object]":
         return {"op": "plug", "add_port": self.add_port, "vif": self.vif.to_record()}
 
     def __eq__(self, other: object) -> bool:
@@ -89,7 +87,7 @@ class UnplugEvent:
         self.port = port
         self.delete_port = delete_port
 
-    def record(self) -> dict[str, object]:
+    def record(self) -> "dict[str, object]":
         return {"op": "unplug", "port": self.port, "delete_port": self.delete_port}
 
     def __eq__(self, other: object) -> bool:
@@ -108,7 +106,7 @@ class UnplugVmEvent:
     def __init__(self, vm_id: str) -> None:
         self.vm_id = vm_id
 
-    def record(self) -> dict[str, object]:
+    def record(self) -> "dict[str, object]":
         return {"op": "unplug_vm", "vm_id": self.vm_id}
 
     def __eq__(self, other: object) -> bool:
@@ -118,7 +116,7 @@ class UnplugVmEvent:
         return f"UnplugVmEvent({self.vm_id!r})"
 
 
-def event_from_record(record: object) -> AnyEvent:
+def event_from_record(record: object) -> "AnyEvent":
     """Parse a spooled record; CorruptEvent says what is wrong with it."""
     if not isinstance(record, dict):
         raise CorruptEvent(f"event is not an object: {record!r}"[:200])
@@ -135,7 +133,7 @@ def event_from_record(record: object) -> AnyEvent:
     raise CorruptEvent(f"unknown or incomplete event {record!r}"[:200])
 
 
-def apply_event(store: VifStore, event: AnyEvent) -> None:
+def apply_event(store: "VifStore", event: "AnyEvent") -> None:
     """Apply one event; errors of the store propagate unchanged."""
     if isinstance(event, PlugEvent):
         store.plug(event.vif, add_port=event.add_port)
@@ -159,7 +157,7 @@ class Spool:
             raise SpoolError(f"cannot create spool {self.directory}: {exc}") from None
 
     # -- writing -------------------------------------------------------------------------------
-    def append(self, event: AnyEvent) -> str:
+    def append(self, event: "AnyEvent") -> str:
         """Durably add ``event`` after all pending ones; returns its file path."""
         self.ensure()
         data = jsonlite.dumps(event.record()).encode()  # type: ignore[arg-type]
@@ -188,7 +186,7 @@ class Spool:
         return max((int(n[: -len(SUFFIX)]) for n in names), default=0)
 
     # -- reading -------------------------------------------------------------------------------
-    def pending(self) -> list[str]:
+    def pending(self) -> "list[str]":
         """Paths of the pending events, oldest first."""
         try:
             names = posix.listdir(self.directory)
@@ -199,7 +197,7 @@ class Spool:
             for n in sorted(n for n in names if n.endswith(SUFFIX) and n[: -len(SUFFIX)].isdigit())
         ]
 
-    def load(self, path: str) -> AnyEvent:
+    def load(self, path: str) -> "AnyEvent":
         with open(path, "rb") as f:
             data = f.read(MAX_EVENT_BYTES + 1)
         if len(data) > MAX_EVENT_BYTES:
@@ -224,7 +222,7 @@ class Spool:
         _fsync_dir(self.directory)
         return target
 
-    def rejected(self) -> list[str]:
+    def rejected(self) -> "list[str]":
         try:
             return sorted(
                 _join(self.rejected_dir, n) for n in posix.listdir(self.rejected_dir) if n.endswith(SUFFIX)
@@ -233,7 +231,7 @@ class Spool:
             return []
 
     # -- locking ---------------------------------------------------------------------------------
-    def apply_lock(self, *, blocking: bool = True, wait: float = 0.0) -> _Locked:
+    def apply_lock(self, *, blocking: bool = True, wait: float = 0.0) -> "_Locked":
         """The lock every applier holds; with ``blocking=False`` check ``.held`` after entering
         (taken if it comes free within ``wait`` seconds)."""
         self.ensure()
@@ -248,11 +246,11 @@ class SubmitResult:
     def __init__(self) -> None:
         self.applied = 0
         self.spooled = 0
-        self.rejected: list[str] = []
+        self.rejected: "list[str]" = []
         self.spool_reason = ""
 
 
-def submit(spool: Spool, store: VifStore, events: Sequence[AnyEvent], *, lock_wait: float = 0.0) -> SubmitResult:
+def submit(spool: "Spool", store: "VifStore", events: "Sequence[AnyEvent]", *, lock_wait: float = 0.0) -> "SubmitResult":
     """Apply ``events`` now, in order, or spool them behind older pending ones.
 
     Transient failures (RegistrarError) spool the failed event and all later ones; permanent
@@ -296,14 +294,14 @@ class DrainResult:
 
     def __init__(self) -> None:
         self.applied = 0
-        self.rejected: list[str] = []
+        self.rejected: "list[str]" = []
         self.blocked = ""
 
     def __repr__(self) -> str:
         return f"DrainResult(applied={self.applied}, rejected={self.rejected}, blocked={self.blocked!r})"
 
 
-def drain(spool: Spool, store: VifStore) -> DrainResult:
+def drain(spool: "Spool", store: "VifStore") -> "DrainResult":
     """Apply pending events oldest first, under the apply lock, deleting each once applied.
 
     Stops at the first transient failure (order matters more than progress); moves events
@@ -313,7 +311,7 @@ def drain(spool: Spool, store: VifStore) -> DrainResult:
         return _drain_held(spool, store)
 
 
-def _drain_held(spool: Spool, store: VifStore) -> DrainResult:
+def _drain_held(spool: "Spool", store: "VifStore") -> "DrainResult":
     result = DrainResult()
     for path in spool.pending():
         try:
@@ -336,7 +334,7 @@ def _drain_held(spool: Spool, store: VifStore) -> DrainResult:
     return result
 
 
-def in_order(spool: Spool, store: VifStore) -> _InOrder:
+def in_order(spool: "Spool", store: "VifStore") -> "_InOrder":
     """``with in_order(spool, store) as drained:`` the critical section of a direct writer."""
     return _InOrder(spool, store)
 
@@ -350,12 +348,12 @@ class _InOrder:
     second flock on the same file from this process would wait for itself).
     """
 
-    def __init__(self, spool: Spool, store: VifStore) -> None:
+    def __init__(self, spool: "Spool", store: "VifStore") -> None:
         self.spool = spool
         self.store = store
-        self._lock: _Locked | None = None
+        self._lock: "_Locked | None" = None
 
-    def __enter__(self) -> DrainResult:
+    def __enter__(self) -> "DrainResult":
         lock = self.spool.apply_lock(blocking=True)
         lock.__enter__()
         try:
@@ -385,7 +383,7 @@ class _Locked:
         self.fd = -1
         self.held = False
 
-    def __enter__(self) -> _Locked:
+    def __enter__(self) -> "_Locked":
         self.fd = posix.open(self.path, posix.O_RDWR | posix.O_CREAT, 0o600)
         if self.blocking:
             fcntl.flock(self.fd, fcntl.LOCK_EX)

@@ -6,8 +6,6 @@ hashing, ``replace``, immutability) but is written out by hand: importing ``data
 the qemu hook, which imports this module on every invocation (see docs/kvm.md).
 """
 
-from __future__ import annotations
-
 import _socket
 
 from hooks import contract
@@ -112,9 +110,9 @@ class Vif:
     mac: str
     port: str
     network: str
-    tenant: str | None
+    tenant: "str | None"
     status: str
-    extra: Mapping[str, str]
+    extra: "Mapping[str, str]"
 
     def __init__(
         self,
@@ -123,9 +121,9 @@ class Vif:
         mac: str,
         port: str,
         network: str,
-        tenant: str | None = None,
+        tenant: "str | None" = None,
         status: str = contract.STATUS_ACTIVE,
-        extra: Mapping[str, str] | None = None,
+        extra: "Mapping[str, str] | None" = None,
     ) -> None:
         extra_d = dict(extra or {})
         for key, value in extra_d.items():
@@ -150,7 +148,7 @@ class Vif:
         set_(self, "status", status)
         set_(self, "extra", _FrozenMap(extra_d))
 
-    def external_ids(self) -> dict[str, str]:
+    def external_ids(self) -> "dict[str, str]":
         """The Interface external_ids veil writes: contract keys, veil keys, then ``extra``."""
         ids = {
             contract.IFACE_ID: self.iface_id,
@@ -165,7 +163,7 @@ class Vif:
         return ids
 
     @classmethod
-    def from_external_ids(cls, port: str, ids: Mapping[str, str]) -> Vif:
+    def from_external_ids(cls, port: str, ids: "Mapping[str, str]") -> "Vif":
         """Rebuild a Vif from an Interface row (reads os-vif's ``vm-uuid`` when ``vm-id`` is absent)."""
         if contract.VEIL_NETWORK not in ids:
             raise VifError(f"interface {port!r} carries no {contract.VEIL_NETWORK} key")
@@ -181,18 +179,18 @@ class Vif:
             extra={k: v for k, v in ids.items() if k not in known},
         )
 
-    def to_record(self) -> dict[str, object]:
+    def to_record(self) -> "dict[str, object]":
         """A JSON-ready dict (the spool stores this); ``from_record`` reverses it."""
         return {f: (dict(self.extra) if f == "extra" else getattr(self, f)) for f in _FIELDS}
 
     @classmethod
-    def from_record(cls, record: Mapping[str, object]) -> Vif:
+    def from_record(cls, record: "Mapping[str, object]") -> "Vif":
         unknown = set(record) - set(_FIELDS)
         if unknown:
             raise VifError(f"unknown VIF fields {sorted(unknown)}")
         return cls(**record)  # type: ignore[arg-type]  # validated by __init__
 
-    def replace(self, **changes: object) -> Vif:
+    def replace(self, **changes: object) -> "Vif":
         """A copy with some fields changed (like dataclasses.replace)."""
         record = self.to_record()
         record.update(changes)
@@ -204,7 +202,7 @@ class Vif:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Vif is immutable: cannot delete {name!r}")
 
-    def _key(self) -> tuple[object, ...]:
+    def _key(self) -> "tuple[object, ...]":
         return tuple(
             tuple(sorted(self.extra.items())) if f == "extra" else getattr(self, f) for f in _FIELDS
         )
@@ -222,7 +220,13 @@ class Vif:
         return f"Vif({inner}, extra={dict(self.extra)!r})"
 
 
-class _FrozenMap(dict[str, str]):
+if TYPE_CHECKING:
+    _StrDict = dict[str, str]  # novm: type checking only
+else:
+    _StrDict = dict  # ``dict[str, str]`` is not subscriptable at run time before 3.9 (dom0: 3.6)
+
+
+class _FrozenMap(_StrDict):
     """A dict that refuses mutation, so a Vif's ``extra`` cannot change under its hash."""
 
     def _refuse(self, *args: object, **kwargs: object) -> None:

@@ -5,8 +5,6 @@ value, so ``xe host-call-plugin`` prints something the operator can act on. Noth
 before all arguments of a call have been checked.
 """
 
-from __future__ import annotations
-
 import re
 import uuid
 from collections.abc import Collection, Mapping
@@ -24,7 +22,7 @@ _PORT_NAME = re.compile(r"^(vif|tap)[0-9]+\.[0-9]+$")
 _BOOL = {"true": True, "false": False}
 
 
-def check_map(args: Any, *, required: Collection[str] = (), optional: Collection[str] = ()) -> dict[str, str]:
+def check_map(args: "Any", *, required: "Collection[str]" = (), optional: "Collection[str]" = ()) -> "dict[str, str]":
     """The argument map, checked for type, unknown keys and missing keys."""
     if not isinstance(args, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in args.items()):
         raise Failure(INVALID_ARGUMENT, ["args", repr(args), "expected a map of strings to strings"])
@@ -38,7 +36,7 @@ def check_map(args: Any, *, required: Collection[str] = (), optional: Collection
     return dict(args)
 
 
-def uuid_arg(args: Mapping[str, str], key: str) -> str:
+def uuid_arg(args: "Mapping[str, str]", key: str) -> str:
     value = args[key]
     try:
         parsed = uuid.UUID(value)
@@ -49,21 +47,21 @@ def uuid_arg(args: Mapping[str, str], key: str) -> str:
     return value.lower()
 
 
-def network_arg(args: Mapping[str, str], key: str) -> str:
+def network_arg(args: "Mapping[str, str]", key: str) -> str:
     value = args[key]
     if not contract.is_network_name(value):
         raise Failure(INVALID_ARGUMENT, [key, value, f"a veil network name is {contract.NAME_RULE}"])
     return value
 
 
-def port_arg(args: Mapping[str, str], key: str) -> str:
+def port_arg(args: "Mapping[str, str]", key: str) -> str:
     value = args[key]
     if not _PORT_NAME.match(value):
         raise Failure(INVALID_ARGUMENT, [key, value, "expected a XenServer port name vifD.N or tapD.N"])
     return value
 
 
-def bool_arg(args: Mapping[str, str], key: str, default: bool) -> bool:
+def bool_arg(args: "Mapping[str, str]", key: str, default: bool) -> bool:
     if key not in args:
         return default
     try:
@@ -72,7 +70,7 @@ def bool_arg(args: Mapping[str, str], key: str, default: bool) -> bool:
         raise Failure(INVALID_ARGUMENT, [key, args[key], "expected true or false"]) from None
 
 
-def exactly_one(args: Mapping[str, str], *keys: str) -> str:
+def exactly_one(args: "Mapping[str, str]", *keys: str) -> str:
     """The one of ``keys`` present in ``args``; a failure when none or several are."""
     present = [k for k in keys if args.get(k)]
     if len(present) != 1:

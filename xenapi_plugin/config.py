@@ -6,11 +6,8 @@ an environment veil does not control. So settings live in a file, ``/etc/veil/xe
 tests use). ``VEIL_XEN_CONF`` points at another file.
 """
 
-from __future__ import annotations
-
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Mapping, NamedTuple, Optional
 
 from hooks import contract
 from hooks.ovsdb import DEFAULT_DB
@@ -33,12 +30,11 @@ class ConfigError(ValueError):
         self.strict = strict
 
 
-@dataclass(frozen=True)
-class XenConfig:
+class XenConfig(NamedTuple):
     ovsdb: str = DEFAULT_DB
     bridge: str = contract.INTEGRATION_BRIDGE
     xapi: str = LOCAL_XAPI
-    host_uuid: str | None = None
+    host_uuid: Optional[str] = None
     spool: str = "/var/spool/veil"
     hook_mode: str = "default"
 
@@ -50,10 +46,10 @@ class XenConfig:
 MAX_FILE_BYTES = 65536
 
 
-def parse(data: bytes, source: str) -> dict[str, str]:
+def parse(data: bytes, source: str) -> "dict[str, str]":
     """The KEY=value settings of a config file's bytes; ConfigError names the first bad line
     (all lines are read first, so ``strict`` reflects a valid VEIL_HOOK_MODE line anywhere)."""
-    values: dict[str, str] = {}
+    values: "dict[str, str]" = {}
     first = ""
     for number, raw in enumerate(data.split(b"\n"), 1):
         try:
@@ -76,7 +72,7 @@ def parse(data: bytes, source: str) -> dict[str, str]:
     return values
 
 
-def build(values: Mapping[str, str], source: str = "settings") -> XenConfig:
+def build(values: "Mapping[str, str]", source: str = "settings") -> "XenConfig":
     mode = values.get("VEIL_HOOK_MODE", "default") or "default"
     if mode not in HOOK_MODES:
         raise ConfigError(source, f"VEIL_HOOK_MODE={mode!r}: expected one of {', '.join(HOOK_MODES)}")
@@ -91,7 +87,7 @@ def build(values: Mapping[str, str], source: str = "settings") -> XenConfig:
     )
 
 
-def load(environ: Mapping[str, str] | None = None) -> XenConfig:
+def load(environ: "Mapping[str, str] | None" = None) -> "XenConfig":
     """The file's settings overlaid with the environment's."""
     env = os.environ if environ is None else environ
     path = env.get("VEIL_XEN_CONF", DEFAULT_FILE)

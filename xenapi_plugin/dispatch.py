@@ -13,16 +13,14 @@ methodCall that is not one (malformed, truncated, empty, not UTF-8, DOCTYPE/enti
 response is made XML-safe. The plugin uses it on dom0 too, with dom0's session.
 """
 
-from __future__ import annotations
-
 import sys
 import xmlrpc.client
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, Callable, Dict, Mapping, Sequence
+from typing import TextIO
 
 from hooks import safexml
 
-PluginFn = Callable[[Any, dict[str, str]], str]
+PluginFn = Callable[[Any, Dict[str, str]], str]
 SessionFactory = Callable[[], Any]
 
 UNKNOWN_FUNCTION = "UNKNOWN_XENAPI_PLUGIN_FUNCTION"
@@ -34,7 +32,7 @@ MAX_CALL_BYTES = 1 << 20  # xapi's own calls are a few hundred bytes
 class Failure(Exception):
     """A plugin failure with an xapi error code; same shape as dom0's ``XenAPIPlugin.Failure``."""
 
-    def __init__(self, code: str, params: Sequence[str]) -> None:
+    def __init__(self, code: str, params: "Sequence[str]") -> None:
         super().__init__(code, *params)
         self.params = [code, *[str(p) for p in params]]
 
@@ -57,12 +55,12 @@ def success_message(result: str) -> str:
     return xmlrpc.client.dumps(({"Status": "Success", "Value": xml_safe(result)},), "", True)
 
 
-def failure_message(description: Sequence[str]) -> str:
+def failure_message(description: "Sequence[str]") -> str:
     safe = [xml_safe(str(d)) for d in description]
     return xmlrpc.client.dumps(({"Status": "Failure", "ErrorDescription": safe},), "", True)
 
 
-def parse_call(call: str | bytes) -> tuple[str, str, Any]:
+def parse_call(call: "str | bytes") -> "tuple[str, str, Any]":
     """(method, session ref, args) of a methodCall; ``VEIL_MALFORMED_CALL [reason]`` otherwise."""
     if isinstance(call, str):
         try:
@@ -85,9 +83,9 @@ def parse_call(call: str | bytes) -> tuple[str, str, Any]:
 
 
 def respond(
-    fn_table: Mapping[str, PluginFn],
-    call: str | bytes,
-    session_factory: SessionFactory,
+    fn_table: "Mapping[str, PluginFn]",
+    call: "str | bytes",
+    session_factory: "SessionFactory",
 ) -> str:
     """The methodResponse for one methodCall (pure apart from what the called function does)."""
     try:
@@ -109,10 +107,10 @@ def respond(
 
 
 def dispatch(
-    fn_table: Mapping[str, PluginFn],
-    session_factory: SessionFactory,
-    argv: Sequence[str] | None = None,
-    out: TextIO | None = None,
+    fn_table: "Mapping[str, PluginFn]",
+    session_factory: "SessionFactory",
+    argv: "Sequence[str] | None" = None,
+    out: "TextIO | None" = None,
 ) -> None:
     """What ``XenAPIPlugin.dispatch`` does, with the session factory and streams injectable."""
     args = list(sys.argv if argv is None else argv)

@@ -1,37 +1,38 @@
-"""/etc/xapi.d/vif-hotplug: the per-VIF hook xenopsd's vif script runs after plugging a port.
+"""/etc/xapi.d/vif-hotplug: the per-VIF hook xenopsd's vif script runs after plugging a port
+(``online``: after vif ``add``, before the emulated tap's ``add``) and after unplugging one.
 
 Called as ``vif-hotplug -action online|remove -vifuuid U -vmuuid U``.
 
 - online: the vif script has just added ``vifD.N`` with the xs-* keys. The hook reads the VIF,
   its VM and network from xapi and registers the port(s) carrying ``xs-vif-uuid=U`` (same rules
   as the sync daemon, tap/vif pairing included). A VIF on no veil network is left alone.
-- remove: retracts veil's registration from the ports carrying ``xs-vif-uuid=U`` (xenopsd
-  deletes the port itself).
+- remove: xenopsd runs it after deleting the port (remove_from_bridge first, then the hook):
+  the registration went with the row. Only a registration of U left on a port whose device
+  is gone is retracted; a live port carrying U (a same-host migration's new domain) is not.
 
 OVSDB unavailable before the hook could find the port: reported, left to veil-xapi-sync.
 OVSDB gone between that and the write: the change goes to the durable spool (``hooks.spool``)
 for veil-hostd.
-Default mode never blocks the VIF plug: whatever goes wrong is one line on stderr and exit 0
-(the sync daemon repairs from xapi's state). With ``VEIL_HOOK_MODE=strict`` the same line comes
-with exit 1. OVSDB is spoken to with the hook core's lean JSON-RPC registrar: no ovsdbapp
+A hook cannot fail a plug: xenopsd writes hotplug-status=connected before running it and only
+logs a non-zero exit. Whatever goes wrong is one line on stderr (xenopsd's log) and exit 0;
+the sync daemon repairs from xapi's state. ``VEIL_HOOK_MODE=strict`` only makes that exit 1
+(logged by xenopsd as a hook failure); the VIF is plugged either way. OVSDB is spoken to with the hook core's lean JSON-RPC registrar: no ovsdbapp
 import on this path.
 """
-
-from __future__ import annotations
 
 import argparse
 import http.client
 import subprocess
 import sys
 import xmlrpc.client
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple, Sequence
 
 import XenAPI
 
 from hooks import contract
 from hooks.errors import PlugRejected, RegistrarError, VifError, one_line
-from hooks.ovsdb.rpc import RpcRegistrar
+from hooks.ovsdb.rpc import RpcRegistrar, map_of, ovs_map, scalar
+from hooks.plugspec import device_gone
 from hooks.spool import PlugEvent, Spool, SpoolError, UnplugEvent, submit
 from xenapi_plugin import config, desired, model
 from xenapi_plugin.xapi import login
@@ -48,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
         raise HookProblem(f"bad arguments: {message}")
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+def parse_args(argv: "Sequence[str]") -> "argparse.Namespace":
     p = _Parser(prog="vif-hotplug", add_help=False)
     p.add_argument("-action", required=True, choices=ACTIONS)
     p.add_argument("-vifuuid", required=True)
@@ -56,14 +57,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     applied: int
     spooled: int
     note: str = ""
 
 
-def online(cfg: config.XenConfig, vif_uuid: str) -> Result:
+def online(cfg: "config.XenConfig", vif_uuid: str) -> "Result":
     try:
         session = login(cfg.xapi)
         try:
@@ -86,13 +86,14 @@ def online(cfg: config.XenConfig, vif_uuid: str) -> Result:
     return _submit(cfg, [PlugEvent(one, add_port=False) for _, one in sorted(wanted.vifs.items())])
 
 
-def ports_of_vif(cfg: config.XenConfig, vif_uuid: str) -> list[str]:
+def ports_of_vif(cfg: "config.XenConfig", vif_uuid: str) -> "list[str]":
     """The ports the vif script tagged with this VIF. Never derived from xapi's domid: during a
     live migration the destination's VIF is plugged while xapi still names the source domain."""
     argv = ["ovs-vsctl", f"--db={cfg.ovsdb}", "--timeout=5", "--bare", "--columns=name",
             "find", "Interface", f"external_ids:{contract.XS_VIF_UUID}={vif_uuid}"]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise HookProblem(f"cannot run ovs-vsctl: {exc}") from None
     if proc.returncode != 0:
@@ -100,18 +101,28 @@ def ports_of_vif(cfg: config.XenConfig, vif_uuid: str) -> list[str]:
     return sorted(proc.stdout.split())
 
 
-def remove(cfg: config.XenConfig, vif_uuid: str) -> Result:
+def remove(cfg: "config.XenConfig", vif_uuid: str) -> "Result":
+    """xenopsd runs ``remove`` AFTER remove_from_bridge deleted the port, so there is normally
+    nothing left to retract. What is retracted: a registration of this VIF on a port whose
+    device is gone (the deletion failed). Never a live port: in a same-host migration the
+    VIF's new domain is already plugged on one carrying the same xs-vif-uuid."""
     store = RpcRegistrar(cfg.ovsdb, bridge=cfg.bridge)
     try:
-        ports = [v.port for v in store.registered() if v.extra.get(contract.XS_VIF_UUID) == vif_uuid]
+        rows = store.select("Interface", ["name", "external_ids", "ofport", "error", "link_state"],
+                            [["external_ids", "includes", ovs_map({contract.XS_VIF_UUID: vif_uuid})]])
     except RegistrarError as exc:
         raise HookProblem(f"OVSDB unavailable, registration of {vif_uuid} left for veil-xapi-sync: {exc}") from None
     finally:
         store.close()
-    return _submit(cfg, [UnplugEvent(p, delete_port=False) for p in ports])
+    stale = [str(r.get("name")) for r in rows
+             if contract.VEIL_NETWORK in map_of(r.get("external_ids"))
+             and device_gone(scalar(r.get("ofport")), scalar(r.get("error")), scalar(r.get("link_state")))]
+    if not stale:
+        return Result(0, 0, "")
+    return _submit(cfg, [UnplugEvent(p, delete_port=False) for p in sorted(stale)])
 
 
-def _submit(cfg: config.XenConfig, events: Sequence[PlugEvent | UnplugEvent]) -> Result:
+def _submit(cfg: "config.XenConfig", events: "Sequence[PlugEvent | UnplugEvent]") -> "Result":
     store = RpcRegistrar(cfg.ovsdb, bridge=cfg.bridge)
     try:
         outcome = submit(Spool(cfg.spool), store, events)
@@ -125,7 +136,7 @@ def _submit(cfg: config.XenConfig, events: Sequence[PlugEvent | UnplugEvent]) ->
     return Result(outcome.applied, outcome.spooled, note)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     strict = False
     try:

@@ -8,12 +8,10 @@ rewrites both files; ``--uninstall`` removes them. Installing also applies the h
 kernel datapath needs no guard, a netdev bridge does).
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from typing import Optional, Sequence
 from pathlib import Path
 
 from hooks import hostguard
@@ -25,18 +23,21 @@ HOOK = Path("etc/xapi.d/vif-hotplug")
 _TEMPLATE = '''#!{python}
 """{what} (written by veil-xen-install; edit /etc/veil/xen.conf, not this file)."""
 import sys
-
+{path_line}
 from {module} import main
 
 sys.exit(main())
 '''
 
 
-def script(what: str, module: str, python: str) -> str:
-    return _TEMPLATE.format(python=python, what=what, module=module)
+def script(what: str, module: str, python: str, libdir: "Optional[str]" = None) -> str:
+    """The script text; with ``libdir`` (the RPM's /usr/lib/veil/python, where veil's dom0
+    modules live outside dom0's site-packages) that directory goes first on sys.path."""
+    path_line = "sys.path.insert(0, {!r})\n".format(libdir) if libdir else ""
+    return _TEMPLATE.format(python=python, what=what, module=module, path_line=path_line)
 
 
-def install(root: Path, python: str = sys.executable) -> list[Path]:
+def install(root: "Path", python: str = sys.executable, libdir: "Optional[str]" = None) -> "list[Path]":
     """Write both scripts under ``root``; returns their paths."""
     written = []
     for rel, what, module in (
@@ -46,14 +47,14 @@ def install(root: Path, python: str = sys.executable) -> list[Path]:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".veil-tmp")
-        tmp.write_text(script(what, module, python))
+        tmp.write_text(script(what, module, python, libdir))
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)  # xapi may run the plugin at any moment: never a half-written file
         written.append(path)
     return written
 
 
-def uninstall(root: Path) -> list[Path]:
+def uninstall(root: "Path") -> "list[Path]":
     removed = []
     for rel in (PLUGIN, HOOK):
         path = root / rel
@@ -63,10 +64,12 @@ def uninstall(root: Path) -> list[Path]:
     return removed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     p = argparse.ArgumentParser(prog="veil-xen-install", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--root", type=Path, default=Path("/"), help="install under this root (default: /)")
     p.add_argument("--python", default=sys.executable, help="interpreter the scripts run with")
+    p.add_argument("--libdir", help="directory holding veil's dom0 modules, put first on sys.path "
+                                     "(the RPM's /usr/lib/veil/python; default: none, veil is importable)")
     p.add_argument("--uninstall", action="store_true")
     p.add_argument("--db", default=DEFAULT_DB, help="this host's OVSDB (read by --host-guard auto)")
     hostguard.add_argument(p)
@@ -77,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except hostguard.HostGuardError as exc:
             print(f"veil-xen-install: {exc}", file=sys.stderr)
             return 1
-    paths = uninstall(args.root) if args.uninstall else install(args.root, args.python)
+    paths = uninstall(args.root) if args.uninstall else install(args.root, args.python, args.libdir)
     for path in paths:
         print(("removed " if args.uninstall else "installed ") + str(path))
     return 0

@@ -16,8 +16,6 @@ Settings (OVSDB remote, bridge, host uuid; off dom0 the xapi to use) come from
 ``xenapi_plugin.config``: /etc/veil/xen.conf, overridden by VEIL_* environment variables.
 """
 
-from __future__ import annotations
-
 import json
 import sys
 from collections.abc import Callable
@@ -46,7 +44,7 @@ NO_HOST_UUID = "VEIL_UNKNOWN_HOST"
 BAD_CONFIG = "VEIL_BAD_CONFIG"
 
 
-def _config() -> config.XenConfig:
+def _config() -> "config.XenConfig":
     """The settings, or VEIL_BAD_CONFIG [file, what is wrong where]."""
     try:
         return config.load()
@@ -54,23 +52,26 @@ def _config() -> config.XenConfig:
         raise Failure(BAD_CONFIG, [exc.source, exc.reason]) from None
 
 
-def _ovs() -> RegistrarOvs:
+def _ovs() -> "RegistrarOvs":
     cfg = _config()
     return RegistrarOvs(cfg.ovsdb, Spool(cfg.spool), bridge=cfg.bridge)
 
 
-def _host_uuid(ovs: RegistrarOvs) -> str:
-    found = _config().host_uuid or ovs.system_id() or sync.local_host_uuid()
+def _host_uuid(ovs: "RegistrarOvs") -> str:
+    try:
+        found = _config().host_uuid or sync.host_identity(ovs.system_id(), sync.local_host_uuid())
+    except sync.UnknownHost as exc:
+        raise Failure(NO_HOST_UUID, [str(exc)]) from None
     if not found:
         raise Failure(NO_HOST_UUID, ["set VEIL_HOST_UUID or OVSDB external_ids:system-id"])
     return found
 
 
-def _json(value: Any) -> str:
+def _json(value: "Any") -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def _lookup(session: Any, cls: str, uuid: str) -> str:
+def _lookup(session: "Any", cls: str, uuid: str) -> str:
     try:
         return str(getattr(session.xenapi, cls).get_by_uuid(uuid))
     except XenAPI.Failure as exc:
@@ -79,10 +80,10 @@ def _lookup(session: Any, cls: str, uuid: str) -> str:
         raise
 
 
-def _guarded(fn: Callable[[Any, dict[str, str]], str]) -> PluginFn:
+def _guarded(fn: "Callable[[Any, dict[str, str]], str]") -> "PluginFn":
     """Turns OVSDB / data errors into specific failure codes instead of XENAPI_PLUGIN_FAILURE."""
 
-    def call(session: Any, arguments: dict[str, str]) -> str:
+    def call(session: "Any", arguments: "dict[str, str]") -> str:
         try:
             return fn(session, arguments)
         except RegistrarError as exc:
@@ -98,7 +99,7 @@ def _guarded(fn: Callable[[Any, dict[str, str]], str]) -> PluginFn:
     return call
 
 
-def register(session: Any, arguments: dict[str, str]) -> str:
+def register(session: "Any", arguments: "dict[str, str]") -> str:
     """On the ports xenopsd tagged with this VIF; with ``add_port`` (hosts without xenopsd's
     vif script) on ``vif<domid>.<device>``, added if missing, when xapi says it runs here."""
     a = A.check_map(arguments, required=["vif_uuid"], optional=["add_port"])
@@ -111,7 +112,7 @@ def register(session: Any, arguments: dict[str, str]) -> str:
         return _register(session, ovs, state, vif_uuid, vif_ref, add_port)
 
 
-def _register(session: Any, ovs: RegistrarOvs, state: model.XapiState, vif_uuid: str, vif_ref: str,
+def _register(session: "Any", ovs: "RegistrarOvs", state: "model.XapiState", vif_uuid: str, vif_ref: str,
               add_port: bool) -> str:
     ports = sorted(p for p, u in ovs.tagged_ports().items() if u == vif_uuid)
     if ports:
@@ -135,7 +136,7 @@ def _register(session: Any, ovs: RegistrarOvs, state: model.XapiState, vif_uuid:
     return _json({"registered": [v.to_record() for _, v in sorted(wanted.vifs.items())]})
 
 
-def unregister(session: Any, arguments: dict[str, str]) -> str:
+def unregister(session: "Any", arguments: "dict[str, str]") -> str:
     a = A.check_map(arguments, optional=["vif_uuid", "port", "delete_port"])
     which = A.exactly_one(a, "vif_uuid", "port")
     delete_port = A.bool_arg(a, "delete_port", False)
@@ -153,26 +154,26 @@ def unregister(session: Any, arguments: dict[str, str]) -> str:
     return _json({"unregistered": done})
 
 
-def list_vifs(session: Any, arguments: dict[str, str]) -> str:
+def list_vifs(session: "Any", arguments: "dict[str, str]") -> str:
     A.check_map(arguments)
     return _json({"vifs": [v.to_record() for _, v in sorted(_ovs().registered().items())]})
 
 
-def _set_other_config(session: Any, cls: str, ref: str, key: str, value: str | None) -> None:
+def _set_other_config(session: "Any", cls: str, ref: str, key: str, value: "str | None") -> None:
     api = getattr(session.xenapi, cls)
     api.remove_from_other_config(ref, key)
     if value is not None:
         api.add_to_other_config(ref, key, value)
 
 
-def _target(session: Any, a: dict[str, str]) -> tuple[str, str, str]:
+def _target(session: "Any", a: "dict[str, str]") -> "tuple[str, str, str]":
     which = A.exactly_one(a, "vif_uuid", "network_uuid")
     cls = "VIF" if which == "vif_uuid" else "network"
     uuid = A.uuid_arg(a, which)
     return cls, uuid, _lookup(session, cls, uuid)
 
 
-def join(session: Any, arguments: dict[str, str]) -> str:
+def join(session: "Any", arguments: "dict[str, str]") -> str:
     a = A.check_map(arguments, required=["network"], optional=["vif_uuid", "network_uuid", "tenant"])
     network = A.network_arg(a, "network")
     tenant = A.network_arg(a, "tenant") if a.get("tenant") else None
@@ -184,7 +185,7 @@ def join(session: Any, arguments: dict[str, str]) -> str:
     return _json({"joined": {cls: uuid}, "network": network, "tenant": tenant, "plugged": outcome.plugged})
 
 
-def leave(session: Any, arguments: dict[str, str]) -> str:
+def leave(session: "Any", arguments: "dict[str, str]") -> str:
     a = A.check_map(arguments, optional=["vif_uuid", "network_uuid"])
     cls, uuid, ref = _target(session, a)
     _set_other_config(session, cls, ref, desired.VEIL_NETWORK, None)
@@ -194,7 +195,7 @@ def leave(session: Any, arguments: dict[str, str]) -> str:
     return _json({"left": {cls: uuid}, "unplugged": outcome.unplugged})
 
 
-def sync_now(session: Any, arguments: dict[str, str]) -> str:
+def sync_now(session: "Any", arguments: "dict[str, str]") -> str:
     a = A.check_map(arguments, optional=["manage_ports"])
     manage_ports = A.bool_arg(a, "manage_ports", False)
     ovs = _ovs()
@@ -206,10 +207,10 @@ def sync_now(session: Any, arguments: dict[str, str]) -> str:
                   "bridge_ids": out.bridges})
 
 
-def status(session: Any, arguments: dict[str, str]) -> str:
+def status(session: "Any", arguments: "dict[str, str]") -> str:
     A.check_map(arguments)
     ovs = _ovs()
-    report: dict[str, object] = {"ovsdb": ovs.remote, "bridge": ovs.bridge}
+    report: "dict[str, object]" = {"ovsdb": ovs.remote, "bridge": ovs.bridge}
     try:
         report.update(
             reachable=True,
@@ -219,10 +220,18 @@ def status(session: Any, arguments: dict[str, str]) -> str:
         )
     except RegistrarError as exc:
         report.update(reachable=False, error=str(exc))
+    where = 'field "bridge"="{}"'.format(ovs.bridge)
+    try:
+        networks = {ref: model.XapiNetwork.from_record(rec)
+                    for ref, rec in session.xenapi.network.get_all_records_where(where).items()}
+    except sync.XAPI_AWAY as exc:  # status still reports OVSDB when xapi cannot be asked
+        report.update(bridge_warnings=None, xapi_error="{}: {}".format(type(exc).__name__, exc))
+    else:
+        report["bridge_warnings"] = desired.bridge_problems(model.XapiState(networks=networks), ovs.bridge)
     return _json(report)
 
 
-FUNCTIONS: dict[str, PluginFn] = {
+FUNCTIONS: "dict[str, PluginFn]" = {
     "register": _guarded(register),
     "unregister": _guarded(unregister),
     "list": _guarded(list_vifs),
@@ -233,7 +242,7 @@ FUNCTIONS: dict[str, PluginFn] = {
 }
 
 
-def _session_factory() -> Any:
+def _session_factory() -> "Any":
     uri = _config().xapi
     return XenAPI.xapi_local() if uri == LOCAL_XAPI else make_session(uri)
 

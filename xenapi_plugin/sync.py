@@ -7,16 +7,15 @@ consumer:
   a full snapshot with ``event.from(classes, "")``, then follow ``event.from`` with the returned
   token, emitting ``Snapshot`` and ``Events`` items. When xapi fails it waits (exponential
   back-off), logs in again and emits a new full ``Snapshot``. XenAPI.Session logs in again by
-  itself on SESSION_INVALID (xapi restarted): the watcher notices the new session handle and
-  snapshots too, so nothing that changed while xapi was down is lost.
+  itself on SESSION_INVALID (expiry, xapi restarted); the watcher's session reports that
+  (``xapi.SessionRenewed``) instead of retrying the call, and the watcher snapshots at once,
+  so nothing that changed meanwhile is lost and no long poll is waited out first.
 - OVSDB reports Interface rows appearing or going (xenopsd adding or removing a tap):
   ``OVSDB_CHANGED`` items.
 - ``Applier`` (the main thread) is the one place that writes: it folds items into the state and
   reconciles, desired state (pure, ``desired.py``) -> diff -> the registrar applies. When OVSDB
   fails it retries on its own back-off; the xapi state it holds stays valid meanwhile.
 """
-
-from __future__ import annotations
 
 import argparse
 import http.client
@@ -27,11 +26,8 @@ import signal
 import sys
 import threading
 import xmlrpc.client
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import XenAPI
 
@@ -43,7 +39,7 @@ from hooks.ovsdb import DEFAULT_DB
 from hooks.spool import DrainResult, Spool
 from hooks.vif import Vif
 from xenapi_plugin import config, desired, model
-from xenapi_plugin.xapi import LOCAL_XAPI, is_failure, login
+from xenapi_plugin.xapi import LOCAL_XAPI, SessionRenewed, is_failure, login
 
 LOG = logging.getLogger("veil.xapi-sync")
 XEN_PORT = re.compile(r"^(vif|tap)[0-9]+\.[0-9]+$")
@@ -53,33 +49,40 @@ INVENTORY = "/etc/xensource-inventory"
 XAPI_AWAY = (OSError, http.client.HTTPException, xmlrpc.client.Error, XenAPI.Failure)
 
 
-class HostOvs(Protocol):
-    """This host's OVSDB as the daemon needs it (implemented on the hook core's Registrar)."""
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from typing import Protocol  # novm: type checking only (3.8+; dom0 runs 3.6)
 
-    def registered(self) -> Mapping[str, Vif]: ...
-    def interface_names(self) -> set[str]: ...
-    def tagged_ports(self) -> dict[str, str]: ...
-    def owned_ports(self) -> set[str]: ...
-    def watch_interfaces(self, callback: Callable[[], None]) -> None: ...
-    def bridge_names(self) -> set[str]: ...
-    def system_id(self) -> str | None: ...
-    def plug(self, vif: Vif, *, add_port: bool) -> None: ...
-    def unplug(self, port: str, *, delete_port: bool) -> None: ...
-    def set_bridge_ids(self, ids: Mapping[str, str]) -> None: ...
-    def in_order(self) -> AbstractContextManager[DrainResult]: ...
+    class HostOvs(Protocol):
+        """This host's OVSDB as the daemon needs it (xenapi_plugin.hostovs.RegistrarOvs)."""
+
+        bridge: str
+
+        def registered(self) -> "Mapping[str, Vif]": ...
+        def interface_names(self) -> "set[str]": ...
+        def tagged_ports(self) -> "dict[str, str]": ...
+        def owned_ports(self) -> "set[str]": ...
+        def watch_interfaces(self, callback: "Callable[[], None]") -> None: ...
+        def bridge_names(self) -> "set[str]": ...
+        def system_id(self) -> "str | None": ...
+        def plug(self, vif: "Vif", *, add_port: bool) -> None: ...
+        def unplug(self, port: str, *, delete_port: bool) -> None: ...
+        def set_bridge_ids(self, ids: "Mapping[str, str]") -> None: ...
+        def in_order(self) -> "AbstractContextManager[DrainResult]": ...
 
 
-@dataclass
 class Outcome:
     """What one reconcile changed (returned by the plugin's ``sync`` function too)."""
 
-    plugged: list[str] = field(default_factory=list)
-    unplugged: list[str] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)
-    bridges: dict[str, str] = field(default_factory=dict)
+    def __init__(self, rejected: Optional[Mapping[str, str]] = None) -> None:
+        self.plugged: List[str] = []
+        self.unplugged: List[str] = []
+        self.rejected: Dict[str, str] = dict(rejected or {})
+        self.bridges: Dict[str, str] = {}
 
 
-def reconcile(state: model.XapiState, host_ref: str, ovs: HostOvs, *, manage_ports: bool) -> Outcome:
+def reconcile(state: "model.XapiState", host_ref: str, ovs: "HostOvs", *, manage_ports: bool) -> "Outcome":
     """Make OVSDB match ``state`` for ``host_ref``: the one place the daemon writes.
 
     Only XenServer ports (vifD.N / tapD.N) are ever unplugged, and only ports veil added itself
@@ -95,14 +98,14 @@ def reconcile(state: model.XapiState, host_ref: str, ovs: HostOvs, *, manage_por
         return _reconcile_held(state, host_ref, ovs, manage_ports=manage_ports)
 
 
-def _reconcile_held(state: model.XapiState, host_ref: str, ovs: HostOvs, *, manage_ports: bool) -> Outcome:
+def _reconcile_held(state: "model.XapiState", host_ref: str, ovs: "HostOvs", *, manage_ports: bool) -> "Outcome":
     if manage_ports:
         wanted = desired.wanted_from_xapi(state, host_ref, ovs.interface_names())
     else:
         wanted = desired.wanted_on_tagged_ports(state, ovs.tagged_ports())
     current = {p: v for p, v in ovs.registered().items() if XEN_PORT.match(p)}
     todo = desired.plan(wanted.vifs, current)
-    out = Outcome(rejected=dict(wanted.rejected))
+    out = Outcome(rejected=wanted.rejected)
     for vif in todo.plug:
         try:
             ovs.plug(vif, add_port=manage_ports and vif.port.startswith("vif"))
@@ -122,7 +125,7 @@ def _reconcile_held(state: model.XapiState, host_ref: str, ovs: HostOvs, *, mana
     return out
 
 
-def snapshot(session: Any) -> tuple[model.XapiState, str]:
+def snapshot(session: "Any") -> "tuple[model.XapiState, str]":
     """The complete state of the watched classes, and the token to follow changes from."""
     answer = session.xenapi.event_from(list(model.CLASSES), "", 0.0)
     return model.state_from_snapshot(answer["events"]), str(answer["token"])
@@ -132,7 +135,7 @@ class UnknownHost(RuntimeError):
     """xapi has no host with the configured uuid: a configuration error, never retried."""
 
 
-def host_ref_for(session: Any, host_uuid: str) -> str:
+def host_ref_for(session: "Any", host_uuid: str) -> str:
     try:
         return str(session.xenapi.host.get_by_uuid(host_uuid))
     except XenAPI.Failure as exc:
@@ -141,27 +144,24 @@ def host_ref_for(session: Any, host_uuid: str) -> str:
         raise
 
 
-def reconcile_once(session: Any, host_uuid: str, ovs: HostOvs, *, manage_ports: bool) -> Outcome:
+def reconcile_once(session: "Any", host_uuid: str, ovs: "HostOvs", *, manage_ports: bool) -> "Outcome":
     """One full resync with an open session (the plugin's ``sync`` function)."""
     state, _ = snapshot(session)
     return reconcile(state, host_ref_for(session, host_uuid), ovs, manage_ports=manage_ports)
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """xapi's complete state (a new session starts with one) and this host's ref in it."""
 
     state: model.XapiState
     host_ref: str
 
 
-@dataclass(frozen=True)
-class Events:
-    events: tuple[Mapping[str, Any], ...]
+class Events(NamedTuple):
+    events: Tuple[Mapping[str, Any], ...]
 
 
-@dataclass(frozen=True)
-class Fatal:
+class Fatal(NamedTuple):
     """The watcher cannot go on (unknown host, a bug): the daemon ends with this error."""
 
     error: BaseException
@@ -177,21 +177,23 @@ class _Signal:
 
 OVSDB_CHANGED = _Signal("OVSDB_CHANGED")
 STOP = _Signal("STOP")
-Item = Snapshot | Events | Fatal | _Signal
+Item = Union[Snapshot, Events, Fatal, _Signal]
 
 
-@dataclass
 class XapiWatcher:
     """Follows xapi. ``connect`` opens a logged-in session; ``wait(seconds)`` sleeps and returns
     True when the daemon is stopping (``threading.Event.wait`` fits); ``emit`` takes items."""
 
-    connect: Callable[[], Any]
-    host_uuid: str
-    emit: Callable[[Item], None]
-    wait: Callable[[float], bool]
-    backoff: Backoff = field(default_factory=Backoff)
-    poll_timeout: float = 30.0
-    resyncs: int = 0  # full snapshots taken
+    def __init__(self, connect: Callable[[], Any], host_uuid: str, emit: Callable[[Item], None],
+                 wait: Callable[[float], bool], backoff: Optional[Backoff] = None,
+                 poll_timeout: float = 30.0) -> None:
+        self.connect = connect
+        self.host_uuid = host_uuid
+        self.emit = emit
+        self.wait = wait
+        self.backoff = backoff or Backoff()
+        self.poll_timeout = poll_timeout
+        self.resyncs = 0  # full snapshots taken
 
     def run(self) -> None:
         """Until stopped; any error that is not xapi being away ends the daemon: it is handed
@@ -216,15 +218,21 @@ class XapiWatcher:
     def _session_lifetime(self) -> None:
         session = self.connect()
         try:
-            self._follow(session)
+            while True:
+                try:
+                    self._follow(session)
+                    return
+                except SessionRenewed:  # xapi may have lost events with the old session
+                    LOG.info("xapi session renewed (expired, or xapi restarted): full resync now")
         finally:
             try:  # xapi keeps a bounded number of sessions per user: never leak one
                 session.xenapi.session.logout()
             except XAPI_AWAY:
                 pass
 
-    def _follow(self, session: Any) -> None:
-        """Snapshot, then events; returns when the session was replaced (start over)."""
+    def _follow(self, session: "Any") -> None:
+        """Snapshot, then events, until stopped. SessionRenewed (a session from
+        ``login(..., report_renewal=True)``) ends it at once: start over."""
         handle = session.handle
         host_ref = host_ref_for(session, self.host_uuid)
         state, token = snapshot(session)
@@ -242,16 +250,18 @@ class XapiWatcher:
                 self.emit(Events(tuple(answer["events"])))
 
 
-@dataclass
 class Applier:
     """The one writer: folds items into xapi's state and reconciles OVSDB with it."""
 
-    ovs: HostOvs
-    manage_ports: bool
-    inbox: queue.Queue[Item]
-    backoff: Backoff = field(default_factory=Backoff)
-    _snapshot: Snapshot | None = None
-    _reported: dict[str, str] = field(default_factory=dict)
+    def __init__(self, ovs: "HostOvs", manage_ports: bool, inbox: "queue.Queue[Item]",
+                 backoff: Optional[Backoff] = None) -> None:
+        self.ovs = ovs
+        self.manage_ports = manage_ports
+        self.inbox = inbox
+        self.backoff = backoff or Backoff()
+        self._snapshot: Optional[Snapshot] = None
+        self._reported: Dict[str, str] = {}
+        self._bridge_problems: List[str] = []
 
     def run(self) -> None:
         """Until a STOP item; raises the error of a Fatal item."""
@@ -282,13 +292,18 @@ class Applier:
                 failures += 1
                 LOG.error("%s; retrying in %.1fs", exc, self.backoff.delay(failures))
 
-    def _fold(self, item: Item) -> None:
+    def _fold(self, item: "Item") -> None:
         if isinstance(item, Snapshot):
             self._snapshot = item
         elif isinstance(item, Events) and self._snapshot is not None:
             self._snapshot = Snapshot(model.apply_events(self._snapshot.state, item.events), self._snapshot.host_ref)
 
-    def _reconcile(self, snap: Snapshot) -> None:
+    def _reconcile(self, snap: "Snapshot") -> None:
+        problems = desired.bridge_problems(snap.state, self.ovs.bridge)
+        if problems != self._bridge_problems:
+            for problem in problems:
+                LOG.warning("%s", problem)
+            self._bridge_problems = problems
         out = reconcile(snap.state, snap.host_ref, self.ovs, manage_ports=self.manage_ports)
         for what, why in sorted(out.rejected.items()):
             if self._reported.get(what) != why:
@@ -296,7 +311,17 @@ class Applier:
         self._reported = out.rejected
 
 
-def local_host_uuid(inventory: str = INVENTORY) -> str | None:
+def host_identity(system_id: "Optional[str]", installation_uuid: "Optional[str]") -> "Optional[str]":
+    """This host's xapi uuid without ``--host-uuid``: OVSDB's system-id and dom0's
+    INSTALLATION_UUID, which XenServer's Open vSwitch set-up makes equal. When both are set and
+    differ, neither can be trusted: UnknownHost (never a guess that registers another host's VIFs)."""
+    if system_id and installation_uuid and system_id != installation_uuid:
+        raise UnknownHost(f"OVSDB system-id {system_id} is not this host's INSTALLATION_UUID "
+                          f"{installation_uuid} ({INVENTORY}): fix one, or pass --host-uuid")
+    return system_id or installation_uuid
+
+
+def local_host_uuid(inventory: str = INVENTORY) -> "str | None":
     """dom0's host uuid (INSTALLATION_UUID in /etc/xensource-inventory), if this is dom0."""
     try:
         with open(inventory) as fh:
@@ -309,7 +334,7 @@ def local_host_uuid(inventory: str = INVENTORY) -> str | None:
     return None
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+def parse_args(argv: "Sequence[str]") -> "argparse.Namespace":
     """The command line, every value checked: a bad one is one line naming it, exit 2."""
     p = OneLineParser(prog="veil-xapi-sync", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--xapi", default=LOCAL_XAPI, help="unix:/path or http(s)://host (default: %(default)s)")
@@ -335,7 +360,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def read_password(path: str | None) -> str:
+def read_password(path: "str | None") -> str:
     """The remote xapi's password from ``--password-file`` ("" without one)."""
     if not path:
         return ""
@@ -346,8 +371,8 @@ def read_password(path: str | None) -> str:
         raise ValueError(f"--password-file {path}: cannot read it: {exc}") from None
 
 
-def wait_for_ovsdb(ovs: HostOvs, remote_name: str, host_uuid: str | None, stopping: threading.Event,
-                   backoff: Backoff, on_change: Callable[[], None]) -> tuple[bool, str | None]:
+def wait_for_ovsdb(ovs: "HostOvs", remote_name: str, host_uuid: "str | None", stopping: "threading.Event",
+                   backoff: "Backoff", on_change: "Callable[[], None]") -> "tuple[bool, str | None]":
     """Connect to OVSDB (and read this host's system-id when no ``--host-uuid`` was given),
     retrying on ``backoff`` while it is away: a daemon never exits because a dependency is
     away (issue 12). Returns (stopped, host uuid or None when nothing names this host)."""
@@ -355,7 +380,7 @@ def wait_for_ovsdb(ovs: HostOvs, remote_name: str, host_uuid: str | None, stoppi
     while True:
         try:
             ovs.watch_interfaces(on_change)
-            uuid = host_uuid or ovs.system_id() or local_host_uuid()
+            uuid = host_uuid or host_identity(ovs.system_id(), local_host_uuid())
             if failures:
                 LOG.info("OVSDB at %s is there", remote_name)
             return False, uuid
@@ -368,7 +393,7 @@ def wait_for_ovsdb(ovs: HostOvs, remote_name: str, host_uuid: str | None, stoppi
                 return True, None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     from xenapi_plugin.hostovs import RegistrarOvs
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -378,10 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"veil-xapi-sync: {' '.join(str(exc).split())}\n")
         return 2
-    inbox: queue.Queue[Item] = queue.Queue()
+    inbox: "queue.Queue[Item]" = queue.Queue()
     stopping = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: "FrameType | None") -> None:
         stopping.set()
         inbox.put(STOP)
 
@@ -399,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{INVENTORY}): pass --host-uuid\n")
             return 2
         watcher = XapiWatcher(
-            connect=lambda: login(args.xapi, args.user, password),
+            connect=lambda: login(args.xapi, args.user, password, report_renewal=True),
             host_uuid=host_uuid,
             emit=inbox.put,
             wait=stopping.wait,

@@ -5,11 +5,9 @@ Import-light on purpose: the qemu hook imports ``hooks.ovsdb.rpc`` on every VM s
 loads this package; ovsdbapp is imported only by ``hooks.ovsdb.connect``.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Final
+    from typing import Final  # novm: type checking only, never imported at run time
 
 # Open vSwitch's own default database socket: every veil program on a host defaults to it.
-DEFAULT_DB: Final = "unix:/var/run/openvswitch/db.sock"
+DEFAULT_DB: "Final" = "unix:/var/run/openvswitch/db.sock"

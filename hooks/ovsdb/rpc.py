@@ -9,8 +9,6 @@ assumptions. It has the same interface and the same resulting rows as ``hooks.re
 (tests run both against a real ovsdb-server). It imports only C modules and light veil ones.
 """
 
-from __future__ import annotations
-
 import _socket
 import codecs
 import time
@@ -55,15 +53,15 @@ class RpcRegistrar:
         self.db_remote = db_remote
         self.bridge = bridge
         self.timeout = timeout
-        self._sock: _socket.socket | None = None
+        self._sock: "_socket.socket | None" = None
         self._buf = ""
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self._next_id = 0
         self._deadline = 0.0
-        self.took_over: list[str] = []  # one note per stale row a plug took over (the hook logs them)
+        self.took_over: "list[str]" = []  # one note per stale row a plug took over (the hook logs them)
 
     # -- public API (same as hooks.registrar.Registrar) ----------------------------------------
-    def plug(self, vif: Vif, *, add_port: bool) -> None:
+    def plug(self, vif: "Vif", *, add_port: bool) -> None:
         """Write ``vif`` into its Interface row in one transaction (creating the port if asked).
 
         An existing row is read first and the write is guarded by a ``wait`` that its
@@ -93,15 +91,15 @@ class RpcRegistrar:
                             continue  # the port appeared meanwhile: update it instead
                         raise PlugRejected(f"adding port {vif.port!r} failed: {exc}") from None
                 row = rows[0] if isinstance(rows[0], dict) else {}
-                current = _map_of(row.get("external_ids"))
+                current = map_of(row.get("external_ids"))
                 why, took_over = claim(vif, current, device_gone(
-                    _scalar(row.get("ofport")), _scalar(row.get("error")), _scalar(row.get("link_state"))))
+                    scalar(row.get("ofport")), scalar(row.get("error")), scalar(row.get("link_state"))))
                 if why:
                     raise PlugRejected(why)
                 drop = TAKEOVER_DROP_KEYS if took_over else ()
-                guard: Json = {
+                guard: "Json" = {
                     "op": "wait", "timeout": 0, "table": "Interface", "where": [["name", "==", vif.port]],
-                    "columns": ["external_ids"], "until": "==", "rows": [{"external_ids": _ovs_map(current)}],
+                    "columns": ["external_ids"], "until": "==", "rows": [{"external_ids": ovs_map(current)}],
                 }
                 try:
                     self._transact([guard, *self._set_keys_ops(vif.port, update_external_ids(ids, current), drop=drop)])
@@ -114,7 +112,7 @@ class RpcRegistrar:
                 return
             raise RegistrarError(f"port {vif.port!r} kept changing under us; gave up after 3 attempts")
 
-    def _plug_in_one(self, vif: Vif, ids: dict[str, str], *, add_port: bool) -> bool:
+    def _plug_in_one(self, vif: "Vif", ids: "dict[str, str]", *, add_port: bool) -> bool:
         """The common plugs in one round trip, or False to take the read-then-write path.
 
         A tap veil adds: the insert, guarded by its waits (bridge there, no such port yet).
@@ -133,9 +131,9 @@ class RpcRegistrar:
                 return False  # the port (or an Interface of that name) exists: read it first
         if not vif.vm_id:
             return False
-        guard: Json = {
+        guard: "Json" = {
             "op": "wait", "timeout": 0, "table": "Interface",
-            "where": [["name", "==", vif.port], ["external_ids", "includes", _ovs_map({contract.VM_ID: vif.vm_id})]],
+            "where": [["name", "==", vif.port], ["external_ids", "includes", ovs_map({contract.VM_ID: vif.vm_id})]],
             "columns": ["name"], "until": "==", "rows": [{"name": vif.port}],
         }
         try:
@@ -156,18 +154,18 @@ class RpcRegistrar:
         the others (libvirt deletes those itself). One write transaction for the whole VM."""
         with self._session():
             rows = self._select(
-                "Interface", [["external_ids", "includes", _ovs_map({contract.VM_ID: vm_id})]],
+                "Interface", [["external_ids", "includes", ovs_map({contract.VM_ID: vm_id})]],
                 ["name", "external_ids"],
             )
             delete, deactivate = ports_to_unplug(
-                (str(r.get("name")), _map_of(r.get("external_ids"))) for r in rows if isinstance(r, dict)
+                (str(r.get("name")), map_of(r.get("external_ids"))) for r in rows if isinstance(r, dict)
             )
             self._unplug_ports(delete, deactivate)
 
-    def _unplug_ports(self, delete: list[str], deactivate: list[str]) -> None:
-        ops: list[Json] = []
+    def _unplug_ports(self, delete: "list[str]", deactivate: "list[str]") -> None:
+        ops: "list[Json]" = []
         if delete:
-            selects: list[Json] = [
+            selects: "list[Json]" = [
                 {"op": "select", "table": "Port", "where": [["name", "==", p]], "columns": ["_uuid"]} for p in delete
             ]
             for result in self._transact(selects):
@@ -184,22 +182,33 @@ class RpcRegistrar:
             ops.append({"op": "comment", "comment": f"veil: unplug {' '.join(delete + deactivate)}"})
             self._transact_ok(ops, f"unplugging {', '.join(delete + deactivate)}")
 
-    def registered(self) -> list[Vif]:
+    def registered(self) -> "list[Vif]":
         """The VIFs veil registered on this host (Interface rows carrying veil-network)."""
         with self._session():
             rows = self._select("Interface", [], ["name", "external_ids"])
         pairs = []
         for row in rows:
             if isinstance(row, dict):
-                pairs.append((str(row.get("name")), _map_of(row.get("external_ids"))))
+                pairs.append((str(row.get("name")), map_of(row.get("external_ids"))))
         return vifs_from_rows(pairs)[0]
 
-    def system_id(self) -> str | None:
+    def system_id(self) -> "str | None":
         """This host's ``external_ids:system-id`` (the VIF's host in the contract), if set."""
         with self._session():
             rows = self._select("Open_vSwitch", [], ["external_ids"])
-        ids = _map_of(rows[0].get("external_ids")) if rows and isinstance(rows[0], dict) else {}
+        ids = map_of(rows[0].get("external_ids")) if rows and isinstance(rows[0], dict) else {}
         return ids.get(contract.SYSTEM_ID)
+
+    def select(self, table: str, columns: "list[str]", where: "list[Json] | None" = None) -> "list[dict[str, Json]]":
+        """The rows of ``table`` (only ``columns``) matching ``where``: one read transaction."""
+        with self._session():
+            rows = self._select(table, list(where or []), list(columns))
+        return [r for r in rows if isinstance(r, dict)]
+
+    def transact(self, ops: "list[Json]", what: str) -> None:
+        """Run ``ops`` as one transaction; an operation that fails is PlugRejected naming ``what``."""
+        with self._session():
+            self._transact_ok(ops, what)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -209,7 +218,7 @@ class RpcRegistrar:
             self._utf8.reset()
 
     # -- operations ------------------------------------------------------------------------------
-    def _insert_ops(self, port: str, ids: dict[str, str]) -> list[Json]:
+    def _insert_ops(self, port: str, ids: "dict[str, str]") -> "list[Json]":
         br = self.bridge
         return [
             {"op": "wait", "timeout": 0, "table": "Bridge", "where": [["name", "==", br]],
@@ -217,7 +226,7 @@ class RpcRegistrar:
             {"op": "wait", "timeout": 0, "table": "Port", "where": [["name", "==", port]],
              "columns": ["name"], "until": "==", "rows": []},
             {"op": "insert", "table": "Interface", "uuid-name": "veil_iface",
-             "row": {"name": port, "external_ids": _ovs_map(ids)}},
+             "row": {"name": port, "external_ids": ovs_map(ids)}},
             {"op": "insert", "table": "Port", "uuid-name": "veil_port",
              "row": {"name": port, "interfaces": ["named-uuid", "veil_iface"]}},
             {"op": "mutate", "table": "Bridge", "where": [["name", "==", br]],
@@ -226,26 +235,26 @@ class RpcRegistrar:
         ]
 
     @staticmethod
-    def _set_keys_ops(port: str, ids: dict[str, str], drop: tuple[str, ...]) -> list[Json]:
+    def _set_keys_ops(port: str, ids: "dict[str, str]", drop: "tuple[str, ...]") -> "list[Json]":
         """Replace exactly these keys (mutate delete + insert): every other key survives."""
-        where: Json = [["name", "==", port]]
-        keys: list[Json] = [*sorted(set(ids) | set(drop))]
+        where: "Json" = [["name", "==", port]]
+        keys: "list[Json]" = [*sorted(set(ids) | set(drop))]
         return [
             {"op": "comment", "comment": f"veil: set external_ids on {port}"},
             {"op": "mutate", "table": "Interface", "where": where,
              "mutations": [["external_ids", "delete", ["set", keys]]]},
             {"op": "mutate", "table": "Interface", "where": where,
-             "mutations": [["external_ids", "insert", _ovs_map(ids)]]},
+             "mutations": [["external_ids", "insert", ovs_map(ids)]]},
         ]
 
-    def _select(self, table: str, where: list[Json], columns: list[Json]) -> list[Json]:
+    def _select(self, table: str, where: "list[Json]", columns: "list[Json]") -> "list[Json]":
         result = self._transact([{"op": "select", "table": table, "where": where, "columns": columns}])
         rows = result[0]["rows"] if isinstance(result[0], dict) else None
         if not isinstance(rows, list):
             raise RegistrarError(f"malformed select reply from {self.db_remote}: {result!r}"[:300])
         return rows
 
-    def _transact_ok(self, ops: list[Json], what: str) -> list[int]:
+    def _transact_ok(self, ops: "list[Json]", what: str) -> "list[int]":
         """Run ``ops``; return each op's ``count`` (0 for ops without one)."""
         try:
             result = self._transact(ops)
@@ -253,11 +262,11 @@ class RpcRegistrar:
             raise PlugRejected(f"{what} failed: {exc}") from None
         return [r.get("count", 0) if isinstance(r, dict) else 0 for r in result]  # type: ignore[misc]
 
-    def _transact(self, ops: list[Json]) -> list[dict[str, Json]]:
+    def _transact(self, ops: "list[Json]") -> "list[dict[str, Json]]":
         reply = self._call("transact", [DB, *ops])
         if not isinstance(reply, list):
             raise RegistrarError(f"malformed transact reply from {self.db_remote}")
-        results: list[dict[str, Json]] = [r if isinstance(r, dict) else {} for r in reply]
+        results: "list[dict[str, Json]]" = [r if isinstance(r, dict) else {} for r in reply]
         for index, r in enumerate(results):
             error = r.get("error")
             if error is not None:
@@ -267,7 +276,7 @@ class RpcRegistrar:
         return results
 
     # -- wire ------------------------------------------------------------------------------------
-    def _session(self) -> _Session:
+    def _session(self) -> "_Session":
         return _Session(self)
 
     def _connect(self) -> None:
@@ -277,7 +286,7 @@ class RpcRegistrar:
         try:
             if kind == "unix":
                 sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                address: str | tuple[str, int] = where
+                address: "str | tuple[str, int]" = where
             elif kind == "tcp":
                 host, _, port = where.rpartition(":")
                 sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
@@ -296,7 +305,7 @@ class RpcRegistrar:
             raise RegistrarError(f"OVSDB at {self.db_remote} did not answer within {self.timeout}s")
         return left
 
-    def _call(self, method: str, params: list[Json]) -> Json:
+    def _call(self, method: str, params: "list[Json]") -> "Json":
         self._connect()
         assert self._sock is not None
         self._next_id += 1
@@ -313,7 +322,7 @@ class RpcRegistrar:
                 raise RegistrarError(f"OVSDB {method} failed: {msg['error']}")
             return msg.get("result")
 
-    def _send(self, msg: Json) -> None:
+    def _send(self, msg: "Json") -> None:
         assert self._sock is not None
         try:
             self._sock.settimeout(self._remaining())
@@ -322,7 +331,7 @@ class RpcRegistrar:
             self.close()
             raise RegistrarError(f"lost OVSDB connection {self.db_remote}: {exc}") from None
 
-    def _receive(self) -> dict[str, Json]:
+    def _receive(self) -> "dict[str, Json]":
         assert self._sock is not None
         while True:
             if self._buf.strip():
@@ -356,7 +365,7 @@ class RpcRegistrar:
 class _Session:
     """Scope of one public call: sets the deadline all its round trips share."""
 
-    def __init__(self, reg: RpcRegistrar) -> None:
+    def __init__(self, reg: "RpcRegistrar") -> None:
         self.reg = reg
 
     def __enter__(self) -> None:
@@ -366,25 +375,25 @@ class _Session:
         self.reg._deadline = 0.0
 
 
-def _ovs_map(d: dict[str, str]) -> Json:
+def ovs_map(d: "dict[str, str]") -> "Json":
     return ["map", [[k, v] for k, v in sorted(d.items())]]
 
 
-def _map_of(value: Json) -> dict[str, str]:
+def map_of(value: "Json") -> "dict[str, str]":
     """An OVSDB ``["map", [[k, v], ...]]`` as a dict."""
     if isinstance(value, list) and len(value) == 2 and value[0] == "map" and isinstance(value[1], list):
         return {str(p[0]): str(p[1]) for p in value[1] if isinstance(p, list) and len(p) == 2}
     return {}
 
 
-def _scalar(value: Json) -> Json:
+def scalar(value: "Json") -> "Json":
     """An optional column's value: ``["set", []]`` is None, ``["set", [x]]`` is x."""
     if isinstance(value, list) and len(value) == 2 and value[0] == "set" and isinstance(value[1], list):
         return value[1][0] if len(value[1]) == 1 else None
     return value
 
 
-def _uuid_of(row: Json) -> str:
+def _uuid_of(row: "Json") -> str:
     if isinstance(row, dict):
         u = row.get("_uuid")
         if isinstance(u, list) and len(u) == 2 and u[0] == "uuid":

@@ -47,25 +47,27 @@ class SimDB:
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self.tables: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in CLASSES}
-        self.events: list[dict[str, Any]] = []
         self.generation = 0
+        self.created: dict[tuple[str, str], int] = {}
+        self.modified: dict[tuple[str, str], int] = {}
+        self.deleted: dict[tuple[str, str], int] = {}
         self.sessions: set[str] = set()
         self.calls: list[str] = []
 
     # -- mutations (hold the lock) -------------------------------------------------------------
+    # xapi keeps, per object, the generation it was created and last modified at (and, for a
+    # destroyed one, when it went); event.from reports objects, not a log of changes.
     def _emit(self, cls: str, op: str, ref: str) -> None:
         self.generation += 1
-        snapshot = dict(self.tables[cls].get(ref, {}))
-        self.events.append(
-            {
-                "id": str(self.generation),
-                "timestamp": f"20261124T00:00:{self.generation:02d}Z",
-                "class": cls,
-                "operation": op,
-                "ref": ref,
-                "snapshot": snapshot,
-            }
-        )
+        key = (cls, ref)
+        if op == "add":
+            self.created[key] = self.modified[key] = self.generation
+        elif op == "mod":
+            self.modified[key] = self.generation
+        else:
+            self.created.pop(key, None)
+            self.modified.pop(key, None)
+            self.deleted[key] = self.generation
         self.lock.notify_all()
 
     def create(self, cls: str, record: dict[str, Any]) -> str:
@@ -82,8 +84,8 @@ class SimDB:
 
     def destroy(self, cls: str, ref: str) -> None:
         with self.lock:
-            self._emit(cls, "del", ref)
             del self.tables[cls][ref]
+            self._emit(cls, "del", ref)
 
     def get_ref(self, cls: str, uuid: str) -> str:
         with self.lock:
@@ -105,7 +107,7 @@ class SimDB:
                 self.sessions.discard(params[0])
             return ""
         if method in ("event.from", "event_from"):  # Python clients send event_from ('from' is a keyword)
-            return self.event_from(list(args[0]), str(args[1]), float(args[2]))
+            return self.event_from(list(args[0]), str(args[1]), float(args[2]), session=str(params[0]))
         cls_name, _, op = method.partition(".")
         cls = {v: k for k, v in CLASSES.items()}.get(cls_name)
         if cls is None:
@@ -151,35 +153,69 @@ class SimDB:
             return ""
         raise XapiError("MESSAGE_METHOD_UNKNOWN", f"{CLASSES[cls]}.{op}")
 
-    def event_from(self, classes: list[str], token: str, timeout: float) -> dict[str, Any]:
+    def expire_sessions(self) -> None:
+        """xapi drops every session (expiry, a pool change) while its socket stays up: each
+        call of one, a blocked event.from too, gets SESSION_INVALID."""
+        with self.lock:
+            self.sessions.clear()
+            self.lock.notify_all()
+
+    def event_from(self, classes: list[str], token: str, timeout: float, session: str = "") -> dict[str, Any]:
+        """xapi's event.from: every object of ``classes`` that changed since ``token``, ONCE,
+        with its record as it is now; creates, then mods, then deletes (a del has no snapshot).
+        Token "" is everything as ``add``. Tokens are opaque strings; a malformed one is
+        EVENT_FROM_TOKEN_PARSE_FAILURE. Blocks up to ``timeout`` while nothing changed."""
         wanted = {c.lower() for c in classes}
         match: Callable[[str], bool] = (lambda c: True) if "*" in wanted else (lambda c: c in wanted)
         with self.lock:
             if token == "":
-                events = [
-                    {"id": "0", "timestamp": "", "class": c, "operation": "add", "ref": r, "snapshot": dict(rec)}
-                    for c, table in self.tables.items()
-                    if match(c)
-                    for r, rec in table.items()
-                ]
-                return self._answer(events, self.generation)
-            try:
-                since = int(token)
-            except ValueError:
-                raise XapiError("EVENT_FROM_TOKEN_INVALID", token) from None
+                events = [self._event(c, "add", r, self.created.get((c, r), 0)) for c, table in self.tables.items()
+                          if match(c) for r in table]
+                return self._answer(events)
+            since = parse_token(token)
             self.lock.wait_for(
-                lambda: any(match(e["class"]) for e in self.events[since:]) or self.closing, timeout
+                lambda: bool(self._changes(since, match)) or self.closing
+                or bool(session and session not in self.sessions), timeout
             )
             if self.closing:
                 raise ConnectionAbortedError("xapi is shutting down")
-            events = [e for e in self.events[since:] if match(e["class"])]
-            return self._answer(events, self.generation)
+            if session and session not in self.sessions:
+                raise XapiError("SESSION_INVALID", session)
+            return self._answer(self._changes(since, match))
+
+    def _changes(self, since: int, match: Callable[[str], bool]) -> list[dict[str, Any]]:
+        adds = sorted((g, k) for k, g in self.created.items() if g > since and match(k[0]))
+        mods = sorted((g, k) for k, g in self.modified.items()
+                      if g > since and self.created.get(k, 0) <= since and match(k[0]))
+        dels = sorted((g, k) for k, g in self.deleted.items() if g > since and match(k[0]))
+        return ([self._event(c, "add", r, g) for g, (c, r) in adds] + [self._event(c, "mod", r, g) for g, (c, r) in mods]
+                + [self._event(c, "del", r, g) for g, (c, r) in dels])
+
+    def _event(self, cls: str, op: str, ref: str, generation: int) -> dict[str, Any]:
+        event: dict[str, Any] = {"id": str(generation), "timestamp": f"20261124T00:00:{generation % 60:02d}Z", "class": cls,
+                 "operation": op, "ref": ref}
+        if op != "del":
+            event["snapshot"] = dict(self.tables[cls][ref])
+        return event
 
     closing = False
 
-    def _answer(self, events: list[dict[str, Any]], generation: int) -> dict[str, Any]:
+    def _answer(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         counts = {CLASSES[c]: str(len(t)) for c, t in self.tables.items()}
-        return {"events": events, "valid_ref_counts": counts, "token": str(generation)}
+        return {"events": events, "valid_ref_counts": counts, "token": make_token(self.generation)}
+
+
+def make_token(generation: int) -> str:
+    """xapi's event.from token today: two zero-padded generation counters (clients must treat
+    it as opaque; veil only hands it back)."""
+    return "%020d,%020d" % (generation, 0)
+
+
+def parse_token(token: str) -> int:
+    first, comma, second = token.partition(",")
+    if not comma or not first.isdigit() or not second.isdigit():
+        raise XapiError("EVENT_FROM_TOKEN_PARSE_FAILURE", token)
+    return int(first)
 
 
 class _Handler(SimpleXMLRPCRequestHandler):
@@ -217,8 +253,42 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer, Simple
             self.open_requests.discard(request)
 
 
+class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer, SimpleXMLRPCDispatcher):
+    """xapi over HTTP on 127.0.0.1 (what a remote client reaches): the pool master's database,
+    or, with ``slave_of``, a pool member that refuses logins with HOST_IS_SLAVE [master]."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, db: SimDB, slave_of: str | None = None) -> None:
+        self.db = db
+        self.slave_of = slave_of
+        self.logRequests = False
+        SimpleXMLRPCDispatcher.__init__(self, allow_none=True, encoding=None, use_builtin_types=False)
+        socketserver.TCPServer.__init__(self, ("127.0.0.1", 0), _Handler)
+
+    def _dispatch(self, method: str, params: Iterable[Any]) -> Any:
+        try:
+            if self.slave_of is not None:  # xapi on a member: logins go to the master
+                if method.startswith("session.login"):
+                    raise XapiError("HOST_IS_SLAVE", self.slave_of)
+                raise XapiError("SESSION_INVALID", str(next(iter(params), "")))
+            return {"Status": "Success", "Value": self.db.call(method, tuple(params))}
+        except XapiError as exc:
+            return {"Status": "Failure", "ErrorDescription": exc.description}
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer is not the simulator's error."""
+
+    @property
+    def address(self) -> str:
+        host, port = self.socket.getsockname()[:2]
+        return f"{host}:{port}"
+
+
 class XapiSim:
-    """The simulated xapi of a pool: one database, a server on ``sock_path`` that can restart."""
+    """The simulated xapi of a pool: one database, a server on ``sock_path`` that can restart;
+    ``serve_http()`` adds the master's HTTP endpoint, ``serve_member()`` a member's."""
 
     def __init__(self, sock_path: Path) -> None:
         if "_" in str(sock_path):
@@ -227,6 +297,8 @@ class XapiSim:
         self.db = SimDB()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._tcp: list[_TcpServer] = []
+        self._master_http: str | None = None
 
     @property
     def uri(self) -> str:
@@ -262,15 +334,37 @@ class XapiSim:
         self.stop()
         self.start()
 
+    def _serve(self, server: _TcpServer) -> str:
+        threading.Thread(target=server.serve_forever, name="xapi-sim-http", daemon=True).start()
+        self._tcp.append(server)
+        return f"http://{server.address}"
+
+    def serve_http(self) -> str:
+        """The pool master over HTTP on 127.0.0.1; its URL (stopped with ``stop_http``)."""
+        self._master_http = self._master_http or self._serve(_TcpServer(self.db))
+        return self._master_http
+
+    def serve_member(self) -> str:
+        """A pool member's xapi: its URL; a login there is HOST_IS_SLAVE [master address]."""
+        master = self.serve_http()[len("http://"):]
+        return self._serve(_TcpServer(self.db, slave_of=master))
+
+    def stop_http(self) -> None:
+        for server in self._tcp:
+            server.shutdown()
+            server.server_close()
+        self._tcp, self._master_http = [], None
+
     # -- the world, changed the way xapi changes it --------------------------------------------
     def add_host(self, name: str, address: str) -> str:
         return self.db.create("host", {"uuid": str(uuidlib.uuid4()), "name_label": name, "hostname": name,
                                        "address": address, "resident_VMs": []})
 
-    def add_network(self, name: str, bridge: str, other_config: dict[str, str] | None = None) -> str:
+    def add_network(self, name: str, bridge: str, other_config: dict[str, str] | None = None,
+                    managed: bool = True) -> str:
         return self.db.create("network", {"uuid": str(uuidlib.uuid4()), "name_label": name, "bridge": bridge,
                                           "other_config": dict(other_config or {}), "VIFs": [], "PIFs": [],
-                                          "MTU": "1500"})
+                                          "MTU": "1500", "default_locking_mode": "unlocked", "managed": managed})
 
     def add_vm(self, name: str, other_config: dict[str, str] | None = None) -> str:
         return self.db.create("vm", {"uuid": str(uuidlib.uuid4()), "name_label": name, "power_state": "Halted",
@@ -279,11 +373,12 @@ class XapiSim:
                                      "other_config": dict(other_config or {})})
 
     def add_vif(self, vm: str, network: str, device: str, mac: str,
-                other_config: dict[str, str] | None = None, ipv4_allowed: list[str] | None = None) -> str:
+                other_config: dict[str, str] | None = None, ipv4_allowed: list[str] | None = None,
+                locking_mode: str = "network_default") -> str:
         running = self.db.tables["vm"][vm]["power_state"] == "Running"
         ref = self.db.create("vif", {"uuid": str(uuidlib.uuid4()), "device": device, "MAC": mac, "network": network,
                                      "VM": vm, "currently_attached": False, "MTU": "1500",
-                                     "other_config": dict(other_config or {}), "locking_mode": "network_default",
+                                     "other_config": dict(other_config or {}), "locking_mode": locking_mode,
                                      "ipv4_allowed": list(ipv4_allowed or []), "ipv6_allowed": []})
         self.db.update("vm", vm, VIFs=[*self.db.tables["vm"][vm]["VIFs"], ref])
         self.db.update("network", network, VIFs=[*self.db.tables["network"][network]["VIFs"], ref])
@@ -302,8 +397,12 @@ class XapiSim:
         self.db.update("vm", vm, power_state="Halted", resident_on=NULL_REF, domid="-1")
 
     def migrate_vm(self, vm: str, host: str, domid: int) -> None:
-        """After a live migration: the VM runs on ``host`` under a new domid, VIFs stay attached."""
-        self.db.update("vm", vm, resident_on=host, domid=str(domid))
+        """The end of a live migration as xapi shows it: the VM's fields change in separate
+        updates (``resident_on``, then ``domid``), VIFs stay attached. The destination's ports
+        came before, from its xenopsd, under a temporary VM uuid (``Xenopsd.plug(...,
+        domain_uuid=...)``); a reader may see the first update alone."""
+        self.db.update("vm", vm, resident_on=host)
+        self.db.update("vm", vm, domid=str(domid))
 
     def unplug_vif(self, vif: str) -> None:
         self.db.update("vif", vif, currently_attached=False)

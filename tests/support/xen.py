@@ -7,7 +7,6 @@ import json
 import shutil
 import tempfile
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from controller.lab import netns
 from controller.lab.ovs import OvsInstance
+from tests.support.dom0_python import dom0_env, dom0_python
 from tests.support.names import unique_prefix
 from tests.support.xapi_sim import XapiSim
 
@@ -37,6 +37,7 @@ def simulated_xapi() -> Iterator[XapiSim]:
         yield sim
     finally:
         sim.stop()
+        sim.stop_http()
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -87,12 +88,13 @@ class Daemon:
 @contextmanager
 def running_daemon(sim: XapiSim, host: Host, *, manage_ports: bool = True,
                    poll_timeout: float = 0.5, ovsdb_timeout: float = 5.0,
-                   host_uuid: bool = True) -> Iterator[Daemon]:
-    """veil-xapi-sync for ``host`` as its own process (as deployed: one per host), with a short
+                   host_uuid: bool = True, xapi_uri: str | None = None) -> Iterator[Daemon]:
+    """veil-xapi-sync for ``host`` as its own process (as deployed: one per host) on dom0's
+    interpreter and the staged dom0 tree (tests.support.dom0_python), with a short
     poll and back-off so tests run fast. Without ``host_uuid`` it reads the host's uuid from
     OVSDB (its system-id), as on dom0. Stopped with SIGTERM, killed if it does not stop."""
     log = host.ovs.rundir / "xapi-sync.log"
-    argv = [sys.executable, "-m", "xenapi_plugin.sync", "--xapi", sim.uri, "--ovsdb", host.ovs.db_remote,
+    argv = [dom0_python()[0], "-s", "-m", "xenapi_plugin.sync", "--xapi", xapi_uri or sim.uri, "--ovsdb", host.ovs.db_remote,
             "--poll-timeout", str(poll_timeout), "--backoff-initial", "0.05",
             "--backoff-max", "0.2", "--ovsdb-timeout", str(ovsdb_timeout),
             "--spool", str(host.ovs.rundir / "spool")]
@@ -101,7 +103,7 @@ def running_daemon(sim: XapiSim, host: Host, *, manage_ports: bool = True,
     if host_uuid:
         argv += ["--host-uuid", host.uuid]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd="/", env=dom0_env())
     daemon = Daemon(proc, log)
     try:
         yield daemon

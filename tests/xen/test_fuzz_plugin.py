@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.xapi_sim import XapiSim
+from tests.support.dom0_python import install_dom0
 from tests.support.xen import Host, interfaces, simulated_host, simulated_xapi, vif_script
 from xenapi_plugin.dispatch import respond
-from xenapi_plugin.install import install
 from xenapi_plugin.plugin import FUNCTIONS
 from xenapi_plugin.xapi import login, make_session
 
@@ -47,7 +47,7 @@ class Dom0:
 @pytest.fixture
 def dom0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Dom0]:
     with simulated_xapi() as sim, simulated_host(sim, "xs-f", "198.18.40.1") as host:
-        plugin, _ = install(tmp_path / "root")
+        plugin, _ = install_dom0(tmp_path / "root")
         env = {"VEIL_XAPI": sim.uri, "VEIL_OVSDB": host.ovs.db_remote, "VEIL_SPOOL": str(tmp_path / "spool"),
                "VEIL_XEN_CONF": str(tmp_path / "absent.conf")}
         for key, value in env.items():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from controller.lab import netns
 from hooks.registrar import Registrar
 from hooks.spool import Spool, UnplugEvent, drain
 from tests.support.xapi_sim import XapiSim
+from tests.support.dom0_python import install_dom0
 from tests.support.xen import Host, interfaces, simulated_host, simulated_xapi, vif_script
-from xenapi_plugin.install import install
 
 pytestmark = pytest.mark.lab
 
@@ -48,7 +50,7 @@ class Dom0:
 @pytest.fixture
 def dom0(tmp_path: Path) -> Iterator[Dom0]:
     with simulated_xapi() as sim, simulated_host(sim, "xs-a", "198.18.30.1") as host:
-        _, hook = install(tmp_path / "root")
+        _, hook = install_dom0(tmp_path / "root")
         spool = tmp_path / "spool"
         env = dict(os.environ, VEIL_XAPI=sim.uri, VEIL_OVSDB=host.ovs.db_remote, VEIL_SPOOL=str(spool),
                    VEIL_XEN_CONF=str(tmp_path / "absent.conf"))
@@ -179,3 +181,21 @@ def test_non_utf8_config_is_one_line_and_blocks_only_in_strict_mode(dom0: Dom0, 
         assert proc.stderr.count("\n") == 1 and f"{conf}:2: byte 0xe9" in proc.stderr
         assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
         assert "iface-id" not in interfaces(dom0.host.ovs)["vif9.0"]
+
+
+def test_remove_after_the_port_is_gone_never_retracts_a_same_host_migrations_new_live_port(dom0: Dom0) -> None:
+    """xenopsd's real unplug order: remove_from_bridge deletes the old port first, THEN runs
+    ``vif-hotplug -action remove``. In a same-host migration the VIF's new domain is already
+    plugged on a live port carrying the same xs-vif-uuid: the hook must leave it registered."""
+    vm_uuid, vif_uuid = dom0.vm_with_vif(3)  # the old domain's vif3.0
+    assert dom0.host.ovs.ns is not None
+    netns.add_veth(dom0.host.ovs.ns, "vif9.0", dom0.host.ovs.ns, "h13peer9")  # the new domain's live device
+    vif_script(dom0.sim, dom0.host.ovs, "vif9.0", dom0.sim.db.get_ref("vif", vif_uuid))
+    proc = dom0.run("-action", "online", "-vifuuid", vif_uuid, "-vmuuid", str(uuid.uuid4()))  # temporary uuid
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert interfaces(dom0.host.ovs)["vif9.0"]["veil-network"] == "blue"
+    dom0.host.ovs.vsctl("--if-exists", "del-port", "vif3.0")  # setup-vif-rules ... clear
+    proc = dom0.run("-action", "remove", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid)
+    assert proc.returncode == 0, proc.stderr
+    row = interfaces(dom0.host.ovs)["vif9.0"]
+    assert row["veil-network"] == "blue" and row["iface-status"] == "active", "the live port stays registered"

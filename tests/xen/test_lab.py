@@ -1,15 +1,18 @@
 """A XenServer-style host and a KVM-style host in the two-DC lab, one tenant network, pinging.
 
 dc1-h1 is plugged the KVM way (the lab registers it with veil's qemu-hook registrar). dc2-h1
-is a XenServer host: its VM's port is ``vif<domid>.0`` added by an emulation of xenopsd's vif
-script (xs-* keys and attached-mac only), and everything else (iface-id, vm-id, iface-status,
-veil-network, veil-ips) comes from veil-xapi-sync following the simulated xapi. The real controller does the rest.
+is a XenServer host run through the xenopsd model (tests.support.xenopsd): its VM's port is
+``vif<domid>.0`` added by the vif script steps in xenopsd's order (xs-* keys and attached-mac
+only), the installed vif-hotplug hook runs at ``online`` on dom0's Python, and everything else
+(iface-id, vm-id, iface-status, veil-network, veil-ips) comes from the hook and veil-xapi-sync
+following the simulated xapi. The real controller does the rest.
 When the xapi network leaves veil, the registration goes and so does the path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +22,9 @@ from controller.lab.run import LabController, run_for_lab
 from tests.support.names import unique_prefix
 from tests.support.xapi_sim import XapiSim
 from tests.support.poll import until
-from tests.support.xen import Host, interfaces, running_daemon, simulated_xapi, vif_script
+from tests.support.dom0_python import install_dom0
+from tests.support.xen import Host, interfaces, running_daemon, simulated_xapi
+from tests.support.xenopsd import Xenopsd, hook_conf
 
 pytestmark = pytest.mark.lab
 
@@ -41,31 +46,34 @@ def lab() -> Iterator[tuple[Lab, LabController]]:
         lab.down()
 
 
-def boot_xen_vm(lab: Lab, sim: XapiSim, host: Host) -> tuple[str, str]:
-    """xapi starts the VM on the Xen host; xenopsd makes vif5.0 and runs its vif script.
-    Returns the VIF's uuid and its xapi network's ref."""
+def boot_xen_vm(lab: Lab, sim: XapiSim, host: Host, xenopsd: Xenopsd) -> tuple[str, str]:
+    """xapi starts the VM on the Xen host; netback makes the vif5.0 device and xenopsd runs the
+    vif script steps and the hook. Returns the VIF's uuid and its xapi network's ref."""
     spec = lab.vms[XEN_VM]
     tenant = lab.topo.network(spec.network).tenant
     net = sim.add_network(spec.network, "br-int", {"veil-network": spec.network, "veil-tenant": tenant})
     vm = sim.add_vm(XEN_VM)
-    vif = sim.add_vif(vm, net, "0", spec.mac, ipv4_allowed=[spec.ip])
+    vif = sim.add_vif(vm, net, "0", spec.mac, ipv4_allowed=[spec.ip], locking_mode="locked")
     sim.start_vm(vm, host.ref, DOMID)
     port = f"vif{DOMID}.0"
     netns.add_netns(spec.ns)  # lab.down() removes it: it carries the lab's prefix
     netns.add_veth(spec.ns, "eth0", lab.hosts[XEN_HOST].ns, port, mtu=VM_MTU)
     netns.run(["ip", "link", "set", "eth0", "address", spec.mac], ns=spec.ns)
     netns.run(["ip", "addr", "replace", str(spec.spec.ip), "dev", "eth0"], ns=spec.ns)
-    vif_script(sim, host.ovs, port, vif)
+    xenopsd.plug(vif, DOMID)
     return sim.record("vif", vif)["uuid"], net
 
 
-def test_xen_and_kvm_vms_on_one_tenant_network_ping(lab: tuple[Lab, LabController]) -> None:
+def test_xen_and_kvm_vms_on_one_tenant_network_ping(lab: tuple[Lab, LabController], tmp_path: Path) -> None:
     the_lab, ctl = lab
     xen = the_lab.hosts[XEN_HOST]
     with simulated_xapi() as sim:
         ref = sim.add_host(XEN_HOST, xen.underlay_ip)
         host = Host(XEN_HOST, ref, sim.record("host", ref)["uuid"], xen.ovs)
-        vif_uuid, net = boot_xen_vm(the_lab, sim, host)
+        _, hook = install_dom0(tmp_path / "root")
+        xenopsd = Xenopsd(sim, xen.ovs, hook, hook_conf(tmp_path / "xen.conf", sim, xen.ovs, tmp_path / "spool"))
+        vif_uuid, net = boot_xen_vm(the_lab, sim, host, xenopsd)
+        assert [(r.action, r.returncode, r.stderr) for r in xenopsd.hook_runs] == [("online", 0, "")]
         with running_daemon(sim, host, manage_ports=False):
             row = until("veil-xapi-sync registered the Xen VIF",
                         lambda: interfaces(xen.ovs)[f"vif{DOMID}.0"].get("veil-network"))

@@ -20,8 +20,8 @@ from hooks.registrar import Registrar
 from hooks.spool import PlugEvent, Spool, drain
 from hooks.vif import Vif
 from tests.support.xapi_sim import XapiSim
+from tests.support.dom0_python import install_dom0
 from tests.support.xen import Host, interfaces, simulated_host, simulated_xapi, vif_script
-from xenapi_plugin.install import install
 from xenapi_plugin.xapi import login
 
 pytestmark = pytest.mark.lab
@@ -66,7 +66,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     with simulated_xapi() as sim, simulated_host(sim, "xs-a", "198.18.20.1") as host:
-        plugin, _ = install(tmp_path / "root")
+        plugin, _ = install_dom0(tmp_path / "root")
         session = login(sim.uri)
         env = dict(os.environ, VEIL_XAPI=sim.uri, VEIL_OVSDB=host.ovs.db_remote,
                    VEIL_XEN_CONF=str(tmp_path / "absent.conf"), VEIL_SPOOL=str(tmp_path / "spool"))
@@ -113,7 +113,14 @@ def test_status(world: World) -> None:
     assert report["system_id"] == world.host.uuid
     assert report["bridge_present"] is True
     assert report["registered"] == 0
+    assert report["bridge_warnings"] == []
     assert world.fails("status", {"verbose": "true"})[:2] == ["VEIL_UNKNOWN_ARGUMENT", "verbose"]
+
+
+def test_status_warns_of_a_managed_xapi_network_on_br_int(world: World) -> None:
+    world.sim.add_network("veil", "br-int", {"veil-network": "blue"})  # xapi's default: managed
+    warnings = world.ok("status", {})["bridge_warnings"]
+    assert any("fail_mode=standalone" in w for w in warnings) and any("last VIF" in w for w in warnings)
 
 
 def test_status_reports_unreachable_ovsdb(world: World, tmp_path: Path) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
 
+from tests.support.dom0_python import install_dom0
 from tests.support.xapi_sim import XapiSim
+from tests.support.xenopsd import Xenopsd, hook_conf
 from tests.support.poll import until
 from tests.support.xen import (
     Host,
@@ -132,29 +136,39 @@ def test_live_migration_moves_the_registration_to_the_new_host(
 
 
 def test_live_migration_on_xenserver_ports_is_active_on_both_hosts_meanwhile(
-    xapi: XapiSim, host_a: Host, host_b: Host
+    xapi: XapiSim, host_a: Host, host_b: Host, tmp_path: Path
 ) -> None:
-    """With xenopsd making the ports, the destination's port is plugged (and tagged) while xapi
-    still says the VM runs on the source: it is registered at once, the source's stays active
-    until xenopsd removes it, as the external_ids contract expects of a live migration."""
+    """A live migration as xenopsd and xapi show it: B's xenopsd plugs the destination port
+    (tagged with the final VM uuid, the hook given a temporary one) while xapi still says the VM
+    runs on A; only then does xapi move resident_on and domid, in separate events; A's xenopsd
+    deletes the source port, then runs its hook. Both ports are active meanwhile, as the
+    external_ids contract expects of a live migration."""
     net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
     vm, vif = veil_vm(xapi, "mover", "aa:16:3e:00:00:45", net)
     iface_id = xapi.record("vif", vif)["uuid"]
+    xenopsd: dict[str, Xenopsd] = {}
+    for name, host in (("a", host_a), ("b", host_b)):
+        _, hook = install_dom0(tmp_path / name)
+        xenopsd[name] = Xenopsd(xapi, host.ovs, hook, hook_conf(tmp_path / f"{name}.conf", xapi, host.ovs,
+                                                                   tmp_path / f"{name}-spool"))
     with running_daemon(xapi, host_a, manage_ports=False), running_daemon(xapi, host_b, manage_ports=False):
         xapi.start_vm(vm, host_a.ref, domid=3)
-        vif_script(xapi, host_a.ovs, "vif3.0", vif)
+        xenopsd["a"].plug(vif, 3)
         until("on A", lambda: interfaces(host_a.ovs)["vif3.0"].get("iface-id") == iface_id)
-        vif_script(xapi, host_b.ovs, "vif9.0", vif)  # migration under way: xapi still says A, domid 3
+        xenopsd["b"].plug(vif, 9, domain_uuid=str(uuid.uuid4()))  # migration under way: xapi still says A
         until("on B, mid-migration",
               lambda: interfaces(host_b.ovs)["vif9.0"].get("iface-status") == "active")
         assert interfaces(host_b.ovs)["vif9.0"]["iface-id"] == iface_id
+        assert interfaces(host_b.ovs)["vif9.0"]["xs-vm-uuid"] == xapi.record("vm", vm)["uuid"]
         assert interfaces(host_a.ovs)["vif3.0"]["iface-status"] == "active", "both active meanwhile"
         xapi.migrate_vm(vm, host_b.ref, domid=9)
-        host_a.ovs.vsctl("del-port", "vif3.0")  # xenopsd on A: the source domain is gone
+        xenopsd["a"].unplug(vif, 3)  # the source domain is gone: port first, then the hook
         xapi.set_other_config("vif", vif, "veil-tenant", "acme")  # a later change reaches B's row
         until("B follows after the switch", lambda: interfaces(host_b.ovs)["vif9.0"].get("veil-tenant") == "acme")
         assert interfaces(host_b.ovs)["vif9.0"]["iface-status"] == "active"
         assert "vif3.0" not in interfaces(host_a.ovs)
+        runs = [(r.action, r.returncode, r.stderr) for x in xenopsd.values() for r in x.hook_runs]
+        assert runs == [("online", 0, ""), ("remove", 0, ""), ("online", 0, "")], "A's two, then B's"
 
 
 def test_xapi_restart_mid_stream_loses_nothing(xapi: XapiSim, host_a: Host) -> None:
@@ -184,11 +198,32 @@ def test_session_invalidated_without_disconnect_triggers_full_resync(xapi: XapiS
     vm, _ = veil_vm(xapi, "vm", "aa:16:3e:00:00:61", net)
     with running_daemon(xapi, host_a) as daemon:
         until("first snapshot", lambda: daemon.resyncs >= 1)
-        with xapi.db.lock:
-            xapi.db.sessions.clear()
+        xapi.db.expire_sessions()
         xapi.start_vm(vm, host_a.ref, domid=6)
         until("vm registered", lambda: "vif6.0" in interfaces(host_a.ovs))
         until("a second full resync", lambda: daemon.resyncs >= 2)
+
+
+def test_a_renewed_session_resyncs_at_once_not_after_a_poll_timeout(xapi: XapiSim, host_a: Host) -> None:
+    """A session xapi drops while the daemon sits in a long event.from: XenAPI.Session logs in
+    again by itself; the daemon must take its full resync then, not after the next hour-long
+    poll with the new session."""
+    with running_daemon(xapi, host_a, poll_timeout=3600) as daemon:
+        until("first snapshot", lambda: daemon.resyncs >= 1, detail=daemon.text)
+        xapi.db.expire_sessions()  # the daemon's blocked event.from answers SESSION_INVALID
+        until("a second full resync", lambda: daemon.resyncs >= 2, detail=daemon.text)
+
+
+def test_a_pool_member_that_is_not_the_master_sends_the_daemon_to_the_master(xapi: XapiSim, host_a: Host) -> None:
+    """A login to a member's xapi is refused with HOST_IS_SLAVE [master address]: the daemon
+    follows the master instead of retrying the member for ever."""
+    net = xapi.add_network("blue", "br-int", {"veil-network": "blue"})
+    vm, _ = veil_vm(xapi, "vm", "aa:16:3e:00:00:65", net)
+    xapi.start_vm(vm, host_a.ref, domid=5)
+    with running_daemon(xapi, host_a, xapi_uri=xapi.serve_member()) as daemon:
+        until("registered through the master", lambda: interfaces(host_a.ovs).get("vif5.0", {}).get("veil-network"),
+              detail=daemon.text)
+        assert "HOST_IS_SLAVE" in daemon.text() and xapi.serve_http()[len("http://"):] in daemon.text()
 
 
 def test_start_reconciles_stale_and_missing_registrations(xapi: XapiSim, host_a: Host) -> None:

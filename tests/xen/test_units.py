@@ -90,11 +90,33 @@ def test_overrides_and_the_vifs_own_network_win() -> None:
     assert (v.iface_id, v.vm_id, v.network, v.mac) == ("cms-port", "cms-vm", "red", "aa:16:3e:00:00:0a")
 
 
-def test_locking_mode_addresses_become_veil_ips() -> None:
-    rec = {**vif_rec("vif-u", "vm"), "ipv4_allowed": ["198.19.0.5"], "ipv6_allowed": ["fd00::5"]}
-    s = state_of(ev("vm", "vm", vm_rec("vm-u")), ev("vif", "v", rec))
-    (v,) = desired.wanted_from_xapi(s, HOST, set()).vifs.values()
+def locking(mode: str, network_default: str | None = None) -> dict[str, Vif]:
+    rec = {**vif_rec("vif-u", "vm"), "ipv4_allowed": ["198.19.0.5"], "ipv6_allowed": ["fd00::5"],
+           "locking_mode": mode}
+    net = NET if network_default is None else {**NET, "default_locking_mode": network_default}
+    s = model.state_from_snapshot([ev("network", "OpaqueRef:net", net), ev("vm", "vm", vm_rec("vm-u")),
+                                   ev("vif", "v", rec)])
+    return desired.wanted_from_xapi(s, HOST, set()).vifs
+
+
+def test_locked_vif_addresses_become_veil_ips() -> None:
+    (v,) = locking("locked").values()
     assert v.extra["veil-ips"] == "198.19.0.5,fd00::5"
+
+
+def test_an_unlocked_vif_filters_nothing_whatever_its_allowed_lists_say() -> None:
+    (v,) = locking("unlocked").values()
+    assert "veil-ips" not in v.extra, "xapi enforces ipv4_allowed/ipv6_allowed only when locked"
+
+
+def test_a_disabled_vif_gets_no_registration_at_all() -> None:
+    assert locking("disabled") == {}, "xapi adds no port for locking_mode=disabled"
+
+
+def test_network_default_follows_the_networks_default_locking_mode() -> None:
+    assert "veil-ips" not in next(iter(locking("network_default").values())).extra, "xapi's default: unlocked"
+    assert "veil-ips" not in next(iter(locking("network_default", "unlocked").values())).extra
+    assert locking("network_default", "disabled") == {}
 
 
 def test_vif_on_no_veil_network_is_not_wanted() -> None:
@@ -292,3 +314,25 @@ def test_sync_unreadable_password_file_is_one_line_exit_2(tmp_path: Any, capsys:
     assert sync.main(["--password-file", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--password-file" in err and "Traceback" not in err
+
+
+def test_the_host_identity_is_refused_when_ovsdb_and_the_inventory_disagree() -> None:
+    from xenapi_plugin.sync import UnknownHost, host_identity
+
+    assert host_identity("h-1", "h-1") == "h-1"
+    assert host_identity(None, "h-1") == "h-1" and host_identity("h-1", None) == "h-1"
+    assert host_identity(None, None) is None
+    with pytest.raises(UnknownHost, match="system-id h-2 is not this host's INSTALLATION_UUID h-1"):
+        host_identity("h-2", "h-1")
+
+
+def test_bridge_problems_name_what_xcp_networkd_does_to_br_int() -> None:
+    def problems(**net: Any) -> list[str]:
+        return desired.bridge_problems(model.state_from_snapshot([ev("network", "n", {**NET, **net})]), "br-int")
+
+    standalone, destroyed = problems()  # xapi's defaults: managed, internal, no fail-mode key
+    assert "fail_mode=standalone" in standalone and "vswitch-controller-fail-mode=secure" in standalone
+    assert "destroys br-int with its last VIF" in destroyed
+    assert problems(PIFs=["OpaqueRef:pif"], other_config={"vswitch-controller-fail-mode": "secure"}) == []
+    assert problems(managed=False) == [], "a bridge xcp-networkd does not manage is veil's"
+    assert problems(bridge="xenbr0") == []

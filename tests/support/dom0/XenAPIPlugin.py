@@ -1,5 +1,6 @@
 """Stand-in for dom0's XenAPIPlugin module, written from its documented behaviour (shared
 reference xenapi-plugin.md), so tests can take the plugin's "running on dom0" path.
+Python 3.6 like dom0 (the dom0 tests run it on the oldest interpreter here).
 
 Deliberately independent of xenapi_plugin.dispatch: if veil's wrapper forgot to translate its
 own failures into this module's Failure, they would come out as XENAPI_PLUGIN_FAILURE here.
@@ -7,8 +8,8 @@ own failures into this module's Failure, they would come out as XENAPI_PLUGIN_FA
 
 import sys
 import xmlrpc.client
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Callable, Mapping, Sequence
+from typing import Any, Dict
 
 import XenAPI
 
@@ -19,7 +20,7 @@ class Failure(Exception):
         self.params = [code] + list(params)
 
 
-def _print(rpcparams: dict[str, Any]) -> None:
+def _print(rpcparams: Dict[str, Any]) -> None:
     print(xmlrpc.client.dumps((rpcparams,), "", True))
 
 
