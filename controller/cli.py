@@ -15,6 +15,7 @@ those functions directly, never this module. The netns lab has its own command, 
     veil tenant add NAME --db DB
     veil network add NAME --tenant T [--vni N] [--subnet CIDR] [--dhcp-server IFACE]... --db DB
     veil network del NAME --db DB
+    veil status [--json] [--rundir /run/veil | --socket PATH]   (exit 1 when something is wrong)
     veil show --db DB
     veil flows HOST --db DB          (what HOST's br-int should hold, in ovs-ofctl syntax)
 """
@@ -22,13 +23,15 @@ those functions directly, never this module. The netns lab has its own command, 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 
-from controller import hosttls, trust
+from controller import control, hosttls, statusview, trust
 from controller.core.model import InvalidState, check_name, check_vni
 from controller.northbound import pki as P
 from controller.northbound.enroll import EnrollError, HostFiles
@@ -90,12 +93,51 @@ def _parser() -> argparse.ArgumentParser:
     nd = nsub.add_parser("del")
     nd.add_argument("name")
     nd.add_argument("--db", required=True, type=remote)
+    _status_parser(sub)
     s = sub.add_parser("show")
     s.add_argument("--db", required=True, type=remote)
     f = sub.add_parser("flows", help="the flows a host should have, in ovs-ofctl syntax")
     f.add_argument("host", help="system-id of a joined host")
     f.add_argument("--db", required=True, type=remote)
     return p
+
+
+STATUS_EXAMPLES = """examples:
+  veil status                       on the controller machine (its local control socket)
+  veil status --json | jq .problems
+  veil status --rundir /run/veil-lab/PREFIX/controller     a lab's controller
+exit status: 0 all is well, 1 something is wrong (listed under problems), 2 the controller
+could not be asked."""
+
+
+def _status_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    s = sub.add_parser(
+        "status", help="hosts, tunnels (BFD), networks and VIFs as the controller sees them; "
+        "exit 1 when something is wrong", description="Ask the running controller (its local "
+        "control socket) what it sees: every joined host (connected? programmed up to which "
+        "sequence number? its last error), its tunnels with their BFD state, every network "
+        "with its VNI and forwarded VIFs, and every VIF that is not forwarded and why.",
+        epilog=STATUS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--rundir", type=Path, default=control.DEFAULT_RUNDIR,
+                       help="the controller's run directory (default %(default)s): its socket "
+                       f"is RUNDIR/{control.SOCKET_NAME}")
+    where.add_argument("--socket", type=Path, help="the control socket itself "
+                       "(veil-controller --control)")
+    s.add_argument("--json", action="store_true", help="print the status as one JSON "
+                   "document (with a 'problems' list) instead of text")
+
+
+def status(args: argparse.Namespace) -> int:
+    """`veil status`: 0 all well, 1 problems, 2 (ControlError) the controller was not asked."""
+    path = args.socket or args.rundir / control.SOCKET_NAME
+    doc = control.ask(path, "status")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for line in statusview.render(doc, time.time()):
+            print(line)
+    return 1 if doc["problems"] else 0
 
 
 def show(store: Store) -> None:
@@ -218,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return join(args)
         if args.cmd == "host":
             return host_verb(args)
+        if args.cmd == "status":
+            return status(args)
         store = Store(args.db)
         try:
             if args.cmd == "tenant":
@@ -236,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 show(store)
         finally:
             store.close()
-    except (InvalidState, ValueError, OvsdbUnreachable, PkiError, EnrollError) as exc:
+    except (InvalidState, ValueError, OvsdbUnreachable, PkiError, EnrollError,
+            control.ControlError) as exc:
         sys.stderr.write(f"veil: {' '.join(str(exc).split())}\n")
         return 2
     except ovsdbapp_exceptions.OvsdbAppException as exc:  # the database went away mid-way

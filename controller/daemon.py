@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from controller import control
 from controller import trust as trust_mod
 from controller.northbound import access
 from controller.northbound import pki as P
@@ -71,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", type=config_path, help="tenants/networks file, reloaded on change")
     p.add_argument("--resync", type=seconds(0.1, 3600.0), default=5.0,
                    help="seconds between safety reconciliations when nothing happens")
+    p.add_argument("--control", type=Path, help="the local control socket `veil status` "
+                   f"asks (default RUNDIR/{control.SOCKET_NAME}, or {control.DEFAULT_SOCKET} "
+                   "with --db)")
     p.add_argument("-v", "--verbose", action="store_true")
     _trust_arguments(p)
     args = p.parse_args(argv)
@@ -83,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     ctl = Controller(remote, args.config, resync_every=args.resync)
     done = threading.Event()
+    ctl_socket = _control_socket(args, ctl)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         done.set()
@@ -98,10 +103,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             if trust is not None:
                 trust.stop()
             return 1
+    if ctl_socket is not None:
+        ctl_socket.stop()
     ctl.stop()
     if trust is not None:
         trust.stop()
     return 0
+
+
+def _control_socket(args: argparse.Namespace, ctl: Controller) -> control.ControlServer | None:
+    """Start the local control socket; one that cannot be made is logged, never fatal (the
+    controller's job is the hosts' flows, not answering `veil status`)."""
+    path = args.control or ((args.rundir or control.DEFAULT_RUNDIR) / control.SOCKET_NAME)
+    try:
+        server = control.ControlServer(path, lambda request: ctl.status_json())
+    except OSError as exc:
+        logging.getLogger("veil.controller").error(
+            "control socket %s: %s; `veil status` will not reach this controller", path, exc)
+        return None
+    server.start()
+    return server
 
 
 def _trust_arguments(p: argparse.ArgumentParser) -> None:

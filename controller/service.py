@@ -13,6 +13,7 @@ one if the state changed, and records it on every host it brought to that state.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import logging
@@ -40,6 +41,7 @@ from ovsdbapp import exceptions as ovsdbapp_exceptions
 from controller.southbound import tls
 from controller.southbound.session import OfSession, OpenFlowError
 from controller.core.seen import first_seen_after
+from controller.status import LinkState, Status, status_of
 from controller.northbound.store import (
     Declared,
     HostRecord,
@@ -95,6 +97,15 @@ class HostLink:
     # True while its OVSDB holds a transaction it does not answer (a hung ovsdb-server): the
     # last view stands and nothing is written to it, so the loop never waits on it.
     stuck: bool = False
+    last_error: str | None = None  # the newest error about this host (`veil status`)
+
+    def state(self) -> LinkState:
+        """Its connection state and view, for ``status_of``."""
+        view = self.view
+        return LinkState(
+            self.db is not None and self.db.connected() and not self.stuck,
+            self.of is not None and not self.of.closed, self.last_error,
+            view.tunnels if view else (), view.rejected if view else ())
 
 
 class Controller:
@@ -124,6 +135,8 @@ class Controller:
         self._config_last: Config | None = None  # the config last applied (logged once)
         self._engine: Engine | None = None
         self._held: State | None = None  # the state the engine holds
+        # the last round's status (controller/status.py), read by the control socket thread
+        self._status = Status(clock(), "away", 0)
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
                              expected=(OvsdbUnreachable, OSError, OpenFlowError))
 
@@ -181,6 +194,19 @@ class Controller:
     def alive(self) -> bool:
         """False once the loop has ended (stopped, or died on an exception it cannot handle)."""
         return self._thread is not None and self._thread.is_alive()
+
+    def status_json(self) -> dict[str, Any]:
+        """The last round's status as JSON (`veil status`; any thread may call it)."""
+        status = self._status
+        if self._db_away or self.store is None:
+            status = dataclasses.replace(status, database="away")
+        # the connections as they are now (a host may have gone since the round)
+        live = {h: link.state() for h, link in list(self.links.items())}
+        status = dataclasses.replace(status, hosts=tuple(
+            dataclasses.replace(h, ovsdb_connected=live[h.system_id].ovsdb_connected,
+                                openflow_connected=live[h.system_id].openflow_connected)
+            if h.system_id in live else h for h in status.hosts))
+        return status.to_json()
 
     def _connect_store(self) -> bool:
         """Open the veil database; while it is away, say so and back off (never exit)."""
@@ -291,6 +317,12 @@ class Controller:
             if applied and link.db is not None and link.db.connected():  # (a stale view: no)
                 done.append(host)
         self.store.write_programmed(seq, done)
+        programmed = {**self.store.programmed(), **{h: seq for h in done}}
+        self._status = status_of(
+            self.clock(), state, {h: link.state() for h, link in self.links.items()},
+            programmed, seq,
+            {r.host.system_id: (r.ovsdb, r.openflow) for r in declared.hosts},
+            (str(r) for r in sorted(refused, key=str)))
 
     def _advance(self, state: State) -> tuple[Update, bool]:
         """Bring the engine to ``state``: by its events, or (declarations changed, or first
@@ -365,6 +397,7 @@ class Controller:
                 if not link.stuck:
                     LOG.warning("host %s: ovsdb %s (hung?); keeping its last view, not writing "
                                 "to it", sid, exc)
+                link.last_error = f"OVSDB {exc} (hung?)"
                 link.stuck = True
                 continue
             if link.stuck:
@@ -377,6 +410,7 @@ class Controller:
             if link.view.system_id not in (None, sid):
                 LOG.error("host %s: its OVSDB says system-id %s; not programming it",
                           sid, link.view.system_id)
+                link.last_error = f"its OVSDB says system-id {link.view.system_id}"
                 link.view = None
             self._report_bfd(link)
 
@@ -406,6 +440,7 @@ class Controller:
             return False
         if not link.view.has_bridge:
             LOG.warning("host %s has no br-int yet", host)
+            link.last_error = "no br-int yet"
             return False
         wanted = self._engine.tunnels(host)
         tunnels_done = tunnels_ready(wanted, link.view) and not link.stuck
@@ -416,6 +451,7 @@ class Controller:
                 tunnels_done = False
         except RuntimeError as exc:  # ovsdbapp: a failed or timed-out transaction
             LOG.error("host %s: tunnel update failed: %s", host, exc)
+            link.last_error = f"tunnel update failed: {exc}"
             tunnels_done = False
         if link.of is None or link.of.closed:
             link.of, link.installed = None, None
@@ -432,6 +468,7 @@ class Controller:
                 link.installed = link.of.installed()
         except OpenFlowError as exc:
             LOG.warning("host %s: flow dump failed: %s", host, exc)
+            link.last_error = f"flow dump failed: {exc}"
             link.of.close()
             link.of, link.installed = None, None
             return False
@@ -447,6 +484,7 @@ class Controller:
             link.of.apply(d)
         except OpenFlowError as exc:
             LOG.error("host %s: flow update failed, will re-read and retry: %s", host, exc)
+            link.last_error = f"flow update failed: {exc}"
             link.of.close()
             link.of, link.installed = None, None
             return False
@@ -478,6 +516,9 @@ class Controller:
             return result
         if isinstance(result, Failed):
             LOG.warning("host %s: %s %s: %s", key[1], key[0], key[2], result.error)
+            link = self.links.get(key[1])
+            if link is not None:
+                link.last_error = f"{key[0]} {key[2]}: {result.error}"
         self.dialer.want(key, attempt)
         return None
 

@@ -76,6 +76,11 @@ class LabController:
         return self.rundir / "controller.pid"
 
     @property
+    def control_socket(self) -> Path:
+        """The daemon's local control socket (`veil status --socket`)."""
+        return self.rundir / "veil-ctl.sock"
+
+    @property
     def pki_dir(self) -> Path:
         return self.rundir / "pki"
 
@@ -120,7 +125,7 @@ class LabController:
         in the controller's namespace, with its embedded database, relay and enrollment,
         returning once they listen (the first start then joins every host)."""
         argv = [sys.executable, "-m", "controller.daemon", "--config", str(self.config),
-                "--resync", f"{self.resync:g}"]
+                "--resync", f"{self.resync:g}", "--control", str(self.control_socket)]
         if self.tls:
             argv = ["ip", "netns", "exec", self.lab.ns_name(CONTROLLER_NODE), *argv,
                     "--rundir", str(self.rundir), "--pki", str(self.pki_dir),
