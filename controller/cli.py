@@ -16,6 +16,7 @@ those functions directly, never this module. The netns lab has its own command, 
     veil network add NAME --tenant T [--vni N] [--subnet CIDR] [--dhcp-server IFACE]... --db DB
     veil network del NAME --db DB
     veil status [--json] [--rundir /run/veil | --socket PATH]   (exit 1 when something is wrong)
+    veil trace from VIF [to VIF] [icmp|udp|arp|broadcast] [FIELD=VALUE ...] [--live] [--json]
     veil show --db DB
     veil flows HOST --db DB          (what HOST's br-int should hold, in ovs-ofctl syntax)
 """
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     nd.add_argument("name")
     nd.add_argument("--db", required=True, type=remote)
     _status_parser(sub)
+    _trace_parser(sub)
     s = sub.add_parser("show")
     s.add_argument("--db", required=True, type=remote)
     f = sub.add_parser("flows", help="the flows a host should have, in ovs-ofctl syntax")
@@ -138,6 +140,89 @@ def status(args: argparse.Namespace) -> int:
         for line in statusview.render(doc, time.time()):
             print(line)
     return 1 if doc["problems"] else 0
+
+
+TRACE_EXAMPLES = """examples:
+  veil trace from VM 3f0c2a1e to VM 9b7d0c44 icmp     VIFs by iface-id (or a unique prefix)
+  veil trace from 02:5e:f5:5f:f1:6f to 198.19.0.12    ... or by MAC, or by IP
+  veil trace from 3f0c2a1e broadcast
+  veil trace from 3f0c2a1e to 9b7d0c44 arp
+  veil trace from 3f0c2a1e to 9b7d0c44 eth.src=02:00:00:00:00:99    a spoofed source
+  veil trace --live from 3f0c2a1e to 9b7d0c44         on a hypervisor: also its real switch
+fields (ovn-trace, ovs-ofctl or veil names): eth.src eth.dst eth.type ip4.src ip4.dst
+ip.proto arp.op arp.spa arp.tpa arp.sha arp.tha vlan.vid udp.src udp.dst icmp4.type
+exit status: 0 the packet is delivered (or answered), 1 it is dropped, 3 --live disagrees
+with the model (a veil bug), 2 the packet could not be traced."""
+
+
+def _trace_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    t = sub.add_parser(
+        "trace", help="walk a packet through veil's pipeline, each table's decision in words",
+        description="Ask the running controller where a packet goes: through each br-int "
+        "table of the source host (classify, port security, ARP responder, L2 lookup, "
+        "flood), across the tunnel and through the destination host's tables, with the rule "
+        "that decided and why. --live also runs the packet through the real switch "
+        "(ovs-appctl ofproto/trace) and reports any difference as a veil bug.",
+        epilog=TRACE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("packet", nargs="+", metavar="WORD",
+                   help="from VIF [to VIF] [KIND] [FIELD=VALUE ...] (see examples)")
+    t.add_argument("--live", action="store_true", help="also trace the hops of this "
+                   "hypervisor's switch with ovs-appctl ofproto/trace (the host whose system-id "
+                   "--live-host names)")
+    t.add_argument("--live-host", metavar="SYSTEM_ID", help="with --live: this machine's "
+                   "system-id (default: read from the local Open vSwitch)")
+    t.add_argument("--verbose", action="store_true", help="print each deciding rule too "
+                   "(ovs-ofctl syntax)")
+    t.add_argument("--json", action="store_true", help="print the trace as JSON")
+    where = t.add_mutually_exclusive_group()
+    where.add_argument("--rundir", type=Path, default=control.DEFAULT_RUNDIR,
+                       help="the controller's run directory (default %(default)s)")
+    where.add_argument("--socket", type=Path, help="the controller's control socket")
+
+
+def trace_verb(args: argparse.Namespace) -> int:
+    """`veil trace`: 0 delivered/answered, 1 dropped, 3 live mismatch, 2 not traced."""
+    from controller import livetrace
+    from controller.trace import TraceError, parse_words, render
+    try:
+        req = parse_words(args.packet)
+    except TraceError as exc:
+        raise ValueError(str(exc)) from None
+    doc = control.ask(args.socket or args.rundir / control.SOCKET_NAME,
+                      "trace " + json.dumps(req.to_json()))
+    checks: list[livetrace.HopCheck] = []
+    if args.live:
+        here = args.live_host or _local_system_id()
+        checks = livetrace.check(doc, _local_appctl, lambda host: host == here)
+        doc["live"] = [c.__dict__ for c in checks]
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for line in render(doc, args.verbose):
+            print(line)
+        for c in checks:
+            print(f"live {c.host}: {c.why}")
+    if any(c.agrees is False for c in checks):
+        return 3
+    return 0 if doc["delivered"] else 1
+
+
+def _local_system_id() -> str:
+    import subprocess
+    out = subprocess.run(["ovs-vsctl", "--timeout=5", "get", "Open_vSwitch", ".",
+                          "external_ids:system-id"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ValueError(f"--live: cannot read this machine's system-id from Open vSwitch "
+                         f"({out.stderr.strip()}); give --live-host SYSTEM_ID")
+    return out.stdout.strip().strip('"')
+
+
+def _local_appctl(host: str, argv: Sequence[str]) -> str:
+    import subprocess
+    out = subprocess.run(["ovs-appctl", "--timeout=10", *argv], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip() or f"ovs-appctl exit {out.returncode}")
+    return out.stdout
 
 
 def show(store: Store) -> None:
@@ -262,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return host_verb(args)
         if args.cmd == "status":
             return status(args)
+        if args.cmd == "trace":
+            return trace_verb(args)
         store = Store(args.db)
         try:
             if args.cmd == "tenant":

@@ -2,7 +2,8 @@
 
 A unix socket in the controller's run directory (default /run/veil/veil-ctl.sock, mode 0600:
 root on the controller machine only, as the embedded database's own socket). A client
-sends one request line (``status``) and reads one JSON document back; the server answers
+sends one request line (``status``, or ``trace`` and a JSON packet description) and reads
+one JSON document back; the server answers
 from the last value the controller loop published (``Controller.status_json``), so a slow
 or stuck client never delays a round. No TLS: it never leaves the machine.
 """
@@ -23,7 +24,8 @@ LOG = logging.getLogger("veil.control")
 DEFAULT_RUNDIR = Path("/run/veil")
 SOCKET_NAME = "veil-ctl.sock"
 DEFAULT_SOCKET = DEFAULT_RUNDIR / SOCKET_NAME
-REQUESTS = ("status",)
+REQUESTS = ("status", "trace")
+MAX_REQUEST = 1 << 16  # bytes of one request line
 MAX_REPLY = 64 << 20  # bytes a client reads at most (a status of 1,000 hosts is ~2 MB)
 
 
@@ -36,14 +38,16 @@ Answer = Callable[[str], dict[str, Any]]
 
 class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
-        request = self.rfile.readline(256).decode("ascii", "replace").strip()
+        request = self.rfile.readline(MAX_REQUEST).decode("utf-8", "replace").strip()
         server: ControlServer = self.server  # type: ignore[assignment]
-        if request not in REQUESTS:
-            reply: dict[str, Any] = {"error": f"unknown request {request!r}; one of "
+        if request.split(" ", 1)[0] not in REQUESTS:
+            reply: dict[str, Any] = {"error": f"unknown request {request[:40]!r}; one of "
                                      f"{', '.join(REQUESTS)}"}
         else:
             try:
                 reply = server.answer(request)
+            except ValueError as exc:  # the request itself is wrong (its message says how)
+                reply = {"error": str(exc)}
             except Exception as exc:  # a bug in building the answer: say it, keep serving
                 LOG.exception("control request %r failed", request)
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
@@ -109,5 +113,5 @@ def ask(path: Path, request: str = "status", timeout: float = 10.0) -> dict[str,
     except ValueError as exc:
         raise ControlError(f"{path}: unreadable reply ({exc})") from None
     if "error" in reply:
-        raise ControlError(f"{path}: the controller refused {request!r}: {reply['error']}")
+        raise ControlError(f"the controller refused the request: {reply['error']}")
     return reply

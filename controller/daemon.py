@@ -116,7 +116,7 @@ def _control_socket(args: argparse.Namespace, ctl: Controller) -> control.Contro
     controller's job is the hosts' flows, not answering `veil status`)."""
     path = args.control or ((args.rundir or control.DEFAULT_RUNDIR) / control.SOCKET_NAME)
     try:
-        server = control.ControlServer(path, lambda request: ctl.status_json())
+        server = control.ControlServer(path, ctl.answer)
     except OSError as exc:
         logging.getLogger("veil.controller").error(
             "control socket %s: %s; `veil status` will not reach this controller", path, exc)

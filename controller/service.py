@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import gc
 import logging
 import queue
@@ -42,6 +43,7 @@ from controller.southbound import tls
 from controller.southbound.session import OfSession, OpenFlowError
 from controller.core.seen import first_seen_after
 from controller.status import LinkState, Status, status_of
+from controller.trace import TraceError, TraceRequest, trace
 from controller.northbound.store import (
     Declared,
     HostRecord,
@@ -194,6 +196,26 @@ class Controller:
     def alive(self) -> bool:
         """False once the loop has ended (stopped, or died on an exception it cannot handle)."""
         return self._thread is not None and self._thread.is_alive()
+
+    def answer(self, request: str) -> dict[str, Any]:
+        """A control socket request (controller/control.py): ``status`` or ``trace JSON``;
+        a ValueError says what is wrong with it."""
+        verb, _, arg = request.partition(" ")
+        if verb == "trace":
+            try:
+                doc = json.loads(arg)
+            except ValueError as exc:
+                raise TraceError(f"trace request is not JSON: {exc}") from None
+            return self.trace_json(TraceRequest.from_json(doc))
+        return self.status_json()
+
+    def trace_json(self, req: TraceRequest) -> dict[str, Any]:
+        """``req``'s packet through the flows of the state the last round held."""
+        held = self._held
+        if held is None:
+            raise TraceError("the controller has not computed a state yet (is the veil "
+                             "database reachable? see `veil status`)")
+        return trace(held, req).to_json()
 
     def status_json(self) -> dict[str, Any]:
         """The last round's status as JSON (`veil status`; any thread may call it)."""

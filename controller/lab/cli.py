@@ -78,6 +78,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return runner.run(Path(args.out), plan, _say, Path(args.root))
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from controller.lab import ops
+    from controller.trace import render
+
+    doc = ops.trace(_open(args), args.packet, live=args.live)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for line in render(doc, args.verbose):
+            _say(ops.named(doc, line))
+        for check in doc.get("live", []):
+            _say(ops.named(doc, f"live {check['host']}: {check['why']}"))
+    if any(c["agrees"] is False for c in doc.get("live", [])):
+        return 3
+    return 0 if doc["delivered"] else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="veil-lab", description=__doc__)
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="where lab run directories live")
@@ -115,6 +132,17 @@ def parser() -> argparse.ArgumentParser:
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     dm.set_defaults(func=cmd_demo)
 
+    tr = sub.add_parser("trace", help="`veil trace` on the lab, VMs by name (e.g. from a1 to "
+                        "a2 icmp); --live also through each host's real switch")
+    tr.add_argument("--prefix")
+    tr.add_argument("--live", action="store_true", help="each hop through its host's "
+                    "ovs-appctl ofproto/trace too; a difference is a veil bug (exit 3)")
+    tr.add_argument("--json", action="store_true")
+    tr.add_argument("--verbose", action="store_true", help="print each deciding rule")
+    tr.add_argument("packet", nargs="+", metavar="WORD", help="from VM [to VM] [icmp|udp|"
+                    "arp|broadcast] [FIELD=VALUE ...]")
+    tr.set_defaults(func=cmd_trace)
+
     bn = sub.add_parser("bench", help="measure veil side by side with OVN and plain OVS (docs/benchmarks.md)")
     bn.add_argument("--out", default="docs/bench", help="where results.json, results.md and the plots go")
     bn.add_argument("--quick", action="store_true", help="few repetitions and a small fabric (a smoke run)")
@@ -128,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         rc: int = args.func(args)
-    except (topology.TopologyError, RuntimeError, KeyError) as exc:
+    except (topology.TopologyError, RuntimeError, KeyError, ValueError) as exc:
         print(f"veil-lab: {exc}", file=sys.stderr)
         return 1
     return rc
