@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from controller import control
+from controller import control, metrics
 from controller import trust as trust_mod
 from controller.northbound import access
 from controller.northbound import pki as P
@@ -30,6 +30,7 @@ from controller.northbound.pki import PkiError
 from controller.service import Controller
 from controller.northbound.store import StoreServer
 from controller.southbound import tls
+from hooks import logjson
 from hooks.cliargs import OneLineParser, seconds
 from hooks.cliargs import remote as remote_arg
 
@@ -75,11 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--control", type=Path, help="the local control socket `veil status` "
                    f"asks (default RUNDIR/{control.SOCKET_NAME}, or {control.DEFAULT_SOCKET} "
                    "with --db)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--metrics", type=metrics.listen_address, metavar="IP:PORT",
+                   help="serve Prometheus metrics on http://IP:PORT/metrics (e.g. "
+                   "127.0.0.1:9477; default: not served)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    p.add_argument("--log-format", choices=logjson.FORMATS, default="text",
+                   help="text lines (default) or one JSON object per line")
     _trust_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logjson.configure("veil-controller", args.log_format,
+                      logging.DEBUG if args.verbose else logging.INFO)
     try:
         remote, trust = _start_trust(args)
     except (ValueError, RuntimeError, OSError, PkiError) as exc:  # not a dependency away
@@ -88,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctl = Controller(remote, args.config, resync_every=args.resync)
     done = threading.Event()
     ctl_socket = _control_socket(args, ctl)
+    if args.metrics:
+        try:
+            metrics.serve(ctl.metrics, args.metrics)
+        except OSError as exc:  # (the flows matter more than the metrics: keep running)
+            logging.getLogger("veil.controller").error(
+                "metrics endpoint %s: %s; not serving metrics", args.metrics, exc)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         done.set()

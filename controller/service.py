@@ -42,6 +42,7 @@ from ovsdbapp import exceptions as ovsdbapp_exceptions
 from controller.southbound import tls
 from controller.southbound.session import OfSession, OpenFlowError
 from controller.core.seen import first_seen_after
+from controller.metrics import Metrics
 from controller.status import LinkState, Status, status_of
 from controller.trace import TraceError, TraceRequest, trace
 from controller.northbound.store import (
@@ -107,7 +108,8 @@ class HostLink:
         return LinkState(
             self.db is not None and self.db.connected() and not self.stuck,
             self.of is not None and not self.of.closed, self.last_error,
-            view.tunnels if view else (), view.rejected if view else ())
+            view.tunnels if view else (), view.rejected if view else (),
+            None if self.installed is None else len(self.installed))
 
 
 class Controller:
@@ -139,6 +141,8 @@ class Controller:
         self._held: State | None = None  # the state the engine holds
         # the last round's status (controller/status.py), read by the control socket thread
         self._status = Status(clock(), "away", 0)
+        self._bound: frozenset[tuple[str, str]] = frozenset()  # (iface-id, host) last round
+        self.metrics = Metrics(self.status_json)
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
                              expected=(OvsdbUnreachable, OSError, OpenFlowError))
 
@@ -254,7 +258,10 @@ class Controller:
             try:
                 # A quiet period re-reads every switch's flows: a flow someone else deleted
                 # or changed is put back within one period.
+                began = time.monotonic()
                 self.reconcile(audit=not woken)
+                self.metrics.round_seconds.observe(time.monotonic() - began)
+                self.metrics.rounds.labels("event" if woken else "audit").inc()
                 self._db_failures = 0
             except ovsdbapp_exceptions.OvsdbAppException as exc:  # its writes timed out
                 self._db_failures += 1
@@ -308,6 +315,11 @@ class Controller:
         packet_ins: list[PacketIn] = []
         while not self._packet_ins.empty():
             packet_ins.append(self._packet_ins.get())
+        self.metrics.packet_ins.inc(len(packet_ins))
+        bound = frozenset((b.iface_id, b.host) for b in state.bindings)
+        self.metrics.vif_events.labels("added").inc(len(bound - self._bound))
+        self.metrics.vif_events.labels("removed").inc(len(self._bound - bound))
+        self._bound = bound
         claims = claims_after(declared.claims, state, packet_ins)
         if claims != declared.claims:
             self.store.write_claims(claims)  # durable: a restart keeps forwarding the same way
@@ -474,6 +486,7 @@ class Controller:
         except RuntimeError as exc:  # ovsdbapp: a failed or timed-out transaction
             LOG.error("host %s: tunnel update failed: %s", host, exc)
             link.last_error = f"tunnel update failed: {exc}"
+            self.metrics.tunnel_errors.labels(host).inc()
             tunnels_done = False
         if link.of is None or link.of.closed:
             link.of, link.installed = None, None
@@ -491,6 +504,7 @@ class Controller:
         except OpenFlowError as exc:
             LOG.warning("host %s: flow dump failed: %s", host, exc)
             link.last_error = f"flow dump failed: {exc}"
+            self.metrics.flow_mod_errors.labels(host).inc()
             link.of.close()
             link.of, link.installed = None, None
             return False
@@ -507,11 +521,14 @@ class Controller:
         except OpenFlowError as exc:
             LOG.error("host %s: flow update failed, will re-read and retry: %s", host, exc)
             link.last_error = f"flow update failed: {exc}"
+            self.metrics.flow_mod_errors.labels(host).inc()
             link.of.close()
             link.of, link.installed = None, None
             return False
         link.installed = apply_diff(link.installed, d)
         link.synced = True
+        self.metrics.flow_mods.labels(host, "add").inc(len(d.add))
+        self.metrics.flow_mods.labels(host, "delete").inc(len(d.delete))
         LOG.info("host %s: +%d -%d flows", host, len(d.add), len(d.delete))
         return tunnels_done
 

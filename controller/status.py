@@ -36,6 +36,7 @@ class HostStatus:
     programmed: int  # the newest sequence number it reflects
     last_error: str | None
     tunnels: tuple[TunnelStatus, ...] = ()
+    flows: int | None = None  # veil flows its br-int holds (None: not read yet)
 
     @property
     def connected(self) -> bool:
@@ -92,6 +93,7 @@ class LinkState:
     last_error: str | None
     tunnels: tuple[TunnelPort, ...]
     rejected: tuple[tuple[str, str], ...]  # interface name, why (a refused Interface row)
+    flows: int | None = None
 
 
 def _bfd(up: bool | None) -> str:
@@ -121,7 +123,7 @@ def status_of(now: float, state: State, links: Mapping[str, LinkState],
         hosts.append(HostStatus(sid, str(h.underlay_ip), ovsdb_remote, openflow_remote,
                                 link.ovsdb_connected,
                                 link.openflow_connected, programmed.get(sid, 0),
-                                link.last_error, tunnels))
+                                link.last_error, tunnels, link.flows))
     networks = tuple(
         NetworkStatus(n.name, n.tenant, n.vni,
                       tuple(_vif(b) for b in state.members.get(n.name, ())))

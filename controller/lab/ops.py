@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from controller import control, livetrace
-from controller.lab.lab import Lab
+from controller.lab import netns
+from controller.lab.lab import CONTROLLER_NODE, Lab
+from controller.lab.run import METRICS_LISTEN
 from controller.trace import parse_words
 
 
@@ -59,3 +61,10 @@ def named(doc: dict[str, Any], text: str) -> str:
     for iface_id, name in doc.get("vm_names", {}).items():
         text = text.replace(iface_id, f"{name}")
     return text
+
+
+def metrics_text(lab: Lab) -> str:
+    """A Prometheus scrape of the lab controller's metrics (served in its namespace)."""
+    fetch = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+             f"'http://{METRICS_LISTEN}/metrics', timeout=10).read().decode())")
+    return netns.run(["python3", "-c", fetch], ns=lab.ns_name(CONTROLLER_NODE)).stdout

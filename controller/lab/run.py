@@ -43,6 +43,7 @@ from controller.northbound.store import NotProgrammed, Store, StoreServer, sync
 from controller.trust import ENROLL_PORT, RELAY_PORT, utcnow
 
 LISTENING = "database relay ssl:"  # the daemon's log line once relay and enrollment listen
+METRICS_LISTEN = "127.0.0.1:9477"  # inside the controller's namespace (TLS lab): its own
 LAB_RESYNC = 2.0  # seconds: shorter than the daemon's default, so a lab's quiet-period audits
 # (which put back flows deleted behind veil's back) come sooner; waits use sync(), not resyncs
 
@@ -129,7 +130,7 @@ class LabController:
         if self.tls:
             argv = ["ip", "netns", "exec", self.lab.ns_name(CONTROLLER_NODE), *argv,
                     "--rundir", str(self.rundir), "--pki", str(self.pki_dir),
-                    "--public-ip", str(CONTROLLER_IP)]
+                    "--public-ip", str(CONTROLLER_IP), "--metrics", METRICS_LISTEN]
         else:
             argv += ["--db", self.server.remote, "--insecure"]
         seen = self.log_text().count(LISTENING)

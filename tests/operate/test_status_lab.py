@@ -13,7 +13,9 @@ import pytest
 
 from controller.lab.lab import Lab
 from controller.lab.run import LabController
-from controller.lab import netns
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.lab import netns, ops
 from tests.support.labs import programmed_lab
 from tests.support.poll import until
 from tests.support.veilcli import no_noise, run
@@ -98,6 +100,52 @@ def test_a_refused_vif_is_listed_with_its_reason(lab: tuple[Lab, LabController])
     finally:
         h.ovs.vsctl("--if-exists", "del-port", "br-int", port)
     ctl.sync()
+
+
+def scrape(lab: Lab) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The controller's metrics: (sample name, sorted labels) -> value."""
+    out = {}
+    for family in text_string_to_metric_families(ops.metrics_text(lab)):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+          **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and set(labels.items()) <= set(ls))
+
+
+def test_a_metrics_scrape_shows_the_counters_moving(lab: tuple[Lab, LabController]) -> None:
+    lab_, ctl = lab
+    until("all well", lambda: all_well(ctl), timeout=30.0, interval=0.5)
+    before = scrape(lab_)
+    assert total(before, "veil_hosts", state="connected") == len(lab_.hosts)
+    assert total(before, "veil_tunnels", bfd="up") > 0
+    assert total(before, "veil_tunnels", bfd="down") == 0
+    assert total(before, "veil_vifs", state="forwarded") == len(lab_.vms)
+    assert total(before, "veil_database_connected") == 1
+    assert total(before, "veil_problems") == 0
+    assert all(total(before, "veil_flows", host=h) > 0 for h in lab_.hosts)
+    assert total(before, "veil_programmed_lag") == 0
+    host = lab_.placement("a3")
+    lab_.unplug_vm("a3")
+    ctl.sync()
+    lab_.plug_vm("a3", host)
+    ctl.sync()
+    after = scrape(lab_)
+    assert total(after, "veil_vif_events_total", change="removed") > total(
+        before, "veil_vif_events_total", change="removed")
+    assert total(after, "veil_vif_events_total", change="added") > total(
+        before, "veil_vif_events_total", change="added")
+    assert total(after, "veil_rounds_total") > total(before, "veil_rounds_total")
+    assert total(after, "veil_round_seconds_count") > total(before, "veil_round_seconds_count")
+    assert total(after, "veil_flow_mods_total", op="delete") > total(
+        before, "veil_flow_mods_total", op="delete")
+    assert total(after, "veil_flow_mods_total", op="add") > total(
+        before, "veil_flow_mods_total", op="add")
+    assert total(after, "veil_sequence") > total(before, "veil_sequence")
 
 
 def test_a_killed_hosts_tunnels_are_down(lab: tuple[Lab, LabController]) -> None:
