@@ -17,6 +17,7 @@ those functions directly, never this module. The netns lab has its own command, 
     veil network del NAME --db DB
     veil status [--json] [--rundir /run/veil | --socket PATH]   (exit 1 when something is wrong)
     veil trace from VIF [to VIF] [icmp|udp|arp|broadcast] [FIELD=VALUE ...] [--live] [--json]
+    veil install-units [controller|hostd|libvirt-agent|xapi-sync ...] [--dir /etc/systemd/system]
     veil show --db DB
     veil flows HOST --db DB          (what HOST's br-int should hold, in ovs-ofctl syntax)
 """
@@ -40,7 +41,7 @@ from controller.northbound.pki import PkiError
 from controller.expected import expected_flows
 from controller.join import DEFAULT_HOST_DB, host_record, join_host
 from controller.northbound.store import Store
-from hooks import hostguard
+from hooks import hostguard, units
 from hooks.cliargs import OneLineParser, remote
 from hooks.ovsdb.connect import OvsdbUnreachable
 
@@ -96,6 +97,19 @@ def _parser() -> argparse.ArgumentParser:
     nd.add_argument("--db", required=True, type=remote)
     _status_parser(sub)
     _trace_parser(sub)
+    u = sub.add_parser(
+        "install-units", help="write veil's systemd units (default: veil-controller)",
+        description="Write veil's systemd unit files with the path of this veil's commands "
+        "(veil-libvirt-install and veil-xen-install write the hypervisor ones themselves).",
+        epilog="examples:\n  veil install-units                 the controller's unit\n"
+        "  veil install-units hostd libvirt-agent --dir /tmp/units\n"
+        "then: systemctl enable --now veil-controller",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    u.add_argument("unit", nargs="*", default=["controller"],
+                   choices=[n.removeprefix("veil-") for n in units.UNITS],
+                   help="which units (default: controller)")
+    u.add_argument("--dir", type=Path, default=units.SYSTEM_DIR,
+                   help="where to write them (default %(default)s)")
     s = sub.add_parser("show")
     s.add_argument("--db", required=True, type=remote)
     f = sub.add_parser("flows", help="the flows a host should have, in ovs-ofctl syntax")
@@ -349,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status(args)
         if args.cmd == "trace":
             return trace_verb(args)
+        if args.cmd == "install-units":
+            for path in units.install_units([f"veil-{n}" for n in args.unit], args.dir):
+                print(f"wrote {path}")
+            return 0
         store = Store(args.db)
         try:
             if args.cmd == "tenant":
@@ -368,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             store.close()
     except (InvalidState, ValueError, OvsdbUnreachable, PkiError, EnrollError,
-            control.ControlError) as exc:
+            control.ControlError, OSError) as exc:
         sys.stderr.write(f"veil: {' '.join(str(exc).split())}\n")
         return 2
     except ovsdbapp_exceptions.OvsdbAppException as exc:  # the database went away mid-way

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hooks import hostguard
+from hooks import hostguard, units
 from hooks.ovsdb import DEFAULT_DB
 
 PLUGIN = Path("etc/xapi.d/plugins/veil")
@@ -63,11 +63,16 @@ def uninstall(root: Path) -> list[Path]:
     return removed
 
 
+XEN_UNITS = ("veil-xapi-sync", "veil-hostd")  # (hostd drains what the hook spooled)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="veil-xen-install", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--root", type=Path, default=Path("/"), help="install under this root (default: /)")
     p.add_argument("--python", default=sys.executable, help="interpreter the scripts run with")
     p.add_argument("--uninstall", action="store_true")
+    p.add_argument("--no-units", action="store_true", help="do not write the systemd unit "
+                   "veil-xapi-sync.service (ROOT/etc/systemd/system)")
     p.add_argument("--db", default=DEFAULT_DB, help="this host's OVSDB (read by --host-guard auto)")
     hostguard.add_argument(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -78,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"veil-xen-install: {exc}", file=sys.stderr)
             return 1
     paths = uninstall(args.root) if args.uninstall else install(args.root, args.python)
+    unit_dir = args.root / "etc" / "systemd" / "system"  # (hooks/units.py: the xapi-sync unit)
+    if args.uninstall:
+        paths += units.uninstall_units(XEN_UNITS, unit_dir)
+    elif not args.no_units:
+        paths += units.install_units(XEN_UNITS, unit_dir, Path(args.python).parent)
     for path in paths:
         print(("removed " if args.uninstall else "installed ") + str(path))
     return 0
