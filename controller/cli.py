@@ -17,6 +17,7 @@ those functions directly, never this module. The netns lab has its own command, 
     veil network del NAME --db DB
     veil status [--json] [--rundir /run/veil | --socket PATH]   (exit 1 when something is wrong)
     veil trace from VIF [to VIF] [icmp|udp|arp|broadcast] [FIELD=VALUE ...] [--live] [--json]
+    veil graph [--out veil-graph.html] [--serve IP:PORT]    (the topology page)
     veil install-units [controller|hostd|libvirt-agent|xapi-sync ...] [--dir /etc/systemd/system]
     veil show --db DB
     veil flows HOST --db DB          (what HOST's br-int should hold, in ovs-ofctl syntax)
@@ -30,10 +31,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 
-from controller import control, hosttls, statusview, trust
+from controller import control, hosttls, metrics, statusview, trust
 from controller.core.model import InvalidState, check_name, check_vni
 from controller.northbound import pki as P
 from controller.northbound.enroll import EnrollError, HostFiles
@@ -97,6 +99,23 @@ def _parser() -> argparse.ArgumentParser:
     nd.add_argument("--db", required=True, type=remote)
     _status_parser(sub)
     _trace_parser(sub)
+    g = sub.add_parser(
+        "graph", help="the topology as a page: sites, hosts, tunnels (BFD), VMs by tenant",
+        description="Draw what the controller sees: hosts grouped by site (their underlay "
+        "/24), the tunnels between them coloured by BFD state, every VM (VIF) coloured by "
+        "tenant on its host. Writes a self-contained HTML page and the SVG next to it; "
+        "--serve keeps a page live instead (it refreshes every 2 s).",
+        epilog="examples:\n  veil graph --out /tmp/fabric.html     (and /tmp/fabric.svg)\n"
+        "  veil graph --serve 127.0.0.1:8477     then open http://127.0.0.1:8477/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("--out", type=Path, default=Path("veil-graph.html"),
+                   help="the page to write (default %(default)s; the SVG goes next to it)")
+    g.add_argument("--serve", type=metrics.listen_address, metavar="IP:PORT",
+                   help="serve the live page here until interrupted")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--rundir", type=Path, default=control.DEFAULT_RUNDIR,
+                       help="the controller's run directory (default %(default)s)")
+    where.add_argument("--socket", type=Path, help="the controller's control socket")
     u = sub.add_parser(
         "install-units", help="write veil's systemd units (default: veil-controller)",
         description="Write veil's systemd unit files with the path of this veil's commands "
@@ -239,6 +258,33 @@ def _local_appctl(host: str, argv: Sequence[str]) -> str:
     return out.stdout
 
 
+def graph_verb(args: argparse.Namespace) -> int:
+    """`veil graph`: write the page, or serve it live (until SIGINT/SIGTERM)."""
+    from controller import graph
+    path = args.socket or args.rundir / control.SOCKET_NAME
+
+    def get() -> graph.Picture:
+        return graph.picture(control.ask(path, "status"))
+    if args.serve:
+        return serve_until_stopped(graph.serve(args.serve, get, "fabric"), args.serve)
+    page, image = graph.write(get(), args.out, "fabric", time.strftime("%Y-%m-%d %H:%M:%S"))
+    print(f"wrote {page} and {image}")
+    return 0
+
+
+def serve_until_stopped(server: Any, listen: str) -> int:
+    """Block until SIGINT/SIGTERM, then stop ``server`` (an http.server)."""
+    import signal
+    import threading
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: done.set())
+    print(f"serving the live topology page on http://{listen}/ (Ctrl-C stops)", flush=True)
+    done.wait()
+    server.shutdown()
+    return 0
+
+
 def show(store: Store) -> None:
     """The declared state, the sequence numbers and how far each host is programmed."""
     d = store.read()
@@ -363,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status(args)
         if args.cmd == "trace":
             return trace_verb(args)
+        if args.cmd == "graph":
+            return graph_verb(args)
         if args.cmd == "install-units":
             for path in units.install_units([f"veil-{n}" for n in args.unit], args.dir):
                 print(f"wrote {path}")

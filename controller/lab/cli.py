@@ -95,6 +95,20 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0 if doc["delivered"] else 1
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from controller import graph
+    from controller.cli import serve_until_stopped
+    from controller.lab import ops
+
+    lab = _open(args)
+    if args.serve:
+        server = graph.serve(args.serve, lambda: ops.picture(lab), f"lab {lab.prefix}")
+        return serve_until_stopped(server, args.serve)
+    page, image = ops.graph_page(lab, Path(args.out) if args.out else None)
+    _say(f"wrote {page} and {image}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="veil-lab", description=__doc__)
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="where lab run directories live")
@@ -142,6 +156,13 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("packet", nargs="+", metavar="WORD", help="from VM [to VM] [icmp|udp|"
                     "arp|broadcast] [FIELD=VALUE ...]")
     tr.set_defaults(func=cmd_trace)
+
+    gr = sub.add_parser("graph", help="the lab's topology page: DCs, hosts, tunnels (BFD), VMs "
+                        "by tenant (HTML + SVG; --serve IP:PORT keeps it live)")
+    gr.add_argument("--prefix")
+    gr.add_argument("--out", help="the page to write (default RUNDIR/graph.html; SVG next to it)")
+    gr.add_argument("--serve", metavar="IP:PORT", help="serve the live page (e.g. 127.0.0.1:8477)")
+    gr.set_defaults(func=cmd_graph)
 
     bn = sub.add_parser("bench", help="measure veil side by side with OVN and plain OVS (docs/benchmarks.md)")
     bn.add_argument("--out", default="docs/bench", help="where results.json, results.md and the plots go")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from controller import control, livetrace
+from controller import control, graph, livetrace
 from controller.lab import netns
 from controller.lab.lab import CONTROLLER_NODE, Lab
 from controller.lab.run import METRICS_LISTEN
@@ -68,3 +68,17 @@ def metrics_text(lab: Lab) -> str:
     fetch = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
              f"'http://{METRICS_LISTEN}/metrics', timeout=10).read().decode())")
     return netns.run(["python3", "-c", fetch], ns=lab.ns_name(CONTROLLER_NODE)).stdout
+
+
+def picture(lab: Lab) -> graph.Picture:
+    """The lab's topology picture: its DCs as sites, its VMs by name."""
+    doc = control.ask(control_socket(lab), "status")
+    sites = {h.name: h.dc for h in lab.topo.hosts}
+    return graph.picture(doc, {vm.iface_id: name for name, vm in lab.vms.items()}, sites)
+
+
+def graph_page(lab: Lab, out: Path | None = None) -> tuple[Path, Path]:
+    """Write the lab's topology page (default ``<rundir>/graph.html``) and its SVG."""
+    import time
+    return graph.write(picture(lab), out or Path(lab.rundir) / "graph.html",
+                       f"lab {lab.prefix}", time.strftime("%Y-%m-%d %H:%M:%S"))
