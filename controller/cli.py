@@ -26,6 +26,7 @@ those functions directly, never this module. The netns lab has its own command, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -62,10 +63,37 @@ def vni(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a VNI in 1..16777215") from None
 
 
+VEIL_EXAMPLES = """examples:
+  veil status                                   is anything wrong? (exit 1 if so)
+  veil trace from VM a1 to VM a2 icmp           where does this packet go, and why?
+  veil graph --serve 127.0.0.1:8477             the topology, live in a browser
+  veil tenant add acme --db unix:/var/lib/veil/db/veil-db.sock
+  veil network add web --tenant acme --subnet 198.19.0.0/24 --db unix:/var/lib/veil/db/veil-db.sock
+  veil host add dc1-h1                          a one-time join token, for `veil join` on it
+`veil COMMAND --help` says more about each command."""
+DB_HELP = ("the veil database: on the controller machine unix:RUNDIR/veil-db.sock "
+           "(unix:/var/lib/veil/db/veil-db.sock under the systemd unit); elsewhere "
+           "ssl:CTL:6641 (the relay)")
+
+
+def _examples(*lines: str) -> dict[str, Any]:
+    """add_parser keywords for an epilog of examples, kept as written."""
+    return {"epilog": "examples:\n" + "\n".join(f"  {line}" for line in lines),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="veil", description="veil operator commands")
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
-    j = sub.add_parser("join", help="join this host to a veil controller (run on the host)")
+    p = OneLineParser(prog="veil", description="veil operator commands: the controller's "
+                      "state (status, trace, graph, show, flows), its tenants, networks and "
+                      "hosts, and joining a hypervisor to it.", epilog=VEIL_EXAMPLES,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser,
+                           metavar="COMMAND")
+    j = sub.add_parser("join", help="join this host to a veil controller (run on the host)",
+                       **_examples("veil join --controller ssl:198.18.0.1:6641 --token TOKEN "
+                                   "--system-id dc1-h1 --underlay-ip 198.18.1.11",
+                                   "veil join --renew --controller ssl:198.18.0.1:6641   "
+                                   "(daily: renews the certificate when due)"))
     j.add_argument("--controller", required=True, type=remote, help="the controller's database, e.g. "
                    "tcp:198.18.0.100:6641 or unix:/run/veil/veil-db.sock")
     j.add_argument("--system-id", help="required, except with --renew")
@@ -79,24 +107,36 @@ def _parser() -> argparse.ArgumentParser:
                    "(default tcp:UNDERLAY_IP:6653; a tcp: remote gets a passive listener)")
     hostguard.add_argument(j)
     _trust_arguments(j, sub)
-    t = sub.add_parser("tenant")
-    tsub = t.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
-    ta = tsub.add_parser("add")
-    ta.add_argument("name", type=_name)
-    ta.add_argument("--db", required=True, type=remote)
-    n = sub.add_parser("network")
-    nsub = n.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
-    na = nsub.add_parser("add")
-    na.add_argument("name", type=_name)
-    na.add_argument("--tenant", required=True, type=_name)
-    na.add_argument("--vni", type=vni)
-    na.add_argument("--subnet")
+    t = sub.add_parser("tenant", help="declare tenants (who owns networks)",
+                       **_examples("veil tenant add acme --db unix:/run/veil/veil-db.sock"))
+    tsub = t.add_subparsers(dest="action", required=True, parser_class=OneLineParser,
+                            metavar="ACTION")
+    ta = tsub.add_parser("add", help="declare a tenant",
+                         **_examples("veil tenant add acme --db unix:/run/veil/veil-db.sock"))
+    ta.add_argument("name", type=_name, help="the tenant's name (letters, digits, - _ .)")
+    ta.add_argument("--db", required=True, type=remote, help=DB_HELP)
+    n = sub.add_parser("network", help="declare or remove a tenant's networks (one VNI each)",
+                       **_examples("veil network add web --tenant acme --subnet "
+                                   "198.19.0.0/24 --db unix:/run/veil/veil-db.sock",
+                                   "veil network del web --db unix:/run/veil/veil-db.sock"))
+    nsub = n.add_subparsers(dest="action", required=True, parser_class=OneLineParser,
+                            metavar="ACTION")
+    na = nsub.add_parser("add", help="declare a network of a tenant (a VNI is allocated)",
+                         **_examples("veil network add web --tenant acme --db DB",
+                                     "veil network add db --tenant acme --vni 5001 --subnet "
+                                     "198.19.1.0/24 --dhcp-server IFACE-ID --db DB"))
+    na.add_argument("name", type=_name, help="the network's name: what VIFs name in "
+                    "external_ids:veil-network")
+    na.add_argument("--tenant", required=True, type=_name, help="its tenant (declared first)")
+    na.add_argument("--vni", type=vni, help="its VNI, 1..16777215 (default: the lowest free)")
+    na.add_argument("--subnet", help="its IP subnet, e.g. 198.19.0.0/24 (for information)")
     na.add_argument("--dhcp-server", action="append", default=[], metavar="IFACE",
                     help="iface-id of a port that may answer as a DHCP server (repeatable)")
-    na.add_argument("--db", required=True, type=remote)
-    nd = nsub.add_parser("del")
-    nd.add_argument("name")
-    nd.add_argument("--db", required=True, type=remote)
+    na.add_argument("--db", required=True, type=remote, help=DB_HELP)
+    nd = nsub.add_parser("del", help="remove a network (its VIFs are then not forwarded)",
+                         **_examples("veil network del web --db DB"))
+    nd.add_argument("name", help="the network's name")
+    nd.add_argument("--db", required=True, type=remote, help=DB_HELP)
     _status_parser(sub)
     _trace_parser(sub)
     g = sub.add_parser(
@@ -129,11 +169,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="which units (default: controller)")
     u.add_argument("--dir", type=Path, default=units.SYSTEM_DIR,
                    help="where to write them (default %(default)s)")
-    s = sub.add_parser("show")
-    s.add_argument("--db", required=True, type=remote)
-    f = sub.add_parser("flows", help="the flows a host should have, in ovs-ofctl syntax")
+    s = sub.add_parser("show", help="the declared state read from the database: tenants, "
+                       "networks, hosts, sequence numbers", **_examples(
+                           "veil show --db unix:/run/veil/veil-db.sock",
+                           "veil show --json --db DB | jq .hosts"))
+    s.add_argument("--db", required=True, type=remote, help=DB_HELP)
+    s.add_argument("--json", action="store_true", help="print it as one JSON document")
+    f = sub.add_parser("flows", help="the flows a host should have, in ovs-ofctl syntax",
+                       **_examples("veil flows dc1-h1 --db unix:/run/veil/veil-db.sock",
+                                   "veil flows dc1-h1 --json --db DB"))
     f.add_argument("host", help="system-id of a joined host")
-    f.add_argument("--db", required=True, type=remote)
+    f.add_argument("--db", required=True, type=remote, help=DB_HELP)
+    f.add_argument("--json", action="store_true", help="print the flows as a JSON list")
     return p
 
 
@@ -285,6 +332,25 @@ def serve_until_stopped(server: Any, listen: str) -> int:
     return 0
 
 
+def show_json(store: Store) -> dict[str, Any]:
+    """`veil show --json`: the declared state, the numbers, how far each host is programmed."""
+    d = store.read()
+    numbers, programmed = store.numbers(), store.programmed()
+    return {
+        "tenants": [t.name for t in d.tenants],
+        "networks": [{"name": n.name, "tenant": n.tenant, "vni": n.vni,
+                      "subnet": None if n.subnet is None else str(n.subnet),
+                      "dhcp_servers": sorted(n.dhcp_servers)}
+                     for n in sorted(d.networks, key=lambda n: n.vni)],
+        "sequence": numbers.next, "controller_at": numbers.cur,
+        "hosts": [{"system_id": h.host.system_id, "underlay_ip": str(h.host.underlay_ip),
+                   "tunnel_types": list(h.host.tunnel_types), "ovsdb": h.ovsdb,
+                   "openflow": h.openflow, "programmed": programmed.get(h.host.system_id, 0)}
+                  for h in d.hosts],
+        "refused": [{"table": r.table, "name": r.name, "reason": r.reason} for r in d.refused],
+    }
+
+
 def show(store: Store) -> None:
     """The declared state, the sequence numbers and how far each host is programmed."""
     d = store.read()
@@ -315,15 +381,25 @@ def _trust_arguments(j: argparse.ArgumentParser,
     j.add_argument("--force", action="store_true", help="with --renew: renew now")
     j.add_argument("--insecure", action="store_true",
                    help="plaintext tcp: remotes, no certificates (not for production)")
-    h = sub.add_parser("host", help="hosts' join tokens and certificates (on the controller)")
-    hsub = h.add_subparsers(dest="action", required=True)
+    h = sub.add_parser("host", help="hosts' join tokens and certificates (on the controller)",
+                       **_examples("veil host add dc1-h1", "veil host list --db DB",
+                                   "veil host remove dc1-h1 --db DB"))
+    hsub = h.add_subparsers(dest="action", required=True, metavar="ACTION")
+    helps = {"add": "a one-time join token for host NAME (give it to `veil join --token`)",
+             "remove": "revoke host NAME's certificates and remove its Host row",
+             "list": "every host the PKI knows, with its certificate's state"}
     for verb in ("add", "remove", "list"):
-        v = hsub.add_parser(verb)
+        v = hsub.add_parser(verb, help=helps[verb], **_examples(
+            f"veil host {verb}{' dc1-h1' if verb != 'list' else ''}"
+            f"{' --db unix:/run/veil/veil-db.sock' if verb != 'add' else ''}"))
         if verb != "list":
-            v.add_argument("name")
-        v.add_argument("--pki", type=Path, default=trust.DEFAULT_PKI)
+            v.add_argument("name", help="the host's system-id")
+        v.add_argument("--pki", type=Path, default=trust.DEFAULT_PKI,
+                       help="the controller's PKI directory (default %(default)s)")
         if verb != "add":
             v.add_argument("--db", help="the veil database (e.g. unix:/run/veil/veil-db.sock)")
+        if verb == "list":
+            v.add_argument("--json", action="store_true", help="print the hosts as JSON")
 
 
 def host_verb(args: argparse.Namespace) -> int:
@@ -343,7 +419,10 @@ def host_verb(args: argparse.Namespace) -> int:
             serials = trust.remove_host(pki, store, args.name, now)
             print(f"host {args.name} removed: {len(serials)} certificate(s) revoked")
         else:
-            for entry in trust.list_hosts(pki, store, now):
+            entries = trust.list_hosts(pki, store, now)
+            if args.json:
+                print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+            for entry in entries if not args.json else ():
                 print(trust.describe(entry))
     finally:
         if store is not None:
@@ -427,8 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.cmd == "network":
                 store.delete_network(args.name)
             elif args.cmd == "flows":
-                for line in expected_flows(store, args.host):
-                    print(line)
+                lines = expected_flows(store, args.host)
+                print(json.dumps(lines, indent=2) if args.json else "\n".join(lines))
+            elif args.json:
+                print(json.dumps(show_json(store), indent=2))
             else:
                 show(store)
         finally:

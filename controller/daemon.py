@@ -63,8 +63,18 @@ def config_path(text: str) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = OneLineParser(prog="veil-controller")
+EXAMPLES = """examples:
+  veil-controller --rundir /run/veil --public-ip 198.18.0.1 --config /etc/veil/veil.yaml
+  veil-controller --rundir /run/veil --public-ip 198.18.0.1 --metrics 127.0.0.1:9477 --log-format json
+  veil-controller --db unix:/run/veil/veil-db.sock --insecure     (a database run elsewhere)
+then: veil status (this machine's control socket), veil trace ..., veil graph --serve IP:PORT"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="veil-controller", description="Run the veil controller: it keeps "
+                      "tenants and networks in its database, watches every joined host's OVSDB "
+                      "and programs br-int over OpenFlow, with TLS on every connection.",
+                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--rundir", type=Path, help="run the embedded veil database here")
     where.add_argument("--db", type=remote_arg, help="use an already running veil database at this remote")
@@ -83,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--log-format", choices=logjson.FORMATS, default="text",
                    help="text lines (default) or one JSON object per line")
     _trust_arguments(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logjson.configure("veil-controller", args.log_format,
                       logging.DEBUG if args.verbose else logging.INFO)
     try:
@@ -142,8 +156,10 @@ def _trust_arguments(p: argparse.ArgumentParser) -> None:
                    f"{trust_mod.DEFAULT_PKI}; created on first start)")
     p.add_argument("--public-ip", help="with --rundir: run the enrollment endpoint and the "
                    "database relay on this address (the one hosts reach)")
-    p.add_argument("--relay-port", type=int, default=trust_mod.RELAY_PORT)
-    p.add_argument("--enroll-port", type=int, default=trust_mod.ENROLL_PORT)
+    p.add_argument("--relay-port", type=int, default=trust_mod.RELAY_PORT,
+                   help="the database relay's port on --public-ip (default %(default)s)")
+    p.add_argument("--enroll-port", type=int, default=trust_mod.ENROLL_PORT,
+                   help="the enrollment endpoint's port on --public-ip (default %(default)s)")
     p.add_argument("--upstream-ports", default="6643,6644", help="127.0.0.1 ports of the "
                    "database's own TLS remotes behind the relay: HOST_ROLE,ADMIN")
     p.add_argument("--insecure", action="store_true", help="allow plaintext: tcp: hosts and "

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.lab import topology
+from controller.lab import clihelp, topology
+from controller.lab.progress import Progress
 from controller.lab.lab import DEFAULT_ROOT, Lab, open_lab, running_labs, teardown
 
 
@@ -27,8 +28,10 @@ def _open(args: argparse.Namespace) -> Lab:
 def cmd_up(args: argparse.Namespace) -> int:
     path = Path(args.topology) if args.topology else None
     lab = Lab(topology.load(path), args.prefix, Path(args.root), topology_path=path)
-    lab.up(_say, plug_vms=not args.no_vms)
-    _say(f"lab {lab.prefix} is up (run dir {lab.rundir}); `veil-lab down --prefix {lab.prefix}` removes it")
+    progress = Progress(sys.stdout)  # (a terminal: one live line; a pipe or log: quiet)
+    lab.up(progress.step, plug_vms=not args.no_vms)
+    progress.done(f"lab {lab.prefix} is up (run dir {lab.rundir}); `veil-lab down --prefix "
+                  f"{lab.prefix}` removes it")
     return 0
 
 
@@ -170,7 +173,7 @@ def parser() -> argparse.ArgumentParser:
     bn.add_argument("--only", help="comma list of 1, lab, 2, 4, 5 (default: all; 2: figure 2 alone, veil over TLS and plaintext)")
     bn.add_argument("--reps", type=int, help="repetitions of figure 2 (default 20)")
     bn.set_defaults(func=cmd_bench)
-    return p
+    return clihelp.document(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
     except (topology.TopologyError, RuntimeError, KeyError, ValueError) as exc:
-        print(f"veil-lab: {exc}", file=sys.stderr)
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"veil-lab: {text}", file=sys.stderr)
         return 1
     return rc
 
