@@ -28,7 +28,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -288,7 +291,6 @@ def trace_verb(args: argparse.Namespace) -> int:
 
 
 def _local_system_id() -> str:
-    import subprocess
     out = subprocess.run(["ovs-vsctl", "--timeout=5", "get", "Open_vSwitch", ".",
                           "external_ids:system-id"], capture_output=True, text=True)
     if out.returncode != 0:
@@ -298,7 +300,6 @@ def _local_system_id() -> str:
 
 
 def _local_appctl(host: str, argv: Sequence[str]) -> str:
-    import subprocess
     out = subprocess.run(["ovs-appctl", "--timeout=10", *argv], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip() or f"ovs-appctl exit {out.returncode}")
@@ -321,8 +322,6 @@ def graph_verb(args: argparse.Namespace) -> int:
 
 def serve_until_stopped(server: Any, listen: str) -> int:
     """Block until SIGINT/SIGTERM, then stop ``server`` (an http.server)."""
-    import signal
-    import threading
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: done.set())

@@ -62,6 +62,9 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.answer = answer
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_socket():
+            if _answers(path):  # another controller's: never take it over
+                raise OSError(f"{path} is in use by another running controller (give this "
+                              "one --control PATH)")
             path.unlink()  # a stale socket of an earlier run
         old = os.umask(0o177)
         try:
@@ -82,6 +85,17 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _answers(path: Path) -> bool:
+    """Whether something listens on the unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def ask(path: Path, request: str = "status", timeout: float = 10.0) -> dict[str, Any]:

@@ -207,7 +207,6 @@ class _Words:
     def __init__(self, fabric: Fabric) -> None:
         self.fabric = fabric
         self.by_vni = {n.vni: n.name for n in fabric.state.networks.values()}
-        self.by_mac = {(b.network, b.mac): b for b in fabric.state.placed.active.values()}
 
     def port(self, host: str, port: int) -> str:
         if port == CONTROLLER:
