@@ -26,9 +26,15 @@ class Progress:
         self.stream.flush()
         self._width = len(line)
 
-    def done(self, message: str) -> None:
-        """End the progress line and print ``message`` (always: it is the result)."""
+    def clear(self) -> None:
+        """Remove the progress line (before other output)."""
         if self.live and self._width:
             self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+        self._width = 0
+
+    def done(self, message: str) -> None:
+        """End the progress line and print ``message`` (always: it is the result)."""
+        self.clear()
         self.stream.write(f"{message} ({time.monotonic() - self.started:.1f} s)\n")
         self.stream.flush()
