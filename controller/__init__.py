@@ -1,3 +1,5 @@
 """veil's central controller: desired state, OpenFlow pipeline, tunnel mesh, and the lab."""
 
-import hooks  # noqa: F401  (its import filters the eventlet warning of ovs, hooks/quiet.py)
+from hooks import quiet as _quiet
+
+_quiet.install()  # before anything imports ovs (hooks/quiet.py)

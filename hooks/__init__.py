@@ -1,5 +1,1 @@
 """Hypervisor-neutral hook core: the VIF model and its registration in the host's OVSDB."""
-
-from hooks import quiet as _quiet
-
-_quiet.install()

@@ -14,6 +14,10 @@ hook itself whenever this daemon is not there to answer.
 
 from __future__ import annotations
 
+from hooks import quiet
+
+quiet.install()  # before anything imports ovs (its eventlet warning, hooks/quiet.py)
+
 import logging
 import signal
 import sys

@@ -4,7 +4,9 @@ The ``ovs`` Python library (under ovsdbapp) tries ``from eventlet import patcher
 time, only to ask whether eventlet monkey-patched ``select``; eventlet is installed because
 os-ken depends on it, and importing it warns (EventletDeprecationWarning, six lines on
 stderr) although veil never uses eventlet. The filter matches that warning's message and the
-importing module exactly; every other warning still shows.
+importing module exactly; every other warning still shows. Installed by the controller
+package and the daemons' modules (veil-hostd, veil-libvirt-agent, veil-xapi-sync), never on
+the hooks' own path: compiling the filter loads ``re``, which the qemu hook must not import.
 """
 
 from __future__ import annotations

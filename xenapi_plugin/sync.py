@@ -18,6 +18,10 @@ consumer:
 
 from __future__ import annotations
 
+from hooks import quiet
+
+quiet.install()  # before anything imports ovs (its eventlet warning, hooks/quiet.py)
+
 import argparse
 import http.client
 import logging
