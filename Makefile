@@ -14,7 +14,7 @@ deps:
 	bash $(DEPS) --venv $(VENV)
 
 deps-test:
-	bash $(DEPS) --venv $(VENV) --libvirt --vagrant --ovn
+	bash $(DEPS) --venv $(VENV) --libvirt --vagrant --ovn --browser
 
 demo: deps
 	$(VENV)/bin/veil-lab demo $(if $(filter 1,$(KEEP)),--keep,)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from controller import control, metrics
 from controller import trust as trust_mod
 from controller.northbound import access
 from controller.northbound import pki as P
@@ -29,6 +30,7 @@ from controller.northbound.pki import PkiError
 from controller.service import Controller
 from controller.northbound.store import StoreServer
 from controller.southbound import tls
+from hooks import logjson
 from hooks.cliargs import OneLineParser, seconds
 from hooks.cliargs import remote as remote_arg
 
@@ -61,8 +63,18 @@ def config_path(text: str) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = OneLineParser(prog="veil-controller")
+EXAMPLES = """examples:
+  veil-controller --rundir /run/veil --public-ip 198.18.0.1 --config /etc/veil/veil.yaml
+  veil-controller --rundir /run/veil --public-ip 198.18.0.1 --metrics 127.0.0.1:9477 --log-format json
+  veil-controller --db unix:/run/veil/veil-db.sock --insecure     (a database run elsewhere)
+then: veil status (this machine's control socket), veil trace ..., veil graph --serve IP:PORT"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="veil-controller", description="Run the veil controller: it keeps "
+                      "tenants and networks in its database, watches every joined host's OVSDB "
+                      "and programs br-int over OpenFlow, with TLS on every connection.",
+                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--rundir", type=Path, help="run the embedded veil database here")
     where.add_argument("--db", type=remote_arg, help="use an already running veil database at this remote")
@@ -71,11 +83,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", type=config_path, help="tenants/networks file, reloaded on change")
     p.add_argument("--resync", type=seconds(0.1, 3600.0), default=5.0,
                    help="seconds between safety reconciliations when nothing happens")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--control", type=Path, help="the local control socket `veil status` "
+                   f"asks (default RUNDIR/{control.SOCKET_NAME}, or {control.DEFAULT_SOCKET} "
+                   "with --db)")
+    p.add_argument("--metrics", type=metrics.listen_address, metavar="IP:PORT",
+                   help="serve Prometheus metrics on http://IP:PORT/metrics (e.g. "
+                   "127.0.0.1:9477; default: not served)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    p.add_argument("--log-format", choices=logjson.FORMATS, default="text",
+                   help="text lines (default) or one JSON object per line")
     _trust_arguments(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logjson.configure("veil-controller", args.log_format,
+                      logging.DEBUG if args.verbose else logging.INFO)
     try:
         remote, trust = _start_trust(args)
     except (ValueError, RuntimeError, OSError, PkiError) as exc:  # not a dependency away
@@ -83,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     ctl = Controller(remote, args.config, resync_every=args.resync)
     done = threading.Event()
+    ctl_socket = _control_socket(args, ctl)
+    if args.metrics:
+        try:
+            metrics.serve(ctl.metrics, args.metrics)
+        except OSError as exc:  # (the flows matter more than the metrics: keep running)
+            logging.getLogger("veil.controller").error(
+                "metrics endpoint %s: %s; not serving metrics", args.metrics, exc)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         done.set()
@@ -98,10 +129,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             if trust is not None:
                 trust.stop()
             return 1
+    if ctl_socket is not None:
+        ctl_socket.stop()
     ctl.stop()
     if trust is not None:
         trust.stop()
     return 0
+
+
+def _control_socket(args: argparse.Namespace, ctl: Controller) -> control.ControlServer | None:
+    """Start the local control socket; one that cannot be made is logged, never fatal (the
+    controller's job is the hosts' flows, not answering `veil status`)."""
+    path = args.control or ((args.rundir or control.DEFAULT_RUNDIR) / control.SOCKET_NAME)
+    try:
+        server = control.ControlServer(path, ctl.answer)
+    except OSError as exc:
+        logging.getLogger("veil.controller").error(
+            "control socket %s: %s; `veil status` will not reach this controller", path, exc)
+        return None
+    server.start()
+    return server
 
 
 def _trust_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,8 +156,10 @@ def _trust_arguments(p: argparse.ArgumentParser) -> None:
                    f"{trust_mod.DEFAULT_PKI}; created on first start)")
     p.add_argument("--public-ip", help="with --rundir: run the enrollment endpoint and the "
                    "database relay on this address (the one hosts reach)")
-    p.add_argument("--relay-port", type=int, default=trust_mod.RELAY_PORT)
-    p.add_argument("--enroll-port", type=int, default=trust_mod.ENROLL_PORT)
+    p.add_argument("--relay-port", type=int, default=trust_mod.RELAY_PORT,
+                   help="the database relay's port on --public-ip (default %(default)s)")
+    p.add_argument("--enroll-port", type=int, default=trust_mod.ENROLL_PORT,
+                   help="the enrollment endpoint's port on --public-ip (default %(default)s)")
     p.add_argument("--upstream-ports", default="6643,6644", help="127.0.0.1 ports of the "
                    "database's own TLS remotes behind the relay: HOST_ROLE,ADMIN")
     p.add_argument("--insecure", action="store_true", help="allow plaintext: tcp: hosts and "

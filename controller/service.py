@@ -13,7 +13,9 @@ one if the state changed, and records it on every host it brought to that state.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import gc
 import logging
 import queue
@@ -41,6 +43,9 @@ from ovsdbapp import exceptions as ovsdbapp_exceptions
 from controller.southbound import tls
 from controller.southbound.session import OfSession, OpenFlowError
 from controller.core.seen import first_seen_after
+from controller.metrics import Metrics
+from controller.status import LinkState, Status, status_of
+from controller.trace import TraceError, TraceRequest, trace
 from controller.northbound.store import (
     Declared,
     HostRecord,
@@ -96,6 +101,16 @@ class HostLink:
     # True while its OVSDB holds a transaction it does not answer (a hung ovsdb-server): the
     # last view stands and nothing is written to it, so the loop never waits on it.
     stuck: bool = False
+    last_error: str | None = None  # the newest error about this host (`veil status`)
+
+    def state(self) -> LinkState:
+        """Its connection state and view, for ``status_of``."""
+        view = self.view
+        return LinkState(
+            self.db is not None and self.db.connected() and not self.stuck,
+            self.of is not None and not self.of.closed, self.last_error,
+            view.tunnels if view else (), view.rejected if view else (),
+            None if self.installed is None else len(self.installed))
 
 
 # Hosts programmed at once in a round. Each host's work is mostly waiting on its own sockets
@@ -130,6 +145,10 @@ class Controller:
         self._config_last: Config | None = None  # the config last applied (logged once)
         self._engine: Engine | None = None
         self._held: State | None = None  # the state the engine holds
+        # the last round's status (controller/status.py), read by the control socket thread
+        self._status = Status(clock(), "away", 0)
+        self._bound: frozenset[tuple[str, str]] = frozenset()  # (iface-id, host) last round
+        self.metrics = Metrics(self.status_json)
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
                              expected=(OvsdbUnreachable, OSError, OpenFlowError))
         self._programmers = ThreadPoolExecutor(PROGRAMMERS, thread_name_prefix="veil-program")
@@ -190,6 +209,39 @@ class Controller:
         """False once the loop has ended (stopped, or died on an exception it cannot handle)."""
         return self._thread is not None and self._thread.is_alive()
 
+    def answer(self, request: str) -> dict[str, Any]:
+        """A control socket request (controller/control.py): ``status`` or ``trace JSON``;
+        a ValueError says what is wrong with it."""
+        verb, _, arg = request.partition(" ")
+        if verb == "trace":
+            try:
+                doc = json.loads(arg)
+            except ValueError as exc:
+                raise TraceError(f"trace request is not JSON: {exc}") from None
+            return self.trace_json(TraceRequest.from_json(doc))
+        return self.status_json()
+
+    def trace_json(self, req: TraceRequest) -> dict[str, Any]:
+        """``req``'s packet through the flows of the state the last round held."""
+        held = self._held
+        if held is None:
+            raise TraceError("the controller has not computed a state yet (is the veil "
+                             "database reachable? see `veil status`)")
+        return trace(held, req).to_json()
+
+    def status_json(self) -> dict[str, Any]:
+        """The last round's status as JSON (`veil status`; any thread may call it)."""
+        status = self._status
+        if self._db_away or self.store is None:
+            status = dataclasses.replace(status, database="away")
+        # the connections as they are now (a host may have gone since the round)
+        live = {h: link.state() for h, link in list(self.links.items())}
+        status = dataclasses.replace(status, hosts=tuple(
+            dataclasses.replace(h, ovsdb_connected=live[h.system_id].ovsdb_connected,
+                                openflow_connected=live[h.system_id].openflow_connected)
+            if h.system_id in live else h for h in status.hosts))
+        return status.to_json()
+
     def _connect_store(self) -> bool:
         """Open the veil database; while it is away, say so and back off (never exit)."""
         try:
@@ -214,7 +266,10 @@ class Controller:
             try:
                 # A quiet period re-reads every switch's flows: a flow someone else deleted
                 # or changed is put back within one period.
+                began = time.monotonic()
                 self.reconcile(audit=not woken)
+                self.metrics.round_seconds.observe(time.monotonic() - began)
+                self.metrics.rounds.labels("event" if woken else "audit").inc()
                 self._db_failures = 0
             except ovsdbapp_exceptions.OvsdbAppException as exc:  # its writes timed out
                 self._db_failures += 1
@@ -268,6 +323,11 @@ class Controller:
         packet_ins: list[PacketIn] = []
         while not self._packet_ins.empty():
             packet_ins.append(self._packet_ins.get())
+        self.metrics.packet_ins.inc(len(packet_ins))
+        bound = frozenset((b.iface_id, b.host) for b in state.bindings)
+        self.metrics.vif_events.labels("added").inc(len(bound - self._bound))
+        self.metrics.vif_events.labels("removed").inc(len(self._bound - bound))
+        self._bound = bound
         claims = claims_after(declared.claims, state, packet_ins)
         if claims != declared.claims:
             self.store.write_claims(claims)  # durable: a restart keeps forwarding the same way
@@ -295,9 +355,16 @@ class Controller:
         # Every host at once, those this change touches submitted first (the destination of a
         # move, the hosts of a new VIF's network); a worker's exception surfaces here.
         order = sorted(self.links.items(), key=lambda item: (item[0] not in update.flows, item[0]))
-        programmed = [(host, self._programmers.submit(self._program, host, link, audit, update))
-                      for host, link in order]
-        self.store.write_programmed(seq, sorted(host for host, f in programmed if f.result()))
+        programmed_now = [(host, self._programmers.submit(self._program, host, link, audit, update))
+                          for host, link in order]
+        done = sorted(host for host, f in programmed_now if f.result())
+        self.store.write_programmed(seq, done)
+        programmed = {**self.store.programmed(), **{h: seq for h in done}}
+        self._status = status_of(
+            self.clock(), state, {h: link.state() for h, link in self.links.items()},
+            programmed, seq,
+            {r.host.system_id: (r.ovsdb, r.openflow) for r in declared.hosts},
+            (str(r) for r in sorted(refused, key=str)))
 
     def _program(self, host: str, link: HostLink, audit: bool, update: Update) -> bool:
         """One host's part of a round (on a programmer thread: it touches only ``link``).
@@ -379,6 +446,7 @@ class Controller:
                 if not link.stuck:
                     LOG.warning("host %s: ovsdb %s (hung?); keeping its last view, not writing "
                                 "to it", sid, exc)
+                link.last_error = f"OVSDB {exc} (hung?)"
                 link.stuck = True
                 continue
             if link.stuck:
@@ -391,6 +459,7 @@ class Controller:
             if link.view.system_id not in (None, sid):
                 LOG.error("host %s: its OVSDB says system-id %s; not programming it",
                           sid, link.view.system_id)
+                link.last_error = f"its OVSDB says system-id {link.view.system_id}"
                 link.view = None
             self._report_bfd(link)
 
@@ -420,6 +489,7 @@ class Controller:
             return False
         if not link.view.has_bridge:
             LOG.warning("host %s has no br-int yet", host)
+            link.last_error = "no br-int yet"
             return False
         wanted = self._engine.tunnels(host)
         tunnels_done = tunnels_ready(wanted, link.view) and not link.stuck
@@ -430,6 +500,8 @@ class Controller:
                 tunnels_done = False
         except RuntimeError as exc:  # ovsdbapp: a failed or timed-out transaction
             LOG.error("host %s: tunnel update failed: %s", host, exc)
+            link.last_error = f"tunnel update failed: {exc}"
+            self.metrics.tunnel_errors.labels(host).inc()
             tunnels_done = False
         if link.of is None or link.of.closed:
             link.of, link.installed = None, None
@@ -446,6 +518,8 @@ class Controller:
                 link.installed = link.of.installed()
         except OpenFlowError as exc:
             LOG.warning("host %s: flow dump failed: %s", host, exc)
+            link.last_error = f"flow dump failed: {exc}"
+            self.metrics.flow_mod_errors.labels(host).inc()
             link.of.close()
             link.of, link.installed = None, None
             return False
@@ -461,11 +535,15 @@ class Controller:
             link.of.apply(d)
         except OpenFlowError as exc:
             LOG.error("host %s: flow update failed, will re-read and retry: %s", host, exc)
+            link.last_error = f"flow update failed: {exc}"
+            self.metrics.flow_mod_errors.labels(host).inc()
             link.of.close()
             link.of, link.installed = None, None
             return False
         link.installed = apply_diff(link.installed, d)
         link.synced = True
+        self.metrics.flow_mods.labels(host, "add").inc(len(d.add))
+        self.metrics.flow_mods.labels(host, "delete").inc(len(d.delete))
         LOG.info("host %s: +%d -%d flows", host, len(d.add), len(d.delete))
         return tunnels_done
 
@@ -492,6 +570,9 @@ class Controller:
             return result
         if isinstance(result, Failed):
             LOG.warning("host %s: %s %s: %s", key[1], key[0], key[2], result.error)
+            link = self.links.get(key[1])
+            if link is not None:
+                link.last_error = f"{key[0]} {key[2]}: {result.error}"
         self.dialer.want(key, attempt)
         return None
 

@@ -14,6 +14,10 @@ hook itself whenever this daemon is not there to answer.
 
 from __future__ import annotations
 
+from hooks import quiet
+
+quiet.install()  # before anything imports ovs (its eventlet warning, hooks/quiet.py)
+
 import logging
 import signal
 import sys
@@ -24,6 +28,7 @@ from types import FrameType
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from hooks import logjson
 from hooks import contract
 from hooks.backoff import Backoff
 from hooks.cliargs import OneLineParser, remote, seconds
@@ -118,8 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="drain once and exit (1 if events remain)")
     parser.add_argument("--hook-socket", default="/run/veil/hook.sock",
                         help="unix socket of the qemu hook service (root only; '' to not serve it)")
+    parser.add_argument("--log-format", choices=logjson.FORMATS, default="text",
+                        help="text lines (default) or one JSON object per line")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s veil-hostd %(levelname)s %(message)s")
+    logjson.configure("veil-hostd", args.log_format,
+                      text_format="%(asctime)s veil-hostd %(levelname)s %(message)s")
     spool = Spool(args.spool)
     registrar = Registrar(args.db, bridge=args.bridge, timeout=args.timeout)
     try:

@@ -16,6 +16,10 @@ reconciles everything again.
 
 from __future__ import annotations
 
+from hooks import quiet
+
+quiet.install()  # before anything imports ovs (its eventlet warning, hooks/quiet.py)
+
 import logging
 import queue
 import signal

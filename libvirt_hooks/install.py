@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import hooks
-from hooks import contract, hostguard
+from hooks import contract, hostguard, units
 from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, HANDLED, LOCK_WAIT, MAX_TIMEOUT, HookConfig
 from libvirt_hooks.service import DEFAULT_SOCKET
 
@@ -230,6 +230,9 @@ def _write_atomic(path: Path, text: str, mode: int) -> Path:
     return path
 
 
+KVM_UNITS = ("veil-hostd", "veil-libvirt-agent")  # (hooks/units.py)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = HookConfig()
     p = argparse.ArgumentParser(prog="veil-libvirt-install", description="Install the veil libvirt qemu hook.")
@@ -247,12 +250,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hook-socket", default=DEFAULT_SOCKET,
                    help=f"veil-hostd's hook service the hook forwards to (default {DEFAULT_SOCKET}); '' installs the Python hook alone")
     p.add_argument("--uninstall", action="store_true")
+    p.add_argument("--systemd-dir", type=Path, help="where the units veil-hostd.service and "
+                   "veil-libvirt-agent.service go (default /etc/systemd/system when --root is "
+                   "/etc/libvirt; with another --root: none unless given)")
+    p.add_argument("--no-units", action="store_true", help="do not write the systemd units")
     hostguard.add_argument(p)  # auto reads --db's bridges
     a = p.parse_args(argv)
     if not 0 < a.timeout <= MAX_TIMEOUT:  # NaN fails too; the hook would refuse its own config
         p.error(f"--timeout {a.timeout}: must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
+    unit_dir = a.systemd_dir or (units.SYSTEM_DIR if a.root == Path("/etc/libvirt") else None)
+    if a.no_units:
+        unit_dir = None
     if a.uninstall:
-        for path in uninstall(a.root):
+        for path in uninstall(a.root) + (units.uninstall_units(KVM_UNITS, unit_dir)
+                                         if unit_dir else []):
             print(f"removed {path}")
         return 0
     cfg = HookConfig()
@@ -269,6 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InstallError as exc:
         print(f"veil-libvirt-install: {exc}", file=sys.stderr)
         return 1
+    if unit_dir is not None:
+        try:
+            written += units.install_units(KVM_UNITS, unit_dir, Path(a.python).parent)
+        except (units.UnitError, OSError) as exc:
+            print(f"veil-libvirt-install: systemd units: {exc}", file=sys.stderr)
+            return 1
     for path in written:
         print(f"wrote {path}")
     if a.hook_socket and shutil.which(FORWARDER) is None:

@@ -76,7 +76,8 @@ LOCK_WAIT = 0.5  # seconds a hook waits for the spool's apply lock before spooli
 class HookConfig:
     """Settings from ``key=value`` lines (the installer writes them; comments start with #)."""
 
-    __slots__ = ("mode", "db", "bridge", "spool", "log", "timeout", "networks_file", "max_xml_bytes", "strict_bridges")
+    __slots__ = ("mode", "db", "bridge", "spool", "log", "timeout", "networks_file", "max_xml_bytes", "strict_bridges",
+                 "log_format")
 
     def __init__(self) -> None:
         self.mode = "default"
@@ -90,6 +91,7 @@ class HookConfig:
         # Bridges on which an openvswitch NIC without veil metadata is an error (strict mode
         # refuses it); None: veil's own bridge. Empty: none (another controller shares it).
         self.strict_bridges: str | None = None
+        self.log_format = "text"  # or "json": one JSON object per line (hooks/logjson.py)
 
     @property
     def strict(self) -> bool:
@@ -140,6 +142,8 @@ def _apply_line(cfg: HookConfig, raw: bytes) -> str:
         return f"{key}: the value contains a control character: {value!r}"
     if key == "mode" and value not in ("default", "strict"):
         return f"mode must be 'default' or 'strict', got {value!r}"
+    if key == "log_format" and value not in ("text", "json"):
+        return f"log_format must be 'text' or 'json', got {value!r}"
     parsed: object = value
     if key == "timeout":
         try:
@@ -343,8 +347,15 @@ def main(argv: list[str] | None = None, *, config_path: str = DEFAULT_CONFIG,
 
 def _log(cfg: HookConfig, message: str) -> None:
     """Append one line to the hook log (best effort: a full disk must not block a VM)."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    line = f"{stamp} veil-qemu-hook[{posix.getpid()}] {message.rstrip()}\n".encode("utf-8", "replace")
+    if cfg.log_format == "json":
+        from hooks.logjson import record
+
+        level = "ERROR" if " ERROR " in message or "internal error" in message else (
+            "WARNING" if " WARNING " in message else "INFO")
+        line = (record("veil-qemu-hook", level, message.rstrip()) + "\n").encode("utf-8", "replace")
+    else:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        line = f"{stamp} veil-qemu-hook[{posix.getpid()}] {message.rstrip()}\n".encode("utf-8", "replace")
     flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT
     try:
         try:

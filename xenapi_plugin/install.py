@@ -14,7 +14,7 @@ import sys
 from typing import Optional, Sequence
 from pathlib import Path
 
-from hooks import hostguard
+from hooks import hostguard, units
 from hooks.ovsdb import DEFAULT_DB
 
 PLUGIN = Path("etc/xapi.d/plugins/veil")
@@ -64,6 +64,10 @@ def uninstall(root: "Path") -> "list[Path]":
     return removed
 
 
+# dom0's units: the hook's spool is drained by veil-xapi-sync itself (--spool), no veil-hostd
+XEN_UNITS = ("veil-xapi-sync",)
+
+
 def main(argv: "Sequence[str] | None" = None) -> int:
     p = argparse.ArgumentParser(prog="veil-xen-install", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--root", type=Path, default=Path("/"), help="install under this root (default: /)")
@@ -71,6 +75,8 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     p.add_argument("--libdir", help="directory holding veil's dom0 modules, put first on sys.path "
                                      "(the RPM's /usr/lib/veil/python; default: none, veil is importable)")
     p.add_argument("--uninstall", action="store_true")
+    p.add_argument("--no-units", action="store_true", help="do not write the systemd unit "
+                   "veil-xapi-sync.service (ROOT/etc/systemd/system)")
     p.add_argument("--db", default=DEFAULT_DB, help="this host's OVSDB (read by --host-guard auto)")
     hostguard.add_argument(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -81,6 +87,11 @@ def main(argv: "Sequence[str] | None" = None) -> int:
             print(f"veil-xen-install: {exc}", file=sys.stderr)
             return 1
     paths = uninstall(args.root) if args.uninstall else install(args.root, args.python, args.libdir)
+    unit_dir = args.root / "etc" / "systemd" / "system"  # (hooks/units.py: the xapi-sync unit)
+    if args.uninstall:
+        paths += units.uninstall_units(XEN_UNITS, unit_dir)
+    elif not args.no_units:
+        paths += units.install_units(XEN_UNITS, unit_dir, Path(args.python).parent)
     for path in paths:
         print(("removed " if args.uninstall else "installed ") + str(path))
     return 0

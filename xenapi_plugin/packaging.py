@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from hooks import units
+
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "veil-xen"
 VERSION = "0.1.0"
@@ -31,7 +33,7 @@ DOM0_ENTRY_POINTS = ("xenapi_plugin.plugin", "xenapi_plugin.hotplug", "xenapi_pl
 DOM0_MODULES = (
     "hooks", "hooks.backoff", "hooks.cliargs", "hooks.contract", "hooks.errors", "hooks.hostguard",
     "hooks.jsonlite", "hooks.ovsdb", "hooks.ovsdb.rpc", "hooks.plugspec", "hooks.reconcile",
-    "hooks.safexml", "hooks.spool", "hooks.vif",
+    "hooks.safexml", "hooks.spool", "hooks.units", "hooks.vif",
     "xenapi_plugin", "xenapi_plugin.args", "xenapi_plugin.config", "xenapi_plugin.desired",
     "xenapi_plugin.dispatch", "xenapi_plugin.hostovs", "xenapi_plugin.hotplug", "xenapi_plugin.install",
     "xenapi_plugin.model", "xenapi_plugin.plugin", "xenapi_plugin.sync", "xenapi_plugin.xapi",
@@ -51,20 +53,10 @@ CONF = """\
 #VEIL_HOST_UUID=
 """
 
-UNIT = """\
-[Unit]
-Description=veil-xapi-sync: keep this host's OVSDB registrations in step with xapi
-After=openvswitch.service xapi.service
-Wants=openvswitch.service
-
-[Service]
-ExecStartPre=/bin/sh -c 'while [ ! -e /var/run/xapi_init_complete.cookie ]; do sleep 1; done'
-ExecStart=/usr/bin/veil-xapi-sync
-Restart=on-failure
-
-[Install]
-WantedBy=multi-user.target
-"""
+def xapi_sync_unit() -> str:
+    """veil-xapi-sync's unit as the RPM installs it: veil's one unit file (hooks/systemd),
+    its commands in /usr/bin."""
+    return units.unit_text("veil-xapi-sync", Path("/usr/bin"))
 
 
 def module_file(module: str, root: Path = ROOT) -> Path:
@@ -109,8 +101,15 @@ def payload(buildroot: Path) -> Dict[str, str]:
     files["/etc/veil/xen.conf"] = "%config(noreplace) %attr(0644, root, root)"
     unit = buildroot / "usr/lib/systemd/system/veil-xapi-sync.service"
     unit.parent.mkdir(parents=True, exist_ok=True)
-    unit.write_text(UNIT)
+    unit.write_text(xapi_sync_unit())
     files["/usr/lib/systemd/system/veil-xapi-sync.service"] = "%attr(0644, root, root)"
+    # hooks/units.py reads its unit files beside it: veil-xen-install run by hand (without the
+    # --no-units of %post) writes the same unit to /etc/systemd/system
+    shipped = buildroot / LIBDIR.lstrip("/") / "hooks/systemd/veil-xapi-sync.service"
+    shipped.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(units.UNIT_DIR / "veil-xapi-sync.service", shipped)
+    files[LIBDIR + "/hooks/systemd"] = "%dir"
+    files[LIBDIR + "/hooks/systemd/veil-xapi-sync.service"] = "%attr(0644, root, root)"
     # written by veil-xen-install in %post, removed in %preun: rpm knows them, does not ship them
     for ghost in ("/etc/xapi.d/plugins/veil", "/etc/xapi.d/vif-hotplug"):
         files[ghost] = "%ghost %attr(0755, root, root)"
@@ -141,7 +140,7 @@ mkdir -p %{{buildroot}}/etc/xapi.d/plugins
 touch %{{buildroot}}/etc/xapi.d/plugins/veil %{{buildroot}}/etc/xapi.d/vif-hotplug
 
 %post
-/usr/bin/veil-xen-install --python {python} --libdir {libdir} --host-guard off >/dev/null
+/usr/bin/veil-xen-install --python {python} --libdir {libdir} --host-guard off --no-units >/dev/null
 
 %preun
 if [ "$1" = 0 ]; then /usr/bin/veil-xen-install --uninstall >/dev/null; fi

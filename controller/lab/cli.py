@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.lab import topology
+from controller.lab import clihelp, topology
+from controller.lab.progress import Progress
 from controller.lab.lab import DEFAULT_ROOT, Lab, open_lab, running_labs, teardown
 
 
@@ -27,8 +28,10 @@ def _open(args: argparse.Namespace) -> Lab:
 def cmd_up(args: argparse.Namespace) -> int:
     path = Path(args.topology) if args.topology else None
     lab = Lab(topology.load(path), args.prefix, Path(args.root), topology_path=path)
-    lab.up(_say, plug_vms=not args.no_vms)
-    _say(f"lab {lab.prefix} is up (run dir {lab.rundir}); `veil-lab down --prefix {lab.prefix}` removes it")
+    progress = Progress(sys.stdout)  # (a terminal: one live line; a pipe or log: quiet)
+    lab.up(progress.step, plug_vms=not args.no_vms)
+    progress.done(f"lab {lab.prefix} is up (run dir {lab.rundir}); `veil-lab down --prefix "
+                  f"{lab.prefix}` removes it")
     return 0
 
 
@@ -78,6 +81,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return runner.run(Path(args.out), plan, _say, Path(args.root))
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from controller.lab import ops
+    from controller.trace import render
+
+    doc = ops.trace(_open(args), args.packet, live=args.live)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for line in render(doc, args.verbose):
+            _say(ops.named(doc, line))
+        for check in doc.get("live", []):
+            _say(ops.named(doc, f"live {check['host']}: {check['why']}"))
+    if any(c["agrees"] is False for c in doc.get("live", [])):
+        return 3
+    return 0 if doc["delivered"] else 1
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from controller import graph
+    from controller.cli import serve_until_stopped
+    from controller.lab import ops
+
+    lab = _open(args)
+    if args.serve:
+        server = graph.serve(args.serve, lambda: ops.picture(lab), f"lab {lab.prefix}")
+        return serve_until_stopped(server, args.serve)
+    page, image = ops.graph_page(lab, Path(args.out) if args.out else None)
+    _say(f"wrote {page} and {image}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="veil-lab", description=__doc__)
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="where lab run directories live")
@@ -115,21 +149,40 @@ def parser() -> argparse.ArgumentParser:
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     dm.set_defaults(func=cmd_demo)
 
+    tr = sub.add_parser("trace", help="`veil trace` on the lab, VMs by name (e.g. from a1 to "
+                        "a2 icmp); --live also through each host's real switch")
+    tr.add_argument("--prefix")
+    tr.add_argument("--live", action="store_true", help="each hop through its host's "
+                    "ovs-appctl ofproto/trace too; a difference is a veil bug (exit 3)")
+    tr.add_argument("--json", action="store_true")
+    tr.add_argument("--verbose", action="store_true", help="print each deciding rule")
+    tr.add_argument("packet", nargs="+", metavar="WORD", help="from VM [to VM] [icmp|udp|"
+                    "arp|broadcast] [FIELD=VALUE ...]")
+    tr.set_defaults(func=cmd_trace)
+
+    gr = sub.add_parser("graph", help="the lab's topology page: DCs, hosts, tunnels (BFD), VMs "
+                        "by tenant (HTML + SVG; --serve IP:PORT keeps it live)")
+    gr.add_argument("--prefix")
+    gr.add_argument("--out", help="the page to write (default RUNDIR/graph.html; SVG next to it)")
+    gr.add_argument("--serve", metavar="IP:PORT", help="serve the live page (e.g. 127.0.0.1:8477)")
+    gr.set_defaults(func=cmd_graph)
+
     bn = sub.add_parser("bench", help="measure veil side by side with OVN and plain OVS (docs/benchmarks.md)")
     bn.add_argument("--out", default="docs/bench", help="where results.json, results.md and the plots go")
     bn.add_argument("--quick", action="store_true", help="few repetitions and a small fabric (a smoke run)")
     bn.add_argument("--only", help="comma list of 1, lab, 2, 4, 5 (default: all; 2: figure 2 alone, veil over TLS and plaintext)")
     bn.add_argument("--reps", type=int, help="repetitions of figure 2 (default 20)")
     bn.set_defaults(func=cmd_bench)
-    return p
+    return clihelp.document(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         rc: int = args.func(args)
-    except (topology.TopologyError, RuntimeError, KeyError) as exc:
-        print(f"veil-lab: {exc}", file=sys.stderr)
+    except (topology.TopologyError, RuntimeError, KeyError, ValueError) as exc:
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"veil-lab: {text}", file=sys.stderr)
         return 1
     return rc
 

@@ -43,6 +43,7 @@ from controller.northbound.store import NotProgrammed, Store, StoreServer, sync
 from controller.trust import ENROLL_PORT, RELAY_PORT, utcnow
 
 LISTENING = "database relay ssl:"  # the daemon's log line once relay and enrollment listen
+METRICS_LISTEN = "127.0.0.1:9477"  # inside the controller's namespace (TLS lab): its own
 LAB_RESYNC = 2.0  # seconds: shorter than the daemon's default, so a lab's quiet-period audits
 # (which put back flows deleted behind veil's back) come sooner; waits use sync(), not resyncs
 
@@ -74,6 +75,11 @@ class LabController:
     @property
     def pidfile(self) -> Path:
         return self.rundir / "controller.pid"
+
+    @property
+    def control_socket(self) -> Path:
+        """The daemon's local control socket (`veil status --socket`)."""
+        return self.rundir / "veil-ctl.sock"
 
     @property
     def pki_dir(self) -> Path:
@@ -120,11 +126,11 @@ class LabController:
         in the controller's namespace, with its embedded database, relay and enrollment,
         returning once they listen (the first start then joins every host)."""
         argv = [sys.executable, "-m", "controller.daemon", "--config", str(self.config),
-                "--resync", f"{self.resync:g}"]
+                "--resync", f"{self.resync:g}", "--control", str(self.control_socket)]
         if self.tls:
             argv = ["ip", "netns", "exec", self.lab.ns_name(CONTROLLER_NODE), *argv,
                     "--rundir", str(self.rundir), "--pki", str(self.pki_dir),
-                    "--public-ip", str(CONTROLLER_IP)]
+                    "--public-ip", str(CONTROLLER_IP), "--metrics", METRICS_LISTEN]
         else:
             argv += ["--db", self.server.remote, "--insecure"]
         seen = self.log_text().count(LISTENING)

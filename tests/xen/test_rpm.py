@@ -26,10 +26,11 @@ def test_the_rpm_is_noarch_and_lists_exactly_the_dom0_files(tmp_path: Path) -> N
     modules = {f"{packaging.LIBDIR}/{packaging.module_file(m).relative_to(packaging.ROOT).as_posix()}"
                for m in packaging.DOM0_MODULES}
     dirs = {packaging.LIBDIR, f"{packaging.LIBDIR}/hooks", f"{packaging.LIBDIR}/hooks/ovsdb",
-            f"{packaging.LIBDIR}/xenapi_plugin"}
+            f"{packaging.LIBDIR}/xenapi_plugin", f"{packaging.LIBDIR}/hooks/systemd"}
     assert listed == modules | dirs | {
         "/usr/bin/veil-xapi-sync", "/usr/bin/veil-xen-install", "/etc/veil/xen.conf",
         "/usr/lib/systemd/system/veil-xapi-sync.service",
+        f"{packaging.LIBDIR}/hooks/systemd/veil-xapi-sync.service",
         "/etc/xapi.d/plugins/veil", "/etc/xapi.d/vif-hotplug",
     }
     assert not any("controller" in p or "libvirt" in p or "registrar.py" in p for p in listed)

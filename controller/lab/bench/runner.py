@@ -22,6 +22,7 @@ from controller.lab.bench.labfigs import BenchError, Plugger, System
 from controller.lab.bench.ovn import OvnMissing
 from controller.lab.bench.results import Comparison, Goal, Result
 from controller.lab.bench.systems import PLAINTEXT, OvnSystem, PlainSystem, VeilSystem
+from controller.lab.progress import Progress
 from controller.lab.lab import DEFAULT_ROOT, Lab
 from controller.southbound.session import OpenFlowError
 
@@ -103,7 +104,9 @@ def _up(system: System, root: Path, say: Say) -> Bed:
     lab = Lab(topology.load(), prefix=f"vlb{secrets.token_hex(3)}", root=root)
     bed = Bed(system, lab, Plugger(lab))
     try:
-        lab.up()
+        progress = Progress(sys.stdout)  # (a terminal only: the bench's log stays results)
+        lab.up(lambda m: progress.step(f"[{system.name}] {m}"))
+        progress.clear()
         say(f"[{system.name}] lab {lab.prefix} up; starting {system.name}")
         system.start(lab)
         labfigs.static_arp(lab)

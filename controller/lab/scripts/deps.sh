@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what veil needs on a Debian host, only what is missing, and says what it does.
 # Used by `make demo`, `make test`, `make bench`, .ci/run and the Vagrant provisioning.
-#   deps.sh [--venv DIR] [--no-venv] [--libvirt] [--vagrant] [--ovn] [--extras LIST]
+#   deps.sh [--venv DIR] [--no-venv] [--libvirt] [--vagrant] [--ovn] [--browser] [--extras LIST]
+# (--browser: Debian's chromium, for the headless test of the topology page)
 set -euo pipefail
 
 venv=""
@@ -15,6 +16,7 @@ while [ $# -gt 0 ]; do
     --libvirt) groups+=(libvirt); extras="$extras,libvirt"; shift ;;
     --vagrant) groups+=(vagrant); shift ;;
     --ovn) groups+=(ovn); shift ;;
+    --browser) groups+=(browser); shift ;;
     --extras) extras="$2"; shift 2 ;;
     *) echo "deps.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
@@ -23,10 +25,11 @@ done
 say() { printf '[deps] %s\n' "$*"; }
 
 declare -A pkgs
-pkgs[base]="openvswitch-switch openvswitch-common iproute2 iputils-ping iputils-arping iptables iperf3 ethtool tcpdump procps psmisc python3 python3-venv python3-pip rpm"
+pkgs[base]="openvswitch-switch openvswitch-common iproute2 iputils-ping iputils-arping iptables iperf3 ethtool tcpdump procps psmisc python3 python3-venv python3-pip rpm systemd"
 pkgs[libvirt]="libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config gcc libc6-dev python3-dev qemu-system-x86 libxml2-utils netcat-openbsd"
 pkgs[vagrant]="vagrant vagrant-libvirt"
 pkgs[ovn]="ovn-central ovn-host"
+pkgs[browser]="chromium"
 
 missing=()
 for g in "${groups[@]}"; do
