@@ -25,7 +25,7 @@ def test_demo_runs_start_to_end_and_cleans_up(tmp_path: Path) -> None:
         assert f"== Step {step}:" in text
     assert "demo: every expectation held" in text
     assert running_labs(tmp_path) == []
-    m = re.search(r"run prefix (vl[0-9a-f]+)", text)
+    m = re.search(r"run prefix ([a-z0-9]+)", text)
     assert m is not None, text
     left = [n for n in netns.list_netns() if n.startswith(m.group(1))]
     assert left == [], f"the demo left namespaces behind: {left}"

@@ -123,7 +123,7 @@ def _signal(pid: int, sig: int) -> None:
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
-    base = topology.load()
+    base = topology.with_kind(topology.load(), "netns")
     lab = Lab(dataclasses.replace(base, vms=base.vms + EXTRA_VMS), prefix=unique_prefix("f"))
     hostd = HostDaemons(lab)
     ctl: LabController | None = None

@@ -30,6 +30,7 @@ class GuestNic:
     bridge: str = "br-int"
     tenant: str | None = None
     ips: str | None = None
+    iface_id: str | None = None  # libvirt generates one per start when None
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,9 @@ def domain_xml(spec: GuestSpec) -> str:
         iface = _sub(devices, "interface", type="bridge")
         _sub(iface, "mac", address=nic.mac)
         _sub(iface, "source", bridge=nic.bridge)
-        _sub(iface, "virtualport", type="openvswitch")
+        vport = _sub(iface, "virtualport", type="openvswitch")
+        if nic.iface_id:
+            _sub(vport, "parameters", interfaceid=nic.iface_id)
         _sub(iface, "model", type="virtio")
         # No checksum offload either way: OVS's userspace datapath passes partial checksums
         # on, and TCP/UDP then break while ping works (lab-notes: the veth "tx off" pitfall).
