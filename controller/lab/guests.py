@@ -24,6 +24,10 @@ from controller.lab.guest.domxml import GuestNic, GuestSpec, domain_xml, guest_c
 from controller.lab.hypervisor import Hypervisor
 from controller.lab.topology import Topology, Vm
 
+# libvirt prints every error to stderr by default, even one a caller expects ("no domain"):
+# the lab reports the errors it does not expect itself.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
 ECHO_PORT = 7
 MEMORY_MIB = 128
 BOOT_TIMEOUT = 60.0  # seconds: TCG guests booting side by side on two shared cores

@@ -11,6 +11,7 @@ every daemon pid file).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -31,6 +32,7 @@ from controller.lab import guests, netns
 from controller.lab.guest.agent import ExecResult, GuestExec
 from controller.lab.hypervisor import Hypervisor, VeilInstall
 from controller.lab.ovs import OvsInstance, require_ovs
+from controller.lab.probe import Probe, ProbeResult
 from controller.lab.topology import Host, Topology, Vm
 from controller.lab.topology import load as load_topology
 from hooks import contract
@@ -191,6 +193,7 @@ class Lab:
             topology_path=str(self.topology_path) if self.topology_path else None,
             namespaces=[],
             placement={},
+            kinds={v.name: v.kind for v in self.topo.vms},  # `up --kind` may override the file
         )
         try:
             self._up(progress, plug_vms)
@@ -422,6 +425,17 @@ class Lab:
         self._record(placement=dict(self._placement))
         return result
 
+    def probed_migration(self, name: str, host: str, prober: str, seconds: float = 15.0,
+                         settle: float = 1.0) -> tuple[guests.Migration, ProbeResult]:
+        """``migrate_vm`` while guest ``prober`` pings ``name`` every 1 ms (``controller.lab.probe``):
+        QEMU's downtime next to the outage the probe saw; the network's share is the difference."""
+        self._guest(prober)
+        watch = Probe(lambda cmd, timeout: self.guest_exec(prober, cmd, timeout).output,
+                      self.vms[name].ip, seconds).start()
+        time.sleep(settle)  # the probe runs (and its ARP is resolved) before the move starts
+        move = self.migrate_vm(name, host)
+        return move, watch.result()
+
     def guest_state(self, name: str) -> dict[str, str | None]:
         """Host -> libvirt state of guest ``name`` on each hypervisor (None: not defined there)."""
         out: dict[str, str | None] = {}
@@ -588,7 +602,12 @@ def open_lab(root: Path = DEFAULT_ROOT, prefix: str | None = None) -> Lab:
     if not state:
         raise RuntimeError(f"no lab {prefix} under {root}")
     path = state.get("topology_path")
-    return Lab.attach(load_topology(Path(str(path)) if path else None), prefix, root)
+    topo = load_topology(Path(str(path)) if path else None)
+    kinds = state.get("kinds")
+    if isinstance(kinds, dict):
+        topo = dataclasses.replace(topo, vms=tuple(dataclasses.replace(v, kind=str(kinds.get(v.name, v.kind)))
+                                                   for v in topo.vms))
+    return Lab.attach(topo, prefix, root)
 
 
 def running_labs(root: Path = DEFAULT_ROOT) -> list[str]:
