@@ -584,8 +584,15 @@ def teardown(rundir: Path, prefix: str) -> list[str]:
     netns.kill_pids(pids)
     for name in sorted(names):
         netns.delete_netns(name)
+    _wait_gone(pids)  # SIGKILL sent is not exited: `down` returns once they are gone
     shutil.rmtree(rundir, ignore_errors=True)
     return sorted(names)
+
+
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.05)
 
 
 def open_lab(root: Path = DEFAULT_ROOT, prefix: str | None = None) -> Lab:

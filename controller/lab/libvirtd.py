@@ -33,6 +33,8 @@ MOUNTS = {
     "cache": "/var/cache/libvirt",
 }
 
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+
 
 def qemu_conf(stdio_handler: str) -> str:
     """No privilege drop, no cgroups, no per-VM /dev namespace: a daemon in a namespace."""
@@ -113,6 +115,9 @@ class PrivateLibvirtd:
     def prepare(self) -> None:
         """The directories, the config and the mount namespace (the network one must exist)."""
         require_libvirt()
+        if len(str(self.socket)) > MAX_SOCKET_PATH:
+            raise RuntimeError(f"{self.socket}: longer than a unix socket path may be ({MAX_SOCKET_PATH}); "
+                               "use a shorter lab root (--root)")
         for name in MOUNTS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
         shutil.copytree("/etc/libvirt", self.etc, symlinks=True, dirs_exist_ok=True)
@@ -136,7 +141,8 @@ class PrivateLibvirtd:
         script = " && ".join([*mounts, f"touch {ready}", "exec sleep infinity"])
         holder = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # and no pipe of the caller's kept open (`veil-lab up | tail`)
         )
         self.holder_pidfile.write_text(f"{holder.pid}\n")
         _wait_for(ready, "the private mount namespace", holder)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,14 +150,19 @@ def test_down_leaves_nothing_even_after_the_lab_process_was_killed(tmp_path: Pat
     path = tmp_path / "one.yaml"
     path.write_text(yaml.safe_dump(topo))
     prefix = unique_prefix("d")
-    root = tmp_path / "labs"
-    proc = subprocess.Popen([sys.executable, "-m", "controller.lab.cli", "--root", str(root), "up",
-                             "--topology", str(path), "--prefix", prefix],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))  # unix socket paths stay short
+    out = tmp_path / "up.log"
+    with out.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "controller.lab.cli", "--root", str(root), "up",
+                                 "--topology", str(path), "--prefix", prefix],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     rundir = root / prefix
     try:
-        until("the guest's QEMU runs", lambda: (rundir / "dc1-h1" / "guests" / "a1.console.log").exists(),
-              timeout=120.0, interval=0.1)
+        def guest_qemu() -> list[str]:
+            return [p for p in processes_mentioning(f"guest={prefix}-a1") if "qemu-system" in p]
+
+        qemu = until("the guest's QEMU runs", guest_qemu,
+              timeout=120.0, interval=0.1, detail=lambda: out.read_text()[-3000:])
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         lab = Lab.attach(topology.load(path), prefix, root)
@@ -164,8 +170,6 @@ def test_down_leaves_nothing_even_after_the_lab_process_was_killed(tmp_path: Pat
         names = {Path(p).name for p in pids}
         assert {"libvirt-ns.pid", "veil-hostd.pid", "veil-libvirt-agent.pid", "veil-lab-libvirtd.pid",
                 "veil-lab-virtlogd.pid"} <= names, sorted(pids)
-        qemu = [p for p in processes_mentioning(f"guest={prefix}-a1") if "qemu-system" in p]
-        assert qemu, "no QEMU of the guest runs"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -177,3 +181,4 @@ def test_down_leaves_nothing_even_after_the_lab_process_was_killed(tmp_path: Pat
     assert processes_mentioning(prefix) == [] and processes_mentioning(str(rundir)) == []
     assert [n for n in netns.list_netns() if n.startswith(prefix)] == []
     assert not rundir.exists()
+    root.rmdir()
