@@ -92,7 +92,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from controller.lab.demo import run_demo
 
-    return run_demo(Path(args.root), keep=args.keep, say=_say)
+    return run_demo(Path(args.root), keep=args.keep, say=_say, kind=args.kind)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -156,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="the two-DC demo, step by step")
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    dm.add_argument("--kind", choices=topology.VM_KINDS, default="libvirt",
+                    help="real libvirt guests (default) or the netns stand-ins")
     dm.set_defaults(func=cmd_demo)
 
     bn = sub.add_parser("bench", help="measure veil side by side with OVN and plain OVS (docs/benchmarks.md)")

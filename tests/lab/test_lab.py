@@ -194,7 +194,7 @@ def test_cli_drives_a_lab_end_to_end(tmp_path: Path) -> None:
             capture_output=True, text=True, env=env, timeout=120,
         )
 
-    up = veil("up", "--prefix", prefix)
+    up = veil("up", "--prefix", prefix, "--kind", "netns")
     try:
         assert up.returncode == 0, up.stderr
         assert f"lab {prefix} is up" in up.stdout
