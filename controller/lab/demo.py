@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from controller.lab import topology
 from controller.lab.lab import Lab
+from controller.lab.probe import BackgroundPing
 from controller.lab.run import LabController, run_for_lab
 
 Say = Callable[[str], None]
@@ -173,45 +173,6 @@ def live_migration(lab: Lab, ctl: LabController, checks: Checks, say: Say) -> No
             "echoes lost)")
         ctl.sync()
         checks.expect(f"a1 runs on {dst} and a2 reaches it", lab.placement("a1") == dst and reaches(lab, "a2", "a1"))
-
-
-class BackgroundPing:
-    """A ping from ``src`` (a netns VM: iputils in its namespace; a guest: busybox over its exec
-    channel) running while the caller does something else; ``output()`` waits for it."""
-
-    def __init__(self, lab: Lab, src: str, dst: str, *, count: int, interval: float) -> None:
-        self.lab, self.src, self.ip = lab, src, lab.vms[dst].ip
-        self.count, self.interval = count, interval
-        self._out = ""
-        self._thread: threading.Thread | None = None
-        self._proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> BackgroundPing:
-        if self.lab.vms[self.src].kind == "libvirt":
-            cmd = f"ping -i {self.interval} -c {self.count} -W 1 {self.ip}"
-            limit = self.count * self.interval * 3 + 30
-
-            def run() -> None:
-                self._out = self.lab.guest_exec(self.src, cmd, timeout=limit).output
-
-            self._thread = threading.Thread(target=run, daemon=True)
-            self._thread.start()
-            time.sleep(0.5)  # running (and its first replies back) before the caller acts
-            return self
-        self._proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.lab.vms[self.src].ns, "ping", "-n", "-i", str(self.interval),
-             "-c", str(self.count), "-W", "1", self.ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert self._proc.stdout is not None
-        self._out = self._proc.stdout.readline() + self._proc.stdout.readline()  # banner, first reply
-        return self
-
-    def output(self) -> str:
-        if self._thread is not None:
-            self._thread.join(self.count * self.interval * 3 + 60)
-            return self._out
-        assert self._proc is not None
-        rest, _ = self._proc.communicate(timeout=60)
-        return self._out + rest
 
 
 def flow_counters(lab: Lab) -> dict[tuple[str, str], int]:
