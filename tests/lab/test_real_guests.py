@@ -19,6 +19,8 @@ import pytest
 from controller.lab import guests
 from controller.lab.guest import console
 from controller.lab.guest.agent import ExecError
+from controller.lab.guest.domxml import GuestSpec
+from controller.lab.hypervisor import Hypervisor
 from controller.lab.lab import Lab
 from controller.lab.probe import BackgroundPing
 from controller.lab.run import LabController
@@ -199,16 +201,22 @@ def test_managedsave_and_start_registers_the_new_tap(real: tuple[Lab, LabControl
     until("b1 reaches the restored b2", lambda: lab.ping("b1", "b2"), timeout=10.0)
 
 
+def odd_guest(lab: Lab, hv: Hypervisor) -> GuestSpec:
+    """A guest whose veil metadata names network "nowhere", which no host declares."""
+    base = guests.guest_spec(lab.topo, lab.vms["a1"].spec, hv, lab.prefix, lab.guest_boot(), 1400)
+    nic = dataclasses.replace(base.nics[0], network="nowhere", iface_id=None, mac="02:5e:00:00:0b:01")
+    return dataclasses.replace(
+        base, name=f"{lab.prefix}-odd", nics=(nic,), uuid=None, console_log=hv.console_log("odd"),
+        exec_socket=hv.exec_socket("odd"),
+        cmdline=base.cmdline.replace(lab.vms["a1"].mac, nic.mac).replace("veil.name=a1", "veil.name=odd"))
+
+
 def test_a_guest_on_an_unknown_network_starts_dark_with_one_log_line(real: tuple[Lab, LabController]) -> None:
     """Default mode: a domain naming a network the host does not declare starts (a veil problem
     never blocks a VM) with no veil registration, and the hook says why in one line."""
     lab, _ctl = real
     hv = lab.hypervisors["dc1-h2"]
-    base = guests.guest_spec(lab.topo, lab.vms["a1"].spec, hv, lab.prefix, lab.guest_boot(), 1400)
-    nic = dataclasses.replace(base.nics[0], network="nowhere", iface_id=None, mac="02:5e:00:00:0b:01")
-    spec = dataclasses.replace(base, name=f"{lab.prefix}-odd", nics=(nic,), uuid=None,
-                               cmdline=base.cmdline.replace(lab.vms["a1"].mac, nic.mac).replace("veil.name=a1", "veil.name=odd"),
-                               console_log=hv.console_log("odd"), exec_socket=hv.exec_socket("odd"))
+    spec = odd_guest(lab, hv)
     conn = libvirt.open(hv.uri)
     try:
         guests.start(conn, spec)
@@ -217,7 +225,31 @@ def test_a_guest_on_an_unknown_network_starts_dark_with_one_log_line(real: tuple
         # one line per hook call that looks at the metadata (prepare validates, start registers)
         assert [ln.split(f"{spec.name} ")[1].split(":")[0] for ln in lines] == ["prepare begin", "start begin"], lines
         assert all("unknown veil network 'nowhere'" in ln for ln in lines), lines
-        assert not [ids for ids in registered(lab, "dc1-h2").values() if ids[contract.ATTACHED_MAC] == nic.mac]
+        assert not [ids for ids in registered(lab, "dc1-h2").values() if ids[contract.ATTACHED_MAC] == spec.nics[0].mac]
     finally:
         guests.remove(conn, spec.name)
         conn.close()
+
+
+def test_strict_mode_refuses_a_guest_on_an_unknown_network_with_the_reason(
+        real: tuple[Lab, LabController]) -> None:
+    """veil-libvirt-install --mode strict on dc1-h2 (libvirtd restarted to read it): libvirt
+    refuses the start and its error carries the hook's reason; nothing is left running."""
+    lab, _ctl = real
+    hv = lab.hypervisors["dc1-h2"]
+    default = hv.install
+    hv.install = dataclasses.replace(default, mode="strict")
+    hv.install_veil()
+    hv.restart_libvirtd()
+    spec = odd_guest(lab, hv)
+    conn = libvirt.open(hv.uri)
+    try:
+        with pytest.raises(libvirt.libvirtError, match="unknown veil network 'nowhere'"):
+            guests.start(conn, spec)
+        assert guests.state(conn, spec.name) == "shut off"
+    finally:
+        guests.remove(conn, spec.name)
+        conn.close()
+        hv.install = default
+        hv.install_veil()
+        hv.restart_libvirtd()
