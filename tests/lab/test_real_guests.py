@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from controller.lab import guests
+from controller.lab import guests, topology
 from controller.lab.guest import console
 from controller.lab.guest.agent import ExecError
 from controller.lab.guest.domxml import GuestSpec
@@ -253,3 +253,36 @@ def test_strict_mode_refuses_a_guest_on_an_unknown_network_with_the_reason(
         hv.install = default
         hv.install_veil()
         hv.restart_libvirtd()
+
+
+def test_a_guest_started_while_ovsdb_is_down_is_spooled_and_reachable_once_it_is_back(
+        real: tuple[Lab, LabController]) -> None:
+    """dc1-h2's ovsdb-server is down when a guest starts there (a plain tap, type='ethernet':
+    veil adds it to br-int, so libvirt itself needs no OVSDB): the hook spools and the guest
+    starts; once ovsdb-server is back, veil-hostd replays the spool and a1 reaches the guest."""
+    lab, ctl = real
+    host = "dc1-h2"
+    hv = lab.hypervisors[host]
+    spec_vm = topology.load().vm("a3")  # not in this module's lab: the guest takes its identity
+    assert "a3" not in lab.vms
+    base = guests.guest_spec(lab.topo, spec_vm, hv, lab.prefix, lab.guest_boot(), 1400)
+    spec = dataclasses.replace(base, nics=(dataclasses.replace(base.nics[0], kind="ethernet"),))
+    lab.hosts[host].ovs.stop_ovsdb()
+    conn = libvirt.open(hv.uri)
+    try:
+        guests.start(conn, spec)
+        line = [ln for ln in hv.hook_log.read_text().splitlines() if f"{spec.name} start begin" in ln]
+        assert line and "spooled" in line[-1], line
+        assert list(hv.spool.glob("*.json")) or list(hv.spool.iterdir()), "nothing spooled"
+        lab.revive_host(host)  # ovsdb-server back, as systemd restarts it
+        until("veil-hostd replayed the spool: the guest's port is registered",
+              lambda: spec_vm.iface_id in registered(lab, host), timeout=30.0,
+              detail=lambda: hv.service_log("veil-hostd").read_text()[-2000:])
+        ctl.sync()
+        until("a1 reaches the guest started while OVSDB was down",
+              lambda: lab.ping("a1", str(spec_vm.ip.ip)), timeout=15.0)
+    finally:
+        guests.remove(conn, spec.name)
+        conn.close()
+        if not lab.hosts[host].ovs.alive("ovsdb-server"):
+            lab.revive_host(host)
