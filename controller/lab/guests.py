@@ -32,6 +32,9 @@ ECHO_PORT = 7
 MEMORY_MIB = 128
 BOOT_TIMEOUT = 60.0  # seconds: TCG guests booting side by side on two shared cores
 MIGRATION_PORT = 49152
+# q35 hot-plugs a PCIe device only into a free root port and libvirt adds none spare by itself:
+# the NIC and the virtio-serial controller take two of these, two stay free for hot-plugs.
+ROOT_PORTS = 4
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ def guest_spec(topo: Topology, vm: Vm, hv: Hypervisor, prefix: str, boot: GuestB
         console_log=hv.console_log(vm.name), exec_socket=hv.exec_socket(vm.name),
         cmdline=guest_cmdline(vm.name, mac=vm.mac, ip4=str(vm.ip), mtu=mtu, echo_port=ECHO_PORT),
         domain_type=boot.domain_type, memory_mib=MEMORY_MIB, uuid=vm.vm_id,
+        extra_devices=tuple(f"<controller type='pci' index='{i}' model='pcie-root-port'/>"
+                            for i in range(1, ROOT_PORTS + 1)),
     )
 
 

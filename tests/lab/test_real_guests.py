@@ -25,6 +25,7 @@ from controller.lab.lab import Lab
 from controller.lab.probe import BackgroundPing
 from controller.lab.run import LabController
 from hooks import contract
+from libvirt_hooks.domxml import VEIL_XMLNS
 from tests.support.guests import guest_lab
 from tests.support.poll import until
 from tests.support.rows import rows
@@ -286,3 +287,39 @@ def test_a_guest_started_while_ovsdb_is_down_is_spooled_and_reachable_once_it_is
         conn.close()
         if not lab.hosts[host].ovs.alive("ovsdb-server"):
             lab.revive_host(host)
+
+
+def test_hot_plug_and_unplug_of_a_nic_reach_ovsdb_through_the_agent(real: tuple[Lab, LabController]) -> None:
+    """The operator names a new NIC in the metadata, then hot-plugs it into running b1 (no qemu
+    hook fires): veil-libvirt-agent registers it, the guest sees it; hot-unplug: the guest
+    lets it go and its port leaves OVSDB."""
+    lab, _ctl = real
+    hv = lab.hypervisor_of("b1")
+    b1 = lab.vms["b1"]
+    mac = "02:5e:00:00:0c:01"
+    conn = libvirt.open(hv.uri)
+    try:
+        dom = conn.lookupByName(lab.domain_name("b1"))
+        ports = (f"<port mac='{b1.mac}' network='{b1.network}' tenant='globex' ips='{b1.ip}'/>"
+                 f"<port mac='{mac}' network='acme-net'/>")
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, f"<ports>{ports}</ports>", "veil", VEIL_XMLNS,
+                        libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        nic = (f"<interface type='bridge'><mac address='{mac}'/><source bridge='br-int'/>"
+               "<virtualport type='openvswitch'/><model type='virtio'/></interface>")
+        dom.attachDeviceFlags(nic, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+        def row() -> dict[str, str] | None:
+            return next((ids for ids in registered(lab, hv.name).values() if ids[contract.ATTACHED_MAC] == mac), None)
+
+        ids = until("the agent registered the hot-plugged NIC", row, timeout=20.0,
+                    detail=lambda: hv.service_log("veil-libvirt-agent").read_text()[-2000:])
+        assert ids[contract.VEIL_NETWORK] == "acme-net"
+        until("the guest sees the new NIC", lambda: mac in lab.guest_exec("b1", "cat /sys/class/net/*/address").output,
+              timeout=15.0)
+        dom.detachDeviceFlags(nic, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        until("the guest let the NIC go (unplug acknowledged)",
+              lambda: mac not in lab.guest_exec("b1", "cat /sys/class/net/*/address").output, timeout=20.0)
+        until("its port left OVSDB", lambda: row() is None, timeout=20.0)
+        assert lab.ping("b1", "b2", count=2)  # its first NIC never noticed
+    finally:
+        conn.close()
