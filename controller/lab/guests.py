@@ -10,23 +10,23 @@ registers it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import libvirt
+from typing import TYPE_CHECKING
 
 from controller.lab.guest import console
 from controller.lab.guest.domxml import GuestNic, GuestSpec, domain_xml, guest_cmdline
 from controller.lab.hypervisor import Hypervisor
 from controller.lab.topology import Topology, Vm
 
-# libvirt prints every error to stderr by default, even one a caller expects ("no domain"):
-# the lab reports the errors it does not expect itself.
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+if TYPE_CHECKING:
+    import libvirt
 
 ECHO_PORT = 7
 MEMORY_MIB = 128
@@ -65,6 +65,25 @@ def guest_spec(topo: Topology, vm: Vm, hv: Hypervisor, prefix: str, boot: GuestB
     )
 
 
+@contextlib.contextmanager
+def connect(uri: str) -> Iterator[libvirt.virConnect]:
+    """A connection to one hypervisor's libvirtd, closed afterwards. libvirt-python is imported
+    here, not with the module: a netns-only lab runs without it."""
+    from controller.lab.libvirtd import require_libvirt
+
+    require_libvirt()
+    import libvirt
+
+    # libvirt prints every error to stderr by default, even one a caller expects ("no domain"):
+    # the lab reports the errors it does not expect itself.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    conn = libvirt.open(uri)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 def start(conn: libvirt.virConnect, spec: GuestSpec, timeout: float = BOOT_TIMEOUT) -> console.Ready:
     """Define and start the domain; returns once /init says it is ready (its NIC is up)."""
     spec.console_log.unlink(missing_ok=True)
@@ -76,6 +95,8 @@ def start(conn: libvirt.virConnect, spec: GuestSpec, timeout: float = BOOT_TIMEO
 
 def state(conn: libvirt.virConnect, name: str) -> str | None:
     """The domain's libvirt state ("running", "paused", "shut off", ...), None if undefined."""
+    import libvirt
+
     try:
         dom = conn.lookupByName(name)
     except libvirt.libvirtError:
@@ -84,16 +105,14 @@ def state(conn: libvirt.virConnect, name: str) -> str | None:
     return STATES.get(code, f"state {code}")
 
 
-STATES = {
-    libvirt.VIR_DOMAIN_NOSTATE: "no state", libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "blocked", libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down", libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
-}
+STATES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down", 5: "shut off",
+          6: "crashed", 7: "suspended"}  # virDomainState, as libvirt numbers it
 
 
 def remove(conn: libvirt.virConnect, name: str) -> None:
     """Destroy (if running) and undefine (with any managed save image) the domain."""
+    import libvirt
+
     try:
         dom = conn.lookupByName(name)
     except libvirt.libvirtError:

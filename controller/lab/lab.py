@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import libvirt
-
 from controller.lab import guests, netns
 from controller.lab.guest.agent import ExecResult, GuestExec
 from controller.lab.hypervisor import Hypervisor, VeilInstall
+from controller.lab.libvirtd import require_libvirt
 from controller.lab.ovs import OvsInstance, require_ovs
 from controller.lab.probe import Probe, ProbeResult
 from controller.lab.topology import Host, Topology, Vm
@@ -226,6 +225,7 @@ class Lab:
         for h in hosts:
             progress(f"  {h.name}: underlay {h.underlay_ip} on br-phy, br-int fail_mode=secure ({h.ns})")
         if self.hypervisors:
+            require_libvirt()  # before the image build: name the missing package first
             boot = self.guest_boot()
             progress(f"lab {self.prefix}: libvirtd + virtlogd, veil-libvirt-install, veil-hostd and "
                      f"veil-libvirt-agent in every host (guests: {boot.domain_type}, {guests.MEMORY_MIB} MiB)")
@@ -399,7 +399,7 @@ class Lab:
         hv = self.hypervisors[host or vm.spec.host]
         spec = guests.guest_spec(self.topo, vm.spec, hv, self.prefix, self.guest_boot(), VM_MTU)
         began = time.monotonic()
-        with _libvirt(hv) as conn:
+        with guests.connect(hv.uri) as conn:
             guests.start(conn, spec)
         self._placement[name] = hv.name
         self._record(placement=dict(self._placement))
@@ -408,7 +408,7 @@ class Lab:
     def remove_guest(self, name: str) -> None:
         """Destroy and undefine guest ``name`` (libvirt runs the stop hooks: its port goes)."""
         hv = self.hypervisor_of(name)
-        with _libvirt(hv) as conn:
+        with guests.connect(hv.uri) as conn:
             guests.remove(conn, self.domain_name(name))
         del self._placement[name]
         self._record(placement=dict(self._placement))
@@ -440,7 +440,7 @@ class Lab:
         """Host -> libvirt state of guest ``name`` on each hypervisor (None: not defined there)."""
         out: dict[str, str | None] = {}
         for host, hv in self.hypervisors.items():
-            with _libvirt(hv) as conn:
+            with guests.connect(hv.uri) as conn:
                 out[host] = guests.state(conn, self.domain_name(name))
         return out
 
@@ -536,15 +536,6 @@ class Lab:
         if isinstance(placement, dict):
             lab._placement = {str(k): str(v) for k, v in placement.items()}
         return lab
-
-
-@contextlib.contextmanager
-def _libvirt(hv: Hypervisor) -> Iterator[libvirt.virConnect]:
-    conn = libvirt.open(hv.uri)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 @contextlib.contextmanager
