@@ -16,7 +16,7 @@ from pathlib import Path
 
 from controller.lab import topology
 from controller.lab.lab import Lab
-from controller.lab.probe import BackgroundPing
+from controller.lab.pinging import BackgroundPing
 from controller.lab.run import LabController, run_for_lab
 
 Say = Callable[[str], None]

@@ -22,7 +22,7 @@ from controller.lab.guest.agent import ExecError
 from controller.lab.guest.domxml import GuestSpec
 from controller.lab.hypervisor import Hypervisor
 from controller.lab.lab import Lab
-from controller.lab.probe import BackgroundPing
+from controller.lab.pinging import BackgroundPing
 from controller.lab.run import LabController
 from hooks import contract
 from libvirt_hooks.domxml import VEIL_XMLNS
