@@ -4,6 +4,7 @@ directory. Its own module: it runs its lab alone, not beside test_real_guests.py
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,10 +56,12 @@ def test_down_leaves_nothing_even_after_the_lab_process_was_killed(tmp_path: Pat
             proc.kill()
             proc.wait(10)
         teardown(rundir, prefix)
-    alive = {what: pid for what, pid in pids.items() if Path(f"/proc/{pid}").exists()}
-    alive |= {q: 0 for q in qemu if Path(f"/proc/{q.split(':')[0]}").exists()}
-    assert alive == {}
-    assert processes_mentioning(prefix) == [] and processes_mentioning(str(rundir)) == []
-    assert [n for n in netns.list_netns() if n.startswith(prefix)] == []
-    assert not rundir.exists()
-    root.rmdir()
+    try:
+        alive = {what: pid for what, pid in pids.items() if Path(f"/proc/{pid}").exists()}
+        alive |= {q: 0 for q in qemu if Path(f"/proc/{q.split(':')[0]}").exists()}
+        assert alive == {}
+        assert processes_mentioning(prefix) == [] and processes_mentioning(str(rundir)) == []
+        assert [n for n in netns.list_netns() if n.startswith(prefix)] == []
+        assert not rundir.exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
