@@ -6,7 +6,7 @@ DEPS := controller/lab/scripts/deps.sh
 # Keep the demo lab up afterwards with: make demo KEEP=1
 KEEP ?= 0
 
-.PHONY: all deps deps-test demo test lint unit clean-labs bench xen-rpm
+.PHONY: all deps deps-test deps-demo demo test lint unit clean-labs bench xen-rpm
 
 all: test
 
@@ -16,7 +16,11 @@ deps:
 deps-test:
 	bash $(DEPS) --venv $(VENV) --libvirt --vagrant --ovn --browser
 
-demo: deps
+# The demo's VMs are real libvirt guests (libvirtd + qemu per lab host): libvirt's packages too.
+deps-demo:
+	bash $(DEPS) --venv $(VENV) --libvirt
+
+demo: deps-demo
 	$(VENV)/bin/veil-lab demo $(if $(filter 1,$(KEEP)),--keep,)
 
 lint: deps-test

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,10 @@ def _open(args: argparse.Namespace) -> Lab:
 
 def cmd_up(args: argparse.Namespace) -> int:
     path = Path(args.topology) if args.topology else None
-    lab = Lab(topology.load(path), args.prefix, Path(args.root), topology_path=path)
+    topo = topology.load(path)
+    if args.kind:
+        topo = topology.with_kind(topo, args.kind)
+    lab = Lab(topo, args.prefix, Path(args.root), topology_path=path)
     progress = Progress(sys.stdout)  # (a terminal: one live line; a pipe or log: quiet)
     lab.up(progress.step, plug_vms=not args.no_vms)
     progress.done(f"lab {lab.prefix} is up (run dir {lab.rundir}); `veil-lab down --prefix "
@@ -59,6 +63,29 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return proc.returncode
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """Print the guest's serial console log (``--follow``: keep printing, as ``tail -f``)."""
+    log = _open(args).console_log(args.vm)
+    if not args.follow:
+        sys.stdout.write(log.read_text(errors="replace"))
+        return 0
+    os.execvp("tail", ["tail", "-n", "+1", "-F", str(log)])
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    lab = _open(args)
+    src = lab.placement(args.vm)
+    if args.probe_from:
+        move, probe = lab.probed_migration(args.vm, args.host, args.probe_from, seconds=args.probe_seconds)
+        _say(f"{args.vm}: {src} -> {args.host} live in {move.seconds:.2f}s; QEMU downtime "
+             f"{move.downtime_ms} ms; outage seen by {args.probe_from}'s 1 ms probe {probe.outage_ms} ms "
+             f"({probe.sent - probe.received} of {probe.sent} echoes lost)")
+    else:
+        move = lab.migrate_vm(args.vm, args.host)
+        _say(f"{args.vm}: {src} -> {args.host} live in {move.seconds:.2f}s; QEMU downtime {move.downtime_ms} ms")
+    return 0
+
+
 def cmd_ping(args: argparse.Namespace) -> int:
     ok = _open(args).ping(args.src, args.dst, count=args.count)
     _say(f"{args.src} -> {args.dst}: {'reachable' if ok else 'NOT reachable'}")
@@ -68,7 +95,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from controller.lab.demo import run_demo
 
-    return run_demo(Path(args.root), keep=args.keep, say=_say)
+    return run_demo(Path(args.root), keep=args.keep, say=_say, kind=args.kind)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -121,6 +148,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--topology", help="topology YAML (default: built-in two-dc.yaml)")
     up.add_argument("--prefix", help="name prefix (default: random)")
     up.add_argument("--no-vms", action="store_true", help="do not plug the topology's VMs")
+    up.add_argument("--kind", choices=topology.VM_KINDS,
+                    help="every VM a real libvirt guest or a netns stand-in (default: as the topology says)")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="remove a lab: namespaces, links, processes, run directory")
@@ -132,11 +161,25 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--prefix")
     st.set_defaults(func=cmd_status)
 
-    ex = sub.add_parser("exec", help="run a command in a node (host, VM, ToR, router)")
+    ex = sub.add_parser("exec", help="run a command in a node (host, VM, ToR, router; a libvirt guest: over its exec channel)")
     ex.add_argument("--prefix")
     ex.add_argument("node")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_exec)
+
+    co = sub.add_parser("console", help="a libvirt guest's serial console log")
+    co.add_argument("--prefix")
+    co.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    co.add_argument("vm")
+    co.set_defaults(func=cmd_console)
+
+    mg = sub.add_parser("migrate", help="virsh migrate --live a libvirt guest to another host")
+    mg.add_argument("--prefix")
+    mg.add_argument("--probe-from", help="a guest (best in the other DC) that pings the VM every 1 ms meanwhile")
+    mg.add_argument("--probe-seconds", type=float, default=15.0)
+    mg.add_argument("vm")
+    mg.add_argument("host")
+    mg.set_defaults(func=cmd_migrate)
 
     pg = sub.add_parser("ping", help="ping from a node to a VM, host or IP")
     pg.add_argument("--prefix")
@@ -147,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="the two-DC demo, step by step")
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    dm.add_argument("--kind", choices=topology.VM_KINDS, default="libvirt",
+                    help="real libvirt guests (default) or the netns stand-ins")
     dm.set_defaults(func=cmd_demo)
 
     tr = sub.add_parser("trace", help="`veil trace` on the lab, VMs by name (e.g. from a1 to "

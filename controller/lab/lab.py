@@ -11,20 +11,27 @@ every daemon pid file).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from controller.lab import netns
+from controller.lab import guests, netns
+from controller.lab.guest.agent import ExecResult, GuestExec
+from controller.lab.hypervisor import Hypervisor, VeilInstall
+from controller.lab.libvirtd import require_libvirt
 from controller.lab.ovs import OvsInstance, require_ovs
+from controller.lab.probe import Probe, ProbeResult
 from controller.lab.topology import Host, Topology, Vm
 from controller.lab.topology import load as load_topology
 from hooks import contract
@@ -55,7 +62,8 @@ def script(name: str) -> Path:
 
 
 def new_prefix() -> str:
-    return f"vl{secrets.token_hex(3)}"
+    """``vl`` (or ``$VEIL_NAME_HEAD``) and 6 random hex digits."""
+    return f"{os.environ.get('VEIL_NAME_HEAD', 'vl')}{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,10 @@ class VmRuntime:
     def network(self) -> str:
         return self.spec.network
 
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
 
 class Lab:
     """One running (or about to run) lab: a topology, a prefix and a run directory."""
@@ -127,6 +139,12 @@ class Lab:
         }
         self.vms = {v.name: VmRuntime(v, self.ns_name(f"vm-{v.name}")) for v in topo.vms}
         self._placement: dict[str, str] = {}  # VM -> host it is plugged into now
+        # Real hypervisors only when some VM is a libvirt guest: a netns lab stays as fast as before.
+        install = VeilInstall(networks=tuple(n.name for n in topo.networks))
+        self.hypervisors = {
+            name: Hypervisor(name, h.ns, h.ovs, install=install) for name, h in self.hosts.items()
+        } if "libvirt" in topo.kinds() else {}
+        self._boot: guests.GuestBoot | None = None
 
     def ns_name(self, node: str) -> str:
         return f"{self.prefix}-{node}"
@@ -174,6 +192,7 @@ class Lab:
             topology_path=str(self.topology_path) if self.topology_path else None,
             namespaces=[],
             placement={},
+            kinds={v.name: v.kind for v in self.topo.vms},  # `up --kind` may override the file
         )
         try:
             self._up(progress, plug_vms)
@@ -205,10 +224,43 @@ class Lab:
             list(pool.map(self._start_host, hosts))
         for h in hosts:
             progress(f"  {h.name}: underlay {h.underlay_ip} on br-phy, br-int fail_mode=secure ({h.ns})")
+        if self.hypervisors:
+            require_libvirt()  # before the image build: name the missing package first
+            boot = self.guest_boot()
+            progress(f"lab {self.prefix}: libvirtd + virtlogd, veil-libvirt-install, veil-hostd and "
+                     f"veil-libvirt-agent in every host (guests: {boot.domain_type}, {guests.MEMORY_MIB} MiB)")
+            with ThreadPoolExecutor(max_workers=len(self.hypervisors)) as pool:
+                list(pool.map(Hypervisor.start, self.hypervisors.values()))
         if plug_vms:
-            for vm in self.vms.values():
+            netns_vms = [v for v in self.vms.values() if v.kind == "netns"]
+            for vm in netns_vms:
                 self.plug_vm(vm.name)
                 progress(f"  VM {vm.name} ({vm.network}, {vm.ip}, {vm.mac}) on {self._placement[vm.name]}")
+            real = [v for v in self.vms.values() if v.kind == "libvirt"]
+            began = time.monotonic()
+            with ThreadPoolExecutor(max_workers=2) as pool:  # two cores: more would only queue
+                list(pool.map(self.plug_vm, [v.name for v in real]))
+            for vm in real:
+                progress(f"  guest {vm.name} ({vm.network}, {vm.ip}, {vm.mac}) running on "
+                         f"{self._placement[vm.name]} (libvirt domain {guests.domain_name(self.prefix, vm.name)})")
+            if real:
+                progress(f"  {len(real)} guests booted in {time.monotonic() - began:.1f}s")
+
+    def guest_boot(self) -> guests.GuestBoot:
+        """The guest image (built once per machine, cached) and the accelerator verdict."""
+        if self._boot is None:
+            state = self.read_state(self.rundir).get("guest_boot")
+            if isinstance(state, dict):
+                self._boot = guests.GuestBoot(Path(state["kernel"]), Path(state["initrd"]),
+                                              str(state["domain_type"]))
+            else:
+                from controller.lab.guest import accel, image
+                img = image.build()
+                verdict = accel.probe(img)
+                self._boot = guests.GuestBoot(img.kernel, img.initrd, verdict.domain_type)
+                self._record(guest_boot={"kernel": str(img.kernel), "initrd": str(img.initrd),
+                                         "domain_type": verdict.domain_type, "accel": verdict.reason})
+        return self._boot
 
     def _add_ns(self, node: str) -> str:
         name = self.ns_name(node)
@@ -276,6 +328,11 @@ class Lab:
         target = self.hosts[host or vm.spec.host]
         if name in self._placement:
             raise RuntimeError(f"VM {name} is already plugged into {self._placement[name]}")
+        if vm.kind == "libvirt":
+            if spool is not None:
+                raise RuntimeError(f"{name} is a libvirt guest: its hook decides whether to spool")
+            self.start_guest(name, target.name)
+            return
         if vm.ns not in netns.list_netns():
             self._add_ns(f"vm-{name}")
         netns.add_veth(vm.ns, "eth0", target.ns, vm.port, mtu=VM_MTU)
@@ -304,6 +361,9 @@ class Lab:
         ``spool``: unregistered through the hook path, as in ``plug_vm``."""
         host = self.hosts[self.placement(name)]
         vm = self.vms[name]
+        if vm.kind == "libvirt":
+            self.remove_guest(name)
+            return
         with _registrar(host) as registrar:
             if spool is None:
                 registrar.unplug(vm.port, delete_port=True)
@@ -317,6 +377,82 @@ class Lab:
     def move_vm(self, name: str, host: str) -> None:
         self.unplug_vm(name)
         self.plug_vm(name, host)
+
+    # -- libvirt guests -----------------------------------------------------------------------
+    def _guest(self, name: str) -> VmRuntime:
+        vm = self.vms[name]
+        if vm.kind != "libvirt":
+            raise RuntimeError(f"VM {name} is a {vm.kind} VM, not a libvirt guest")
+        return vm
+
+    def hypervisor_of(self, name: str) -> Hypervisor:
+        """The hypervisor VM ``name`` runs on now."""
+        return self.hypervisors[self.placement(name)]
+
+    def domain_name(self, name: str) -> str:
+        return guests.domain_name(self.prefix, name)
+
+    def start_guest(self, name: str, host: str | None = None) -> float:
+        """Define guest ``name`` on ``host``'s libvirtd and start it (veil's hook registers its
+        tap); returns once /init is ready, with the seconds that took."""
+        vm = self._guest(name)
+        hv = self.hypervisors[host or vm.spec.host]
+        spec = guests.guest_spec(self.topo, vm.spec, hv, self.prefix, self.guest_boot(), VM_MTU)
+        began = time.monotonic()
+        with guests.connect(hv.uri) as conn:
+            guests.start(conn, spec)
+        self._placement[name] = hv.name
+        self._record(placement=dict(self._placement))
+        return time.monotonic() - began
+
+    def remove_guest(self, name: str) -> None:
+        """Destroy and undefine guest ``name`` (libvirt runs the stop hooks: its port goes)."""
+        hv = self.hypervisor_of(name)
+        with guests.connect(hv.uri) as conn:
+            guests.remove(conn, self.domain_name(name))
+        del self._placement[name]
+        self._record(placement=dict(self._placement))
+
+    def migrate_vm(self, name: str, host: str) -> guests.Migration:
+        """``virsh migrate --live`` of guest ``name`` to ``host`` over the underlay."""
+        self._guest(name)
+        src = self.hypervisor_of(name)
+        if host == src.name:
+            raise RuntimeError(f"{name} already runs on {host}")
+        dst = self.hypervisors[host]
+        result = guests.migrate(self.domain_name(name), src, dst, self.hosts[host].underlay_ip)
+        self._placement[name] = host
+        self._record(placement=dict(self._placement))
+        return result
+
+    def probed_migration(self, name: str, host: str, prober: str, seconds: float = 15.0,
+                         settle: float = 1.0) -> tuple[guests.Migration, ProbeResult]:
+        """``migrate_vm`` while guest ``prober`` pings ``name`` every 1 ms (``controller.lab.probe``):
+        QEMU's downtime next to the outage the probe saw; the network's share is the difference."""
+        self._guest(prober)
+        watch = Probe(lambda cmd, timeout: self.guest_exec(prober, cmd, timeout).output,
+                      self.vms[name].ip, seconds).start()
+        time.sleep(settle)  # the probe runs (and its ARP is resolved) before the move starts
+        move = self.migrate_vm(name, host)
+        return move, watch.result()
+
+    def guest_state(self, name: str) -> dict[str, str | None]:
+        """Host -> libvirt state of guest ``name`` on each hypervisor (None: not defined there)."""
+        out: dict[str, str | None] = {}
+        for host, hv in self.hypervisors.items():
+            with guests.connect(hv.uri) as conn:
+                out[host] = guests.state(conn, self.domain_name(name))
+        return out
+
+    def console_log(self, name: str) -> Path:
+        self._guest(name)
+        return self.hypervisor_of(name).console_log(name)
+
+    def guest_exec(self, name: str, command: str, timeout: float = 30.0) -> ExecResult:
+        """Run ``command`` (busybox sh) in guest ``name`` over its exec channel."""
+        self._guest(name)
+        with GuestExec(self.hypervisor_of(name).exec_socket(name)) as ex:
+            return ex.run(command, timeout=timeout)
 
     def placement(self, name: str) -> str:
         if name not in self._placement:
@@ -335,6 +471,12 @@ class Lab:
 
     def exec(self, node: str, argv: Sequence[str], check: bool = False, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run a command in a node's namespace; on a host, the OVS tools reach that host's OVS."""
+        if node in self.vms and self.vms[node].kind == "libvirt":
+            res = self.guest_exec(node, shlex.join(argv), timeout=timeout)
+            proc = subprocess.CompletedProcess(list(argv), res.rc, res.output, "")
+            if check and res.rc != 0:
+                raise netns.CommandError(f"exit {res.rc} in guest {node}: {shlex.join(argv)}: {res.output.strip()}")
+            return proc
         env = self.hosts[node].ovs.env() if node in self.hosts else None
         return netns.run(argv, ns=self.node_ns(node), env=env, check=check, timeout=timeout)
 
@@ -346,10 +488,11 @@ class Lab:
             ip = self.hosts[dst].underlay_ip
         else:
             ip = dst
-        proc = self.exec(
-            src, ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(wait), ip],
-            timeout=count * (interval + wait) + 5,
-        )
+        guest = src in self.vms and self.vms[src].kind == "libvirt"  # busybox ping: no -n, whole -W
+        argv = (["ping", "-q", "-c", str(count), "-i", str(interval), "-W", str(max(1, round(wait))), ip]
+                if guest else
+                ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(wait), ip])
+        proc = self.exec(src, argv, timeout=count * (interval + wait) + 5)
         return proc.returncode == 0
 
     def status(self) -> dict[str, object]:
@@ -367,7 +510,14 @@ class Lab:
             if info["ovsdb"]:
                 info["br-int ports"] = h.ovs.vsctl("list-ports", "br-int").split()
             hosts[name] = info
-        vms = {n: {"host": self._placement.get(n), "ip": v.ip, "network": v.network} for n, v in self.vms.items()}
+        vms: dict[str, object] = {}
+        for n, v in self.vms.items():
+            vm_info: dict[str, object] = {"host": self._placement.get(n), "ip": v.ip, "network": v.network,
+                                          "kind": v.kind}
+            if v.kind == "libvirt" and self.hypervisors:
+                vm_info["domain"] = self.domain_name(n)
+                vm_info["libvirt"] = {h: st for h, st in self.guest_state(n).items() if st is not None}
+            vms[n] = vm_info
         return {"prefix": self.prefix, "rundir": str(self.rundir), "hosts": hosts, "vms": vms}
 
     # -- down -------------------------------------------------------------------------------
@@ -413,7 +563,11 @@ def teardown(rundir: Path, prefix: str) -> list[str]:
     # Daemons first by their pid files (in case one escaped its namespace), then per namespace.
     pids: list[int] = []
     if rundir.is_dir():
-        for pidfile in rundir.glob("*/*.pid"):
+        # a host's veil services and mount-namespace holder (*/*.pid), its qemu processes and
+        # its libvirtd + virtlogd (under the private /run of its libvirt)
+        pidfiles = [*rundir.glob("*/libvirt/run/libvirt/qemu/*.pid"), *rundir.glob("*/libvirt/run/libvirt/*.pid"),
+                    *rundir.glob("*/*.pid")]
+        for pidfile in pidfiles:
             try:
                 pids.append(int(pidfile.read_text().strip()))
             except ValueError:
@@ -421,8 +575,15 @@ def teardown(rundir: Path, prefix: str) -> list[str]:
     netns.kill_pids(pids)
     for name in sorted(names):
         netns.delete_netns(name)
+    _wait_gone(pids)  # SIGKILL sent is not exited: `down` returns once they are gone
     shutil.rmtree(rundir, ignore_errors=True)
     return sorted(names)
+
+
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.05)
 
 
 def open_lab(root: Path = DEFAULT_ROOT, prefix: str | None = None) -> Lab:
@@ -439,7 +600,12 @@ def open_lab(root: Path = DEFAULT_ROOT, prefix: str | None = None) -> Lab:
     if not state:
         raise RuntimeError(f"no lab {prefix} under {root}")
     path = state.get("topology_path")
-    return Lab.attach(load_topology(Path(str(path)) if path else None), prefix, root)
+    topo = load_topology(Path(str(path)) if path else None)
+    kinds = state.get("kinds")
+    if isinstance(kinds, dict):
+        topo = dataclasses.replace(topo, vms=tuple(dataclasses.replace(v, kind=str(kinds.get(v.name, v.kind)))
+                                                   for v in topo.vms))
+    return Lab.attach(topo, prefix, root)
 
 
 def running_labs(root: Path = DEFAULT_ROOT) -> list[str]:

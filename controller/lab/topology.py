@@ -7,6 +7,7 @@ tenant VMs in 198.19.0.0/16 (together 198.18.0.0/15, the benchmarking range).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import re
@@ -21,6 +22,11 @@ import yaml
 UNDERLAY_RANGE = ipaddress.IPv4Network("198.18.0.0/16")
 TENANT_RANGE = ipaddress.IPv4Network("198.19.0.0/16")
 TUNNEL_TYPES = ("geneve", "vxlan", "gre")
+# What a VM is: "libvirt" (a real guest that the host's own libvirtd starts, registered only by
+# veil's hook/agent/spool) or "netns" (a namespace the lab plugs itself: the fast stand-in the
+# big benchmarks and the controller tests use).
+VM_KINDS = ("libvirt", "netns")
+DEFAULT_KIND = "libvirt"
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,9}$")
 _LAB_UUID_NS = uuid.UUID("5b1e7c1e-0000-4000-8000-00000000beef")
 
@@ -57,6 +63,7 @@ class Vm:
     network: str
     host: str
     ip: ipaddress.IPv4Interface
+    kind: str = DEFAULT_KIND
 
     @property
     def mac(self) -> str:
@@ -107,6 +114,17 @@ class Topology:
     def tenants(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(n.tenant for n in self.networks))
 
+    def kinds(self) -> set[str]:
+        return {v.kind for v in self.vms}
+
+
+def with_kind(topo: Topology, kind: str) -> Topology:
+    """``topo`` with every VM of ``kind`` (what a lab-wide ``kind:`` in the file does): the
+    tests and benchmarks that need the namespace stand-in say so with this."""
+    if kind not in VM_KINDS:
+        raise TopologyError(f"kind: {kind!r} is not one of {', '.join(VM_KINDS)}")
+    return dataclasses.replace(topo, vms=tuple(dataclasses.replace(v, kind=kind) for v in topo.vms))
+
 
 def default_topology_path() -> Path:
     return Path(str(resources.files("controller.lab") / "topologies" / "two-dc.yaml"))
@@ -135,6 +153,7 @@ def parse(raw: Any) -> Topology:
     if tunnel not in TUNNEL_TYPES:
         raise TopologyError(f"tunnel: {tunnel!r} is not one of {', '.join(TUNNEL_TYPES)}")
     router = _name(_mapping(doc.get("router"), "router"), "name", "router")
+    lab_kind = _kind(doc, "kind", DEFAULT_KIND)
 
     dcs: list[Datacenter] = []
     for i, item in enumerate(_list(doc, "datacenters")):
@@ -188,7 +207,8 @@ def parse(raw: Any) -> Topology:
             raise TopologyError(f"{where}.host: unknown host {host!r}")
         subnet = by_net[net_name].subnet
         ip = _addr(v, "ip", where, subnet)
-        vms.append(Vm(_name(v, "name", where), net_name, host, ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}")))
+        vms.append(Vm(_name(v, "name", where), net_name, host, ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}"),
+                      _kind(v, "kind", lab_kind, where)))
     _unique([v.name for v in vms], "vms", "name")
     for net in networks:
         _unique([str(v.ip.ip) for v in vms if v.network == net.name], f"vms of network {net.name}", "ip")
@@ -217,6 +237,14 @@ def _name(doc: dict[str, Any], key: str, where: str) -> str:
             f"{where}.{key}: {value!r} is not a name (lowercase letter first, then a-z 0-9 -, at most 10)"
         )
     return value
+
+
+def _kind(doc: dict[str, Any], key: str, default: str, where: str = "") -> str:
+    value = doc.get(key, default)
+    if value not in VM_KINDS:
+        field = f"{where}.{key}" if where else key
+        raise TopologyError(f"{field}: {value!r} is not one of {', '.join(VM_KINDS)}")
+    return str(value)
 
 
 def _net(doc: dict[str, Any], key: str, where: str, within: ipaddress.IPv4Network) -> ipaddress.IPv4Network:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def ovn_lab() -> Iterator[tuple[Lab, OvnSystem]]:
-    lab = Lab(topology.load(), prefix=unique_prefix("b"))
+    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix("b"))
     system = OvnSystem()
     try:
         lab.up()
@@ -79,7 +79,7 @@ def test_migration_moves_the_vm_to_the_other_dc(ovn_lab: tuple[Lab, OvnSystem]) 
 
 
 def test_lab_down_removes_every_ovn_daemon() -> None:
-    lab = Lab(topology.load(), prefix=unique_prefix("b"))
+    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix("b"))
     system = OvnSystem()
     try:
         lab.up(plug_vms=False)
@@ -100,7 +100,7 @@ def test_iperf3_harness_measures_the_ovn_tunnel(ovn_lab: tuple[Lab, OvnSystem]) 
 
 
 def test_veil_system_comes_up_forwards_measures_and_reports_its_control_plane() -> None:
-    lab = Lab(topology.load(), prefix=unique_prefix("b"))
+    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix("b"))
     system = VeilSystem()
     try:
         lab.up()

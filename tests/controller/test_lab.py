@@ -248,7 +248,7 @@ def test_a_dead_host_is_reported_by_bfd(lab: tuple[Lab, LabController]) -> None:
 def test_vxlan_and_gre_are_selectable(kind: str) -> None:
     import dataclasses
 
-    topo = dataclasses.replace(topology.load(), tunnel=kind)
+    topo = dataclasses.replace(topology.with_kind(topology.load(), "netns"), tunnel=kind)
     lab_ = Lab(topo, prefix=unique_prefix("c"))
     ctl: LabController | None = None
     try:

@@ -55,8 +55,8 @@ FAULTED = "dc1-h1"  # the host whose daemons are faulted (it runs a1 and b1)
 CPU_BOUND = 0.05  # share of one core: an idle or waiting daemon must not spin
 TIMEOUT = 90.0  # generous: the machine's two cores are shared with other engineers' labs
 # Two more VMs than the default topology, so that churn has VMs to move and stop.
-EXTRA_VMS = (Vm("a4", "acme-net", "dc2-h2", ipaddress.IPv4Interface("198.19.0.14/24")),
-             Vm("b4", "globex-net", "dc1-h2", ipaddress.IPv4Interface("198.19.0.14/24")))
+EXTRA_VMS = (Vm("a4", "acme-net", "dc2-h2", ipaddress.IPv4Interface("198.19.0.14/24"), kind="netns"),
+             Vm("b4", "globex-net", "dc1-h2", ipaddress.IPv4Interface("198.19.0.14/24"), kind="netns"))
 MOVER = "a4"  # moves between dc2-h2 and dc1-h2 in every case (a stop and a start)
 MOVER_PEERS = ("a2", "a3")  # its peers, on hosts never faulted
 STOPPERS = ("b4", "b3", "b2")  # one of these is stopped per case, the previous one restarted
@@ -123,7 +123,7 @@ def _signal(pid: int, sig: int) -> None:
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
-    base = topology.load()
+    base = topology.with_kind(topology.load(), "netns")
     lab = Lab(dataclasses.replace(base, vms=base.vms + EXTRA_VMS), prefix=unique_prefix("f"))
     hostd = HostDaemons(lab)
     ctl: LabController | None = None

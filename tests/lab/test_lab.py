@@ -142,7 +142,7 @@ def test_vm_moves_between_hosts_keeping_identity(two_dc_lab: Lab) -> None:
 
 
 def test_two_labs_run_at_once_and_down_removes_only_its_own(two_dc_lab: Lab) -> None:
-    other = Lab(topology.load(), prefix=unique_prefix("l"))
+    other = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix("l"))
     try:
         other.up(plug_vms=False)
         pids = _pids(other)
@@ -155,7 +155,7 @@ def test_two_labs_run_at_once_and_down_removes_only_its_own(two_dc_lab: Lab) -> 
 
 
 def test_failed_bring_up_removes_everything_it_made() -> None:
-    lab = Lab(topology.load(), prefix=unique_prefix("l"))
+    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix("l"))
     # A name clash half-way through: the namespace of the last host already exists.
     netns.add_netns(lab.ns_name("dc2-h2"))
     try:
@@ -167,7 +167,7 @@ def test_failed_bring_up_removes_everything_it_made() -> None:
 
 
 def test_down_removes_namespaces_links_processes_and_dirs() -> None:
-    lab = Lab(topology.load(), prefix=unique_prefix("l"))
+    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix("l"))
     lab.up()
     pids = _pids(lab)
     assert all(netns._exists(p) for p in pids)
@@ -194,7 +194,7 @@ def test_cli_drives_a_lab_end_to_end(tmp_path: Path) -> None:
             capture_output=True, text=True, env=env, timeout=120,
         )
 
-    up = veil("up", "--prefix", prefix)
+    up = veil("up", "--prefix", prefix, "--kind", "netns")
     try:
         assert up.returncode == 0, up.stderr
         assert f"lab {prefix} is up" in up.stdout

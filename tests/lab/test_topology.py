@@ -59,6 +59,8 @@ def test_macs_are_locally_administered_unicast() -> None:
         (lambda d: d["hosts"][0].update(underlay_ip="198.18.1.254"), "is the gateway of dc1"),
         (lambda d: d.update(vms=[]), "vms: expected a non-empty list"),
         (lambda d: d["tenants"][1]["networks"][0].update(subnet="192.168.0.0/24"), "tenants[1].networks[0].subnet"),
+        (lambda d: d.update(kind="xen"), "kind: 'xen' is not one of libvirt, netns"),
+        (lambda d: d["vms"][2].update(kind="docker"), "vms[2].kind: 'docker' is not one of libvirt, netns"),
     ],
 )
 def test_bad_topology_names_the_field(edit: Any, message: str) -> None:
@@ -76,3 +78,15 @@ def test_unreadable_files_are_reported_with_their_path(tmp_path: Any) -> None:
         topology.load(bad)
     with pytest.raises(topology.TopologyError, match="no such topology file"):
         topology.load(tmp_path / "missing.yaml")
+
+
+def test_vm_kind_defaults_to_libvirt_and_is_set_lab_wide_or_per_vm() -> None:
+    assert topology.load().kinds() == {"libvirt"}
+    data = copy.deepcopy(_default())
+    data["kind"] = "netns"
+    data["vms"][1]["kind"] = "libvirt"
+    topo = topology.parse(data)
+    assert [v.kind for v in topo.vms] == ["netns", "libvirt", "netns", "netns", "netns", "netns"]
+    assert topology.with_kind(topo, "netns").kinds() == {"netns"}
+    with pytest.raises(topology.TopologyError, match="kind: 'vm' is not one of"):
+        topology.with_kind(topo, "vm")

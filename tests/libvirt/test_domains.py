@@ -167,8 +167,9 @@ def test_the_fast_path_serves_libvirtd_and_a_hung_service_falls_back(clean: Lab)
     answers libvirtd's hook calls; SIGSTOP'd, the VM still starts and registers (the sh hook
     runs the Python hook after the forward timeout) and its stale calls are dropped later."""
     lab = clean
-    assert lab.lv.holder is not None
-    prefix = ["nsenter", "-t", str(lab.lv.holder.pid), "-m", "-n", "--"]
+    holder = lab.lv.holder_pid()
+    assert holder is not None
+    prefix = ["nsenter", "-t", str(holder), "-m", "-n", "--"]
     log = lab.lv.root / "hook-service.log"
     macs = ["52:54:00:0f:00:01", "52:54:00:0f:00:02", "52:54:00:0f:00:03"]
     with hook_service(lab.lv.root / "run" / "veil" / "hook.sock", log, prefix=prefix, listen=DEFAULT_SOCKET) as svc:

@@ -59,7 +59,7 @@ def ovs(test_netns: str) -> Iterator[OvsInstance]:
 @pytest.fixture(scope="module")
 def two_dc_lab() -> Iterator[Lab]:
     """The default two-DC lab (4 hosts, router, 2 ToRs, 6 VMs), up for one test module."""
-    lab = Lab(topology.load(), prefix=unique_prefix("l"))
+    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix("l"))
     try:
         lab.up()
         yield lab

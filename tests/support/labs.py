@@ -40,7 +40,7 @@ def wait_programmed(lab: Lab, ctl: LabController) -> None:
 def programmed_lab(kind: str) -> Iterator[tuple[Lab, LabController]]:
     """The default two-DC lab with the real controller running, once it has programmed every
     host (``wait_programmed``); both torn down afterwards, whatever happens."""
-    lab = Lab(topology.load(), prefix=unique_prefix(kind))
+    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix(kind))
     ctl: LabController | None = None
     try:
         lab.up()

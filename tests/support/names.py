@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import secrets
 
-# who runs the tests, as the first letters of every name (several engineers share a machine)
-OWNER = os.environ.get("VEIL_TEST_OWNER", "vl")
+# Where several engineers share a machine each sets its own head (e.g. VEIL_NAME_HEAD=h11).
+HEAD = os.environ.get("VEIL_NAME_HEAD", "vl")
 
 
 def unique_prefix(kind: str = "t") -> str:
-    """``vl<kind><6 hex digits>`` (``vl``: or $VEIL_TEST_OWNER): short, random per call,
-    recognisably a veil test's (and whose)."""
-    return f"{OWNER}{kind}{secrets.token_hex(3)}"
+    """``vl<kind><6 hex digits>`` (``$VEIL_NAME_HEAD`` instead of ``vl`` when set): short,
+    random per call, recognisably a veil test's."""
+    return f"{HEAD}{kind}{secrets.token_hex(3)}"

@@ -33,7 +33,7 @@ KVM_VM, XEN_VM, XEN_HOST, DOMID = "a1", "a2", "dc2-h1", 5
 
 @pytest.fixture
 def lab() -> Iterator[tuple[Lab, LabController]]:
-    lab = Lab(topology.load(), prefix=unique_prefix("x"))
+    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix("x"))
     ctl: LabController | None = None
     try:
         lab.up(plug_vms=False)

@@ -101,7 +101,7 @@ class Bed:
 
 
 def _up(system: System, root: Path, say: Say) -> Bed:
-    lab = Lab(topology.load(), prefix=f"vlb{secrets.token_hex(3)}", root=root)
+    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=f"vlb{secrets.token_hex(3)}", root=root)
     bed = Bed(system, lab, Plugger(lab))
     try:
         progress = Progress(sys.stdout)  # (a terminal only: the bench's log stays results)
