@@ -6,7 +6,7 @@ DEPS := controller/lab/scripts/deps.sh
 # Keep the demo lab up afterwards with: make demo KEEP=1
 KEEP ?= 0
 
-.PHONY: all deps deps-test deps-demo demo test lint unit clean-labs bench xen-rpm
+.PHONY: all deps deps-test deps-demo demo test lint unit clean-labs bench xen-rpm test-migration
 
 all: test
 
@@ -27,7 +27,11 @@ lint: deps-test
 	$(PY) -m mypy -p hooks -p controller -p xenapi_plugin -p libvirt_hooks
 
 test: deps-test lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not guest_migration" tests
+
+# Live migration of real TCG guests (kept out of `make test`: see the guest_migration marker).
+test-migration: deps-test
+	$(PY) -m pytest -q -m guest_migration tests
 
 unit: deps
 	$(PY) -m pytest -q tests -m "not lab and not libvirt"

@@ -66,7 +66,7 @@ def neighbour_mac(lab: Lab, vm: str, ip: str) -> str:
     return out[out.index("lladdr") + 1] if "lladdr" in out else "(none)"
 
 
-def controller_steps(lab: Lab, checks: Checks, say: Say) -> None:
+def controller_steps(lab: Lab, checks: Checks, say: Say, migrate: bool = False) -> None:
     _step(say, 5, "start the veil controller", """
         The controller keeps tenants and networks in its own OVSDB database and gives each
         network a VNI. Each host joins with one command (system-id, underlay IP, tunnel types).
@@ -74,12 +74,12 @@ def controller_steps(lab: Lab, checks: Checks, say: Say) -> None:
         hosts that share a network, and programs br-int over OpenFlow.""")
     ctl = run_for_lab(lab)
     try:
-        _controller_demo(lab, ctl, checks, say)
+        _controller_demo(lab, ctl, checks, say, migrate)
     finally:
         ctl.stop()
 
 
-def _controller_demo(lab: Lab, ctl: LabController, checks: Checks, say: Say) -> None:
+def _controller_demo(lab: Lab, ctl: LabController, checks: Checks, say: Say, migrate: bool) -> None:
     n = ctl.sync()
     say(f"   every host is programmed up to sequence number {n} (as the controller records it in"
         " its database)")
@@ -130,7 +130,7 @@ def _controller_demo(lab: Lab, ctl: LabController, checks: Checks, say: Say) -> 
     lab.plug_vm("a3", "dc2-h2")
     ctl.sync()
     checks.expect("a3 started again on dc2-h2 (other DC): a1 reaches it", reaches(lab, "a1", "a3"))
-    if lab.vms["a1"].kind == "libvirt":
+    if lab.vms["a1"].kind == "libvirt" and migrate:
         live_migration(lab, ctl, checks, say)
 
     _step(say, 9, "the controller dies, traffic does not", """
@@ -206,9 +206,12 @@ def capture_vnis(lab: Lab) -> set[int]:
     return {int(v, 16) for v in re.findall(r"vni (0x[0-9a-f]+)", text)} - {0}
 
 
-def run_demo(root: Path, *, keep: bool, say: Say, kind: str = "libvirt") -> int:
-    """The nine steps; ``kind`` "libvirt": every VM a real guest its host's libvirtd starts
-    (the default), "netns": the namespace stand-ins (faster, no live migration in step 8)."""
+def run_demo(root: Path, *, keep: bool, say: Say, kind: str = "libvirt", migrate: bool = False) -> int:
+    """The steps; ``kind`` "libvirt": every VM a real guest its host's libvirtd starts
+    (the default), "netns": the namespace stand-ins (faster). ``migrate`` (real guests only):
+    step 8 also moves a1 live to DC2 and back under a 1 ms probe. Off by default: on these
+    machines a TCG guest's kernel sometimes panics after a live move (docs/kvm.md, "Known
+    problems"), and the demo must not fail on QEMU's account."""
     topo = topology.with_kind(topology.load(), kind)
     checks = Checks(say)
     _step(say, 1, "the topology", """
@@ -252,7 +255,7 @@ def run_demo(root: Path, *, keep: bool, say: Say, kind: str = "libvirt") -> int:
         # the controller has programmed the path. The guests start step 5 with clean tables.
         for src in ("a1", "b1"):
             lab.exec(src, ["ip", "neigh", "flush", "dev", "eth0"], check=True)
-        controller_steps(lab, checks, say)
+        controller_steps(lab, checks, say, migrate)
     finally:
         say("")
         if keep:

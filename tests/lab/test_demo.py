@@ -17,7 +17,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.libvirt]
 
 
 def test_demo_runs_start_to_end_and_cleans_up() -> None:
-    """`make demo` as it runs: real libvirt guests, step 8 with a live migration there and back."""
+    """`make demo` as it runs: real libvirt guests started through veil's hooks (the live
+    migration of step 8 is `--migrate`, tested in tests/lab/test_real_guests.py's migration
+    module: make test-migration)."""
     root = Path(tempfile.mkdtemp(prefix="veil-demo-", dir="/tmp"))  # unix socket paths stay short
     lines: list[str] = []
     began = time.monotonic()
@@ -32,7 +34,7 @@ def test_demo_runs_start_to_end_and_cleans_up() -> None:
     assert "demo: every expectation held" in text
     assert running_labs(root) == []
     root.rmdir()
-    assert len(re.findall(r"a1 dc\d-h\d -> dc\d-h\d: virsh migrate took .* outage seen by a2's 1 ms probe", text)) == 2, text
+    assert "1 ms probe" not in text  # (the live moves only with --migrate)
     m = re.search(r"run prefix ([a-z0-9]+)", text)
     assert m is not None, text
     left = [n for n in netns.list_netns() if n.startswith(m.group(1))]

@@ -99,6 +99,7 @@ def test_spoofed_mac_and_ip_from_inside_a_guest_are_dropped(real: tuple[Lab, Lab
     assert lab.ping("b1", "b2", count=2)  # back to its own MAC and IP: reachable again
 
 
+@pytest.mark.guest_migration
 def test_live_migration_between_dcs_both_ways_under_a_1ms_probe(real: tuple[Lab, LabController]) -> None:
     lab, ctl = real
     a1 = lab.vms["a1"]
@@ -119,6 +120,7 @@ def test_live_migration_between_dcs_both_ways_under_a_1ms_probe(real: tuple[Lab,
         assert lab.exec("a1", ["hostname"]).stdout.strip() == "a1"  # its exec channel moved too
 
 
+@pytest.mark.guest_migration
 def test_an_aborted_migration_leaves_the_guest_on_the_source_and_nothing_on_the_destination(
         real: tuple[Lab, LabController]) -> None:
     lab, ctl = real
