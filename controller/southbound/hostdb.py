@@ -31,29 +31,17 @@ BRIDGE: Final = contract.INTEGRATION_BRIDGE
 # tunnel's session down: docs/isolation.md, "What the hosts' OVS interprets".
 TUNNEL_BFD: Final[Mapping[str, str]] = {"enable": "true", "check_tnl_key": "true"}
 
-# The only columns the controller mirrors of a host's database: what ``view`` reads, what
+# The only columns the controller mirrors of a host's database: what ``view`` reads and what
 # ``set_tunnels`` writes (ovsdbapp's add_port/del_port go through Bridge.ports and
-# Port.interfaces), and the next_cfg/cur_cfg pair ovsdbapp's Open_vSwitch transactions bump and
-# wait on. Not statistics, link state, or anything else ovs-vswitchd refreshes on its own: an idle
-# fabric must not wake the controller (every interface's statistics change every 5 s, so mirroring
-# them cost ~1.4 wake-ups per host per second, issue 14).
+# Port.interfaces). Not statistics, link state, next_cfg/cur_cfg or anything else ovs-vswitchd
+# refreshes on its own: an idle fabric must not wake the controller (every interface's statistics
+# change every 5 s, so mirroring them cost ~1.4 wake-ups per host per second, issue 14).
 WATCHED: Final[Mapping[str, tuple[str, ...]]] = {
-    "Open_vSwitch": ("external_ids", "next_cfg", "cur_cfg"),
+    "Open_vSwitch": ("external_ids",),
     "Bridge": ("name", "ports"),
     "Port": ("name", "interfaces"),
     "Interface": ("name", "type", "options", "bfd", "bfd_status", "external_ids", "ofport"),
 }
-
-
-
-def _is_news(event: str, row: Any, updates: Any) -> bool:
-    """Whether a mirrored row change can change the view: every one can, except the
-    Open_vSwitch row's next_cfg/cur_cfg handshake (mirrored for ovsdbapp's own transaction
-    wait, bumped by every ovs-vsctl call and answered by ovs-vswitchd)."""
-    if event == "update" and row._table.name == "Open_vSwitch":
-        return "external_ids" in ovsdb.changed_columns(row, updates)
-    return True
-
 
 # How long a read waits for the IDL lock. ovsdbapp's connection thread holds that lock for a
 # whole transaction and python-ovs waits for the answer without a deadline: a hung
@@ -108,7 +96,9 @@ class HostDb:
     def __init__(self, system_id: str, remote: str, on_change: Callable[[], None]) -> None:
         self.system_id = system_id
         self.remote = remote
-        self.api = ovsdb.open_vswitch(remote, on_change, tables=WATCHED, wake=_is_news)
+        # Unacked: a tunnel write must not hold the round until ovs-vswitchd has made the port
+        # (~80 ms per host); the port's ofport arrives as a row update and wakes the next one.
+        self.api = ovsdb.open_vswitch(remote, on_change, tables=WATCHED, acked=False)
         self._first_seen: dict[tuple[str, int], float] = {}
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ from ovs.db import idl as ovs_idl
 from ovsdbapp import api
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 from ovsdbapp.backend import ovs_idl as backend
-from ovsdbapp.backend.ovs_idl import command, connection, idlutils
+from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from hooks.errors import OvsdbUnreachable
@@ -57,6 +57,24 @@ class _NotifyingIdl(connection.OvsdbIdl):  # type: ignore[misc]
 def changed_columns(row: Any, updates: Any) -> frozenset[str]:
     """The columns an update event changed (``updates`` holds only their old values)."""
     return frozenset(c for c in row._table.columns if hasattr(updates, c))
+
+
+class _UnackedTransaction(transaction.Transaction):  # type: ignore[misc]
+    def pre_commit(self, txn: Any) -> None:
+        txn.expected_ifaces = set()  # ovsdbapp's add_port records its new interfaces here
+
+
+class _UnackedOvsIdl(impl_idl.OvsdbIdl):  # type: ignore[misc]
+    """The Open_vSwitch API whose transactions end when ovsdb-server has committed them.
+
+    ovsdbapp's default (ovs-vsctl's) bumps next_cfg and then waits, up to the timeout, until
+    ovs-vswitchd has applied the change: a caller that learns the outcome from the IDL anyway
+    (a new port's ofport arrives as a row update) would only sit in that wait."""
+
+    def create_transaction(self, check_error: bool = False, log_errors: bool = True,
+                           **kwargs: Any) -> Any:
+        return _UnackedTransaction(self, self.ovsdb_connection, check_error=check_error,
+                                   log_errors=log_errors)
 
 
 class GenericApi(backend.Backend, api.API):  # type: ignore[misc]
@@ -105,14 +123,17 @@ def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str] | M
 
 def open_vswitch(remote: str, on_change: Callable[[], None] | None = None, *, timeout: float = 10.0,
                  tables: Iterable[str] | Mapping[str, Sequence[str]] = OPEN_VSWITCH_TABLES,
-                 wake: Wake | None = None) -> Any:
+                 wake: Wake | None = None, acked: bool = True) -> Any:
     """The Open_vSwitch API (add_port, db_set, db_list ...) of one host's database.
 
     ``tables`` narrows the mirror: every table watched costs memory and initial-dump time on
     hosts with many ports, so short-lived and focused clients register only what they read.
+    ``acked``: each transaction also waits until ovs-vswitchd has applied it (ovs-vsctl's
+    behaviour; the mirror then needs Open_vSwitch's next_cfg and cur_cfg columns); without it a
+    transaction ends at ovsdb-server's commit.
     """
-    return connect(remote, "Open_vSwitch", impl_idl.OvsdbIdl, tables, on_change,
-                   timeout=timeout, wake=wake)
+    return connect(remote, "Open_vSwitch", impl_idl.OvsdbIdl if acked else _UnackedOvsIdl, tables,
+                   on_change, timeout=timeout, wake=wake)
 
 
 def is_connected(api: Any) -> bool:

@@ -5,6 +5,8 @@ statistics updates woke the controller ~1.4 times per host per second)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import pytest
@@ -69,4 +71,23 @@ def test_tunnel_ports_written_through_the_narrow_mirror(ovs: OvsInstance) -> Non
         until("the tunnel port gone", lambda: not db.view(0.0).tunnel_names or None)
         assert "vt-h2" not in ovs.vsctl("list-ports", "br-int").split()
     finally:
+        db.close()
+
+
+def test_tunnel_write_does_not_wait_for_vswitchd(ovs: OvsInstance) -> None:
+    """A hung ovs-vswitchd holds no tunnel write: the transaction ends at ovsdb-server's commit
+    (an acked one would sit in ovsdbapp's wait for cur_cfg until its 10 s timeout)."""
+    db = HostDb("h1", ovs.db_remote, lambda: None)
+    pid = ovs.pid("ovs-vswitchd")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        spec = TunnelSpec(name="vt-h3", remote="h3", remote_ip="198.18.77.3", kind="geneve")
+        writer = threading.Thread(target=db.set_tunnels, args=([spec], frozenset()), daemon=True)
+        writer.start()
+        writer.join(timeout=5.0)
+        assert not writer.is_alive(), "set_tunnels waited for the stopped ovs-vswitchd"
+        assert "vt-h3" in ovs.vsctl("--no-wait", "list-ports", "br-int").split()
+    finally:
+        os.kill(pid, signal.SIGCONT)
         db.close()
