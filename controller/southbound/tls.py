@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import ovs.socket_util
+import ovs.poller
 import ovs.stream
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -243,8 +244,23 @@ class PinnedSSLStream(ovs.stream.SSLStream):  # type: ignore[misc]
                 return ovs.socket_util.get_exception_errno(e), None
         return error, ssl_sock
 
+    # True while the TCP connection is up and the TLS handshake waits for the server's bytes.
+    # python-ovs then waits for W_CONNECT with POLLOUT, which a connected socket always is: a
+    # server that accepts but never answers (SIGSTOPped: the kernel still completes the TCP
+    # handshake) made the IDL's connection thread spin at 50-60% of a core.
+    _handshake_reads = False
+
+    def wait(self, poller: Any, wait: int) -> None:
+        if wait == ovs.stream.Stream.W_CONNECT and self._handshake_reads:
+            poller.fd_wait(self.socket, ovs.poller.POLLIN)
+            return
+        super().wait(poller, wait)
+
     def connect(self) -> int:
         retval: int = super().connect()
+        # (EAGAIN with the TCP part connected: SSLStream's handshake wanted to read)
+        self._handshake_reads = retval == errno.EAGAIN and (
+            self.state == ovs.stream.Stream._Stream__S_CONNECTED)
         if retval:
             if retval not in (errno.EAGAIN, errno.EINPROGRESS):
                 LOG.warning("OVSDB %s: TLS connection failed: %s", self.name,
