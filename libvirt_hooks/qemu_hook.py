@@ -6,7 +6,7 @@ daemon), imports nothing heavy, and writes OVSDB through ``hooks.ovsdb.rpc`` (on
 transaction per VIF). What each operation does:
 
 =================  ===========================================================================
-prepare begin      validate the veil metadata (no tap exists yet): strict mode refuses early
+prepare begin      strict mode: validate the veil metadata (no tap exists yet) and refuse early
 start begin        register every veil VIF (libvirt's tap and, for openvswitch ports, its row
                    exist now). On a migration destination this announces the incoming VIF
                    before the guest runs; the source keeps its own active row until it stops.
@@ -14,11 +14,12 @@ started begin      nothing left to do (registration happened at start)
 reconnect begin    register again (libvirtd restarted; libvirt rewrote its own four keys)
 stopped end        unplug the VM's veil ports: delete taps veil added, deactivate the others
 release end        same as stopped (idempotent; catches what a failed stopped left)
-migrate begin      validate, print the XML back unchanged (libvirt reads stdout here)
-restore begin      validate, print the XML back unchanged
+migrate begin      print the XML back unchanged (libvirt reads stdout here); strict: validate
+restore begin      print the XML back unchanged; strict: validate
 =================  ===========================================================================
 
-Failures: in the default mode the hook logs a clear error, spools what could not be written
+Failures: in the default mode the hook logs a clear error (once: the validating operations
+above stay silent there, the start reports it), spools what could not be written
 (``hooks.spool``; veil-hostd applies it later) and exits 0, so a veil problem never blocks a
 VM. In strict mode (``mode=strict`` in the config) it exits 1 at the operations where libvirt
 honours the status, with a one-line reason on stderr that libvirt shows to the user.
@@ -46,6 +47,8 @@ DEFAULT_CONFIG = "/etc/libvirt/hooks/veil-hook.conf"
 # incoming migration or aborts the restore. Not reconnect: there libvirt would kill a VM that
 # is already running, which no veil problem justifies.
 BLOCKING = frozenset({"prepare", "start", "migrate", "restore"})
+# Operations that only check the metadata (no tap exists yet): they matter in strict mode only.
+VALIDATE_ONLY = frozenset({"prepare", "migrate", "restore"})
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
 # "OP SUBOP" pairs the hook acts on; the installed script exits at once for all others
 # (e.g. "started begin") without importing anything.
@@ -227,6 +230,10 @@ def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
     out = Outcome()
     if f"{op} {sub}" not in HANDLED:
         return out  # started/begin and operations veil has no business with
+    if op in VALIDATE_ONLY and not cfg.strict:
+        # Validation is there to refuse early; in the default mode nothing is refused, and the
+        # start (or reconnect) that follows reports the same problem: one line per problem.
+        return out
     try:
         dom = read_domain(xml, limit=cfg.max_xml_bytes)
     except DomainXmlError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from controller.lab import clihelp, topology
 from controller.lab.progress import Progress
 from controller.lab.lab import DEFAULT_ROOT, Lab, open_lab, running_labs, teardown
+from controller.lab.run import run_for_lab
 
 
 def _say(msg: str) -> None:
@@ -34,7 +35,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     lab = Lab(topo, args.prefix, Path(args.root), topology_path=path)
     progress = Progress(sys.stdout)  # (a terminal: one live line; a pipe or log: quiet)
     lab.up(progress.step, plug_vms=not args.no_vms)
-    progress.done(f"lab {lab.prefix} is up (run dir {lab.rundir}); `veil-lab down --prefix "
+    veil = "veil's controller off (--no-controller): VMs are plugged but dark"
+    if not args.no_controller:
+        progress.step("starting the veil controller (its database, enrollment; every host joins over TLS)")
+        ctl = run_for_lab(lab)
+        try:
+            seq = ctl.sync(timeout=60.0)
+        finally:
+            ctl.close_store()  # the controller process stays: `veil-lab down` stops it
+        veil = f"veil's controller runs (log {ctl.log}), every host programmed up to sequence {seq}"
+    progress.done(f"lab {lab.prefix} is up (run dir {lab.rundir}); {veil}; `veil-lab down --prefix "
                   f"{lab.prefix}` removes it")
     return 0
 
@@ -148,6 +158,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--topology", help="topology YAML (default: built-in two-dc.yaml)")
     up.add_argument("--prefix", help="name prefix (default: random)")
     up.add_argument("--no-vms", action="store_true", help="do not plug the topology's VMs")
+    up.add_argument("--no-controller", action="store_true",
+                    help="leave veil's controller off: the bare underlay, VMs plugged but dark "
+                         "(the demo's first steps)")
     up.add_argument("--kind", choices=topology.VM_KINDS,
                     help="every VM a real libvirt guest or a netns stand-in (default: as the topology says)")
     up.set_defaults(func=cmd_up)

@@ -19,7 +19,8 @@ EXAMPLES = {
                  "veil-lab trace from a1 to a2 icmp --live", "veil-lab graph --serve "
                  "127.0.0.1:8477", "veil-lab down --prefix PREFIX", "veil-lab demo --keep"],
     "up": ["veil-lab up", "veil-lab up --kind netns   (namespaces for VMs: fast, no libvirt)",
-           "veil-lab up --topology my-dcs.yaml --prefix vlmine1"],
+           "veil-lab up --topology my-dcs.yaml --prefix vlmine1",
+           "veil-lab up --no-controller   (the bare underlay: VMs plugged, tenants dark)"],
     "down": ["veil-lab down --prefix PREFIX", "veil-lab down --all   (every lab under --root)"],
     "status": ["veil-lab status --prefix PREFIX | jq .vms"],
     "exec": ["veil-lab exec dc1-h1 -- ovs-vsctl show", "veil-lab exec a1 -- ip addr"],

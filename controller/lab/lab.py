@@ -19,6 +19,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -139,6 +140,10 @@ class Lab:
         }
         self.vms = {v.name: VmRuntime(v, self.ns_name(f"vm-{v.name}")) for v in topo.vms}
         self._placement: dict[str, str] = {}  # VM -> host it is plugged into now
+        # Guests start in parallel threads and each records its placement: one writer at a time,
+        # or two read-modify-writes of the state file race (one update lost, or a rename of a
+        # temp file the other thread already moved).
+        self._state_lock = threading.Lock()
         # Real hypervisors only when some VM is a libvirt guest: a netns lab stays as fast as before.
         install = VeilInstall(networks=tuple(n.name for n in topo.networks))
         self.hypervisors = {
@@ -154,7 +159,20 @@ class Lab:
     def state_path(self) -> Path:
         return self.rundir / STATE_FILE
 
+    def _place(self, vm: str, host: str | None) -> None:
+        """Note where ``vm`` is plugged now (``None``: nowhere), in memory and in the state file."""
+        with self._state_lock:
+            if host is None:
+                del self._placement[vm]
+            else:
+                self._placement[vm] = host
+            self._record_locked({"placement": dict(self._placement)})
+
     def _record(self, **changes: object) -> None:
+        with self._state_lock:
+            self._record_locked(changes)
+
+    def _record_locked(self, changes: dict[str, object]) -> None:
         state = self.read_state(self.rundir)
         for key, value in changes.items():
             if isinstance(value, list):
@@ -346,8 +364,7 @@ class Lab:
                 registrar.plug(self.vif(name), add_port=True)
             else:
                 _submitted(submit(spool, registrar, [PlugEvent(self.vif(name), add_port=True)]))
-        self._placement[name] = target.name
-        self._record(placement=dict(self._placement))
+        self._place(name, target.name)
 
     def vif(self, name: str) -> Vif:
         """VM ``name``'s NIC as veil's hooks register it: libvirt's keys plus veil's network,
@@ -371,8 +388,7 @@ class Lab:
                 _submitted(submit(spool, registrar, [UnplugEvent(vm.port, delete_port=True)]))
         netns.run(["ip", "link", "del", vm.port], ns=host.ns)
         netns.unguard_host_stack(host.ns, vm.port)
-        del self._placement[name]
-        self._record(placement=dict(self._placement))
+        self._place(name, None)
 
     def move_vm(self, name: str, host: str) -> None:
         self.unplug_vm(name)
@@ -401,8 +417,7 @@ class Lab:
         began = time.monotonic()
         with guests.connect(hv.uri) as conn:
             guests.start(conn, spec)
-        self._placement[name] = hv.name
-        self._record(placement=dict(self._placement))
+        self._place(name, hv.name)
         return time.monotonic() - began
 
     def remove_guest(self, name: str) -> None:
@@ -410,8 +425,7 @@ class Lab:
         hv = self.hypervisor_of(name)
         with guests.connect(hv.uri) as conn:
             guests.remove(conn, self.domain_name(name))
-        del self._placement[name]
-        self._record(placement=dict(self._placement))
+        self._place(name, None)
 
     def migrate_vm(self, name: str, host: str) -> guests.Migration:
         """``virsh migrate --live`` of guest ``name`` to ``host`` over the underlay."""
@@ -421,8 +435,7 @@ class Lab:
             raise RuntimeError(f"{name} already runs on {host}")
         dst = self.hypervisors[host]
         result = guests.migrate(self.domain_name(name), src, dst, self.hosts[host].underlay_ip)
-        self._placement[name] = host
-        self._record(placement=dict(self._placement))
+        self._place(name, host)
         return result
 
     def probed_migration(self, name: str, host: str, prober: str, seconds: float = 15.0,
@@ -518,7 +531,21 @@ class Lab:
                 vm_info["domain"] = self.domain_name(n)
                 vm_info["libvirt"] = {h: st for h, st in self.guest_state(n).items() if st is not None}
             vms[n] = vm_info
-        return {"prefix": self.prefix, "rundir": str(self.rundir), "hosts": hosts, "vms": vms}
+        return {"prefix": self.prefix, "rundir": str(self.rundir), "controller": self._controller_status(),
+                "hosts": hosts, "vms": vms}
+
+    def _controller_status(self) -> dict[str, object]:
+        """veil's controller of this lab (``controller/lab/run.py`` keeps its pid file there)."""
+        pidfile = self.rundir / "controller" / "controller.pid"
+        try:
+            pid = int(pidfile.read_text())
+        except (FileNotFoundError, ValueError):
+            return {"running": False}
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return {"running": False, "pid": pid}
+        return {"running": True, "pid": pid, "log": str(self.rundir / "controller" / "controller.log")}
 
     # -- down -------------------------------------------------------------------------------
     def down(self) -> list[str]:

@@ -180,6 +180,13 @@ class LabController:
         self.proc.wait()
         self.proc = None
 
+    def close_store(self) -> None:
+        """Close ``sync()``'s database connection, leaving the controller running (the CLI's
+        `up` exits while its controller stays)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -189,9 +196,7 @@ class LabController:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        self.close_store()
         self.server.stop()
 
     def log_text(self) -> str:

@@ -41,12 +41,12 @@ def test_the_qemu_hook_logs_json_lines(tmp_path: Path) -> None:
     log = tmp_path / "hook.log"
     conf.write_text(f"log_format=json\nlog={log}\nspool={tmp_path}/spool\n"
                     f"db=unix:{tmp_path}/no-such.sock\n")
-    rc = main(["vm1", "prepare", "begin", "-"], config_path=str(conf),
+    rc = main(["vm1", "start", "begin", "-"], config_path=str(conf),
               stdin=io.BytesIO(BILLION_LAUGHS), stdout=io.BytesIO(), stderr=io.StringIO())
     assert rc == 0  # default mode: a veil failure never blocks the VM
     [rec] = json_lines(log.read_text())
     assert rec["component"] == "veil-qemu-hook" and rec["level"] == "ERROR"
-    assert "vm1 prepare begin" in str(rec["msg"])
+    assert "vm1 start begin" in str(rec["msg"])
 
 
 def test_a_bad_log_format_is_refused_naming_the_choices(tmp_path: Path) -> None:
