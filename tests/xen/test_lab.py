@@ -1,6 +1,6 @@
 """A XenServer-style host and a KVM-style host in the two-DC lab, one tenant network, pinging.
 
-dc1-h1 is plugged the KVM way (the lab registers it with veil's qemu-hook registrar). dc2-h1
+dc1-h1's a1 is a real libvirt guest (TCG) that libvirt starts and veil's qemu hook registers. dc2-h1
 is a XenServer host run through the xenopsd model (tests.support.xenopsd): its VM's port is
 ``vif<domid>.0`` added by the vif script steps in xenopsd's order (xs-* keys and attached-mac
 only), the installed vif-hotplug hook runs at ``online`` on dom0's Python, and everything else
@@ -11,6 +11,7 @@ When the xapi network leaves veil, the registration goes and so does the path.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,14 +27,18 @@ from tests.support.dom0_python import install_dom0
 from tests.support.xen import Host, interfaces, running_daemon, simulated_xapi
 from tests.support.xenopsd import Xenopsd, hook_conf
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.libvirt]
 
 KVM_VM, XEN_VM, XEN_HOST, DOMID = "a1", "a2", "dc2-h1", 5
 
 
 @pytest.fixture
 def lab() -> Iterator[tuple[Lab, LabController]]:
-    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix("x"))
+    netns_lab = topology.with_kind(topology.load(), "netns")
+    # The KVM side is a real libvirt guest started through veil's qemu hook; the rest stand-ins.
+    topo = dataclasses.replace(netns_lab, vms=tuple(
+        dataclasses.replace(v, kind="libvirt") if v.name == KVM_VM else v for v in netns_lab.vms))
+    lab = Lab(topo, prefix=unique_prefix("x"))
     ctl: LabController | None = None
     try:
         lab.up(plug_vms=False)
