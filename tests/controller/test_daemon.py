@@ -69,7 +69,8 @@ def test_controller_waits_for_an_unreachable_database(
         store_server: StoreServer, tmp_path: Path) -> None:
     link = tmp_path / "veil-db.sock"  # nothing there yet: the database is away
     log = tmp_path / "controller.log"
-    proc = subprocess.Popen([sys.executable, "-m", "controller.daemon", "--db", f"unix:{link}"],
+    proc = subprocess.Popen([sys.executable, "-m", "controller.daemon", "--db", f"unix:{link}",
+                             "--control", str(tmp_path / "ctl.sock")],
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         until("the wait reported", lambda: "waiting for the veil database" in log.read_text())
@@ -122,7 +123,7 @@ def test_controller_rides_out_its_database_going_away_while_it_runs(
     _plug(ovs, 2)
     log = tmp_path / "controller.log"
     proc = subprocess.Popen([sys.executable, "-m", "controller.daemon", "--db", store_server.remote,
-                             "--config", str(cfg), "--resync", "0.5"],
+                             "--config", str(cfg), "--resync", "0.5", "--control", str(tmp_path / "ctl.sock")],
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         _synced(store_server.remote, sid)

@@ -367,7 +367,7 @@ def test_controller_dials_a_host_over_tcp(ovs: OvsInstance, store_server: StoreS
     log = (tmp_path / "controller.log").open("w")
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ovs.ns, sys.executable, "-m", "controller.daemon", "--db",
-         store_server.remote, "--config", str(cfg), "--insecure"], stdout=log,
+         store_server.remote, "--config", str(cfg), "--insecure", "--control", str(tmp_path / "ctl.sock")], stdout=log,
         stderr=subprocess.STDOUT)
     try:
         to_2 = f"in_port=1,ip,dl_src={MAC[1]},dl_dst={MAC[2]},nw_src=198.19.0.1,nw_dst=198.19.0.2"
