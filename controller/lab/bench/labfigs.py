@@ -39,6 +39,9 @@ class System(Protocol):
     def prebind(self, vm: VmRuntime, src: HostRuntime, dst: HostRuntime) -> dict[str, str]:
         """Announce a live migration src -> dst; returns the external_ids for the dst port."""
 
+    def announce_move(self, vm: VmRuntime, src: HostRuntime, dst: HostRuntime) -> None:
+        """A real guest is about to move src -> dst: what the CMS tells the system first."""
+
     def migrated(self, vm: VmRuntime, dst: HostRuntime, prebound: bool) -> None:
         """The move is over (what the CMS or hook does afterwards)."""
 

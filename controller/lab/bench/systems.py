@@ -40,6 +40,11 @@ class OvnSystem:
                                           "activation-strategy": "rarp"})
         return port_ids(src, vm.port)
 
+    def announce_move(self, vm: VmRuntime, src: HostRuntime, dst: HostRuntime) -> None:
+        """As OVN's docs say for live migration: bound on both chassis, activated by the RARP."""
+        self._o().set_port_options(vm, **{"requested-chassis": f"{src.name},{dst.name}",
+                                          "activation-strategy": "rarp"})
+
     def migrated(self, vm: VmRuntime, dst: HostRuntime, prebound: bool) -> None:
         if prebound:  # the CMS's last step; the next move starts from a port bound anywhere
             self._o().clear_port_options(vm, "activation-strategy", "requested-chassis")
@@ -88,6 +93,9 @@ class PlainSystem:
         pass
 
     def prebind(self, vm: VmRuntime, src: HostRuntime, dst: HostRuntime) -> dict[str, str]:
+        raise NotImplementedError("plain OVS is only the throughput baseline")
+
+    def announce_move(self, vm: VmRuntime, src: HostRuntime, dst: HostRuntime) -> None:
         raise NotImplementedError("plain OVS is only the throughput baseline")
 
     def migrated(self, vm: VmRuntime, dst: HostRuntime, prebound: bool) -> None:
@@ -145,6 +153,9 @@ class VeilSystem:
     def prebind(self, vm: VmRuntime, src: HostRuntime, dst: HostRuntime) -> dict[str, str]:
         """What libvirt writes for the incoming domain: the same iface-id, active, on dst."""
         return port_ids(src, vm.port)
+
+    def announce_move(self, vm: VmRuntime, src: HostRuntime, dst: HostRuntime) -> None:
+        pass  # libvirt's hooks on both hosts are all veil needs
 
     def migrated(self, vm: VmRuntime, dst: HostRuntime, prebound: bool) -> None:
         pass  # the guest's RARP at dst already moved the traffic (claim); the source port is gone
