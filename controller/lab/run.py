@@ -52,7 +52,10 @@ def lab_config(lab: Lab) -> str:
     """The tenants/networks of the lab's topology as a controller config file (VNIs allocated)."""
     tenants: dict[str, list[dict[str, str]]] = {}
     for net in lab.topo.networks:
-        tenants.setdefault(net.tenant, []).append({"name": net.name, "subnet": str(net.subnet)})
+        entry = {"name": net.name, "subnet": str(net.subnet)}
+        if net.mode != "proactive":
+            entry["mode"] = net.mode
+        tenants.setdefault(net.tenant, []).append(entry)
     doc = {"tenants": [{"name": t, "networks": nets} for t, nets in tenants.items()]}
     return yaml.safe_dump(doc, sort_keys=False)
 
