@@ -168,6 +168,10 @@ class Reactive:
     """The controller's view of every host's reactive entries (see the module docstring)."""
 
     idle_timeout: int = IDLE_TIMEOUT
+    # an entry into a tunnel waits until BFD reports the tunnel up at both ends: a userspace
+    # tunnel drops its first packets while ovs-vswitchd resolves the underlay next hop, and
+    # BFD's own packets resolve it (until then each packet is punted and sent by packet-out)
+    require_bfd: bool = True
     entries: dict[Key, Entry] = field(default_factory=dict)
     pending: dict[Key, str] = field(default_factory=dict)  # key -> remote: waits for tunnels
     loaded: set[str] = field(default_factory=set)  # hosts whose entries were read back
@@ -210,9 +214,8 @@ class Reactive:
             have = self.entries.get(key)
             if have is not None and have.remote == there:
                 continue
-            port = tunnel_ports(state, here).get(there)
-            back = tunnel_ports(state, there).get(here)
-            if port is None or back is None:
+            port = self._ready(state, here, there)
+            if port is None:
                 self.pending[key] = there
                 continue
             if have is not None:  # a stale one (negative, or another host): replaced
@@ -267,8 +270,8 @@ class Reactive:
             if net is None or dst is None or dst.host != remote or here is None:
                 del self.pending[key]
                 continue
-            port = tunnel_ports(state, host).get(remote)
-            if port is None or tunnel_ports(state, remote).get(host) is None:
+            port = self._ready(state, host, remote)
+            if port is None:
                 continue
             del self.pending[key]
             have = self.entries.get(key)
@@ -279,6 +282,16 @@ class Reactive:
             out.setdefault(host, []).append(entry.install(self.idle_timeout))
             self.stats.paths += 1
         return out
+
+    def _ready(self, state: State, host: str, remote: str) -> int | None:
+        """The ofport of ``host``'s tunnel to ``remote`` if both ends can carry a path."""
+        ends = {(t.host, t.remote): t for t in state.tunnels if t.ofport > 0}
+        there, back = ends.get((host, remote)), ends.get((remote, host))
+        if there is None or back is None:
+            return None
+        if self.require_bfd and not (there.bfd_up and back.bfd_up):
+            return None
+        return there.ofport
 
     def _stale(self, state: State, host: str) -> list[Message]:
         out: list[Message] = []

@@ -42,7 +42,16 @@ from hooks.ovsdb.connect import OvsdbUnreachable
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 from controller.southbound import tls
 from controller.southbound import reactive_wire
-from controller.reactive import Punt, REACTIVE_TAG, TAG_MASK, Dumped, Reactive, Sends, meters
+from controller.reactive import (
+    IDLE_TIMEOUT,
+    REACTIVE_TAG,
+    TAG_MASK,
+    Dumped,
+    Punt,
+    Reactive,
+    Sends,
+    meters,
+)
 from controller.pipeline import tables as P
 from controller.southbound.session import OfSession, OpenFlowError
 from controller.core.seen import first_seen_after
@@ -126,7 +135,7 @@ PROGRAMMERS = 16
 class Controller:
     def __init__(self, store_remote: str, config: Path | None = None,
                  clock: Callable[[], float] = time.time, resync_every: float = 5.0,
-                 startup_grace: float = 15.0) -> None:
+                 startup_grace: float = 15.0, reactive_idle: int = IDLE_TIMEOUT) -> None:
         self.store_remote = store_remote
         self.startup_grace = startup_grace
         self._started = 0.0
@@ -159,7 +168,7 @@ class Controller:
         self._programmers = ThreadPoolExecutor(PROGRAMMERS, thread_name_prefix="veil-program")
         # reactive networks: punts are answered on their own thread, off the round, with
         # the state the last round held (controller/reactive.py decides, _send_reactive sends)
-        self.reactive = Reactive()
+        self.reactive = Reactive(idle_timeout=reactive_idle)
         self._reactive_lock = threading.Lock()
         self._punts: queue.SimpleQueue[Punt | None] = queue.SimpleQueue()
         self._reactive_thread = threading.Thread(target=self._reactive_loop,

@@ -228,7 +228,10 @@ def _decode_network(r: Mapping[str, object], tenants: set[str]) -> Network:
     ids = frozenset(s for s in items if isinstance(s, str) and s and s.isprintable())
     if len(ids) != len(items):
         raise InvalidState(f"dhcp_servers: {servers!r} is not a set of iface-ids")
-    return Network(name, tenant, vni, net, ids, check_mode(r.get("mode"), "mode"))
+    mode = r.get("mode")
+    if isinstance(mode, list) and len(mode) == 1:  # an optional column: [] or [value]
+        mode = mode[0]
+    return Network(name, tenant, vni, net, ids, check_mode(mode, "mode"))
 
 
 def _decode_host(r: Mapping[str, object]) -> HostRecord:

@@ -44,7 +44,8 @@ class ReactiveFabric(Fabric):
 
     def __init__(self, state: State, reactive: Reactive | None = None) -> None:
         super().__init__(state)
-        self.reactive = reactive or Reactive()
+        # (no underlay here: a tunnel is ready once both ends have their ports)
+        self.reactive = reactive or Reactive(require_bfd=False)
         self.installed: dict[str, dict[int, Flow]] = {h: {} for h in state.hosts}
         self._frames: dict[bytes, Packet] = {}
         self._base = dict(self.flows)
