@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from controller.core.model import Binding, Network, State
+from controller.core.model import Binding, Network, State, TunnelPort
 from controller.pipeline import tables as P
 from controller.pipeline.compute import (
     REACTIVE_PRIORITY,
@@ -285,7 +285,7 @@ class Reactive:
 
     def _ready(self, state: State, host: str, remote: str) -> int | None:
         """The ofport of ``host``'s tunnel to ``remote`` if both ends can carry a path."""
-        ends = {(t.host, t.remote): t for t in state.tunnels if t.ofport > 0}
+        ends = _index(state).tunnels
         there, back = ends.get((host, remote)), ends.get((remote, host))
         if there is None or back is None:
             return None
@@ -341,17 +341,41 @@ def meters(state: State, host: str) -> dict[int, int]:
     return out
 
 
+@dataclass(frozen=True)
+class _Index:
+    """One state's lookups a punt needs, built once per state (a punt is O(1), not O(VMs))."""
+
+    by_vni: Mapping[int, Network]
+    by_mac: Mapping[tuple[str, str], Binding]  # (network, MAC) -> member
+    by_port: Mapping[tuple[str, int], Binding]  # (host, ofport) -> forwarded VIF
+    tunnels: Mapping[tuple[str, str], TunnelPort]  # (host, remote) -> port with an ofport
+
+
+_last: list[tuple[State, _Index]] = []
+
+
+def _index(state: State) -> _Index:
+    if _last and _last[0][0] is state:
+        return _last[0][1]
+    active = state.placed.active.values()
+    idx = _Index({n.vni: n for n in state.networks.values()},
+                 {(b.network, b.mac): b for bs in state.members.values() for b in bs},
+                 {(b.host, b.ofport): b for b in active},
+                 {(t.host, t.remote): t for t in state.tunnels if t.ofport > 0})
+    _last[:] = [(state, idx)]
+    return idx
+
+
 def _network(state: State, vni: int) -> Network | None:
-    return next((n for n in state.networks.values() if n.vni == vni), None)
+    return _index(state).by_vni.get(vni)
 
 
 def _member(state: State, net: Network, mac: str) -> Binding | None:
-    return next((b for b in state.members.get(net.name, ()) if b.mac == mac), None)
+    return _index(state).by_mac.get((net.name, mac))
 
 
 def _member_on_port(state: State, host: str, ofport: int) -> Binding | None:
-    return next((b for b in state.placed.active.values()
-                 if b.host == host and b.ofport == ofport), None)
+    return _index(state).by_port.get((host, ofport))
 
 
 def _backed(state: State, entry: Entry, ports: Mapping[str, int]) -> bool:
