@@ -51,7 +51,8 @@ NEGATIVE_TTL: Final = 2  # seconds an unknown destination is dropped without a p
 PORT_RATE: Final = 100  # punts per second per VM port (its meter), burst PORT_BURST
 PORT_BURST: Final = 20
 HOST_RATE: Final = 2000  # punts per second per host (the OpenFlow controller meter)
-OFPM_CONTROLLER: Final = 0xFFFFFFFD  # the meter every packet to the controller passes
+OFPM_CONTROLLER: Final = 0xFFFFFFFE  # OVS: the meter every packet to the controller passes
+# (0xFFFFFFFD is OFPM_SLOWPATH, ovs-vswitchd's own slow path: left alone)
 
 
 @dataclass(frozen=True, slots=True)
