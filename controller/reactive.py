@@ -20,7 +20,7 @@ each punt ``Reactive.on_punt``:
   the switch holds, so it is not punted again until it expires).
 
 Everything here is soft state: a flow-removed drops its entry (``on_removed``), each round
-drops entries the state no longer backs (``after_round``: a moved or stopped VM, a tunnel
+drops entries the state no longer backs (``prune``: a moved or stopped VM, a tunnel
 recreated with another ofport, a destination that appeared), and a restarted controller reads
 the entries back from the switches (``load``); until a host's entries are read its existing
 tunnels are kept, so no established flow breaks. Nothing here sends: the methods return
@@ -256,19 +256,31 @@ class Reactive:
 
     # -- each round -----------------------------------------------------------------------
     def after_round(self, state: State) -> Sends:
-        """Remove entries the state no longer backs; install pending ones whose tunnels are
-        there now (the round that made them has programmed both ends' tunnel ingress)."""
+        """``prune`` then ``flush`` (a round's two halves, for callers without a round)."""
+        out = self.prune(state)
+        for host, msgs in self.flush(state).items():
+            out.setdefault(host, []).extend(msgs)
+        return out
+
+    def prune(self, state: State) -> Sends:
+        """Remove the entries ``state`` no longer backs (sent before the round programs the
+        hosts: once a move is known, no entry forwards to the old host any more)."""
         out: Sends = {}
         for host in sorted({k[0] for k in self.entries}):
             gone = self._stale(state, host)
             if gone:
                 out.setdefault(host, []).extend(gone)
+        return out
+
+    def flush(self, state: State) -> Sends:
+        """Install the pending entries whose tunnels are there now (sent after the round that
+        programmed both ends' tunnel ingress)."""
+        out: Sends = {}
         for key, remote in sorted(self.pending.items()):
             host, vni, mac = key
             net = _network(state, vni)
             dst = _member(state, net, mac) if net is not None else None
-            here = state.hosts.get(host)
-            if net is None or dst is None or dst.host != remote or here is None:
+            if net is None or dst is None or dst.host != remote or host not in state.hosts:
                 del self.pending[key]
                 continue
             port = self._ready(state, host, remote)

@@ -377,12 +377,15 @@ class Controller:
             self.kick()
         # Every host at once, those this change touches submitted first (the destination of a
         # move, the hosts of a new VIF's network); a worker's exception surfaces here.
+        with self._reactive_lock:
+            pruned = self.reactive.prune(state)  # (before programming: a moved VM's old
+        self._send_reactive(pruned)  # host gets nothing more from an entry)
         order = sorted(self.links.items(), key=lambda item: (item[0] not in update.flows, item[0]))
         programmed_now = [(host, self._programmers.submit(self._program, host, link, audit, update))
                           for host, link in order]
         done = sorted(host for host, f in programmed_now if f.result())
         with self._reactive_lock:
-            sends = self.reactive.after_round(state)
+            sends = self.reactive.flush(state)
         self._send_reactive(sends)
         self.store.write_programmed(seq, done)
         programmed = {**self.store.programmed(), **{h: seq for h in done}}
