@@ -36,8 +36,10 @@ def make_reactive(lab: Lab, ctl: LabController, network: str) -> None:
 
 def first_rtts(lab: Lab, src: str, dst: str, count: int = 3) -> list[float]:
     """The round-trip times (ms) of ``count`` echoes, the first one first."""
-    out = lab.exec(src, ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2",
-                         lab.vms[dst].ip]).stdout
+    guest = lab.vms[src].kind == "libvirt"  # busybox ping: no -n, no sub-second -i
+    argv = (["ping", "-c", str(count), "-W", "2", lab.vms[dst].ip] if guest else
+            ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", lab.vms[dst].ip])
+    out = lab.exec(src, argv).stdout
     return [float(t) for t in re.findall(r"time=([0-9.]+) ms", out)]
 
 

@@ -19,8 +19,9 @@ import pytest
 from controller.lab.lab import Lab
 from controller.lab.run import LabController
 from controller.lab.topology import Topology, Vm
-from tests.support.frames import SCAN
-from tests.support.labs import flows, programmed_lab, reactive_topology
+from controller.lab import netns
+from tests.support.frames import SCAN, SEND_RAW, Capture, rarp_frame
+from tests.support.labs import flows, programmed_lab, reactive_topology, standby_copy
 from tests.support.poll import until
 
 pytestmark = pytest.mark.lab
@@ -164,6 +165,39 @@ def test_a_scanning_vm_is_held_to_its_rate_and_its_neighbour_still_sets_up(
     assert int(sent) > 5 * (PORT_RATE * seconds + PORT_BURST), sent  # it did scan hard ...
     # ... and at most its rate reached the controller (a little slack: the meter's bucket)
     assert passed <= 1.5 * (PORT_RATE * (seconds + 2) + PORT_BURST), (sent, into, dropped)
+
+
+def test_a_live_migration_moves_the_paths_with_the_guests_announcement(
+        lab: tuple[Lab, LabController]) -> None:
+    """a2 live on dc2-h1 and (the migration's destination copy) on dc2-h2: a3's path stays
+    with the source until the guest announces itself (RARP) on dc2-h2; then the entry towards
+    dc2-h1 goes and the next first packet sets the path up to dc2-h2."""
+    lab_, ctl = lab
+    a2 = lab_.vms["a2"]
+    src, dst = lab_.placement("a2"), "dc2-h2"
+    src_ip = lab_.hosts[src].underlay_ip
+    with standby_copy(lab_, "a2", dst) as ns:
+        ctl.sync()
+        assert first_ping(lab_, "a3", "a2")
+        until("a3's path to the source", lambda: a2.mac in entries(lab_, "dc1-h2"), timeout=15)
+        to_src = ofport_of_tunnel(lab_, "dc1-h2", src_ip)
+        assert f"output:{to_src}" in entries(lab_, "dc1-h2")[a2.mac]
+        netns.run(["python3", "-c", SEND_RAW, rarp_frame(a2.mac)], ns=ns)
+        # a poll: the RARP is a packet-in no sequence number covers
+        until("the entry towards the source is gone",
+              lambda: f"output:{to_src}" not in entries(lab_, "dc1-h2").get(a2.mac, ""))
+        with Capture(lab_, "a2", "icmp") as at_src:
+            assert first_ping(lab_, "a3", "a2")  # answered by the copy on dc2-h2
+        assert "ICMP echo request" not in at_src.text
+        until("a3's path to the destination", lambda: a2.mac in entries(lab_, "dc1-h2"),
+              timeout=15)
+        lab_.unplug_vm("a2")  # the source goes: migration done
+        ctl.sync()
+        assert first_ping(lab_, "a3", "a2")
+    ctl.sync()
+    lab_.plug_vm("a2", src)  # (back where the next tests expect it)
+    ctl.sync()
+    until("a2 back on its host", lambda: first_ping(lab_, "a3", "a2"), timeout=15)
 
 
 def test_a_moved_vm_is_never_forwarded_to_its_old_host(lab: tuple[Lab, LabController]) -> None:
