@@ -161,7 +161,7 @@ class Stats:
     punts: int = 0
     refused: int = 0  # not a member's own port/MAC, or another network's destination
     negative: int = 0
-    paths: int = 0  # entry pairs installed
+    paths: int = 0  # punts that set a path up (its entries installed, or waiting for tunnels)
 
 
 @dataclass
@@ -205,11 +205,14 @@ class Reactive:
         out.setdefault(dst.host, []).append(PacketOut((Output(dst.ofport),), punt.data))
         if dst.host == src.host:  # (its L2 entry is proactive: a punt raced the round)
             return out
-        self._path(state, net.vni, src, dst, out)
+        if self._path(state, net.vni, src, dst, out):
+            self.stats.paths += 1
         return out
 
-    def _path(self, state: State, vni: int, src: Binding, dst: Binding, out: Sends) -> None:
-        """Entries both ways between ``src``'s and ``dst``'s hosts (or pending tunnels)."""
+    def _path(self, state: State, vni: int, src: Binding, dst: Binding, out: Sends) -> bool:
+        """Entries both ways between ``src``'s and ``dst``'s hosts (or pending tunnels);
+        whether there was anything to set up."""
+        began = len(self.pending), sum(len(m) for m in out.values())
         for here, there, mac in ((src.host, dst.host, dst.mac), (dst.host, src.host, src.mac)):
             key = (here, vni, mac)
             have = self.entries.get(key)
@@ -225,7 +228,7 @@ class Reactive:
             self.entries[key] = entry
             self.pending.pop(key, None)
             out.setdefault(here, []).append(entry.install(self.idle_timeout))
-            self.stats.paths += 1
+        return (len(self.pending), sum(len(m) for m in out.values())) != began
 
     # -- the switch's word ----------------------------------------------------------------
     def on_removed(self, host: str, cookie: int) -> bool:
@@ -293,7 +296,6 @@ class Reactive:
             entry = Entry(host, vni, mac, remote, port)
             self.entries[key] = entry
             out.setdefault(host, []).append(entry.install(self.idle_timeout))
-            self.stats.paths += 1
         return out
 
     def _ready(self, state: State, host: str, remote: str) -> int | None:

@@ -651,12 +651,19 @@ class Controller:
                 continue
             sends: Sends = {}
             with self._reactive_lock:
-                pending = len(self.reactive.pending)
+                pending, before = len(self.reactive.pending), dataclasses.replace(
+                    self.reactive.stats)
                 for p in batch:
                     for host, msgs in self.reactive.on_punt(held, p).items():
                         sends.setdefault(host, []).extend(msgs)
                 grew = len(self.reactive.pending) > pending
+                after = self.reactive.stats
             self.metrics.packet_ins.inc(len(batch))
+            done = {"path": after.paths - before.paths, "refused": after.refused - before.refused,
+                    "negative": after.negative - before.negative}
+            done["delivered"] = max(0, len(batch) - sum(done.values()))
+            for outcome, n in done.items():
+                self.metrics.reactive.labels(outcome).inc(n)
             self._send_reactive(sends)
             if grew:
                 self.kick()

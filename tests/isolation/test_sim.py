@@ -325,6 +325,8 @@ def test_a_reactive_network_sets_its_path_up_on_first_contact_and_delivers_the_f
     fabric.send(a, ipv4(a.mac, FOREIGN_MAC, "198.19.0.1", "198.19.0.9"))
     fabric.send(a, ipv4(a.mac, FOREIGN_MAC, "198.19.0.1", "198.19.0.9"))
     assert fabric.punts == 2
+    stats = fabric.reactive.stats
+    assert (stats.punts, stats.paths, stats.negative, stats.refused) == (2, 1, 1, 0)
     # b moves to h3: the entry towards h2 goes at the next round, never forwarding to h2
     moved = State.build(state.tenants.values(), state.networks.values(),
                         [*state.hosts.values(), Host("h3", ip("198.18.0.3"))],
