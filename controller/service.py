@@ -42,16 +42,8 @@ from hooks.ovsdb.connect import OvsdbUnreachable
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 from controller.southbound import tls
 from controller.southbound import reactive_wire
-from controller.reactive import (
-    IDLE_TIMEOUT,
-    REACTIVE_TAG,
-    TAG_MASK,
-    Dumped,
-    Punt,
-    Reactive,
-    Sends,
-    meters,
-)
+from controller.reactive import IDLE_TIMEOUT, Dumped, Reactive
+from controller.reactive_runtime import ReactiveRuntime
 from controller.pipeline import tables as P
 from controller.southbound.session import OfSession, OpenFlowError
 from controller.core.seen import first_seen_after
@@ -166,13 +158,10 @@ class Controller:
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
                              expected=(OvsdbUnreachable, OSError, OpenFlowError))
         self._programmers = ThreadPoolExecutor(PROGRAMMERS, thread_name_prefix="veil-program")
-        # reactive networks: punts are answered on their own thread, off the round, with
-        # the state the last round held (controller/reactive.py decides, _send_reactive sends)
-        self.reactive = Reactive(idle_timeout=reactive_idle)
-        self._reactive_lock = threading.Lock()
-        self._punts: queue.SimpleQueue[Punt | None] = queue.SimpleQueue()
-        self._reactive_thread = threading.Thread(target=self._reactive_loop,
-                                                 name="veil-reactive", daemon=True)
+        # reactive networks: punts answered on their own thread, off the round, with the
+        # state the last round held (controller/reactive.py decides, the runtime sends)
+        self.reactive = ReactiveRuntime(Reactive(idle_timeout=reactive_idle), self._session,
+                                        lambda: self._held, self.metrics, self.kick)
 
     # -- wiring --------------------------------------------------------------------------------
     def kick(self) -> None:
@@ -186,12 +175,12 @@ class Controller:
             self._watch_config(self.config)
         self._thread = threading.Thread(target=self._loop, name="veil-controller", daemon=True)
         self._thread.start()
-        self._reactive_thread.start()
+        self.reactive.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._punts.put(None)
+        self.reactive.stop()
         if self._thread:
             self._thread.join(10)
         self._programmers.shutdown(wait=False, cancel_futures=True)
@@ -377,16 +366,13 @@ class Controller:
             self.kick()
         # Every host at once, those this change touches submitted first (the destination of a
         # move, the hosts of a new VIF's network); a worker's exception surfaces here.
-        with self._reactive_lock:
-            pruned = self.reactive.prune(state)  # (before programming: a moved VM's old
-        self._send_reactive(pruned)  # host gets nothing more from an entry)
+        self.reactive.prune(state)  # (before programming: a moved VM's old host gets
+        # nothing more from an entry)
         order = sorted(self.links.items(), key=lambda item: (item[0] not in update.flows, item[0]))
         programmed_now = [(host, self._programmers.submit(self._program, host, link, audit, update))
                           for host, link in order]
         done = sorted(host for host, f in programmed_now if f.result())
-        with self._reactive_lock:
-            sends = self.reactive.flush(state)
-        self._send_reactive(sends)
+        self.reactive.flush(state)  # pending paths whose tunnels are programmed now
         self.store.write_programmed(seq, done)
         programmed = {**self.store.programmed(), **{h: seq for h in done}}
         self._status = status_of(
@@ -520,10 +506,9 @@ class Controller:
             LOG.warning("host %s has no br-int yet", host)
             link.last_error = "no br-int yet"
             return False
-        with self._reactive_lock:
-            held = self._held
-            wanted = self._engine.tunnels(host) | (
-                self.reactive.tunnels(held, host) if held is not None else frozenset())
+        held = self._held
+        wanted = self._engine.tunnels(host) | (
+            self.reactive.tunnels(held, host) if held is not None else frozenset())
         tunnels_done = tunnels_ready(wanted, link.view) and not link.stuck
         try:
             if not link.stuck and link.db.set_tunnels(wanted, link.view.tunnel_names,
@@ -537,8 +522,7 @@ class Controller:
             tunnels_done = False
         if link.of is None or link.of.closed:
             link.of, link.installed = None, None
-            with self._reactive_lock:
-                self.reactive.forget_host(host)  # its entries are read back on reconnect
+            self.reactive.forget(host)  # its entries are read back on reconnect
             opened = self._dialed(("openflow", host, link.record.openflow), Opened,
                                   functools.partial(self._open_session, host, link.record))
             if opened is None:
@@ -546,9 +530,7 @@ class Controller:
             link.of, link.installed = opened.session, opened.installed
             link.meters = None
             if self._held is not None:
-                with self._reactive_lock:
-                    back = self.reactive.load(self._held, host, opened.reactive)
-                self._send_reactive({host: back})
+                self.reactive.load(self._held, host, opened.reactive)
             whole = True
             LOG.info("host %s: OpenFlow %s connected, %d veil flows installed", host,
                      link.record.openflow, len(link.installed))
@@ -597,7 +579,7 @@ class Controller:
         """Dial, handshake and dump veil's flows (runs on a dialer thread)."""
         session = OfSession(tls.pin(rec.openflow, host),
                             functools.partial(self._on_packet_in, host), self.kick,
-                            on_flow_removed=functools.partial(self._on_flow_removed, host))
+                            on_flow_removed=functools.partial(self.reactive.flow_removed, host))
         try:
             return Opened(session, session.installed(), tuple(reactive_wire.dumped(session)))
         except OpenFlowError:
@@ -620,78 +602,23 @@ class Controller:
 
     def _on_packet_in(self, host: str, msg: Any) -> None:
         if msg.table_id == P.L2_LOOKUP:  # a reactive network's miss
-            self._punts.put(Punt(host, int(msg.match["in_port"]), bytes(msg.data)))
+            self.reactive.punt(host, msg)
             return
         self._packet_ins.put(parse_packet_in(host, msg))
         self.kick()
 
-    # -- reactive networks (controller/reactive.py) -------------------------------------------
-    def _on_flow_removed(self, host: str, msg: Any) -> None:
-        if msg.cookie & TAG_MASK == REACTIVE_TAG:
-            with self._reactive_lock:
-                known = self.reactive.on_removed(host, msg.cookie)
-            if known:
-                self.kick()  # a tunnel no entry uses any more goes in the next round
-
-    def _reactive_loop(self) -> None:
-        """Answer punts as they come, each batch with the state the last round held; a punt
-        that needs a new tunnel port wakes the round (which creates it)."""
-        while not self._stop.is_set():
-            punt = self._punts.get()
-            if punt is None:
-                return
-            batch = [punt]
-            while len(batch) < 256 and not self._punts.empty():
-                more = self._punts.get()
-                if more is None:
-                    return
-                batch.append(more)
-            held = self._held
-            if held is None:
-                continue
-            sends: Sends = {}
-            with self._reactive_lock:
-                pending, before = len(self.reactive.pending), dataclasses.replace(
-                    self.reactive.stats)
-                for p in batch:
-                    for host, msgs in self.reactive.on_punt(held, p).items():
-                        sends.setdefault(host, []).extend(msgs)
-                grew = len(self.reactive.pending) > pending
-                after = self.reactive.stats
-            self.metrics.packet_ins.inc(len(batch))
-            done = {"path": after.paths - before.paths, "refused": after.refused - before.refused,
-                    "negative": after.negative - before.negative}
-            done["delivered"] = max(0, len(batch) - sum(done.values()))
-            for outcome, n in done.items():
-                self.metrics.reactive.labels(outcome).inc(n)
-            self._send_reactive(sends)
-            if grew:
-                self.kick()
-
-    def _send_reactive(self, sends: Sends) -> None:
-        """The reactive path's messages, per host in order (its entries are soft state: a
-        host whose session is down gets them again on demand)."""
-        for host, msgs in sends.items():
-            link = self.links.get(host)
-            session = link.of if link is not None else None
-            if session is None or session.closed or not msgs:
-                continue
-            try:
-                reactive_wire.send(session, msgs)
-            except OSError as exc:
-                LOG.warning("host %s: reactive set-up not sent: %s", host, exc)
-
     def _set_meters(self, host: str, link: HostLink, state: State) -> bool:
-        """The punt meters before any flow that uses them (a flow naming a missing meter is
-        refused, and with it its whole bundle)."""
-        want = meters(state, host)
-        if link.of is None or (link.meters is not None and link.meters == want) or (
-                link.meters is None and not want):
+        """The punt meters of a reactive network's VIFs (controller/reactive_runtime.py)."""
+        if link.of is None:
             return True
         try:
-            link.meters = reactive_wire.sync_meters(link.of, want, link.meters)
+            link.meters = self.reactive.set_meters(host, link.of, state, link.meters)
         except (OpenFlowError, RuntimeError) as exc:
             LOG.error("host %s: punt meters not set: %s", host, exc)
             link.last_error = f"punt meters not set: {exc}"
             return False
         return True
+
+    def _session(self, host: str) -> OfSession | None:
+        link = self.links.get(host)
+        return link.of if link is not None else None
