@@ -330,8 +330,8 @@ class Reactive:
         remotes |= {e.host for e in self.entries.values() if e.remote == host}
         remotes |= {r for k, r in self.pending.items() if k[0] == host}
         remotes |= {k[0] for k, r in self.pending.items() if r == host}
-        if host not in self.loaded:
-            remotes |= set(tunnel_ports(state, host))
+        if host not in self.loaded and any(n.reactive for n in state.networks.values()):
+            remotes |= set(tunnel_ports(state, host))  # (a purely proactive fabric: none)
         specs = set()
         for rid in remotes - {host}:
             remote = state.hosts.get(rid)

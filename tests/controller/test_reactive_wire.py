@@ -91,6 +91,9 @@ def test_a_restarted_controller_keeps_tunnels_until_it_has_read_the_entries() ->
     assert {s.remote for s in fresh.tunnels(state, "h1")} == {"h2"}  # read: in use
     assert fresh.on_removed("h1", entry.cookie)
     assert fresh.tunnels(state, "h1") == frozenset()  # the last entry went: so does the tunnel
+    proactive = State.build(state.tenants.values(), [Network("n", "t", 7)],
+                            state.hosts.values(), state.bindings, state.tunnels)
+    assert Reactive().tunnels(proactive, "h1") == frozenset()  # no reactive network: no say
 
 
 @dataclass
