@@ -13,7 +13,7 @@ those functions directly, never this module. The netns lab has its own command, 
     veil host remove NAME [--pki DIR] [--db DB]   (revokes; its Host row goes)
     veil host list [--pki DIR] [--db DB]
     veil tenant add NAME --db DB
-    veil network add NAME --tenant T [--vni N] [--subnet CIDR] [--dhcp-server IFACE]... --db DB
+    veil network add NAME --tenant T [--vni N] [--subnet CIDR] [--dhcp-server IFACE]... [--mode reactive] --db DB
     veil network del NAME --db DB
     veil status [--json] [--rundir /run/veil | --socket PATH]   (exit 1 when something is wrong)
     veil trace from VIF [to VIF] [icmp|udp|arp|broadcast] [FIELD=VALUE ...] [--live] [--json]
@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     na.add_argument("--subnet", help="its IP subnet, e.g. 198.19.0.0/24 (for information)")
     na.add_argument("--dhcp-server", action="append", default=[], metavar="IFACE",
                     help="iface-id of a port that may answer as a DHCP server (repeatable)")
+    na.add_argument("--mode", choices=("proactive", "reactive"), default="proactive",
+                    help="paths between hosts set up in advance (default) or on a packet's "
+                    "first miss through the controller (docs/reactive.md)")
     na.add_argument("--db", required=True, type=remote, help=DB_HELP)
     nd = nsub.add_parser("del", help="remove a network (its VIFs are then not forwarded)",
                          **_examples("veil network del web --db DB"))
@@ -339,7 +342,7 @@ def show_json(store: Store) -> dict[str, Any]:
         "tenants": [t.name for t in d.tenants],
         "networks": [{"name": n.name, "tenant": n.tenant, "vni": n.vni,
                       "subnet": None if n.subnet is None else str(n.subnet),
-                      "dhcp_servers": sorted(n.dhcp_servers)}
+                      "dhcp_servers": sorted(n.dhcp_servers), "mode": n.mode}
                      for n in sorted(d.networks, key=lambda n: n.vni)],
         "sequence": numbers.next, "controller_at": numbers.cur,
         "hosts": [{"system_id": h.host.system_id, "underlay_ip": str(h.host.underlay_ip),
@@ -358,7 +361,8 @@ def show(store: Store) -> None:
         print(f"tenant {t.name}")
     for n in sorted(d.networks, key=lambda n: n.vni):
         servers = f" dhcp_servers={','.join(sorted(n.dhcp_servers))}" if n.dhcp_servers else ""
-        print(f"network {n.name} tenant={n.tenant} vni={n.vni} subnet={n.subnet}{servers}")
+        mode = " mode=reactive" if n.reactive else ""
+        print(f"network {n.name} tenant={n.tenant} vni={n.vni} subnet={n.subnet}{servers}{mode}")
     print(f"sequence {numbers.next} (controller at {numbers.cur})")
     for h in d.hosts:
         print(f"host {h.host.system_id} underlay={h.host.underlay_ip} "
@@ -500,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.cmd == "network" and args.action == "add":
                 net = store.add_network(check_name(args.name, "network name"), args.tenant,
                                         args.vni, args.subnet,
-                                        dhcp_servers=args.dhcp_server)
+                                        dhcp_servers=args.dhcp_server, mode=args.mode)
                 print(f"network {net.name}: tenant {net.tenant}, VNI {net.vni}")
             elif args.cmd == "network":
                 store.delete_network(args.name)

@@ -27,6 +27,7 @@ from controller import trust as trust_mod
 from controller.northbound import access
 from controller.northbound import pki as P
 from controller.northbound.pki import PkiError
+from controller.reactive import IDLE_TIMEOUT
 from controller.service import Controller
 from controller.northbound.store import StoreServer
 from controller.southbound import tls
@@ -83,6 +84,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=config_path, help="tenants/networks file, reloaded on change")
     p.add_argument("--resync", type=seconds(0.1, 3600.0), default=5.0,
                    help="seconds between safety reconciliations when nothing happens")
+    p.add_argument("--reactive-idle", type=seconds(1, 65535), default=IDLE_TIMEOUT,
+                   metavar="SECONDS", help="a reactive network's path goes after this many "
+                   f"seconds without a packet (default {IDLE_TIMEOUT}; docs/reactive.md)")
     p.add_argument("--control", type=Path, help="the local control socket `veil status` "
                    f"asks (default RUNDIR/{control.SOCKET_NAME}, or {control.DEFAULT_SOCKET} "
                    "with --db)")
@@ -105,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError, PkiError) as exc:  # not a dependency away
         sys.stderr.write(f"veil-controller: cannot start: {' '.join(str(exc).split())}\n")
         return 1
-    ctl = Controller(remote, args.config, resync_every=args.resync)
+    ctl = Controller(remote, args.config, resync_every=args.resync,
+                     reactive_idle=int(args.reactive_idle))
     done = threading.Event()
     ctl_socket = _control_socket(args, ctl)
     if args.metrics:

@@ -43,7 +43,12 @@ class Metrics:
                                   "away, as the hosts' OVSDBs reported them", ["change"],
                                   registry=r)
         self.packet_ins = Counter(f"{PREFIX}_packet_ins", "packet-ins (a migrated guest's "
-                                  "RARP/GARP) from the switches", registry=r)
+                                  "RARP/GARP, a reactive network's misses) from the switches",
+                                  registry=r)
+        self.reactive = Counter(f"{PREFIX}_reactive_punts", "reactive networks' misses by "
+                                "what the controller did: path (entries set up), negative "
+                                "(unknown destination, dropped for a while), refused, "
+                                "delivered (packet-out only)", ["outcome"], registry=r)
         self.flow_mods = Counter(f"{PREFIX}_flow_mods", "flows added or deleted on a host's "
                                  "br-int", ["host", "op"], registry=r)
         self.flow_mod_errors = Counter(f"{PREFIX}_flow_mod_errors", "flow updates or dumps a "

@@ -41,6 +41,10 @@ from hooks.ovsdb import connect as ovsdb
 from hooks.ovsdb.connect import OvsdbUnreachable
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 from controller.southbound import tls
+from controller.southbound import reactive_wire
+from controller.reactive import IDLE_TIMEOUT, Dumped, Reactive
+from controller.reactive_runtime import ReactiveRuntime
+from controller.pipeline import tables as P
 from controller.southbound.session import OfSession, OpenFlowError
 from controller.core.seen import first_seen_after
 from controller.metrics import Metrics
@@ -83,6 +87,7 @@ class Opened:
 
     session: OfSession
     installed: frozenset[FlowId]
+    reactive: tuple[Dumped, ...] = ()  # its reactive entries (controller/reactive.py)
 
 
 @dataclass
@@ -102,6 +107,7 @@ class HostLink:
     # last view stands and nothing is written to it, so the loop never waits on it.
     stuck: bool = False
     last_error: str | None = None  # the newest error about this host (`veil status`)
+    meters: dict[int, int] | None = None  # punt meters this session set (None: not yet)
 
     def state(self) -> LinkState:
         """Its connection state and view, for ``status_of``."""
@@ -121,7 +127,7 @@ PROGRAMMERS = 16
 class Controller:
     def __init__(self, store_remote: str, config: Path | None = None,
                  clock: Callable[[], float] = time.time, resync_every: float = 5.0,
-                 startup_grace: float = 15.0) -> None:
+                 startup_grace: float = 15.0, reactive_idle: int = IDLE_TIMEOUT) -> None:
         self.store_remote = store_remote
         self.startup_grace = startup_grace
         self._started = 0.0
@@ -152,6 +158,10 @@ class Controller:
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
                              expected=(OvsdbUnreachable, OSError, OpenFlowError))
         self._programmers = ThreadPoolExecutor(PROGRAMMERS, thread_name_prefix="veil-program")
+        # reactive networks: punts answered on their own thread, off the round, with the
+        # state the last round held (controller/reactive.py decides, the runtime sends)
+        self.reactive = ReactiveRuntime(Reactive(idle_timeout=reactive_idle), self._session,
+                                        lambda: self._held, self.metrics, self.kick)
 
     # -- wiring --------------------------------------------------------------------------------
     def kick(self) -> None:
@@ -165,10 +175,12 @@ class Controller:
             self._watch_config(self.config)
         self._thread = threading.Thread(target=self._loop, name="veil-controller", daemon=True)
         self._thread.start()
+        self.reactive.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self.reactive.stop()
         if self._thread:
             self._thread.join(10)
         self._programmers.shutdown(wait=False, cancel_futures=True)
@@ -354,10 +366,13 @@ class Controller:
             self.kick()
         # Every host at once, those this change touches submitted first (the destination of a
         # move, the hosts of a new VIF's network); a worker's exception surfaces here.
+        self.reactive.prune(state)  # (before programming: a moved VM's old host gets
+        # nothing more from an entry)
         order = sorted(self.links.items(), key=lambda item: (item[0] not in update.flows, item[0]))
         programmed_now = [(host, self._programmers.submit(self._program, host, link, audit, update))
                           for host, link in order]
         done = sorted(host for host, f in programmed_now if f.result())
+        self.reactive.flush(state)  # pending paths whose tunnels are programmed now
         self.store.write_programmed(seq, done)
         programmed = {**self.store.programmed(), **{h: seq for h in done}}
         self._status = status_of(
@@ -491,7 +506,9 @@ class Controller:
             LOG.warning("host %s has no br-int yet", host)
             link.last_error = "no br-int yet"
             return False
-        wanted = self._engine.tunnels(host)
+        held = self._held
+        wanted = self._engine.tunnels(host) | (
+            self.reactive.tunnels(held, host) if held is not None else frozenset())
         tunnels_done = tunnels_ready(wanted, link.view) and not link.stuck
         try:
             if not link.stuck and link.db.set_tunnels(wanted, link.view.tunnel_names,
@@ -505,11 +522,15 @@ class Controller:
             tunnels_done = False
         if link.of is None or link.of.closed:
             link.of, link.installed = None, None
+            self.reactive.forget(host)  # its entries are read back on reconnect
             opened = self._dialed(("openflow", host, link.record.openflow), Opened,
                                   functools.partial(self._open_session, host, link.record))
             if opened is None:
                 return False
             link.of, link.installed = opened.session, opened.installed
+            link.meters = None
+            if self._held is not None:
+                self.reactive.load(self._held, host, opened.reactive)
             whole = True
             LOG.info("host %s: OpenFlow %s connected, %d veil flows installed", host,
                      link.record.openflow, len(link.installed))
@@ -524,6 +545,8 @@ class Controller:
             link.of, link.installed = None, None
             return False
         assert link.installed is not None
+        if self._held is not None and not self._set_meters(host, link, self._held):
+            return False
         if whole:
             d = diff_flows(self._engine.flows(host), link.installed)
         else:
@@ -555,9 +578,10 @@ class Controller:
     def _open_session(self, host: str, rec: HostRecord) -> Opened:
         """Dial, handshake and dump veil's flows (runs on a dialer thread)."""
         session = OfSession(tls.pin(rec.openflow, host),
-                            functools.partial(self._on_packet_in, host), self.kick)
+                            functools.partial(self._on_packet_in, host), self.kick,
+                            on_flow_removed=functools.partial(self.reactive.flow_removed, host))
         try:
-            return Opened(session, session.installed())
+            return Opened(session, session.installed(), tuple(reactive_wire.dumped(session)))
         except OpenFlowError:
             session.close()
             raise
@@ -577,5 +601,24 @@ class Controller:
         return None
 
     def _on_packet_in(self, host: str, msg: Any) -> None:
+        if msg.table_id == P.L2_LOOKUP:  # a reactive network's miss
+            self.reactive.punt(host, msg)
+            return
         self._packet_ins.put(parse_packet_in(host, msg))
         self.kick()
+
+    def _set_meters(self, host: str, link: HostLink, state: State) -> bool:
+        """The punt meters of a reactive network's VIFs (controller/reactive_runtime.py)."""
+        if link.of is None:
+            return True
+        try:
+            link.meters = self.reactive.set_meters(host, link.of, state, link.meters)
+        except (OpenFlowError, RuntimeError) as exc:
+            LOG.error("host %s: punt meters not set: %s", host, exc)
+            link.last_error = f"punt meters not set: {exc}"
+            return False
+        return True
+
+    def _session(self, host: str) -> OfSession | None:
+        link = self.links.get(host)
+        return link.of if link is not None else None

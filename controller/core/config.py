@@ -5,6 +5,7 @@
         networks:
           - {name: acme-net, vni: 100, subnet: 198.19.0.0/24}   # vni optional
             dhcp_servers: [acme-dhcp]   # optional: ports that may answer as DHCP servers
+            mode: reactive              # optional: proactive (default) or reactive
 
 A bad file (unreadable, not UTF-8, not YAML, a bad field) is rejected as a whole with one
 line naming the file, the line and the problem (``veil.yaml:5: tenants[0].networks[1].vni:
@@ -29,8 +30,10 @@ import yaml
 from controller.core.model import (
     InvalidState,
     Network,
+    Mode,
     Tenant,
     allocate_vni,
+    check_mode,
     check_name,
     check_vni,
 )
@@ -43,6 +46,7 @@ class ConfigNetwork:
     vni: int | None
     subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None
     dhcp_servers: frozenset[str] = frozenset()
+    mode: Mode = "proactive"
     where: str = field(default="", compare=False)  # "veil.yaml:7: tenants[0].networks[1]"
 
 
@@ -159,7 +163,8 @@ def _parse(data: object, root: Any, source: str) -> Config:
             raise InvalidState(f"{where}.networks: expected a list")
         for j, n in enumerate(raw_nets):
             nwhere = f"{where}.networks[{j}]"
-            nm = _keys(n, nwhere, {"name", "vni", "subnet", "dhcp_servers"}, {"name"})
+            nm = _keys(n, nwhere, {"name", "vni", "subnet", "dhcp_servers",
+                                          "mode"}, {"name"})
             name = check_name(nm["name"], f"{nwhere}.name")
             if name in seen_n:
                 raise InvalidState(f"{nwhere}.name: network {name!r} is also {seen_n[name]}")
@@ -178,6 +183,7 @@ def _parse(data: object, root: Any, source: str) -> Config:
             line = _line(root, nwhere)
             networks.append(ConfigNetwork(name, tname, vni, subnet,
                                           _dhcp_servers(nm.get("dhcp_servers"), nwhere),
+                                          check_mode(nm.get("mode"), f"{nwhere}.mode"),
                                           where=f"{source}:{line}: {nwhere}" if line else nwhere))
     return Config(tuple(tenants), tuple(networks), confirmed)
 
@@ -226,7 +232,7 @@ def resolve_networks(cfg: Config, existing: Iterable[Network]) -> tuple[Network,
         if vni is None:
             vni = allocate_vni(used)
         used.add(vni)
-        out.append(Network(n.name, n.tenant, vni, n.subnet, n.dhcp_servers))
+        out.append(Network(n.name, n.tenant, vni, n.subnet, n.dhcp_servers, n.mode))
     return tuple(out)
 
 

@@ -19,6 +19,10 @@ from hooks import contract
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 TunnelType = Literal["geneve", "vxlan", "gre"]
+# How a network's unicast between hosts is set up (docs/reactive.md): every path in advance
+# (proactive), or on a packet's first miss through the controller (reactive).
+Mode = Literal["proactive", "reactive"]
+MODES: Final[tuple[Mode, ...]] = ("proactive", "reactive")
 
 TUNNEL_TYPES: Final[tuple[TunnelType, ...]] = ("geneve", "vxlan", "gre")
 VNI_MIN: Final = 1
@@ -53,6 +57,15 @@ def check_vni(value: object, where: str) -> int:
     return value
 
 
+def check_mode(value: object, where: str) -> Mode:
+    """A network's mode; absent (None or empty) is proactive."""
+    if value in (None, "", []):
+        return "proactive"
+    if value == "proactive" or value == "reactive":
+        return value  # type: ignore[return-value]
+    raise InvalidState(f"{where}: {value!r} is not a mode ({' or '.join(MODES)})")
+
+
 def check_tunnel_types(value: object, where: str) -> tuple[TunnelType, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items:
@@ -82,6 +95,11 @@ class Network:
     # iface-ids of the ports allowed to answer as DHCP/DHCPv6 servers (the tenant's own DHCP
     # server VM); from every other port, server replies are dropped (docs/isolation.md)
     dhcp_servers: frozenset[str] = frozenset()
+    mode: Mode = "proactive"
+
+    @property
+    def reactive(self) -> bool:
+        return self.mode == "reactive"
 
 
 @dataclass(frozen=True)

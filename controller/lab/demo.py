@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.lab import topology
+from controller.lab.demo_reactive import reactive_step
 from controller.lab.demo_operate import operate_step
 from controller.lab.lab import Lab
 from controller.lab.pinging import BackgroundPing
@@ -159,6 +160,7 @@ def _controller_demo(lab: Lab, ctl: LabController, checks: Checks, say: Say, mig
                   since.count("veil flows installed") == len(lab.hosts)
                   and not re.search(r"host \S+: \+\d+ -\d+ flows", since))
     operate_step(lab, ctl, checks, say)  # step 10: veil status, veil trace, the page
+    reactive_step(lab, ctl, checks, say)  # step 11: acme-net turns reactive (issue 17)
 
 
 def live_migration(lab: Lab, ctl: LabController, checks: Checks, say: Say) -> None:

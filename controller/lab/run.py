@@ -52,7 +52,10 @@ def lab_config(lab: Lab) -> str:
     """The tenants/networks of the lab's topology as a controller config file (VNIs allocated)."""
     tenants: dict[str, list[dict[str, str]]] = {}
     for net in lab.topo.networks:
-        tenants.setdefault(net.tenant, []).append({"name": net.name, "subnet": str(net.subnet)})
+        entry = {"name": net.name, "subnet": str(net.subnet)}
+        if net.mode != "proactive":
+            entry["mode"] = net.mode
+        tenants.setdefault(net.tenant, []).append(entry)
     doc = {"tenants": [{"name": t, "networks": nets} for t, nets in tenants.items()]}
     return yaml.safe_dump(doc, sort_keys=False)
 
@@ -60,9 +63,11 @@ def lab_config(lab: Lab) -> str:
 class LabController:
     """veil (its database and `veil-controller`) run for one lab, as an operator would run it."""
 
-    def __init__(self, lab: Lab, resync: float = LAB_RESYNC, tls: bool = True) -> None:
+    def __init__(self, lab: Lab, resync: float = LAB_RESYNC, tls: bool = True,
+                 reactive_idle: int | None = None) -> None:
         self.lab = lab
         self.resync = resync
+        self.reactive_idle = reactive_idle
         self.tls = tls
         self.joined = False
         self.rundir = Path(lab.rundir) / "controller"
@@ -127,6 +132,8 @@ class LabController:
         returning once they listen (the first start then joins every host)."""
         argv = [sys.executable, "-m", "controller.daemon", "--config", str(self.config),
                 "--resync", f"{self.resync:g}", "--control", str(self.control_socket)]
+        if self.reactive_idle is not None:
+            argv += ["--reactive-idle", str(self.reactive_idle)]
         if self.tls:
             argv = ["ip", "netns", "exec", self.lab.ns_name(CONTROLLER_NODE), *argv,
                     "--rundir", str(self.rundir), "--pki", str(self.pki_dir),
@@ -213,10 +220,12 @@ class LabController:
             time.sleep(0.1)
 
 
-def run_for_lab(lab: Lab, resync: float = LAB_RESYNC, tls: bool = True) -> LabController:
+def run_for_lab(lab: Lab, resync: float = LAB_RESYNC, tls: bool = True,
+                reactive_idle: int | None = None) -> LabController:
     """Start the controller for a lab that is up; returns its handle (call ``stop()``).
-    ``tls=False``: the plaintext lab over unix sockets (for comparisons)."""
-    ctl = LabController(lab, resync, tls)
+    ``tls=False``: the plaintext lab over unix sockets (for comparisons); ``reactive_idle``:
+    the reactive paths' idle timeout (the controller's default when None)."""
+    ctl = LabController(lab, resync, tls, reactive_idle)
     try:
         ctl.setup()
         ctl.start()

@@ -55,6 +55,7 @@ class Network:
     name: str
     tenant: str
     subnet: ipaddress.IPv4Network
+    mode: str = "proactive"  # or "reactive" (docs/reactive.md)
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,11 @@ def parse(raw: Any) -> Topology:
         for j, nitem in enumerate(_list(t, "networks", where)):
             nwhere = f"{where}.networks[{j}]"
             n = _mapping(nitem, nwhere)
-            networks.append(Network(_name(n, "name", nwhere), tenant, _net(n, "subnet", nwhere, TENANT_RANGE)))
+            mode = n.get("mode", "proactive")
+            if mode not in ("proactive", "reactive"):
+                raise TopologyError(f"{nwhere}.mode: {mode!r} is not proactive or reactive")
+            networks.append(Network(_name(n, "name", nwhere), tenant,
+                                    _net(n, "subnet", nwhere, TENANT_RANGE), str(mode)))
     _unique([n.name for n in networks], "tenants[*].networks", "name")
     by_net = {n.name: n for n in networks}
     host_names = {h.name for h in hosts}

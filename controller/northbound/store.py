@@ -55,6 +55,7 @@ from controller.core.model import (
     Tenant,
     allocate_vni,
     check_declared,
+    check_mode,
     check_name,
     check_tunnel_types,
     check_vni,
@@ -227,7 +228,10 @@ def _decode_network(r: Mapping[str, object], tenants: set[str]) -> Network:
     ids = frozenset(s for s in items if isinstance(s, str) and s and s.isprintable())
     if len(ids) != len(items):
         raise InvalidState(f"dhcp_servers: {servers!r} is not a set of iface-ids")
-    return Network(name, tenant, vni, net, ids)
+    mode = r.get("mode")
+    if isinstance(mode, list) and len(mode) == 1:  # an optional column: [] or [value]
+        mode = mode[0]
+    return Network(name, tenant, vni, net, ids, check_mode(mode, "mode"))
 
 
 def _decode_host(r: Mapping[str, object]) -> HostRecord:
@@ -564,7 +568,7 @@ class Store:
 
     def add_network(self, name: str, tenant: str, vni: int | None = None,
                     subnet: str | None = None, source: str = "cli",
-                    dhcp_servers: Iterable[str] = ()) -> Network:
+                    dhcp_servers: Iterable[str] = (), mode: str = "proactive") -> Network:
         current = self.read()
         rows = [r for _, r in self.raw_rows()["Network"]]  # refused rows hold names/VNIs too
         if tenant not in {t.name for t in current.tenants}:
@@ -577,13 +581,13 @@ class Store:
                                "(see veil show)")
         chosen = vni if vni is not None else allocate_vni(used)
         net = Network(name, tenant, chosen, ipaddress.ip_network(subnet) if subnet else None,
-                      frozenset(dhcp_servers))
+                      frozenset(dhcp_servers), check_mode(mode, f"network {name}.mode"))
         check_declared({t.name: t for t in current.tenants},
                        {n.name: n for n in (*current.networks, net)}, {})
         self.api.db_create(
             "Network", name=name, tenant=tenant, vni=chosen,
             subnet=[str(net.subnet)] if net.subnet else [],
-            dhcp_servers=sorted(net.dhcp_servers),
+            dhcp_servers=sorted(net.dhcp_servers), mode=_mode_column(net),
             external_ids={SOURCE_KEY: source},
         ).execute(check_error=True)
         return net
@@ -618,12 +622,12 @@ class Store:
             tab = self.api.tables
             have_t = {r.name: r.uuid for r in tab["Tenant"].rows.values()}
             have_n = {r.name: (r.uuid, r.external_ids.get(SOURCE_KEY), r.vni, list(r.subnet),
-                               r.tenant, sorted(r.dhcp_servers))
+                               r.tenant, sorted(r.dhcp_servers), list(r.mode))
                       for r in tab["Network"].rows.values()}
         with self.api.transaction(check_error=True) as txn:
             for name in want_t.keys() - have_t.keys():
                 txn.add(self.api.db_create("Tenant", name=name))
-            for name, (uuid, source, vni, subnet, tenant, servers) in have_n.items():
+            for name, (uuid, source, vni, subnet, tenant, servers, mode) in have_n.items():
                 if source != "config":
                     continue
                 net = want_n.get(name)
@@ -631,17 +635,24 @@ class Store:
                     txn.add(self.api.db_destroy("Network", uuid))
                     continue
                 cols = dict(vni=net.vni, subnet=[str(net.subnet)] if net.subnet else [],
-                            tenant=net.tenant, dhcp_servers=sorted(net.dhcp_servers))
-                if (vni, subnet, tenant, servers) != (cols["vni"], cols["subnet"], cols["tenant"],
-                                                      cols["dhcp_servers"]):
+                            tenant=net.tenant, dhcp_servers=sorted(net.dhcp_servers),
+                            mode=_mode_column(net))
+                if (vni, subnet, tenant, servers, mode) != (
+                        cols["vni"], cols["subnet"], cols["tenant"], cols["dhcp_servers"],
+                        cols["mode"]):
                     txn.add(self.api.db_set("Network", uuid, *cols.items()))
             for name in want_n.keys() - have_n.keys():
                 net = want_n[name]
                 txn.add(self.api.db_create(
                     "Network", name=name, tenant=net.tenant, vni=net.vni,
                     subnet=[str(net.subnet)] if net.subnet else [],
-                    dhcp_servers=sorted(net.dhcp_servers),
+                    dhcp_servers=sorted(net.dhcp_servers), mode=_mode_column(net),
                     external_ids={SOURCE_KEY: "config"}))
+
+
+def _mode_column(net: Network) -> list[str]:
+    """Network.mode as its optional column: empty is proactive (rows of schema 1.5.0)."""
+    return [net.mode] if net.reactive else []
 
 
 def wait_programmed(store: Store, hosts: Iterable[str], at_least: int,

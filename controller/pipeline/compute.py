@@ -93,11 +93,13 @@ def host_slice(state: State, host: str) -> State:
 
 
 def compute_tunnels(state: State, host: str) -> frozenset[TunnelSpec]:
-    """Tunnels only between hosts that share a network and a tunnel type."""
+    """Tunnels only between hosts that share a proactive network and a tunnel type (a
+    reactive network's tunnels are made on demand: controller/reactive.py)."""
     local = state.hosts.get(host)
     if local is None:
         return frozenset()
-    nets = state.host_networks
+    nets = {h: frozenset(n for n in ns if not state.networks[n].reactive)
+            for h, ns in state.host_networks.items()}
     mine = nets.get(host, frozenset())
     specs = set()
     for rid, remote in state.hosts.items():
@@ -325,14 +327,29 @@ def vif_dhcp_flows(b: Binding, net: Network) -> Iterator[Flow]:
 # piece of the state, so the incremental engine (controller/pipeline/incremental.py) recomputes only the
 # parts an event touches, and compute_flows() below is the same parts over the whole state.
 
-def vif_flows(b: Binding, vni: int) -> Iterator[Flow]:
-    """A local forwarded VIF: classify into its network, then its port security.
+def vif_flows(b: Binding, vni: int, reactive: bool = False) -> Iterator[Flow]:
+    """A local forwarded VIF: classify into its network, then its port security; in a
+    reactive network also its punt (``punt_flow``).
 
     Only untagged frames: OpenFlow matches the EtherType inside an 802.1Q/802.1ad header, so
     a tagged frame would pass port security and reach peers still tagged."""
     yield Flow(P.CLASSIFY, 100, Match.of(in_port=b.ofport, vlan_vid=NO_VLAN),
                write_metadata=(vni, METADATA_MASK), goto=P.PORT_SECURITY)
     yield from _port_security(b, {"in_port": b.ofport, "eth_src": b.mac})
+    if reactive:
+        yield punt_flow(b, vni)
+
+
+PUNT_PRIORITY: Final = 10  # under every L2 entry (100 proactive, REACTIVE_PRIORITY) and BUM (50)
+REACTIVE_PRIORITY: Final = 90  # the controller's soft entries (controller/reactive.py)
+
+
+def punt_flow(b: Binding, vni: int) -> Flow:
+    """A reactive network's L2 miss of unicast from local VIF ``b`` (port security passed:
+    a spoofed frame never gets here): to the controller, through the VIF's own meter (meter id
+    = its ofport), so one VM's misses cannot crowd out its neighbours' (docs/reactive.md)."""
+    return Flow(P.L2_LOOKUP, PUNT_PRIORITY, Match.of(metadata=vni, in_port=b.ofport),
+                (ToController(),), meter=b.ofport)
 
 
 def standby_flows(b: Binding) -> Iterator[Flow]:
@@ -358,7 +375,7 @@ def network_flows(host: str, net: Network, members: Sequence[Binding],
     for one on another host, what comes in from that host's tunnel in its name; flood; its
     local members' gratuitous ARP."""
     for b in members:
-        yield from member_flows(host, net.vni, b, tun_port)
+        yield from member_flows(host, net.vni, b, tun_port, net.reactive)
     yield from bum_flows(host, net.vni, members, tun_port)
     unique = unique_ips(members)
     for b in members:
@@ -400,17 +417,20 @@ def tunnel_security_flows(vni: int, b: Binding, ofport: int) -> Iterator[Flow]:
                                      ipv6_nd_sll=b.mac), goto=nxt)
 
 
-def member_flows(host: str, vni: int, b: Binding, tun_port: Mapping[str, int]
-                 ) -> tuple[Flow, ...]:
+def member_flows(host: str, vni: int, b: Binding, tun_port: Mapping[str, int],
+                 reactive: bool = False) -> tuple[Flow, ...]:
     """``host``'s flows for member ``b`` of a network: its L2 entry and, for a member on
-    another host, what ``host`` accepts from that host's tunnel in its name."""
+    another host, what ``host`` accepts from that host's tunnel in its name. In a reactive
+    network a remote member has no L2 entry here (the controller installs one on first
+    contact); what comes in from its host's tunnel is still classified in advance."""
     l2 = l2_flow(host, vni, b, tun_port)
     if l2 is None:
         return ()
     if b.host == host:
         return (l2,)
     port = tun_port[b.host]
-    return (l2, tunnel_classify_flow(vni, b, port), *tunnel_security_flows(vni, b, port))
+    ingress = (tunnel_classify_flow(vni, b, port), *tunnel_security_flows(vni, b, port))
+    return ingress if reactive else (l2, *ingress)
 
 
 def l2_flow(host: str, vni: int, b: Binding, tun_port: Mapping[str, int]) -> Flow | None:
@@ -456,7 +476,8 @@ def _flows(state: State, host: str) -> Iterator[Flow]:
     place = state.placed
     for b in place.active.values():
         if b.host == host:
-            yield from vif_flows(b, state.networks[b.network].vni)
+            net = state.networks[b.network]
+            yield from vif_flows(b, net.vni, net.reactive)
             yield from vif_dhcp_flows(b, state.networks[b.network])
     for b in place.standby:
         if b.host == host:

@@ -112,6 +112,8 @@ class Flow:
     actions: tuple[Action, ...] = ()
     write_metadata: tuple[int, int] | None = None  # (value, mask)
     goto: int | None = None
+    # an OpenFlow meter the packet passes first (a rate limit: a reactive network's punts)
+    meter: int | None = None
     cookie: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -135,7 +137,9 @@ class Flow:
         unlike ``hash()``)."""
         m = ",".join(f"{k}={v!r}" for k, v in self.match.fields)
         a = ",".join(x.text() for x in self.actions)
-        return f"t={self.table} p={self.priority} m={m} a={a} w={self.write_metadata!r} g={self.goto!r}"
+        text = f"t={self.table} p={self.priority} m={m} a={a} w={self.write_metadata!r} g={self.goto!r}"
+        return text if self.meter is None else f"{text} meter={self.meter}"  # (cookies of
+        # meterless flows stay what they were: a switch's flows are not rewritten)
 
 
 @dataclass(frozen=True, order=True)
@@ -156,7 +160,7 @@ def to_ofctl(flow: Flow) -> str:
     """The flow in ``ovs-ofctl add-flow`` syntax (OpenFlow 1.3+)."""
     parts = [f"cookie={hex(flow.cookie)}", f"table={flow.table}", f"priority={flow.priority}"]
     parts += [f"{FIELDS[k].ofctl}={_val(v)}" for k, v in flow.match.fields]
-    acts: list[str] = []
+    acts: list[str] = [] if flow.meter is None else [f"meter:{flow.meter}"]
     for a in flow.actions:
         if isinstance(a, Output):
             acts.append(f"output:{a.port}")

@@ -129,22 +129,22 @@ class _NetPart:
     garp: tuple[Flow, ...]  # local owners' gratuitous ARP
 
     @staticmethod
-    def of(host: str, vni: int, members: tuple[Binding, ...], tun_port: Mapping[str, int]
-           ) -> _NetPart:
-        l2 = {b: fs for b in members if (fs := member_flows(host, vni, b, tun_port))}
+    def of(host: str, vni: int, members: tuple[Binding, ...], tun_port: Mapping[str, int],
+           reactive: bool = False) -> _NetPart:
+        l2 = {b: fs for b in members if (fs := member_flows(host, vni, b, tun_port, reactive))}
         return _NetPart(l2, bum_flows(host, vni, members, tun_port), _garp(host, vni, members))
 
     def flows(self) -> list[Flow]:
         return [*(f for fs in self.l2.values() for f in fs), *self.bum, *self.garp]
 
     def members_changed(self, host: str, vni: int, left: set[Binding], joined: set[Binding],
-                        members: tuple[Binding, ...], tun_port: Mapping[str, int]
-                        ) -> tuple[list[Flow], list[Flow]]:
+                        members: tuple[Binding, ...], tun_port: Mapping[str, int],
+                        reactive: bool = False) -> tuple[list[Flow], list[Flow]]:
         """Update in place; the flows that went and the flows that came."""
         old = [f for b in left for f in self.l2.pop(b, ())]
         new: list[Flow] = []
         for b in joined:
-            fs = member_flows(host, vni, b, tun_port)
+            fs = member_flows(host, vni, b, tun_port, reactive)
             if fs:
                 self.l2[b] = fs
                 new.extend(fs)
@@ -218,7 +218,8 @@ class Engine:
         local = self.hosts.get(host)
         if local is None:
             return frozenset()
-        peers = {r for n in self._host_nets.get(host, ()) for r in self._net_hosts[n]} - {host}
+        peers = {r for n in self._host_nets.get(host, ()) if not self.networks[n].reactive
+                 for r in self._net_hosts[n]} - {host}
         specs = set()
         for rid in peers:
             remote = self.hosts[rid]
@@ -366,7 +367,7 @@ class Engine:
             new_part = None
             if h in self._net_hosts.get(n, ()):
                 new_part = _NetPart.of(h, self.networks[n].vni, self._members.get(n, ()),
-                                       self._tun_port.get(h, {}))
+                                       self._tun_port.get(h, {}), self.networks[n].reactive)
                 self._parts[(h, n)] = new_part
             at(h).swap(old_part.flows() if old_part else (), new_part.flows() if new_part else ())
         retunneled: dict[str, set[str]] = {}  # host -> remotes whose tunnel port changed
@@ -389,7 +390,8 @@ class Engine:
             # members behind a changed tunnel port are re-pointed: out and in again
             moved_behind = {b for b in members if b.host in remotes} - joined
             m_out, m_in = part.members_changed(h, vni, left | moved_behind,
-                                               joined | moved_behind, members, tun_port)
+                                               joined | moved_behind, members, tun_port,
+                                               self.networks[n].reactive)
             at(h).swap(m_out, m_in)
         return frozenset(h for n in moved for h in old_hosts[n] | self._net_hosts.get(n, frozenset()))
 
@@ -440,7 +442,7 @@ class Engine:
     def _vif(self, b: Binding) -> tuple[Flow, ...]:
         """The VIF part of forwarded binding ``b`` (``compute._flows``'s two VIF calls)."""
         net = self.networks[b.network]
-        return (*vif_flows(b, net.vni), *vif_dhcp_flows(b, net))
+        return (*vif_flows(b, net.vni, net.reactive), *vif_dhcp_flows(b, net))
 
     def _set_roles(self, iface: str, at: Callable[[str], _Sink],
                    host_nets_changed: set[str]) -> None:

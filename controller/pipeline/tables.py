@@ -13,6 +13,7 @@ in from a tunnel (split horizon: tunnel traffic is only ever delivered locally).
                     (no IEEE reserved destination, RA or redirect)
    20 ARP_RESPONDER ARP requests for known IPs answered in place  -> 30
    30 L2_LOOKUP     dst MAC -> local port or remote host's tunnel  -> 40 (BUM)
+                    (reactive network: a local VIF's unicast miss -> controller, metered)
    40 FLOOD         BUM -> local ports + hosts with the network
 Every table ends in an explicit lowest-priority drop (or goto) flow; br-int is fail_mode=secure.
 """
@@ -55,6 +56,7 @@ class Table:
     may_output: bool = False
     may_write_metadata: bool = False
     may_set: frozenset[str] = frozenset()
+    may_punt: bool = False  # may send to the controller (packet-in)
 
 
 PIPELINE: Final[dict[int, Table]] = {
@@ -68,6 +70,7 @@ PIPELINE: Final[dict[int, Table]] = {
             frozenset({PORT_SECURITY, TUNNEL_SECURITY}),
             may_output=True,  # only ToController, for a standby VIF's RARP/GARP
             may_write_metadata=True,
+            may_punt=True,
         ),
         Table(
             PORT_SECURITY, "port_security",
@@ -101,11 +104,13 @@ PIPELINE: Final[dict[int, Table]] = {
         ),
         Table(
             L2_LOOKUP, "l2_lookup",
-            "deliver by destination MAC to a local VIF or the remote host's tunnel",
-            frozenset({"metadata", "eth_dst"}),
+            "deliver by destination MAC to a local VIF or the remote host's tunnel; in a "
+            "reactive network a local VIF's miss goes to the controller, metered per port",
+            frozenset({"metadata", "eth_dst", "in_port"}),
             frozenset({FLOOD}),
             may_output=True,
             may_set=frozenset({"tunnel_id"}),
+            may_punt=True,
         ),
         Table(
             FLOOD, "flood",
@@ -141,6 +146,8 @@ def check_flow(flow: Flow) -> Flow:
         for need, allowed in spec.prereqs:
             if flow.match.get(need) not in allowed:
                 raise PipelineError(f"{name} needs {need}={_values(allowed)}: {flow}")
+    if flow.meter is not None and ToController() not in flow.actions:
+        raise PipelineError(f"only a punt is metered: {flow}")
     if flow.goto is not None and flow.goto not in table.next_tables:
         raise PipelineError(f"table {table.name} may not go to table {flow.goto}: {flow}")
     if flow.write_metadata is not None and not table.may_write_metadata:
@@ -148,8 +155,8 @@ def check_flow(flow: Flow) -> Flow:
     for action in flow.actions:
         if isinstance(action, (Output, OutputInPort)) and not table.may_output:
             raise PipelineError(f"table {table.name} may not output: {flow}")
-        if isinstance(action, ToController) and flow.table != CLASSIFY:
-            raise PipelineError(f"only table classify punts to the controller: {flow}")
+        if isinstance(action, ToController) and not table.may_punt:
+            raise PipelineError(f"table {table.name} may not punt to the controller: {flow}")
         if isinstance(action, SetField) and action.field not in table.may_set:
             raise PipelineError(f"table {table.name} may not set {action.field}: {flow}")
         if isinstance(action, Move) and action.dst not in table.may_set:

@@ -78,7 +78,7 @@ def _action(a: object) -> Any:
 
 def to_flow_mod(dp: Any, flow: Flow) -> Any:
     """An OFPFC_ADD for ``flow`` (ADD replaces a flow with the same table/priority/match)."""
-    inst: list[Any] = []
+    inst: list[Any] = [] if flow.meter is None else [PARSER.OFPInstructionMeter(flow.meter)]
     if flow.actions:
         inst.append(PARSER.OFPInstructionActions(
             OFP.OFPIT_APPLY_ACTIONS, [_action(a) for a in flow.actions]))

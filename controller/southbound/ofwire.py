@@ -74,6 +74,8 @@ OFPMT_OXM: Final = 1
 OFPIT_GOTO_TABLE: Final = 1
 OFPIT_WRITE_METADATA: Final = 2
 OFPIT_APPLY_ACTIONS: Final = 4
+OFPIT_METER: Final = 6
+_METER: Final = struct.Struct("!HHI")
 OFPAT_OUTPUT: Final = 0
 OFPAT_SET_FIELD: Final = 25
 OFPAT_EXPERIMENTER: Final = 0xFFFF
@@ -243,20 +245,41 @@ _cached_instructions: Final = lru_cache(maxsize=1 << 14)(_instructions)
 
 # -- messages ----------------------------------------------------------------------------------
 
-def flow_mod_body(flow: Flow) -> bytes:
-    """An OFPFC_ADD of ``flow`` (ADD replaces a flow with the same table/priority/match)."""
+def flow_mod_body(flow: Flow, cookie: int | None = None, idle: int = 0, hard: int = 0,
+                  flags: int = 0) -> bytes:
+    """An OFPFC_ADD of ``flow`` (ADD replaces a flow with the same table/priority/match);
+    a reactive entry passes its own cookie, its timeouts and OFPFF_SEND_FLOW_REM."""
     try:
-        fixed = _FLOW_MOD.pack(flow.cookie, 0, flow.table, OFPFC_ADD, 0, 0, flow.priority,
-                               OFP_NO_BUFFER, OFPP_ANY, OFPG_ANY, 0, 0)
+        fixed = _FLOW_MOD.pack(flow.cookie if cookie is None else cookie, 0, flow.table,
+                               OFPFC_ADD, idle, hard, flow.priority,
+                               OFP_NO_BUFFER, OFPP_ANY, OFPG_ANY, flags, 0)
     except struct.error as exc:
         raise ValueError(f"flow does not fit OpenFlow ({exc}): {flow}") from None
     body = (fixed + match_bytes(flow.match.fields)
+            + (b"" if flow.meter is None else _METER.pack(OFPIT_METER, 8, flow.meter))
             + instructions(flow.actions, flow.write_metadata, flow.goto))
     if HEADER.size + len(body) > MAX_MESSAGE:
         raise ValueError(f"flow-mod of {HEADER.size + len(body)} bytes exceeds OpenFlow's "
                          f"{MAX_MESSAGE}-byte message limit: table {flow.table} priority "
                          f"{flow.priority} {flow.match}, {len(flow.actions)} actions")
     return body
+
+
+OFPT_PACKET_OUT: Final = 13
+OFPP_CONTROLLER_PORT: Final = OFPP_CONTROLLER
+OFPFF_SEND_FLOW_REM: Final = 1
+_PACKET_OUT: Final = struct.Struct("!IIH6x")
+
+
+def packet_out(xid: int, in_port: int, actions: tuple[Action, ...], data: bytes) -> bytes:
+    """An OFPT_PACKET_OUT of ``data`` (unbuffered) through ``actions``."""
+    acts = b"".join([action_bytes(a) for a in actions])
+    return message(OFPT_PACKET_OUT, xid,
+                   _PACKET_OUT.pack(OFP_NO_BUFFER, in_port, len(acts)) + acts + data)
+
+
+def flow_mod(xid: int, body: bytes) -> bytes:
+    return message(OFPT_FLOW_MOD, xid, body)
 
 
 def delete_body(ident: FlowId) -> bytes:

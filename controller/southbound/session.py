@@ -87,11 +87,13 @@ class OfSession:
     """A connected, handshaken OpenFlow session; ``on_packet_in`` runs on the reader thread."""
 
     def __init__(self, target: str, on_packet_in: Callable[[Any], None],
-                 on_close: Callable[[], None], timeout: float = 5.0) -> None:
+                 on_close: Callable[[], None], timeout: float = 5.0,
+                 on_flow_removed: Callable[[Any], None] | None = None) -> None:
         self.target = target
         self.dp = ofp.protocol()
         self.timeout = timeout
         self._on_packet_in = on_packet_in
+        self._on_flow_removed = on_flow_removed
         self._on_close = on_close
         self._next_xid = 1
         self._waiters: dict[int, _Waiter] = {}
@@ -175,6 +177,40 @@ class OfSession:
         replies = self.request(ofp.owned_flow_stats_request(self.dp), "flow dump",
                                ofwire.flow_stats_ids)
         return frozenset(i for ids in replies for i in ids)
+
+    def send_raw(self, count: int, encode: Callable[[int], bytes]) -> None:
+        """Send what ``encode(first_xid)`` makes of ``count`` messages, unacknowledged (a
+        reactive set-up: a refusal is logged by the reader, its entry is soft state)."""
+        self._send_bytes(encode(self._take_xids(count)))
+
+    def checked(self, msgs: Sequence[Any], what: str) -> list[str | None]:
+        """Send os-ken messages that answer only when refused (meter-mods), then a barrier;
+        each one's error (``type=T code=C``) or None."""
+        waiters = []
+        for msg in msgs:
+            msg.set_xid(self._take_xids(1))
+            waiters.append((msg.xid, self._expect(msg.xid)))
+        barrier = ofp.PARSER.OFPBarrierRequest(self.dp)
+        barrier.set_xid(self._take_xids(1))
+        w = self._expect(barrier.xid)
+        for msg in msgs:
+            self._send(msg)
+        self._send(barrier)
+        try:
+            self._wait(barrier.xid, w, f"barrier after {what}")
+        finally:
+            with self._lock:
+                for xid, _ in waiters:
+                    self._waiters.pop(xid, None)
+        return [x.error for _, x in waiters]
+
+    def reactive_flows(self, cookie: int, mask: int) -> list[Any]:
+        """The switch's flows under cookie ``cookie``/``mask``, parsed by os-ken (rare: a new
+        session reads its reactive entries back)."""
+        req = ofp.PARSER.OFPFlowStatsRequest(
+            self.dp, 0, ofp.OFP.OFPTT_ALL, ofp.OFP.OFPP_ANY, ofp.OFP.OFPG_ANY, cookie, mask,
+            ofp.PARSER.OFPMatch())
+        return [stat for reply in self.request(req, "reactive flow dump") for stat in reply.body]
 
     def apply(self, d: FlowDiff) -> None:
         """Send ``d`` as one atomic, ordered bundle; raises OpenFlowError if the switch refuses."""
@@ -289,6 +325,10 @@ class OfSession:
             return
         if msg.msg_type == o.OFPT_PACKET_IN:
             self._on_packet_in(msg)
+            return
+        if msg.msg_type == o.OFPT_FLOW_REMOVED:
+            if self._on_flow_removed is not None:
+                self._on_flow_removed(msg)
             return
         with self._lock:
             w = self._waiters.get(msg.xid)

@@ -38,6 +38,8 @@ from tests.support.poll import until
     ("{}", r"config\.tenants: missing"),
     ("tenants: [{name: a, networks: [{name: n, dhcp_servers: vm1}]}]",
      r"tenants\[0\]\.networks\[0\]\.dhcp_servers: expected a list of iface-ids"),
+    ("tenants: [{name: a, networks: [{name: n, mode: lazy}]}]",
+     r"tenants\[0\]\.networks\[0\]\.mode: 'lazy' is not a mode \(proactive or reactive\)"),
 ])
 def test_config_errors_name_the_field(text: str, error: str) -> None:
     with pytest.raises(InvalidState, match=error):
@@ -60,6 +62,13 @@ def test_dhcp_servers_are_read_per_network_and_default_to_none() -> None:
     assert got == {"n": frozenset({"dhcp1"}), "m": frozenset()}
 
 
+def test_mode_is_read_per_network_and_defaults_to_proactive() -> None:
+    cfg = parse_config("tenants: [{name: a, networks: [{name: n, mode: reactive}, "
+                       "{name: m}, {name: p, mode: proactive}]}]")
+    got = {n.name: n.mode for n in resolve_networks(cfg, [])}
+    assert got == {"n": "reactive", "m": "proactive", "p": "proactive"}
+
+
 @pytest.mark.lab  # a real ovsdb-server
 def test_cli_declares_networks_in_the_veil_database(
         store_server: StoreServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,6 +87,10 @@ def test_cli_declares_networks_in_the_veil_database(
     assert cli.main(["show", "--db", db]) == 0
     assert "network lan tenant=acme vni=2 subnet=None dhcp_servers=dhcp1" in \
         capsys.readouterr().out
+    assert cli.main(["network", "add", "rx", "--tenant", "acme", "--mode", "reactive",
+                     "--db", db]) == 0
+    assert cli.main(["show", "--db", db]) == 0
+    assert "network rx tenant=acme vni=3 subnet=None mode=reactive" in capsys.readouterr().out
 
 
 @pytest.mark.lab  # a real ovsdb-server
@@ -97,6 +110,11 @@ def test_config_sync_owns_only_its_rows(store_server: StoreServer) -> None:
         store.sync_config(cfg.tenants, resolve_networks(cfg, store.read().networks))
         assert {(n.name, n.dhcp_servers) for n in store.read().networks} == {
             ("by-hand", frozenset()), ("a", frozenset({"d"}))}
+        for mode in ("reactive", "proactive"):  # the mode column follows the file both ways
+            cfg = parse_config(f"tenants: [{{name: acme, networks: [{{name: a, mode: {mode}}}]}}]")
+            store.sync_config(cfg.tenants, resolve_networks(cfg, store.read().networks))
+            assert {(n.name, n.mode) for n in store.read().networks} == {
+                ("by-hand", "proactive"), ("a", mode)}
     finally:
         store.close()
 

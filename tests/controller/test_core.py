@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 
 from controller.pipeline.compute import compute_flows, compute_tunnels, host_slice
 from controller.pipeline.diff import apply_diff, diff_flows
-from controller.pipeline.flows import Flow, Match
+from controller.pipeline.flows import Flow, Match, Output, ToController
 from controller.core.model import Binding, Host, InvalidState, Network, State, Tenant, placement
 from controller.pipeline.tables import PipelineError, check_flow
 from controller.pipeline.compute import link_local
 from tests.support.strategies import mac, topologies
 from tests.support.flowsim import (
     Fabric,
+    ReactiveFabric,
     arp_request,
     ipv4,
     neighbor_advert,
@@ -39,7 +40,7 @@ def member(state: State, iface: str) -> Binding:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(topologies(), st.data())
 def test_no_packet_crosses_networks(state: State, data: st.DataObject) -> None:
-    fabric = Fabric(state)
+    fabric = ReactiveFabric(state)  # a reactive network's punts answered as the controller
     vifs = sorted(placement(state).active.values(), key=lambda b: b.iface_id)
     src = data.draw(st.sampled_from(vifs))
     dst_mac = data.draw(st.sampled_from([b.mac for b in vifs] + ["ff:ff:ff:ff:ff:ff",
@@ -94,7 +95,7 @@ def test_spoofed_packets_die(state: State, data: st.DataObject) -> None:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(topologies(all_tunnels=True), st.data())
 def test_unicast_and_arp_reach_exactly_the_peer(state: State, data: st.DataObject) -> None:
-    fabric = Fabric(state)
+    fabric = ReactiveFabric(state)  # reactive: the first packet by packet-out, then entries
     vifs = sorted(placement(state).active.values(), key=lambda b: b.iface_id)
     src = data.draw(st.sampled_from(vifs))
     peers = [b for b in vifs if b.network == src.network and b.iface_id != src.iface_id]
@@ -219,7 +220,11 @@ def test_duplicate_mac_in_a_network_is_ignored_not_fatal() -> None:
 
 def test_pipeline_rejects_flows_outside_its_declaration() -> None:
     with pytest.raises(PipelineError, match="does not match on"):
-        check_flow(Flow(30, 1, Match.of(in_port=1), goto=40))
+        check_flow(Flow(40, 1, Match.of(in_port=1)))
+    with pytest.raises(PipelineError, match="may not punt"):
+        check_flow(Flow(10, 1, Match.of(in_port=1), (ToController(),)))
+    with pytest.raises(PipelineError, match="only a punt is metered"):
+        check_flow(Flow(30, 1, Match.of(in_port=1), (Output(2),), meter=1))
     with pytest.raises(PipelineError, match="may not go to"):
         check_flow(Flow(10, 1, Match.of(in_port=1), goto=40))
     with pytest.raises(PipelineError, match="needs eth_type"):

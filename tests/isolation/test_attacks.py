@@ -34,7 +34,13 @@ from controller.lab.run import LabController, run_for_lab
 from controller.northbound.store import Store
 from hooks import contract
 from tests.support.frames import SEND_RAW, Capture, arp_frame, mac_bytes, rarp_frame, udp_frame
-from tests.support.labs import flows, programmed_lab, standby_copy, wait_programmed
+from tests.support.labs import (
+    flows,
+    programmed_lab,
+    reactive_topology,
+    standby_copy,
+    wait_programmed,
+)
 from tests.support.names import unique_prefix
 from tests.support.poll import until
 
@@ -63,10 +69,13 @@ SEND_UNDERLAY = (
 )
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[tuple[Lab, LabController]]:
-    # every test starts from a programmed lab (each also runs alone with -k)
-    with programmed_lab("a") as running:
+@pytest.fixture(scope="module", params=["proactive", "reactive"])
+def lab(request: pytest.FixtureRequest) -> Iterator[tuple[Lab, LabController]]:
+    """Every test starts from a programmed lab (each also runs alone with -k), once with
+    both networks proactive and once with acme-net reactive (issue 17: globex-net stays
+    proactive, so the modes also meet on the same hosts)."""
+    topo = reactive_topology("acme-net") if request.param == "reactive" else None
+    with programmed_lab("a", topo) as running:
         yield running
 
 

@@ -24,7 +24,16 @@ from controller.pipeline.flows import FROM_TUNNEL, MatchValue
 from controller.core.migration import PacketIn, claims_after
 from controller.core.model import Binding, Host, Network, State, Tenant, TunnelPort, placement
 from controller.core.seen import SeenKey, first_seen_after, seen_key
-from tests.support.flowsim import CONTROLLER, Fabric, Packet, arp_request, ipv4, rarp, run_switch
+from tests.support.flowsim import (
+    CONTROLLER,
+    Fabric,
+    Packet,
+    ReactiveFabric,
+    arp_request,
+    ipv4,
+    rarp,
+    run_switch,
+)
 from tests.support.strategies import topologies
 
 FOREIGN_MAC = "52:54:00:ee:ee:ee"
@@ -188,7 +197,7 @@ def test_any_header_from_a_vif_stays_in_its_network_as_its_own(
 
 
 def check_any_header(state: State, data: st.DataObject) -> None:
-    fabric = Fabric(state)
+    fabric = ReactiveFabric(state)  # a reactive network's punts answered as the controller does
     vifs = sorted(placement(state).active.values(), key=lambda b: b.iface_id)
     src = data.draw(st.sampled_from(vifs))
     pkt = data.draw(attack_packets(state, src))
@@ -234,7 +243,7 @@ def test_a_paused_migration_target_can_only_claim_its_own_vif(
         state: State, data: st.DataObject) -> None:
     """Whatever a standby binding (or anyone else) sends, the packet-ins it causes only ever
     move a claim for its own iface-id to its own host."""
-    fabric = Fabric(state)
+    fabric = ReactiveFabric(state)
     place = placement(state)
     senders = sorted([*place.active.values(), *place.standby],
                      key=lambda b: (b.iface_id, b.host))
@@ -253,6 +262,78 @@ def test_a_paused_migration_target_can_only_claim_its_own_vif(
     after = claims_after(before, state, seen)
     moved = {k: v for k, v in after.items() if before.get(k) != v}
     assert moved in ({}, {src.iface_id: src.host}), (src, pkt, moved)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topologies(all_tunnels=True), st.data())
+def test_a_reactive_punt_never_sets_up_a_path_across_networks(
+        state: State, data: st.DataObject) -> None:
+    """Any sequence of packets (to any MAC of any network, or a foreign one) from VIFs of
+    networks of both modes: every entry the controller installs leads to a member of the
+    sender's own network on the host it names, and every delivery (by the entries, or by the
+    first packet's packet-out) stays in the sender's network as the sender's own."""
+    fabric = ReactiveFabric(state)
+    vifs = sorted(placement(state).active.values(), key=lambda b: b.iface_id)
+    macs = sorted({b.mac for b in vifs} | {FOREIGN_MAC})
+    for _ in range(data.draw(st.integers(1, 6))):
+        src = data.draw(st.sampled_from(vifs))
+        kind = data.draw(st.sampled_from(["honest", "attack"]))
+        pkt = (ipv4(src.mac, data.draw(st.sampled_from(macs)), str(src.ips[0]), "198.19.0.9")
+               if kind == "honest" else data.draw(attack_packets(state, src)))
+        for _ in range(2):  # the second time by the entries the first one set up
+            punts = fabric.punts
+            for d in fabric.send(src, pkt):
+                got = placement(state).active[d.iface_id] if d.iface_id else None
+                assert got is not None and got.network == src.network, (src, d, pkt)
+                if d.iface_id != src.iface_id:
+                    check_leaves_as_its_own(src, d.packet,
+                                            state.networks[src.network].dhcp_servers)
+        assert fabric.punts == punts, f"punted again once its path was set up: {pkt}"
+    by_vni = {n.vni: n for n in state.networks.values()}
+    for key, entry in fabric.reactive.entries.items():
+        net = by_vni[entry.vni]
+        assert net.reactive and net.name in state.host_networks[entry.host], entry
+        owner = [b for b in state.members.get(net.name, ()) if b.mac == entry.mac]
+        if entry.remote is None:
+            assert not owner, entry
+        else:
+            assert [b.host for b in owner] == [entry.remote], entry
+            assert fabric.tunnel_to[(entry.host, entry.remote)] == entry.ofport, entry
+
+
+def test_a_reactive_network_sets_its_path_up_on_first_contact_and_delivers_the_first_packet(
+        ) -> None:
+    """Two hosts of one reactive network: nothing towards the other host in advance; the
+    first packet is punted, delivered by packet-out, and leaves entries both ways; the next
+    packets (and the reply) go by the entries, without the controller."""
+    ip = ipaddress.ip_address
+    a = Binding("a", "h1", "52:54:00:00:00:01", "n", 1, (ip("198.19.0.1"),))
+    b = Binding("b", "h2", "52:54:00:00:00:02", "n", 1, (ip("198.19.0.2"),))
+    state = State.build([Tenant("t")], [Network("n", "t", 7, mode="reactive")],
+                        [Host("h1", ip("198.18.0.1")), Host("h2", ip("198.18.0.2"))], [a, b],
+                        [TunnelPort("h1", "h2", 9), TunnelPort("h2", "h1", 9)])
+    assert all(f.match.get("eth_dst") != b.mac for f in Fabric(state).flows["h1"]
+               if f.table == 30)
+    fabric = ReactiveFabric(state)
+    first = fabric.send(a, ipv4(a.mac, b.mac, "198.19.0.1", "198.19.0.2"))
+    assert fabric.punts == 1 and [d.iface_id for d in first] == ["b"]  # by packet-out
+    again = fabric.send(a, ipv4(a.mac, b.mac, "198.19.0.1", "198.19.0.2"))
+    assert fabric.punts == 1 and [d.iface_id for d in again] == ["b"]  # by the entry
+    reply = fabric.send(b, ipv4(b.mac, a.mac, "198.19.0.2", "198.19.0.1"))
+    assert [d.iface_id for d in reply] == ["a"] and fabric.punts == 1
+    # an unknown destination is remembered (dropped on the sender's host) and not punted again
+    fabric.send(a, ipv4(a.mac, FOREIGN_MAC, "198.19.0.1", "198.19.0.9"))
+    fabric.send(a, ipv4(a.mac, FOREIGN_MAC, "198.19.0.1", "198.19.0.9"))
+    assert fabric.punts == 2
+    stats = fabric.reactive.stats
+    assert (stats.punts, stats.paths, stats.negative, stats.refused) == (2, 1, 1, 0)
+    # b moves to h3: the entry towards h2 goes at the next round, never forwarding to h2
+    moved = State.build(state.tenants.values(), state.networks.values(),
+                        [*state.hosts.values(), Host("h3", ip("198.18.0.3"))],
+                        [a, replace(b, host="h3")], state.tunnels)
+    gone = fabric.reactive.after_round(moved)
+    assert [type(m).__name__ for m in gone["h1"]] == ["Remove"]
+    assert all(e.remote != "h2" for e in fabric.reactive.entries.values())
 
 
 def vni_networks(state: State) -> Mapping[int, str]:

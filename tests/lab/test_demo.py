@@ -29,7 +29,7 @@ def test_demo_runs_start_to_end_and_cleans_up() -> None:
     assert rc == 0, text
     assert "FAILED" not in text
     assert text.count("[ok]") >= 20, text
-    for step in range(1, 11):
+    for step in range(1, 12):
         assert f"== Step {step}:" in text
     assert "demo: every expectation held" in text
     assert running_labs(root) == []

@@ -7,6 +7,7 @@ numbers, ``LabController.sync``) is common to all of them: one helper does it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Iterator
 
@@ -21,7 +22,8 @@ from tests.support.poll import until
 PROGRAMMED_PAIRS = (("a1", "a2"), ("b1", "b2"), ("a3", "a1"), ("a3", "a2"), ("b3", "b1"), ("b3", "b2"))
 
 
-def wait_programmed(lab: Lab, ctl: LabController) -> None:
+def wait_programmed(lab: Lab, ctl: LabController,
+                    pairs: tuple[tuple[str, str], ...] = PROGRAMMED_PAIRS) -> None:
     """Wait (sequence numbers, no polling) until the controller has programmed every host, then
     check once per pair that the data path carries it.
 
@@ -30,22 +32,33 @@ def wait_programmed(lab: Lab, ctl: LabController) -> None:
     ovs-vswitchd resolves the underlay next hop (ARP) for it, so a pair gets a few seconds of
     data-path warm-up."""
     ctl.sync()
-    for src, dst in PROGRAMMED_PAIRS:
+    for src, dst in pairs:
         until(f"{src} pings {dst} (data-path warm-up after the controller programmed it)",
               functools.partial(lab.ping, src, dst), timeout=5.0, interval=0.1,
               detail=lambda: ctl.log_text()[-3000:])
 
 
+def reactive_topology(*networks: str) -> topology.Topology:
+    """The default two-DC lab (netns VMs) with ``networks`` in reactive mode."""
+    topo = topology.with_kind(topology.load(), "netns")
+    return dataclasses.replace(topo, networks=tuple(
+        dataclasses.replace(n, mode="reactive") if n.name in networks else n
+        for n in topo.networks))
+
+
 @contextlib.contextmanager
-def programmed_lab(kind: str) -> Iterator[tuple[Lab, LabController]]:
-    """The default two-DC lab with the real controller running, once it has programmed every
-    host (``wait_programmed``); both torn down afterwards, whatever happens."""
-    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix(kind))
+def programmed_lab(kind: str, topo: topology.Topology | None = None,
+                   pairs: tuple[tuple[str, str], ...] = PROGRAMMED_PAIRS,
+                   reactive_idle: int | None = None) -> Iterator[tuple[Lab, LabController]]:
+    """The default two-DC lab (or ``topo``) with the real controller running, once it has
+    programmed every host and ``pairs`` ping (``wait_programmed``); both torn down
+    afterwards, whatever happens."""
+    lab = Lab(topo or topology.with_kind(topology.load(), "netns"), prefix=unique_prefix(kind))
     ctl: LabController | None = None
     try:
         lab.up()
-        ctl = run_for_lab(lab)
-        wait_programmed(lab, ctl)
+        ctl = run_for_lab(lab, reactive_idle=reactive_idle)
+        wait_programmed(lab, ctl, pairs)
         yield lab, ctl
     finally:
         if ctl is not None:

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from hypothesis import strategies as st
 
-from controller.core.model import Binding, Host, Network, State, Tenant, TunnelPort
+from controller.core.model import MODES, Binding, Host, Network, State, Tenant, TunnelPort
 from controller.pipeline.compute import compute_tunnels
 
 
@@ -25,7 +25,8 @@ def topologies(draw: st.DrawFn, all_tunnels: bool = False) -> State:
     n_tenants = draw(st.integers(1, 3))
     tenants = [Tenant(f"t{i}") for i in range(n_tenants)]
     n_nets = draw(st.integers(1, 4))
-    nets = [Network(f"n{i}", f"t{draw(st.integers(0, n_tenants - 1))}", 100 + i)
+    nets = [Network(f"n{i}", f"t{draw(st.integers(0, n_tenants - 1))}", 100 + i,
+                    mode=draw(st.sampled_from(MODES)))
             for i in range(n_nets)]
     n_hosts = draw(st.integers(1, 4))
     hosts = [Host(f"h{i}", ipaddress.ip_address(f"198.18.0.{i + 1}")) for i in range(n_hosts)]
@@ -58,8 +59,10 @@ def topologies(draw: st.DrawFn, all_tunnels: bool = False) -> State:
     nets = [replace(n, dhcp_servers=frozenset(draw(st.lists(st.sampled_from(ports),
                                                             max_size=2))))
             for n in nets]
-    base = State.build(tenants, nets, hosts, bindings, claims=claims)
-    # tunnel ports as the runtime would create them; some may not exist yet
+    # tunnel ports as the runtime would create them (a reactive network's on demand: any pair
+    # of its hosts may have one); some may not exist yet
+    base = State.build(tenants, [replace(n, mode="proactive") for n in nets], hosts, bindings,
+                       claims=claims)
     tunnels = []
     for h in base.hosts:
         for spec in sorted(compute_tunnels(base, h)):
