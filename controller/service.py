@@ -41,7 +41,8 @@ from hooks.ovsdb import connect as ovsdb
 from hooks.ovsdb.connect import OvsdbUnreachable
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 from controller.southbound import tls
-from controller.southbound.session import OfSession, OpenFlowError
+from controller.southbound.session import OfSession, OpenFlowError, RoleRefused
+from controller.ownership import LEASE_TTL, Ownership, default_instance
 from controller.core.seen import first_seen_after
 from controller.metrics import Metrics
 from controller.status import LinkState, Status, status_of
@@ -121,7 +122,8 @@ PROGRAMMERS = 16
 class Controller:
     def __init__(self, store_remote: str, config: Path | None = None,
                  clock: Callable[[], float] = time.time, resync_every: float = 5.0,
-                 startup_grace: float = 15.0) -> None:
+                 startup_grace: float = 15.0, instance: str | None = None,
+                 lease_ttl: float = LEASE_TTL) -> None:
         self.store_remote = store_remote
         self.startup_grace = startup_grace
         self._started = 0.0
@@ -152,6 +154,10 @@ class Controller:
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
                              expected=(OvsdbUnreachable, OSError, OpenFlowError))
         self._programmers = ThreadPoolExecutor(PROGRAMMERS, thread_name_prefix="veil-program")
+        # High availability (controller/ownership.py): the hosts this instance programs, and
+        # the OpenFlow role generation it claims on each; read-only while a round programs.
+        self.ownership = Ownership(instance or default_instance(), clock, self.kick, lease_ttl)
+        self._owned: dict[str, int] = {}
 
     # -- wiring --------------------------------------------------------------------------------
     def kick(self) -> None:
@@ -165,8 +171,10 @@ class Controller:
             self._watch_config(self.config)
         self._thread = threading.Thread(target=self._loop, name="veil-controller", daemon=True)
         self._thread.start()
+        self.ownership.start()
 
     def stop(self) -> None:
+        self.ownership.stop()
         self._stop.set()
         self._wake.set()
         if self._thread:
@@ -240,7 +248,10 @@ class Controller:
             dataclasses.replace(h, ovsdb_connected=live[h.system_id].ovsdb_connected,
                                 openflow_connected=live[h.system_id].openflow_connected)
             if h.system_id in live else h for h in status.hosts))
-        return status.to_json()
+        doc = status.to_json()
+        doc["ownership"] = {"instance": self.ownership.me, "waiting": self.ownership.waiting,
+                            "hosts": sorted(self.ownership.owned(self.clock()))}
+        return doc
 
     def _connect_store(self) -> bool:
         """Open the veil database; while it is away, say so and back off (never exit)."""
@@ -254,6 +265,7 @@ class Controller:
             self._stop.wait(wait)
             return False
         LOG.info("connected to the veil database at %s", self.store_remote)
+        self.ownership.attach(self.store.api)
         self._db_failures = 0
         self._started = self.clock()  # the startup grace counts from here
         return True
@@ -354,7 +366,12 @@ class Controller:
             self.kick()
         # Every host at once, those this change touches submitted first (the destination of a
         # move, the hosts of a new VIF's network); a worker's exception surfaces here.
-        order = sorted(self.links.items(), key=lambda item: (item[0] not in update.flows, item[0]))
+        self._owned = self.ownership.owned(self.clock())
+        for host, link in self.links.items():
+            if host not in self._owned:
+                _release(link)  # another instance programs it (or nobody, until a lease)
+        order = sorted(((h, link) for h, link in self.links.items() if h in self._owned),
+                       key=lambda item: (item[0] not in update.flows, item[0]))
         programmed_now = [(host, self._programmers.submit(self._program, host, link, audit, update))
                           for host, link in order]
         done = sorted(host for host, f in programmed_now if f.result())
@@ -514,6 +531,10 @@ class Controller:
             LOG.info("host %s: OpenFlow %s connected, %d veil flows installed", host,
                      link.record.openflow, len(link.installed))
         try:
+            if link.of.generation != self._owned.get(host):
+                if not self._claim_master(host, link):
+                    return False
+                whole, audit = True, True  # the previous owner may have changed its flows
             if audit:
                 link.installed = link.of.installed()
         except OpenFlowError as exc:
@@ -547,6 +568,25 @@ class Controller:
         LOG.info("host %s: +%d -%d flows", host, len(d.add), len(d.delete))
         return tunnels_done
 
+    def _claim_master(self, host: str, link: HostLink) -> bool:
+        """Make this session the switch's master with the lease's generation (OVS demotes the
+        previous owner's session to slave); False if the switch has seen a newer one."""
+        assert link.of is not None
+        generation = self._owned.get(host)
+        if generation is None:
+            return False
+        try:
+            link.of.claim_role(generation)
+        except RoleRefused as exc:
+            LOG.warning("host %s: switch refused master role, generation %d (%s): another "
+                        "instance holds it", host, generation, "stale" if exc.stale else exc)
+            link.last_error = f"role request refused: {exc}"
+            link.of.close()
+            link.of, link.installed = None, None
+            return False
+        LOG.info("host %s: master of its switch (generation %d)", host, generation)
+        return True
+
     def _open_hostdb(self, host: str, rec: HostRecord) -> HostDb:
         """Dial the host's OVSDB (a dialer thread); an ``ssl:`` remote must present ``host``'s
         certificate, a ``tcp:`` one needs plaintext allowed (southbound/tls.py)."""
@@ -579,3 +619,12 @@ class Controller:
     def _on_packet_in(self, host: str, msg: Any) -> None:
         self._packet_ins.put(parse_packet_in(host, msg))
         self.kick()
+
+
+def _release(link: HostLink) -> None:
+    """Stop programming ``link``'s switch: its session closed, so a lease taken later starts
+    with a fresh session, a role claim and a whole diff."""
+    link.synced = False
+    if link.of is not None:
+        link.of.close()
+    link.of, link.installed = None, None

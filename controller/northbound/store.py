@@ -66,7 +66,7 @@ SCHEMA: Final = Path(__file__).with_name("schema") / "veil.ovsschema"
 SCHEMA_NAME: Final = "Veil"
 SOURCE_KEY: Final = "veil-source"  # external_ids: "config" for rows the config file owns
 GLOBAL: Final = "Veil_Global"
-TABLES: Final = ("Tenant", "Network", "Host", "Claim", "FirstSeen", GLOBAL)
+TABLES: Final = ("Tenant", "Network", "Host", "Claim", "FirstSeen", GLOBAL, "Lease")
 
 
 class StoreServer:
@@ -376,6 +376,8 @@ def wakes_controller(event: str, row: Any, updates: Any) -> bool:
     not (each would cost an empty round): a Host update of programmed_seq only, a Veil_Global
     row whose numbers agree (a round took them). A request (next_seq > cur_seq) is."""
     table = row._table.name
+    if table == "Lease":  # renewed every second or so; controller/ownership.py kicks on news
+        return False
     if event != "update":
         return True
     if table == GLOBAL:
