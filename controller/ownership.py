@@ -55,7 +55,9 @@ class Lease:
     host: str
     owner: str
     generation: int
-    expires: float  # wall-clock seconds (time.time()) of the writer
+    expires: float  # wall-clock seconds (time.time()) of the writer; stored in milliseconds
+    # (an integer: OVSDB writes reals with 15 digits, so a real column would not compare equal
+    # to what python wrote, and every compare-and-set on it would fail)
 
 
 def plan(leases: Mapping[str, Lease], hosts: Iterable[str], me: str, held: Iterable[str],
@@ -164,7 +166,7 @@ class Ownership:
 
     def _write(self, api: Any, txn: Any, held: set[str], now: float) -> dict[str, int]:
         rows = {r.host: r for r in api.tables[TABLE].rows.values()}
-        leases = {h: Lease(h, r.owner, r.generation, r.expires) for h, r in rows.items()}
+        leases = {h: Lease(h, r.owner, r.generation, r.expires / 1000) for h, r in rows.items()}
         hosts = [r.system_id for r in api.tables["Host"].rows.values()]
         want = plan(leases, hosts, self.me, held, now, self.ttl)
         for host, lease in want.items():
@@ -176,7 +178,8 @@ class Ownership:
                 row.verify("owner")
                 row.verify("generation")
                 row.verify("expires")
-            row.owner, row.generation, row.expires = lease.owner, lease.generation, lease.expires
+            row.owner, row.generation = lease.owner, lease.generation
+            row.expires = int(lease.expires * 1000)
         return {h: lease.generation for h, lease in want.items()}
 
     def _say(self, waiting: str | None) -> None:

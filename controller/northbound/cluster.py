@@ -27,7 +27,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,8 @@ class Member:
     rundir: Path
     raft: str  # ssl:IP:PORT or tcp:IP:PORT: where the other members reach this one
     tls: Tls | None = None
+    # how its ovsdb-server is started (the lab: inside a network namespace of its own)
+    wrap: Callable[[Sequence[str]], list[str]] = list
 
     @property
     def db_file(self) -> Path:
@@ -112,11 +114,11 @@ class Member:
         """Start the member's ovsdb-server on its file (which must exist: ``create``)."""
         if self.pid() is not None:
             return
-        _run(["ovsdb-server", str(self.db_file), f"--remote=punix:{self.sock}",
+        _run(self.wrap(["ovsdb-server", str(self.db_file), f"--remote=punix:{self.sock}",
               *(f"--remote={r}" for r in listen), *options,
               *(self.tls.args() if self.tls else []),
               f"--unixctl={self.ctl}", f"--pidfile={self.pidfile}", "--detach",
-              f"--log-file={self.log}"])
+              f"--log-file={self.log}"]))
 
     def status(self) -> str:
         """``cluster/status`` as ovsdb-server says it ('' while it does not answer)."""
@@ -165,15 +167,15 @@ class ClusterServer:
     per member) they must be ``ssl:``. Clients use ``remote``: every member's unix socket,
     comma-separated (python-ovs connects to the leader and follows it)."""
 
-    def __init__(self, rundir: Path, raft: Sequence[str], tls: Sequence[Tls] | None = None
-                 ) -> None:
+    def __init__(self, rundir: Path, raft: Sequence[str], tls: Sequence[Tls] | None = None,
+                 wrap: Callable[[Sequence[str]], list[str]] = list) -> None:
         if len(raft) < 1:
             raise ClusterError("a cluster needs at least one member")
         if tls is not None and len(tls) != len(raft):
             raise ClusterError(f"{len(raft)} members but {len(tls)} TLS identities")
         self.rundir = Path(rundir)
         self.members = [Member(f"member-{i + 1}", self.rundir / f"member-{i + 1}", addr,
-                               tls[i] if tls else None) for i, addr in enumerate(raft)]
+                               tls[i] if tls else None, wrap) for i, addr in enumerate(raft)]
 
     @property
     def remote(self) -> str:
