@@ -35,12 +35,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from hooks.backoff import Backoff
 from hooks.ovsdb import connect as ovsdb
+from hooks.ovsdb.connect import OvsdbUnreachable
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 
 LOG = logging.getLogger("veil.ownership")
 TABLE: Final = "Lease"
 LEASE_TTL: Final = 3.0  # seconds a lease lasts unless renewed
+# The leases' own database connection: python-ovs commits block its connection thread, with
+# the IDL's lock held, until the server answers (ovsdbapp's timeout only ends the caller's
+# wait), so a renewal to a silent database must never hold up the controller's reads.
+COLUMNS: Final = {TABLE: ("host", "owner", "generation", "expires"), "Host": ("system_id",)}
+RETRY: Final = Backoff(initial=0.5, maximum=5.0)
 MARGIN: Final = 0.5  # the holder stops this long before its lease's expiry (clock skew)
 
 
@@ -96,10 +103,11 @@ class Ownership:
     lease lapse); the controller asks ``owned(now)`` each round and is kicked when the set of
     owned hosts changes."""
 
-    def __init__(self, me: str, clock: Callable[[], float], on_change: Callable[[], None],
-                 ttl: float = LEASE_TTL) -> None:
+    def __init__(self, remote: str, me: str, clock: Callable[[], float],
+                 on_change: Callable[[], None], ttl: float = LEASE_TTL) -> None:
         if ttl <= MARGIN * 2:
             raise ValueError(f"lease ttl {ttl:g}s: must exceed {MARGIN * 2:g}s")
+        self.remote = remote
         self.me = me
         self.ttl = ttl
         self.clock = clock
@@ -111,10 +119,17 @@ class Ownership:
         self._thread: threading.Thread | None = None
         self.waiting: str | None = "the veil database (no lease yet)"
 
-    def attach(self, api: Any) -> None:
-        """The veil database's ovsdbapp API (the Store's), once connected."""
-        self._api = api
-        self.renew()
+    def _connect(self, failures: int) -> bool:
+        from controller.northbound.store import PROBE_MS, SCHEMA_NAME
+
+        try:
+            self._api = ovsdb.connect(self.remote, SCHEMA_NAME, ovsdb.GenericApi, COLUMNS,
+                                      probe_ms=PROBE_MS)
+        except OvsdbUnreachable as exc:
+            self._say(f"the veil database at {self.remote} ({exc.why}); no lease held")
+            self._stop.wait(RETRY.delay(failures))
+            return False
+        return True
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="veil-leases", daemon=True)
@@ -122,6 +137,10 @@ class Ownership:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+        if self._api is not None:
+            ovsdb.stop(self._api, timeout=1.0)
 
     def owned(self, now: float) -> dict[str, int]:
         """Host -> role generation, for the hosts this instance may program at ``now``."""
@@ -129,6 +148,12 @@ class Ownership:
             return self._held.owned(now)
 
     def _run(self) -> None:
+        failures = 0
+        while self._api is None and not self._stop.is_set():
+            failures += 1
+            if self._connect(failures):
+                self.renew()
+                self._on_change()
         before: frozenset[str] = frozenset()
         while not self._stop.wait(self.ttl / 3):
             self.renew()
@@ -147,11 +172,10 @@ class Ownership:
             self._say("the veil database (leases cannot be renewed; programming stops when "
                       "they lapse)")
             return
-        began = self.clock()
         with self._lock:
-            held = set(self._held.owned(began))
+            held = set(self._held.owned(self.clock()))
         try:
-            got = ovsdb.transact(api, lambda txn: self._write(api, txn, held, began))
+            began, got = ovsdb.transact(api, lambda txn: self._write(api, txn, held))
         except (ovsdbapp_exceptions.OvsdbAppException, RuntimeError) as exc:
             self._say(f"the veil database (lease renewal failed: {exc})")
             return
@@ -164,7 +188,10 @@ class Ownership:
             LOG.warning("lease on host %s lost to another instance", host)
         self._say(None)
 
-    def _write(self, api: Any, txn: Any, held: set[str], now: float) -> dict[str, int]:
+    def _write(self, api: Any, txn: Any, held: set[str]) -> tuple[float, dict[str, int]]:
+        """The lease rows written in ``txn`` (run when the transaction is made, which may be
+        long after ``renew`` asked for it: ``now`` is read here)."""
+        now = self.clock()
         rows = {r.host: r for r in api.tables[TABLE].rows.values()}
         leases = {h: Lease(h, r.owner, r.generation, r.expires / 1000) for h, r in rows.items()}
         hosts = [r.system_id for r in api.tables["Host"].rows.values()]
@@ -180,7 +207,7 @@ class Ownership:
                 row.verify("expires")
             row.owner, row.generation = lease.owner, lease.generation
             row.expires = int(lease.expires * 1000)
-        return {h: lease.generation for h, lease in want.items()}
+        return now, {h: lease.generation for h, lease in want.items()}
 
     def _say(self, waiting: str | None) -> None:
         if waiting != self.waiting:

@@ -156,7 +156,8 @@ class Controller:
         self._programmers = ThreadPoolExecutor(PROGRAMMERS, thread_name_prefix="veil-program")
         # High availability (controller/ownership.py): the hosts this instance programs, and
         # the OpenFlow role generation it claims on each; read-only while a round programs.
-        self.ownership = Ownership(instance or default_instance(), clock, self.kick, lease_ttl)
+        self.ownership = Ownership(store_remote, instance or default_instance(), clock, self.kick,
+                                   lease_ttl)
         self._owned: dict[str, int] = {}
 
     # -- wiring --------------------------------------------------------------------------------
@@ -265,7 +266,6 @@ class Controller:
             self._stop.wait(wait)
             return False
         LOG.info("connected to the veil database at %s", self.store_remote)
-        self.ownership.attach(self.store.api)
         self._db_failures = 0
         self._started = self.clock()  # the startup grace counts from here
         return True

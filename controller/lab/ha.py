@@ -116,6 +116,14 @@ class HaRun:
         """Instance ``i``'s `veil status` (its control socket)."""
         return control.ask(self.control_socket(i))
 
+    def answers(self, i: int) -> bool:
+        """Whether instance ``i``'s control socket answers (it is up)."""
+        try:
+            self.status(i)
+        except (OSError, control.ControlError):
+            return False
+        return True
+
     def owned(self, i: int) -> list[str]:
         """The hosts instance ``i`` says it programs now (its status; [] if it does not answer)."""
         try:

@@ -66,7 +66,9 @@ SCHEMA: Final = Path(__file__).with_name("schema") / "veil.ovsschema"
 SCHEMA_NAME: Final = "Veil"
 SOURCE_KEY: Final = "veil-source"  # external_ids: "config" for rows the config file owns
 GLOBAL: Final = "Veil_Global"
-TABLES: Final = ("Tenant", "Network", "Host", "Claim", "FirstSeen", GLOBAL, "Lease")
+PROBE_MS: Final = 2000  # the veil database connection's inactivity probe (hooks/ovsdb/connect)
+TABLES: Final = ("Tenant", "Network", "Host", "Claim", "FirstSeen", GLOBAL)  # (not Lease:
+# controller/ownership.py watches it on a connection of its own)
 
 
 class StoreServer:
@@ -376,8 +378,6 @@ def wakes_controller(event: str, row: Any, updates: Any) -> bool:
     not (each would cost an empty round): a Host update of programmed_seq only, a Veil_Global
     row whose numbers agree (a round took them). A request (next_seq > cur_seq) is."""
     table = row._table.name
-    if table == "Lease":  # renewed every second or so; controller/ownership.py kicks on news
-        return False
     if event != "update":
         return True
     if table == GLOBAL:
@@ -418,7 +418,7 @@ class Store:
             return notify(event, row, updates)
 
         self.api = ovsdb.connect(remote, SCHEMA_NAME, ovsdb.GenericApi, TABLES, on_change,
-                                 wake=filtered)
+                                 wake=filtered, probe_ms=PROBE_MS)
 
     def close(self) -> None:
         ovsdb.stop(self.api)

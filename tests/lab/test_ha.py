@@ -38,6 +38,7 @@ from controller.lab.ha import HaRun
 from controller.lab.lab import Lab
 from controller.lab.topology import Vm
 from controller.northbound.store import SCHEMA_NAME
+from controller.southbound.session import OfSession, RoleRefused
 from tests.support.faults import cpu_shares, expected, installed
 from tests.support.partition import Relay
 from tests.support.poll import until
@@ -140,8 +141,19 @@ def test_1_raft_member_killed_loses_no_write(rig: Rig) -> None:
     _same_pids(rig)
 
 
+def _generations(rig: Rig) -> dict[str, tuple[str, int]]:
+    """host -> (owner, role generation) of its lease, as the cluster's leader holds it."""
+    txn = json.dumps([SCHEMA_NAME, {"op": "select", "table": "Lease", "where": []}])
+    out = subprocess.run(["ovsdb-client", "transact", rig.ha.cluster.remote, txn],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    return {str(r["host"]): (str(r["owner"]), int(r["generation"]))
+            for r in json.loads(out)[0]["rows"]}
+
+
 def test_2_a_deposed_controller_cannot_change_any_switch(rig: Rig) -> None:
     ha, lab = rig.ha, rig.lab
+    before = _generations(rig)
+    assert {owner for owner, _ in before.values()} == {"ctl-1"}
     for r in rig.relays:
         r.cut()
     try:
@@ -149,18 +161,30 @@ def test_2_a_deposed_controller_cannot_change_any_switch(rig: Rig) -> None:
               TIMEOUT, interval=0.2, detail=lambda: ha.log_text(0)[-3000:])
         until("instance 1 says it programs nothing", lambda: ha.owned(1) == [], TIMEOUT,
               interval=0.2, detail=lambda: ha.log_text(1)[-3000:])
+        after = _generations(rig)
+        assert all(after[h] == ("ctl-0", gen + 1) for h, (_, gen) in before.items()), after
+        ha.sync(timeout=TIMEOUT)  # instance 0 has claimed every switch (then it records)
+        # OVS itself refuses instance 1's generation on every switch now
+        for name, h in lab.hosts.items():
+            old = OfSession(f"unix:{h.ovs.mgmt_sock('br-int')}", lambda m: None, lambda: None)
+            try:
+                with pytest.raises(RoleRefused) as refused:
+                    old.claim_role(before[name][1])
+                assert refused.value.stale, name
+            finally:
+                old.close()
         # A change instance 1 cannot see: a host leaves. Instance 1's stale view still has it
-        # and, were it not fenced, its audits would put back the flows towards that host.
+        # and, were it not fenced, a round of its would put back the flows towards that host.
         store = ha.store()
         uuid = store._find("Host", "system_id", LEFT)
         store.api.db_destroy("Host", uuid).execute(check_error=True)
         stay = [h for h in lab.hosts if h != LEFT]
         ha.sync(stay, timeout=TIMEOUT)
-        synced = time.time()
-        until("instance 1 ran an audit round after the change", lambda: (
-            ha.status(1)["updated"] > synced + 1.5 * ha.resync), TIMEOUT, interval=0.2)
+        until("instance 1 says the database is away", lambda: (
+            ha.status(1)["database"] == "away"), TIMEOUT, interval=0.2,
+            detail=lambda: ha.log_text(1)[-3000:])
+        assert ha.status(1)["ownership"]["waiting"]
         assert _mismatch(rig, stay) == {}
-        assert "not within" not in ha.log_text(1)
     finally:
         for r in rig.relays:
             r.heal()
@@ -169,7 +193,8 @@ def test_2_a_deposed_controller_cannot_change_any_switch(rig: Rig) -> None:
                                 f"unix:{h.ovs.mgmt_sock('br-int')}"))
     ha.sync(timeout=TIMEOUT)
     assert _mismatch(rig, list(lab.hosts)) == {}
-    until("instance 1 is a standby again", lambda: ha.owned(1) == [], TIMEOUT, interval=0.2)
+    until("instance 1 is back, a standby", lambda: (
+        ha.status(1)["database"] == "connected" and ha.owned(1) == []), TIMEOUT, interval=0.2)
     _same_pids(rig)
 
 
@@ -184,7 +209,7 @@ def test_3_kill_of_the_active_controller(rig: Rig) -> None:
     assert until("a4 reaches a2", lambda: lab.ping(NEW_VM.name, "a2"), TIMEOUT)
     assert _mismatch(rig, list(lab.hosts)) == {}
     ha.start(0)  # back, as systemd would: a standby now (instance 1 holds the leases)
-    until("instance 0 answers", lambda: "ownership" in ha.status(0), TIMEOUT, interval=0.2)
+    until("instance 0 answers", lambda: ha.answers(0), TIMEOUT, interval=0.2)
     pid = ha.pid(0)
     assert pid is not None
     rig.pids[0] = pid

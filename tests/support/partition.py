@@ -4,7 +4,8 @@
 a server's socket; ``cut()`` stops forwarding in both directions without closing anything, as
 a partition does (the client's sockets stay up and silent: python-ovs sends no probes on unix
 sockets, so the client cannot tell it from a quiet server), and ``heal()`` lets the held bytes
-through. A client given relays for every Raft member's socket is cut from the whole cluster.
+through. While cut, a new connection is accepted and closed at once (what a client sees
+of a server it cannot reach after it reconnects). A client given relays for every Raft member's socket is cut from the whole cluster.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Relay:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if not self._open.is_set():  # cut: no new connection gets through either
+                client.close()
+                continue
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 upstream.connect(str(self.target))
