@@ -118,6 +118,7 @@ class Ownership:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.waiting: str | None = "the veil database (no lease yet)"
+        self._renewed: float | None = None  # ``now`` of the last renewal that committed
 
     def _connect(self, failures: int) -> bool:
         from controller.northbound.store import PROBE_MS, SCHEMA_NAME
@@ -141,6 +142,16 @@ class Ownership:
             self._thread.join(1.0)
         if self._api is not None:
             ovsdb.stop(self._api, timeout=1.0)
+
+    def waiting_for(self, now: float) -> str | None:
+        """What the leases wait for at ``now`` (None: renewed on time), for `veil status`: a
+        renewal that is overdue says so before its transaction has timed out."""
+        if self.waiting is not None:
+            return self.waiting
+        if self._renewed is not None and now - self._renewed > self.ttl * 2 / 3:
+            return (f"the veil database (leases not renewed for {now - self._renewed:.1f}s; "
+                    "programming stops when they lapse)")
+        return None
 
     def owned(self, now: float) -> dict[str, int]:
         """Host -> role generation, for the hosts this instance may program at ``now``."""
@@ -182,6 +193,7 @@ class Ownership:
         with self._lock:
             before = set(self._held.owned(began))
             self._held = Held(got, began + self.ttl - MARGIN)
+            self._renewed = began
         for host in sorted(got.keys() - before):
             LOG.info("lease on host %s taken (generation %d)", host, got[host])
         for host in sorted(before - got.keys()):

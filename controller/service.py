@@ -250,8 +250,10 @@ class Controller:
                                 openflow_connected=live[h.system_id].openflow_connected)
             if h.system_id in live else h for h in status.hosts))
         doc = status.to_json()
-        doc["ownership"] = {"instance": self.ownership.me, "waiting": self.ownership.waiting,
-                            "hosts": sorted(self.ownership.owned(self.clock()))}
+        now = self.clock()
+        doc["ownership"] = {"instance": self.ownership.me,
+                            "waiting": self.ownership.waiting_for(now),
+                            "hosts": sorted(self.ownership.owned(now))}
         return doc
 
     def _connect_store(self) -> bool:

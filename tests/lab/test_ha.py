@@ -2,16 +2,18 @@
 database as a three-member Raft cluster (TLS between members) and two controller instances at
 once (controller/lab/ha.py).
 
-Instance 1 reaches the database through relays the test can cut (tests/support/partition.py):
-a partition in which its sockets stay up and silent. It starts first, so it holds every host's
-lease; instance 0 is the standby. The cases run in order on one lab:
+Each instance reaches the database through relays the test can cut (tests/support/partition.py):
+a partition in which its sockets stay up and silent. Whichever instance holds every host's
+lease is "active", the other the standby (a Raft leader failover slower than the lease may move
+the leases: that is allowed). The cases run in order on one lab:
 
 1. kill -9 of the Raft leader: writes go on, the restarted member has every write, and neither
    controller restarts;
-2. instance 1 cut from the database: instance 0 takes every host over, a change instance 1
-   cannot see is programmed, and instance 1 (alive, still holding its stale view and its
-   switch sessions, auditing every resync period) changes no switch;
-3. kill -9 of the active instance (0): instance 1, healed, programs a new VIF;
+2. the active instance cut from the database: the standby takes every host over (the next
+   role generation, which OVS then enforces: the deposed one's is refused as stale on every
+   switch), a change the deposed one cannot see is programmed, and the deposed one (alive,
+   with its stale view) changes no switch and says what it waits for;
+3. kill -9 of the active instance: the survivor programs a new VIF;
 4. the whole database away for 60 s: the controllers stay (same PIDs), say what they wait
    for, do not spin, hosts keep forwarding, and they catch up when it is back.
 
@@ -56,7 +58,7 @@ LEFT = "dc2-h2"  # the host whose Host row is removed while instance 1 is cut
 class Rig:
     lab: Lab
     ha: HaRun
-    relays: list[Relay]
+    relays: list[list[Relay]]  # per instance, one per Raft member
     pids: dict[int, int]  # instance -> the PID it must keep
 
 
@@ -65,13 +67,14 @@ def rig() -> Iterator[Rig]:
     base = topology.with_kind(topology.load(), "netns")
     lab = Lab(dataclasses.replace(base, vms=base.vms + (NEW_VM,)),
               prefix=f"vq{secrets.token_hex(3)}")
-    relays: list[Relay] = []
+    relays: list[list[Relay]] = [[], []]
     ha: HaRun | None = None
 
     def relayed(h: HaRun) -> None:
-        for m in h.cluster.members:
-            relays.append(Relay(h.rundir / f"relay-{m.name}.sock", m.sock))
-        h.remotes[1] = ",".join(r.remote for r in relays)
+        for i in (0, 1):
+            for m in h.cluster.members:
+                relays[i].append(Relay(h.rundir / f"relay-{i}-{m.name}.sock", m.sock))
+            h.remotes[i] = ",".join(r.remote for r in relays[i])
 
     try:
         lab.up()
@@ -89,9 +92,17 @@ def rig() -> Iterator[Rig]:
     finally:
         if ha is not None:
             ha.stop()
-        for r in relays:
+        for r in relays[0] + relays[1]:
             r.close()
         lab.down()
+
+
+def _active(rig: Rig) -> tuple[int, int]:
+    """(active, standby) instance: the one that holds every host's lease, and the other."""
+    n = len(rig.lab.hosts)
+    active = until("one instance holds every host", lambda: next(
+        (str(i) for i in (0, 1) if len(rig.ha.owned(i)) == n), None), TIMEOUT, interval=0.2)
+    return int(active), 1 - int(active)
 
 
 def _same_pids(rig: Rig) -> None:
@@ -152,69 +163,72 @@ def _generations(rig: Rig) -> dict[str, tuple[str, int]]:
 
 def test_2_a_deposed_controller_cannot_change_any_switch(rig: Rig) -> None:
     ha, lab = rig.ha, rig.lab
+    old, new = _active(rig)
     before = _generations(rig)
-    assert {owner for owner, _ in before.values()} == {"ctl-1"}
-    for r in rig.relays:
+    assert {owner for owner, _ in before.values()} == {ha.names[old]}
+    for r in rig.relays[old]:
         r.cut()
     try:
-        until("instance 0 took every host over", lambda: len(ha.owned(0)) == len(lab.hosts),
-              TIMEOUT, interval=0.2, detail=lambda: ha.log_text(0)[-3000:])
-        until("instance 1 says it programs nothing", lambda: ha.owned(1) == [], TIMEOUT,
-              interval=0.2, detail=lambda: ha.log_text(1)[-3000:])
+        until("the standby took every host over", lambda: len(ha.owned(new)) == len(lab.hosts),
+              TIMEOUT, interval=0.2, detail=lambda: ha.log_text(new)[-3000:])
+        until("the deposed one says it programs nothing", lambda: ha.owned(old) == [],
+              TIMEOUT, interval=0.2, detail=lambda: ha.log_text(old)[-3000:])
         after = _generations(rig)
-        assert all(after[h] == ("ctl-0", gen + 1) for h, (_, gen) in before.items()), after
-        ha.sync(timeout=TIMEOUT)  # instance 0 has claimed every switch (then it records)
-        # OVS itself refuses instance 1's generation on every switch now
+        assert all(after[h] == (ha.names[new], gen + 1) for h, (_, gen) in before.items()), after
+        ha.sync(timeout=TIMEOUT)  # the new owner has claimed every switch (then it records)
+        # OVS itself refuses the deposed instance's generation on every switch now
         for name, h in lab.hosts.items():
-            old = OfSession(f"unix:{h.ovs.mgmt_sock('br-int')}", lambda m: None, lambda: None)
+            deposed = OfSession(f"unix:{h.ovs.mgmt_sock('br-int')}", lambda m: None,
+                                lambda: None)
             try:
                 with pytest.raises(RoleRefused) as refused:
-                    old.claim_role(before[name][1])
+                    deposed.claim_role(before[name][1])
                 assert refused.value.stale, name
             finally:
-                old.close()
-        # A change instance 1 cannot see: a host leaves. Instance 1's stale view still has it
+                deposed.close()
+        # A change the deposed one cannot see: a host leaves. Its stale view still has it
         # and, were it not fenced, a round of its would put back the flows towards that host.
         store = ha.store()
         uuid = store._find("Host", "system_id", LEFT)
         store.api.db_destroy("Host", uuid).execute(check_error=True)
         stay = [h for h in lab.hosts if h != LEFT]
         ha.sync(stay, timeout=TIMEOUT)
-        until("instance 1 says the database is away", lambda: (
-            ha.status(1)["database"] == "away"), TIMEOUT, interval=0.2,
-            detail=lambda: ha.log_text(1)[-3000:])
-        assert ha.status(1)["ownership"]["waiting"]
+        until("the deposed one says the database is away", lambda: (
+            ha.status(old)["database"] == "away"), TIMEOUT, interval=0.2,
+            detail=lambda: ha.log_text(old)[-3000:])
+        assert ha.status(old)["ownership"]["waiting"]
         assert _mismatch(rig, stay) == {}
     finally:
-        for r in rig.relays:
+        for r in rig.relays[old]:
             r.heal()
     h = lab.hosts[LEFT]
     ha.store().join(host_record(LEFT, h.underlay_ip, lab.topo.tunnel, h.ovs.db_remote,
                                 f"unix:{h.ovs.mgmt_sock('br-int')}"))
     ha.sync(timeout=TIMEOUT)
     assert _mismatch(rig, list(lab.hosts)) == {}
-    until("instance 1 is back, a standby", lambda: (
-        ha.status(1)["database"] == "connected" and ha.owned(1) == []), TIMEOUT, interval=0.2)
+    until("the deposed one is back, a standby", lambda: (
+        ha.status(old)["database"] == "connected" and ha.owned(old) == []), TIMEOUT,
+        interval=0.2)
     _same_pids(rig)
 
 
 def test_3_kill_of_the_active_controller(rig: Rig) -> None:
     ha, lab = rig.ha, rig.lab
-    assert len(ha.owned(0)) == len(lab.hosts)
-    ha.kill(0)
-    rig.pids.pop(0)
+    active, survivor = _active(rig)
+    ha.kill(active)
+    rig.pids.pop(active)
     lab.plug_vm(NEW_VM.name)
     ha.sync(timeout=TIMEOUT)  # programmed by the survivor
-    assert len(ha.owned(1)) == len(lab.hosts)
+    assert len(ha.owned(survivor)) == len(lab.hosts)
     assert until("a4 reaches a2", lambda: lab.ping(NEW_VM.name, "a2"), TIMEOUT)
     assert _mismatch(rig, list(lab.hosts)) == {}
-    ha.start(0)  # back, as systemd would: a standby now (instance 1 holds the leases)
-    until("instance 0 answers", lambda: ha.answers(0), TIMEOUT, interval=0.2)
-    pid = ha.pid(0)
+    ha.start(active)  # back, as systemd would: a standby now (the survivor holds the leases)
+    until("the restarted instance answers", lambda: ha.answers(active), TIMEOUT, interval=0.2)
+    pid = ha.pid(active)
     assert pid is not None
-    rig.pids[0] = pid
+    rig.pids[active] = pid
     ha.sync(timeout=TIMEOUT)
-    assert ha.owned(0) == []
+    assert ha.owned(active) == []
 
 
 def test_4_database_away_for_a_minute(rig: Rig) -> None:
@@ -222,9 +236,11 @@ def test_4_database_away_for_a_minute(rig: Rig) -> None:
     for m in ha.cluster.members:
         m.kill()
     began = time.monotonic()
-    until("instance 1 says it waits for the database", lambda: (
-        ha.status(1)["database"] == "away"), TIMEOUT, interval=0.2)
-    assert "waiting for" in ha.log_text(1)
+    for i in (0, 1):
+        until(f"instance {i} says it waits for the database", lambda: (
+            ha.status(i)["database"] == "away" and ha.status(i)["ownership"]["waiting"]),
+            TIMEOUT, interval=0.2)
+        assert "waiting for the veil database" in ha.log_text(i)
     assert lab.ping("a1", "a2")  # forwarding state kept
     shares = cpu_shares({f"instance {i}": pid for i, pid in rig.pids.items()})
     assert all(s < CPU_BOUND for s in shares.values()), shares
@@ -247,7 +263,7 @@ def test_4_database_away_for_a_minute(rig: Rig) -> None:
     assert until("a4 reaches a2 again", lambda: lab.ping(NEW_VM.name, "a2"), TIMEOUT)
     assert _mismatch(rig, list(lab.hosts)) == {}
     _same_pids(rig)
-    assert ha.status(1)["database"] == "connected"
+    assert all(ha.status(i)["database"] == "connected" for i in (0, 1))
 
 
 def _answers(ha: HaRun) -> bool:
