@@ -99,9 +99,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=metrics.listen_address, metavar="IP:PORT",
                    help="serve Prometheus metrics on http://IP:PORT/metrics (e.g. "
                    "127.0.0.1:9477; default: not served)")
-    p.add_argument("--instance", help="this instance's name in the host leases (default "
-                   "HOSTNAME/PID); a stable name lets a restarted instance take its own leases "
-                   "back at once")
+    p.add_argument("--instance", help="this instance's name in the host leases (default: the "
+                   "hostname); a restarted instance of the same name takes its own leases back "
+                   "at once; instances on one machine need distinct names")
     p.add_argument("--lease-ttl", type=seconds(1.5, 600.0), default=LEASE_TTL,
                    help="seconds a host lease lasts unless renewed (default %(default)s): how "
                    "long a host may go unprogrammed after its instance dies")

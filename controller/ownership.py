@@ -28,7 +28,6 @@ A restarted instance of the same name takes its own leases back at once (a new g
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -52,9 +51,11 @@ MARGIN: Final = 0.5  # the holder stops this long before its lease's expiry (clo
 
 
 def default_instance() -> str:
-    """An instance name unique per machine and process: hostname/pid. Give ``--instance`` a
-    stable name instead so that a restarted process takes its own leases back at once."""
-    return f"{socket.gethostname()}/{os.getpid()}"
+    """The machine's hostname: stable across restarts, so a restarted controller takes its own
+    leases back at once (a lone controller's restart costs no lease expiry). Two instances on
+    one machine need ``--instance`` names of their own: two processes of one name would take
+    the leases from each other in turn."""
+    return socket.gethostname()
 
 
 @dataclass(frozen=True)

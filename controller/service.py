@@ -285,7 +285,13 @@ class Controller:
                 self.metrics.round_seconds.observe(time.monotonic() - began)
                 self.metrics.rounds.labels("event" if woken else "audit").inc()
                 self._db_failures = 0
-            except ovsdbapp_exceptions.OvsdbAppException as exc:  # its writes timed out
+            except (ovsdbapp_exceptions.OvsdbAppException, RuntimeError) as exc:
+                # its writes timed out, or (RuntimeError "OVS transaction timed out") the
+                # connection dropped under a write: the database is away, not a broken invariant
+                if isinstance(exc, RuntimeError) and not isinstance(
+                        exc, ovsdbapp_exceptions.OvsdbAppException) and (
+                        self.store is not None and ovsdb.is_connected(self.store.api)):
+                    raise  # a refused write on a connected database: a bug, crash on it
                 self._db_failures += 1
                 wait = STORE_RETRY.delay(self._db_failures)
                 LOG.warning("veil database at %s did not answer (%s); next round in %.1fs",
