@@ -288,9 +288,7 @@ class Controller:
             except (ovsdbapp_exceptions.OvsdbAppException, RuntimeError) as exc:
                 # its writes timed out, or (RuntimeError "OVS transaction timed out") the
                 # connection dropped under a write: the database is away, not a broken invariant
-                if isinstance(exc, RuntimeError) and not isinstance(
-                        exc, ovsdbapp_exceptions.OvsdbAppException) and (
-                        self.store is not None and ovsdb.is_connected(self.store.api)):
+                if not _database_away(exc, self.store):
                     raise  # a refused write on a connected database: a bug, crash on it
                 self._db_failures += 1
                 wait = STORE_RETRY.delay(self._db_failures)
@@ -636,3 +634,13 @@ def _release(link: HostLink) -> None:
     if link.of is not None:
         link.of.close()
     link.of, link.installed = None, None
+
+
+def _database_away(exc: Exception, store: Store | None) -> bool:
+    """Whether a failed veil database write means the database is away (then the loop waits
+    and retries): ovsdbapp's own timeouts, its "OVS transaction timed out" RuntimeError (the
+    connection dropped under the write; it may be back by the time this is asked), or any
+    failure while the connection is down. Anything else is a refused write: a bug."""
+    if isinstance(exc, ovsdbapp_exceptions.OvsdbAppException) or "timed out" in str(exc):
+        return True
+    return store is None or not ovsdb.is_connected(store.api)

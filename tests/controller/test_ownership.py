@@ -5,8 +5,13 @@ cases are plain values: the lease rows as read, the instance, the time."""
 from __future__ import annotations
 
 import pytest
+from ovsdbapp import exceptions as ovsdbapp_exceptions
 
 from controller.daemon import parser
+from controller.northbound.store import Store, StoreServer
+from controller.service import _database_away
+from hooks.ovsdb import connect as ovsdb
+from tests.support.poll import until
 from controller.ownership import Held, Lease, plan
 
 TTL = 3.0
@@ -59,3 +64,19 @@ def test_the_daemon_takes_every_cluster_member_and_refuses_a_bad_one(
     assert "'db.example:6641' is not a remote" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser().parse_args(["--db", remotes, "--lease-ttl", "1"])
+
+
+def test_a_write_that_failed_on_a_connected_database_is_a_bug_but_a_timeout_is_not(
+        store_server: StoreServer) -> None:
+    store = Store(store_server.remote)
+    try:
+        refused = RuntimeError('OVSDB Error: {"error":"constraint violation"}')
+        assert not _database_away(refused, store)  # the loop crashes on it (an invariant)
+        assert _database_away(RuntimeError("OVS transaction timed out"), store)
+        assert _database_away(ovsdbapp_exceptions.TimeoutException(commands=[], timeout=10,
+                                                                   cause="queue"), store)
+        store_server.stop()
+        until("the IDL sees the database gone", lambda: not ovsdb.is_connected(store.api))
+        assert _database_away(refused, store)  # while it is away, any failed write waits
+    finally:
+        store.close()
