@@ -275,7 +275,9 @@ def test_4_database_away_for_a_minute(rig: Rig) -> None:
     assert until("a4 reaches a2 again", lambda: lab.ping(NEW_VM.name, "a2"), TIMEOUT)
     assert _mismatch(rig, list(lab.hosts)) == {}
     _same_pids(rig)
-    assert all(ha.status(i)["database"] == "connected" for i in (0, 1))
+    # the standby too (it reconnects on its own back-off; nothing waits for it above)
+    until("both instances say the database is connected", lambda: all(
+        ha.status(i)["database"] == "connected" for i in (0, 1)), TIMEOUT, interval=0.2)
 
 
 def _answers(ha: HaRun) -> bool:
