@@ -27,6 +27,7 @@ from controller import trust as trust_mod
 from controller.northbound import access
 from controller.northbound import pki as P
 from controller.northbound.pki import PkiError
+from controller.ownership import LEASE_TTL
 from controller.reactive import IDLE_TIMEOUT
 from controller.service import Controller
 from controller.northbound.store import StoreServer
@@ -54,6 +55,14 @@ def listen_remote(text: str) -> str:
     return text
 
 
+def db_remotes(text: str) -> str:
+    """An argparse type: the veil database's remote, or every member's of a Raft cluster,
+    comma-separated (northbound/cluster.py)."""
+    for part in text.split(","):
+        remote_arg(part)
+    return text
+
+
 def config_path(text: str) -> Path:
     """An argparse type: the config file (it may be missing: refused, then read when it
     appears), in a directory that exists (its watcher watches that directory)."""
@@ -78,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--rundir", type=Path, help="run the embedded veil database here")
-    where.add_argument("--db", type=remote_arg, help="use an already running veil database at this remote")
+    where.add_argument("--db", type=db_remotes, help="use an already running veil database "
+                       "at this remote (a Raft cluster: every member's, comma-separated)")
     p.add_argument("--listen", action="append", default=[], type=listen_remote,
                    help="extra remote for the embedded database (e.g. ptcp:6641:IP)")
     p.add_argument("--config", type=config_path, help="tenants/networks file, reloaded on change")
@@ -93,6 +103,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=metrics.listen_address, metavar="IP:PORT",
                    help="serve Prometheus metrics on http://IP:PORT/metrics (e.g. "
                    "127.0.0.1:9477; default: not served)")
+    p.add_argument("--instance", help="this instance's name in the host leases (default: the "
+                   "hostname); a restarted instance of the same name takes its own leases back "
+                   "at once; instances on one machine need distinct names")
+    p.add_argument("--lease-ttl", type=seconds(1.5, 600.0), default=LEASE_TTL,
+                   help="seconds a host lease lasts unless renewed (default %(default)s): how "
+                   "long a host may go unprogrammed after its instance dies")
     p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     p.add_argument("--log-format", choices=logjson.FORMATS, default="text",
                    help="text lines (default) or one JSON object per line")
@@ -109,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError, PkiError) as exc:  # not a dependency away
         sys.stderr.write(f"veil-controller: cannot start: {' '.join(str(exc).split())}\n")
         return 1
-    ctl = Controller(remote, args.config, resync_every=args.resync,
-                     reactive_idle=int(args.reactive_idle))
+    ctl = Controller(remote, args.config, resync_every=args.resync, instance=args.instance,
+                     lease_ttl=args.lease_ttl, reactive_idle=int(args.reactive_idle))
     done = threading.Event()
     ctl_socket = _control_socket(args, ctl)
     if args.metrics:

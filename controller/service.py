@@ -45,7 +45,8 @@ from controller.southbound import reactive_wire
 from controller.reactive import IDLE_TIMEOUT, Dumped, Reactive
 from controller.reactive_runtime import ReactiveRuntime
 from controller.pipeline import tables as P
-from controller.southbound.session import OfSession, OpenFlowError
+from controller.southbound.session import OfSession, OpenFlowError, RoleRefused
+from controller.ownership import LEASE_TTL, Ownership, default_instance
 from controller.core.seen import first_seen_after
 from controller.metrics import Metrics
 from controller.status import LinkState, Status, status_of
@@ -127,7 +128,8 @@ PROGRAMMERS = 16
 class Controller:
     def __init__(self, store_remote: str, config: Path | None = None,
                  clock: Callable[[], float] = time.time, resync_every: float = 5.0,
-                 startup_grace: float = 15.0, reactive_idle: int = IDLE_TIMEOUT) -> None:
+                 startup_grace: float = 15.0, instance: str | None = None,
+                 lease_ttl: float = LEASE_TTL, reactive_idle: int = IDLE_TIMEOUT) -> None:
         self.store_remote = store_remote
         self.startup_grace = startup_grace
         self._started = 0.0
@@ -162,6 +164,11 @@ class Controller:
         # state the last round held (controller/reactive.py decides, the runtime sends)
         self.reactive = ReactiveRuntime(Reactive(idle_timeout=reactive_idle), self._session,
                                         lambda: self._held, self.metrics, self.kick)
+        # High availability (controller/ownership.py): the hosts this instance programs, and
+        # the OpenFlow role generation it claims on each; read-only while a round programs.
+        self.ownership = Ownership(store_remote, instance or default_instance(), clock, self.kick,
+                                   lease_ttl)
+        self._owned: dict[str, int] = {}
 
     # -- wiring --------------------------------------------------------------------------------
     def kick(self) -> None:
@@ -176,8 +183,10 @@ class Controller:
         self._thread = threading.Thread(target=self._loop, name="veil-controller", daemon=True)
         self._thread.start()
         self.reactive.start()
+        self.ownership.start()
 
     def stop(self) -> None:
+        self.ownership.stop()
         self._stop.set()
         self._wake.set()
         self.reactive.stop()
@@ -252,7 +261,12 @@ class Controller:
             dataclasses.replace(h, ovsdb_connected=live[h.system_id].ovsdb_connected,
                                 openflow_connected=live[h.system_id].openflow_connected)
             if h.system_id in live else h for h in status.hosts))
-        return status.to_json()
+        doc = status.to_json()
+        now = self.clock()
+        doc["ownership"] = {"instance": self.ownership.me,
+                            "waiting": self.ownership.waiting_for(now),
+                            "hosts": sorted(self.ownership.owned(now))}
+        return doc
 
     def _connect_store(self) -> bool:
         """Open the veil database; while it is away, say so and back off (never exit)."""
@@ -283,7 +297,11 @@ class Controller:
                 self.metrics.round_seconds.observe(time.monotonic() - began)
                 self.metrics.rounds.labels("event" if woken else "audit").inc()
                 self._db_failures = 0
-            except ovsdbapp_exceptions.OvsdbAppException as exc:  # its writes timed out
+            except (ovsdbapp_exceptions.OvsdbAppException, RuntimeError) as exc:
+                # its writes timed out, or (RuntimeError "OVS transaction timed out") the
+                # connection dropped under a write: the database is away, not a broken invariant
+                if not _database_away(exc, self.store):
+                    raise  # a refused write on a connected database: a bug, crash on it
                 self._db_failures += 1
                 wait = STORE_RETRY.delay(self._db_failures)
                 LOG.warning("veil database at %s did not answer (%s); next round in %.1fs",
@@ -368,7 +386,12 @@ class Controller:
         # move, the hosts of a new VIF's network); a worker's exception surfaces here.
         self.reactive.prune(state)  # (before programming: a moved VM's old host gets
         # nothing more from an entry)
-        order = sorted(self.links.items(), key=lambda item: (item[0] not in update.flows, item[0]))
+        self._owned = self.ownership.owned(self.clock())
+        for host, link in self.links.items():
+            if host not in self._owned:
+                _release(link)  # another instance programs it (or nobody, until a lease)
+        order = sorted(((h, link) for h, link in self.links.items() if h in self._owned),
+                       key=lambda item: (item[0] not in update.flows, item[0]))
         programmed_now = [(host, self._programmers.submit(self._program, host, link, audit, update))
                           for host, link in order]
         done = sorted(host for host, f in programmed_now if f.result())
@@ -535,6 +558,10 @@ class Controller:
             LOG.info("host %s: OpenFlow %s connected, %d veil flows installed", host,
                      link.record.openflow, len(link.installed))
         try:
+            if link.of.generation != self._owned.get(host):
+                if not self._claim_master(host, link):
+                    return False
+                whole, audit = True, True  # the previous owner may have changed its flows
             if audit:
                 link.installed = link.of.installed()
         except OpenFlowError as exc:
@@ -569,6 +596,25 @@ class Controller:
         self.metrics.flow_mods.labels(host, "delete").inc(len(d.delete))
         LOG.info("host %s: +%d -%d flows", host, len(d.add), len(d.delete))
         return tunnels_done
+
+    def _claim_master(self, host: str, link: HostLink) -> bool:
+        """Make this session the switch's master with the lease's generation (OVS demotes the
+        previous owner's session to slave); False if the switch has seen a newer one."""
+        assert link.of is not None
+        generation = self._owned.get(host)
+        if generation is None:
+            return False
+        try:
+            link.of.claim_role(generation)
+        except RoleRefused as exc:
+            LOG.warning("host %s: switch refused master role, generation %d (%s): another "
+                        "instance holds it", host, generation, "stale" if exc.stale else exc)
+            link.last_error = f"role request refused: {exc}"
+            link.of.close()
+            link.of, link.installed = None, None
+            return False
+        LOG.info("host %s: master of its switch (generation %d)", host, generation)
+        return True
 
     def _open_hostdb(self, host: str, rec: HostRecord) -> HostDb:
         """Dial the host's OVSDB (a dialer thread); an ``ssl:`` remote must present ``host``'s
@@ -622,3 +668,21 @@ class Controller:
     def _session(self, host: str) -> OfSession | None:
         link = self.links.get(host)
         return link.of if link is not None else None
+
+def _release(link: HostLink) -> None:
+    """Stop programming ``link``'s switch: its session closed, so a lease taken later starts
+    with a fresh session, a role claim and a whole diff."""
+    link.synced = False
+    if link.of is not None:
+        link.of.close()
+    link.of, link.installed = None, None
+
+
+def _database_away(exc: Exception, store: Store | None) -> bool:
+    """Whether a failed veil database write means the database is away (then the loop waits
+    and retries): ovsdbapp's own timeouts, its "OVS transaction timed out" RuntimeError (the
+    connection dropped under the write; it may be back by the time this is asked), or any
+    failure while the connection is down. Anything else is a refused write: a bug."""
+    if isinstance(exc, ovsdbapp_exceptions.OvsdbAppException) or "timed out" in str(exc):
+        return True
+    return store is None or not ovsdb.is_connected(store.api)

@@ -558,6 +558,14 @@ class Pki:
         return self.ensure_identity("relay-upstream", "veil-db", self.relay_ca, Usage.SERVER,
                                     now, sans=sans)
 
+    def raft_identity(self, member: str, now: datetime, sans: Iterable[str] = ("127.0.0.1",)
+                      ) -> Identity:
+        """A veil database Raft member's certificate (northbound/cluster.py), signed by the
+        relay CA: members verify each other with it, as the database verifies the relay. A
+        member is both a TLS client and server of its peers, hence both usages."""
+        return self.ensure_identity(f"raft-{member}", f"veil-db-{member}", self.relay_ca,
+                                    Usage.BOTH, now, sans=sans)
+
     def mint_relay(self, cn: str, now: datetime) -> tuple[bytes, bytes]:
         """(key PEM, cert PEM) of a short-lived relay-CA client certificate for ``cn``; only
         the local ovsdb-server trusts it, so it carries an identity the relay verified."""

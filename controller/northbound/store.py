@@ -67,7 +67,9 @@ SCHEMA: Final = Path(__file__).with_name("schema") / "veil.ovsschema"
 SCHEMA_NAME: Final = "Veil"
 SOURCE_KEY: Final = "veil-source"  # external_ids: "config" for rows the config file owns
 GLOBAL: Final = "Veil_Global"
-TABLES: Final = ("Tenant", "Network", "Host", "Claim", "FirstSeen", GLOBAL)
+PROBE_MS: Final = 2000  # the veil database connection's inactivity probe (hooks/ovsdb/connect)
+TABLES: Final = ("Tenant", "Network", "Host", "Claim", "FirstSeen", GLOBAL)  # (not Lease:
+# controller/ownership.py watches it on a connection of its own)
 
 
 class StoreServer:
@@ -420,7 +422,7 @@ class Store:
             return notify(event, row, updates)
 
         self.api = ovsdb.connect(remote, SCHEMA_NAME, ovsdb.GenericApi, TABLES, on_change,
-                                 wake=filtered)
+                                 wake=filtered, probe_ms=PROBE_MS)
 
     def close(self) -> None:
         ovsdb.stop(self.api)

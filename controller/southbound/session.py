@@ -39,6 +39,15 @@ class OpenFlowError(RuntimeError):
     """The switch rejected a request, or the session broke while waiting for an answer."""
 
 
+class RoleRefused(OpenFlowError):
+    """The switch refused a role request: ``stale`` when it has seen a newer generation id
+    (another controller took the switch over since; controller/ownership.py)."""
+
+    def __init__(self, message: str, stale: bool) -> None:
+        super().__init__(message)
+        self.stale = stale
+
+
 def dial(target: str, timeout: float = 5.0) -> tls.Conn:
     """Connect to ``unix:PATH``, ``tcp:IP:PORT`` or ``vssl:SYSTEM_ID@IP:PORT`` (TLS, the peer's
     certificate must name SYSTEM_ID: ``tls.pin`` makes these from a host's ``ssl:`` remote)."""
@@ -66,6 +75,7 @@ class _Waiter:
     event: threading.Event = field(default_factory=threading.Event)
     replies: list[Any] = field(default_factory=list)
     error: str | None = None
+    code: tuple[int, int] | None = None  # an OFPT_ERROR's (type, code)
     # reads a multipart reply's raw bytes instead of os-ken (what os-ken would spend most on)
     parse: Callable[[bytes], Any] | None = None
 
@@ -101,6 +111,7 @@ class OfSession:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
+        self.generation: int | None = None  # the role generation this session is master with
         self._sock = dial(target, timeout)
         self._reader = threading.Thread(target=self._read_loop, name=f"of:{target}", daemon=True)
         self._handshake()
@@ -171,6 +182,24 @@ class OfSession:
         # matched; OVS's default ("normal") reads every fragment's ports/types as 0.
         self._send(ofp.PARSER.OFPSetConfig(self.dp, OFPC_FRAG_NX_MATCH, ofp.OFP.OFPCML_NO_BUFFER))
         self.request(ofp.PARSER.OFPBarrierRequest(self.dp), "barrier after hello")
+
+    def claim_role(self, generation: int, master: bool = True) -> None:
+        """Become the switch's MASTER (or SLAVE) controller with role ``generation`` id: OVS
+        then demotes any other master to slave, and refuses a slave's flow-mods (OFPBRC_IS_SLAVE)
+        and a request older than the newest generation it has seen (``RoleRefused``, stale)."""
+        o = ofp.OFP
+        msg = ofp.PARSER.OFPRoleRequest(self.dp, o.OFPCR_ROLE_MASTER if master else
+                                        o.OFPCR_ROLE_SLAVE, generation)
+        msg.set_xid(self._take_xids(1))
+        w = self._expect(msg.xid)
+        self._send(msg)
+        try:
+            self._wait(msg.xid, w, f"role request (generation {generation})")
+        except OpenFlowError as exc:
+            if w.code is None or w.code[0] != o.OFPET_ROLE_REQUEST_FAILED:
+                raise
+            raise RoleRefused(str(exc), w.code[1] == o.OFPRRFC_STALE) from None
+        self.generation = generation if master else None
 
     def installed(self) -> frozenset[FlowId]:
         """veil's flows on the switch, by (table, cookie)."""
@@ -342,7 +371,7 @@ class OfSession:
                 LOG.error("OpenFlow error from %s: %s", self.target, msg)
             return
         if msg.msg_type == o.OFPT_ERROR:
-            w.error = f"type={msg.type} code={msg.code}"
+            w.error, w.code = f"type={msg.type} code={msg.code}", (msg.type, msg.code)
             w.event.set()
             return
         w.replies.append(msg)

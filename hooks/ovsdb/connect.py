@@ -85,7 +85,7 @@ class GenericApi(backend.Backend, api.API):  # type: ignore[misc]
 
 def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str] | Mapping[str, Sequence[str]],
             on_change: Callable[[], None] | None = None, *, timeout: float = 10.0,
-            wake: Wake | None = None) -> Any:
+            wake: Wake | None = None, probe_ms: int | None = None) -> Any:
     """An ovsdbapp API object of class ``base`` on ``remote``, its IDL mirroring ``tables``.
 
     ``tables`` is table names (every column mirrored) or a table -> columns mapping: the server
@@ -93,8 +93,10 @@ def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str] | M
     every few seconds per interface) costs neither a message nor a wake-up. Returns once the
     initial dump is in (reads right after see the database). ``timeout`` bounds the connection
     and each later transaction. ``wake`` decides which row changes call ``on_change`` (default:
-    every change). Raises ``OvsdbUnreachable`` when the server does not answer; close with
-    ``stop``.
+    every change). ``probe_ms``: the inactivity probe (python-ovs sends none on unix: remotes
+    by default, so a silent server, e.g. behind a partition, would hold a commit, and with it
+    the IDL's lock, for ever); after twice that much silence the connection is dropped and
+    retried. Raises ``OvsdbUnreachable`` when the server does not answer; close with ``stop``.
     """
     helper = idlutils.create_schema_helper(_fetch_schema(remote, schema))
     if isinstance(tables, Mapping):
@@ -109,6 +111,8 @@ def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str] | M
     if wake is not None:
         idl_attrs["wake"] = staticmethod(wake)
     idl = type(f"Idl{next(_ids)}", (_NotifyingIdl,), idl_attrs)(remote, helper)
+    if probe_ms is not None:  # (python-ovs' own parameter is forced to 0 for unix: remotes)
+        idl._session.reconnect.set_probe_interval(probe_ms)
     conn = connection.Connection(idl, timeout)
     # ``_ovsdb_connection`` set explicitly: the setter tests the INHERITED value, so a subclass
     # of a class whose attribute was already set would otherwise share that connection.

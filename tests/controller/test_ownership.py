@@ -1,0 +1,82 @@
+"""Host leases (controller/ownership.py): which instance programs which host, and the role
+generation each takeover gives OVS to fence the previous owner with. ``plan`` is pure, so the
+cases are plain values: the lease rows as read, the instance, the time."""
+
+from __future__ import annotations
+
+import pytest
+from ovsdbapp import exceptions as ovsdbapp_exceptions
+
+from controller.daemon import parser
+from controller.northbound.store import Store, StoreServer
+from controller.service import _database_away
+from hooks.ovsdb import connect as ovsdb
+from tests.support.poll import until
+from controller.ownership import Held, Lease, plan
+
+TTL = 3.0
+
+
+def test_a_free_host_is_taken_with_generation_one() -> None:
+    assert plan({}, ["h1"], "a", (), 100.0, TTL) == {"h1": Lease("h1", "a", 1, 103.0)}
+
+
+def test_the_holder_renews_and_keeps_its_generation() -> None:
+    leases = {"h1": Lease("h1", "a", 4, 101.0)}
+    assert plan(leases, ["h1"], "a", {"h1"}, 100.0, TTL) == {"h1": Lease("h1", "a", 4, 103.0)}
+
+
+def test_a_live_lease_of_another_instance_is_left_alone() -> None:
+    leases = {"h1": Lease("h1", "a", 4, 101.0)}
+    assert plan(leases, ["h1"], "b", (), 100.0, TTL) == {}
+    assert plan(leases, ["h1"], "b", (), 100.999, TTL) == {}
+
+
+def test_an_expired_lease_is_taken_over_with_the_next_generation() -> None:
+    leases = {"h1": Lease("h1", "a", 4, 101.0)}
+    assert plan(leases, ["h1"], "b", (), 101.0, TTL) == {"h1": Lease("h1", "b", 5, 104.0)}
+
+
+def test_a_restarted_instance_takes_its_own_lease_back_at_once_with_a_new_generation() -> None:
+    # its previous process may still have a session on the switch: the new generation fences it
+    leases = {"h1": Lease("h1", "a", 4, 150.0)}
+    assert plan(leases, ["h1"], "a", (), 100.0, TTL) == {"h1": Lease("h1", "a", 5, 103.0)}
+
+
+def test_only_joined_hosts_are_leased() -> None:
+    leases = {"gone": Lease("gone", "a", 2, 50.0)}
+    assert plan(leases, ["h2"], "a", {"gone"}, 100.0, TTL) == {"h2": Lease("h2", "a", 1, 103.0)}
+
+
+def test_a_held_lease_counts_only_until_it_lapses() -> None:
+    held = Held({"h1": 3}, until=102.5)
+    assert held.owned(102.4) == {"h1": 3}
+    assert held.owned(102.5) == {}
+
+
+def test_the_daemon_takes_every_cluster_member_and_refuses_a_bad_one(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    remotes = "ssl:198.18.0.1:6641,ssl:198.18.0.2:6641,ssl:198.18.0.3:6641"
+    args = parser().parse_args(["--db", remotes, "--instance", "c1", "--lease-ttl", "5"])
+    assert (args.db, args.instance, args.lease_ttl) == (remotes, "c1", 5.0)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--db", "ssl:198.18.0.1:6641,db.example:6641"])
+    assert "'db.example:6641' is not a remote" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--db", remotes, "--lease-ttl", "1"])
+
+
+def test_a_write_that_failed_on_a_connected_database_is_a_bug_but_a_timeout_is_not(
+        store_server: StoreServer) -> None:
+    store = Store(store_server.remote)
+    try:
+        refused = RuntimeError('OVSDB Error: {"error":"constraint violation"}')
+        assert not _database_away(refused, store)  # the loop crashes on it (an invariant)
+        assert _database_away(RuntimeError("OVS transaction timed out"), store)
+        assert _database_away(ovsdbapp_exceptions.TimeoutException(commands=[], timeout=10,
+                                                                   cause="queue"), store)
+        store_server.stop()
+        until("the IDL sees the database gone", lambda: not ovsdb.is_connected(store.api))
+        assert _database_away(refused, store)  # while it is away, any failed write waits
+    finally:
+        store.close()
