@@ -1,0 +1,156 @@
+"""A data center whose underlay is a fabric of OpenFlow switches (docs/fabric.md), in the netns lab.
+
+Every switch is a namespace ``<prefix>-<switch>`` with its own Open vSwitch (userspace
+datapath), one bridge ``br0`` in ``fail_mode=secure`` (nothing passes until veil's fabric
+controller says so) whose OpenFlow controller target is a passive unix socket the fabric
+controller dials. Cables are veth pairs ``<far switch>`` at both ends, with BFD (a 10 ms
+session, so a cable that stays up but carries nothing is seen within ~30 ms and its port
+stops being live: the fast-failover groups move off it). Hosts and the router's uplink attach
+on ports ``h-<node>``; a dual-homed host bonds its two NICs (active-backup) in br-phy.
+
+The fabric controller (``controller.fabric.daemon``) is the lab's physical network: it runs
+from ``up`` to ``down`` (its pid file in ``<rundir>/fabric``), and ``up`` returns once it has
+discovered every declared cable.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from controller.lab import netns
+from controller.lab.ovs import OvsInstance
+from controller.lab.topology import Datacenter, Host
+
+if TYPE_CHECKING:
+    from controller.lab.lab import Lab
+
+BRIDGE = "br0"
+BFD_MS = 10
+FABRIC_DIR = "fabric"
+
+
+def switch_ovs(lab: Lab, switch: str) -> OvsInstance:
+    return OvsInstance(lab.rundir / switch, ns=lab.ns_name(switch))
+
+
+def of_socket(lab: Lab, switch: str) -> Path:
+    return lab.rundir / switch / f"{BRIDGE}.controller"  # (OVS allows punix: only as <bridge>.*)
+
+
+def fabric_dcs(lab: Lab) -> list[Datacenter]:
+    return [d for d in lab.topo.datacenters if d.fabric is not None]
+
+
+def switches(lab: Lab) -> list[str]:
+    return [s for d in fabric_dcs(lab) for s in (d.fabric.switches if d.fabric else ())]
+
+
+def build(lab: Lab, dc: Datacenter, add_ns: Callable[[str], str], router_ns: str) -> None:
+    """The switches, their OVS, the cables (with BFD) and the router's uplink."""
+    fab = dc.fabric
+    assert fab is not None
+    for i, s in enumerate(fab.switches):
+        add_ns(s)
+        ovs = switch_ovs(lab, s)
+        ovs.start(system_id=s)
+        ovs.vsctl("add-br", BRIDGE, "--", "set", "Bridge", BRIDGE, "datapath_type=netdev",
+                  "fail_mode=secure", "protocols=OpenFlow13,OpenFlow14",
+                  "other_config:disable-in-band=true",
+                  f"other_config:datapath-id={0x7e110000 + (dc_index(lab, dc) << 8) + i + 1:016x}")
+        ovs.vsctl("set-controller", BRIDGE, f"punix:{of_socket(lab, s)}")
+    for n, (a, b) in enumerate(fab.links):
+        netns.add_veth(lab.ns_name(a), b, lab.ns_name(b), a)
+        for here, there, local in ((a, b, 1), (b, a, 2)):
+            # BFD's addresses only ever sit in its own packets (never routed): the lab range
+            ip = f"198.18.25{local}.{n + 1}"
+            peer = f"198.18.25{3 - local}.{n + 1}"
+            switch_ovs(lab, here).vsctl(
+                "add-port", BRIDGE, there, "--", "set", "Interface", there,
+                "bfd:enable=true", f"bfd:min_tx={BFD_MS}", f"bfd:min_rx={BFD_MS}",
+                f"bfd:bfd_src_ip={ip}", f"bfd:bfd_dst_ip={peer}")
+    up = fab.uplink
+    netns.add_veth(lab.ns_name(up), f"h-{lab.topo.router}", router_ns, dc.name)
+    switch_ovs(lab, up).vsctl("add-port", BRIDGE, f"h-{lab.topo.router}")
+
+
+def dc_index(lab: Lab, dc: Datacenter) -> int:
+    return [d.name for d in lab.topo.datacenters].index(dc.name)
+
+
+def attach_host(lab: Lab, h: Host) -> dict[str, str]:
+    """Cable host ``h`` to its switch(es); the environment ovs-host.sh needs for it."""
+    ns = lab.ns_name(h.name)
+    nics = ["eth0"] if len(h.attach) == 1 else [f"up{i}" for i in range(len(h.attach))]
+    for nic, s in zip(nics, h.attach):
+        netns.add_veth(ns, nic, lab.ns_name(s), f"h-{h.name}")
+        switch_ovs(lab, s).vsctl("add-port", BRIDGE, f"h-{h.name}")
+    if len(nics) == 1:
+        return {"UNDERLAY_DEV": "eth0"}
+    return {"UNDERLAY_DEV": "bond0", "UNDERLAY_BOND": " ".join(nics)}
+
+
+def config(lab: Lab, probe_interval: float = 1.0) -> dict[str, Any]:
+    return {
+        "switches": {s: f"unix:{of_socket(lab, s)}" for s in switches(lab)},
+        "declared": [list(p) for d in fabric_dcs(lab) if d.fabric for p in d.fabric.links],
+        "status": str(lab.rundir / FABRIC_DIR / "status.json"),
+        "probe_interval": probe_interval,
+    }
+
+
+def start_controller(lab: Lab) -> int:
+    """Start veil's fabric controller for the lab (a process of its own); returns its pid."""
+    d = lab.rundir / FABRIC_DIR
+    d.mkdir(exist_ok=True)
+    cfg = d / "config.json"
+    cfg.write_text(json.dumps(config(lab), indent=1))
+    log = open(d / "fabric.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "controller.fabric.daemon", str(cfg)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (d / "fabric.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_controller(lab: Lab) -> None:
+    pidfile = lab.rundir / FABRIC_DIR / "fabric.pid"
+    try:
+        pid = int(pidfile.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    netns.kill_pids([pid])
+    pidfile.unlink(missing_ok=True)
+
+
+def status(lab: Lab) -> dict[str, Any]:
+    """The fabric controller's last status (``{}`` before its first)."""
+    try:
+        doc: dict[str, Any] = json.loads((lab.rundir / FABRIC_DIR / "status.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return doc
+
+
+def log_tail(lab: Lab, n: int = 3000) -> str:
+    p = lab.rundir / FABRIC_DIR / "fabric.log"
+    return p.read_text(errors="replace")[-n:] if p.exists() else "(no fabric log)"
+
+
+def wait_discovered(lab: Lab, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll the status file until every switch is connected and every declared cable found."""
+    import time
+    want = {frozenset(p) for d in fabric_dcs(lab) if d.fabric for p in d.fabric.links}
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(lab)
+        have = {frozenset(l["switches"]) for l in st.get("links", [])}
+        if st and set(st.get("switches_up", [])) == set(switches(lab)) and want <= have:
+            return st
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the fabric controller did not discover the fabric in {timeout}s "
+                               f"(found {len(have)} of {len(want)} cables): {log_tail(lab)}")
+        time.sleep(0.1)
