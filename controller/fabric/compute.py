@@ -6,7 +6,8 @@ carries traffic, unlike a spanning tree that disables all but a tree's links. Th
 sits in a fast-failover group whose later buckets are the switch's other fabric ports, nearest
 to D first: when a port goes down (or its BFD session does) the switch itself moves traffic at
 once; the controller then re-optimises globally from the new state. A frame is never sent back
-out of the port it came in on (one group per ingress port), so a detour cannot bounce.
+to the switch it came from, over any cable (one group per ingress port), so a detour cannot
+bounce; a backup neighbour must itself have a shortest next hop other than this switch.
 
 Flooding (broadcast, ARP, unknown multicast) follows one loop-free tree the controller computes
 (a BFS tree from the fabric's centre), so a broadcast crosses each tree link exactly once.
@@ -88,7 +89,10 @@ def route_group(g: nx.MultiGraph, dist: Mapping[str, Mapping[str, int]], s: str,
     """The group ``s`` sends frames for switch ``d`` to (arriving on ``ingress``), with the
     groups it chains to; None when no other port leads anywhere."""
     far = dist[s].get(d)
-    ports = [(p, n) for p, n in _neighbours(g, s) if p != ingress]
+    around = _neighbours(g, s)
+    came_from = next((n for p, n in around if p == ingress), None)
+    # never back to the switch the frame came from, over any of the cables to it
+    ports = [(p, n) for p, n in around if p != ingress and n != came_from]
     if far is None or not ports:
         return None, []
     primary = [p for p, n in ports if dist[n].get(d, -1) == far - 1]
