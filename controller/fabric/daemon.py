@@ -52,6 +52,9 @@ LOG = logging.getLogger("veil.fabric")
 PROBE_MAGIC = b"veil-fabric-probe"
 PROBE_SRC = "02:7e:11:00:00:01"
 AGE_INTERVALS = 3.5
+# a switch learns no hosts for this long after it connects: its neighbours' probes (sent once
+# every switch has the flow that punts them) first say which of its ports are cables
+LEARN_HOLD = 0.5
 
 
 def _mac_bytes(mac: str) -> bytes:
@@ -105,6 +108,7 @@ class _Switch:
     ports: dict[int, PortState] = field(default_factory=dict)
     installed: Installed = field(default_factory=lambda: Installed(frozenset(), frozenset()))
     next_dial: float = 0.0
+    learn_after: float = 0.0
 
 
 class FabricController:
@@ -113,6 +117,9 @@ class FabricController:
         self.sw = {n: _Switch(n, t) for n, t in cfg.switches.items()}
         self.events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
         self.heard: dict[Link, float] = {}  # cable -> when a probe last crossed it
+        # every port a probe ever came in on: a fabric port, also while its cable is down or
+        # flapping (frames that still arrive on it are never taken for a host's)
+        self.fabric_ends: set[End] = set()
         self.hosts: dict[str, End] = {}
         self.pending: list[tuple[str, int, bytes]] = []  # punted frames to re-inject
         self.generation = 0
@@ -121,6 +128,7 @@ class FabricController:
         self.last_compute_ms = 0.0
         self.last_push_ms = 0.0
         self.changed = True
+        self.reprobe = False
         self._stop = threading.Event()
 
     # -- state -----------------------------------------------------------------------------
@@ -131,9 +139,8 @@ class FabricController:
     def state(self) -> FabricState:
         up = frozenset(n for n, s in self.sw.items() if s.session is not None)
         links = frozenset(l for l in self.heard if self._live(l.a) and self._live(l.b))
-        fabric_ends = {e for l in links for e in (l.a, l.b)}
         hosts = frozenset(Attachment(m, e) for m, e in self.hosts.items()
-                          if e.switch in up and e not in fabric_ends)
+                          if e.switch in up and e not in self.fabric_ends)
         return FabricState(tuple(self.cfg.switches), up, links, hosts)
 
     # -- events (reader threads put, the loop takes) ------------------------------------------
@@ -178,6 +185,7 @@ class FabricController:
                         del self.heard[other]
                     self.changed = True
                 self.heard[link] = now
+                self.fabric_ends.update((link.a, link.b))
                 return
             if len(data) < 14:
                 return
@@ -185,8 +193,10 @@ class FabricController:
             if data[6] & 1 or in_port >= ofp.OFP.OFPP_MAX:
                 return  # a multicast source is no host; the bridge's own port is none either
             at = End(switch, in_port)
-            if any(at in (l.a, l.b) for l in self.heard):
-                return  # a frame that crossed a cable before its flows were in
+            if now < s.learn_after:
+                return  # too early to tell a host's port from a cable's
+            if at in self.fabric_ends:
+                return  # a frame that crossed a cable whose flows are not (or no more) in
             if self.hosts.get(mac) != at:
                 LOG.info("host %s at %s", mac, at)
                 self.hosts[mac] = at
@@ -203,10 +213,11 @@ class FabricController:
             LOG.warning("switch %s: probe on port %d failed: %s", s.name, port, exc)
 
     def probe_all(self) -> None:
+        """A probe out of every port, live or not: a cable whose BFD session is not up yet
+        (or down) is still found, so no frame on it is ever taken for a host's."""
         for s in self.sw.values():
             for p in list(s.ports.values()):
-                if p.live:
-                    self._probe(s, p.port)
+                self._probe(s, p.port)
 
     def age(self, now: float) -> None:
         limit = AGE_INTERVALS * self.cfg.probe_interval
@@ -233,10 +244,9 @@ class FabricController:
                 continue
             LOG.info("switch %s connected (%d ports)", name, len(s.ports))
             s.session = sess
+            s.learn_after = now + LEARN_HOLD
             self.changed = True
-            for p in s.ports.values():
-                if p.live:
-                    self._probe(s, p.port)
+            self.reprobe = True  # once its flows are in, everyone's probes can reach it
 
     def recompute(self) -> None:
         began = time.monotonic()
@@ -314,6 +324,9 @@ class FabricController:
             if self.changed:
                 self.changed = False
                 self.recompute()
+                if self.reprobe:
+                    self.reprobe = False
+                    self.probe_all()
 
     def stop(self) -> None:
         self._stop.set()

@@ -3,8 +3,8 @@
 Every switch is a namespace ``<prefix>-<switch>`` with its own Open vSwitch (userspace
 datapath), one bridge ``br0`` in ``fail_mode=secure`` (nothing passes until veil's fabric
 controller says so) whose OpenFlow controller target is a passive unix socket the fabric
-controller dials. Cables are veth pairs ``<far switch>`` at both ends, with BFD (a 10 ms
-session, so a cable that stays up but carries nothing is seen within ~30 ms and its port
+controller dials. Cables are veth pairs ``<far switch>`` at both ends, with BFD (a 30 ms
+session, so a cable that stays up but carries nothing is seen within ~90 ms and its port
 stops being live: the fast-failover groups move off it). Hosts and the router's uplink attach
 on ports ``h-<node>``; a dual-homed host bonds its two NICs (active-backup) in br-phy.
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from controller.lab.lab import Lab
 
 BRIDGE = "br0"
-BFD_MS = 10
+BFD_MS = 30  # 3 missed: ~90 ms to find a silent failure (10 ms flapped on two busy cores)
 FABRIC_DIR = "fabric"
 
 
@@ -154,3 +154,84 @@ def wait_discovered(lab: Lab, timeout: float = 60.0) -> dict[str, Any]:
             raise RuntimeError(f"the fabric controller did not discover the fabric in {timeout}s "
                                f"(found {len(have)} of {len(want)} cables): {log_tail(lab)}")
         time.sleep(0.1)
+
+
+# -- using the fabric (tests, demo, bench) ----------------------------------------------------
+def cables(lab: Lab) -> list[tuple[str, str]]:
+    return [p for d in fabric_dcs(lab) if d.fabric for p in d.fabric.links]
+
+
+def set_cable(lab: Lab, a: str, b: str, up: bool) -> None:
+    """Pull cable a-b (carrier goes down at both ends, as for a real cut) or put it back."""
+    netns.run(["ip", "link", "set", b, "up" if up else "down"], ns=lab.ns_name(a))
+    if up:
+        netns.run(["ip", "link", "set", a, "up"], ns=lab.ns_name(b))
+
+
+def silence_cable(lab: Lab, a: str, b: str, silent: bool) -> None:
+    """Make cable a-b drop everything while both ports stay up (a silent failure: only BFD sees
+    it), or heal it: a zero-length FIFO as each end's root qdisc drops every frame sent (this
+    machine's kernel has neither netem nor tc's drop action)."""
+    for ns, dev in ((lab.ns_name(a), b), (lab.ns_name(b), a)):
+        if silent:
+            netns.run(["tc", "qdisc", "add", "dev", dev, "root", "pfifo", "limit", "0"], ns=ns)
+        else:
+            netns.run(["tc", "qdisc", "del", "dev", dev, "root"], ns=ns, check=False)
+
+
+def cable_rx(lab: Lab) -> dict[tuple[str, str], int]:
+    """Data frames each switch received from each cable (its classify flow's packet counter
+    for that port: probes and BFD are not counted, they never reach that flow)."""
+    st = status(lab)
+    port_of: dict[tuple[str, int], str] = {}
+    for sw, ports in st.get("ports", {}).items():
+        for num, p in ports.items():
+            port_of[(sw, int(num))] = p["name"]
+    out: dict[tuple[str, str], int] = {}
+    for sw in switches(lab):
+        text = switch_ovs(lab, sw).ofctl("dump-flows", "table=0", bridge=BRIDGE)
+        for line in text.splitlines():
+            if "priority=900" not in line:
+                continue
+            fields = dict(kv.split("=", 1) for kv in line.replace(",", " ").split() if "=" in kv)
+            name = port_of.get((sw, int(fields["in_port"])))
+            if name is not None:
+                out[(sw, name)] = int(fields["n_packets"])
+    return out
+
+
+SPRAY = """
+import socket, sys
+dst, n = sys.argv[1], int(sys.argv[2])
+for port in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 20000 + port))
+    for _ in range(3):
+        s.sendto(b"veil-fabric-spray", (dst, 9))
+    s.close()
+"""
+
+
+def spray(lab: Lab, src: str, dst_ip: str, flows: int = 64) -> None:
+    """``flows`` UDP flows (one source port each) from node ``src`` to ``dst_ip``: ECMP hashes
+    flows, so many of them show every path."""
+    netns.run([sys.executable, "-c", SPRAY, dst_ip, str(flows)], ns=lab.node_ns(src))
+
+
+def dc1_endpoints(lab: Lab) -> dict[str, str]:
+    """Every underlay endpoint of the fabric DCs: hosts and the router's address, by name."""
+    out = {h.name: str(h.underlay_ip) for h in lab.topo.hosts if h.attach}
+    for d in fabric_dcs(lab):
+        out[lab.topo.router] = str(d.gateway)
+    return out
+
+
+def flood_hits(lab: Lab) -> int:
+    """Frames the switches' flood tables have replicated, summed (a flood from a host hits
+    each switch once; a loop would hit them without end)."""
+    total = 0
+    for sw in switches(lab):
+        text = switch_ovs(lab, sw).ofctl("dump-flows", "table=30", bridge=BRIDGE)
+        total += sum(int(part.split("=", 1)[1]) for line in text.splitlines()
+                     for part in line.replace(",", " ").split() if part.startswith("n_packets="))
+    return total

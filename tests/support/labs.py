@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from controller.lab import netns, topology
 from controller.lab.lab import Lab
@@ -36,11 +38,27 @@ def wait_programmed(lab: Lab, ctl: LabController) -> None:
               detail=lambda: ctl.log_text()[-3000:])
 
 
+# the isolation suite on another topology (e.g. the fabric: VEIL_LAB_TOPOLOGY=fabric-3x3)
+TOPOLOGY_ENV = "VEIL_LAB_TOPOLOGY"
+
+
+def lab_topology(name: str | None = None) -> Path | None:
+    """A built-in topology by name (``fabric-3x3``) or a path; None: the default two-DC."""
+    name = name or os.environ.get(TOPOLOGY_ENV)
+    if not name:
+        return None
+    builtin = topology.default_topology_path().parent / f"{name}.yaml"
+    return builtin if builtin.exists() else Path(name)
+
+
 @contextlib.contextmanager
-def programmed_lab(kind: str) -> Iterator[tuple[Lab, LabController]]:
-    """The default two-DC lab with the real controller running, once it has programmed every
-    host (``wait_programmed``); both torn down afterwards, whatever happens."""
-    lab = Lab(topology.with_kind(topology.load(), "netns"), prefix=unique_prefix(kind))
+def programmed_lab(kind: str, topology_path: Path | None = None) -> Iterator[tuple[Lab, LabController]]:
+    """The default two-DC lab (or ``topology_path``, or ``$VEIL_LAB_TOPOLOGY``) with the real
+    controller running, once it has programmed every host (``wait_programmed``); both torn
+    down afterwards, whatever happens."""
+    path = topology_path or lab_topology()
+    lab = Lab(topology.with_kind(topology.load(path), "netns"), prefix=unique_prefix(kind),
+              topology_path=path)
     ctl: LabController | None = None
     try:
         lab.up()
