@@ -48,7 +48,10 @@ class FabricSession(OfSession):
 
     def _dispatch(self, msg: Any) -> None:
         if msg.msg_type == ofp.OFP.OFPT_PORT_STATUS:
-            self._on_port(_port_state(msg.desc))
+            port = _port_state(msg.desc)
+            if msg.reason == ofp.OFP.OFPPR_DELETE:  # a removed port is a dead one
+                port = PortState(port.port, port.name, False)
+            self._on_port(port)
             return
         super()._dispatch(msg)
 

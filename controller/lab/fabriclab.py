@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from controller.lab.lab import Lab
 
 BRIDGE = "br0"
+# how the fabric's switches forward: veil's fabric controller (the point), or, for the bench's
+# side-by-side, the same wiring as plain L2 learning switches with spanning tree
+MODES = ("veil", "stp", "rstp")
 BFD_MS = 30  # 3 missed: ~90 ms to find a silent failure (10 ms flapped on two busy cores)
 FABRIC_DIR = "fabric"
 
@@ -50,29 +53,41 @@ def switches(lab: Lab) -> list[str]:
     return [s for d in fabric_dcs(lab) for s in (d.fabric.switches if d.fabric else ())]
 
 
-def build(lab: Lab, dc: Datacenter, add_ns: Callable[[str], str], router_ns: str) -> None:
-    """The switches, their OVS, the cables (with BFD) and the router's uplink."""
+def build(lab: Lab, dc: Datacenter, add_ns: Callable[[str], str], router_ns: str,
+          mode: str = "veil") -> None:
+    """The switches, their OVS, the cables (with BFD) and the router's uplink. ``mode`` stp
+    or rstp: standalone learning switches with (R)STP instead, no controller, no BFD."""
     fab = dc.fabric
     assert fab is not None
+    if mode not in MODES:
+        raise ValueError(f"fabric mode {mode!r}: one of {', '.join(MODES)}")
     for i, s in enumerate(fab.switches):
         add_ns(s)
         ovs = switch_ovs(lab, s)
         ovs.start(system_id=s)
-        ovs.vsctl("add-br", BRIDGE, "--", "set", "Bridge", BRIDGE, "datapath_type=netdev",
-                  "fail_mode=secure", "protocols=OpenFlow13,OpenFlow14",
-                  "other_config:disable-in-band=true",
-                  f"other_config:datapath-id={0x7e110000 + (dc_index(lab, dc) << 8) + i + 1:016x}")
-        ovs.vsctl("set-controller", BRIDGE, f"punix:{of_socket(lab, s)}")
+        dpid = f"other_config:datapath-id={0x7e110000 + (dc_index(lab, dc) << 8) + i + 1:016x}"
+        if mode == "veil":
+            ovs.vsctl("add-br", BRIDGE, "--", "set", "Bridge", BRIDGE, "datapath_type=netdev",
+                      "fail_mode=secure", "protocols=OpenFlow13,OpenFlow14",
+                      "other_config:disable-in-band=true", dpid)
+            ovs.vsctl("set-controller", BRIDGE, f"punix:{of_socket(lab, s)}")
+        else:  # the shortest timers OVS takes, so the comparison is spanning tree at its best
+            timers = (["stp_enable=true", "other_config:stp-forward-delay=4",
+                       "other_config:stp-max-age=6", "other_config:stp-hello-time=1"]
+                      if mode == "stp" else
+                      ["rstp_enable=true", "other_config:rstp-forward-delay=4",
+                       "other_config:rstp-max-age=6", "other_config:rstp-hello-time=1"])
+            ovs.vsctl("add-br", BRIDGE, "--", "set", "Bridge", BRIDGE, "datapath_type=netdev",
+                      "fail_mode=standalone", dpid, *timers)
     for n, (a, b) in enumerate(fab.links):
         netns.add_veth(lab.ns_name(a), b, lab.ns_name(b), a)
         for here, there, local in ((a, b, 1), (b, a, 2)):
             # BFD's addresses only ever sit in its own packets (never routed): the lab range
             ip = f"198.18.25{local}.{n + 1}"
             peer = f"198.18.25{3 - local}.{n + 1}"
-            switch_ovs(lab, here).vsctl(
-                "add-port", BRIDGE, there, "--", "set", "Interface", there,
-                "bfd:enable=true", f"bfd:min_tx={BFD_MS}", f"bfd:min_rx={BFD_MS}",
-                f"bfd:bfd_src_ip={ip}", f"bfd:bfd_dst_ip={peer}")
+            bfd = ["--", "set", "Interface", there, "bfd:enable=true", f"bfd:min_tx={BFD_MS}",
+                   f"bfd:min_rx={BFD_MS}", f"bfd:bfd_src_ip={ip}", f"bfd:bfd_dst_ip={peer}"]
+            switch_ovs(lab, here).vsctl("add-port", BRIDGE, there, *(bfd if mode == "veil" else ()))
     up = fab.uplink
     netns.add_veth(lab.ns_name(up), f"h-{lab.topo.router}", router_ns, dc.name)
     switch_ovs(lab, up).vsctl("add-port", BRIDGE, f"h-{lab.topo.router}")
@@ -101,6 +116,23 @@ def config(lab: Lab, probe_interval: float = 1.0) -> dict[str, Any]:
         "status": str(lab.rundir / FABRIC_DIR / "status.json"),
         "probe_interval": probe_interval,
     }
+
+
+def stp_blocked(lab: Lab) -> set[frozenset[str]]:
+    """Cables with a port (R)STP keeps from forwarding (stp: blocking/listening/learning;
+    rstp: discarding), from ovs-appctl."""
+    out: set[frozenset[str]] = set()
+    for sw in switches(lab):
+        ovs = switch_ovs(lab, sw)
+        text = ovs.vsctl("--format=csv", "--data=bare", "--columns=name,status", "list", "Port")
+        text += ovs.vsctl("--format=csv", "--data=bare", "--columns=name,rstp_status", "list", "Port")
+        for line in text.splitlines():
+            name, _, st = line.partition(",")
+            if name.startswith("s") and any(w in st for w in (
+                    "stp_state=blocking", "stp_state=listening", "stp_state=learning",
+                    "rstp_port_state=Discarding", "rstp_port_state=Learning")):
+                out.add(frozenset((sw, name)))
+    return out
 
 
 def start_controller(lab: Lab) -> int:
@@ -235,3 +267,59 @@ def flood_hits(lab: Lab) -> int:
         total += sum(int(part.split("=", 1)[1]) for line in text.splitlines()
                      for part in line.replace(",", " ").split() if part.startswith("n_packets="))
     return total
+
+
+def port_packets(lab: Lab) -> dict[tuple[str, str], int]:
+    """rx + tx packets of every switch port, by (switch, port name): works in every mode
+    (probes, BFD and BPDUs included)."""
+    out: dict[tuple[str, str], int] = {}
+    for sw in switches(lab):
+        text = switch_ovs(lab, sw).vsctl("--format=csv", "--data=bare", "--columns=name,statistics",
+                                         "list", "Interface")
+        for line in text.splitlines():
+            name, _, stats = line.partition(",")
+            kv = dict(x.split("=", 1) for x in stats.strip('"').split() if "=" in x)
+            out[(sw, name)] = int(kv.get("rx_packets", 0)) + int(kv.get("tx_packets", 0))
+    return out
+
+
+def busiest_cable(lab: Lab, among: list[tuple[str, str]], seconds: float = 0.5) -> tuple[str, str]:
+    """Of ``among``, the cable whose packet counters grew most over ``seconds`` (the one a
+    running 1 ms probe's path takes: a thousand frames a second above everything else)."""
+    import time
+    before = port_packets(lab)
+    time.sleep(seconds)
+    after = port_packets(lab)
+
+    def grew(c: tuple[str, str]) -> int:
+        a, b = c
+        return after.get((a, b), 0) - before.get((a, b), 0)
+    return max(among, key=grew)
+
+
+def probed_cut(lab: Lab, src: str, dst_ip: str, among: list[tuple[str, str]], *,
+               silent: bool = False, seconds: float = 4.0) -> tuple[tuple[str, str], Any]:
+    """Ping ``dst_ip`` from ``src`` every 1 ms, pull (or silence) whichever cable of ``among``
+    the probe uses, and return that cable with the probe's result (``ProbeResult``, the
+    longest outage). The cable is put back afterwards."""
+    import shlex
+    import time
+
+    from controller.lab.probe import Probe
+    probe = Probe(lambda cmd, t: lab.exec(src, shlex.split(cmd), timeout=t).stdout,
+                  dst_ip, seconds).start()
+    time.sleep(0.5)
+    cable = busiest_cable(lab, among, 0.3)
+    a, b = cable
+    try:
+        if silent:
+            silence_cable(lab, a, b, True)
+        else:
+            set_cable(lab, a, b, False)
+        result = probe.result()
+    finally:
+        if silent:
+            silence_cable(lab, a, b, False)
+        else:
+            set_cable(lab, a, b, True)
+    return cable, result

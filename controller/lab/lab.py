@@ -145,6 +145,7 @@ class Lab:
             name: Hypervisor(name, h.ns, h.ovs, install=install) for name, h in self.hosts.items()
         } if "libvirt" in topo.kinds() else {}
         self._boot: guests.GuestBoot | None = None
+        self.fabric_mode = "veil"  # a fabric DC's switches: veil's (or stp/rstp, the bench's)
         self._underlay_env: dict[str, dict[str, str]] = {
             h.name: {"UNDERLAY_DEV": "bond0", "UNDERLAY_BOND": "up0 up1"} for h in topo.hosts
             if len(h.attach) > 1}  # (a dual-homed host's bond, also after `attach`)
@@ -211,7 +212,7 @@ class Lab:
         netns.run(["bash", str(script("router.sh"))], ns=router_ns)
         for dc in t.datacenters:
             if dc.fabric is not None:  # OpenFlow switches under veil's fabric controller
-                fabriclab.build(self, dc, self._add_ns, router_ns)
+                fabriclab.build(self, dc, self._add_ns, router_ns, self.fabric_mode)
                 netns.run(["ip", "addr", "add", f"{dc.gateway}/{dc.subnet.prefixlen}", "dev", dc.name],
                           ns=router_ns)
                 continue
@@ -230,7 +231,7 @@ class Lab:
             tor_ns = self.ns_name(t.dc(h.spec.dc).tor)
             netns.add_veth(h.ns, "eth0", tor_ns, h.name)
             netns.run(["ip", "link", "set", h.name, "master", "br0"], ns=tor_ns)
-        if fabriclab.fabric_dcs(self):
+        if fabriclab.fabric_dcs(self) and self.fabric_mode == "veil":
             progress(f"lab {self.prefix}: veil's fabric controller for {', '.join(fabriclab.switches(self))}")
             fabriclab.start_controller(self)
             found = fabriclab.wait_discovered(self)

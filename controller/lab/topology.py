@@ -146,6 +146,12 @@ def default_topology_path() -> Path:
     return Path(str(resources.files("controller.lab") / "topologies" / "two-dc.yaml"))
 
 
+def named(name: str) -> Path:
+    """A built-in topology by name (``fabric-3x3``), else ``name`` as a file path."""
+    builtin = default_topology_path().parent / f"{name}.yaml"
+    return builtin if "/" not in name and builtin.exists() else Path(name)
+
+
 def load(path: Path | None = None) -> Topology:
     """Read and validate a topology file (the default two-DC lab when ``path`` is None)."""
     p = path or default_topology_path()
