@@ -85,11 +85,13 @@ def _continues(g: nx.MultiGraph, dist: Mapping[str, Mapping[str, int]], n: str, 
 
 
 def route_group(g: nx.MultiGraph, dist: Mapping[str, Mapping[str, int]], s: str, d: str,
-                ingress: int | None) -> tuple[GroupSpec | None, list[GroupSpec]]:
+                ingress: int | None, around: list[tuple[int, str]] | None = None
+                ) -> tuple[GroupSpec | None, list[GroupSpec]]:
     """The group ``s`` sends frames for switch ``d`` to (arriving on ``ingress``), with the
-    groups it chains to; None when no other port leads anywhere."""
+    groups it chains to; None when no other port leads anywhere. ``around``: ``s``'s
+    ``_neighbours`` when the caller has them."""
     far = dist[s].get(d)
-    around = _neighbours(g, s)
+    around = _neighbours(g, s) if around is None else around
     came_from = next((n for p, n in around if p == ingress), None)
     # never back to the switch the frame came from, over any of the cables to it
     ports = [(p, n) for p, n in around if p != ingress and n != came_from]
@@ -119,7 +121,8 @@ def program(state: FabricState, g: nx.MultiGraph, dist: Mapping[str, Mapping[str
             tree: frozenset[Link], s: str) -> Program:
     flows: list[Flow] = []
     groups: dict[int, GroupSpec] = {}
-    fabric = sorted(p for p, _ in _neighbours(g, s))
+    around = _neighbours(g, s)
+    fabric = sorted(p for p, _ in around)
     hosts_here = sorted(h for h in state.hosts if h.at.switch == s)
     edge = sorted({h.at.port for h in hosts_here} - set(fabric))
 
@@ -146,7 +149,7 @@ def program(state: FabricState, g: nx.MultiGraph, dist: Mapping[str, Mapping[str
     for d in sorted(reachable - {s}):
         n = state.number(d)
         for ingress in (None, *fabric):
-            top, chained = route_group(g, dist, s, d, ingress)
+            top, chained = route_group(g, dist, s, d, ingress, around)
             if top is None:
                 continue
             for x in (*chained, top):

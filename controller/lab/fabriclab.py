@@ -16,18 +16,29 @@ discovered every declared cable.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from controller.lab import netns
 from controller.lab.ovs import OvsInstance
-from controller.lab.topology import Datacenter, Host
+from controller.lab.topology import Datacenter, Host, Topology
 
-if TYPE_CHECKING:
-    from controller.lab.lab import Lab
+
+class Lab(Protocol):
+    """What this module needs of ``controller.lab.lab.Lab`` (which imports this module)."""
+
+    rundir: Path
+    topo: Topology
+
+    def ns_name(self, node: str) -> str: ...
+    def node_ns(self, node: str) -> str: ...
+    def exec(self, node: str, argv: Sequence[str], check: bool = False,
+             timeout: float = 60.0) -> subprocess.CompletedProcess[str]: ...
 
 BRIDGE = "br0"
 # how the fabric's switches forward: veil's fabric controller (the point), or, for the bench's
@@ -78,7 +89,7 @@ def build(lab: Lab, dc: Datacenter, add_ns: Callable[[str], str], router_ns: str
                       ["rstp_enable=true", "other_config:rstp-forward-delay=4",
                        "other_config:rstp-max-age=6", "other_config:rstp-hello-time=1"])
             ovs.vsctl("add-br", BRIDGE, "--", "set", "Bridge", BRIDGE, "datapath_type=netdev",
-                      "fail_mode=standalone", dpid, *timers)
+                      "fail_mode=standalone", "protocols=OpenFlow13,OpenFlow14", dpid, *timers)
     for n, (a, b) in enumerate(fab.links):
         netns.add_veth(lab.ns_name(a), b, lab.ns_name(b), a)
         for here, there, local in ((a, b, 1), (b, a, 2)):
@@ -269,17 +280,18 @@ def flood_hits(lab: Lab) -> int:
     return total
 
 
+_PORT_STATS = re.compile(r'port\s+"?([\w-]+)"?:\s*rx pkts=(\d+).*?\n\s*tx pkts=(\d+)', re.S)
+
+
 def port_packets(lab: Lab) -> dict[tuple[str, str], int]:
-    """rx + tx packets of every switch port, by (switch, port name): works in every mode
-    (probes, BFD and BPDUs included)."""
+    """rx + tx packets of every switch port, by (switch, port name), live from OpenFlow port
+    stats (OVSDB's statistics column lags by up to 5 s); works in every mode (probes, BFD and
+    BPDUs included)."""
     out: dict[tuple[str, str], int] = {}
     for sw in switches(lab):
-        text = switch_ovs(lab, sw).vsctl("--format=csv", "--data=bare", "--columns=name,statistics",
-                                         "list", "Interface")
-        for line in text.splitlines():
-            name, _, stats = line.partition(",")
-            kv = dict(x.split("=", 1) for x in stats.strip('"').split() if "=" in x)
-            out[(sw, name)] = int(kv.get("rx_packets", 0)) + int(kv.get("tx_packets", 0))
+        text = switch_ovs(lab, sw).ofctl("dump-ports", bridge=BRIDGE)
+        for name, rx, tx in _PORT_STATS.findall(text):
+            out[(sw, name)] = int(rx) + int(tx)
     return out
 
 
@@ -306,8 +318,10 @@ def probed_cut(lab: Lab, src: str, dst_ip: str, among: list[tuple[str, str]], *,
     import time
 
     from controller.lab.probe import Probe
-    probe = Probe(lambda cmd, t: lab.exec(src, shlex.split(cmd), timeout=t).stdout,
-                  dst_ip, seconds).start()
+    def run(cmd: str, timeout: float) -> str:  # iputils counts from icmp_seq=1, busybox from 0
+        out = lab.exec(src, shlex.split(cmd), timeout=timeout).stdout
+        return re.sub(r"icmp_seq=(\d+)", lambda m: f"seq={int(m.group(1)) - 1}", out)
+    probe = Probe(run, dst_ip, seconds).start()
     time.sleep(0.5)
     cable = busiest_cable(lab, among, 0.3)
     a, b = cable

@@ -134,7 +134,7 @@ def test_the_fabric_topology_file_and_its_errors() -> None:
     topo = topology.load(Path(topology.default_topology_path().parent / "fabric-3x3.yaml"))
     fab = topo.datacenters[0].fabric
     assert fab is not None and len(fab.switches) == 9 and len(fab.links) == 12
-    assert topo.host("dc1-h1").attach == ("s11", "s13")
+    assert topo.host("dc1-h3").attach == ("s13", "s31")
     base = {"name": "t", "router": {"name": "r"},
             "datacenters": [{"name": "d", "subnet": "198.18.1.0/24", "gateway": "198.18.1.254",
                              "fabric": {"switches": ["x", "y"], "links": [["x", "z"]]}}],

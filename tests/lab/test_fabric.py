@@ -13,6 +13,7 @@ import itertools
 import struct
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ def fab() -> Iterator[tuple[Lab, LabController]]:
         yield running
 
 
-def _all_cables(lab: Lab) -> dict[str, object]:
+def _all_cables(lab: Lab) -> dict[str, Any]:
     return fabriclab.wait_discovered(lab, timeout=20.0)
 
 
