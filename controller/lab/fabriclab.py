@@ -289,7 +289,7 @@ def port_packets(lab: Lab) -> dict[tuple[str, str], int]:
     BPDUs included)."""
     out: dict[tuple[str, str], int] = {}
     for sw in switches(lab):
-        text = switch_ovs(lab, sw).ofctl("dump-ports", bridge=BRIDGE)
+        text = switch_ovs(lab, sw).ofctl("dump-ports", "--names", bridge=BRIDGE)
         for name, rx, tx in _PORT_STATS.findall(text):
             out[(sw, name)] = int(rx) + int(tx)
     return out

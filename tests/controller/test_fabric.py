@@ -156,3 +156,15 @@ def test_the_fabric_topology_file_and_its_errors() -> None:
     base["hosts"][0]["attach"] = ["s99"]  # type: ignore[index]
     with pytest.raises(topology.TopologyError, match=r"hosts\[0\]\.attach: 's99' is no switch"):
         topology.parse(base)
+
+
+def test_fabric_flows_encode_as_os_ken_does_groups_included() -> None:
+    """The direct encoder (ofwire) writes the group action byte for byte as os-ken."""
+    from controller.southbound import ofp, ofwire
+    names, pairs = topology.grid(3, 3)
+    state, _ = cabled(names, pairs)
+    dp = ofp.protocol()
+    flows = [f for p in plan(state).programs.values() for f in p.flows]
+    assert any(f.actions and type(f.actions[0]).__name__ == "Group" for f in flows)
+    for f in flows:
+        assert ofwire.flow_mod_body(f) == ofp.wire(ofp.to_flow_mod(dp, f))[1], f
