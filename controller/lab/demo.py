@@ -265,9 +265,9 @@ def run_demo(root: Path, *, keep: bool, say: Say, kind: str | None = "libvirt", 
             lab.exec(src, ["ip", "neigh", "flush", "dev", "eth0"], check=True)
         if any(d.fabric for d in topo.datacenters):
             from controller.lab.demo_fabric import fabric_steps
-            letters = iter("abc")
+            letters = iter("abc")  # (after step 4: the underlay, then what the fabric does)
             fabric_steps(lab, checks.expect,
-                         lambda title, why: _step(say, f"3{next(letters)}", title, why), say)
+                         lambda title, why: _step(say, f"4{next(letters)}", title, why), say)
         controller_steps(lab, checks, say, migrate)
     finally:
         say("")

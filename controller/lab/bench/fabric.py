@@ -18,6 +18,7 @@ Writes fabric.json and fabric.md into the output directory.
 from __future__ import annotations
 
 import itertools
+import os
 import json
 import secrets
 import subprocess
@@ -86,7 +87,7 @@ def _iperf(lab: Lab, seconds: int) -> dict[str, float]:
 def measure_mode(mode: str, root: Path, say: Say, quick: bool) -> ModeResult:
     res = ModeResult(mode)
     topo = topology.with_kind(topology.load(topology.named("fabric-3x3")), "netns")
-    lab = Lab(topo, prefix=f"vlbf{secrets.token_hex(3)}", root=root)
+    lab = Lab(topo, prefix=f"{os.environ.get('VEIL_NAME_HEAD', 'vl')}bf{secrets.token_hex(3)}", root=root)
     lab.fabric_mode = mode
     began = time.monotonic()
     try:
