@@ -29,6 +29,7 @@ from controller.pipeline.flows import MULTICAST_BIT, Action, Flow, Group, Match,
 from controller.pipeline.tables import check_flows
 
 META_MASK = 0xFFFF
+HOST_PRIORITY = 800  # classify: a learned host's frames on its port (switch.learned_hosts reads them)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def program(state: FabricState, g: nx.MultiGraph, dist: Mapping[str, Mapping[str
     # 0 classify
     flows.append(Flow(T.CLASSIFY, 1000, Match.of(eth_type=PROBE_ETH_TYPE), (ToController(),)))
     flows += [Flow(T.CLASSIFY, 900, Match.of(in_port=p), goto=T.L2) for p in fabric]
-    flows += [Flow(T.CLASSIFY, 800, Match.of(in_port=h.at.port, eth_src=h.mac), goto=T.L2)
+    flows += [Flow(T.CLASSIFY, HOST_PRIORITY, Match.of(in_port=h.at.port, eth_src=h.mac), goto=T.L2)
               for h in hosts_here if h.at.port not in fabric]
     flows.append(Flow(T.CLASSIFY, 0, Match(), (ToController(),)))
 

@@ -16,6 +16,9 @@ daemon never exits or spins because a switch is down), and then, by itself:
   file (JSON, replaced atomically with a growing ``generation``) and the log.
 - recomputes every switch's flows and groups (``compute.plan``) on every change and pushes the
   differences (``switch.push``): one bundle per switch.
+- restarts without a flush: what a switch holds is read back (flows by cookie, groups by id,
+  learned hosts from classify's per-host flows), and a switch that kept flows gets its first
+  push only after a probe round (``RESTART_HOLD``), so only differences go out.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ AGE_INTERVALS = 3.5
 # a switch learns no hosts for this long after it connects: its neighbours' probes (sent once
 # every switch has the flow that punts them) first say which of its ports are cables
 LEARN_HOLD = 0.5
+RESTART_HOLD = 1.0
 
 
 def _mac_bytes(mac: str) -> bytes:
@@ -109,6 +113,7 @@ class _Switch:
     installed: Installed = field(default_factory=lambda: Installed(frozenset(), frozenset()))
     next_dial: float = 0.0
     learn_after: float = 0.0
+    hold_until: float = 0.0  # no push before: the fabric is still being rediscovered
 
 
 class FabricController:
@@ -129,6 +134,9 @@ class FabricController:
         self.last_push_ms = 0.0
         self.changed = True
         self.reprobe = False
+        self.holding = False  # some switch waits out RESTART_HOLD before its first push
+        self.sent: dict[str, int] = {}  # messages in each switch's last push
+        self.sent_total: dict[str, int] = {}  # and since this controller started
         self._stop = threading.Event()
 
     # -- state -----------------------------------------------------------------------------
@@ -238,13 +246,24 @@ class FabricController:
                                      functools.partial(self._closed, name))
                 s.ports = {p.port: p for p in sess.ports()}
                 s.installed = Installed(sess.installed(), sess.group_ids())
+                kept = sess.learned_hosts()
             except (OSError, RuntimeError) as exc:
                 LOG.debug("switch %s not reachable: %s", name, exc)
                 s.next_dial = now + 1.0
                 continue
-            LOG.info("switch %s connected (%d ports)", name, len(s.ports))
+            for mac, port in kept:  # hosts a previous controller learned: flows kept, not flushed
+                self.hosts.setdefault(mac, End(name, port))
+            LOG.info("switch %s connected (%d ports, %d veil flows, %d groups, %d hosts kept)",
+                     name, len(s.ports), len(s.installed.flows), len(s.installed.groups), len(kept))
             s.session = sess
             s.learn_after = now + LEARN_HOLD
+            if s.installed.flows:
+                # A restarted controller: the switch forwards on the flows it kept. Pushing what
+                # a half-discovered fabric computes would delete routes over cables not heard
+                # yet; the neighbours' probes (their punt flows are kept too) arrive within a
+                # round, so wait one and push only the differences.
+                s.hold_until = now + RESTART_HOLD
+                self.holding = True
             self.changed = True
             self.reprobe = True  # once its flows are in, everyone's probes can reach it
 
@@ -258,7 +277,10 @@ class FabricController:
             if s.session is None:
                 continue
             try:
-                s.installed, _ = push(s.session, s.installed, prog, self.known_groups)
+                if time.monotonic() < s.hold_until:
+                    continue  # a switch that kept a previous controller's flows: see dial()
+                s.installed, self.sent[name] = push(s.session, s.installed, prog, self.known_groups)
+                self.sent_total[name] = self.sent_total.get(name, 0) + self.sent[name]
             except (OSError, RuntimeError) as exc:
                 LOG.error("switch %s: push failed: %s", name, exc)
                 s.session.close()
@@ -291,8 +313,10 @@ class FabricController:
             "wiring": {"ok": report.ok, "missing": [list(p) for p in report.missing],
                        "undeclared": [str(l) for l in report.undeclared],
                        "extra": [str(l) for l in report.extra]},
-            "programs": {n: {"flows": len(p.flows), "groups": len(p.groups)}
+            "programs": {n: {"flows": len(p.flows), "groups": len(p.groups),
+                             "last_push_messages": self.sent.get(n, 0)}
                          for n, p in pl.programs.items()},
+            "messages_total": dict(self.sent_total),
             "compute_ms": round(self.last_compute_ms, 2),
             "push_ms": round(self.last_push_ms, 2),
             "ports": {n: {str(p.port): {"name": p.name, "live": p.live} for p in s.ports.values()}
@@ -312,7 +336,7 @@ class FabricController:
                 self.probe_all()
                 self.age(now)
                 next_probe = now + self.cfg.probe_interval
-            timeout = max(0.0, min(next_probe, now + 0.5) - time.monotonic())
+            timeout = max(0.0, min(next_probe, now + (0.1 if self.holding else 0.5)) - time.monotonic())
             try:
                 ev = self.events.get(timeout=timeout)
                 self.handle(*ev, time.monotonic())
@@ -321,6 +345,9 @@ class FabricController:
                     self.handle(*self.events.get_nowait(), time.monotonic())
             except queue.Empty:
                 pass
+            if self.holding and all(s.hold_until <= time.monotonic() for s in self.sw.values()):
+                self.holding = False
+                self.changed = True  # the holds are over: push what the fabric now computes
             if self.changed:
                 self.changed = False
                 self.recompute()

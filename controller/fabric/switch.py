@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.fabric.compute import Program
+from controller.fabric.compute import HOST_PRIORITY, Program
 from controller.fabric.groups import GroupSpec, add_message, delete_message
 from controller.pipeline.diff import diff_flows
 from controller.pipeline.flows import Flow, FlowId
@@ -63,6 +63,21 @@ class FabricSession(OfSession):
     def group_ids(self) -> frozenset[int]:
         replies = self.request(ofp.PARSER.OFPGroupDescStatsRequest(self.dp, 0), "group dump")
         return frozenset(int(g.group_id) for r in replies for g in r.body)
+
+    def learned_hosts(self) -> list[tuple[str, int]]:
+        """(MAC, port) of every host a previous controller let in (classify's per-host flows):
+        a restarted controller takes them back instead of deleting their flows."""
+        from controller.fabric.tables import CLASSIFY
+        from controller.pipeline.flows import COOKIE_TAG, COOKIE_TAG_MASK
+        p, o = ofp.PARSER, ofp.OFP
+        req = p.OFPFlowStatsRequest(self.dp, 0, CLASSIFY, o.OFPP_ANY, o.OFPG_ANY, COOKIE_TAG,
+                                    COOKIE_TAG_MASK, p.OFPMatch())
+        out: list[tuple[str, int]] = []
+        for r in self.request(req, "classify flow dump"):
+            for st in r.body:
+                if st.priority == HOST_PRIORITY and "eth_src" in st.match and "in_port" in st.match:
+                    out.append((str(st.match["eth_src"]), int(st.match["in_port"])))
+        return out
 
     def packet_out(self, port: int, data: bytes, in_port: int | None = None) -> None:
         """``data`` out of ``port`` (``ofp.OFP.OFPP_TABLE``: through the tables, as arrived

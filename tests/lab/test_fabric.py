@@ -9,10 +9,13 @@ it found it (cables back, the controller's status showing all 12 again).
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import itertools
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,3 +173,28 @@ def test_a_cable_not_in_the_declaration_is_reported_as_mis_wiring(
         netns.run(["ip", "link", "del", f"x-{b}"], ns=lab.ns_name(a), check=False)
     until("the wiring report is clean again", lambda: fabriclab.status(lab)["wiring"]["ok"],
           timeout=10)
+
+
+def test_the_fabric_controller_dies_traffic_does_not_and_its_restart_resends_nothing(
+        fab: tuple[Lab, LabController]) -> None:
+    lab, _ = fab
+    _all_cables(lab)
+    pidfile = lab.rundir / fabriclab.FABRIC_DIR / "fabric.pid"
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, 0)  # (the lab started it from this process)
+    except ChildProcessError:
+        pass  # already reaped
+    assert not Path(f"/proc/{pid}").exists()
+    (lab.rundir / fabriclab.FABRIC_DIR / "status.json").unlink()
+    assert _pairs_reach(lab) == []  # the switches keep forwarding on the flows they hold
+    fabriclab.start_controller(lab)
+    st = until("the restarted controller has rediscovered the fabric and pushed to every switch",
+               lambda: ((s := fabriclab.status(lab)) and len(s["links"]) == 12
+                        and len(s.get("messages_total", {})) == 9 and s), timeout=15,
+               detail=lambda: fabriclab.log_tail(lab))
+    # what it computed is what the switches held: not one flow or group re-sent
+    assert set(st["messages_total"].values()) == {0}, st["messages_total"]
+    assert "hosts kept" in fabriclab.log_tail(lab, 20000)
+    assert _pairs_reach(lab) == []
