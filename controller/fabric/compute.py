@@ -17,6 +17,7 @@ Path computation is networkx's (BFS distances on the live multigraph).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -87,7 +88,7 @@ def _continues(g: nx.MultiGraph, dist: Mapping[str, Mapping[str, int]], n: str, 
 
 def route_group(g: nx.MultiGraph, dist: Mapping[str, Mapping[str, int]], s: str, d: str,
                 ingress: int | None, around: list[tuple[int, str]] | None = None
-                ) -> tuple[GroupSpec | None, list[GroupSpec]]:
+                ) -> tuple[GroupSpec | None, tuple[GroupSpec, ...]]:
     """The group ``s`` sends frames for switch ``d`` to (arriving on ``ingress``), with the
     groups it chains to; None when no other port leads anywhere. ``around``: ``s``'s
     ``_neighbours`` when the caller has them."""
@@ -97,13 +98,22 @@ def route_group(g: nx.MultiGraph, dist: Mapping[str, Mapping[str, int]], s: str,
     # never back to the switch the frame came from, over any of the cables to it
     ports = [(p, n) for p, n in around if p != ingress and n != came_from]
     if far is None or not ports:
-        return None, []
+        return None, ()
     primary = [p for p, n in ports if dist[n].get(d, -1) == far - 1]
     # A backup neighbour must have a shortest next hop towards d other than s: it then goes on
     # along shortest paths, none of which come back through s (they would be longer), so a
     # detour around one dead cable never loops (tests/controller/test_fabric.py's property).
     backup = [p for p, n in sorted(ports, key=lambda pn: (dist[pn[1]].get(d, 1 << 30), pn[0]))
               if p not in primary and _continues(g, dist, n, d, avoid=s)]
+    return _groups(tuple(primary), tuple(backup))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _groups(primary: tuple[int, ...], backup: tuple[int, ...]
+            ) -> tuple[GroupSpec | None, tuple[GroupSpec, ...]]:
+    """The fast-failover group (and the select group it chains to) for these ports: a value
+    of its ports alone, so every (destination, ingress) with the same ports shares it (and the
+    hashing that names it is done once)."""
     chained: list[GroupSpec] = []
     buckets: list[Bucket] = []
     if len(primary) > 1:
@@ -114,8 +124,8 @@ def route_group(g: nx.MultiGraph, dist: Mapping[str, Mapping[str, int]], s: str,
         buckets.append(out_port(primary[0]))
     buckets.extend(out_port(p) for p in backup)
     if not buckets:
-        return None, []
-    return GroupSpec("ff", tuple(buckets)), chained
+        return None, ()
+    return GroupSpec("ff", tuple(buckets)), tuple(chained)
 
 
 def program(state: FabricState, g: nx.MultiGraph, dist: Mapping[str, Mapping[str, int]],

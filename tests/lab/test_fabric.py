@@ -190,10 +190,11 @@ def test_the_fabric_controller_dies_traffic_does_not_and_its_restart_resends_not
     (lab.rundir / fabriclab.FABRIC_DIR / "status.json").unlink()
     assert _pairs_reach(lab) == []  # the switches keep forwarding on the flows they hold
     fabriclab.start_controller(lab)
+    def settled() -> dict[str, Any] | None:
+        s = fabriclab.status(lab)
+        return s if s and len(s["links"]) == 12 and len(s.get("messages_total", {})) == 9 else None
     st = until("the restarted controller has rediscovered the fabric and pushed to every switch",
-               lambda: ((s := fabriclab.status(lab)) and len(s["links"]) == 12
-                        and len(s.get("messages_total", {})) == 9 and s), timeout=15,
-               detail=lambda: fabriclab.log_tail(lab))
+               settled, timeout=15, detail=lambda: fabriclab.log_tail(lab))
     # what it computed is what the switches held: not one flow or group re-sent
     assert set(st["messages_total"].values()) == {0}, st["messages_total"]
     assert "hosts kept" in fabriclab.log_tail(lab, 20000)
