@@ -32,6 +32,27 @@ pytestmark = pytest.mark.lab
 FLOOD_TYPE = 0x88B6  # a local experimental EtherType no one else sends
 
 
+def test_the_fabric_demo_runs_start_to_end_and_cleans_up() -> None:
+    """`veil-lab demo --topology fabric-3x3`: the fabric's steps 4a-4c, then the overlay's
+    steps on top of the fabric (its own lab, first in the module: before the module's lab exists)."""
+    import tempfile
+
+    from controller.lab import topology
+    from controller.lab.demo import run_demo
+    from controller.lab.lab import running_labs
+    root = Path(tempfile.mkdtemp(prefix="veil-demo-", dir="/tmp"))
+    lines: list[str] = []
+    rc = run_demo(root, keep=False, say=lines.append, kind=None,
+                  topology_path=topology.named("fabric-3x3"))
+    text = "\n".join(lines)
+    assert rc == 0 and "FAILED" not in text, text
+    for step in ("4a", "4b", "4c", *map(str, range(1, 11))):
+        assert f"== Step {step}:" in text, step
+    assert "12 of 12 declared cables discovered" in text and "12 of 12" in text
+    assert running_labs(root) == []
+    root.rmdir()
+
+
 @pytest.fixture(scope="module")
 def fab() -> Iterator[tuple[Lab, LabController]]:
     began = time.monotonic()
@@ -199,3 +220,4 @@ def test_the_fabric_controller_dies_traffic_does_not_and_its_restart_resends_not
     assert set(st["messages_total"].values()) == {0}, st["messages_total"]
     assert "hosts kept" in fabriclab.log_tail(lab, 20000)
     assert _pairs_reach(lab) == []
+
