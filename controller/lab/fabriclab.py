@@ -3,8 +3,8 @@
 Every switch is a namespace ``<prefix>-<switch>`` with its own Open vSwitch (userspace
 datapath), one bridge ``br0`` in ``fail_mode=secure`` (nothing passes until veil's fabric
 controller says so) whose OpenFlow controller target is a passive unix socket the fabric
-controller dials. Cables are veth pairs ``<far switch>`` at both ends, with BFD (a 30 ms
-session, so a cable that stays up but carries nothing is seen within ~90 ms and its port
+controller dials. Cables are veth pairs ``<far switch>`` at both ends, with BFD (a 50 ms
+session, so a cable that stays up but carries nothing is seen within ~150 ms and its port
 stops being live: the fast-failover groups move off it). Hosts and the router's uplink attach
 on ports ``h-<node>``; a dual-homed host bonds its two NICs (active-backup) in br-phy.
 
@@ -39,12 +39,14 @@ class Lab(Protocol):
     def node_ns(self, node: str) -> str: ...
     def exec(self, node: str, argv: Sequence[str], check: bool = False,
              timeout: float = 60.0) -> subprocess.CompletedProcess[str]: ...
+    def ping(self, src: str, dst: str, count: int = 1, wait: float = 1.0,
+             interval: float = 0.2) -> bool: ...
 
 BRIDGE = "br0"
 # how the fabric's switches forward: veil's fabric controller (the point), or, for the bench's
 # side-by-side, the same wiring as plain L2 learning switches with spanning tree
 MODES = ("veil", "stp", "rstp")
-BFD_MS = 30  # 3 missed: ~90 ms to find a silent failure (10 ms flapped on two busy cores)
+BFD_MS = 50  # 3 missed: ~150 ms to find a silent failure (10 and 30 ms flapped on two busy cores)
 FABRIC_DIR = "fabric"
 
 
@@ -96,7 +98,8 @@ def build(lab: Lab, dc: Datacenter, add_ns: Callable[[str], str], router_ns: str
             # BFD's addresses only ever sit in its own packets (never routed): the lab range
             ip = f"198.18.25{local}.{n + 1}"
             peer = f"198.18.25{3 - local}.{n + 1}"
-            bfd = ["--", "set", "Interface", there, "bfd:enable=true", f"bfd:min_tx={BFD_MS}",
+            bfd = ["--", "set", "Interface", there, "bfd:enable=true",
+                   f"bfd:min_tx={BFD_MS}",
                    f"bfd:min_rx={BFD_MS}", f"bfd:bfd_src_ip={ip}", f"bfd:bfd_dst_ip={peer}"]
             switch_ovs(lab, here).vsctl("add-port", BRIDGE, there, *(bfd if mode == "veil" else ()))
     up = fab.uplink
@@ -181,6 +184,21 @@ def status(lab: Lab) -> dict[str, Any]:
 def log_tail(lab: Lab, n: int = 3000) -> str:
     p = lab.rundir / FABRIC_DIR / "fabric.log"
     return p.read_text(errors="replace")[-n:] if p.exists() else "(no fabric log)"
+
+
+def announce_hosts(lab: Lab, timeout: float = 20.0) -> None:
+    """Every fabric host pings its gateway, as a host does when it boots (ARP), until it gets
+    an answer: the controller has then learned where the host and the router are cabled, so
+    the lab starts with every attachment known (a first frame otherwise waits for the punt,
+    the recompute and the re-injection, which on two busy cores can outlast a 1 s ping)."""
+    import time
+    for d in fabric_dcs(lab):
+        for h in (h for h in lab.topo.hosts if h.dc == d.name):
+            deadline = time.monotonic() + timeout
+            while not lab.ping(h.name, str(d.gateway), count=1, wait=0.5):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{h.name} does not reach its gateway {d.gateway} over the "
+                                       f"fabric in {timeout}s: {log_tail(lab)}")
 
 
 def wait_discovered(lab: Lab, timeout: float = 60.0) -> dict[str, Any]:

@@ -242,6 +242,8 @@ class Lab:
             list(pool.map(self._start_host, hosts))
         for h in hosts:
             progress(f"  {h.name}: underlay {h.underlay_ip} on br-phy, br-int fail_mode=secure ({h.ns})")
+        if fabriclab.fabric_dcs(self) and self.fabric_mode == "veil":
+            fabriclab.announce_hosts(self)  # hosts ARP their gateway: the fabric learns them
         if self.hypervisors:
             require_libvirt()  # before the image build: name the missing package first
             boot = self.guest_boot()
