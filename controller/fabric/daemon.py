@@ -1,4 +1,5 @@
-"""`veil-fabric`: the fabric controller's process (one event loop, one reader thread per switch).
+"""The fabric controller's process (one event loop, one reader thread per switch); no console
+script yet, the lab starts it as below.
 
     python -m controller.fabric.daemon CONFIG.json
 
@@ -362,13 +363,13 @@ class FabricController:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: veil-fabric CONFIG.json", file=sys.stderr)
+        print("usage: python -m controller.fabric.daemon CONFIG.json", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         cfg = Config.load(Path(args[0]))
     except (OSError, ValueError, KeyError) as exc:
-        print(f"veil-fabric: {args[0]}: {exc}", file=sys.stderr)
+        print(f"controller.fabric.daemon: {args[0]}: {exc}", file=sys.stderr)
         return 2
     FabricController(cfg).run()
     return 0
