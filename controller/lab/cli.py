@@ -105,7 +105,10 @@ def cmd_ping(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from controller.lab.demo import run_demo
 
-    return run_demo(Path(args.root), keep=args.keep, say=_say, kind=args.kind, migrate=args.migrate)
+    path = topology.named(args.topology) if args.topology else None
+    kind = args.kind or (None if path else "libvirt")
+    return run_demo(Path(args.root), keep=args.keep, say=_say, kind=kind, migrate=args.migrate,
+                    topology_path=path)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -203,8 +206,10 @@ def parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="the two-DC demo, step by step")
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
-    dm.add_argument("--kind", choices=topology.VM_KINDS, default="libvirt",
-                    help="real libvirt guests (default) or the netns stand-ins")
+    dm.add_argument("--kind", choices=topology.VM_KINDS,
+                    help="real libvirt guests (the default of two-dc) or the netns stand-ins")
+    dm.add_argument("--topology", help="a built-in topology by name (fabric-3x3: DC1 a 3x3 "
+                    "OpenFlow fabric, docs/fabric.md) or a YAML file (default: two-dc)")
     dm.add_argument("--migrate", action="store_true", help="real guests: step 8 also moves a1 "
                     "live (virsh migrate --live) to DC2 and back under a 1 ms probe (a TCG guest "
                     "here sometimes panics after a move: docs/kvm.md)")
@@ -231,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="measure veil side by side with OVN and plain OVS (docs/benchmarks.md)")
     bn.add_argument("--out", default="docs/bench", help="where results.json, results.md and the plots go")
     bn.add_argument("--quick", action="store_true", help="few repetitions and a small fabric (a smoke run)")
-    bn.add_argument("--only", help="comma list of 1, lab, 2, 3c, 4, 5 (default: all; 2: figure 2 alone, veil over TLS and plaintext; 3c: real guests moved live)")
+    bn.add_argument("--only", help="comma list of 1, lab, 2, 3c, 4, 5, fabric (default: all but fabric; 2: figure 2 alone, veil over TLS and plaintext; 3c: real guests moved live; fabric: the 3x3 fabric against STP/RSTP, docs/fabric.md)")
     bn.add_argument("--reps", type=int, help="repetitions of figure 2 (default 20)")
     bn.set_defaults(func=cmd_bench)
     return clihelp.document(p)

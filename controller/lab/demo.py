@@ -37,7 +37,7 @@ class Checks:
             self.failed.append(what)
 
 
-def _step(say: Say, n: int, title: str, why: str) -> None:
+def _step(say: Say, n: int | str, title: str, why: str) -> None:
     say("")
     say(f"== Step {n}: {title}")
     for line in why.strip().splitlines():
@@ -47,10 +47,15 @@ def _step(say: Say, n: int, title: str, why: str) -> None:
 def describe(topo: topology.Topology, say: Say) -> None:
     for dc in topo.datacenters:
         hosts = [h for h in topo.hosts if h.dc == dc.name]
-        say(f"   {dc.name}: underlay {dc.subnet}, ToR {dc.tor}, router address {dc.gateway}")
+        if dc.fabric:
+            say(f"   {dc.name}: underlay {dc.subnet}, a fabric of {len(dc.fabric.switches)} OpenFlow switches "
+                f"and {len(dc.fabric.links)} cables (router on {dc.fabric.uplink}), router address {dc.gateway}")
+        else:
+            say(f"   {dc.name}: underlay {dc.subnet}, ToR {dc.tor}, router address {dc.gateway}")
         for h in hosts:
             vms = [f"{v.name} ({topo.network(v.network).tenant}, {v.ip.ip})" for v in topo.vms if v.host == h.name]
-            say(f"      host {h.name} {h.underlay_ip}: VMs {', '.join(vms) or '-'}")
+            cabled = f" on {'+'.join(h.attach)}" if h.attach else ""
+            say(f"      host {h.name} {h.underlay_ip}{cabled}: VMs {', '.join(vms) or '-'}")
     for net in topo.networks:
         say(f"   tenant {net.tenant}: network {net.name} {net.subnet}")
 
@@ -208,20 +213,23 @@ def capture_vnis(lab: Lab) -> set[int]:
     return {int(v, 16) for v in re.findall(r"vni (0x[0-9a-f]+)", text)} - {0}
 
 
-def run_demo(root: Path, *, keep: bool, say: Say, kind: str = "libvirt", migrate: bool = False) -> int:
+def run_demo(root: Path, *, keep: bool, say: Say, kind: str | None = "libvirt", migrate: bool = False,
+             topology_path: Path | None = None) -> int:
     """The steps; ``kind`` "libvirt": every VM a real guest its host's libvirtd starts
     (the default), "netns": the namespace stand-ins (faster). ``migrate`` (real guests only):
     step 8 also moves a1 live to DC2 and back under a 1 ms probe. Off by default: on these
     machines a TCG guest's kernel sometimes panics after a live move (docs/kvm.md, "Known
     problems"), and the demo must not fail on QEMU's account."""
-    topo = topology.with_kind(topology.load(), kind)
+    topo = topology.load(topology_path)
+    topo = topology.with_kind(topo, kind) if kind else topo  # None: as the topology file says
+    kind = "libvirt" if "libvirt" in topo.kinds() else "netns"
     checks = Checks(say)
     _step(say, 1, "the topology", """
         Two data centers, each a rack of hypervisors behind a top-of-rack switch. The DCs share
         no L2: only a router joins their underlay subnets. Two tenants use the SAME IP subnet.""")
     describe(topo, say)
 
-    lab = Lab(topo, root=root)
+    lab = Lab(topo, root=root, topology_path=topology_path)
     if kind == "libvirt":
         vms_are = """VMs are real guests (a Debian kernel + busybox, built here, TCG): each host runs its own
         libvirtd with veil installed as docs/kvm.md says (veil-libvirt-install, veil-hostd,
@@ -257,6 +265,11 @@ def run_demo(root: Path, *, keep: bool, say: Say, kind: str = "libvirt", migrate
         # the controller has programmed the path. The guests start step 5 with clean tables.
         for src in ("a1", "b1"):
             lab.exec(src, ["ip", "neigh", "flush", "dev", "eth0"], check=True)
+        if any(d.fabric for d in topo.datacenters):
+            from controller.lab.demo_fabric import fabric_steps
+            letters = iter("abc")  # (after step 4: the underlay, then what the fabric does)
+            fabric_steps(lab, checks.expect,
+                         lambda title, why: _step(say, f"4{next(letters)}", title, why), say)
         controller_steps(lab, checks, say, migrate)
     finally:
         say("")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from controller.lab import guests, netns
+from controller.lab import fabriclab, guests, netns
 from controller.lab.guest.agent import ExecResult, GuestExec
 from controller.lab.hypervisor import Hypervisor, VeilInstall
 from controller.lab.libvirtd import require_libvirt
@@ -150,6 +150,10 @@ class Lab:
             name: Hypervisor(name, h.ns, h.ovs, install=install) for name, h in self.hosts.items()
         } if "libvirt" in topo.kinds() else {}
         self._boot: guests.GuestBoot | None = None
+        self.fabric_mode = "veil"  # a fabric DC's switches: veil's (or stp/rstp, the bench's)
+        self._underlay_env: dict[str, dict[str, str]] = {
+            h.name: {"UNDERLAY_DEV": "bond0", "UNDERLAY_BOND": "up0 up1"} for h in topo.hosts
+            if len(h.attach) > 1}  # (a dual-homed host's bond, also after `attach`)
 
     def ns_name(self, node: str) -> str:
         return f"{self.prefix}-{node}"
@@ -225,6 +229,11 @@ class Lab:
         router_ns = self._add_ns(t.router)
         netns.run(["bash", str(script("router.sh"))], ns=router_ns)
         for dc in t.datacenters:
+            if dc.fabric is not None:  # OpenFlow switches under veil's fabric controller
+                fabriclab.build(self, dc, self._add_ns, router_ns, self.fabric_mode)
+                netns.run(["ip", "addr", "add", f"{dc.gateway}/{dc.subnet.prefixlen}", "dev", dc.name],
+                          ns=router_ns)
+                continue
             tor_ns = self._add_ns(dc.tor)
             netns.run(["ip", "link", "add", "br0", "type", "bridge"], ns=tor_ns)
             netns.run(["ip", "link", "set", "br0", "up"], ns=tor_ns)
@@ -233,15 +242,26 @@ class Lab:
             netns.run(["ip", "addr", "add", f"{dc.gateway}/{dc.subnet.prefixlen}", "dev", dc.name], ns=router_ns)
         hosts = list(self.hosts.values())
         for h in hosts:
-            tor_ns = self.ns_name(t.dc(h.spec.dc).tor)
             self._add_ns(h.name)
+            if h.spec.attach:
+                self._underlay_env[h.name] = fabriclab.attach_host(self, h.spec)
+                continue
+            tor_ns = self.ns_name(t.dc(h.spec.dc).tor)
             netns.add_veth(h.ns, "eth0", tor_ns, h.name)
             netns.run(["ip", "link", "set", h.name, "master", "br0"], ns=tor_ns)
+        if fabriclab.fabric_dcs(self) and self.fabric_mode == "veil":
+            progress(f"lab {self.prefix}: veil's fabric controller for {', '.join(fabriclab.switches(self))}")
+            fabriclab.start_controller(self)
+            found = fabriclab.wait_discovered(self)
+            progress(f"  fabric: {len(found['links'])} cables discovered, flood tree "
+                     f"{len(found['tree'])} of them, wiring {'as declared' if found['wiring']['ok'] else found['wiring']}")
         progress(f"lab {self.prefix}: starting ovsdb-server + ovs-vswitchd in {len(hosts)} hosts")
         with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
             list(pool.map(self._start_host, hosts))
         for h in hosts:
             progress(f"  {h.name}: underlay {h.underlay_ip} on br-phy, br-int fail_mode=secure ({h.ns})")
+        if fabriclab.fabric_dcs(self) and self.fabric_mode == "veil":
+            fabriclab.announce_hosts(self)  # hosts ARP their gateway: the fabric learns them
         if self.hypervisors:
             require_libvirt()  # before the image build: name the missing package first
             boot = self.guest_boot()
@@ -303,9 +323,8 @@ class Lab:
 
     def _configure_host(self, h: HostRuntime) -> None:
         dc = self.topo.dc(h.spec.dc)
-        env = h.ovs.env() | {
+        env = h.ovs.env() | {"UNDERLAY_DEV": "eth0"} | self._underlay_env.get(h.name, {}) | {
             "SYSTEM_ID": h.name,
-            "UNDERLAY_DEV": "eth0",
             "UNDERLAY_CIDR": f"{h.underlay_ip}/{dc.subnet.prefixlen}",
             "UNDERLAY_GW": str(dc.gateway),
         }
@@ -477,7 +496,8 @@ class Lab:
         """The namespace of a host, VM, ToR or the router, by its topology name."""
         if node in self.vms:
             return self.vms[node].ns
-        known = {self.topo.router, *(d.tor for d in self.topo.datacenters), *self.hosts}
+        known = {self.topo.router, *(d.tor for d in self.topo.datacenters), *self.hosts,
+                 *fabriclab.switches(self)}
         if node not in known:
             raise KeyError(f"no lab node {node!r} (have: {', '.join(sorted(known | set(self.vms)))})")
         return self.ns_name(node)

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import yaml
 
 UNDERLAY_RANGE = ipaddress.IPv4Network("198.18.0.0/16")
@@ -36,11 +37,23 @@ class TopologyError(ValueError):
 
 
 @dataclass(frozen=True)
+class Fabric:
+    """A data center's underlay as OpenFlow switches instead of one ToR (docs/fabric.md):
+    switch names, links between them (each a pair, in declaration order) and the switch the
+    router's uplink attaches to. veil's fabric controller programs every switch."""
+
+    switches: tuple[str, ...]
+    links: tuple[tuple[str, str], ...]
+    uplink: str
+
+
+@dataclass(frozen=True)
 class Datacenter:
     name: str
     subnet: ipaddress.IPv4Network
     gateway: ipaddress.IPv4Address
-    tor: str
+    tor: str  # the ToR's name; for a fabric DC the fabric's first switch (hosts attach by ``attach``)
+    fabric: Fabric | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,9 @@ class Host:
     name: str
     dc: str
     underlay_ip: ipaddress.IPv4Address
+    # the fabric switches the host's NIC(s) are cabled to (two: dual-homed, an active-backup
+    # bond); empty in a ToR data center
+    attach: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,12 @@ def default_topology_path() -> Path:
     return Path(str(resources.files("controller.lab") / "topologies" / "two-dc.yaml"))
 
 
+def named(name: str) -> Path:
+    """A built-in topology by name (``fabric-3x3``), else ``name`` as a file path."""
+    builtin = default_topology_path().parent / f"{name}.yaml"
+    return builtin if "/" not in name and builtin.exists() else Path(name)
+
+
 def load(path: Path | None = None) -> Topology:
     """Read and validate a topology file (the default two-DC lab when ``path`` is None)."""
     p = path or default_topology_path()
@@ -162,7 +184,11 @@ def parse(raw: Any) -> Topology:
         d = _mapping(item, where)
         subnet = _net(d, "subnet", where, UNDERLAY_RANGE)
         gateway = _addr(d, "gateway", where, subnet)
-        dcs.append(Datacenter(_name(d, "name", where), subnet, gateway, _name(d, "tor", where)))
+        if "fabric" in d:
+            fab = _fabric(_mapping(d["fabric"], f"{where}.fabric"), f"{where}.fabric")
+            dcs.append(Datacenter(_name(d, "name", where), subnet, gateway, fab.switches[0], fab))
+        else:
+            dcs.append(Datacenter(_name(d, "name", where), subnet, gateway, _name(d, "tor", where)))
     _unique([d.name for d in dcs], "datacenters", "name")
     _disjoint([(f"datacenters[{i}].subnet", d.subnet) for i, d in enumerate(dcs)])
     by_dc = {d.name: d for d in dcs}
@@ -177,10 +203,11 @@ def parse(raw: Any) -> Topology:
         ip = _addr(h, "underlay_ip", where, by_dc[dc_name].subnet)
         if ip == by_dc[dc_name].gateway:
             raise TopologyError(f"{where}.underlay_ip: {ip} is the gateway of {dc_name}")
-        hosts.append(Host(_name(h, "name", where), dc_name, ip))
+        hosts.append(Host(_name(h, "name", where), dc_name, ip, _attach(h, where, by_dc[dc_name])))
     _unique([h.name for h in hosts], "hosts", "name")
     _unique([str(h.underlay_ip) for h in hosts], "hosts", "underlay_ip")
-    node_names = [router, *(d.tor for d in dcs), *(h.name for h in hosts)]
+    node_names = [router, *(s for d in dcs for s in (d.fabric.switches if d.fabric else (d.tor,))),
+                  *(h.name for h in hosts)]
     _unique(node_names, "nodes (router, tors, hosts)", "name")
 
     networks: list[Network] = []
@@ -218,6 +245,74 @@ def parse(raw: Any) -> Topology:
     for net in networks:
         _unique([str(v.ip.ip) for v in vms if v.network == net.name], f"vms of network {net.name}", "ip")
     return Topology(name, tunnel, router, tuple(dcs), tuple(hosts), tuple(networks), tuple(vms))
+
+
+_GRID = re.compile(r"^([1-9])x([1-9])$")
+
+
+def grid(rows: int, cols: int) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The seed's picture: switches ``s<row><col>`` and a link to each right and lower
+    neighbour (a 3x3 grid: 9 switches, 12 links)."""
+    names = tuple(f"s{r}{c}" for r in range(1, rows + 1) for c in range(1, cols + 1))
+    links = [(f"s{r}{c}", f"s{r}{c + 1}") for r in range(1, rows + 1) for c in range(1, cols)]
+    links += [(f"s{r}{c}", f"s{r + 1}{c}") for r in range(1, rows) for c in range(1, cols + 1)]
+    return names, tuple(sorted(links, key=lambda ab: (names.index(ab[0]), names.index(ab[1]))))
+
+
+def _fabric(f: dict[str, Any], where: str) -> Fabric:
+    """``grid: RxC`` or ``switches: [..]`` + ``links: [[a, b], ..]``; the uplink defaults to
+    the first switch. The links must join every switch (one connected fabric)."""
+    if "grid" in f:
+        m = _GRID.match(str(f["grid"]))
+        if m is None:
+            raise TopologyError(f"{where}.grid: {f['grid']!r} is not ROWSxCOLS (e.g. 3x3)")
+        switches, links = grid(int(m.group(1)), int(m.group(2)))
+        if "switches" in f or "links" in f:
+            raise TopologyError(f"{where}: give grid or switches+links, not both")
+    else:
+        switches = tuple(_name({"n": s}, "n", f"{where}.switches[{i}]")
+                         for i, s in enumerate(_list(f, "switches", where)))
+        _unique(list(switches), f"{where}.switches", "name")
+        pairs: list[tuple[str, str]] = []
+        for i, item in enumerate(_list(f, "links", where)):
+            lw = f"{where}.links[{i}]"
+            if not isinstance(item, list) or len(item) != 2:
+                raise TopologyError(f"{lw}: expected [switch, switch]")
+            a, b = (str(x) for x in item)
+            for x in (a, b):
+                if x not in switches:
+                    raise TopologyError(f"{lw}: unknown switch {x!r}")
+            if a == b:
+                raise TopologyError(f"{lw}: a link from {a} to itself")
+            pairs.append((a, b))
+        _unique(["-".join(sorted(p)) for p in pairs], f"{where}.links", "link")
+        links = tuple(pairs)
+    uplink = str(f.get("uplink", switches[0]))
+    if uplink not in switches:
+        raise TopologyError(f"{where}.uplink: unknown switch {uplink!r}")
+    g = nx.Graph(links)
+    g.add_nodes_from(switches)
+    if not nx.is_connected(g):
+        lost = [s for s in switches if not nx.has_path(g, switches[0], s)]
+        raise TopologyError(f"{where}.links: switches {', '.join(lost)} are not connected to {switches[0]}")
+    return Fabric(switches, links, uplink)
+
+
+def _attach(h: dict[str, Any], where: str, dc: Datacenter) -> tuple[str, ...]:
+    if dc.fabric is None:
+        if "attach" in h:
+            raise TopologyError(f"{where}.attach: {dc.name} has a ToR, not a fabric")
+        return ()
+    raw = h.get("attach")
+    items = raw if isinstance(raw, list) else [raw]
+    if not items or len(items) > 2 or any(not isinstance(x, str) for x in items):
+        raise TopologyError(f"{where}.attach: expected one or two fabric switches of {dc.name}")
+    for x in items:
+        if x not in dc.fabric.switches:
+            raise TopologyError(f"{where}.attach: {x!r} is no switch of {dc.name}'s fabric")
+    if len(set(items)) != len(items):
+        raise TopologyError(f"{where}.attach: {items[0]!r} twice")
+    return tuple(items)
 
 
 # -- field helpers ------------------------------------------------------------------------------

@@ -78,7 +78,18 @@ class Move:
         return f"move:{self.src}->{self.dst}"
 
 
-Action = Output | OutputInPort | ToController | SetField | Move
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Hand the packet to group ``group_id`` (OFPAT_GROUP): the fabric's select (ECMP) and
+    fast-failover groups (controller/fabric/groups.py); br-int uses none."""
+
+    group_id: int
+
+    def text(self) -> str:
+        return f"group:{self.group_id}"
+
+
+Action = Output | OutputInPort | ToController | SetField | Move | Group
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +181,8 @@ def to_ofctl(flow: Flow) -> str:
             acts.append("controller")
         elif isinstance(a, SetField):
             acts.append(f"set_field:{_val(a.value)}->{FIELDS[a.field].ofctl}")
+        elif isinstance(a, Group):
+            acts.append(f"group:{a.group_id}")
         else:
             acts.append(f"move:{FIELDS[a.src].nxm}->{FIELDS[a.dst].nxm}")
     if flow.write_metadata is not None:

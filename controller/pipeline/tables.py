@@ -20,13 +20,14 @@ Every table ends in an explicit lowest-priority drop (or goto) flow; br-int is f
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from controller.pipeline.fields import FIELDS, is_masked
 from controller.pipeline.flows import (
     Flow,
+    Group,
     Move,
     Output,
     OutputInPort,
@@ -131,9 +132,10 @@ def _values(allowed: frozenset[int]) -> str:
     return " or ".join(f"{v:#06x}" if v > 0xFF else str(v) for v in sorted(allowed))
 
 
-def check_flow(flow: Flow) -> Flow:
-    """Return ``flow`` if it fits its table's declaration, else raise PipelineError."""
-    table = PIPELINE.get(flow.table)
+def check_flow(flow: Flow, pipeline: Mapping[int, Table] = PIPELINE) -> Flow:
+    """Return ``flow`` if it fits its table's declaration (br-int's, or ``pipeline``: the
+    fabric switches', controller/fabric/tables.py), else raise PipelineError."""
+    table = pipeline.get(flow.table)
     if table is None:
         raise PipelineError(f"table {flow.table} is not declared: {flow}")
     extra = flow.match.names() - table.matches
@@ -153,7 +155,7 @@ def check_flow(flow: Flow) -> Flow:
     if flow.write_metadata is not None and not table.may_write_metadata:
         raise PipelineError(f"table {table.name} may not write metadata: {flow}")
     for action in flow.actions:
-        if isinstance(action, (Output, OutputInPort)) and not table.may_output:
+        if isinstance(action, (Output, OutputInPort, Group)) and not table.may_output:
             raise PipelineError(f"table {table.name} may not output: {flow}")
         if isinstance(action, ToController) and not table.may_punt:
             raise PipelineError(f"table {table.name} may not punt to the controller: {flow}")
@@ -167,13 +169,13 @@ def check_flow(flow: Flow) -> Flow:
     return flow
 
 
-def check_flows(flows: Iterable[Flow]) -> frozenset[Flow]:
+def check_flows(flows: Iterable[Flow], pipeline: Mapping[int, Table] = PIPELINE) -> frozenset[Flow]:
     """Check every flow, and that no two share an OpenFlow key (they would overwrite each
     other) or a cookie (the diff identifies flows by it)."""
     by_key: dict[object, Flow] = {}
     by_cookie: dict[int, Flow] = {}
     for flow in flows:
-        check_flow(flow)
+        check_flow(flow, pipeline)
         other = by_key.setdefault(flow.key, flow)
         if other != flow:
             raise PipelineError(f"two flows with one key:\n  {other}\n  {flow}")

@@ -20,6 +20,7 @@ from controller.pipeline.flows import (
     COOKIE_TAG_MASK,
     Flow,
     FlowId,
+    Group,
     MatchValue,
     Move,
     Output,
@@ -73,6 +74,8 @@ def _action(a: object) -> Any:
     if isinstance(a, Move):
         return PARSER.NXActionRegMove(src_field=a.src, dst_field=a.dst,
                                       n_bits=ofwire.field(a.src).bits)
+    if isinstance(a, Group):
+        return PARSER.OFPActionGroup(a.group_id)
     raise TypeError(f"not an action: {a!r}")
 
 

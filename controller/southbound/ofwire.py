@@ -25,6 +25,7 @@ from controller.pipeline.fields import FIELDS, FRAG, FRAG_VALUES, INT, IPV4, MAC
 from controller.pipeline.flows import (
     Action,
     Flow,
+    Group,
     FlowId,
     MatchValue,
     Move,
@@ -60,6 +61,7 @@ _FLOW_MOD: Final = struct.Struct("!QQBBHHHIIIHH")
 _MATCH_HEADER: Final = struct.Struct("!HH")
 _OXM_HEADER: Final = struct.Struct("!I")
 _OUTPUT: Final = struct.Struct("!HHIH6x")
+_GROUP: Final = struct.Struct("!HHI")
 _SET_FIELD_HEADER: Final = struct.Struct("!HH")
 _REG_MOVE: Final = struct.Struct("!HHIHHHHII")
 _APPLY_ACTIONS: Final = struct.Struct("!HH4x")
@@ -78,6 +80,7 @@ OFPIT_METER: Final = 6
 _METER: Final = struct.Struct("!HHI")
 OFPAT_OUTPUT: Final = 0
 OFPAT_SET_FIELD: Final = 25
+OFPAT_GROUP: Final = 22
 OFPAT_EXPERIMENTER: Final = 0xFFFF
 
 class Unsupported(Exception):
@@ -207,6 +210,8 @@ def action_bytes(action: Action) -> bytes:
         src, dst = field(action.src), field(action.dst)
         return _REG_MOVE.pack(OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, NXAST_REG_MOVE, src.bits,
                               0, 0, src.header(), dst.header())
+    if isinstance(action, Group):
+        return _GROUP.pack(OFPAT_GROUP, 8, action.group_id)
     raise TypeError(f"not an action: {action!r}")
 
 

@@ -71,10 +71,13 @@ def rarp_frame(mac: str) -> str:
 
 
 class Capture:
-    """tcpdump on one VM's eth0 for the duration of a ``with`` block."""
+    """tcpdump on one VM's eth0 for the duration of a ``with`` block (or on any node's ``dev``
+    with ``node``: a host, the router)."""
 
-    def __init__(self, lab: Lab, vm: str, bpf: str = "not ip6") -> None:
-        self.argv = ["ip", "netns", "exec", lab.vms[vm].ns, "tcpdump", "-i", "eth0", "-nn",
+    def __init__(self, lab: Lab, vm: str, bpf: str = "not ip6", *, node: bool = False,
+                 dev: str = "eth0") -> None:
+        ns = lab.node_ns(vm) if node else lab.vms[vm].ns
+        self.argv = ["ip", "netns", "exec", ns, "tcpdump", "-i", dev, "-nn",
                      "-e", "-A", "-l", "-U", bpf]
         self.text = ""
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from controller.lab import netns, topology
 from controller.lab.lab import Lab
@@ -38,22 +40,39 @@ def wait_programmed(lab: Lab, ctl: LabController,
               detail=lambda: ctl.log_text()[-3000:])
 
 
+# the isolation suite on another topology (e.g. the fabric: VEIL_LAB_TOPOLOGY=fabric-3x3)
+TOPOLOGY_ENV = "VEIL_LAB_TOPOLOGY"
+
+
+def lab_topology(name: str | None = None) -> Path | None:
+    """A built-in topology by name (``fabric-3x3``) or a path; None: the default two-DC."""
+    name = name or os.environ.get(TOPOLOGY_ENV)
+    if not name:
+        return None
+    builtin = topology.default_topology_path().parent / f"{name}.yaml"
+    return builtin if builtin.exists() else Path(name)
+
+
 def reactive_topology(*networks: str) -> topology.Topology:
-    """The default two-DC lab (netns VMs) with ``networks`` in reactive mode."""
-    topo = topology.with_kind(topology.load(), "netns")
+    """The lab's topology (``lab_topology()``: two-DC unless the environment names another),
+    netns VMs, with ``networks`` in reactive mode."""
+    topo = topology.with_kind(topology.load(lab_topology()), "netns")
     return dataclasses.replace(topo, networks=tuple(
         dataclasses.replace(n, mode="reactive") if n.name in networks else n
         for n in topo.networks))
 
 
 @contextlib.contextmanager
-def programmed_lab(kind: str, topo: topology.Topology | None = None,
+def programmed_lab(kind: str, topo: topology.Topology | Path | None = None,
                    pairs: tuple[tuple[str, str], ...] = PROGRAMMED_PAIRS,
                    reactive_idle: int | None = None) -> Iterator[tuple[Lab, LabController]]:
-    """The default two-DC lab (or ``topo``) with the real controller running, once it has
-    programmed every host and ``pairs`` ping (``wait_programmed``); both torn down
-    afterwards, whatever happens."""
-    lab = Lab(topo or topology.with_kind(topology.load(), "netns"), prefix=unique_prefix(kind))
+    """The default two-DC lab (or ``topo``: a topology, or a topology file; or the file
+    ``$VEIL_LAB_TOPOLOGY`` names) with the real controller running, once it has programmed
+    every host and ``pairs`` ping (``wait_programmed``); both torn down afterwards, whatever
+    happens."""
+    path = topo if isinstance(topo, Path) else lab_topology()
+    loaded = topo if isinstance(topo, topology.Topology) else topology.with_kind(topology.load(path), "netns")
+    lab = Lab(loaded, prefix=unique_prefix(kind), topology_path=path)
     ctl: LabController | None = None
     try:
         lab.up()

@@ -332,6 +332,11 @@ def run(out: Path, plan: Plan, say: Say, root: Path = DEFAULT_ROOT) -> int:
         for r in rs:
             say(f"fig 5 ({r.system}): {_brief(r)}")
         results += rs
+    if "fabric" in plan.figures:  # (only when asked: its own report, fabric.md; docs/fabric.md)
+        from controller.lab.bench import fabric
+        lost_fabric = fabric.run(out, root, say, plan.quick)
+        if plan.figures == {"fabric"}:
+            return lost_fabric
     machine = replace(machine, load_end=report.load_average())
     written = report.write(out, machine, results, COMPARISONS, PLOT_GOALS)
     say("")
@@ -341,7 +346,7 @@ def run(out: Path, plan: Plan, say: Say, root: Path = DEFAULT_ROOT) -> int:
 
 
 def parse_figures(text: str) -> frozenset[str]:
-    allowed = {"1", "lab", "2", "3c", "4", "5"}
+    allowed = {"1", "lab", "2", "3c", "4", "5", "fabric"}
     figs = frozenset(x.strip() for x in text.split(",") if x.strip())
     bad = figs - allowed
     if bad or not figs:

@@ -6,7 +6,9 @@
 #  - br-int, the integration bridge, in fail_mode=secure: nothing passes until a controller says so
 # Idempotent. Environment:
 #   SYSTEM_ID, UNDERLAY_DEV, UNDERLAY_CIDR (e.g. 198.18.1.11/24), UNDERLAY_GW (router in this DC),
-#   UNDERLAY_ROUTE (default 198.18.0.0/15), DATAPATH_TYPE (default netdev)
+#   UNDERLAY_ROUTE (default 198.18.0.0/15), DATAPATH_TYPE (default netdev),
+#   UNDERLAY_BOND (optional "NIC NIC": a dual-homed host, an active-backup OVS bond of the two
+#   NICs in br-phy; UNDERLAY_DEV is then the bond's name)
 # The OVS tools find the right database through OVS_RUNDIR (the netns lab sets it per host).
 set -euo pipefail
 : "${SYSTEM_ID:?}" "${UNDERLAY_DEV:?}" "${UNDERLAY_CIDR:?}"
@@ -27,10 +29,20 @@ fi
 vsctl set Open_vSwitch . external_ids:system-id="$SYSTEM_ID" external_ids:hostname="$SYSTEM_ID"
 
 # Underlay: the IP moves from the NIC to br-phy.
-ip addr flush dev "$UNDERLAY_DEV" scope global
-ip link set "$UNDERLAY_DEV" up
-vsctl --may-exist add-br br-phy -- set Bridge br-phy datapath_type="$dp" \
-      -- --may-exist add-port br-phy "$UNDERLAY_DEV"
+if [ -z "${UNDERLAY_BOND:-}" ]; then
+  ip addr flush dev "$UNDERLAY_DEV" scope global
+  ip link set "$UNDERLAY_DEV" up
+fi
+if [ -n "${UNDERLAY_BOND:-}" ]; then
+  for nic in $UNDERLAY_BOND; do ip addr flush dev "$nic" scope global; ip link set "$nic" up; done
+  # shellcheck disable=SC2086
+  vsctl --may-exist add-br br-phy -- set Bridge br-phy datapath_type="$dp" \
+        -- --may-exist add-bond br-phy "$UNDERLAY_DEV" $UNDERLAY_BOND bond_mode=active-backup \
+           other_config:bond-detect-mode=carrier
+else
+  vsctl --may-exist add-br br-phy -- set Bridge br-phy datapath_type="$dp" \
+        -- --may-exist add-port br-phy "$UNDERLAY_DEV"
+fi
 ip addr replace "$UNDERLAY_CIDR" dev br-phy
 ip link set br-phy up
 if [ -n "${UNDERLAY_GW:-}" ]; then

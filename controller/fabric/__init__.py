@@ -1,0 +1,1 @@
+"""veil's fabric controller: L2 over a redundant OpenFlow mesh, every link used (docs/fabric.md)."""
