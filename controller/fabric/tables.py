@@ -31,7 +31,8 @@ PIPELINE: Final[dict[int, Table]] = {
     for t in (
         Table(CLASSIFY, "classify",
               "probes to the controller; fabric ports and learned hosts in; unknown sources punted",
-              frozenset({"in_port", "eth_type", "eth_src"}), frozenset({L2}), may_output=True),
+              frozenset({"in_port", "eth_type", "eth_src"}), frozenset({L2}), may_output=True,
+              may_punt=True),
         Table(L2, "l2", "deliver to a local host, or name the destination switch, or flood",
               frozenset({"eth_dst"}), frozenset({ROUTE, FLOOD}), may_output=True,
               may_write_metadata=True),
