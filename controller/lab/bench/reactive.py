@@ -194,7 +194,9 @@ def lab_figures(reps: int, say: Say) -> dict[str, object]:
         first, steady = first_contacts(lab, "a1", "a2", reps)
         proactive = rtts(lab, "b1", "b2", 3 * reps)
         r1 = {"first_packet_ms": _stats(first), "reactive_steady_ms": _stats(steady),
-              "proactive_steady_ms": _stats(proactive), "lost_first": reps - len(first)}
+              "proactive_steady_ms": _stats(proactive), "lost_first": reps - len(first),
+              "samples": {"first_packet_ms": first, "reactive_steady_ms": steady,
+                          "proactive_steady_ms": proactive}}
         say(f"R4: the same while a4 (dc1-h1) scans {SCAN_RATE} new destinations/s")
         a4 = lab.vms["a4"]
         scan = subprocess.Popen(["ip", "netns", "exec", a4.ns, "python3", "-c", SCAN, a4.mac,
@@ -208,6 +210,7 @@ def lab_figures(reps: int, say: Say) -> dict[str, object]:
         ofport = int(lab.hosts["dc1-h1"].ovs.vsctl("get", "Interface", a4.port, "ofport"))
         meter = lab.hosts["dc1-h1"].ovs.ofctl("meter-stats", f"meter={ofport}")
         r4 = {"scan_frames_sent": int(sent), "neighbour_first_packet_ms": _stats(scanned_first),
+              "samples": {"neighbour_first_packet_ms": scanned_first},
               "neighbour_lost_first": reps - len(scanned_first),
               "idle_first_packet_ms": r1["first_packet_ms"],
               "scanner_meter": " ".join(meter.split()[-8:])}

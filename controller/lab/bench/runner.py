@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from controller.lab import netns, topology
-from controller.lab.bench import flowmods, guestmove, hooklat, labfigs, report
+from controller.lab.bench import flowmods, guestmove, hooklat, labfigs, report, standalone
 from controller.lab.bench.labfigs import BenchError, Plugger, System
 from controller.lab.bench.ovn import OvnMissing
 from controller.lab.bench.results import Comparison, Goal, Result
@@ -60,6 +60,7 @@ COMPARISONS = (
     Comparison(labfigs.FIG3[True], "veil", "ovn", "median"),
     Comparison(labfigs.FIG3[False], "veil", "ovn", "median", "<", 1.0),
     Comparison(guestmove.FIG3C, "veil", "ovn", "median", "<", 1.0),
+    Comparison("r1s", "veil-reactive", "veil", "median"),  # reactive's steady state vs proactive's
     Comparison(labfigs.FIG6, "veil", "plain", "median", ">=", 0.95),
     Comparison(labfigs.FIG6, "veil", "ovn", "median", ">=", 1.0),
     Comparison(labfigs.FIG6, "ovn", "plain", "median"),
@@ -82,11 +83,13 @@ class Plan:
     flows: int = 20_000  # fig 5
     flow_reps: int = 3
     guest_moves: int = 4  # fig 3c, per system: real guests, virsh migrate --live
-    figures: frozenset[str] = frozenset({"1", "lab", "3c", "4", "5"})  # "2": only fig 2, veil TLS vs plaintext
+    reactive_reps: int = 20  # issue 17's figures (bench/reactive.py)
+    failover_reps: int = 5  # controller failover (bench/failover.py)
+    figures: frozenset[str] = frozenset({"1", "lab", "3c", "4", "5", "reactive", "failover"})  # "2": only fig 2, veil TLS vs plaintext
     quick: bool = False  # fig 1: fewer hook calls
 
 
-QUICK = Plan(quick=True, reps=3, moves=2, guest_moves=2, iperf_seconds=2, iperf_rounds=1, hosts=50, vifs=500, events=2, flows=2000, flow_reps=1)
+QUICK = Plan(quick=True, reps=3, moves=2, guest_moves=2, reactive_reps=3, failover_reps=1, iperf_seconds=2, iperf_rounds=1, hosts=50, vifs=500, events=2, flows=2000, flow_reps=1)
 
 
 def _failed(figure: str, title: str, system: str, unit: str, exc: BaseException) -> Result:
@@ -318,6 +321,20 @@ def run(out: Path, plan: Plan, say: Say, root: Path = DEFAULT_ROOT) -> int:
         results += lab_figures(plan, root, say, fig2_only=True)
     if "3c" in plan.figures:
         results += guest_figures(plan, root, say)
+    runs: tuple[tuple[str, str, Callable[[], list[Result]]], ...] = (
+        ("reactive", "reactive mode (issue 17)", lambda: standalone.reactive(out, plan.reactive_reps)),
+        ("failover", "controller failover (issue 14)", lambda: standalone.failover(out, plan.failover_reps)))
+    for group, title, take in runs:
+        if group not in plan.figures:
+            continue
+        say(f"{title}: its own labs, in a process of its own")
+        try:
+            rs = take()
+        except (*MEASUREMENT_ERRORS, KeyError) as exc:
+            rs = [_failed(group, title, "veil", "", exc)]
+        for r in rs:
+            say(f"fig {r.figure} ({r.system}): {_brief(r)}")
+        results += rs
     if "4" in plan.figures:
         say(f"fig 4: {plan.hosts} simulated hosts, {plan.vifs} VIFs (pure compute, may take minutes)")
         for r in scale_figures(plan):
@@ -346,7 +363,7 @@ def run(out: Path, plan: Plan, say: Say, root: Path = DEFAULT_ROOT) -> int:
 
 
 def parse_figures(text: str) -> frozenset[str]:
-    allowed = {"1", "lab", "2", "3c", "4", "5", "fabric"}
+    allowed = {"1", "lab", "2", "3c", "4", "5", "fabric", "reactive", "failover"}
     figs = frozenset(x.strip() for x in text.split(",") if x.strip())
     bad = figs - allowed
     if bad or not figs:
