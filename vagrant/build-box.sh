@@ -90,7 +90,8 @@ if [ ! -f "$box" ]; then
   : > "$rootfs/etc/machine-id"
   printf '/dev/vda / ext4 rw,relatime 0 1\n' > "$rootfs/etc/fstab"
   mkdir -p "$rootfs/etc/systemd/network"
-  printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n' > "$rootfs/etc/systemd/network/10-eth0.network"
+  # the client id is the MAC: the DUID derives from a machine id that VMs of one box may share
+  printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n\n[DHCPv4]\nClientIdentifier=mac\n' > "$rootfs/etc/systemd/network/10-eth0.network"
   chroot "$rootfs" systemctl enable systemd-networkd ssh >/dev/null 2>&1
   # no daemon of the box starts at boot that the lab does not use everywhere: libvirtd and
   # OVS are started where the provisioning needs them

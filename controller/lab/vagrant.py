@@ -145,7 +145,7 @@ class VagrantLab:
         self.root = Path(root)
         self.prefix = prefix
         self.box_cache = box_cache
-        self.topo_path = topo_path or topology.default_topology_path()
+        self.topo_path = Path(topo_path).resolve() if topo_path else topology.default_topology_path()
         self.topo = topology.load(self.topo_path)
         self.steps: list[Step] = []
         from controller.lab.libvirtd import PrivateLibvirtd
@@ -154,9 +154,9 @@ class VagrantLab:
                                         holder_pidfile=self.root / "libvirtd-holder.pid")
 
     @classmethod
-    def fresh(cls, base: Path, head: str = "vg", **kw: Path) -> VagrantLab:
+    def fresh(cls, base: Path, head: str = "vg", *, topo_path: Path | None = None) -> VagrantLab:
         prefix = f"{head}{secrets.token_hex(3)}"
-        return cls(Path(base) / prefix, prefix, **kw)
+        return cls(Path(base) / prefix, prefix, topo_path=topo_path)
 
     # -- environment -------------------------------------------------------------------------
     @property
@@ -183,15 +183,23 @@ class VagrantLab:
         }
 
     def _timed(self, what: str, argv: Sequence[str], timeout: float, cwd: Path = VAGRANT_DIR) -> str:
+        """Run argv with the lab's environment; its output goes to ``root/run.log`` as it comes
+        (a long `vagrant up` can be followed there) and is returned."""
         t0 = time.monotonic()
-        proc = subprocess.run(list(argv), cwd=cwd, env=self.env(), capture_output=True, text=True, timeout=timeout)
+        log_path = self.root / "run.log"
+        with open(log_path, "a") as log:
+            log.write(f"$ {' '.join(argv)}\n")
+            log.flush()
+            start = log.tell()
+            proc = subprocess.run(list(argv), cwd=cwd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                  text=True, timeout=timeout)
+        with open(log_path) as log:
+            log.seek(start)
+            out = log.read()
         self.steps.append(Step(what, time.monotonic() - t0))
-        with open(self.root / "run.log", "a") as log:
-            log.write(f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}\n")
         if proc.returncode != 0:
-            raise RuntimeError(f"{what}: `{' '.join(argv)}` exited {proc.returncode}:\n"
-                               f"{(proc.stdout + proc.stderr)[-4000:]}")
-        return proc.stdout
+            raise RuntimeError(f"{what}: `{' '.join(argv)}` exited {proc.returncode}:\n{out[-4000:]}")
+        return out
 
     def vagrant(self, *args: str, timeout: float = 1800.0, what: str | None = None) -> str:
         return self._timed(what or f"vagrant {' '.join(args)}", ["vagrant", *args], timeout)
@@ -346,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(verb, help=f"(machine) {verb}: a fresh lab run under --base")
         p.add_argument("--base", type=Path, default=Path("/tmp"))
         p.add_argument("--head", default=os.environ.get("VEIL_NAME_HEAD", "vg"))
-        p.add_argument("--keep", action="store_true", help="leave the lab up (down with `down ROOT`)")
+        p.add_argument("--keep", action="store_true", help="leave the lab up (`down` removes it)")
+        p.add_argument("--topology", type=Path, default=None, help="default: the two-DC lab")
     p = sub.add_parser("down", help="(machine) remove lab runs left up (--keep, a crash)")
     p.add_argument("root", type=Path, nargs="*", help=f"default: every run listed in {RUNS}")
     args = parser.parse_args(argv)
@@ -369,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{root}: {'removed' if not left else f'left: {left}'}")
             rc |= bool(left)
         return rc
-    lab = VagrantLab.fresh(args.base, args.head)
+    lab = VagrantLab.fresh(args.base, args.head, topo_path=args.topology)
     print(f"lab {lab.prefix} in {lab.root}")
     try:
         lab.prepare()
