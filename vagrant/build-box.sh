@@ -105,7 +105,10 @@ if [ ! -f "$box" ]; then
   echo 'UseDNS no' > "$rootfs/etc/ssh/sshd_config.d/vagrant.conf"
 
   say "wheelhouse: veil and its Python dependencies"
-  "$py" -m pip wheel -q --disable-pip-version-check --wheel-dir "$work/wheels" "$root_src[libvirt]" \
+  # from a copy of the tracked files (the inputs of the key; no build/ left in the worktree)
+  mkdir -p "$work/src"
+  (cd "$root_src" && git ls-files -z | xargs -0 cp --parents -t "$work/src")
+  "$py" -m pip wheel -q --disable-pip-version-check --wheel-dir "$work/wheels" "$work/src[libvirt]" \
     >"$work/wheel.log" 2>&1 || { tail -n 30 "$work/wheel.log" >&2; exit 1; }
   cp -r "$work/wheels" "$rootfs/tmp/wheels"
   chroot "$rootfs" python3 -m venv /opt/veil/venv
