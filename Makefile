@@ -6,7 +6,8 @@ DEPS := controller/lab/scripts/deps.sh
 # Keep the demo lab up afterwards with: make demo KEEP=1
 KEEP ?= 0
 
-.PHONY: all deps deps-test deps-demo demo test lint unit clean-labs bench xen-rpm test-migration
+.PHONY: all deps deps-test deps-demo demo test lint unit clean-labs bench xen-rpm test-migration \
+	vagrant-box vagrant-demo vagrant-up vagrant-down test-vagrant
 
 all: test
 
@@ -48,3 +49,22 @@ bench: deps-test
 # The noarch RPM for XenServer / XCP-ng dom0 (docs/xenserver.md): dist/veil-xen-*.noarch.rpm.
 xen-rpm: deps
 	$(PY) -m xenapi_plugin.packaging --out dist
+
+# The Vagrant lab (vagrant/Vagrantfile, controller/lab/vagrant.py): a Debian 12 box built offline
+# from Debian packages, six VMs (controller, router, four hosts) on a private libvirtd, tenant
+# guests nested in the hosts (TCG). vagrant-up leaves it running (vagrant-down removes it).
+vagrant-box: deps-test
+	bash vagrant/build-box.sh
+
+vagrant-demo: deps-test
+	$(PY) -m controller.lab.vagrant demo
+
+vagrant-up: deps-test
+	$(PY) -m controller.lab.vagrant up --keep
+
+vagrant-down: deps-test
+	$(PY) -m controller.lab.vagrant down
+
+# Boots the whole Vagrant lab, checks pings and isolation, destroys it (kept out of `make test`).
+test-vagrant: deps-test
+	$(PY) -m pytest -q -m vagrant tests

@@ -77,7 +77,7 @@ def require_libvirt() -> None:
 class PrivateLibvirtd:
     """libvirtd (+ virtlogd with ``virtlogd=True``) for namespace ``ns``, files under ``root``."""
 
-    def __init__(self, root: Path, ns: str, *, ovs_rundir: Path | None = None,
+    def __init__(self, root: Path, ns: str | None, *, ovs_rundir: Path | None = None,
                  host_uuid: str | None = None, virtlogd: bool = True,
                  holder_pidfile: Path | None = None, private_run: bool = True) -> None:
         self.root = Path(root)
@@ -139,8 +139,10 @@ class PrivateLibvirtd:
                 mounts.append(f"mkdir -p /run/openvswitch && mount --bind {self.ovs_rundir} /run/openvswitch")
         ready = self.root / "mounts-ready"
         script = " && ".join([*mounts, f"touch {ready}", "exec sleep infinity"])
+        # ns None: the machine's own network namespace (the Vagrant lab: its VMs' bridges live there)
+        enter = ["ip", "netns", "exec", self.ns] if self.ns is not None else []
         holder = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
+            [*enter, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # and no pipe of the caller's kept open (`veil-lab up | tail`)
         )
@@ -153,7 +155,8 @@ class PrivateLibvirtd:
         pid = self.holder_pid()
         if pid is None:
             raise RuntimeError(f"{self.ns}: the private mount namespace is not running")
-        return netns.run(["nsenter", "-t", str(pid), "-m", "-n", "--", *argv], check=check,
+        spaces = ["-m", "-n"] if self.ns is not None else ["-m"]
+        return netns.run(["nsenter", "-t", str(pid), *spaces, "--", *argv], check=check,
                          timeout=timeout, env=env)
 
     def start(self) -> None:
