@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.northbound.store import SCHEMA, SCHEMA_NAME
+from controller.northbound.store import SCHEMA, SCHEMA_NAME, DbFiles
 
 
 class ClusterError(RuntimeError):
@@ -59,7 +59,7 @@ def _run(argv: Sequence[str], timeout: float = 20.0) -> str:
 
 
 @dataclass
-class Member:
+class Member(DbFiles):
     """One ovsdb-server of the cluster, in its own directory ``rundir``."""
 
     name: str
@@ -70,24 +70,8 @@ class Member:
     wrap: Callable[[Sequence[str]], list[str]] = list
 
     @property
-    def db_file(self) -> Path:
-        return self.rundir / "veil.db"
-
-    @property
-    def sock(self) -> Path:
-        return self.rundir / "veil-db.sock"
-
-    @property
-    def remote(self) -> str:
-        return f"unix:{self.sock}"
-
-    @property
     def ctl(self) -> Path:
         return self.rundir / "veil-db.ctl"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.rundir / "veil-db.pid"
 
     @property
     def log(self) -> Path:

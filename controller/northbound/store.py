@@ -72,11 +72,11 @@ TABLES: Final = ("Tenant", "Network", "Host", "Claim", "FirstSeen", GLOBAL)  # (
 # controller/ownership.py watches it on a connection of its own)
 
 
-class StoreServer:
-    """A standalone ovsdb-server holding the Veil database in ``rundir``."""
+class DbFiles:
+    """Where a veil database server keeps its files in ``rundir``: the standalone server and
+    each Raft member (controller/northbound/cluster.py) lay them out the same way."""
 
-    def __init__(self, rundir: Path) -> None:
-        self.rundir = Path(rundir)
+    rundir: Path
 
     @property
     def db_file(self) -> Path:
@@ -93,6 +93,13 @@ class StoreServer:
     @property
     def pidfile(self) -> Path:
         return self.rundir / "veil-db.pid"
+
+
+class StoreServer(DbFiles):
+    """A standalone ovsdb-server holding the Veil database in ``rundir``."""
+
+    def __init__(self, rundir: Path) -> None:
+        self.rundir = Path(rundir)
 
     def start(self, listen: Iterable[str] = (), options: Iterable[str] = ()) -> None:
         """Create the database if needed and start the server; returns when it answers.
