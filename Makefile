@@ -7,7 +7,7 @@ DEPS := controller/lab/scripts/deps.sh
 KEEP ?= 0
 
 .PHONY: all deps deps-test deps-demo demo test lint unit clean-labs bench xen-rpm test-migration \
-	vagrant-box vagrant-demo vagrant-up vagrant-down test-vagrant
+	vagrant-box vagrant-demo vagrant-up vagrant-down test-vagrant test-fabric
 
 all: test
 
@@ -28,7 +28,7 @@ lint: deps-test
 	$(PY) -m mypy -p hooks -p controller -p xenapi_plugin -p libvirt_hooks
 
 test: deps-test lint
-	$(PY) -m pytest -q -m "not guest_migration and not vagrant" tests
+	$(PY) -m pytest -q -m "not guest_migration and not vagrant and not fabric_lab" tests
 
 # Live migration of real TCG guests (kept out of `make test`: see the guest_migration marker).
 test-migration: deps-test
@@ -69,3 +69,7 @@ vagrant-down: deps-test
 # and isolation, destroys it: ~18 min here, kept out of `make test` and of .ci/run for now.
 test-vagrant: deps-test
 	$(PY) -m pytest -q -m vagrant tests
+
+# The 3x3 OpenFlow fabric lab (docs/fabric.md), kept out of `make test` while its warm-up is flaky.
+test-fabric: deps-test
+	$(PY) -m pytest -q -m fabric_lab tests

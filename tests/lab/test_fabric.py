@@ -27,7 +27,7 @@ from tests.support.frames import SEND_RAW, Capture
 from tests.support.labs import lab_topology, programmed_lab
 from tests.support.poll import until
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.fabric_lab]
 
 FLOOD_TYPE = 0x88B6  # a local experimental EtherType no one else sends
 
