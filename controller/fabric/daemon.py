@@ -1,10 +1,11 @@
-"""The fabric controller's process (one event loop, one reader thread per switch); no console
-script yet, the lab starts it as below.
+"""The fabric controller's process (one event loop, one reader thread per switch):
 
-    python -m controller.fabric.daemon CONFIG.json
+    veil-fabric CONFIG        (the lab runs python -m controller.fabric.daemon CONFIG)
 
-CONFIG: {"switches": {NAME: OPENFLOW_TARGET}, "declared": [[A, B], ...], "status": PATH,
-"probe_interval": SECONDS}. It dials every switch (again and again while one is away: the
+CONFIG (YAML, or JSON: the lab writes JSON): ``switches`` {NAME: OPENFLOW_TARGET} (unix:PATH,
+tcp:IP:PORT: the switch's passive controller socket), ``declared`` [[A, B], ...] the cables
+as wired, ``status`` the status file's path, ``probe_interval`` seconds (default 1). A bad
+file is refused with what is wrong in it, before anything is dialled. It dials every switch (again and again while one is away: the
 daemon never exits or spins because a switch is down), and then, by itself:
 
 - discovers cables: a probe frame (``model.PROBE_ETH_TYPE``) naming switch and port goes out
@@ -24,11 +25,13 @@ daemon never exits or spins because a switch is down), and then, by itself:
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import logging
 import os
 import queue
+import signal
 import struct
 import sys
 import threading
@@ -36,6 +39,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from controller.fabric.compute import Plan, plan
 from controller.fabric.groups import GroupSpec
@@ -89,6 +94,10 @@ def read_probe(data: bytes) -> End | None:
         return None
 
 
+class ConfigError(ValueError):
+    """The fabric controller's config file is unusable (the message says where and why)."""
+
+
 @dataclass(frozen=True)
 class Config:
     switches: dict[str, str]
@@ -98,11 +107,57 @@ class Config:
 
     @staticmethod
     def load(path: Path) -> Config:
-        doc = json.loads(path.read_text())
-        sw = {str(k): str(v) for k, v in doc["switches"].items()}
-        pairs = tuple((str(a), str(b)) for a, b in doc.get("declared", []))
-        return Config(sw, Declared(tuple(sw), pairs), Path(doc["status"]),
-                      float(doc.get("probe_interval", 1.0)))
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except yaml.MarkedYAMLError as exc:
+            at = exc.problem_mark
+            where = f" at line {at.line + 1}, column {at.column + 1}" if at is not None else ""
+            raise ConfigError(f"{path}: not YAML/JSON: {exc.problem}{where}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not YAML/JSON: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not text: {exc}") from exc
+        return Config.parse(doc, str(path))
+
+    @staticmethod
+    def parse(doc: Any, where: str) -> Config:
+        """``doc`` checked key by key; ``where`` names it in the errors."""
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{where}: expected a mapping with switches, declared, status")
+        unknown = sorted(set(map(str, doc)) - {"switches", "declared", "status", "probe_interval"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        sw = doc.get("switches")
+        if not isinstance(sw, dict) or not sw:
+            raise ConfigError(f"{where}: switches: expected a non-empty mapping NAME: TARGET")
+        for name, target in sw.items():
+            if not isinstance(target, str) or not target.startswith(("unix:", "tcp:")):
+                raise ConfigError(f"{where}: switches.{name}: expected an OpenFlow target "
+                                  f"unix:PATH or tcp:IP:PORT, got {target!r}")
+        names = {str(k) for k in sw}
+        pairs: list[tuple[str, str]] = []
+        declared = doc.get("declared", [])
+        if not isinstance(declared, list):
+            raise ConfigError(f"{where}: declared: expected a list of [A, B] cables")
+        for i, pair in enumerate(declared):
+            if (not isinstance(pair, list) or len(pair) != 2
+                    or not all(isinstance(x, str) for x in pair)):
+                raise ConfigError(f"{where}: declared[{i}]: expected [A, B], got {pair!r}")
+            a, b = pair
+            if a == b or not {a, b} <= names:
+                raise ConfigError(f"{where}: declared[{i}]: {a}-{b} is not a cable between two "
+                                  f"of the declared switches")
+            pairs.append((a, b))
+        status = doc.get("status")
+        if not isinstance(status, str) or not status:
+            raise ConfigError(f"{where}: status: expected the status file's path")
+        interval = doc.get("probe_interval", 1.0)
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (
+                0.05 <= interval <= 60):
+            raise ConfigError(f"{where}: probe_interval: expected seconds in [0.05, 60], "
+                              f"got {interval!r}")
+        return Config({str(k): v for k, v in sw.items()}, Declared(tuple(sw), tuple(pairs)),
+                      Path(status), float(interval))
 
 
 @dataclass
@@ -361,17 +416,26 @@ class FabricController:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m controller.fabric.daemon CONFIG.json", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    ap = argparse.ArgumentParser(
+        prog="veil-fabric", description="veil's fabric controller: discovers an OpenFlow "
+        "fabric's cables and hosts and routes L2 over every cable (docs/fabric.md)")
+    ap.add_argument("config", type=Path, help="YAML/JSON: switches, declared, status, probe_interval")
+    ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     try:
-        cfg = Config.load(Path(args[0]))
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"controller.fabric.daemon: {args[0]}: {exc}", file=sys.stderr)
+        cfg = Config.load(args.config)
+    except OSError as exc:
+        print(f"veil-fabric: {args.config}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    FabricController(cfg).run()
+    except ConfigError as exc:
+        print(f"veil-fabric: {exc}", file=sys.stderr)
+        return 2
+    ctl = FabricController(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: ctl.stop())
+    signal.signal(signal.SIGINT, lambda *_: ctl.stop())
+    ctl.run()
+    LOG.info("stopped")
     return 0
 
 

@@ -7,6 +7,7 @@ state can be replayed in the simulator exactly as the switches get it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -134,3 +135,21 @@ def wiring(declared: Declared, links: frozenset[Link]) -> WiringReport:
     undeclared = tuple(l for p, ls in have.items() if p not in want for l in ls)
     extra = tuple(l for p, ls in have.items() if p in want for l in ls[want[p]:])
     return WiringReport(tuple((a, b) for a, b in missing), tuple(sorted(undeclared)), tuple(sorted(extra)))
+
+
+def cabled(switches: Sequence[str], pairs: Iterable[tuple[str, str]],
+           hosts: Iterable[str] = ()) -> tuple[FabricState, frozenset[Link]]:
+    """A fabric with every cable of ``pairs`` live and one host on each switch of ``hosts``
+    (every switch when empty), and its cables: what the tests' and the bench's simulated fabrics
+    start from. Ports are numbered per switch in cable order (as OVS numbers ports in the order
+    they are added); the i-th host gets port 100 + i on its switch."""
+    ports = {s: 0 for s in switches}
+    cables: set[Link] = set()
+    for a, b in pairs:
+        ports[a] += 1
+        ports[b] += 1
+        cables.add(Link.of(End(a, ports[a]), End(b, ports[b])))
+    attached = [Attachment(f"02:00:00:00:{i // 256:02x}:{i % 256:02x}", End(s, 100 + i))
+                for i, s in enumerate(list(hosts) or list(switches))]
+    return (FabricState(tuple(switches), frozenset(switches), frozenset(cables), frozenset(attached)),
+            frozenset(cables))

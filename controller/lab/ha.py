@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from controller import control
-from controller.join import host_record, join_host
 from controller.lab import netns
 from controller.lab.lab import Lab
-from controller.lab.run import lab_config
+from controller.lab.run import join_lab_hosts, lab_config
 from controller.northbound.cluster import ClusterServer, Tls
 from controller.northbound.pki import Pki
 from controller.northbound.store import Store, sync
@@ -73,14 +72,7 @@ class HaRun:
         netns.run(["ip", "link", "set", "lo", "up"], ns=self.ns)
         self.cluster.start()
         self.config.write_text(lab_config(self.lab))
-        store = Store(self.cluster.remote)
-        try:
-            for name, h in self.lab.hosts.items():
-                rec = host_record(name, h.underlay_ip, self.lab.topo.tunnel, h.ovs.db_remote,
-                                  f"unix:{h.ovs.mgmt_sock('br-int')}")
-                join_host(store, rec, h.ovs.db_remote, host_guard=None)
-        finally:
-            store.close()
+        join_lab_hosts(self.lab, self.cluster.remote)
 
     def log(self, i: int) -> Path:
         return self.rundir / f"{self.names[i]}.log"

@@ -60,6 +60,19 @@ def lab_config(lab: Lab) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+def join_lab_hosts(lab: Lab, store_remote: str) -> None:
+    """Join every lab host to the veil database at ``store_remote`` (`veil join`'s own code; no
+    host guard: the lab guards each VM port itself, see ``Lab.plug_vm``)."""
+    store = Store(store_remote)
+    try:
+        for name, h in lab.hosts.items():
+            rec = host_record(name, h.underlay_ip, lab.topo.tunnel, h.ovs.db_remote,
+                              f"unix:{h.ovs.mgmt_sock('br-int')}")
+            join_host(store, rec, h.ovs.db_remote, host_guard=None)
+    finally:
+        store.close()
+
+
 class LabController:
     """veil (its database and `veil-controller`) run for one lab, as an operator would run it."""
 
@@ -101,14 +114,7 @@ class LabController:
             self.lab.add_controller_node()
             return
         self.server.start()
-        store = Store(self.server.remote)
-        try:
-            for name, h in self.lab.hosts.items():
-                rec = host_record(name, h.underlay_ip, self.lab.topo.tunnel, h.ovs.db_remote,
-                                  f"unix:{h.ovs.mgmt_sock('br-int')}")
-                join_host(store, rec, h.ovs.db_remote, host_guard=None)
-        finally:
-            store.close()
+        join_lab_hosts(self.lab, self.server.remote)
 
     def sync(self, hosts: Iterable[str] | None = None, timeout: float = 20.0) -> int:
         """Return once ``hosts`` (default: every joined host) reflect every change made before

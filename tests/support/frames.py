@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 
+from controller.lab.bench import reactive as reactive_bench
 from controller.lab.lab import Lab
 
 # Sends the hex frames argv[1:] from a VM's eth0 (run with python3 -c inside the VM namespace).
@@ -20,25 +21,8 @@ SEND_RAW = (
     "for h in sys.argv[1:]: s.send(bytes.fromhex(h))\n"
 )
 
-# Scans: sends UDP frames from eth0 (argv: src MAC, src IP, frames/s, seconds), each to
-# another unicast MAC nobody has (02:ee:..), paced to the rate; prints how many it sent.
-SCAN = (
-    "import socket,sys,time\n"
-    "src=bytes.fromhex(sys.argv[1].replace(':',''))\n"
-    "ip=bytes(int(x) for x in sys.argv[2].split('.'))\n"
-    "rate,secs=float(sys.argv[3]),float(sys.argv[4])\n"
-    "s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
-    "s.bind(('eth0',0))\n"
-    "ipv4=bytes([0x45,0,0,28,0,0,0,0,64,17,0,0])+ip+bytes([198,19,0,250])\n"
-    "udp=bytes([15,160,15,160,0,8,0,0])\n"
-    "t0=time.monotonic();n=0\n"
-    "while time.monotonic()-t0<secs:\n"
-    "  while n<(time.monotonic()-t0)*rate:\n"
-    "    dst=b'\\x02\\xee'+n.to_bytes(4,'big')\n"
-    "    s.send(dst+src+b'\\x08\\x00'+ipv4+udp);n+=1\n"
-    "  time.sleep(0.001)\n"
-    "print(n)\n"
-)
+# Scans: sends UDP frames from eth0 to ever new unknown MACs (one copy, the reactive bench's).
+SCAN = reactive_bench.SCAN
 
 
 def mac_bytes(mac: str) -> bytes:

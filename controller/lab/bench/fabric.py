@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.fabric.compute import plan
-from controller.fabric.model import Attachment, End, FabricState, Link
+from controller.fabric.model import FabricState, cabled
 from controller.lab import fabriclab, netns, topology
 from controller.lab.bench import report
 from controller.lab.lab import Lab
@@ -130,15 +130,7 @@ def measure_mode(mode: str, root: Path, say: Say, quick: bool) -> ModeResult:
 
 def grid_state(rows: int, cols: int) -> FabricState:
     names, pairs = topology.grid(rows, cols)
-    ports = {n: 0 for n in names}
-    links: set[Link] = set()
-    for a, b in pairs:
-        ports[a] += 1
-        ports[b] += 1
-        links.add(Link.of(End(a, ports[a]), End(b, ports[b])))
-    hosts = frozenset(Attachment(f"02:00:00:00:{i // 256:02x}:{i % 256:02x}", End(n, 100))
-                      for i, n in enumerate(names))
-    return FabricState(names, frozenset(names), frozenset(links), hosts)
+    return cabled(names, pairs)[0]
 
 
 def controller_cost(sizes: list[int]) -> list[dict[str, Any]]:

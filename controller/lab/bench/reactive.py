@@ -43,7 +43,9 @@ from controller.southbound.reactive_wire import encode
 
 Say = Callable[[str], None]
 SCAN_RATE = 10_000
-# Sends UDP frames from eth0 to ever new unknown MACs (argv: src MAC, src IP, frames/s, s).
+# Scans: sends UDP frames from eth0 (argv: src MAC, src IP, frames/s, seconds), each to another
+# unicast MAC nobody has (02:ee:..), paced to the rate; prints how many it sent. The lab tests
+# (tests/support/frames.py) send the same scan.
 SCAN = (
     "import socket,sys,time\n"
     "src=bytes.fromhex(sys.argv[1].replace(':',''))\n"
