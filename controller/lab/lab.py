@@ -144,10 +144,13 @@ class Lab:
         # or two read-modify-writes of the state file race (one update lost, or a rename of a
         # temp file the other thread already moved).
         self._state_lock = threading.Lock()
-        # Real hypervisors only when some VM is a libvirt guest: a netns lab stays as fast as before.
+        # Real hypervisors only when some VM is a libvirt guest (a netns lab stays as fast as
+        # before), and only on the topology's kvm hosts (a xen host runs the XenAPI plugin path).
         install = VeilInstall(networks=tuple(n.name for n in topo.networks))
+        kvm = {h.name for h in topo.hosts if h.hypervisor == "kvm"}
         self.hypervisors = {
-            name: Hypervisor(name, h.ns, h.ovs, install=install) for name, h in self.hosts.items()
+            name: Hypervisor(name, h.ns, h.ovs, install=install)
+            for name, h in self.hosts.items() if name in kvm
         } if "libvirt" in topo.kinds() else {}
         self._boot: guests.GuestBoot | None = None
         self.fabric_mode = "veil"  # a fabric DC's switches: veil's (or stp/rstp, the bench's)
@@ -452,7 +455,10 @@ class Lab:
         src = self.hypervisor_of(name)
         if host == src.name:
             raise RuntimeError(f"{name} already runs on {host}")
-        dst = self.hypervisors[host]
+        dst = self.hypervisors.get(host)
+        if dst is None:
+            raise RuntimeError(f"{host} is no KVM hypervisor of this lab (kvm hosts: "
+                               f"{', '.join(sorted(self.hypervisors))})")
         result = guests.migrate(self.domain_name(name), src, dst, self.hosts[host].underlay_ip)
         self._place(name, host)
         return result

@@ -28,6 +28,9 @@ TUNNEL_TYPES = ("geneve", "vxlan", "gre")
 # big benchmarks and the controller tests use).
 VM_KINDS = ("libvirt", "netns")
 DEFAULT_KIND = "libvirt"
+# what a lab host is: a KVM hypervisor (its own libvirtd + veil's qemu hook, when the lab has
+# libvirt guests) or a XenServer-style host (veil's XenAPI plugin path, no libvirtd)
+HYPERVISORS = ("kvm", "xen")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,9}$")
 _LAB_UUID_NS = uuid.UUID("5b1e7c1e-0000-4000-8000-00000000beef")
 
@@ -64,6 +67,7 @@ class Host:
     # the fabric switches the host's NIC(s) are cabled to (two: dual-homed, an active-backup
     # bond); empty in a ToR data center
     attach: tuple[str, ...] = ()
+    hypervisor: str = "kvm"  # one of HYPERVISORS
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,11 @@ def parse(raw: Any) -> Topology:
         ip = _addr(h, "underlay_ip", where, by_dc[dc_name].subnet)
         if ip == by_dc[dc_name].gateway:
             raise TopologyError(f"{where}.underlay_ip: {ip} is the gateway of {dc_name}")
-        hosts.append(Host(_name(h, "name", where), dc_name, ip, _attach(h, where, by_dc[dc_name])))
+        hv = h.get("hypervisor", "kvm")
+        if hv not in HYPERVISORS:
+            raise TopologyError(f"{where}.hypervisor: {hv!r} is not one of {', '.join(HYPERVISORS)}")
+        hosts.append(Host(_name(h, "name", where), dc_name, ip, _attach(h, where, by_dc[dc_name]),
+                          str(hv)))
     _unique([h.name for h in hosts], "hosts", "name")
     _unique([str(h.underlay_ip) for h in hosts], "hosts", "underlay_ip")
     node_names = [router, *(s for d in dcs for s in (d.fabric.switches if d.fabric else (d.tor,))),
@@ -226,6 +234,7 @@ def parse(raw: Any) -> Topology:
     _unique([n.name for n in networks], "tenants[*].networks", "name")
     by_net = {n.name: n for n in networks}
     host_names = {h.name for h in hosts}
+    xen_hosts = {h.name for h in hosts if h.hypervisor == "xen"}
 
     vms: list[Vm] = []
     for i, item in enumerate(_list(doc, "vms")):
@@ -239,8 +248,12 @@ def parse(raw: Any) -> Topology:
             raise TopologyError(f"{where}.host: unknown host {host!r}")
         subnet = by_net[net_name].subnet
         ip = _addr(v, "ip", where, subnet)
+        kind = _kind(v, "kind", lab_kind, where)
+        if kind == "libvirt" and host in xen_hosts:
+            raise TopologyError(f"{where}.kind: {host} is a xen host: a libvirt guest needs a kvm "
+                                f"host (or kind: netns)")
         vms.append(Vm(_name(v, "name", where), net_name, host, ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}"),
-                      _kind(v, "kind", lab_kind, where)))
+                      kind))
     _unique([v.name for v in vms], "vms", "name")
     for net in networks:
         _unique([str(v.ip.ip) for v in vms if v.network == net.name], f"vms of network {net.name}", "ip")

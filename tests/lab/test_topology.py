@@ -47,6 +47,8 @@ def test_macs_are_locally_administered_unicast() -> None:
     [
         (lambda d: d["hosts"][1].update(underlay_ip="10.0.0.5"), "hosts[1].underlay_ip: 10.0.0.5 is not a host address"),
         (lambda d: d["hosts"][2].update(dc="dc9"), "hosts[2].dc: unknown data center 'dc9'"),
+        (lambda d: d["hosts"][2].update(hypervisor="hyperv"), "hosts[2].hypervisor: 'hyperv' is not one of kvm, xen"),
+        (lambda d: d["hosts"][0].update(hypervisor="xen"), "vms[0].kind: dc1-h1 is a xen host: a libvirt guest needs a kvm host"),
         (lambda d: d["datacenters"][0].update(subnet="10.1.0.0/24"), "datacenters[0].subnet: 10.1.0.0/24 is outside the lab range"),
         (lambda d: d["datacenters"][1].update(subnet="198.18.1.0/25", gateway="198.18.1.100"), "datacenters[1].subnet: 198.18.1.0/25 overlaps"),
         (lambda d: d["vms"][0].update(ip="198.19.1.5"), "vms[0].ip: 198.19.1.5 is not a host address of 198.19.0.0/24"),

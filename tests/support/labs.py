@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from controller.lab import netns, topology
+from controller.lab import fabriclab, netns, topology
 from controller.lab.lab import Lab
 from controller.lab.run import LabController, run_for_lab
 from hooks import contract
@@ -34,10 +34,19 @@ def wait_programmed(lab: Lab, ctl: LabController,
     ovs-vswitchd resolves the underlay next hop (ARP) for it, so a pair gets a few seconds of
     data-path warm-up."""
     ctl.sync()
+
+    def detail() -> str:
+        text = f"veil-controller's log ends:\n{ctl.log_text()[-3000:]}"
+        if fabriclab.fabric_dcs(lab):  # the underlay is veil's fabric: its side too
+            st = fabriclab.status(lab)
+            text += (f"\nfabric status: generation {st.get('generation')}, "
+                     f"{len(st.get('links', []))} cables, hosts {st.get('hosts')}"
+                     f"\nfabric log ends:\n{fabriclab.log_tail(lab)}")
+        return text
+
     for src, dst in pairs:
         until(f"{src} pings {dst} (data-path warm-up after the controller programmed it)",
-              functools.partial(lab.ping, src, dst), timeout=5.0, interval=0.1,
-              detail=lambda: ctl.log_text()[-3000:])
+              functools.partial(lab.ping, src, dst), timeout=5.0, interval=0.1, detail=detail)
 
 
 # the isolation suite on another topology (e.g. the fabric: VEIL_LAB_TOPOLOGY=fabric-3x3)

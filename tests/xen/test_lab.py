@@ -36,8 +36,11 @@ KVM_VM, XEN_VM, XEN_HOST, DOMID = "a1", "a2", "dc2-h1", 5
 def lab() -> Iterator[tuple[Lab, LabController]]:
     netns_lab = topology.with_kind(topology.load(), "netns")
     # The KVM side is a real libvirt guest started through veil's qemu hook; the rest stand-ins.
+    # dc2-h1 is a xen host: no libvirtd, no veil libvirt agent there, only the XenAPI path.
     topo = dataclasses.replace(netns_lab, vms=tuple(
-        dataclasses.replace(v, kind="libvirt") if v.name == KVM_VM else v for v in netns_lab.vms))
+        dataclasses.replace(v, kind="libvirt") if v.name == KVM_VM else v for v in netns_lab.vms),
+        hosts=tuple(dataclasses.replace(h, hypervisor="xen") if h.name == XEN_HOST else h
+                    for h in netns_lab.hosts))
     lab = Lab(topo, prefix=unique_prefix("x"))
     ctl: LabController | None = None
     try:
@@ -72,6 +75,10 @@ def boot_xen_vm(lab: Lab, sim: XapiSim, host: Host, xenopsd: Xenopsd) -> tuple[s
 def test_xen_and_kvm_vms_on_one_tenant_network_ping(lab: tuple[Lab, LabController], tmp_path: Path) -> None:
     the_lab, ctl = lab
     xen = the_lab.hosts[XEN_HOST]
+    daemons = {Path(f"/proc/{p}/comm").read_text().strip() for p in netns.netns_pids(xen.ns)}
+    assert "ovs-vswitchd" in daemons and not daemons & {"libvirtd", "virtlogd"}, daemons
+    kvm = the_lab.hosts[the_lab.vms[KVM_VM].spec.host]
+    assert "libvirtd" in {Path(f"/proc/{p}/comm").read_text().strip() for p in netns.netns_pids(kvm.ns)}
     with simulated_xapi() as sim:
         ref = sim.add_host(XEN_HOST, xen.underlay_ip)
         host = Host(XEN_HOST, ref, sim.record("host", ref)["uuid"], xen.ovs)
