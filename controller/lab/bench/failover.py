@@ -1,23 +1,30 @@
-"""Controller failover under a 1 ms probe (issue 14): kill -9 of the active controller.
+"""Controller failover under a 1 ms probe (issue 14): kill -9 of the active controller, veil
+and OVN side by side.
 
-    python -m controller.lab.bench.failover [--reps 5] [--lease-ttl 3] [--out docs/bench/failover.json]
+    python -m controller.lab.bench.failover [--reps 5] [--lease-ttl 3] [--system veil|ovn|both]
+                                            [--out docs/bench/failover.json]
 
-On the two-DC netns lab with a three-member Raft veil database and two controller instances
-(controller/lab/ha.py), each repetition:
+Each system on a two-DC netns lab of its own; each repetition:
 
 1. a 1 ms ICMP probe (bench/probe.py ``gaps``) runs from a1 (dc1-h1) to a2 (dc2-h1), two
    established VMs in the other DC, for the whole repetition;
-2. after 0.7 s of baseline replies the active instance (the one holding every host's lease)
-   is killed with SIGKILL, and at once a new VIF (a4 on dc2-h2) is plugged, while a second
-   probe in a2 waits for a4's first echo reply;
-3. measured from the kill: when the survivor's `veil status` first says it holds every host
-   (polled every 10 ms), when a2 got a4's first reply (the new VIF programmed end to end), and
-   the established pair's longest gap between replies (its outage, if any).
+2. after 0.7 s of baseline replies the active controller is killed with SIGKILL, and at once
+   a new VIF (a4 on dc2-h2) is plugged, while a second probe in a2 waits for a4's first echo
+   reply;
+3. measured from the kill: when the standby has taken over (polled every 10 ms), when a2 got
+   a4's first reply (the new VIF programmed end to end), and the established pair's longest
+   gap between replies (its outage, if any).
 
-The killed instance is restarted (a standby) and a4 unplugged before the next repetition.
-The figures are the time a host goes unprogrammed after its controller dies: bounded by the
-lease TTL plus a renewal tick (controller/ownership.py). One run, one machine: the numbers
-quoted in docs/benchmarks.md say which.
+- veil: a three-member Raft veil database and two controller instances (controller/lab/ha.py);
+  the one holding every host's lease is killed; taken over = the survivor's `veil status` says
+  it holds every host. Bounded by the lease TTL plus a renewal tick (controller/ownership.py).
+- OVN: two ovn-northd on the same NB/SB databases (OVN's own active/standby: the southbound
+  lock); the active one is killed and a4's logical switch port is added to the NB database at
+  once (a new port needs northd, as a new VIF needs veil's controller; a port already in the
+  NB would be bound by ovn-controller alone); taken over = the standby's `status` is active.
+
+The killed controller is restarted (a standby) and a4 removed before the next repetition. One
+run, one machine: the numbers quoted in docs/benchmarks.md say which.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import argparse
 import dataclasses
 import ipaddress
 import json
+import os
 import platform
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -35,8 +44,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from controller.lab import topology
+from controller.lab import netns, topology
 from controller.lab.bench.labfigs import start_probe, static_arp
+from controller.lab.bench.ovn import Ovn, OvnMissing
 from controller.lab.bench.results import max_gap
 from controller.lab.ha import HaRun
 from controller.lab.lab import Lab
@@ -114,10 +124,20 @@ def _median(values: Sequence[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
-def run(reps: int, lease_ttl: float) -> dict[str, Any]:
+def _summary(samples: list[dict[str, float]]) -> dict[str, Any]:
+    keys = ("takeover_ms", "new_vif_first_reply_ms", "established_longest_gap_ms")
+    return {"median": {k: _median([s[k] for s in samples]) for k in keys},
+            "max": {k: max(s[k] for s in samples) for k in keys},
+            "samples": samples}
+
+
+def _lab() -> Lab:
     base = topology.with_kind(topology.load(), "netns")
-    lab = Lab(dataclasses.replace(base, vms=base.vms + (NEW_VM,)),
-              prefix=f"vb{secrets.token_hex(3)}")
+    return Lab(dataclasses.replace(base, vms=base.vms + (NEW_VM,)), prefix=f"vb{secrets.token_hex(3)}")
+
+
+def run_veil(reps: int, lease_ttl: float) -> dict[str, Any]:
+    lab = _lab()
     ha: HaRun | None = None
     try:
         lab.up()
@@ -134,21 +154,94 @@ def run(reps: int, lease_ttl: float) -> dict[str, Any]:
         if ha is not None:
             ha.stop()
         lab.down()
-    keys = ("takeover_ms", "new_vif_first_reply_ms", "established_longest_gap_ms")
-    return {
+    return {"lease_ttl_s": lease_ttl, **_summary(samples)}
+
+
+def _active_northd(ovn: Ovn) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for i in (0, 1):
+            if ovn.northd_status(i) == "active":
+                return i
+        time.sleep(0.05)
+    raise BenchError("no ovn-northd is active")
+
+
+def one_ovn(lab: Lab, ovn: Ovn) -> dict[str, float]:
+    active = _active_northd(ovn)
+    standby = 1 - active
+    vm = lab.vms[NEW_VM.name]
+    established = start_probe(lab, lab.vms[PROBER], ["gaps", lab.vms[PEER].ip,
+                                                     "--duration", f"{DURATION:g}"])
+    time.sleep(BASELINE)  # the probe's baseline (not a wait for the system)
+    new = start_probe(lab, lab.vms[PEER], ["first-reply", vm.ip,
+                                           "--timeout", f"{DURATION - BASELINE:g}"])
+    t0 = time.monotonic()
+    os.kill(ovn.northd_pid(active), signal.SIGKILL)
+    ovn.nbctl("lsp-add", vm.network, vm.iface_id, "--", "lsp-set-addresses", vm.iface_id,
+              f"{vm.mac} {vm.ip}")
+    lab.plug_vm(NEW_VM.name)
+    plugged = time.monotonic()
+    took_over = None
+    while time.monotonic() - t0 < DURATION:
+        if ovn.northd_status(standby) == "active":
+            took_over = time.monotonic()
+            break
+        time.sleep(0.01)
+    out, err = new.communicate(timeout=30)
+    word, _, value = out.strip().partition(" ")
+    if word != "reply":
+        raise BenchError(f"OVN: {PEER} never got a reply from {NEW_VM.name} after the kill ({out} {err})")
+    gout, _ = established.communicate(timeout=30)
+    doc = json.loads(gout)
+    replies = doc["replies"]
+    ovn.start_northd(active)  # back as the standby
+    _wait("the restarted ovn-northd is standby", lambda: ovn.northd_status(active) == "standby")
+    lab.unplug_vm(NEW_VM.name)
+    ovn.nbctl("lsp-del", vm.iface_id)
+    ovn.sync()
+    return {"takeover_ms": round((took_over - t0) * 1000, 1) if took_over else float("nan"),
+            "new_vif_first_reply_ms": round((float(value) - t0) * 1000, 1),
+            "plug_ms": round((plugged - t0) * 1000, 1),
+            "established_longest_gap_ms": round(max_gap(replies) * 1000, 2),
+            "established_sent": doc["sent"], "established_replies": len(replies)}
+
+
+def run_ovn(reps: int) -> dict[str, Any]:
+    lab = _lab()
+    ovn = Ovn(lab, northds=2)
+    try:
+        lab.up()
+        static_arp(lab)
+        lab.unplug_vm(NEW_VM.name)
+        ovn.start()
+        ovn.add_networks()
+        ovn.nbctl("lsp-del", lab.vms[NEW_VM.name].iface_id)  # added after each kill
+        ovn.sync()
+        samples = [one_ovn(lab, ovn) for _ in range(reps)]
+    finally:
+        ovn.stop()
+        lab.down()
+    return {"northds": 2, **_summary(samples)}
+
+
+def run(reps: int, lease_ttl: float, systems: Sequence[str] = ("veil", "ovn")) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "figure": "controller failover under a 1 ms probe",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()} {platform.machine()}, {_cpus()} CPUs, "
                    f"{platform.system()} {platform.release()}",
-        "lease_ttl_s": lease_ttl, "reps": reps,
-        "median": {k: _median([s[k] for s in samples]) for k in keys},
-        "max": {k: max(s[k] for s in samples) for k in keys},
-        "samples": samples,
+        "reps": reps,
     }
+    for system in systems:
+        try:
+            doc[system] = run_veil(reps, lease_ttl) if system == "veil" else run_ovn(reps)
+        except (BenchError, OvnMissing, RuntimeError, netns.CommandError) as exc:
+            doc[system] = {"error": str(exc)[:1000]}  # the other system is still measured
+    return doc
 
 
 def _cpus() -> int:
-    import os
     return os.cpu_count() or 0
 
 
@@ -158,9 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--lease-ttl", type=float, default=LEASE_TTL)
+    p.add_argument("--system", choices=("veil", "ovn", "both"), default="both")
     p.add_argument("--out", type=Path, help="write the result as JSON here")
     args = p.parse_args(argv)
-    result = run(args.reps, args.lease_ttl)
+    result = run(args.reps, args.lease_ttl,
+                 ("veil", "ovn") if args.system == "both" else (args.system,))
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

@@ -50,16 +50,23 @@ class OvnCentral:
     def sb(self) -> str:
         return f"unix:{self.rundir / 'sb.sock'}"
 
-    def pidfiles(self) -> list[Path]:
-        return [self.rundir / f"{d}.pid" for d in ("nb", "sb", "northd")]
+    def northd(self, i: int) -> str:
+        """The i-th ovn-northd's file stem: ``northd``, then ``northd-1``, ... (standbys)."""
+        return "northd" if i == 0 else f"northd-{i}"
+
+    def pidfiles(self, northds: int = 1) -> list[Path]:
+        return [self.rundir / f"{d}.pid" for d in ("nb", "sb", *map(self.northd, range(northds)))]
 
 
 class Ovn:
     """OVN on top of ``lab``: ``start()``, logical switches/ports, ``stop()``."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, northds: int = 1) -> None:
+        """``northds`` > 1: that many ovn-northd on the same databases, one active (it holds
+        the southbound database's lock), the others standby: OVN's own high availability."""
         self.lab = lab
         self.central = OvnCentral(lab.rundir / "ovn-central", lab.ns_name("ovnc"))
+        self.northds = northds
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -77,16 +84,30 @@ class Ovn:
                  f"--log-file={c.rundir / db}.log"],
                 ns=c.ns,
             )
-        netns.run(
-            ["ovn-northd", f"--ovnnb-db={c.nb}", f"--ovnsb-db={c.sb}", f"--pidfile={c.rundir}/northd.pid",
-             f"--unixctl={c.rundir}/northd.ctl", "--detach", f"--log-file={c.rundir}/northd.log"],
-            ns=c.ns, env={"OVN_RUNDIR": str(c.rundir)},
-        )
+        for i in range(self.northds):
+            self.start_northd(i)
         self.nbctl("--no-leader-only", "init")
         for h in self.lab.hosts.values():
             self._start_controller(h)
         self._wait(lambda: len(self.sbctl("--bare", "--columns=name", "list", "Chassis").split())
                    == len(self.lab.hosts), "every ovn-controller to register its chassis")
+
+    def start_northd(self, i: int) -> None:
+        c, name = self.central, self.central.northd(i)
+        netns.run(
+            ["ovn-northd", f"--ovnnb-db={c.nb}", f"--ovnsb-db={c.sb}", f"--pidfile={c.rundir}/{name}.pid",
+             f"--unixctl={c.rundir}/{name}.ctl", "--detach", f"--log-file={c.rundir}/{name}.log"],
+            ns=c.ns, env={"OVN_RUNDIR": str(c.rundir)},
+        )
+
+    def northd_status(self, i: int) -> str:
+        """``active``, ``standby`` or ``paused`` (ovn-appctl status), ``gone`` if it does not answer."""
+        ctl = self.central.rundir / f"{self.central.northd(i)}.ctl"
+        proc = netns.run(["ovn-appctl", "-t", str(ctl), "status"], check=False, timeout=10)
+        return proc.stdout.split(":", 1)[1].strip() if proc.returncode == 0 and ":" in proc.stdout else "gone"
+
+    def northd_pid(self, i: int) -> int:
+        return int((self.central.rundir / f"{self.central.northd(i)}.pid").read_text().strip())
 
     def _start_controller(self, h: HostRuntime) -> None:
         h.ovs.vsctl(
@@ -106,7 +127,7 @@ class Ovn:
 
     def pidfiles(self) -> dict[str, Path]:
         """Every OVN daemon of this lab, by a readable name."""
-        out = {f"ovn-{p.stem}": p for p in self.central.pidfiles()}
+        out = {f"ovn-{p.stem}": p for p in self.central.pidfiles(self.northds)}
         out |= {f"ovn-controller@{h.name}": h.ovs.rundir / "ovn-controller.pid" for h in self.lab.hosts.values()}
         return out
 
