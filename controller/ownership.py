@@ -20,8 +20,11 @@ the commit) and stops programming ``MARGIN`` before the expiry it wrote; other i
 the host at the written expiry by their own clocks. Clock skew between instances beyond the
 margin only shortens the gap before a takeover; the generation ids still fence.
 
-Cost (stated in docs/controller.md): a host whose owner dies goes unprogrammed until its lease
-expires (at most ``ttl``) plus the survivor's next renewal tick (``ttl / 3``), plus one round.
+Cost (stated in docs/controller.md): a host whose owner dies goes unprogrammed until the
+survivors learn of it: at once when the database server sees the owner's connection close
+(its OVSDB liveness lock passes to a survivor, controller/liveness.py: a killed process), else
+(a partition) when its lease expires (at most ``ttl``) plus the survivor's next renewal tick
+(``ttl / 3``); plus one round.
 A restarted instance of the same name takes its own leases back at once (a new generation).
 """
 
@@ -34,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from controller.liveness import Liveness
 from hooks.backoff import Backoff
 from hooks.ovsdb import connect as ovsdb
 from hooks.ovsdb.connect import OvsdbUnreachable
@@ -69,12 +73,14 @@ class Lease:
 
 
 def plan(leases: Mapping[str, Lease], hosts: Iterable[str], me: str, held: Iterable[str],
-         now: float, ttl: float) -> dict[str, Lease]:
+         now: float, ttl: float, gone: Iterable[str] = ()) -> dict[str, Lease]:
     """The leases instance ``me`` writes now (pure): its own renewed, and every host whose
-    lease is missing or expired taken with the next generation. ``held`` are the hosts this
+    lease is missing or expired, or held by an instance known to be ``gone``
+    (controller/liveness.py), taken with the next generation. ``held`` are the hosts this
     process holds already (a lease named ``me`` that it does not hold is a previous process of
     the same name: taken back with a new generation, so its switch sessions are fenced too)."""
     mine = set(held)
+    dead = set(gone) - {me}
     out: dict[str, Lease] = {}
     for host in sorted(set(hosts)):
         lease = leases.get(host)
@@ -82,7 +88,7 @@ def plan(leases: Mapping[str, Lease], hosts: Iterable[str], me: str, held: Itera
             out[host] = Lease(host, me, 1, now + ttl)
         elif lease.owner == me and host in mine:
             out[host] = Lease(host, me, lease.generation, now + ttl)
-        elif lease.owner == me or lease.expires <= now:
+        elif lease.owner == me or lease.expires <= now or lease.owner in dead:
             out[host] = Lease(host, me, lease.generation + 1, now + ttl)
     return out
 
@@ -120,6 +126,16 @@ class Ownership:
         self._thread: threading.Thread | None = None
         self.waiting: str | None = "the veil database (no lease yet)"
         self._renewed: float | None = None  # ``now`` of the last renewal that committed
+        # Instances the database says are gone (their liveness lock was granted to us): their
+        # leases are taken at the next renewal, which their news starts at once.
+        self._gone: set[str] = set()
+        self._renew_now = threading.Event()
+        self.liveness = Liveness(remote, me, clock, self._on_gone)
+
+    def _on_gone(self, instance: str) -> None:
+        with self._lock:
+            self._gone.add(instance)
+        self._renew_now.set()
 
     def _connect(self, failures: int) -> bool:
         from controller.northbound.store import PROBE_MS, SCHEMA_NAME
@@ -136,11 +152,14 @@ class Ownership:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="veil-leases", daemon=True)
         self._thread.start()
+        self.liveness.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._renew_now.set()
         if self._thread is not None:
             self._thread.join(1.0)
+        self.liveness.stop()
         if self._api is not None:
             ovsdb.stop(self._api, timeout=1.0)
 
@@ -167,7 +186,11 @@ class Ownership:
                 self.renew()
                 self._on_change()
         before: frozenset[str] = frozenset()
-        while not self._stop.wait(self.ttl / 3):
+        while True:
+            self._renew_now.wait(self.ttl / 3)  # a renewal tick, or news of a gone instance
+            self._renew_now.clear()
+            if self._stop.is_set():
+                return
             self.renew()
             now = frozenset(self.owned(self.clock()))
             if now != before:
@@ -186,8 +209,9 @@ class Ownership:
             return
         with self._lock:
             held = set(self._held.owned(self.clock()))
+            gone = set(self._gone)
         try:
-            began, got = ovsdb.transact(api, lambda txn: self._write(api, txn, held))
+            began, got, owners = ovsdb.transact(api, lambda txn: self._write(api, txn, held, gone))
         except (ovsdbapp_exceptions.OvsdbAppException, RuntimeError) as exc:
             self._say(f"the veil database (lease renewal failed: {exc})")
             return
@@ -195,20 +219,25 @@ class Ownership:
             before = set(self._held.owned(began))
             self._held = Held(got, began + self.ttl - MARGIN)
             self._renewed = began
+            self._gone -= gone  # their leases are ours now (or were already taken by another)
+        self.liveness.watch(owners)  # whoever holds a lease is watched
         for host in sorted(got.keys() - before):
             LOG.info("lease on host %s taken (generation %d)", host, got[host])
         for host in sorted(before - got.keys()):
             LOG.warning("lease on host %s lost to another instance", host)
         self._say(None)
 
-    def _write(self, api: Any, txn: Any, held: set[str]) -> tuple[float, dict[str, int]]:
+    def _write(self, api: Any, txn: Any, held: set[str], gone: set[str]
+               ) -> tuple[float, dict[str, int], frozenset[str]]:
         """The lease rows written in ``txn`` (run when the transaction is made, which may be
-        long after ``renew`` asked for it: ``now`` is read here)."""
+        long after ``renew`` asked for it: ``now`` is read here), and every lease owner after it."""
         now = self.clock()
         rows = {r.host: r for r in api.tables[TABLE].rows.values()}
         leases = {h: Lease(h, r.owner, r.generation, r.expires / 1000) for h, r in rows.items()}
         hosts = [r.system_id for r in api.tables["Host"].rows.values()]
-        want = plan(leases, hosts, self.me, held, now, self.ttl)
+        want = plan(leases, hosts, self.me, held, now, self.ttl, gone)
+        owners = frozenset({l.owner for h, l in leases.items() if h not in want}
+                           | {l.owner for l in want.values()})
         for host, lease in want.items():
             row = rows.get(host)
             if row is None:
@@ -220,7 +249,7 @@ class Ownership:
                 row.verify("expires")
             row.owner, row.generation = lease.owner, lease.generation
             row.expires = int(lease.expires * 1000)
-        return now, {h: lease.generation for h, lease in want.items()}
+        return now, {h: lease.generation for h, lease in want.items()}, owners
 
     def _say(self, waiting: str | None) -> None:
         if waiting != self.waiting:

@@ -265,7 +265,10 @@ class Controller:
         now = self.clock()
         doc["ownership"] = {"instance": self.ownership.me,
                             "waiting": self.ownership.waiting_for(now),
-                            "hosts": sorted(self.ownership.owned(now))}
+                            "hosts": sorted(self.ownership.owned(now)),
+                            # instances whose death this one would know at once (liveness
+                            # locks); any other's is known at its lease expiry
+                            "watching": sorted(self.ownership.liveness.watching())}
         return doc
 
     def _connect_store(self) -> bool:

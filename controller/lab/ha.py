@@ -123,6 +123,13 @@ class HaRun:
         except (OSError, control.ControlError, KeyError):
             return []
 
+    def watching(self, i: int) -> list[str]:
+        """The instances whose death instance ``i`` would know at once (its status)."""
+        try:
+            return list(self.status(i)["ownership"]["watching"])
+        except (OSError, control.ControlError, KeyError):
+            return []
+
     def store(self) -> Store:
         if self._store is None:
             self._store = Store(self.cluster.remote)

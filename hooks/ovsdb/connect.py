@@ -30,7 +30,7 @@ from hooks.errors import OvsdbUnreachable
 
 __all__ = [
     "OvsdbUnreachable", "GenericApi", "connect", "open_vswitch", "stop", "is_connected", "transact",
-    "changed_columns",
+    "changed_columns", "has_lock", "session_seqno",
 ]
 
 _ids = itertools.count(1)
@@ -85,7 +85,7 @@ class GenericApi(backend.Backend, api.API):  # type: ignore[misc]
 
 def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str] | Mapping[str, Sequence[str]],
             on_change: Callable[[], None] | None = None, *, timeout: float = 10.0,
-            wake: Wake | None = None, probe_ms: int | None = None) -> Any:
+            wake: Wake | None = None, probe_ms: int | None = None, lock: str | None = None) -> Any:
     """An ovsdbapp API object of class ``base`` on ``remote``, its IDL mirroring ``tables``.
 
     ``tables`` is table names (every column mirrored) or a table -> columns mapping: the server
@@ -96,7 +96,10 @@ def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str] | M
     every change). ``probe_ms``: the inactivity probe (python-ovs sends none on unix: remotes
     by default, so a silent server, e.g. behind a partition, would hold a commit, and with it
     the IDL's lock, for ever); after twice that much silence the connection is dropped and
-    retried. Raises ``OvsdbUnreachable`` when the server does not answer; close with ``stop``.
+    retried. ``lock``: the IDL asks for this OVSDB lock (RFC 7047 4.1.8) on every (re)connection
+    and ``has_lock`` says whether it holds it; python-ovs then refuses the IDL's own writes while
+    another client holds it. Raises ``OvsdbUnreachable`` when the server does not answer; close
+    with ``stop``.
     """
     helper = idlutils.create_schema_helper(_fetch_schema(remote, schema))
     if isinstance(tables, Mapping):
@@ -113,6 +116,8 @@ def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str] | M
     idl = type(f"Idl{next(_ids)}", (_NotifyingIdl,), idl_attrs)(remote, helper)
     if probe_ms is not None:  # (python-ovs' own parameter is forced to 0 for unix: remotes)
         idl._session.reconnect.set_probe_interval(probe_ms)
+    if lock is not None:  # (before the connection thread runs: sent with the first connect)
+        idl.set_lock(lock)
     conn = connection.Connection(idl, timeout)
     # ``_ovsdb_connection`` set explicitly: the setter tests the INHERITED value, so a subclass
     # of a class whose attribute was already set would otherwise share that connection.
@@ -138,6 +143,19 @@ def open_vswitch(remote: str, on_change: Callable[[], None] | None = None, *, ti
     """
     return connect(remote, "Open_vSwitch", impl_idl.OvsdbIdl if acked else _UnackedOvsIdl, tables,
                    on_change, timeout=timeout, wake=wake)
+
+
+def has_lock(api: Any) -> bool:
+    """Whether the server has granted the IDL the lock ``connect(lock=...)`` asked for."""
+    idl: ovs_idl.Idl = api.idl
+    return bool(idl.has_lock)
+
+
+def session_seqno(api: Any) -> int:
+    """A number that changes each time the IDL's session connects or disconnects (python-ovs'
+    jsonrpc session counts them): how a caller tells one connection from the next."""
+    idl: ovs_idl.Idl = api.idl
+    return int(idl._session.get_seqno())
 
 
 def is_connected(api: Any) -> bool:

@@ -4,6 +4,8 @@ cases are plain values: the lease rows as read, the instance, the time."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 
@@ -12,6 +14,7 @@ from controller.northbound.store import Store, StoreServer
 from controller.service import _database_away
 from hooks.ovsdb import connect as ovsdb
 from tests.support.poll import until
+from controller.liveness import SETTLE, Verdict, decide, lock_name
 from controller.ownership import Held, Lease, plan
 
 TTL = 3.0
@@ -41,6 +44,26 @@ def test_a_restarted_instance_takes_its_own_lease_back_at_once_with_a_new_genera
     # its previous process may still have a session on the switch: the new generation fences it
     leases = {"h1": Lease("h1", "a", 4, 150.0)}
     assert plan(leases, ["h1"], "a", (), 100.0, TTL) == {"h1": Lease("h1", "a", 5, 103.0)}
+
+
+def test_a_live_lease_of_an_instance_known_to_be_gone_is_taken_at_once() -> None:
+    leases = {"h1": Lease("h1", "a", 4, 101.0), "h2": Lease("h2", "c", 2, 101.0)}
+    assert plan(leases, ["h1", "h2"], "b", (), 100.0, TTL, gone={"a"}) == {"h1": Lease("h1", "b", 5, 103.0)}
+    # news of one's own death is nobody's to act on
+    assert plan(leases, ["h1"], "a", {"h1"}, 100.0, TTL, gone={"a"}) == {"h1": Lease("h1", "a", 4, 103.0)}
+
+
+def test_liveness_lock_names_are_ovsdb_ids_and_distinct() -> None:
+    names = ["dc1-ctl", "dc1_ctl", "dc1.ctl", "ctl-ä", "a"]
+    locks = [lock_name(n) for n in names]
+    assert all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", l) for l in locks), locks
+    assert len(set(locks)) == len(names)
+
+
+def test_a_liveness_lock_grant_is_believed_only_on_a_settled_connection() -> None:
+    assert decide(False, 100.0) == Verdict(gone=False, drop=False)  # the holder lives
+    assert decide(True, SETTLE) == Verdict(gone=True, drop=True)
+    assert decide(True, SETTLE - 0.1) == Verdict(gone=False, drop=True)  # a reconnection race
 
 
 def test_only_joined_hosts_are_leased() -> None:

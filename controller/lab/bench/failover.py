@@ -85,6 +85,10 @@ def one(lab: Lab, ha: HaRun) -> dict[str, float]:
     n = len(lab.hosts)
     active = _active(ha, n)
     survivor = 1 - active
+    # a standby that has run a while: its liveness watch of the active one has settled (a
+    # standby started moments ago would learn of the death only at the lease expiry)
+    _wait("the standby watches the active instance",
+          lambda: ha.names[active] in ha.watching(survivor))
     established = start_probe(lab, lab.vms[PROBER], ["gaps", lab.vms[PEER].ip,
                                                      "--duration", f"{DURATION:g}"])
     time.sleep(BASELINE)  # the probe's baseline (not a wait for the system)
