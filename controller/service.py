@@ -56,6 +56,7 @@ from controller.northbound.store import (
     HostRecord,
     Refusal,
     Store,
+    WriteRaced,
     round_number,
     wakes_controller,
 )
@@ -350,8 +351,16 @@ class Controller:
         first_seen = first_seen_after(
             declared.first_seen, (b for v in views.values() for b in v.bindings),
             frozenset(views), frozenset(r.host.system_id for r in declared.hosts))
-        if first_seen != declared.first_seen:
-            self.store.write_first_seen(first_seen)  # durable: a restart keeps MAC owners
+        # (each instance writes these rows only for the hosts it programs; during a takeover
+        # two may both believe so for a moment, and the later insert is then refused)
+        owned = frozenset(self.ownership.owned(self.clock()))
+        try:
+            if first_seen != declared.first_seen:
+                self.store.write_first_seen(first_seen, owned)  # durable: a restart keeps MAC owners
+        except WriteRaced as exc:
+            LOG.info("another controller instance wrote first: %s; next round", exc)
+            self.kick()
+            return
         state = build_state(declared, views)
         packet_ins: list[PacketIn] = []
         while not self._packet_ins.empty():
@@ -363,7 +372,12 @@ class Controller:
         self._bound = bound
         claims = claims_after(declared.claims, state, packet_ins)
         if claims != declared.claims:
-            self.store.write_claims(claims)  # durable: a restart keeps forwarding the same way
+            try:
+                self.store.write_claims(claims, owned)  # durable: a restart keeps forwarding the same way
+            except WriteRaced as exc:
+                LOG.info("another controller instance wrote first: %s; next round", exc)
+                self.kick()
+                return
             state = build_state(declared, views, claims)
         ignored = state.placed.ignored
         if ignored != self._ignored:

@@ -33,6 +33,7 @@ request_sync is its own round trip after its commit, but nothing orders two conn
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import os
@@ -40,7 +41,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -398,6 +399,26 @@ def wakes_controller(event: str, row: Any, updates: Any) -> bool:
     return True
 
 
+class WriteRaced(RuntimeError):
+    """Another writer inserted a row with the same index key first (two controller instances
+    that both believed, for a moment, that they program one host: a takeover). Nothing was
+    written; the next round reads that row and writes only what still differs."""
+
+
+@contextlib.contextmanager
+def _raced_as(table: str) -> Iterator[None]:
+    """Turn the server's index-conflict refusal of a write to ``table`` into ``WriteRaced``;
+    every other refusal stays what it is (a bug: the controller crashes on it)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc)
+        if ('"constraint violation"' in text and "identical values" in text
+                and f"rows in \\\"{table}\\\" table" in text):
+            raise WriteRaced(f"{table}: {text[:300]}") from exc
+        raise
+
+
 class NotProgrammed(TimeoutError):
     """Some hosts did not reach the sequence number in time; ``behind`` says where they are
     (None: not joined)."""
@@ -534,25 +555,34 @@ class Store:
         and the rest is used (``decode_rows``)."""
         return decode_rows(self.raw_rows())
 
-    def write_claims(self, want: Mapping[str, str]) -> None:
-        """Make the Claim table equal ``want``, in one transaction."""
+    def write_claims(self, want: Mapping[str, str], hosts: Collection[str]) -> None:
+        """Make the Claim rows that concern ``hosts`` (the claim's host before or after) equal
+        ``want``'s, in one transaction. Each controller instance writes only for the hosts it
+        programs: the others' claims are their owners' to write. Raises ``WriteRaced`` when
+        another instance inserted the same row first."""
+        mine = set(hosts)
         with self.api.ovsdb_connection.lock:
             have = {r.iface_id: (r.uuid, r.host) for r in self.api.tables["Claim"].rows.values()}
-        with self.api.transaction(check_error=True) as txn:
+        with _raced_as("Claim"), self.api.transaction(check_error=True) as txn:
             for iface, (uuid, host) in have.items():
                 if iface not in want:
-                    txn.add(self.api.db_destroy("Claim", uuid))
-                elif want[iface] != host:
+                    if host in mine:
+                        txn.add(self.api.db_destroy("Claim", uuid))
+                elif want[iface] != host and {host, want[iface]} & mine:
                     txn.add(self.api.db_set("Claim", uuid, ("host", want[iface])))
             for iface in want.keys() - have.keys():
-                txn.add(self.api.db_create("Claim", iface_id=iface, host=want[iface]))
+                if want[iface] in mine:
+                    txn.add(self.api.db_create("Claim", iface_id=iface, host=want[iface]))
 
-    def write_first_seen(self, want: Mapping[SeenKey, float]) -> None:
-        """Make the FirstSeen table equal ``want``, in one transaction."""
+    def write_first_seen(self, want: Mapping[SeenKey, float], hosts: Collection[str]) -> None:
+        """Make the FirstSeen rows of ``hosts`` equal ``want``'s, in one transaction (each
+        instance writes only for the hosts it programs). Raises ``WriteRaced`` when another
+        instance inserted the same row first."""
+        mine = set(hosts)
         with self.api.ovsdb_connection.lock:
             have = {(r.host, r.iface_id, r.ofport): (r.uuid, r.since)
-                    for r in self.api.tables["FirstSeen"].rows.values()}
-        with self.api.transaction(check_error=True) as txn:
+                    for r in self.api.tables["FirstSeen"].rows.values() if r.host in mine}
+        with _raced_as("FirstSeen"), self.api.transaction(check_error=True) as txn:
             for key, (uuid, since) in have.items():
                 if key not in want:
                     txn.add(self.api.db_destroy("FirstSeen", uuid))
@@ -560,8 +590,9 @@ class Store:
                     txn.add(self.api.db_set("FirstSeen", uuid, ("since", want[key])))
             for key in want.keys() - have.keys():
                 host, iface, ofport = key
-                txn.add(self.api.db_create("FirstSeen", host=host, iface_id=iface, ofport=ofport,
-                                           since=want[key]))
+                if host in mine:
+                    txn.add(self.api.db_create("FirstSeen", host=host, iface_id=iface,
+                                               ofport=ofport, since=want[key]))
 
     # -- writes (each one transaction) ----------------------------------------------------------
     def _find(self, table: str, column: str, value: object) -> Any | None:

@@ -10,7 +10,7 @@ import pytest
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 
 from controller.daemon import parser
-from controller.northbound.store import Store, StoreServer
+from controller.northbound.store import Store, StoreServer, WriteRaced, _raced_as
 from controller.service import _database_away
 from hooks.ovsdb import connect as ovsdb
 from tests.support.poll import until
@@ -101,5 +101,52 @@ def test_a_write_that_failed_on_a_connected_database_is_a_bug_but_a_timeout_is_n
         store_server.stop()
         until("the IDL sees the database gone", lambda: not ovsdb.is_connected(store.api))
         assert _database_away(refused, store)  # while it is away, any failed write waits
+    finally:
+        store.close()
+
+
+def _first_seen(store: Store) -> dict[tuple[str, str, int], float]:
+    with store.api.ovsdb_connection.lock:
+        return {(r.host, r.iface_id, r.ofport): r.since
+                for r in store.api.tables["FirstSeen"].rows.values()}
+
+
+def test_an_instance_writes_first_seen_and_claims_only_for_the_hosts_it_programs(
+        store_server: StoreServer) -> None:
+    a, b = Store(store_server.remote), Store(store_server.remote)
+    try:
+        a.write_first_seen({("h1", "vif1", 1): 1.0, ("h2", "vif2", 1): 2.0}, {"h1"})
+        b.write_first_seen({("h2", "vif2", 1): 2.0}, {"h2"})
+        until("both rows are in", lambda: _first_seen(a) == {("h1", "vif1", 1): 1.0,
+                                                             ("h2", "vif2", 1): 2.0})
+        # a's view lacks nothing of h2's (b's row): a never deletes what it does not own
+        a.write_first_seen({("h1", "vif1", 1): 1.0}, {"h1"})
+        a.write_claims({"vif1": "h1", "vif2": "h1"}, {"h1"})  # vif2's claim: h1 is a's
+        b.write_claims({"vif3": "h2", "vif1": "h2"}, {"h2"})  # moves vif1 to b's host
+        until("the claims", lambda: a.read().claims == {"vif1": "h2", "vif2": "h1", "vif3": "h2"})
+        assert _first_seen(a) == {("h1", "vif1", 1): 1.0, ("h2", "vif2", 1): 2.0}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_row_inserted_by_another_instance_first_is_a_lost_race_not_a_bug(
+        store_server: StoreServer) -> None:
+    """What the server answers when two instances insert the same FirstSeen row (one of them
+    a moment before its view had the other's): ``WriteRaced``, which the round takes as "next
+    round"; any other refusal stays an error the controller crashes on."""
+    store = Store(store_server.remote)
+    try:
+        key = {"host": "h1", "iface_id": "vif1", "ofport": 1}
+        with pytest.raises(WriteRaced, match="FirstSeen"):
+            with _raced_as("FirstSeen"), store.api.transaction(check_error=True) as txn:
+                txn.add(store.api.db_create("FirstSeen", since=1.0, **key))
+                txn.add(store.api.db_create("FirstSeen", since=2.0, **key))
+        with pytest.raises(RuntimeError) as other:
+            with _raced_as("Claim"), store.api.transaction(check_error=True) as txn:
+                txn.add(store.api.db_create("FirstSeen", since=1.0, **key))
+                txn.add(store.api.db_create("FirstSeen", since=2.0, **key))
+        assert not isinstance(other.value, WriteRaced)
+        assert _first_seen(store) == {}  # nothing was written
     finally:
         store.close()

@@ -13,7 +13,8 @@ the leases: that is allowed). The cases run in order on one lab:
    role generation, which OVS then enforces: the deposed one's is refused as stale on every
    switch), a change the deposed one cannot see is programmed, and the deposed one (alive,
    with its stale view) changes no switch and says what it waits for;
-3. kill -9 of the active instance: the survivor programs a new VIF;
+3. kill -9 of the active instance: the survivor, told at once by the database server (the
+   dead one's liveness lock passes to it), programs a new VIF;
 4. the whole database away for 60 s: the controllers stay (same PIDs), say what they wait
    for, do not spin, hosts keep forwarding, and they catch up when it is back.
 
@@ -227,11 +228,15 @@ def test_2_a_deposed_controller_cannot_change_any_switch(rig: Rig) -> None:
 def test_3_kill_of_the_active_controller(rig: Rig) -> None:
     ha, lab = rig.ha, rig.lab
     active, survivor = _active(rig)
+    until("the standby watches the active one's liveness lock",
+          lambda: ha.names[active] in ha.watching(survivor), TIMEOUT, interval=0.2)
     ha.kill(active)
     rig.pids.pop(active)
     lab.plug_vm(NEW_VM.name)
     ha.sync(timeout=TIMEOUT)  # programmed by the survivor
     assert len(ha.owned(survivor)) == len(lab.hosts)
+    # told by the database server (the lock passed on), not left to the lease expiry
+    assert f"controller instance {ha.names[active]} is gone" in ha.log_text(survivor)
     assert until("a4 reaches a2", lambda: lab.ping(NEW_VM.name, "a2"), TIMEOUT)
     assert _mismatch(rig, list(lab.hosts)) == {}
     ha.start(active)  # back, as systemd would: a standby now (the survivor holds the leases)
