@@ -28,7 +28,7 @@ lint: deps-test
 	$(PY) -m mypy -p hooks -p controller -p xenapi_plugin -p libvirt_hooks
 
 test: deps-test lint
-	$(PY) -m pytest -q -m "not guest_migration and not vagrant and not fabric_lab" tests
+	$(PY) -m pytest -q -m "not guest_migration and not vagrant" tests
 
 # Live migration of real TCG guests (kept out of `make test`: see the guest_migration marker).
 test-migration: deps-test
@@ -70,6 +70,6 @@ vagrant-down: deps-test
 test-vagrant: deps-test
 	$(PY) -m pytest -q -m vagrant tests
 
-# The 3x3 OpenFlow fabric lab (docs/fabric.md), kept out of `make test` while its warm-up is flaky.
+# The 3x3 OpenFlow fabric lab (docs/fabric.md) alone (`make test` runs it too).
 test-fabric: deps-test
 	$(PY) -m pytest -q -m fabric_lab tests
