@@ -47,7 +47,7 @@ from controller.reactive_runtime import ReactiveRuntime
 from controller.pipeline import tables as P
 from controller.southbound.session import OfSession, OpenFlowError, RoleRefused
 from controller.ownership import LEASE_TTL, Ownership, default_instance
-from controller.core.seen import first_seen_after
+from controller.core.seen import SeenKey, first_seen_after
 from controller.metrics import Metrics
 from controller.status import LinkState, Status, status_of
 from controller.trace import TraceError, TraceRequest, trace
@@ -355,7 +355,7 @@ class Controller:
         # two may both believe so for a moment, and the later insert is then refused)
         owned = frozenset(self.ownership.owned(self.clock()))
         try:
-            if first_seen != declared.first_seen:
+            if _owned_part(first_seen, owned) != _owned_part(declared.first_seen, owned):
                 self.store.write_first_seen(first_seen, owned)  # durable: a restart keeps MAC owners
         except WriteRaced as exc:
             LOG.info("another controller instance wrote first: %s; next round", exc)
@@ -373,7 +373,10 @@ class Controller:
         claims = claims_after(declared.claims, state, packet_ins)
         if claims != declared.claims:
             try:
-                self.store.write_claims(claims, owned)  # durable: a restart keeps forwarding the same way
+                if any({declared.claims.get(i), claims.get(i)} & owned
+                       for i in claims.keys() | declared.claims.keys()
+                       if claims.get(i) != declared.claims.get(i)):
+                    self.store.write_claims(claims, owned)  # durable: a restart keeps forwarding the same way
             except WriteRaced as exc:
                 LOG.info("another controller instance wrote first: %s; next round", exc)
                 self.kick()
@@ -685,6 +688,11 @@ class Controller:
     def _session(self, host: str) -> OfSession | None:
         link = self.links.get(host)
         return link.of if link is not None else None
+
+def _owned_part(seen: Mapping[SeenKey, float], owned: frozenset[str]) -> dict[SeenKey, float]:
+    """The FirstSeen entries of the hosts this instance programs (the rows it writes)."""
+    return {k: v for k, v in seen.items() if k[0] in owned}
+
 
 def _release(link: HostLink) -> None:
     """Stop programming ``link``'s switch: its session closed, so a lease taken later starts
