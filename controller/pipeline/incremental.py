@@ -45,6 +45,7 @@ from controller.core.model import (
     Tenant,
     TunnelPort,
     is_migration_twin,
+    not_a_migration,
     tenant_mismatch,
 )
 
@@ -100,6 +101,22 @@ class _Discard:
 
 
 _DISCARD: Final = _Discard()
+
+
+class Pending:
+    """What events applied so far changed, per host (``Engine.apply``); ``update()`` is the
+    diff from each host's flows before the first event to its flows after the last."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, _HostDelta] = {}
+        self.tunnel_hosts: frozenset[str] = frozenset()
+
+    def at(self, host: str) -> _Sink:
+        return self.hosts.setdefault(host, _HostDelta())
+
+    def update(self) -> Update:
+        flows = {h: d for h, d in ((h, x.diff()) for h, x in self.hosts.items()) if d}
+        return Update(MappingProxyType(flows), self.tunnel_hosts)
 
 
 @dataclass
@@ -254,14 +271,64 @@ class Engine:
     # -- one event --------------------------------------------------------------------------
     def update(self, ch: Changes) -> Update:
         """Apply ``ch``; return per touched host the diff from its old flows to its new ones."""
-        delta: dict[str, _HostDelta] = {}
+        pending = Pending()
+        self.apply(ch, pending)
+        return pending.update()
 
-        def at(host: str) -> _Sink:
-            return delta.setdefault(host, _HostDelta())
+    def apply(self, ch: Changes, into: Pending) -> None:
+        """Apply ``ch``, adding what it changed to ``into``: several events applied into one
+        ``Pending`` give one diff per host, from the flows before the first to those after the
+        last (a round that learns a claim from the placement its bindings made). Broken input
+        (``InvalidState``) is refused before anything changes."""
+        into.tunnel_hosts |= self._apply(ch, into.at)
 
-        tunnel_hosts = self._apply(ch, at)
-        flows = {h: d for h, d in ((h, x.diff()) for h, x in delta.items()) if d}
-        return Update(MappingProxyType(flows), tunnel_hosts)
+    @property
+    def standby(self) -> tuple[Binding, ...]:
+        """The live standby bindings (a migration's other half), as ``placement`` has them."""
+        return tuple(b for bs in self._standby.values() for b in bs)
+
+    @property
+    def active(self) -> Mapping[str, Binding]:
+        """iface-id -> forwarded binding (``placement(...).active``)."""
+        return MappingProxyType(self._active)
+
+    def bindings_of(self, iface: str) -> frozenset[Binding]:
+        """Every binding reported for ``iface``."""
+        return frozenset(self._bindings.get(iface, ()))
+
+    def chosen_in(self, network: str) -> frozenset[str]:
+        """The iface-ids whose chosen binding is in ``network`` (before the one-MAC rule)."""
+        return frozenset(self._chosen_in.get(network, ()))
+
+    def ignored(self, iface: str) -> tuple[tuple[Binding, str], ...]:
+        """``iface``'s bindings ``placement`` ignores, each with its reason (the same reasons,
+        from the engine's indexes: O(the iface's bindings and its network's size))."""
+        out: list[tuple[Binding, str]] = []
+        cands: list[Binding] = []
+        for b in sorted(self._bindings.get(iface, ()), key=lambda b: (b.host, b.ofport)):
+            if b.network not in self.networks:
+                out.append((b, f"veil-network {b.network!r} is not declared"))
+            elif (why := tenant_mismatch(b, self.networks[b.network])) is not None:
+                out.append((b, why))
+            elif b.host not in self.hosts:
+                out.append((b, f"host {b.host!r} has not joined"))
+            elif not b.active:
+                out.append((b, "iface-status is not active"))
+            elif b.ofport <= 0:
+                out.append((b, "no ofport yet"))
+            else:
+                cands.append(b)
+        chosen = self._chosen.get(iface)
+        if chosen is None:
+            return tuple(out)
+        for b in cands:
+            if b != chosen and not is_migration_twin(chosen, b):
+                out.append((b, not_a_migration(chosen)))
+        if self._active.get(iface) is not chosen:
+            first = next(m for m in self._members.get(chosen.network, ()) if m.mac == chosen.mac)
+            out.append((chosen, f"MAC {chosen.mac} is already VIF {first.iface_id} in "
+                                f"{chosen.network}"))
+        return tuple(out)
 
     def _apply(self, ch: Changes, at: Callable[[str], _Sink]) -> frozenset[str]:
         """Apply ``ch``, telling ``at(host)`` each part that changed; the hosts whose tunnels
