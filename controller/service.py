@@ -151,6 +151,7 @@ class Controller:
         self._seen: dict[SeenKey, float] = {}  # the FirstSeen records, as last read or written
         self._dirty_hosts: set[str] = set()  # hosts whose OVSDB rows changed (IDL threads add)
         self._dirty_lock = threading.Lock()
+        self._reopen: set[str] = set()  # hosts whose OpenFlow session closed (readers add)
         self._retry_links: set[str] = set()  # hosts not dialled yet, or stuck: tried each round
         self._behind: set[str] = set()  # owned hosts the last round that had them did not finish
         self._last_owned: dict[str, int] | None = None
@@ -407,11 +408,13 @@ class Controller:
         regained = {h for h, g in owned.items()
                     if self._last_owned is None or self._last_owned.get(h) != g}
         self._owned, self._last_owned = owned, owned
+        with self._dirty_lock:
+            reopen, self._reopen = self._reopen, set()
         if full or step.rebuilt or reactive:
             targets = set(self.links)
         else:
             targets = (set(update.flows) | update.tunnel_hosts | step.hosts | self._behind
-                       | regained | self._retry_links)
+                       | regained | self._retry_links | reopen)
         # Every host at once, those this change touches submitted first (the destination of a
         # move, the hosts of a new VIF's network); a worker's exception surfaces here.
         order = sorted(((h, self.links[h]) for h in targets if h in owned and h in self.links),
@@ -573,6 +576,12 @@ class Controller:
         self.held.set_view(sid, link.view)
         self._report_bfd(link)
 
+    def _switch_closed(self, host: str) -> None:
+        """``host``'s OpenFlow session closed (its reader thread): re-dial it next round."""
+        with self._dirty_lock:
+            self._reopen.add(host)
+        self.kick()
+
     def _host_changed(self, host: str) -> None:
         """A row of ``host``'s OVSDB changed (its IDL thread): view it in the next round."""
         with self._dirty_lock:
@@ -706,7 +715,8 @@ class Controller:
     def _open_session(self, host: str, rec: HostRecord) -> Opened:
         """Dial, handshake and dump veil's flows (runs on a dialer thread)."""
         session = OfSession(tls.pin(rec.openflow, host),
-                            functools.partial(self._on_packet_in, host), self.kick,
+                            functools.partial(self._on_packet_in, host),
+                            functools.partial(self._switch_closed, host),
                             on_flow_removed=functools.partial(self.reactive.flow_removed, host))
         try:
             return Opened(session, session.installed(), tuple(reactive_wire.dumped(session)))
