@@ -405,8 +405,9 @@ class Controller:
             for host, link in self.links.items():
                 if host not in owned:
                     _release(link)  # another instance programs it (or nobody, until a lease)
-        regained = {h for h, g in owned.items()
-                    if self._last_owned is None or self._last_owned.get(h) != g}
+        last = self._last_owned
+        regained = set() if owned == last else {
+            h for h, g in owned.items() if last is None or last.get(h) != g}
         self._owned, self._last_owned = owned, owned
         with self._dirty_lock:
             reopen, self._reopen = self._reopen, set()

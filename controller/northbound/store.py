@@ -527,6 +527,8 @@ class Store:
     def write_programmed(self, seq: int, hosts: Iterable[str]) -> None:
         """Record that ``hosts`` reflect ``seq`` (never lowering a host's number)."""
         want = set(hosts)
+        if not want:
+            return
         with self.api.ovsdb_connection.lock:
             rows = [(r.uuid, r.programmed_seq) for r in self.api.tables["Host"].rows.values()
                     if r.system_id in want]
