@@ -525,19 +525,25 @@ class Store:
         return self._set_numbers(take) is not None
 
     def write_programmed(self, seq: int, hosts: Iterable[str]) -> None:
-        """Record that ``hosts`` reflect ``seq`` (never lowering a host's number)."""
+        """Record that ``hosts`` reflect ``seq`` (never lowering a host's number): one
+        transaction that sets the IDL rows' column directly (ovsdbapp's db_set per host cost
+        ~0.26 ms each, 4.5 s for 10,000 hosts; issue 14)."""
         want = set(hosts)
         if not want:
             return
+
+        def record(txn: Any) -> int:
+            stale = [r for r in self.api.tables["Host"].rows.values()
+                     if r.system_id in want and r.programmed_seq < seq]
+            for r in stale:
+                r.programmed_seq = seq
+            return len(stale)
+
         with self.api.ovsdb_connection.lock:
-            rows = [(r.uuid, r.programmed_seq) for r in self.api.tables["Host"].rows.values()
-                    if r.system_id in want]
-        stale = [uuid for uuid, have in rows if have < seq]
-        if not stale:
-            return
-        with self.api.transaction(check_error=True) as txn:
-            for uuid in stale:
-                txn.add(self.api.db_set("Host", uuid, ("programmed_seq", seq)))
+            if not any(r.system_id in want and r.programmed_seq < seq
+                       for r in self.api.tables["Host"].rows.values()):
+                return
+        ovsdb.transact(self.api, record)
 
     def wait_change(self, seen: int, timeout: float) -> int:
         """Block until the IDL applied a change after generation ``seen`` (or ``timeout``);
