@@ -76,6 +76,22 @@ def tunnels_ready(wanted: Iterable[TunnelSpec], view: HostView) -> bool:
         view.tunnel_names)
 
 
+@dataclass
+class ReadyCache:
+    """``tunnels_ready`` for one host, kept while its view and its wanted tunnels are the
+    same objects (the engine keeps a host's tunnels until an event names it; a view is new
+    when its rows changed): O(peers) per host once, not every round it is programmed."""
+
+    view: HostView | None = None
+    wanted: frozenset[TunnelSpec] | None = None
+    ready: bool = False
+
+    def check(self, wanted: frozenset[TunnelSpec], view: HostView) -> bool:
+        if self.view is not view or self.wanted is not wanted:
+            self.view, self.wanted, self.ready = view, wanted, tunnels_ready(wanted, view)
+        return self.ready
+
+
 @dataclass(frozen=True)
 class Opened:
     """A fresh OpenFlow session and the veil flows the switch already holds."""
@@ -103,6 +119,7 @@ class HostLink:
     stuck: bool = False
     last_error: str | None = None  # the newest error about this host (`veil status`)
     meters: dict[int, int] | None = None  # punt meters this session set (None: not yet)
+    ready: ReadyCache = field(default_factory=ReadyCache)
 
     def state(self) -> LinkState:
         """Its connection state and view, for ``status_of``."""
@@ -650,9 +667,10 @@ class Controller:
             link.last_error = "no br-int yet"
             return False
         held = self._state_held() if self._reactive_decl[1] or self.reactive.busy() else None
-        wanted = engine.tunnels(host) | (
-            self.reactive.tunnels(held, host) if held is not None else frozenset())
-        tunnels_done = tunnels_ready(wanted, link.view) and not link.stuck
+        wanted = engine.tunnels(host)
+        if held is not None:
+            wanted = wanted | self.reactive.tunnels(held, host)
+        tunnels_done = link.ready.check(wanted, link.view) and not link.stuck
         try:
             if not link.stuck and link.db.set_tunnels(wanted, link.view.tunnel_names,
                                                       link.view.stale_bfd):

@@ -48,7 +48,7 @@ from controller.northbound.store import Declared, HostRecord
 from controller.pipeline.compute import tunnel_name
 from controller.pipeline.diff import FlowDiff
 from controller.pipeline.incremental import Update
-from controller.service import tunnels_ready
+from controller.service import ReadyCache
 from controller.southbound.hostdb import BRIDGE, TUNNEL_BFD, VEIL_IPS, VEIL_REMOTE, HostDb, HostView
 from hooks import contract
 
@@ -179,10 +179,12 @@ class Bench:
         step = self.held.step(self.declared, {}, {})
         self.rebuild_s = clock() - t
         self.seen = dict(step.seen_set)
+        self.ready: dict[str, ReadyCache] = {}  # HostLink.ready
         engine = self.held.engine
         assert engine is not None
         for h in state.hosts:  # (the first round programs every host: its tunnels are known)
-            engine.tunnels(h)
+            self.ready[h] = ReadyCache()
+            self.ready[h].check(engine.tunnels(h), self.held.views[h])
         self.dbs: dict[str, tuple[HostDb, FakeIdl]] = {}
         self.generations = {h: 1 for h in state.hosts}
         self.last_owned = dict(self.generations)
@@ -225,7 +227,7 @@ class Bench:
         n = 0
         for h in sorted(targets, key=lambda h: (h not in update.flows, h)):  # _apply_host
             wanted = engine.tunnels(h)
-            tunnels_ready(wanted, self.held.views[h])
+            self.ready.setdefault(h, ReadyCache()).check(wanted, self.held.views[h])
             n += scale._encode(Update({h: update.flows.get(h, FlowDiff((), ()))}, frozenset()))
         ready = self.clock()
         done = sorted(h for h in owned if h not in targets)  # the record walk (write_programmed)
