@@ -348,8 +348,11 @@ def round_figures(plan: Plan) -> list[Result]:
                           notes=(f"per kind: {per_kind}; deferred to a quiet moment (not in "
                                  f"the round): the number recorded on every other host, its walk "
                                  f"median {m['record_walk_ms']['median']:.2f} ms and its OVSDB "
-                                 f"write (real ovsdb-server) median "
-                                 f"{m['record_all_ms']['median']:.0f} ms; full rebuild at start "
+                                 f"write (real ovsdb-server) "
+                                 + (f"median {m['record_all_ms']['median']:.0f} ms"
+                                    if "record_all_ms" in m else
+                                    f"not measured: {m.get('record_all_error')}")
+                                 + f"; full rebuild at start "
                                  f"{m['full_rebuild_s']:.1f} s")))
         if scale_by != 1:
             out.append(Result("4g", f"controller peak RSS, {hosts:,} hosts", "veil", "MB",
