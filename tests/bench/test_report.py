@@ -212,6 +212,17 @@ def test_round_figures_time_the_whole_round_from_the_row_event() -> None:
     assert m["messages_per_vif_added"]["median"] > 0 and m["peak_rss_mb"] > 0
 
 
+def test_round_figures_run_both_sizes_in_their_own_processes_with_their_goals() -> None:
+    """Figures 4e-4g through the runner (its subprocesses, a real ovsdb-server for the record):
+    the plan's fabric, then round_scale times it, each with its goal."""
+    results = runner.round_figures(runner.Plan(hosts=12, vifs=60, round_events=2, round_scale=2))
+    assert [r.figure for r in results] == ["4e", "4f", "4g"]
+    assert all(r.error is None and r.summary is not None for r in results), results
+    assert "12 hosts" in results[0].title and "24 hosts" in results[1].title
+    assert all(r.goals == runner.GOALS[r.figure] for r in results)
+    assert "OVSDB write (real ovsdb-server) median" in results[0].notes, results[0].notes
+
+
 def test_the_round_bench_reads_the_row_event_into_the_held_state() -> None:
     """A port row added to the bench's IDL tables reaches the engine through HostDb.view and
     Held.step, and the engine's flows are then the definition's on the whole state."""
