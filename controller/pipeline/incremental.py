@@ -44,6 +44,7 @@ from controller.core.model import (
     State,
     Tenant,
     TunnelPort,
+    TunnelType,
     is_migration_twin,
     not_a_migration,
     tenant_mismatch,
@@ -101,6 +102,7 @@ class _Discard:
 
 
 _DISCARD: Final = _Discard()
+_NO_SPEC: Final = TunnelSpec("", "", "", "geneve")  # (``Engine._specs``: not computed yet)
 
 
 class Pending:
@@ -221,6 +223,8 @@ class Engine:
         # host -> ``tunnels(host)``, kept until an event names the host in ``tunnel_hosts``
         # (a round asks every host it programs: ~1 ms each at 100 peers, issue 14)
         self._wanted: dict[str, frozenset[TunnelSpec]] = {}
+        # (local tunnel types, remote) -> the port towards it: a spec depends on nothing else
+        self._specs: dict[tuple[tuple[TunnelType, ...], str], TunnelSpec | None] = {}
 
     @staticmethod
     def of(state: State) -> Engine:
@@ -259,11 +263,15 @@ class Engine:
                  for r in self._net_hosts[n]} - {host}
         specs = set()
         for rid in peers:
-            remote = self.hosts[rid]
-            kind = tunnel_kind(local, remote)
-            if kind is not None:
-                specs.add(TunnelSpec(tunnel_name(remote.underlay_ip, kind), rid,
-                                     str(remote.underlay_ip), kind))
+            spec = self._specs.get((local.tunnel_types, rid), _NO_SPEC)
+            if spec is _NO_SPEC:  # (the declarations are fixed for an engine's life)
+                remote = self.hosts[rid]
+                kind = tunnel_kind(local, remote)
+                spec = None if kind is None else TunnelSpec(
+                    tunnel_name(remote.underlay_ip, kind), rid, str(remote.underlay_ip), kind)
+                self._specs[(local.tunnel_types, rid)] = spec
+            if spec is not None:
+                specs.add(spec)
         return frozenset(specs)
 
     def network_hosts(self, network: str) -> frozenset[str]:
