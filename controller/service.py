@@ -392,7 +392,10 @@ class Controller:
         for r in sorted(refused - self._refused, key=str):  # once per row version
             LOG.error("veil database: %s", r)
         self._refused = refused
-        self._sync_links(declared, full)
+        # A request (``veil sync``) reads every host's view, as every round did before issue 14:
+        # a host whose rows its IDL already holds but has not yet told us about (the change
+        # callback comes after the whole update is applied) is then in what the number covers.
+        self._sync_links(declared, full or seen.pending)
         if self.clock() - self._started < self.startup_grace:
             unknown = sorted(h for h, link in self.links.items() if link.view is None)
             if unknown:
