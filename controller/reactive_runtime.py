@@ -62,6 +62,11 @@ class ReactiveRuntime:
             self._kick()  # a tunnel no entry uses any more goes in the next round
 
     # -- from the round ---------------------------------------------------------------------
+    def busy(self) -> bool:
+        """Whether any reactive entry is held or pending (then a round passes it the state)."""
+        with self._lock:
+            return bool(self.reactive.entries or self.reactive.pending)
+
     def tunnels(self, state: State, host: str) -> frozenset[TunnelSpec]:
         with self._lock:
             return self.reactive.tunnels(state, host)

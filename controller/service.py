@@ -16,26 +16,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import gc
 import logging
 import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.pipeline.incremental import Changes, Engine, Update, same_declarations
+from controller.held import Held, Snapshot, build_state
+from controller.pipeline.incremental import Update
 from controller.core.config import Config, load_config, plan_config
 from controller.southbound.dialer import Dialer, Failed
 from controller.pipeline.diff import FlowDiff, apply_diff, diff_flows
 from controller.pipeline.compute import TunnelSpec
 from controller.pipeline.flows import FlowId
 from controller.southbound.hostdb import HostDb, HostDbStuck, HostView
-from controller.core.migration import PacketIn, claims_after, parse_packet_in
-from controller.core.model import Binding, InvalidState, State, TunnelPort
+from controller.core.migration import PacketIn, parse_packet_in
+from controller.core.model import InvalidState, State
 from hooks.backoff import Backoff
 from hooks.ovsdb import connect as ovsdb
 from hooks.ovsdb.connect import OvsdbUnreachable
@@ -47,7 +47,7 @@ from controller.reactive_runtime import ReactiveRuntime
 from controller.pipeline import tables as P
 from controller.southbound.session import OfSession, OpenFlowError, RoleRefused
 from controller.ownership import LEASE_TTL, Ownership, default_instance
-from controller.core.seen import SeenKey, first_seen_after
+from controller.core.seen import SeenKey
 from controller.metrics import Metrics
 from controller.status import LinkState, Status, status_of
 from controller.trace import TraceError, TraceRequest, trace
@@ -66,13 +66,7 @@ STORE_RETRY = Backoff(initial=0.5, maximum=10.0)  # while the veil database is a
 T = TypeVar("T")
 
 
-def build_state(declared: Declared, views: Mapping[str, HostView],
-                claims: Mapping[str, str] | None = None) -> State:
-    """The desired state: what is declared plus what the hosts report."""
-    bindings: list[Binding] = [b for v in views.values() for b in v.bindings]
-    tunnels: list[TunnelPort] = [t for v in views.values() for t in v.tunnels]
-    return State.build(declared.tenants, declared.networks, (r.host for r in declared.hosts),
-                       bindings, tunnels, declared.claims if claims is None else claims)
+__all__ = ["Controller", "build_state", "tunnels_ready"]
 
 
 def tunnels_ready(wanted: Iterable[TunnelSpec], view: HostView) -> bool:
@@ -81,6 +75,22 @@ def tunnels_ready(wanted: Iterable[TunnelSpec], view: HostView) -> bool:
     have = {t.remote for t in view.tunnels if t.ofport > 0}
     return all(s.remote in have for s in wanted) and {s.name for s in wanted} <= (
         view.tunnel_names)
+
+
+@dataclass
+class ReadyCache:
+    """``tunnels_ready`` for one host, kept while its view and its wanted tunnels are the
+    same objects (the engine keeps a host's tunnels until an event names it; a view is new
+    when its rows changed): O(peers) per host once, not every round it is programmed."""
+
+    view: HostView | None = None
+    wanted: frozenset[TunnelSpec] | None = None
+    ready: bool = False
+
+    def check(self, wanted: frozenset[TunnelSpec], view: HostView) -> bool:
+        if self.view is not view or self.wanted is not wanted:
+            self.view, self.wanted, self.ready = view, wanted, tunnels_ready(wanted, view)
+        return self.ready
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class HostLink:
     stuck: bool = False
     last_error: str | None = None  # the newest error about this host (`veil status`)
     meters: dict[int, int] | None = None  # punt meters this session set (None: not yet)
+    ready: ReadyCache = field(default_factory=ReadyCache)
 
     def state(self) -> LinkState:
         """Its connection state and view, for ``status_of``."""
@@ -124,6 +135,9 @@ class HostLink:
 # Hosts programmed at once in a round. Each host's work is mostly waiting on its own sockets
 # (an OVSDB commit, an OpenFlow bundle's reply), so a round costs its slowest host, not the sum.
 PROGRAMMERS = 16
+# How long the loop must be quiet before it records a round's number on the hosts the round
+# did not touch (an OVSDB write of every Host row: ~0.25 s at 1,000 hosts, ~4 s at 10,000).
+RECORD_QUIET = 0.2
 
 
 class Controller:
@@ -145,18 +159,30 @@ class Controller:
         self.store: Store | None = None
         self._thread: threading.Thread | None = None
         self._observer: Any = None
-        self._ignored: tuple[tuple[Binding, str], ...] = ()
         self._db_failures = 0  # consecutive failed connects / rounds to the veil database
         self._db_away = False
         self._refused: frozenset[Refusal] = frozenset()  # veil database rows refused
         self._config_refused: str | None = None  # the last refusal logged (logged once)
         self._config_said: set[str] = set()  # the entry refusals last logged
         self._config_last: Config | None = None  # the config last applied (logged once)
-        self._engine: Engine | None = None
-        self._held: State | None = None  # the state the engine holds
-        # the last round's status (controller/status.py), read by the control socket thread
-        self._status = Status(clock(), "away", 0)
-        self._bound: frozenset[tuple[str, str]] = frozenset()  # (iface-id, host) last round
+        # The engine and what it was fed, kept from events (controller/held.py): a round
+        # costs the hosts whose OVSDB rows changed, not the fabric (issue 14).
+        self.held = Held()
+        self._declared: Declared | None = None  # the declarations last read (re-read on news)
+        self._seen: dict[SeenKey, float] = {}  # the FirstSeen records, as last read or written
+        self._dirty_hosts: set[str] = set()  # hosts whose OVSDB rows changed (IDL threads add)
+        self._dirty_lock = threading.Lock()
+        self._reopen: set[str] = set()  # hosts whose OpenFlow session closed (readers add)
+        self._retry_links: set[str] = set()  # hosts not dialled yet, or stuck: tried each round
+        self._behind: set[str] = set()  # owned hosts the last round that had them did not finish
+        self._last_owned: dict[str, int] | None = None
+        self._recorded: int | None = None  # the number last recorded on every finished host
+        self._record_due: int | None = None  # a number not yet recorded on the untouched ones
+        self._reactive_decl: tuple[Declared | None, bool] = (None, False)
+        # the last round's status inputs (controller/status.py): the status itself is made
+        # when the control socket asks (``status_json``), not by every round
+        self._status_of: tuple[float, Snapshot | None, int, tuple[str, ...]] = (clock(), None, 0, ())
+        self._status_cache: tuple[object, Status] | None = None
         self.metrics = Metrics(self.status_json)
         self.dialer = Dialer(self.kick, clock, retry=resync_every,
                              expected=(OvsdbUnreachable, OSError, OpenFlowError))
@@ -164,7 +190,7 @@ class Controller:
         # reactive networks: punts answered on their own thread, off the round, with the
         # state the last round held (controller/reactive.py decides, the runtime sends)
         self.reactive = ReactiveRuntime(Reactive(idle_timeout=reactive_idle), self._session,
-                                        lambda: self._held, self.metrics, self.kick)
+                                        self._state_held, self.metrics, self.kick)
         # High availability (controller/ownership.py): the hosts this instance programs, and
         # the OpenFlow role generation it claims on each; read-only while a round programs.
         self.ownership = Ownership(store_remote, instance or default_instance(), clock, self.kick,
@@ -245,7 +271,7 @@ class Controller:
 
     def trace_json(self, req: TraceRequest) -> dict[str, Any]:
         """``req``'s packet through the flows of the state the last round held."""
-        held = self._held
+        held = self._state_held()
         if held is None:
             raise TraceError("the controller has not computed a state yet (is the veil "
                              "database reachable? see `veil status`)")
@@ -253,7 +279,7 @@ class Controller:
 
     def status_json(self) -> dict[str, Any]:
         """The last round's status as JSON (`veil status`; any thread may call it)."""
-        status = self._status
+        status = self._round_status()
         if self._db_away or self.store is None:
             status = dataclasses.replace(status, database="away")
         # the connections as they are now (a host may have gone since the round)
@@ -311,12 +337,34 @@ class Controller:
                 LOG.warning("veil database at %s did not answer (%s); next round in %.1fs",
                             self.store_remote, exc, wait)
                 self._stop.wait(wait)
-            woken = self._wake.wait(self.resync_every)
+            woken = self._wait()
             self._wake.clear()
+
+    def _wait(self) -> bool:
+        """Wait for a wake-up, or the audit period: whether something woke the loop. A number
+        not yet recorded on the hosts a round did not touch is recorded once nothing has
+        happened for ``RECORD_QUIET`` (a request records at once: ``reconcile``)."""
+        if self._record_due is None:
+            return self._wake.wait(self.resync_every)
+        if self._wake.wait(min(RECORD_QUIET, self.resync_every)):
+            return True
+        try:
+            self._record_rest()
+        except (ovsdbapp_exceptions.OvsdbAppException, RuntimeError) as exc:
+            if not _database_away(exc, self.store):
+                raise
+            LOG.warning("veil database at %s did not take the hosts' numbers (%s); the next "
+                        "round records them", self.store_remote, exc)
+        return self._wake.wait(max(0.0, self.resync_every - RECORD_QUIET))
 
     # -- one round -------------------------------------------------------------------------------
     def reconcile(self, audit: bool = False) -> None:
-        """Bring every reachable host to the desired state; ``audit`` re-dumps the flows."""
+        """Bring every reachable host to the desired state; ``audit`` re-dumps the flows.
+
+        An event round reads what changed: the hosts whose OVSDB rows changed (and those not
+        dialled yet or stuck), the Claim table, and the declarations only when Tenant, Network
+        or Host rows changed; it programs the hosts the change touches and those still behind.
+        An audit round (the quiet period) re-reads and re-checks everything."""
         assert self.store is not None
         if not ovsdb.is_connected(self.store.api):
             # (its IDL reconnects by itself: until then the hosts keep the flows they have)
@@ -327,6 +375,7 @@ class Controller:
             return
         if self._db_away:
             LOG.info("veil database at %s is back", self.store_remote)
+            audit = True  # (it may have changed while away: read everything again)
         self._db_away = False
         # The numbers first: whatever a writer did before its request is then in what we read
         # (a pending request re-reads the config file too: its watcher may not have fired).
@@ -334,95 +383,168 @@ class Controller:
         if self.config is not None and (self._config_changed.is_set() or seen.pending):
             self._config_changed.clear()
             self._apply_config()
-        declared = self.store.read()
-        refused = frozenset(declared.refused)
+        news = self.store.take_news()
+        full = audit or self._declared is None or bool(news & {"Tenant", "Network", "Host"})
+        if full:
+            self._declared = self.store.read()
+            self._seen = dict(self._declared.first_seen)
+        declared = self._declared
+        assert declared is not None
+        claimed = self.store.read_claims()
+        refused = frozenset(r for r in declared.refused if r.table != "Claim") | frozenset(
+            claimed.refused)
         for r in sorted(refused - self._refused, key=str):  # once per row version
             LOG.error("veil database: %s", r)
         self._refused = refused
-        self._sync_links(declared)
-        unknown = sorted(h for h, link in self.links.items() if link.view is None)
-        if unknown and self.clock() - self._started < self.startup_grace:
-            # A state without some host's VIFs would remove every flow towards them from the
-            # others: after a restart, program nothing until every host has been read (or the
-            # grace period is over: a host still unreachable then is taken as empty).
-            LOG.info("waiting for the OVSDB of %s before programming", ", ".join(unknown))
-            return
-        views = {h: link.view for h, link in self.links.items() if link.view is not None}
-        first_seen = first_seen_after(
-            declared.first_seen, (b for v in views.values() for b in v.bindings),
-            frozenset(views), frozenset(r.host.system_id for r in declared.hosts))
-        # (each instance writes these rows only for the hosts it programs; during a takeover
-        # two may both believe so for a moment, and the later insert is then refused)
-        owned = frozenset(self.ownership.owned(self.clock()))
-        try:
-            if _owned_part(first_seen, owned) != _owned_part(declared.first_seen, owned):
-                self.store.write_first_seen(first_seen, owned)  # durable: a restart keeps MAC owners
-        except WriteRaced as exc:
-            LOG.info("another controller instance wrote first: %s; next round", exc)
-            self.kick()
-            return
-        state = build_state(declared, views)
+        # A request (``veil sync``) reads every host's view, as every round did before issue 14:
+        # a host whose rows its IDL already holds but has not yet told us about (the change
+        # callback comes after the whole update is applied) is then in what the number covers.
+        self._sync_links(declared, full or seen.pending)
+        if self.clock() - self._started < self.startup_grace:
+            unknown = sorted(h for h, link in self.links.items() if link.view is None)
+            if unknown:
+                # A state without some host's VIFs would remove every flow towards them from
+                # the others: after a restart, program nothing until every host has been read
+                # (or the grace period is over: a host still unreachable then is taken as empty).
+                LOG.info("waiting for the OVSDB of %s before programming", ", ".join(unknown))
+                return
         packet_ins: list[PacketIn] = []
         while not self._packet_ins.empty():
             packet_ins.append(self._packet_ins.get())
         self.metrics.packet_ins.inc(len(packet_ins))
-        bound = frozenset((b.iface_id, b.host) for b in state.bindings)
-        self.metrics.vif_events.labels("added").inc(len(bound - self._bound))
-        self.metrics.vif_events.labels("removed").inc(len(self._bound - bound))
-        self._bound = bound
-        claims = claims_after(declared.claims, state, packet_ins)
-        if claims != declared.claims:
-            try:
-                if any({declared.claims.get(i), claims.get(i)} & owned
-                       for i in claims.keys() | declared.claims.keys()
-                       if claims.get(i) != declared.claims.get(i)):
-                    self.store.write_claims(claims, owned)  # durable: a restart keeps forwarding the same way
-            except WriteRaced as exc:
-                LOG.info("another controller instance wrote first: %s; next round", exc)
-                self.kick()
-                return
-            state = build_state(declared, views, claims)
-        ignored = state.placed.ignored
-        if ignored != self._ignored:
-            # one line per refused binding and reason, when it is first refused (not again
-            # each time another binding comes or goes)
-            # keyed by (host, iface-id, reason), not by the binding's value: a refused port
-            # whose ofport arrives later is still the same refusal
-            before = {(b.host, b.iface_id, why) for b, why in self._ignored}
-            for b, why in ignored:
-                if (b.host, b.iface_id, why) not in before:
-                    LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
-            self._ignored = ignored
         try:
-            update, changed = self._advance(state)
+            step = self.held.step(declared, claimed.claims, self._seen, packet_ins, full=full)
         except InvalidState as exc:  # the engine is unchanged: retried next round
             LOG.error("hosts report inconsistent ports, changing nothing: %s", exc)
             return
+        # Durable records (a restart keeps MAC owners, and forwards the same way), each written
+        # only by the instance that programs its host. During a takeover two instances may
+        # both believe so for a moment: the later insert is refused (WriteRaced), the row is
+        # the other's, and this round goes on (its engine step is taken: it must be programmed).
+        mine = frozenset(self.ownership.owned(self.clock()))
+        store = self.store
+        if step.seen_set or step.seen_drop:
+            self._durable("FirstSeen", lambda: store.update_first_seen(
+                {k: v for k, v in step.seen_set.items() if k[0] in mine},
+                [k for k in step.seen_drop if k[0] in mine]))
+            for key in step.seen_drop:
+                self._seen.pop(key, None)
+            self._seen.update(step.seen_set)
+        self.metrics.vif_events.labels("added").inc(step.vifs_added)
+        self.metrics.vif_events.labels("removed").inc(step.vifs_removed)
+        if any({claimed.claims.get(i), step.claims.get(i)} & mine
+               for i in step.claims.keys() | claimed.claims.keys()
+               if step.claims.get(i) != claimed.claims.get(i)):
+            self._durable("Claim", lambda: store.write_claims(step.claims, mine))
+        # one line per refused binding and reason, when it is first refused (not again each
+        # time another binding comes or goes), keyed by (host, iface-id, reason), not by the
+        # binding's value: a refused port whose ofport arrives later is still the same refusal
+        for b, why in step.newly_ignored:
+            LOG.warning("VIF %s on %s is not forwarded: %s", b.iface_id, b.host, why)
+        if step.rebuilt:
+            for link in self.links.values():
+                link.synced = False
+        update, changed = step.update, step.changed
         seq, bump = round_number(seen, changed)
         if seq != seen.cur and not self.store.take_number(seen, seq, bump):
             seq = seen.cur  # a request came in meanwhile: the next round takes its number
             self.kick()
+        reactive = self._reactive_in_use(declared)
+        state = self.held.state() if reactive else None
+        if state is not None:
+            self.reactive.prune(state)  # (before programming: a moved VM's old host gets
+            # nothing more from an entry)
+        owned = self.ownership.owned(self.clock())
+        if full or owned != self._last_owned:
+            for host, link in self.links.items():
+                if host not in owned:
+                    _release(link)  # another instance programs it (or nobody, until a lease)
+        last = self._last_owned
+        regained = set() if owned == last else {
+            h for h, g in owned.items() if last is None or last.get(h) != g}
+        self._owned, self._last_owned = owned, owned
+        with self._dirty_lock:
+            reopen, self._reopen = self._reopen, set()
+        if full or step.rebuilt or reactive:
+            targets = set(self.links)
+        else:
+            targets = (set(update.flows) | update.tunnel_hosts | step.hosts | self._behind
+                       | regained | self._retry_links | reopen)
         # Every host at once, those this change touches submitted first (the destination of a
         # move, the hosts of a new VIF's network); a worker's exception surfaces here.
-        self.reactive.prune(state)  # (before programming: a moved VM's old host gets
-        # nothing more from an entry)
-        self._owned = self.ownership.owned(self.clock())
-        for host, link in self.links.items():
-            if host not in self._owned:
-                _release(link)  # another instance programs it (or nobody, until a lease)
-        order = sorted(((h, link) for h, link in self.links.items() if h in self._owned),
+        order = sorted(((h, self.links[h]) for h in targets if h in owned and h in self.links),
                        key=lambda item: (item[0] not in update.flows, item[0]))
         programmed_now = [(host, self._programmers.submit(self._program, host, link, audit, update))
                           for host, link in order]
-        done = sorted(host for host, f in programmed_now if f.result())
-        self.reactive.flush(state)  # pending paths whose tunnels are programmed now
+        done_now = {host for host, f in programmed_now if f.result()}
+        tried = {host for host, _ in programmed_now}
+        self._behind = (self._behind - tried) | (tried - done_now)
+        self._behind &= owned.keys()
+        if state is not None:
+            self.reactive.flush(state)  # pending paths whose tunnels are programmed now
+        self.store.write_programmed(seq, done_now)  # the hosts this round programmed: now
+        if seq != self._recorded or full:
+            # a new number: every other owned host that reflects it (those the round did not
+            # touch were up to date and still are) gets it too; one row per host, so with
+            # nobody waiting (no request) that waits for a quiet moment (``_loop``): a burst of
+            # events writes every host's row once, not once per event (issue 14)
+            self._record_due = seq
+            if seen.pending or full:
+                self._record_rest()
+        self._status_of = (self.clock(), self.held.snapshot, seq,
+                           tuple(str(r) for r in sorted(refused, key=str)))
+
+    def _record_rest(self) -> None:
+        """Record the due number on every owned host that reflects it (``reconcile``)."""
+        seq = self._record_due
+        if seq is None or self.store is None:
+            return
+        done = sorted(h for h in self._owned if h in self.links and h not in self._behind
+                      and self._finished(self.links[h]))
         self.store.write_programmed(seq, done)
-        programmed = {**self.store.programmed(), **{h: seq for h in done}}
-        self._status = status_of(
-            self.clock(), state, {h: link.state() for h, link in self.links.items()},
-            programmed, seq,
-            {r.host.system_id: (r.ovsdb, r.openflow) for r in declared.hosts},
-            (str(r) for r in sorted(refused, key=str)))
+        self._recorded, self._record_due = seq, None
+
+    @staticmethod
+    def _finished(link: HostLink) -> bool:
+        """Whether an untouched host still reflects the held state (as ``_program`` would
+        have answered): its switch in step and its OVSDB connected."""
+        return link.synced and link.db is not None and link.db.connected() and (
+            link.of is not None and not link.of.closed)
+
+    def _reactive_in_use(self, declared: Declared) -> bool:
+        """Whether a round needs the whole state for reactive networks (any declared, or any
+        reactive entry still held): then it works as before, on every host."""
+        if self._reactive_decl[0] is not declared:
+            self._reactive_decl = (declared, any(n.reactive for n in declared.networks))
+        return self._reactive_decl[1] or self.reactive.busy()
+
+    def _state_held(self) -> State | None:
+        """The state the last round held (built on first use; any thread)."""
+        snap = self.held.snapshot
+        return snap.state if snap is not None else None
+
+    def _round_status(self) -> Status:
+        """The last round's status, made from what it held when first asked (any thread)."""
+        when, snap, seq, refused = self._status_of
+        if snap is None or self.store is None:
+            return Status(when, "away", 0)
+        key = (when, snap, seq)
+        cached = self._status_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        state = snap.state
+        status = status_of(
+            when, state, {h: link.state() for h, link in list(self.links.items())},
+            self.store.programmed(), seq,
+            {r.host.system_id: (r.ovsdb, r.openflow) for r in snap.declared.hosts}, refused)
+        self._status_cache = (key, status)
+        return status
+
+    def _durable(self, table: str, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except WriteRaced as exc:
+            LOG.info("another controller instance wrote %s first (%s); its row stands", table, exc)
 
     def _program(self, host: str, link: HostLink, audit: bool, update: Update) -> bool:
         """One host's part of a round (on a programmer thread: it touches only ``link``).
@@ -430,25 +552,6 @@ class Controller:
         synced, link.synced = link.synced, False  # stays False unless this round applies
         applied = self._apply_host(host, link, audit, audit or not synced, update)
         return applied and link.db is not None and link.db.connected()  # (a stale view: no)
-
-    def _advance(self, state: State) -> tuple[Update, bool]:
-        """Bring the engine to ``state``: by its events, or (declarations changed, or first
-        round) by a full recompute, after which every switch is diffed whole. Also says
-        whether the state changed since the last round (then it gets a new number)."""
-        if self._engine is None or self._held is None or not same_declarations(self._held, state):
-            self._engine = Engine.of(state)
-            # The engine is long-lived and acyclic: keep the cyclic GC from walking it again
-            # on every collection (measured: it otherwise puts tens of ms pauses into events).
-            gc.collect()
-            gc.freeze()
-            for link in self.links.values():
-                link.synced = False
-            update, changed = Update({}, frozenset(state.hosts)), True
-        else:
-            changes = Changes.between(self._held, state)
-            update, changed = self._engine.update(changes), changes != Changes()
-        self._held = state
-        return update, changed
 
     def _apply_config(self) -> None:
         assert self.store is not None and self.config is not None
@@ -476,50 +579,85 @@ class Controller:
         self._config_refused = None
         self._config_said, self._config_last = said, cfg
 
-    def _sync_links(self, declared: Declared) -> None:
+    def _sync_links(self, declared: Declared, full: bool) -> None:
+        """Connections and views: with ``full`` (new declarations, an audit) of every joined
+        host; else of the hosts whose OVSDB rows changed and those not dialled yet or stuck."""
         now = self.clock()
+        with self._dirty_lock:
+            dirty, self._dirty_hosts = self._dirty_hosts, set()
+        if not full:
+            by_host = {r.host.system_id: r for r in declared.hosts} if (
+                dirty | self._retry_links) - self.links.keys() else None
+            for sid in sorted(dirty | self._retry_links):
+                rec = self.links[sid].record if sid in self.links else (
+                    by_host.get(sid) if by_host is not None else None)
+                if rec is not None:
+                    self._sync_link(sid, rec, now, declared)
+            return
         wanted = {r.host.system_id: r for r in declared.hosts}
         for gone in self.links.keys() - wanted.keys():
             link = self.links.pop(gone)
+            self.held.forget(gone)
+            self._retry_links.discard(gone)
             if link.of:
                 link.of.close()
             if link.db:
                 link.db.close()
         for sid, rec in wanted.items():
-            link = self.links.setdefault(sid, HostLink(rec))
-            if link.record != rec:  # re-joined with other remotes: reconnect
-                if link.of:
-                    link.of.close()
-                if link.db:
-                    link.db.close()
-                self.links[sid] = link = HostLink(rec)
+            self._sync_link(sid, rec, now, declared)
+
+    def _sync_link(self, sid: str, rec: HostRecord, now: float, declared: Declared) -> None:
+        """One host's connection and view (told to ``held``)."""
+        self._retry_links.add(sid)  # until it has a view it answered with
+        link = self.links.setdefault(sid, HostLink(rec))
+        if link.record != rec:  # re-joined with other remotes: reconnect
+            if link.of:
+                link.of.close()
+            if link.db:
+                link.db.close()
+            self.links[sid] = link = HostLink(rec)
+            self.held.set_view(sid, None)
+        if link.db is None:
+            link.db = self._dialed(("ovsdb", sid, rec.ovsdb), HostDb,
+                                   functools.partial(self._open_hostdb, sid, rec))
             if link.db is None:
-                link.db = self._dialed(("ovsdb", sid, rec.ovsdb), HostDb,
-                                       functools.partial(self._open_hostdb, sid, rec))
-                if link.db is None:
-                    continue
-            try:
-                view = link.db.view(now, declared.first_seen)
-            except HostDbStuck as exc:
-                if not link.stuck:
-                    LOG.warning("host %s: ovsdb %s (hung?); keeping its last view, not writing "
-                                "to it", sid, exc)
-                link.last_error = f"OVSDB {exc} (hung?)"
-                link.stuck = True
-                continue
-            if link.stuck:
-                LOG.info("host %s: ovsdb answers again", sid)
-            link.stuck = False
-            if link.view is None or view.rejected != link.view.rejected:
-                for name, why in view.rejected:
-                    LOG.error("host %s: VIF %s not plugged: %s", sid, name, why)
-            link.view = view
-            if link.view.system_id not in (None, sid):
-                LOG.error("host %s: its OVSDB says system-id %s; not programming it",
-                          sid, link.view.system_id)
-                link.last_error = f"its OVSDB says system-id {link.view.system_id}"
-                link.view = None
-            self._report_bfd(link)
+                return
+        try:
+            view = link.db.view(now, self._seen)
+        except HostDbStuck as exc:
+            if not link.stuck:
+                LOG.warning("host %s: ovsdb %s (hung?); keeping its last view, not writing "
+                            "to it", sid, exc)
+            link.last_error = f"OVSDB {exc} (hung?)"
+            link.stuck = True
+            return
+        if link.stuck:
+            LOG.info("host %s: ovsdb answers again", sid)
+        link.stuck = False
+        self._retry_links.discard(sid)
+        if link.view is None or view.rejected != link.view.rejected:
+            for name, why in view.rejected:
+                LOG.error("host %s: VIF %s not plugged: %s", sid, name, why)
+        link.view = view
+        if link.view.system_id not in (None, sid):
+            LOG.error("host %s: its OVSDB says system-id %s; not programming it",
+                      sid, link.view.system_id)
+            link.last_error = f"its OVSDB says system-id {link.view.system_id}"
+            link.view = None
+        self.held.set_view(sid, link.view)
+        self._report_bfd(link)
+
+    def _switch_closed(self, host: str) -> None:
+        """``host``'s OpenFlow session closed (its reader thread): re-dial it next round."""
+        with self._dirty_lock:
+            self._reopen.add(host)
+        self.kick()
+
+    def _host_changed(self, host: str) -> None:
+        """A row of ``host``'s OVSDB changed (its IDL thread): view it in the next round."""
+        with self._dirty_lock:
+            self._dirty_hosts.add(host)
+        self.kick()
 
     def _report_bfd(self, link: HostLink) -> None:
         if link.view is None:
@@ -542,17 +680,19 @@ class Controller:
         Returns whether the host now reflects the round's state (its sequence number may be
         recorded): every tunnel port it needs exists with an ofport (so the flows could use
         it) and its switch holds the engine's flows."""
-        assert self._engine is not None
+        engine = self.held.engine
+        assert engine is not None
         if link.db is None or link.view is None:
             return False
         if not link.view.has_bridge:
             LOG.warning("host %s has no br-int yet", host)
             link.last_error = "no br-int yet"
             return False
-        held = self._held
-        wanted = self._engine.tunnels(host) | (
-            self.reactive.tunnels(held, host) if held is not None else frozenset())
-        tunnels_done = tunnels_ready(wanted, link.view) and not link.stuck
+        held = self._state_held() if self._reactive_decl[1] or self.reactive.busy() else None
+        wanted = engine.tunnels(host)
+        if held is not None:
+            wanted = wanted | self.reactive.tunnels(held, host)
+        tunnels_done = link.ready.check(wanted, link.view) and not link.stuck
         try:
             if not link.stuck and link.db.set_tunnels(wanted, link.view.tunnel_names,
                                                       link.view.stale_bfd):
@@ -572,8 +712,9 @@ class Controller:
                 return False
             link.of, link.installed = opened.session, opened.installed
             link.meters = None
-            if self._held is not None:
-                self.reactive.load(self._held, host, opened.reactive)
+            loaded = self._state_held()
+            if loaded is not None:
+                self.reactive.load(loaded, host, opened.reactive)
             whole = True
             LOG.info("host %s: OpenFlow %s connected, %d veil flows installed", host,
                      link.record.openflow, len(link.installed))
@@ -592,10 +733,11 @@ class Controller:
             link.of, link.installed = None, None
             return False
         assert link.installed is not None
-        if self._held is not None and not self._set_meters(host, link, self._held):
+        if (link.meters or held is not None) and not self._set_meters(
+                host, link, held or self._state_held()):
             return False
         if whole:
-            d = diff_flows(self._engine.flows(host), link.installed)
+            d = diff_flows(engine.flows(host), link.installed)
         else:
             d = update.flows.get(host, FlowDiff((), ()))
         if not d:
@@ -639,12 +781,14 @@ class Controller:
     def _open_hostdb(self, host: str, rec: HostRecord) -> HostDb:
         """Dial the host's OVSDB (a dialer thread); an ``ssl:`` remote must present ``host``'s
         certificate, a ``tcp:`` one needs plaintext allowed (southbound/tls.py)."""
-        return HostDb(host, tls.pin(rec.ovsdb, host), self.kick)
+        return HostDb(host, tls.pin(rec.ovsdb, host),
+                      functools.partial(self._host_changed, host))
 
     def _open_session(self, host: str, rec: HostRecord) -> Opened:
         """Dial, handshake and dump veil's flows (runs on a dialer thread)."""
         session = OfSession(tls.pin(rec.openflow, host),
-                            functools.partial(self._on_packet_in, host), self.kick,
+                            functools.partial(self._on_packet_in, host),
+                            functools.partial(self._switch_closed, host),
                             on_flow_removed=functools.partial(self.reactive.flow_removed, host))
         try:
             return Opened(session, session.installed(), tuple(reactive_wire.dumped(session)))
@@ -673,9 +817,9 @@ class Controller:
         self._packet_ins.put(parse_packet_in(host, msg))
         self.kick()
 
-    def _set_meters(self, host: str, link: HostLink, state: State) -> bool:
+    def _set_meters(self, host: str, link: HostLink, state: State | None) -> bool:
         """The punt meters of a reactive network's VIFs (controller/reactive_runtime.py)."""
-        if link.of is None:
+        if link.of is None or state is None:
             return True
         try:
             link.meters = self.reactive.set_meters(host, link.of, state, link.meters)
@@ -688,11 +832,6 @@ class Controller:
     def _session(self, host: str) -> OfSession | None:
         link = self.links.get(host)
         return link.of if link is not None else None
-
-def _owned_part(seen: Mapping[SeenKey, float], owned: frozenset[str]) -> dict[SeenKey, float]:
-    """The FirstSeen entries of the hosts this instance programs (the rows it writes)."""
-    return {k: v for k, v in seen.items() if k[0] in owned}
-
 
 def _release(link: HostLink) -> None:
     """Stop programming ``link``'s switch: its session closed, so a lease taken later starts

@@ -9,11 +9,11 @@ that ``model.placement`` honours.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.core.model import State
+from controller.core.model import Binding, State
 
 LOG = logging.getLogger("veil.controller")
 
@@ -42,12 +42,20 @@ def claims_after(claims: Mapping[str, str], state: State,
     pin there. Once one binding is left the pin is dropped.
     """
     place = state.placed
-    migrating = {b.iface_id for b in place.standby}
+    return claims_of(claims, place.standby, place.active, seen)
+
+
+def claims_of(claims: Mapping[str, str], standby: Iterable[Binding],
+              active: Mapping[str, Binding], seen: list[PacketIn]) -> dict[str, str]:
+    """``claims_after`` from a placement's parts (the incremental engine keeps them: a round
+    costs the migrations under way, not the fabric)."""
+    standby = tuple(standby)
+    migrating = {b.iface_id for b in standby}
     out = {k: v for k, v in claims.items() if k in migrating}
     for iface in sorted(migrating):
-        out.setdefault(iface, place.active[iface].host)
+        out.setdefault(iface, active[iface].host)
     for p in seen:
-        for b in place.standby:
+        for b in standby:
             if (b.host, b.ofport, b.mac) == (p.host, p.in_port, p.eth_src):
                 LOG.info("guest %s announced itself on %s: moving its traffic there",
                          b.iface_id, b.host)

@@ -399,6 +399,9 @@ def wakes_controller(event: str, row: Any, updates: Any) -> bool:
     return True
 
 
+RECORD_CHUNK: Final = 1000  # Host rows per programmed_seq transaction (``write_programmed``)
+
+
 class WriteRaced(RuntimeError):
     """Another writer inserted a row with the same index key first (two controller instances
     that both believed, for a moment, that they program one host: a takeover). Nothing was
@@ -443,17 +446,46 @@ class Store:
         self._generation = 0
         notify = wake or (lambda event, row, updates: True)
 
+        self._news: set[str] = set()  # tables with changes the controller acts on
+        self._seen_uuid: dict[SeenKey, Any] = {}  # FirstSeen (host, iface-id, ofport) -> row
+
         def filtered(event: str, row: Any, updates: Any) -> bool:
             with self._changed:  # (never held while taking the IDL lock: no lock order issue)
                 self._generation += 1
                 self._changed.notify_all()
-            return notify(event, row, updates)
+            table = row._table.name
+            if table == "FirstSeen":
+                self._index_seen(event, row)
+            news = notify(event, row, updates)
+            if news:
+                self._news.add(table)  # (a set add: atomic for the reading loop)
+            return news
 
         self.api = ovsdb.connect(remote, SCHEMA_NAME, ovsdb.GenericApi, TABLES, on_change,
                                  wake=filtered, probe_ms=PROBE_MS)
 
     def close(self) -> None:
         ovsdb.stop(self.api)
+
+    def _index_seen(self, event: str, row: Any) -> None:
+        """Keep FirstSeen's rows by key (on the IDL thread): a round writes the records of the
+        ports it saw change without walking the table (``update_first_seen``)."""
+        try:
+            key = (row.host, row.iface_id, row.ofport)
+        except AttributeError:  # (a row without its columns: looked up the slow way)
+            return
+        if event == "delete":
+            if self._seen_uuid.get(key) == row.uuid:
+                del self._seen_uuid[key]
+        else:
+            self._seen_uuid[key] = row.uuid
+
+    def take_news(self) -> frozenset[str]:
+        """The tables that had changes the controller acts on since the last call (the
+        controller re-reads the declarations only when Tenant, Network or Host did)."""
+        news = frozenset(self._news)
+        self._news -= news
+        return news
 
     # -- sequence numbers (see the module docstring) ---------------------------------------------
     def numbers(self) -> Numbers:
@@ -517,17 +549,24 @@ class Store:
         return self._set_numbers(take) is not None
 
     def write_programmed(self, seq: int, hosts: Iterable[str]) -> None:
-        """Record that ``hosts`` reflect ``seq`` (never lowering a host's number)."""
+        """Record that ``hosts`` reflect ``seq`` (never lowering a host's number), setting the
+        IDL rows' column directly, ``RECORD_CHUNK`` rows per transaction: one transaction of
+        10,000 rows took 3-5 s and, on a loaded machine, passed ovsdbapp's 10 s timeout."""
         want = set(hosts)
-        with self.api.ovsdb_connection.lock:
-            rows = [(r.uuid, r.programmed_seq) for r in self.api.tables["Host"].rows.values()
-                    if r.system_id in want]
-        stale = [uuid for uuid, have in rows if have < seq]
-        if not stale:
+        if not want:
             return
-        with self.api.transaction(check_error=True) as txn:
-            for uuid in stale:
-                txn.add(self.api.db_set("Host", uuid, ("programmed_seq", seq)))
+        with self.api.ovsdb_connection.lock:
+            stale = sorted(r.system_id for r in self.api.tables["Host"].rows.values()
+                           if r.system_id in want and r.programmed_seq < seq)
+        for i in range(0, len(stale), RECORD_CHUNK):
+            chunk = frozenset(stale[i:i + RECORD_CHUNK])
+
+            def record(txn: Any, chunk: frozenset[str] = chunk) -> None:
+                for r in self.api.tables["Host"].rows.values():
+                    if r.system_id in chunk and r.programmed_seq < seq:
+                        r.programmed_seq = seq
+
+            ovsdb.transact(self.api, record)
 
     def wait_change(self, seen: int, timeout: float) -> int:
         """Block until the IDL applied a change after generation ``seen`` (or ``timeout``);
@@ -540,15 +579,21 @@ class Store:
         with self._changed:
             return self._generation
 
-    def raw_rows(self) -> dict[str, list[tuple[str, dict[str, object]]]]:
+    def raw_rows(self, tables: Iterable[str] = ("Tenant", "Network", "Host", "Claim", "FirstSeen")
+                 ) -> dict[str, list[tuple[str, dict[str, object]]]]:
         """Every row of the declared tables as the IDL holds it (for ``decode_rows``)."""
         out: dict[str, list[tuple[str, dict[str, object]]]] = {}
         with self.api.ovsdb_connection.lock:
-            for table in ("Tenant", "Network", "Host", "Claim", "FirstSeen"):
+            for table in tables:
                 t = self.api.tables[table]
                 out[table] = [(str(r.uuid), {c: _plain(getattr(r, c)) for c in t.columns})
                               for r in t.rows.values()]
         return out
+
+    def read_claims(self) -> Declared:
+        """The Claim table alone (``claims`` and its ``refused`` rows): it holds only the VIFs
+        in the middle of a migration, so every round may read it."""
+        return decode_rows(self.raw_rows(("Claim",)))
 
     def read(self) -> Declared:
         """The declared state; a row that breaks a rule is refused on its own (``refused``)
@@ -574,25 +619,40 @@ class Store:
                 if want[iface] in mine:
                     txn.add(self.api.db_create("Claim", iface_id=iface, host=want[iface]))
 
-    def write_first_seen(self, want: Mapping[SeenKey, float], hosts: Collection[str]) -> None:
-        """Make the FirstSeen rows of ``hosts`` equal ``want``'s, in one transaction (each
-        instance writes only for the hosts it programs). Raises ``WriteRaced`` when another
-        instance inserted the same row first."""
-        mine = set(hosts)
+    def update_first_seen(self, put: Mapping[SeenKey, float], drop: Iterable[SeenKey]) -> None:
+        """Set the records ``put`` and delete those of ``drop``, one transaction; the rest of
+        the FirstSeen table is not read.
+        The caller gives only the records of the hosts it programs; raises ``WriteRaced`` when
+        another instance inserted one of them first."""
+        drop = [k for k in drop if k not in put]
+        if not put and not drop:
+            return
         with self.api.ovsdb_connection.lock:
-            have = {(r.host, r.iface_id, r.ofport): (r.uuid, r.since)
-                    for r in self.api.tables["FirstSeen"].rows.values() if r.host in mine}
+            rows = self.api.tables["FirstSeen"].rows
+            found: dict[SeenKey, Any] = {}
+            missing = []
+            for key in (*put, *drop):
+                row = rows.get(self._seen_uuid.get(key))
+                if row is not None and (row.host, row.iface_id, row.ofport) == key:
+                    found[key] = row
+                else:
+                    missing.append(key)
+            if missing and any(k in self._seen_uuid for k in missing):  # a stale index
+                by_key = {(r.host, r.iface_id, r.ofport): r for r in rows.values()}
+                found.update({k: by_key[k] for k in missing if k in by_key})
+            have = {k: (r.uuid, r.since) for k, r in found.items()}
         with _raced_as("FirstSeen"), self.api.transaction(check_error=True) as txn:
-            for key, (uuid, since) in have.items():
-                if key not in want:
-                    txn.add(self.api.db_destroy("FirstSeen", uuid))
-                elif want[key] != since:
-                    txn.add(self.api.db_set("FirstSeen", uuid, ("since", want[key])))
-            for key in want.keys() - have.keys():
+            for key in drop:
+                if key in have:
+                    txn.add(self.api.db_destroy("FirstSeen", have[key][0]))
+            for key, since in put.items():
+                if key in have:
+                    if have[key][1] != since:
+                        txn.add(self.api.db_set("FirstSeen", have[key][0], ("since", since)))
+                    continue
                 host, iface, ofport = key
-                if host in mine:
-                    txn.add(self.api.db_create("FirstSeen", host=host, iface_id=iface,
-                                               ofport=ofport, since=want[key]))
+                txn.add(self.api.db_create("FirstSeen", host=host, iface_id=iface, ofport=ofport,
+                                           since=since))
 
     # -- writes (each one transaction) ----------------------------------------------------------
     def _find(self, table: str, column: str, value: object) -> Any | None:

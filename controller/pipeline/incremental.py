@@ -44,7 +44,9 @@ from controller.core.model import (
     State,
     Tenant,
     TunnelPort,
+    TunnelType,
     is_migration_twin,
+    not_a_migration,
     tenant_mismatch,
 )
 
@@ -100,6 +102,23 @@ class _Discard:
 
 
 _DISCARD: Final = _Discard()
+_NO_SPEC: Final = TunnelSpec("", "", "", "geneve")  # (``Engine._specs``: not computed yet)
+
+
+class Pending:
+    """What events applied so far changed, per host (``Engine.apply``); ``update()`` is the
+    diff from each host's flows before the first event to its flows after the last."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, _HostDelta] = {}
+        self.tunnel_hosts: frozenset[str] = frozenset()
+
+    def at(self, host: str) -> _Sink:
+        return self.hosts.setdefault(host, _HostDelta())
+
+    def update(self) -> Update:
+        flows = {h: d for h, d in ((h, x.diff()) for h, x in self.hosts.items()) if d}
+        return Update(MappingProxyType(flows), self.tunnel_hosts)
 
 
 @dataclass
@@ -108,12 +127,23 @@ class _HostDelta:
     delete: set[Flow] = field(default_factory=set)
 
     def swap(self, old: Iterable[Flow], new: Iterable[Flow]) -> None:
+        """A part's flows went from ``old`` to ``new``: the net change since the first swap
+        (a flow taken out and put back is no change; put back and taken out again, a delete:
+        a round that applies several events may do both)."""
         old_s, new_s = set(old), set(new)
-        self.delete |= old_s - new_s
-        self.add |= new_s - old_s
+        for f in old_s - new_s:
+            if f in self.add:
+                self.add.discard(f)
+            else:
+                self.delete.add(f)
+        for f in new_s - old_s:
+            if f in self.delete:
+                self.delete.discard(f)
+            else:
+                self.add.add(f)
 
     def diff(self) -> FlowDiff:
-        add, delete = self.add - self.delete, self.delete - self.add
+        add, delete = self.add, self.delete
         P.check_flows(add)
         return FlowDiff(tuple(sorted(add, key=lambda f: (f.table, -f.priority, f.cookie))),
                         tuple(sorted(f.ident for f in delete)))
@@ -190,6 +220,11 @@ class Engine:
         self._parts: dict[tuple[str, str], _NetPart] = {}  # (host, network)
         self._local: dict[str, set[Binding]] = {}  # host -> its forwarded VIFs
         self._local_standby: dict[str, set[Binding]] = {}
+        # host -> ``tunnels(host)``, kept until an event names the host in ``tunnel_hosts``
+        # (a round asks every host it programs: ~1 ms each at 100 peers, issue 14)
+        self._wanted: dict[str, frozenset[TunnelSpec]] = {}
+        # (local tunnel types, remote) -> the port towards it: a spec depends on nothing else
+        self._specs: dict[tuple[tuple[TunnelType, ...], str], TunnelSpec | None] = {}
 
     @staticmethod
     def of(state: State) -> Engine:
@@ -215,6 +250,12 @@ class Engine:
 
     def tunnels(self, host: str) -> frozenset[TunnelSpec]:
         """Equal to ``compute_tunnels(self.state(), host)``."""
+        kept = self._wanted.get(host)
+        if kept is None:
+            kept = self._wanted[host] = self._compute_tunnels(host)
+        return kept
+
+    def _compute_tunnels(self, host: str) -> frozenset[TunnelSpec]:
         local = self.hosts.get(host)
         if local is None:
             return frozenset()
@@ -222,11 +263,15 @@ class Engine:
                  for r in self._net_hosts[n]} - {host}
         specs = set()
         for rid in peers:
-            remote = self.hosts[rid]
-            kind = tunnel_kind(local, remote)
-            if kind is not None:
-                specs.add(TunnelSpec(tunnel_name(remote.underlay_ip, kind), rid,
-                                     str(remote.underlay_ip), kind))
+            spec = self._specs.get((local.tunnel_types, rid), _NO_SPEC)
+            if spec is _NO_SPEC:  # (the declarations are fixed for an engine's life)
+                remote = self.hosts[rid]
+                kind = tunnel_kind(local, remote)
+                spec = None if kind is None else TunnelSpec(
+                    tunnel_name(remote.underlay_ip, kind), rid, str(remote.underlay_ip), kind)
+                self._specs[(local.tunnel_types, rid)] = spec
+            if spec is not None:
+                specs.add(spec)
         return frozenset(specs)
 
     def network_hosts(self, network: str) -> frozenset[str]:
@@ -254,14 +299,67 @@ class Engine:
     # -- one event --------------------------------------------------------------------------
     def update(self, ch: Changes) -> Update:
         """Apply ``ch``; return per touched host the diff from its old flows to its new ones."""
-        delta: dict[str, _HostDelta] = {}
+        pending = Pending()
+        self.apply(ch, pending)
+        return pending.update()
 
-        def at(host: str) -> _Sink:
-            return delta.setdefault(host, _HostDelta())
+    def apply(self, ch: Changes, into: Pending) -> None:
+        """Apply ``ch``, adding what it changed to ``into``: several events applied into one
+        ``Pending`` give one diff per host, from the flows before the first to those after the
+        last (a round that learns a claim from the placement its bindings made). Broken input
+        (``InvalidState``) is refused before anything changes."""
+        changed = self._apply(ch, into.at)
+        for h in changed:
+            self._wanted.pop(h, None)
+        into.tunnel_hosts |= changed
 
-        tunnel_hosts = self._apply(ch, at)
-        flows = {h: d for h, d in ((h, x.diff()) for h, x in delta.items()) if d}
-        return Update(MappingProxyType(flows), tunnel_hosts)
+    @property
+    def standby(self) -> tuple[Binding, ...]:
+        """The live standby bindings (a migration's other half), as ``placement`` has them."""
+        return tuple(b for bs in self._standby.values() for b in bs)
+
+    @property
+    def active(self) -> Mapping[str, Binding]:
+        """iface-id -> forwarded binding (``placement(...).active``)."""
+        return MappingProxyType(self._active)
+
+    def bindings_of(self, iface: str) -> frozenset[Binding]:
+        """Every binding reported for ``iface``."""
+        return frozenset(self._bindings.get(iface, ()))
+
+    def chosen_in(self, network: str) -> frozenset[str]:
+        """The iface-ids whose chosen binding is in ``network`` (before the one-MAC rule)."""
+        return frozenset(self._chosen_in.get(network, ()))
+
+    def ignored(self, iface: str) -> tuple[tuple[Binding, str], ...]:
+        """``iface``'s bindings ``placement`` ignores, each with its reason (the same reasons,
+        from the engine's indexes: O(the iface's bindings and its network's size))."""
+        out: list[tuple[Binding, str]] = []
+        cands: list[Binding] = []
+        for b in sorted(self._bindings.get(iface, ()), key=lambda b: (b.host, b.ofport)):
+            if b.network not in self.networks:
+                out.append((b, f"veil-network {b.network!r} is not declared"))
+            elif (why := tenant_mismatch(b, self.networks[b.network])) is not None:
+                out.append((b, why))
+            elif b.host not in self.hosts:
+                out.append((b, f"host {b.host!r} has not joined"))
+            elif not b.active:
+                out.append((b, "iface-status is not active"))
+            elif b.ofport <= 0:
+                out.append((b, "no ofport yet"))
+            else:
+                cands.append(b)
+        chosen = self._chosen.get(iface)
+        if chosen is None:
+            return tuple(out)
+        for b in cands:
+            if b != chosen and not is_migration_twin(chosen, b):
+                out.append((b, not_a_migration(chosen)))
+        if self._active.get(iface) is not chosen:
+            first = next(m for m in self._members.get(chosen.network, ()) if m.mac == chosen.mac)
+            out.append((chosen, f"MAC {chosen.mac} is already VIF {first.iface_id} in "
+                                f"{chosen.network}"))
+        return tuple(out)
 
     def _apply(self, ch: Changes, at: Callable[[str], _Sink]) -> frozenset[str]:
         """Apply ``ch``, telling ``at(host)`` each part that changed; the hosts whose tunnels

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab.bench import scale
+from controller.lab.bench import roundscale, scale
 from controller.lab.bench import flowmods, probe, report, runner, svg
 from controller.lab.bench.results import (
     Comparison,
@@ -202,6 +202,44 @@ def test_scale_figures_come_from_the_controllers_engine_and_count_growth() -> No
     # a VIF joining a network with members elsewhere gives those hosts flows to reach it
     assert m["flows_added_other_host"]["median"] > 0
     assert m["flows_added_own_host"]["median"] > m["flows_added_other_host"]["median"]
+
+
+def test_round_figures_time_the_whole_round_from_the_row_event() -> None:
+    m = roundscale.measure(hosts=12, vifs=60, networks=6, events=2)
+    assert m["fabric"] == {"hosts": 12, "vifs": 60, "networks": 6, "seed": 1}
+    for kind in runner.ROUND_KINDS:
+        assert len(m["samples_ms"][kind]) == 2 and all(x > 0 for x in m["samples_ms"][kind])
+    assert m["messages_per_vif_added"]["median"] > 0 and m["peak_rss_mb"] > 0
+
+
+def test_round_figures_run_both_sizes_in_their_own_processes_with_their_goals() -> None:
+    """Figures 4e-4g through the runner (its subprocesses, a real ovsdb-server for the record):
+    the plan's fabric, then round_scale times it, each with its goal."""
+    results = runner.round_figures(runner.Plan(hosts=12, vifs=60, round_events=2, round_scale=2))
+    assert [r.figure for r in results] == ["4e", "4f", "4g"]
+    assert all(r.error is None and r.summary is not None for r in results), results
+    assert "12 hosts" in results[0].title and "24 hosts" in results[1].title
+    assert all(r.goals == runner.GOALS[r.figure] for r in results)
+    assert "OVSDB write (real ovsdb-server) median" in results[0].notes, results[0].notes
+
+
+def test_the_round_bench_reads_the_row_event_into_the_held_state() -> None:
+    """A port row added to the bench's IDL tables reaches the engine through HostDb.view and
+    Held.step, and the engine's flows are then the definition's on the whole state."""
+    from controller.pipeline.compute import compute_flows
+
+    bench = roundscale.Bench(8, 40, 4, 1, lambda: 0.0)
+    _, idl = bench.db("h3")
+    b = scale.vif(99, 3, 500, 4)
+    idl.plug("vnet-vif99", roundscale._vif_ids(b), 500)
+    _, _, messages, update = bench.round(["h3"])
+    assert messages > 0 and "h3" in update.flows
+    engine, state = bench.held.engine, bench.held.state()
+    assert engine is not None and any(x.iface_id == "vif99" for x in state.bindings)
+    assert all(engine.flows(h) == compute_flows(state, h) for h in state.hosts)
+    idl.unplug("vnet-vif99")
+    bench.round(["h3"])
+    assert not any(x.iface_id == "vif99" for x in bench.held.state().bindings)
 
 
 def test_flows_for_the_push_benchmark_are_distinct_and_fit_the_pipeline() -> None:
