@@ -39,7 +39,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,41 @@ def _active(ha: HaRun, n: int) -> int:
     raise BenchError("no instance holds every host")
 
 
+def _kill_under_probe(lab: Lab, kill: Callable[[], None], prepare_vif: Callable[[], None],
+                      taken_over: Callable[[], bool]) -> dict[str, float]:
+    """One repetition, the same for both systems: the established pair probed, ``kill`` the
+    active controller, at once ``prepare_vif`` (what the system needs before a4's port, if
+    anything) and plug a4, poll ``taken_over``; times from the kill."""
+    established = start_probe(lab, lab.vms[PROBER], ["gaps", lab.vms[PEER].ip,
+                                                     "--duration", f"{DURATION:g}"])
+    time.sleep(BASELINE)  # the probe's baseline (not a wait for the system)
+    new = start_probe(lab, lab.vms[PEER], ["first-reply", lab.vms[NEW_VM.name].ip,
+                                           "--timeout", f"{DURATION - BASELINE:g}"])
+    t0 = time.monotonic()
+    kill()
+    prepare_vif()
+    lab.plug_vm(NEW_VM.name)
+    plugged = time.monotonic()
+    took_over = None
+    while time.monotonic() - t0 < DURATION:
+        if taken_over():
+            took_over = time.monotonic()
+            break
+        time.sleep(0.01)
+    out, err = new.communicate(timeout=30)
+    word, _, value = out.strip().partition(" ")
+    if word != "reply":
+        raise BenchError(f"{PEER} never got a reply from {NEW_VM.name} after the kill ({out} {err})")
+    gout, _ = established.communicate(timeout=30)
+    doc = json.loads(gout)
+    replies = doc["replies"]
+    return {"takeover_ms": round((took_over - t0) * 1000, 1) if took_over else float("nan"),
+            "new_vif_first_reply_ms": round((float(value) - t0) * 1000, 1),
+            "plug_ms": round((plugged - t0) * 1000, 1),
+            "established_longest_gap_ms": round(max_gap(replies) * 1000, 2),
+            "established_sent": doc["sent"], "established_replies": len(replies)}
+
+
 def one(lab: Lab, ha: HaRun) -> dict[str, float]:
     n = len(lab.hosts)
     active = _active(ha, n)
@@ -89,38 +124,13 @@ def one(lab: Lab, ha: HaRun) -> dict[str, float]:
     # standby started moments ago would learn of the death only at the lease expiry)
     _wait("the standby watches the active instance",
           lambda: ha.names[active] in ha.watching(survivor))
-    established = start_probe(lab, lab.vms[PROBER], ["gaps", lab.vms[PEER].ip,
-                                                     "--duration", f"{DURATION:g}"])
-    time.sleep(BASELINE)  # the probe's baseline (not a wait for the system)
-    new = start_probe(lab, lab.vms[PEER], ["first-reply", lab.vms[NEW_VM.name].ip,
-                                           "--timeout", f"{DURATION - BASELINE:g}"])
-    t0 = time.monotonic()
-    ha.kill(active)
-    lab.plug_vm(NEW_VM.name)
-    plugged = time.monotonic()
-    took_over = None
-    while time.monotonic() - t0 < DURATION:
-        if len(ha.owned(survivor)) == n:
-            took_over = time.monotonic()
-            break
-        time.sleep(0.01)
-    out, err = new.communicate(timeout=30)
-    word, _, value = out.strip().partition(" ")
-    if word != "reply":
-        raise BenchError(f"{PEER} never got a reply from {NEW_VM.name} after the kill ({out} {err})")
-    gout, gerr = established.communicate(timeout=30)
-    doc = json.loads(gout)
-    replies = doc["replies"]
-    gap = max_gap(replies) * 1000
+    sample = _kill_under_probe(lab, lambda: ha.kill(active), lambda: None,
+                               lambda: len(ha.owned(survivor)) == n)
     ha.start(active)
     _wait("the restarted instance answers", lambda: ha.answers(active))
     lab.unplug_vm(NEW_VM.name)
     ha.sync(timeout=60)
-    return {"takeover_ms": round((took_over - t0) * 1000, 1) if took_over else float("nan"),
-            "new_vif_first_reply_ms": round((float(value) - t0) * 1000, 1),
-            "plug_ms": round((plugged - t0) * 1000, 1),
-            "established_longest_gap_ms": round(gap, 2),
-            "established_sent": doc["sent"], "established_replies": len(replies)}
+    return sample
 
 
 def _median(values: Sequence[float]) -> float:
@@ -175,40 +185,19 @@ def one_ovn(lab: Lab, ovn: Ovn) -> dict[str, float]:
     active = _active_northd(ovn)
     standby = 1 - active
     vm = lab.vms[NEW_VM.name]
-    established = start_probe(lab, lab.vms[PROBER], ["gaps", lab.vms[PEER].ip,
-                                                     "--duration", f"{DURATION:g}"])
-    time.sleep(BASELINE)  # the probe's baseline (not a wait for the system)
-    new = start_probe(lab, lab.vms[PEER], ["first-reply", vm.ip,
-                                           "--timeout", f"{DURATION - BASELINE:g}"])
-    t0 = time.monotonic()
-    os.kill(ovn.northd_pid(active), signal.SIGKILL)
-    ovn.nbctl("lsp-add", vm.network, vm.iface_id, "--", "lsp-set-addresses", vm.iface_id,
-              f"{vm.mac} {vm.ip}")
-    lab.plug_vm(NEW_VM.name)
-    plugged = time.monotonic()
-    took_over = None
-    while time.monotonic() - t0 < DURATION:
-        if ovn.northd_status(standby) == "active":
-            took_over = time.monotonic()
-            break
-        time.sleep(0.01)
-    out, err = new.communicate(timeout=30)
-    word, _, value = out.strip().partition(" ")
-    if word != "reply":
-        raise BenchError(f"OVN: {PEER} never got a reply from {NEW_VM.name} after the kill ({out} {err})")
-    gout, _ = established.communicate(timeout=30)
-    doc = json.loads(gout)
-    replies = doc["replies"]
+
+    def add_port() -> None:  # a new logical port: work for northd, as a new VIF is for veil
+        ovn.nbctl("lsp-add", vm.network, vm.iface_id, "--", "lsp-set-addresses", vm.iface_id,
+                  f"{vm.mac} {vm.ip}")
+
+    sample = _kill_under_probe(lab, lambda: os.kill(ovn.northd_pid(active), signal.SIGKILL),
+                               add_port, lambda: ovn.northd_status(standby) == "active")
     ovn.start_northd(active)  # back as the standby
     _wait("the restarted ovn-northd is standby", lambda: ovn.northd_status(active) == "standby")
     lab.unplug_vm(NEW_VM.name)
     ovn.nbctl("lsp-del", vm.iface_id)
     ovn.sync()
-    return {"takeover_ms": round((took_over - t0) * 1000, 1) if took_over else float("nan"),
-            "new_vif_first_reply_ms": round((float(value) - t0) * 1000, 1),
-            "plug_ms": round((plugged - t0) * 1000, 1),
-            "established_longest_gap_ms": round(max_gap(replies) * 1000, 2),
-            "established_sent": doc["sent"], "established_replies": len(replies)}
+    return sample
 
 
 def run_ovn(reps: int) -> dict[str, Any]:
