@@ -28,9 +28,9 @@ lint: deps-test
 	$(PY) -m mypy -p hooks -p controller -p xenapi_plugin -p libvirt_hooks
 
 test: deps-test lint
-	$(PY) -m pytest -q -m "not guest_migration and not vagrant" tests
+	$(PY) -m pytest -q -m "not vagrant" tests
 
-# Live migration of real TCG guests (kept out of `make test`: see the guest_migration marker).
+# Only the live migrations of real TCG guests (also part of `make test`; ~2 min).
 test-migration: deps-test
 	$(PY) -m pytest -q -m guest_migration tests
 

@@ -27,7 +27,7 @@ EXAMPLES = {
     "ping": ["veil-lab ping a1 a2", "veil-lab ping --count 3 b1 198.19.0.12"],
     "demo": ["veil-lab demo", "veil-lab demo --keep   (the lab stays up afterwards)",
              "veil-lab demo --kind netns   (namespaces instead of real guests: ~22 s)",
-             "veil-lab demo --migrate   (step 8 adds a live migration DC1 -> DC2 and back)",
+             "veil-lab demo --no-migrate   (step 8 without a1's live moves DC1 -> DC2 and back)",
              "veil-lab demo --topology fabric-3x3   (DC1 a 3x3 OpenFlow fabric: docs/fabric.md)"],
     "bench": ["veil-lab bench --quick", "veil-lab bench --only 2 --reps 5"],
     "trace": ["veil-lab trace from a1 to a2 icmp", "veil-lab trace --live from a1 broadcast",

@@ -72,7 +72,7 @@ def neighbour_mac(lab: Lab, vm: str, ip: str) -> str:
     return out[out.index("lladdr") + 1] if "lladdr" in out else "(none)"
 
 
-def controller_steps(lab: Lab, checks: Checks, say: Say, migrate: bool = False) -> None:
+def controller_steps(lab: Lab, checks: Checks, say: Say, migrate: bool = True) -> None:
     _step(say, 5, "start the veil controller", """
         The controller keeps tenants and networks in its own OVSDB database and gives each
         network a VNI. Each host joins with one command (system-id, underlay IP, tunnel types).
@@ -213,13 +213,12 @@ def capture_vnis(lab: Lab) -> set[int]:
     return {int(v, 16) for v in re.findall(r"vni (0x[0-9a-f]+)", text)} - {0}
 
 
-def run_demo(root: Path, *, keep: bool, say: Say, kind: str | None = "libvirt", migrate: bool = False,
+def run_demo(root: Path, *, keep: bool, say: Say, kind: str | None = "libvirt", migrate: bool = True,
              topology_path: Path | None = None) -> int:
     """The steps; ``kind`` "libvirt": every VM a real guest its host's libvirtd starts
     (the default), "netns": the namespace stand-ins (faster). ``migrate`` (real guests only):
-    step 8 also moves a1 live to DC2 and back under a 1 ms probe. Off by default: on these
-    machines a TCG guest's kernel sometimes panics after a live move (docs/kvm.md, "Known
-    problems"), and the demo must not fail on QEMU's account."""
+    step 8 also moves a1 live to DC2 and back under a 1 ms probe (a TCG guest runs the lab's
+    qemu-tcg wrapper for it: docs/kvm.md, "Known problem")."""
     topo = topology.load(topology_path)
     topo = topology.with_kind(topo, kind) if kind else topo  # None: as the topology file says
     kind = "libvirt" if "libvirt" in topo.kinds() else "netns"

@@ -15,7 +15,7 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,11 +39,14 @@ ROOT_PORTS = 4
 
 @dataclass(frozen=True)
 class GuestBoot:
-    """What every guest of a lab boots: the built image and the accelerator's domain type."""
+    """What every guest of a lab boots: the built image and the accelerator's domain type;
+    ``emulator`` is the image's qemu-tcg wrapper, which a TCG guest runs (docs/kvm.md, "Known
+    problem": without it QEMU 7.2 loses guest stores during a live migration)."""
 
     kernel: Path
     initrd: Path
     domain_type: str
+    emulator: Path | None = None
 
 
 def domain_name(prefix: str, vm: str) -> str:
@@ -60,6 +63,7 @@ def guest_spec(topo: Topology, vm: Vm, hv: Hypervisor, prefix: str, boot: GuestB
         console_log=hv.console_log(vm.name), exec_socket=hv.exec_socket(vm.name),
         cmdline=guest_cmdline(vm.name, mac=vm.mac, ip4=str(vm.ip), mtu=mtu, echo_port=ECHO_PORT),
         domain_type=boot.domain_type, memory_mib=MEMORY_MIB, uuid=vm.vm_id,
+        emulator=boot.emulator if boot.domain_type == "qemu" else None,
         extra_devices=tuple(f"<controller type='pci' index='{i}' model='pcie-root-port'/>"
                             for i in range(1, ROOT_PORTS + 1)),
     )
@@ -84,10 +88,13 @@ def connect(uri: str) -> Iterator[libvirt.virConnect]:
         conn.close()
 
 
-def start(conn: libvirt.virConnect, spec: GuestSpec, timeout: float = BOOT_TIMEOUT) -> console.Ready:
-    """Define and start the domain; returns once /init says it is ready (its NIC is up)."""
+def start(conn: libvirt.virConnect, spec: GuestSpec, timeout: float = BOOT_TIMEOUT,
+          edit: Callable[[str], str] | None = None) -> console.Ready:
+    """Define and start the domain (its XML passed through ``edit`` first when given); returns
+    once /init says it is ready (its NIC is up)."""
     spec.console_log.unlink(missing_ok=True)
-    dom = conn.defineXML(domain_xml(spec))
+    xml = domain_xml(spec)
+    dom = conn.defineXML(edit(xml) if edit else xml)
     dom.create()
     return console.wait_ready(spec.console_log, name=spec.cmdline.split("veil.name=")[1].split()[0],
                               timeout=timeout, alive=lambda: bool(dom.isActive()))

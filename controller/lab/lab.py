@@ -153,6 +153,9 @@ class Lab:
             for name, h in self.hosts.items() if name in kvm
         } if "libvirt" in topo.kinds() else {}
         self._boot: guests.GuestBoot | None = None
+        # Rewrites each guest's domain XML before libvirt defines it (None: as guests.py makes
+        # it); for experiments on the guest's configuration (controller/lab/bench/movesoak.py).
+        self.domain_edit: Callable[[str], str] | None = None
         self.fabric_mode = "veil"  # a fabric DC's switches: veil's (or stp/rstp, the bench's)
         self._underlay_env: dict[str, dict[str, str]] = {
             h.name: {"UNDERLAY_DEV": "bond0", "UNDERLAY_BOND": "up0 up1"} for h in topo.hosts
@@ -292,14 +295,16 @@ class Lab:
         if self._boot is None:
             state = self.read_state(self.rundir).get("guest_boot")
             if isinstance(state, dict):
+                emulator = state.get("emulator")
                 self._boot = guests.GuestBoot(Path(state["kernel"]), Path(state["initrd"]),
-                                              str(state["domain_type"]))
+                                              str(state["domain_type"]), Path(emulator) if emulator else None)
             else:
                 from controller.lab.guest import accel, image
                 img = image.build()
                 verdict = accel.probe(img)
-                self._boot = guests.GuestBoot(img.kernel, img.initrd, verdict.domain_type)
+                self._boot = guests.GuestBoot(img.kernel, img.initrd, verdict.domain_type, img.emulator)
                 self._record(guest_boot={"kernel": str(img.kernel), "initrd": str(img.initrd),
+                                         "emulator": str(img.emulator),
                                          "domain_type": verdict.domain_type, "accel": verdict.reason})
         return self._boot
 
@@ -438,7 +443,7 @@ class Lab:
         spec = guests.guest_spec(self.topo, vm.spec, hv, self.prefix, self.guest_boot(), VM_MTU)
         began = time.monotonic()
         with guests.connect(hv.uri) as conn:
-            guests.start(conn, spec)
+            guests.start(conn, spec, edit=self.domain_edit)
         self._place(name, hv.name)
         return time.monotonic() - began
 

@@ -9,7 +9,9 @@ the downloaded .deb files.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -71,6 +73,7 @@ def test_image_is_cached_by_its_inputs(guest_image: image.GuestImage, tmp_path: 
     assert first.modules.index("virtio_ring.ko") < first.modules.index("virtio_net.ko")
     assert {p.name for p in first.packages} == {"busybox-static", first.packages[0].name}
     assert first.packages[0].name.startswith("linux-image-") and first.release in first.packages[0].name
+    assert first.emulator.read_bytes() == _packaged("qemu-tcg.sh") and os.access(first.emulator, os.X_OK)
 
     again = image.build(tmp_path, debs=debs)
     assert again.cached and again.key == first.key and again.initrd == first.initrd
@@ -81,8 +84,38 @@ def test_image_is_cached_by_its_inputs(guest_image: image.GuestImage, tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "debs") == sorted([first.key, changed.key])
 
 
+def _packaged(name: str) -> bytes:
+    return resources.files("controller.lab.guest").joinpath("files", name).read_bytes()
+
+
 def _packaged_init() -> bytes:
-    return resources.files("controller.lab.guest").joinpath("files", "init.sh").read_bytes()
+    return _packaged("init.sh")
+
+
+def _wrapped(guest_image: image.GuestImage, *argv: str) -> list[str]:
+    """The argument vector the image's qemu-tcg wrapper hands to QEMU (a stand-in that prints
+    its arguments one per line takes QEMU's place)."""
+    out = subprocess.run([str(guest_image.emulator), *argv], capture_output=True, text=True, check=True,
+                         env={**os.environ, "VEIL_QEMU_BINARY": "/usr/bin/printf"})
+    return out.stdout.splitlines()
+
+
+def test_the_tcg_wrapper_gives_the_guest_ram_that_is_no_multiple_of_64_pages(
+        guest_image: image.GuestImage) -> None:
+    """docs/kvm.md "Known problem": QEMU 7.2 syncs a RAM block whose size is a multiple of 64
+    pages by a fast path that loses TCG stores during a migration; libvirt's command line (as
+    libvirt 9.0 writes it) comes out with 8 KiB more in both places, the rest untouched."""
+    backend = '{"qom-type":"memory-backend-ram","id":"pc.ram","size":134217728}'
+    argv = ["-machine", "pc-q35-7.2,memory-backend=pc.ram", "-m", "128", "-object", backend,
+            "-kernel", "/k/vmlinuz", "-append", "console=ttyS0 -m 64"]
+    got = _wrapped(guest_image, "%s\\n", *argv)
+    assert got == ["-machine", "pc-q35-7.2,memory-backend=pc.ram", "-m", "131080K", "-object",
+                   backend.replace("134217728", str(134217728 + 8192)), "-kernel", "/k/vmlinuz",
+                   "-append", "console=ttyS0 -m 64"]
+    assert (134217728 + 8192) % (64 * 4096) != 0
+    # libvirt's capability probe (no guest) passes through as it is
+    assert _wrapped(guest_image, "%s\\n", "-machine", "none", "-qmp", "stdio") == \
+        ["-machine", "none", "-qmp", "stdio"]
 
 
 def test_accel_probe_gives_a_verdict_and_caches_it(guest_image: image.GuestImage, verdict: accel.Verdict,
@@ -256,6 +289,7 @@ def test_domain_xml_passes_libvirts_schema(tmp_path: Path) -> None:
     assert shutil.which("virt-xml-validate") and shutil.which("xmllint"), "libvirt-clients/libxml2-utils missing"
     for dtype in ("qemu", "kvm"):
         spec = GuestSpec(name="vlg-schema", kernel=Path("/k/vmlinuz"), initrd=Path("/k/initrd.img"),
+                         emulator=Path("/k/qemu-tcg") if dtype == "qemu" else None,
                          nics=(GuestNic(mac="52:54:00:c6:13:21", network="blue", tenant="acme", ips="198.19.13.21"),),
                          console_log=tmp_path / "c.log", exec_socket=tmp_path / "e.sock", domain_type=dtype,
                          cmdline=guest_cmdline("s1", ip4="198.19.13.21/24", gw4="198.19.13.1"))

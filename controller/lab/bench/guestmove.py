@@ -12,9 +12,10 @@ How each system is told of the move, as its docs say for live migration:
 - OVN: before the move the CMS sets ``requested-chassis=SRC,DST`` and
   ``activation-strategy=rarp`` on the logical port; after it, the options are cleared.
 
-On these machines a TCG guest sometimes panics after a move (docs/kvm.md, "Known problem"):
-a move after which the guest no longer answers ends the series; the samples taken so far are
-kept and the note says which move lost the guest and what its console showed.
+A TCG guest used to die after some moves here (QEMU 7.2 losing guest stores during the move,
+worked around by the lab's qemu-tcg wrapper: docs/kvm.md, "Known problem"): a move after which
+the guest no longer answers still ends the series; the samples taken so far are kept and the
+note says which move lost the guest and what its console showed.
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ class GuestSpec:
     exec_socket: Path
     cmdline: str
     domain_type: str = "qemu"  # "kvm" only where accel.probe said so
+    # The QEMU binary libvirt runs (None: libvirt's default); a TCG lab guest names the image's
+    # qemu-tcg wrapper here (image.py, docs/kvm.md "Known problem").
+    emulator: Path | None = None
     memory_mib: int = 128
     vcpus: int = 1
     uuid: str | None = None
@@ -112,6 +115,8 @@ def domain_xml(spec: GuestSpec) -> str:
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         _sub(dom, event, "destroy")
     devices = _sub(dom, "devices")
+    if spec.emulator is not None:
+        _sub(devices, "emulator", str(spec.emulator))
     for nic in spec.nics:
         if nic.kind not in ("openvswitch", "ethernet"):
             raise ValueError(f"NIC kind {nic.kind!r}: expected 'openvswitch' or 'ethernet'")

@@ -5,11 +5,13 @@ this machine reaches): the kernel named by ``linux-image-cloud-amd64``'s depende
 package at one version: a glob would fetch every version) and ``busybox-static``. The
 initramfs holds busybox, the virtio-net and virtio-console module chains (resolved from the
 modules' own ``depends=``), veil's /init and a small static echo responder compiled here with
-Debian's gcc (busybox-static has no UDP netcat and no udpsvd).
+Debian's gcc (busybox-static has no UDP netcat and no udpsvd). Beside them goes ``qemu-tcg``,
+the emulator wrapper a TCG guest's domain names (files/qemu-tcg.sh: it works around QEMU 7.2's
+lost guest stores during live migration, docs/kvm.md "Known problem").
 
 The result lives in ``<cache>/<key>/`` where ``key`` hashes every input (package versions,
-the init script, the responder source, the compiler version, the module list and
-BUILDER_VERSION): unchanged inputs are a cache hit, any change builds a new directory.
+the init script, the responder source, the emulator wrapper, the compiler version, the module
+list and BUILDER_VERSION): unchanged inputs are a cache hit, any change builds a new directory.
 Downloaded .deb files are kept in ``<cache>/debs/`` by exact version, so a rebuild after an
 init-script change does not download again.
 """
@@ -59,6 +61,7 @@ class GuestImage:
 
     kernel: Path
     initrd: Path
+    emulator: Path  # qemu-tcg: the <emulator> of a TCG guest
     release: str
     key: str
     packages: tuple[Package, ...]
@@ -146,13 +149,18 @@ def compiler_version() -> str:
     return _run(["gcc", "-dumpfullversion"]).strip()
 
 
-def inputs_key(packages: tuple[Package, ...], init: bytes, echo_src: bytes, compiler: str) -> str:
+EMULATOR = "qemu-tcg"
+
+
+def inputs_key(packages: tuple[Package, ...], init: bytes, echo_src: bytes, compiler: str,
+               emulator: bytes = b"") -> str:
     """A hash of everything the image is built from: any change gives a new image directory."""
     doc = json.dumps({
         "builder": BUILDER_VERSION,
         "packages": [asdict(p) for p in packages],
         "init": hashlib.sha256(init).hexdigest(),
         "echo": hashlib.sha256(echo_src).hexdigest(),
+        "emulator": hashlib.sha256(emulator).hexdigest(),
         "gcc": compiler,
         "modules": list(MODULES),
     }, sort_keys=True)
@@ -169,7 +177,8 @@ def build(cache: Path = DEFAULT_CACHE, *, init: bytes | None = None, debs: Path 
     echo_src = _data("echo.c")
     kernel_pkg, busybox_pkg = resolve_packages()
     packages = (kernel_pkg, busybox_pkg)
-    key = inputs_key(packages, init, echo_src, compiler_version())
+    wrapper = _data("qemu-tcg.sh")
+    key = inputs_key(packages, init, echo_src, compiler_version(), wrapper)
     out = cache / key
     manifest = out / "manifest.json"
     if manifest.exists():
@@ -179,6 +188,8 @@ def build(cache: Path = DEFAULT_CACHE, *, init: bytes | None = None, debs: Path 
         work = Path(tmp)
         doc = _build_into(work, debs or cache / "debs", packages, init, echo_src)
         doc["key"] = key
+        (work / "out" / EMULATOR).write_bytes(wrapper)
+        os.chmod(work / "out" / EMULATOR, 0o755)
         (work / "out" / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
         try:
             (work / "out").rename(out)
@@ -230,7 +241,7 @@ def _from_manifest(out: Path, doc: dict[str, object], *, cached: bool) -> GuestI
     mods = doc["modules"]
     assert isinstance(pkgs, list) and isinstance(mods, list)
     return GuestImage(
-        kernel=out / "vmlinuz", initrd=out / "initrd.img", release=str(doc["release"]), key=str(doc["key"]),
+        kernel=out / "vmlinuz", initrd=out / "initrd.img", emulator=out / EMULATOR, release=str(doc["release"]), key=str(doc["key"]),
         packages=tuple(Package(str(p["name"]), str(p["version"])) for p in pkgs),
         modules=tuple(str(m) for m in mods), cached=cached,
     )
