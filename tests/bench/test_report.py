@@ -73,6 +73,10 @@ def test_goals_and_comparisons_give_verdicts() -> None:
     assert Comparison("2", "veil", "ovn", "max", "<=", 1.0).verdict(by) == "miss"
     assert Comparison("2", "veil", "ovn", "median").verdict(by) == "info"
     assert Comparison("2", "veil", "plain", "median", ">=", 0.95).verdict(by) == "n/a"  # plain not measured
+    # a signed quantity (a network's share of an outage, fig 3c) is not divided
+    share = index([Result("3c", "t", "veil", "ms", (-26.7,)), Result("3c", "t", "ovn", "ms", (-17.4,))])
+    assert Comparison("3c", "veil", "ovn", "median", "<", 1.0).ratio(share) is None
+    assert Comparison("3c", "veil", "ovn", "median", "<", 1.0).verdict(share) == "n/a"
 
 
 def test_a_figure_measured_twice_for_one_system_is_a_harness_bug() -> None:

@@ -142,9 +142,14 @@ class Comparison:
         a = results.get((self.figure, self.system))
         b = results.get((self.against_figure or self.figure, self.against))
         sa, sb = (a.summary if a else None), (b.summary if b else None)
-        if sa is None or sb is None or sb.get(self.stat) == 0:
+        if sa is None or sb is None:
             return None
-        return sa.get(self.stat) / sb.get(self.stat)
+        x, y = sa.get(self.stat), sb.get(self.stat)
+        if x < 0 or y <= 0:
+            # a quantity that can be negative (fig 3c: outage minus QEMU's downtime) has no
+            # meaningful ratio: the report shows both values, not a quotient of signs
+            return None
+        return x / y
 
     def verdict(self, results: Mapping[tuple[str, str], Result]) -> Verdict:
         r = self.ratio(results)
