@@ -24,6 +24,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,10 +38,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.northbound import pki as P
+from hooks.backoff import Backoff
 from controller.northbound.tlsctx import Reloading, accept_tls, server_context
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024  # a P-256 CSR in PEM is ~500 bytes
+CONNECT_RETRY = Backoff(initial=0.1, maximum=2.0)  # an enrollment endpoint not serving us yet
 
 
 def utcnow() -> datetime:
@@ -248,13 +251,40 @@ class HostFiles:
                    d / "host-ca.pem")
 
 
+def _connected(url: str, host: str, port: int, ctx: ssl.SSLContext,
+               timeout: float) -> http.client.HTTPSConnection:
+    """A TLS connection to the enrollment endpoint, retried with back-off for up to
+    ``timeout`` while the server does not serve it: it hangs up on clients beyond its
+    ``max_clients`` before the handshake (a fleet joining at once: 64 hosts were refused so
+    in the lab), or is not listening yet. Nothing was sent then, so a retry cannot use a token
+    twice. A certificate that is not trusted is final."""
+    deadline = time.monotonic() + timeout
+    failures = 0
+    while True:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        try:
+            conn.connect()
+            return conn
+        except ssl.SSLCertVerificationError as e:
+            conn.close()
+            raise EnrollError(f"{url}: the controller's certificate is not trusted: "
+                              f"{e.verify_message}") from None
+        except OSError as e:  # (ssl.SSLError too: an EOF in the handshake)
+            conn.close()
+            failures += 1
+            wait = CONNECT_RETRY.delay(failures)
+            if time.monotonic() + wait > deadline:
+                raise EnrollError(f"{url}: {e} (after {failures} attempts)") from None
+            log.info("enrollment at %s not served (%s); again in %.1fs", url, e, wait)
+            time.sleep(wait)
+
+
 def _request(url: str, ctx: ssl.SSLContext, method: str, path: str,
              body: dict[str, str] | None, timeout: float) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise EnrollError(f"enrollment URL must be https://HOST[:PORT], not {url!r}")
-    conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
-                                       context=ctx)
+    conn = _connected(url, parts.hostname, parts.port or 443, ctx, timeout)
     try:
         data = None if body is None else json.dumps(body).encode()
         headers = {} if data is None else {"Content-Type": "application/json"}

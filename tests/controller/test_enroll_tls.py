@@ -162,6 +162,45 @@ def test_concurrent_enrollments_with_one_token_issue_one_certificate(
     assert sum("already used" in r for r in results) == 5
 
 
+def test_a_fleet_joining_at_once_beyond_max_clients_is_served_in_turn(
+        pki: P.Pki, workdir: Path) -> None:
+    """The endpoint hangs up on clients beyond ``max_clients`` before the handshake (seen: 64
+    lab hosts joining at once, some refused); the client tries again, nothing having been
+    sent, so every host of the fleet gets its certificate."""
+    srv = E.EnrollServer(pki, pki.server_identity(now(), [LOCAL]), (LOCAL, 0),
+                         handshake_timeout=1.0, max_clients=2)
+    srv.start()
+    try:
+        tokens = {f"h{i}": pki.add_host(f"h{i}", now()) for i in range(16)}
+        results: dict[str, str] = {}
+        lock = threading.Lock()
+
+        def join(name: str) -> None:
+            try:
+                files = E.enroll(srv.url, tokens[name], workdir / name, name)
+                outcome = P.common_name(x509.load_pem_x509_certificate(
+                    files.cert.read_bytes()).subject)
+            except E.EnrollError as e:
+                outcome = str(e)
+            with lock:
+                results[name] = outcome
+
+        threads = [threading.Thread(target=join, args=(n,)) for n in tokens]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == {n: n for n in tokens}, results
+    finally:
+        srv.stop()
+
+
+def test_an_endpoint_that_never_serves_is_reported_after_the_timeout(workdir: Path) -> None:
+    port = free_port()  # nobody listens there
+    with pytest.raises(E.EnrollError, match=r"after \d+ attempts"):
+        E.fetch_ca(f"https://{LOCAL}:{port}", "sha256:" + "0" * 64, timeout=1.0)
+
+
 @pytest.mark.parametrize(("body", "headers", "status", "error"), [
     (b"{", {}, 400, "not valid JSON"),
     (b"[]", {}, 400, "must be a JSON object"),
