@@ -63,6 +63,7 @@ from controller.northbound.store import (
 
 LOG = logging.getLogger("veil.controller")
 STORE_RETRY = Backoff(initial=0.5, maximum=10.0)  # while the veil database is away
+STATUS_WAIT = 0.5  # seconds `veil status` waits for the IDL behind a transaction (Store.programmed)
 T = TypeVar("T")
 
 
@@ -535,7 +536,7 @@ class Controller:
         state = snap.state
         status = status_of(
             when, state, {h: link.state() for h, link in list(self.links.items())},
-            self.store.programmed(), seq,
+            self.store.programmed(wait=STATUS_WAIT), seq,
             {r.host.system_id: (r.ovsdb, r.openflow) for r in snap.declared.hosts}, refused)
         self._status_cache = (key, status)
         return status

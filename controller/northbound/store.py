@@ -448,6 +448,7 @@ class Store:
 
         self._news: set[str] = set()  # tables with changes the controller acts on
         self._seen_uuid: dict[SeenKey, Any] = {}  # FirstSeen (host, iface-id, ofport) -> row
+        self._programmed: dict[str, int] = {}  # the last numbers ``programmed`` read
 
         def filtered(event: str, row: Any, updates: Any) -> bool:
             with self._changed:  # (never held while taking the IDL lock: no lock order issue)
@@ -498,10 +499,22 @@ class Store:
         """The current sequence number: the newest one handed out."""
         return self.numbers().next
 
-    def programmed(self) -> dict[str, int]:
-        """Per joined host, the newest number it reflects (0: never programmed)."""
-        with self.api.ovsdb_connection.lock:
-            return {r.system_id: r.programmed_seq for r in self.api.tables["Host"].rows.values()}
+    def programmed(self, wait: float | None = None) -> dict[str, int]:
+        """Per joined host, the newest number it reflects (0: never programmed).
+
+        ovsdbapp commits a transaction while holding the IDL's lock, and one that waits for a
+        database gone away or hung holds it up to its timeout (10 s, more with retries). A
+        caller that must answer at once (`veil status`) gives ``wait`` (seconds): past it, it
+        gets the numbers last read instead of waiting behind that transaction."""
+        lock = self.api.ovsdb_connection.lock
+        if not lock.acquire(timeout=-1 if wait is None else wait):
+            return dict(self._programmed)
+        try:
+            self._programmed = {r.system_id: r.programmed_seq
+                                for r in self.api.tables["Host"].rows.values()}
+        finally:
+            lock.release()
+        return dict(self._programmed)
 
     def _global(self, txn: Any) -> Any:
         """The Veil_Global row, inserted (zeros) in ``txn`` if the database has none yet."""

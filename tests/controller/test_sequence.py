@@ -4,11 +4,15 @@ after a VIF plug, a stopped host that does not advance, and `veil show`."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +20,11 @@ import pytest
 
 from controller import cli
 from controller.lab.lab import Lab
+from controller.core.model import Host
 from controller.lab.run import LabController
 from controller.northbound.store import (
     SCHEMA,
+    HostRecord,
     NotProgrammed,
     Numbers,
     Store,
@@ -28,6 +34,7 @@ from controller.northbound.store import (
     wait_programmed,
 )
 from tests.support.labs import programmed_lab
+from tests.support.poll import until
 
 
 def test_a_round_takes_a_pending_request_else_a_new_number_for_a_change() -> None:
@@ -73,6 +80,43 @@ def test_a_database_of_the_previous_schema_is_converted_and_numbered(tmp_path: P
     finally:
         server.stop()
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+@pytest.mark.lab  # a real ovsdb-server, hung
+def test_the_numbers_answer_while_a_transaction_waits_for_a_hung_database(
+        store_server: StoreServer) -> None:
+    """ovsdbapp commits holding the IDL's lock, so a transaction waiting for a hung (or gone)
+    database holds every reader up to its timeout; `veil status` (``programmed(wait=...)``)
+    answers the numbers last read instead (CI saw `veil status` time out so, test_ha case 4)."""
+    store = Store(store_server.remote)
+    pid = store_server.pid()
+    assert pid is not None
+    try:
+        store.join(HostRecord(Host("h1", ipaddress.ip_address("198.18.0.1")), "unix:/nowhere", "unix:/nowhere"))
+        n = store.request_sync()
+        store.write_programmed(n, ["h1"])
+        until("h1 programmed", lambda: store.programmed() == {"h1": n})
+        os.kill(pid, signal.SIGSTOP)
+        writer = threading.Thread(target=store.request_sync, daemon=True)  # (waits, then fails)
+        writer.start()
+        lock = store.api.ovsdb_connection.lock  # (an RLock: no .locked())
+
+        def held() -> bool:
+            if lock.acquire(blocking=False):
+                lock.release()
+                return False
+            return True
+        until("the writer's transaction holds the IDL lock", held, timeout=5)
+        got: list[dict[str, int]] = []
+        reader = threading.Thread(target=lambda: got.append(store.programmed(wait=0.2)),
+                                  daemon=True)
+        reader.start()
+        reader.join(timeout=5)
+        assert got == [{"h1": n}], "programmed(wait=) waited behind the hung transaction"
+        assert held() and writer.is_alive(), "(the transaction was still waiting)"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        store.close()
 
 
 @pytest.fixture(scope="module")
