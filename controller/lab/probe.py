@@ -51,17 +51,19 @@ def parse(output: str, seconds: float) -> ProbeResult:
 class Probe:
     """Run the probe in the background (``start``), then collect it (``result``)."""
 
-    def __init__(self, run: Callable[[str, float], str], target_ip: str, seconds: float) -> None:
+    def __init__(self, run: Callable[[str, float], str], target_ip: str, seconds: float,
+                 interval: float = INTERVAL) -> None:
         self._run = run  # (command, timeout) -> output, in the probing guest
         self.target_ip = target_ip
         self.seconds = seconds
+        self.interval = interval  # (a nested TCG guest of the Vagrant lab probes every 10 ms)
         self._output: str | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._body, daemon=True)
 
     def _body(self) -> None:
         try:
-            cmd = f"ping -i {INTERVAL} -w {int(self.seconds)} -W 1 {self.target_ip}"
+            cmd = f"ping -i {self.interval:g} -w {int(self.seconds)} -W 1 {self.target_ip}"
             self._output = self._run(cmd, self.seconds + 30.0)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller in result()
             self._error = exc

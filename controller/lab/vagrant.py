@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +39,8 @@ from controller.lab.topology import Topology
 if TYPE_CHECKING:
     import libvirt
 
+    from controller.lab.guests import Migration
+
 REPO = Path(__file__).resolve().parents[2]
 VAGRANT_DIR = REPO / "vagrant"
 CONTROLLER = "controller"
@@ -47,6 +49,10 @@ BOX_NAME = "veil/bookworm-lab"
 GUEST_DIR = Path("/var/lib/veil-lab/guest")  # the guest image inside the box
 GUEST_RUN = Path("/var/lib/veil-lab/run")  # consoles and exec sockets of the nested guests
 NESTED_BOOT_TIMEOUT = 600.0  # seconds: TCG inside TCG on two shared cores
+MOVE_TIMEOUT = 900.0  # seconds for one live move of a nested guest (its RAM over the underlay)
+HOST_MIGRATION_KEY = "/root/.ssh/veil-migrate"  # in each host VM (vagrant/provision/host.sh)
+PROBE_SECONDS = 60.0  # the peer's ping probe around one move (it must outlast the move)
+PROBE_INTERVAL = 0.01  # seconds between its echoes (1 ms is more than a nested TCG guest sends)
 RUNS = Path(os.environ.get("VEIL_VAGRANT_RUNS", "/var/tmp/veil-vagrant.runs"))  # roots of runs left up
 REQUIRED = ("vagrant", "qemu-system-x86_64", "qemu-img", "libvirtd", "virsh", "debootstrap", "mkfs.ext4")
 
@@ -74,6 +80,7 @@ def start_guests(topo: Topology, host: str, *, uri: str = "qemu:///system",
     from controller.lab import guests
     from controller.lab.guest import console
     from controller.lab.guest.domxml import GuestNic, GuestSpec, domain_xml, guest_cmdline
+    from controller.lab.guest.image import EMULATOR
 
     manifest = json.loads((GUEST_DIR / "manifest.json").read_text())
     kernel = GUEST_DIR / Path(str(manifest.get("kernel", "vmlinuz"))).name
@@ -92,6 +99,8 @@ def start_guests(topo: Topology, host: str, *, uri: str = "qemu:///system",
                 console_log=GUEST_RUN / f"{vm.name}.console", exec_socket=GUEST_RUN / f"{vm.name}.exec",
                 cmdline=guest_cmdline(vm.name, mac=vm.mac, ip4=str(vm.ip), echo_port=guests.ECHO_PORT),
                 domain_type="qemu", memory_mib=guests.MEMORY_MIB, uuid=vm.vm_id,
+                # QEMU 7.2 under TCG loses guest writes in a live move without it (docs/kvm.md)
+                emulator=GUEST_DIR / EMULATOR,
             )
             if guests.state(conn, vm.name) == "running":
                 continue
@@ -147,6 +156,7 @@ class VagrantLab:
         self.box_cache = box_cache
         self.topo_path = Path(topo_path).resolve() if topo_path else topology.default_topology_path()
         self.topo = topology.load(self.topo_path)
+        self.placement = {v.name: v.host for v in self.topo.vms}  # where each guest runs now
         self.steps: list[Step] = []
         from controller.lab.libvirtd import PrivateLibvirtd
 
@@ -167,6 +177,12 @@ class VagrantLab:
     def token_dir(self) -> Path:
         return self.root / "tokens"
 
+    @property
+    def migration_key(self) -> Path:
+        """The run's ssh key (made by ``prepare``): root on every host trusts it, which is how
+        libvirt on one host reaches another's for a live move (qemu+ssh)."""
+        return self.root / "migrate-key"
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
@@ -178,6 +194,7 @@ class VagrantLab:
             "VEIL_LIBVIRT_URI": self.libvirtd.uri,
             "VEIL_POOL": self.pool,
             "VEIL_TOKEN_DIR": str(self.token_dir),
+            "VEIL_MIGRATION_KEY": str(self.migration_key),
             "VEIL_TOPOLOGY": str(self.topo_path),
             "LIBVIRT_DEFAULT_URI": self.libvirtd.uri,
         }
@@ -218,6 +235,10 @@ class VagrantLab:
         with open(RUNS, "a") as runs:  # `down` without a root finds it there, even after a crash
             runs.write(f"{self.root}\n")
         self.token_dir.mkdir(exist_ok=True)
+        if not self.migration_key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                            f"veil lab {self.prefix} live moves", "-f", str(self.migration_key)],
+                           check=True, capture_output=True, timeout=60)
         t0 = time.monotonic()
         self.libvirtd.prepare()
         self.libvirtd.start()
@@ -247,11 +268,31 @@ class VagrantLab:
         return subprocess.run(["vagrant", "ssh", machine, "-c", command], cwd=VAGRANT_DIR, env=self.env(),
                               capture_output=True, text=True, timeout=timeout)
 
-    def guest_exec(self, vm: str, command: str) -> tuple[int, str]:
-        """``command`` in tenant guest ``vm``, through its hypervisor VM."""
-        host = next(v.host for v in self.topo.vms if v.name == vm)
-        proc = self.ssh(host, f"sudo /opt/veil/venv/bin/python -m controller.lab.vagrant exec {vm} '{command}'")
+    def guest_exec(self, vm: str, command: str, timeout: float = 300.0) -> tuple[int, str]:
+        """``command`` in tenant guest ``vm``, through the hypervisor VM it runs on now."""
+        proc = self.ssh(self.placement[vm], "sudo /opt/veil/venv/bin/python -m controller.lab.vagrant "
+                        f"exec --timeout {max(timeout - 10, 1):g} {vm} '{command}'", timeout=timeout)
         return proc.returncode, proc.stdout + proc.stderr
+
+    def migrate(self, vm: str, host: str) -> Migration:
+        """``virsh migrate --live`` of guest ``vm`` to ``host``: the source host's virsh reaches
+        the destination's libvirtd over qemu+ssh (the run's key), QEMU's stream goes over the
+        underlay to the destination's underlay address; libvirt runs veil's hook on both sides."""
+        from controller.lab.guests import Migration, parse_jobinfo
+
+        src = self.placement[vm]
+        if src == host:
+            raise RuntimeError(f"{vm} already runs on {host}")
+        dst_ip = str(next(h.underlay_ip for h in self.topo.hosts if h.name == host))
+        uri = f"qemu+ssh://root@{dst_ip}/system?keyfile={HOST_MIGRATION_KEY}&no_verify=1"
+        t0 = time.monotonic()
+        self._timed(f"live move {vm} {src} -> {host}", [
+            "vagrant", "ssh", src, "-c", f"sudo virsh migrate --live --persistent --undefinesource "
+            f"{vm} '{uri}' --migrateuri tcp:{dst_ip}"], MOVE_TIMEOUT)
+        seconds = time.monotonic() - t0
+        self.placement[vm] = host
+        info = self.ssh(host, f"sudo virsh domjobinfo --completed {vm}", timeout=120).stdout
+        return Migration(round(seconds, 1), parse_jobinfo(info), info)
 
     def down(self) -> list[str]:
         """Destroy every VM, then the networks, volumes, pool, box and daemons this run made;
@@ -332,10 +373,63 @@ def demo_checks(lab: VagrantLab) -> list[str]:
         rc, out = lab.guest_exec(src, f"ping -c 3 -W 2 {ip}; ip neigh show {ip}")
         mac = neighbour_mac(out, ip)
         ok = rc == 0 and " 0% packet loss" in out and mac == vms[dst].mac.lower()
-        lines.append(f"{src} ({vms[src].host}) -> {dst} {ip} ({vms[dst].host}): "
+        lines.append(f"{src} ({lab.placement[src]}) -> {dst} {ip} ({lab.placement[dst]}): "
                      f"{'ok' if ok else 'FAILED'}, answered by {mac} ({time.monotonic() - t0:.1f} s)")
         if not ok:
             raise RuntimeError("\n".join(lines) + f"\n{out}")
+    return lines
+
+
+def move_target(topo: Topology, vm: str, placement: Mapping[str, str]) -> str:
+    """Where the demo moves ``vm``: a host in another DC, one that runs no other VM of its
+    network if there is one (so that its traffic still crosses a tunnel after the move)."""
+    dc = {h.name: h.dc for h in topo.hosts}
+    here = placement[vm]
+    others = [h.name for h in topo.hosts if dc[h.name] != dc[here]]
+    if not others:
+        raise RuntimeError(f"no host outside {dc[here]} in the topology: nowhere to move {vm} to")
+    network = next(v.network for v in topo.vms if v.name == vm)
+    busy = {placement[v.name] for v in topo.vms if v.network == network and v.name != vm}
+    return next((h for h in others if h not in busy), others[0])
+
+
+def demo_moves(lab: VagrantLab) -> list[str]:
+    """The demo's live moves on the Vagrant lab: the first cross-DC guest moves to another DC and
+    back (``virsh migrate --live`` between the hosts' libvirtds) while its peer probes it every
+    10 ms. After each move it is the same running guest (a file it wrote before is still there)
+    and every cross-DC check of ``demo_checks`` passes again, isolation included. Returns the
+    lines of the report; raises on a failure."""
+    from controller.lab.probe import Probe
+
+    vm, prober = cross_dc_pairs(lab.topo)[0]
+    ip = str(next(v.ip.ip for v in lab.topo.vms if v.name == vm))
+    mark = secrets.token_hex(4)
+    rc, out = lab.guest_exec(vm, f"echo {mark} > /tmp/veil-live-move")
+    if rc != 0:
+        raise RuntimeError(f"{vm}: could not write its marker file: {out}")
+    t0 = time.monotonic()
+    lab.guest_exec(prober, "true")
+    lead = 2 * (time.monotonic() - t0) + 2.0  # the probe is running before the move starts
+    lines = []
+    for dst in (move_target(lab.topo, vm, lab.placement), lab.placement[vm]):
+        src = lab.placement[vm]
+        probe = Probe(lambda cmd, timeout: lab.guest_exec(prober, cmd, timeout)[1], ip,
+                      PROBE_SECONDS, PROBE_INTERVAL)
+        began = time.monotonic()
+        probe.start()
+        time.sleep(lead)
+        move = lab.migrate(vm, dst)
+        covered = time.monotonic() < began + PROBE_SECONDS
+        seen = probe.result()
+        rc, out = lab.guest_exec(vm, "cat /tmp/veil-live-move")
+        if rc != 0 or out.split() != [mark]:
+            raise RuntimeError(f"{vm} on {dst} is not the guest that moved (marker {mark!r}): {out}")
+        outage = (f"outage seen by {prober}'s 10 ms probe {seen.outage_ms} ms "
+                  f"({seen.sent - seen.received} of {seen.sent} echoes lost)" if covered else
+                  f"the move outlasted {prober}'s {PROBE_SECONDS:.0f} s probe (outage not measured)")
+        lines.append(f"{vm} {src} -> {dst}: live, virsh migrate {move.seconds:.1f} s, QEMU downtime "
+                     f"{move.downtime_ms} ms; {outage}")
+        lines += [f"  {line}" for line in demo_checks(lab)]
     return lines
 
 
@@ -350,12 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("exec", help="(host VM) a command in one of this host's tenant guests")
     p.add_argument("vm")
     p.add_argument("command")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds the command may run")
     for verb in ("up", "demo"):
         p = sub.add_parser(verb, help=f"(machine) {verb}: a fresh lab run under --base")
         p.add_argument("--base", type=Path, default=Path("/tmp"))
         p.add_argument("--head", default=os.environ.get("VEIL_NAME_HEAD", "vg"))
         p.add_argument("--keep", action="store_true", help="leave the lab up (`down` removes it)")
         p.add_argument("--topology", type=Path, default=None, help="default: the two-DC lab")
+        p.add_argument("--no-migrate", action="store_true",
+                       help="(demo) leave out the live moves of a guest to the other DC and back")
     p = sub.add_parser("down", help="(machine) remove lab runs left up (--keep, a crash)")
     p.add_argument("root", type=Path, nargs="*", help=f"default: every run listed in {RUNS}")
     args = parser.parse_args(argv)
@@ -367,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"guest {name} up")
         return 0
     if args.verb == "exec":
-        rc, out = guest_exec(args.vm, args.command)
+        rc, out = guest_exec(args.vm, args.command, args.timeout)
         sys.stdout.write(out)
         return rc
     if args.verb == "down":
@@ -386,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "demo":
             for line in demo_checks(lab):
                 print(line)
+            if not args.no_migrate:
+                for line in demo_moves(lab):
+                    print(line)
     finally:
         for step in lab.steps:
             print(f"  {step.seconds:7.1f} s  {step.what}")

@@ -11,6 +11,16 @@ if [ ! -e /etc/veil/pki/host-cert.pem ]; then
   "$veil/veil" join --controller "ssl:$CONTROLLER_IP:6641" --token "$TOKEN" --pki-dir /etc/veil/pki \
     --system-id "$SYSTEM_ID" --underlay-ip "$UNDERLAY_IP" --tunnel-types "$TUNNEL"
 fi
+# live moves: the run's key (uploaded by the Vagrantfile) lets libvirt on another host reach this
+# one's as root over qemu+ssh (virsh migrate --live); the stream itself goes over the underlay
+if [ -f /tmp/veil-migrate-key ]; then
+  install -d -m 700 /root/.ssh
+  install -m 600 /tmp/veil-migrate-key /root/.ssh/veil-migrate
+  pub=$(cat /tmp/veil-migrate-key.pub)
+  grep -qxF "$pub" /root/.ssh/authorized_keys 2>/dev/null || echo "$pub" >> /root/.ssh/authorized_keys
+  chmod 600 /root/.ssh/authorized_keys
+  rm -f /tmp/veil-migrate-key /tmp/veil-migrate-key.pub
+fi
 # nested guests: qemu as root, no confinement (a lab VM; the guests' files are under /var/lib/veil-lab)
 cat > /etc/libvirt/qemu.conf <<'CONF'
 user = "root"

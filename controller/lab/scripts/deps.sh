@@ -27,7 +27,7 @@ say() { printf '[deps] %s\n' "$*"; }
 declare -A pkgs
 pkgs[base]="openvswitch-switch openvswitch-common iproute2 iputils-ping iputils-arping iptables iperf3 ethtool tcpdump procps psmisc python3 python3-venv python3-pip rpm systemd"
 pkgs[libvirt]="libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config gcc libc6-dev python3-dev qemu-system-x86 libxml2-utils netcat-openbsd"
-pkgs[vagrant]="vagrant vagrant-libvirt debootstrap qemu-utils dnsmasq-base"
+pkgs[vagrant]="vagrant vagrant-libvirt debootstrap qemu-utils dnsmasq-base openssh-client"
 pkgs[ovn]="ovn-central ovn-host"
 pkgs[browser]="chromium"
 
