@@ -255,6 +255,24 @@ def tenant_mismatch(b: Binding, net: Network) -> str | None:
             f"(its tenant is {net.tenant!r})")
 
 
+def unforwardable(b: Binding, networks: Mapping[str, Network], hosts: Mapping[str, Host]
+                  ) -> str | None:
+    """Why ``b`` cannot be forwarded to at all (None: it can): the one list of those reasons,
+    which ``placement`` and the incremental engine both report (`veil status`' ignored VIFs)."""
+    net = networks.get(b.network)
+    if net is None:
+        return f"veil-network {b.network!r} is not declared"
+    if (why := tenant_mismatch(b, net)) is not None:
+        return why
+    if b.host not in hosts:
+        return f"host {b.host!r} has not joined"
+    if not b.active:
+        return "iface-status is not active"
+    if b.ofport <= 0:
+        return "no ofport yet"
+    return None
+
+
 def is_migration_twin(chosen: Binding, other: Binding) -> bool:
     """Two live bindings of one iface-id are the halves of a live migration only if they
     also agree on network and MAC: a port that reuses a VIF's iface-id in another network
@@ -288,16 +306,8 @@ def placement(state: State) -> Placement:
     by_iface: dict[str, list[Binding]] = {}
     ignored: list[tuple[Binding, str]] = []
     for b in state.bindings:
-        if b.network not in state.networks:
-            ignored.append((b, f"veil-network {b.network!r} is not declared"))
-        elif (why := tenant_mismatch(b, state.networks[b.network])) is not None:
+        if (why := unforwardable(b, state.networks, state.hosts)) is not None:
             ignored.append((b, why))
-        elif b.host not in state.hosts:
-            ignored.append((b, f"host {b.host!r} has not joined"))
-        elif not b.active:
-            ignored.append((b, "iface-status is not active"))
-        elif b.ofport <= 0:
-            ignored.append((b, "no ofport yet"))
         else:
             by_iface.setdefault(b.iface_id, []).append(b)
     active: dict[str, Binding] = {}

@@ -47,7 +47,7 @@ from controller.core.model import (
     TunnelType,
     is_migration_twin,
     not_a_migration,
-    tenant_mismatch,
+    unforwardable,
 )
 
 
@@ -337,16 +337,8 @@ class Engine:
         out: list[tuple[Binding, str]] = []
         cands: list[Binding] = []
         for b in sorted(self._bindings.get(iface, ()), key=lambda b: (b.host, b.ofport)):
-            if b.network not in self.networks:
-                out.append((b, f"veil-network {b.network!r} is not declared"))
-            elif (why := tenant_mismatch(b, self.networks[b.network])) is not None:
+            if (why := unforwardable(b, self.networks, self.hosts)) is not None:
                 out.append((b, why))
-            elif b.host not in self.hosts:
-                out.append((b, f"host {b.host!r} has not joined"))
-            elif not b.active:
-                out.append((b, "iface-status is not active"))
-            elif b.ofport <= 0:
-                out.append((b, "no ofport yet"))
             else:
                 cands.append(b)
         chosen = self._chosen.get(iface)
@@ -518,9 +510,7 @@ class Engine:
     def _eligible(self, iface: str) -> list[Binding]:
         """The bindings placement may forward to, in State.build's order."""
         return sorted((b for b in self._bindings.get(iface, ())
-                       if b.network in self.networks and b.host in self.hosts and b.active
-                       and b.ofport > 0
-                       and tenant_mismatch(b, self.networks[b.network]) is None),
+                       if unforwardable(b, self.networks, self.hosts) is None),
                       key=lambda b: (b.host, b.ofport))
 
     def _choose(self, iface: str) -> Binding | None:
