@@ -422,7 +422,8 @@ class Controller:
         # only by the instance that programs its host. During a takeover two instances may
         # both believe so for a moment: the later insert is refused (WriteRaced), the row is
         # the other's, and this round goes on (its engine step is taken: it must be programmed).
-        mine = frozenset(self.ownership.owned(self.clock()))
+        owned = self.ownership.owned(self.clock())  # one reading for the whole round
+        mine = frozenset(owned)
         store = self.store
         if step.seen_set or step.seen_drop:
             self._durable("FirstSeen", lambda: store.update_first_seen(
@@ -455,7 +456,6 @@ class Controller:
         if state is not None:
             self.reactive.prune(state)  # (before programming: a moved VM's old host gets
             # nothing more from an entry)
-        owned = self.ownership.owned(self.clock())
         if full or owned != self._last_owned:
             for host, link in self.links.items():
                 if host not in owned:
