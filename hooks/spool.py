@@ -50,8 +50,12 @@ if TYPE_CHECKING:
 
 
 __all__ = ["Spool", "SpoolError", "PlugEvent", "UnplugEvent", "UnplugVmEvent", "submit", "drain", "in_order",
-           "apply_event"]
+           "apply_event", "HOOK_LOCK_WAIT"]
 SUFFIX = ".json"
+# Seconds a hook (qemu hook, vif-hotplug) waits for the apply lock before spooling behind its
+# holder: another hook or the host daemon's pass holds it for its own OVSDB writes, a few
+# milliseconds; spooling behind that would leave the VIF unregistered until veil-hostd drains.
+HOOK_LOCK_WAIT = 0.5
 MAX_EVENT_BYTES = 1 << 20
 
 

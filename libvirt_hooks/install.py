@@ -30,7 +30,8 @@ from pathlib import Path
 
 import hooks
 from hooks import contract, hostguard, units
-from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, HANDLED, LOCK_WAIT, MAX_TIMEOUT, HookConfig
+from hooks.spool import HOOK_LOCK_WAIT
+from libvirt_hooks.qemu_hook import DEFAULT_CONFIG, HANDLED, MAX_TIMEOUT, HookConfig
 from libvirt_hooks.service import DEFAULT_SOCKET
 
 HOOK_NAME = "50-veil"
@@ -184,7 +185,7 @@ def forward_timeout(cfg: HookConfig) -> int:
     """Seconds of silence after which the sh hook stops waiting for the hook service and runs
     the Python hook itself: above what a healthy in-process call can take (two OVSDB
     timeouts and the spool lock wait), so only a hung or stuck veil-hostd hits it."""
-    return math.ceil(2 * cfg.timeout + LOCK_WAIT + 1)  # nc -w takes whole seconds
+    return math.ceil(2 * cfg.timeout + HOOK_LOCK_WAIT + 1)  # nc -w takes whole seconds
 
 
 def install(root: Path, cfg: HookConfig, *, layout: str = "auto", python: str = sys.executable,

@@ -73,7 +73,6 @@ class ConfigError(ValueError):
 MAX_CONFIG_BYTES = 65536
 MAX_TIMEOUT = 60.0  # libvirt waits for the hook without a timeout: a VM start must not
 MIN_XML_BYTES, MAX_XML_LIMIT = 4096, 64 << 20
-LOCK_WAIT = 0.5  # seconds a hook waits for the spool's apply lock before spooling behind its holder
 
 
 class HookConfig:
@@ -271,14 +270,14 @@ def run(op: str, sub: str, xml: bytes, cfg: HookConfig) -> Outcome:
 
 def _submit(cfg: HookConfig, events: list[PlugEvent] | list[UnplugVmEvent], out: Outcome, done: str) -> None:
     from hooks.ovsdb.rpc import RpcRegistrar
-    from hooks.spool import Spool, submit
+    from hooks.spool import HOOK_LOCK_WAIT, Spool, submit
 
     registrar = RpcRegistrar(cfg.db, bridge=cfg.bridge, timeout=cfg.timeout)
     try:
         # Another hook (a VM starting at the same time) holds the apply lock only for its own
         # write: wait for it rather than spool behind it; veil-hostd draining a backlog is
         # waited for as long, then spooled behind.
-        result = submit(Spool(cfg.spool), registrar, events, lock_wait=min(LOCK_WAIT, cfg.timeout))
+        result = submit(Spool(cfg.spool), registrar, events, lock_wait=min(HOOK_LOCK_WAIT, cfg.timeout))
     finally:
         registrar.close()
     out.notes.extend(registrar.took_over)  # stale rows of VMs gone (one line each, naming them)

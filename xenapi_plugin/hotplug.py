@@ -33,7 +33,7 @@ from hooks import contract
 from hooks.errors import PlugRejected, RegistrarError, VifError, one_line
 from hooks.ovsdb.rpc import RpcRegistrar, map_of, ovs_map, scalar
 from hooks.plugspec import device_gone
-from hooks.spool import PlugEvent, Spool, SpoolError, UnplugEvent, submit
+from hooks.spool import HOOK_LOCK_WAIT, PlugEvent, Spool, SpoolError, UnplugEvent, submit
 from xenapi_plugin import config, desired, model
 from xenapi_plugin.xapi import login
 
@@ -125,7 +125,9 @@ def remove(cfg: "config.XenConfig", vif_uuid: str) -> "Result":
 def _submit(cfg: "config.XenConfig", events: "Sequence[PlugEvent | UnplugEvent]") -> "Result":
     store = RpcRegistrar(cfg.ovsdb, bridge=cfg.bridge)
     try:
-        outcome = submit(Spool(cfg.spool), store, events)
+        # veil-xapi-sync's pass holds the apply lock for its own OVSDB writes (it reacts to the
+        # same plug): wait for it, as the qemu hook does, rather than spool behind it.
+        outcome = submit(Spool(cfg.spool), store, events, lock_wait=HOOK_LOCK_WAIT)
     except SpoolError as exc:
         raise HookProblem(f"spool {cfg.spool} unusable: {exc}") from None
     finally:

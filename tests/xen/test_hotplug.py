@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from controller.lab import netns
 from hooks.registrar import Registrar
 from hooks.spool import Spool, UnplugEvent, drain
+from tests.support.poll import until
 from tests.support.xapi_sim import XapiSim
 from tests.support.dom0_python import install_dom0
 from tests.support.xen import Host, interfaces, simulated_host, simulated_xapi, vif_script
@@ -158,6 +160,34 @@ def test_an_event_behind_spooled_ones_is_spooled_in_order_and_applied_by_the_dra
     assert spool.pending() == []
     row = interfaces(dom0.host.ovs)["vif6.0"]
     assert (row["iface-id"], row["veil-network"], row["iface-status"]) == (vif_uuid, "blue", "active")
+
+
+def test_a_lock_held_for_a_pass_is_waited_for_a_lock_held_long_spools(dom0: Dom0) -> None:
+    """veil-xapi-sync reacts to the same plug and holds the apply lock for its own writes: the
+    hook waits (HOOK_LOCK_WAIT) for it and registers directly; a holder that stays longer
+    (veil-hostd draining a backlog) is spooled behind, and nothing is lost."""
+    vm_uuid, vif_uuid = dom0.vm_with_vif(7)
+    spool = Spool(str(dom0.spool))
+    with spool.apply_lock():
+        hook = subprocess.Popen([str(dom0.hook), "-action", "online", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dom0.env)
+        lock_file = os.path.realpath(os.path.join(dom0.spool, ".apply.lock"))
+
+        def trying_the_lock() -> bool:
+            assert hook.poll() is None, f"the hook ended without waiting: {hook.communicate()}"
+            fds = f"/proc/{hook.pid}/fd"
+            return any(os.path.realpath(f"{fds}/{fd}") == lock_file for fd in os.listdir(fds))
+
+        until("the hook has the lock file open (it is trying the lock)", trying_the_lock)
+        time.sleep(0.1)  # the holder's pass goes on a while, the hook keeps trying
+    _, stderr = hook.communicate(timeout=60)
+    assert (hook.returncode, stderr) == (0, ""), "a short pass is waited for, not spooled behind"
+    assert interfaces(dom0.host.ovs)["vif7.0"]["iface-id"] == vif_uuid and spool.pending() == []
+
+    with spool.apply_lock():
+        proc = dom0.run("-action", "remove", "-vifuuid", vif_uuid, "-vmuuid", vm_uuid)
+    assert proc.returncode == 0 and "held the spool's apply lock" in proc.stderr, proc.stderr
+    assert len(spool.pending()) == 1, "the remove waits in the spool for veil-hostd"
 
 
 def test_emulated_tap_and_vif_both_registered_tap_active(dom0: Dom0) -> None:
