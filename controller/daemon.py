@@ -29,7 +29,7 @@ from controller.northbound import pki as P
 from controller.northbound.pki import PkiError
 from controller.ownership import LEASE_TTL
 from controller.reactive import IDLE_TIMEOUT
-from controller.service import Controller
+from controller.service import AUDIT_EVERY, Controller
 from controller.northbound.store import StoreServer
 from controller.southbound import tls
 from hooks import logjson
@@ -93,7 +93,11 @@ def parser() -> argparse.ArgumentParser:
                    help="extra remote for the embedded database (e.g. ptcp:6641:IP)")
     p.add_argument("--config", type=config_path, help="tenants/networks file, reloaded on change")
     p.add_argument("--resync", type=seconds(0.1, 3600.0), default=5.0,
-                   help="seconds between safety reconciliations when nothing happens")
+                   help="seconds between rounds when nothing happens (retries, hosts behind)")
+    p.add_argument("--audit", type=seconds(0.1, 86400.0), default=AUDIT_EVERY,
+                   help="seconds between audits: every switch's flows re-dumped and every view "
+                   f"re-read, a flow changed behind veil's back put back (default {AUDIT_EVERY:g}; "
+                   "at least --resync)")
     p.add_argument("--reactive-idle", type=seconds(1, 65535), default=IDLE_TIMEOUT,
                    metavar="SECONDS", help="a reactive network's path goes after this many "
                    f"seconds without a packet (default {IDLE_TIMEOUT}; docs/reactive.md)")
@@ -125,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError, PkiError) as exc:  # not a dependency away
         sys.stderr.write(f"veil-controller: cannot start: {' '.join(str(exc).split())}\n")
         return 1
-    ctl = Controller(remote, args.config, resync_every=args.resync, instance=args.instance,
+    ctl = Controller(remote, args.config, resync_every=args.resync, audit_every=args.audit,
+                     instance=args.instance,
                      lease_ttl=args.lease_ttl, reactive_idle=int(args.reactive_idle))
     done = threading.Event()
     ctl_socket = _control_socket(args, ctl)

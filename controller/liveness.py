@@ -38,7 +38,10 @@ LOG = logging.getLogger("veil.liveness")
 LOCK_PREFIX: Final = "veil_instance_"
 SETTLE: Final = 2.0  # a watcher connection this old: its grants are believed
 REARM: Final = 6.0  # after a dropped or acted-on grant, ask again this much later
-POLL: Final = 0.05  # how often the lock states are read (attribute reads: no I/O)
+POLL: Final = 0.05  # how often the lock states are read while watching (attribute reads: no I/O)
+# With nobody to watch (a lone instance) the thread sleeps until ``watch`` names someone: a
+# 20 Hz loop over nothing was a lone controller's largest idle cost after the leases.
+IDLE_WAIT: Final = 5.0
 RETRY: Final = Backoff(initial=0.5, maximum=5.0)
 # the smallest mirror a connection can have: one column of a one-row table that hardly ever
 # changes and has no index (ovsdbapp indexes a table's index columns, which must then be
@@ -97,12 +100,16 @@ class Liveness:
         self._wanted: frozenset[str] = frozenset()
         self._mutex = threading.Lock()
         self._stop = threading.Event()
+        self._wanted_changed = threading.Event()
         self._thread: threading.Thread | None = None
 
     def watch(self, instances: Iterable[str]) -> None:
         """Watch exactly these instances (this one's own name is never watched)."""
+        wanted = frozenset(instances) - {self.me}
         with self._mutex:
-            self._wanted = frozenset(instances) - {self.me}
+            changed, self._wanted = wanted != self._wanted, wanted
+        if changed:
+            self._wanted_changed.set()
 
     def watching(self) -> frozenset[str]:
         """The instances whose death would be known at once now: a settled watch of each waits
@@ -122,6 +129,7 @@ class Liveness:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wanted_changed.set()
         if self._thread is not None:
             self._thread.join(2.0)
         for api in [self._own, *(w.api for w in self._watches.values())]:
@@ -140,7 +148,13 @@ class Liveness:
             try:
                 self.step(self.clock())
                 failures = 0
-                self._stop.wait(POLL)
+                with self._mutex:
+                    idle = not self._wanted and not self._watches
+                if idle:
+                    self._wanted_changed.wait(IDLE_WAIT)
+                    self._wanted_changed.clear()
+                else:
+                    self._stop.wait(POLL)
             except OvsdbUnreachable as exc:
                 failures += 1
                 LOG.info("liveness locks: the veil database at %s (%s)", self.remote, exc.why)

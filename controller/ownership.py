@@ -2,10 +2,15 @@
 
 Several controller instances may run at once (on a clustered veil database,
 northbound/cluster.py); each host is programmed by exactly one of them at a time. Ownership is
-a ``Lease`` row per host: its owner (an instance name), an expiry time and a generation. The
-instance renews its leases every ``ttl / 3`` seconds and takes a host whose lease is missing
-or expired, in one compare-and-set transaction (every lease row it writes is verified: of two
-instances racing for a host, one commit wins and the other re-plans on the fresh rows).
+a ``Lease`` row per host (its owner, an instance name, and a generation) and an ``Instance``
+row per instance (its expiry). A host's lease is live while its owner's ``Instance`` row has
+not expired. Each instance renews its one ``Instance`` row every ``ttl / 3`` seconds and takes a
+host whose lease is missing or whose owner expired, in one compare-and-set transaction (the
+lease rows it holds or takes are verified: of two instances racing for a host, one commit wins
+and the other re-plans on the fresh rows). Why one expiry per instance, not per host: a renewal
+then writes one row whatever the fabric's size; with an expiry per host every idle second cost
+a write of every host's row and its update to every monitor (measured: 1% of a core at 32
+hosts, growing with N), and an idle controller's cost must not grow with the fabric.
 
 Why a generation: it is the OpenFlow role generation id (OFPT_ROLE_REQUEST, OpenFlow 1.4
 section 6.3.6) the owner sends with its MASTER request on the host's switch. Every takeover
@@ -23,7 +28,7 @@ margin only shortens the gap before a takeover; the generation ids still fence.
 Cost (stated in docs/controller.md): a host whose owner dies goes unprogrammed until the
 survivors learn of it: at once when the database server sees the owner's connection close
 (its OVSDB liveness lock passes to a survivor, controller/liveness.py: a killed process), else
-(a partition) when its lease expires (at most ``ttl``) plus the survivor's next renewal tick
+(a partition) when its ``Instance`` row expires (at most ``ttl``) plus the survivor's next renewal tick
 (``ttl / 3``); plus one round.
 A restarted instance of the same name takes its own leases back at once (a new generation).
 """
@@ -45,11 +50,13 @@ from ovsdbapp import exceptions as ovsdbapp_exceptions
 
 LOG = logging.getLogger("veil.ownership")
 TABLE: Final = "Lease"
+INSTANCES: Final = "Instance"
 LEASE_TTL: Final = 3.0  # seconds a lease lasts unless renewed
 # The leases' own database connection: python-ovs commits block its connection thread, with
 # the IDL's lock held, until the server answers (ovsdbapp's timeout only ends the caller's
 # wait), so a renewal to a silent database must never hold up the controller's reads.
-COLUMNS: Final = {TABLE: ("host", "owner", "generation", "expires"), "Host": ("system_id",)}
+COLUMNS: Final = {TABLE: ("host", "owner", "generation"), INSTANCES: ("name", "expires"),
+                  "Host": ("system_id",)}
 RETRY: Final = Backoff(initial=0.5, maximum=5.0)
 MARGIN: Final = 0.5  # the holder stops this long before its lease's expiry (clock skew)
 
@@ -67,30 +74,42 @@ class Lease:
     host: str
     owner: str
     generation: int
-    expires: float  # wall-clock seconds (time.time()) of the writer; stored in milliseconds
-    # (an integer: OVSDB writes reals with 15 digits, so a real column would not compare equal
-    # to what python wrote, and every compare-and-set on it would fail)
 
 
-def plan(leases: Mapping[str, Lease], hosts: Iterable[str], me: str, held: Iterable[str],
-         now: float, ttl: float, gone: Iterable[str] = ()) -> dict[str, Lease]:
-    """The leases instance ``me`` writes now (pure): its own renewed, and every host whose
-    lease is missing or expired, or held by an instance known to be ``gone``
-    (controller/liveness.py), taken with the next generation. ``held`` are the hosts this
-    process holds already (a lease named ``me`` that it does not hold is a previous process of
-    the same name: taken back with a new generation, so its switch sessions are fenced too)."""
+@dataclass(frozen=True)
+class Plan:
+    """What instance ``me`` holds once its renewal commits: ``keep``, hosts already its own
+    (their rows verified, not written), and ``take``, the rows it writes (a new generation)."""
+
+    keep: Mapping[str, int]
+    take: Mapping[str, Lease]
+
+    def generations(self) -> dict[str, int]:
+        return {**self.keep, **{h: lease.generation for h, lease in self.take.items()}}
+
+
+def plan(leases: Mapping[str, Lease], expiries: Mapping[str, float], hosts: Iterable[str],
+         me: str, held: Iterable[str], now: float, gone: Iterable[str] = ()) -> Plan:
+    """What instance ``me`` holds and takes now (pure). ``expiries``: every instance's expiry
+    (its ``Instance`` row, wall-clock seconds). A host is taken, with the next generation, when
+    its lease is missing, its owner has no live expiry, or its owner is known to be ``gone``
+    (controller/liveness.py). ``held`` are the hosts this process holds already (a lease named
+    ``me`` that it does not hold is a previous process of the same name: taken back with a new
+    generation, so its switch sessions are fenced too)."""
     mine = set(held)
     dead = set(gone) - {me}
-    out: dict[str, Lease] = {}
+    keep: dict[str, int] = {}
+    take: dict[str, Lease] = {}
     for host in sorted(set(hosts)):
         lease = leases.get(host)
         if lease is None:
-            out[host] = Lease(host, me, 1, now + ttl)
+            take[host] = Lease(host, me, 1)
         elif lease.owner == me and host in mine:
-            out[host] = Lease(host, me, lease.generation, now + ttl)
-        elif lease.owner == me or lease.expires <= now or lease.owner in dead:
-            out[host] = Lease(host, me, lease.generation + 1, now + ttl)
-    return out
+            keep[host] = lease.generation
+        elif (lease.owner == me or expiries.get(lease.owner, 0.0) <= now
+              or lease.owner in dead):
+            take[host] = Lease(host, me, lease.generation + 1)
+    return Plan(keep, take)
 
 
 @dataclass(frozen=True)
@@ -229,16 +248,29 @@ class Ownership:
 
     def _write(self, api: Any, txn: Any, held: set[str], gone: set[str]
                ) -> tuple[float, dict[str, int], frozenset[str]]:
-        """The lease rows written in ``txn`` (run when the transaction is made, which may be
-        long after ``renew`` asked for it: ``now`` is read here), and every lease owner after it."""
+        """This instance's expiry and the lease rows it takes, written in ``txn`` (run when the
+        transaction is made, which may be long after ``renew`` asked for it: ``now`` is read
+        here); what it holds then, and every lease owner after it. The expiry is integer
+        milliseconds: OVSDB writes reals with 15 digits, so a real would not compare equal to
+        what python wrote."""
         now = self.clock()
         rows = {r.host: r for r in api.tables[TABLE].rows.values()}
-        leases = {h: Lease(h, r.owner, r.generation, r.expires / 1000) for h, r in rows.items()}
+        leases = {h: Lease(h, r.owner, r.generation) for h, r in rows.items()}
+        instances = {r.name: r for r in api.tables[INSTANCES].rows.values()}
+        expiries = {name: r.expires / 1000 for name, r in instances.items()}
         hosts = [r.system_id for r in api.tables["Host"].rows.values()]
-        want = plan(leases, hosts, self.me, held, now, self.ttl, gone)
-        owners = frozenset({l.owner for h, l in leases.items() if h not in want}
-                           | {l.owner for l in want.values()})
-        for host, lease in want.items():
+        p = plan(leases, expiries, hosts, self.me, held, now, gone)
+        owners = frozenset({l.owner for h, l in leases.items() if h not in p.take}
+                           | {l.owner for l in p.take.values()})
+        mine = instances.get(self.me)
+        if mine is None:
+            mine = txn.insert(api.tables[INSTANCES])
+            mine.name = self.me
+        mine.expires = int((now + self.ttl) * 1000)
+        for host in p.keep:  # (not written: a rival's takeover meanwhile fails this commit)
+            rows[host].verify("owner")
+            rows[host].verify("generation")
+        for host, lease in p.take.items():
             row = rows.get(host)
             if row is None:
                 row = txn.insert(api.tables[TABLE])
@@ -246,10 +278,8 @@ class Ownership:
             else:
                 row.verify("owner")
                 row.verify("generation")
-                row.verify("expires")
             row.owner, row.generation = lease.owner, lease.generation
-            row.expires = int(lease.expires * 1000)
-        return now, {h: lease.generation for h, lease in want.items()}, owners
+        return now, p.generations(), owners
 
     def _say(self, waiting: str | None) -> None:
         if waiting != self.waiting:

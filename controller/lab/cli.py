@@ -236,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="measure veil side by side with OVN and plain OVS (docs/benchmarks.md)")
     bn.add_argument("--out", default="docs/bench", help="where results.json, results.md and the plots go")
     bn.add_argument("--quick", action="store_true", help="few repetitions and a small fabric (a smoke run)")
-    bn.add_argument("--only", help="comma list of 1, lab, 2, 3c, 4, 5, reactive, failover, fabric (default: all but fabric; 2: figure 2 alone, veil over TLS and plaintext; 3c: real guests moved live; fabric: the 3x3 fabric against STP/RSTP, docs/fabric.md)")
+    bn.add_argument("--only", help="comma list of 1, lab, 2, 3c, 4, 5, reactive, failover, scale, fabric (default: all but fabric; scale: real OVS at 8, 32, 64 hosts, veil and OVN; 2: figure 2 alone, veil over TLS and plaintext; 3c: real guests moved live; fabric: the 3x3 fabric against STP/RSTP, docs/fabric.md)")
     bn.add_argument("--reps", type=int, help="repetitions of figure 2 (default 20)")
     bn.set_defaults(func=cmd_bench)
     return clihelp.document(p)

@@ -87,7 +87,7 @@ class HaRun:
         argv = [sys.executable, "-m", "controller.daemon", "--config", str(self.config),
                 "--db", self.db_remote(i), "--insecure", "--instance", self.names[i],
                 "--lease-ttl", f"{self.lease_ttl:g}", "--resync", f"{self.resync:g}",
-                "--control", str(self.control_socket(i))]
+                "--audit", f"{self.resync:g}", "--control", str(self.control_socket(i))]
         with open(self.log(i), "ab") as log:
             self.procs[i] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                              start_new_session=True,

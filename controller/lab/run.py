@@ -77,9 +77,12 @@ class LabController:
     """veil (its database and `veil-controller`) run for one lab, as an operator would run it."""
 
     def __init__(self, lab: Lab, resync: float = LAB_RESYNC, tls: bool = True,
-                 reactive_idle: int | None = None) -> None:
+                 reactive_idle: int | None = None, audit: float | None = None) -> None:
+        """``audit``: seconds between audits (None: every quiet period, as the lab's tests
+        that change flows behind veil's back want; the daemon's own default is rarer)."""
         self.lab = lab
         self.resync = resync
+        self.audit = resync if audit is None else audit
         self.reactive_idle = reactive_idle
         self.tls = tls
         self.joined = False
@@ -137,7 +140,8 @@ class LabController:
         in the controller's namespace, with its embedded database, relay and enrollment,
         returning once they listen (the first start then joins every host)."""
         argv = [sys.executable, "-m", "controller.daemon", "--config", str(self.config),
-                "--resync", f"{self.resync:g}", "--control", str(self.control_socket)]
+                "--resync", f"{self.resync:g}", "--audit", f"{self.audit:g}",
+                "--control", str(self.control_socket)]
         if self.reactive_idle is not None:
             argv += ["--reactive-idle", str(self.reactive_idle)]
         if self.tls:
@@ -227,11 +231,12 @@ class LabController:
 
 
 def run_for_lab(lab: Lab, resync: float = LAB_RESYNC, tls: bool = True,
-                reactive_idle: int | None = None) -> LabController:
+                reactive_idle: int | None = None, audit: float | None = None) -> LabController:
     """Start the controller for a lab that is up; returns its handle (call ``stop()``).
     ``tls=False``: the plaintext lab over unix sockets (for comparisons); ``reactive_idle``:
-    the reactive paths' idle timeout (the controller's default when None)."""
-    ctl = LabController(lab, resync, tls, reactive_idle)
+    the reactive paths' idle timeout (the controller's default when None); ``audit``: see
+    ``LabController``."""
+    ctl = LabController(lab, resync, tls, reactive_idle, audit)
     try:
         ctl.setup()
         ctl.start()

@@ -48,6 +48,7 @@ from typing import Any, Final, TypeVar
 
 from hooks import cliargs
 from hooks.ovsdb import connect as ovsdb
+from ovsdbapp import exceptions as ovsdbapp_exceptions
 from controller.core.seen import SeenKey
 from controller.core.model import (
     Host,
@@ -71,6 +72,7 @@ GLOBAL: Final = "Veil_Global"
 PROBE_MS: Final = 2000  # the veil database connection's inactivity probe (hooks/ovsdb/connect)
 TABLES: Final = ("Tenant", "Network", "Host", "Claim", "FirstSeen", GLOBAL)  # (not Lease:
 # controller/ownership.py watches it on a connection of its own)
+JOIN_TIMEOUT: Final = 60.0  # seconds a host's join retries its Host row write
 
 
 class DbFiles:
@@ -711,8 +713,28 @@ class Store:
             raise InvalidState(f"network {name}: no such network")
         self.api.db_destroy("Network", row).execute(check_error=True)
 
-    def join(self, rec: HostRecord) -> None:
-        """Insert or update the host's row (a re-join updates remotes and underlay IP)."""
+    def join(self, rec: HostRecord, timeout: float = JOIN_TIMEOUT) -> None:
+        """Insert or update the host's row (a re-join updates remotes and underlay IP).
+
+        A write the database did not answer within ovsdbapp's timeout (a fleet joining at once
+        on a loaded server: 2 of 32 lab hosts so) is tried again until ``timeout``: the write is
+        idempotent, and an insert refused because the timed-out one committed after all is
+        followed by an update of the row it made."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._join_once(rec)
+                return
+            except ovsdbapp_exceptions.TimeoutException:
+                if time.monotonic() > deadline:
+                    raise
+            except RuntimeError as exc:
+                # (a unique-index refusal of our insert: the timed-out insert committed)
+                if "constraint violation" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
+    def _join_once(self, rec: HostRecord) -> None:
         cols = dict(system_id=rec.host.system_id, underlay_ip=str(rec.host.underlay_ip),
                     tunnel_types=",".join(rec.host.tunnel_types), ovsdb=rec.ovsdb,
                     openflow=rec.openflow)

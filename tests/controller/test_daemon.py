@@ -19,14 +19,15 @@ from hooks import contract, hostd
 from tests.support.poll import cpu_seconds, until
 
 
+@pytest.mark.parametrize("flag", ["--resync", "--audit"])
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e300", "soon"])
-def test_resync_must_be_a_sane_number_of_seconds(
-        value: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resync_and_audit_must_be_sane_numbers_of_seconds(
+        flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        daemon.main(["--db", "unix:/nowhere", "--resync", value])
+        daemon.main(["--db", "unix:/nowhere", flag, value])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--resync" in err and "seconds" in err
+    assert err.count("\n") == 1 and flag in err and "seconds" in err
 
 
 @pytest.mark.parametrize("argv", [

@@ -4,7 +4,10 @@ cases are plain values: the lease rows as read, the instance, the time."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import time
 
 import pytest
 from ovsdbapp import exceptions as ovsdbapp_exceptions
@@ -15,42 +18,49 @@ from controller.service import _database_away
 from hooks.ovsdb import connect as ovsdb
 from tests.support.poll import until
 from controller.liveness import SETTLE, Verdict, decide, lock_name
-from controller.ownership import Held, Lease, plan
-
-TTL = 3.0
-
+from controller.ownership import Held, Lease, Ownership, Plan, plan
 
 def test_a_free_host_is_taken_with_generation_one() -> None:
-    assert plan({}, ["h1"], "a", (), 100.0, TTL) == {"h1": Lease("h1", "a", 1, 103.0)}
+    p = plan({}, {}, ["h1"], "a", (), 100.0)
+    assert p == Plan(keep={}, take={"h1": Lease("h1", "a", 1)})
+    assert p.generations() == {"h1": 1}
 
 
-def test_the_holder_renews_and_keeps_its_generation() -> None:
-    leases = {"h1": Lease("h1", "a", 4, 101.0)}
-    assert plan(leases, ["h1"], "a", {"h1"}, 100.0, TTL) == {"h1": Lease("h1", "a", 4, 103.0)}
+def test_the_holder_keeps_its_generation_and_writes_no_host_row() -> None:
+    # a renewal writes the instance's one expiry, whatever the number of hosts it holds
+    leases = {f"h{i}": Lease(f"h{i}", "a", 4) for i in range(100)}
+    p = plan(leases, {"a": 101.0}, list(leases), "a", set(leases), 100.0)
+    assert p.take == {}
+    assert p.generations() == {h: 4 for h in leases}
 
 
 def test_a_live_lease_of_another_instance_is_left_alone() -> None:
-    leases = {"h1": Lease("h1", "a", 4, 101.0)}
-    assert plan(leases, ["h1"], "b", (), 100.0, TTL) == {}
-    assert plan(leases, ["h1"], "b", (), 100.999, TTL) == {}
+    leases = {"h1": Lease("h1", "a", 4)}
+    assert plan(leases, {"a": 101.0}, ["h1"], "b", (), 100.0) == Plan({}, {})
+    assert plan(leases, {"a": 101.0}, ["h1"], "b", (), 100.999) == Plan({}, {})
 
 
-def test_an_expired_lease_is_taken_over_with_the_next_generation() -> None:
-    leases = {"h1": Lease("h1", "a", 4, 101.0)}
-    assert plan(leases, ["h1"], "b", (), 101.0, TTL) == {"h1": Lease("h1", "b", 5, 104.0)}
+def test_a_host_whose_owner_expired_is_taken_over_with_the_next_generation() -> None:
+    leases = {"h1": Lease("h1", "a", 4), "h2": Lease("h2", "c", 7)}
+    expiries = {"a": 101.0, "c": 200.0}
+    assert plan(leases, expiries, ["h1", "h2"], "b", (), 101.0) == Plan({}, {"h1": Lease("h1", "b", 5)})
+    # an owner with no Instance row at all (never renewed, or its row deleted) is expired too
+    assert plan({"h1": Lease("h1", "x", 2)}, {}, ["h1"], "b", (), 1.0).take == {"h1": Lease("h1", "b", 3)}
 
 
 def test_a_restarted_instance_takes_its_own_lease_back_at_once_with_a_new_generation() -> None:
     # its previous process may still have a session on the switch: the new generation fences it
-    leases = {"h1": Lease("h1", "a", 4, 150.0)}
-    assert plan(leases, ["h1"], "a", (), 100.0, TTL) == {"h1": Lease("h1", "a", 5, 103.0)}
+    leases = {"h1": Lease("h1", "a", 4)}
+    assert plan(leases, {"a": 150.0}, ["h1"], "a", (), 100.0) == Plan({}, {"h1": Lease("h1", "a", 5)})
 
 
 def test_a_live_lease_of_an_instance_known_to_be_gone_is_taken_at_once() -> None:
-    leases = {"h1": Lease("h1", "a", 4, 101.0), "h2": Lease("h2", "c", 2, 101.0)}
-    assert plan(leases, ["h1", "h2"], "b", (), 100.0, TTL, gone={"a"}) == {"h1": Lease("h1", "b", 5, 103.0)}
+    leases = {"h1": Lease("h1", "a", 4), "h2": Lease("h2", "c", 2)}
+    expiries = {"a": 101.0, "c": 101.0}
+    assert plan(leases, expiries, ["h1", "h2"], "b", (), 100.0, gone={"a"}) == Plan(
+        {}, {"h1": Lease("h1", "b", 5)})
     # news of one's own death is nobody's to act on
-    assert plan(leases, ["h1"], "a", {"h1"}, 100.0, TTL, gone={"a"}) == {"h1": Lease("h1", "a", 4, 103.0)}
+    assert plan(leases, expiries, ["h1"], "a", {"h1"}, 100.0, gone={"a"}) == Plan({"h1": 4}, {})
 
 
 def test_liveness_lock_names_are_ovsdb_ids_and_distinct() -> None:
@@ -67,8 +77,8 @@ def test_a_liveness_lock_grant_is_believed_only_on_a_settled_connection() -> Non
 
 
 def test_only_joined_hosts_are_leased() -> None:
-    leases = {"gone": Lease("gone", "a", 2, 50.0)}
-    assert plan(leases, ["h2"], "a", {"gone"}, 100.0, TTL) == {"h2": Lease("h2", "a", 1, 103.0)}
+    leases = {"gone": Lease("gone", "a", 2)}
+    assert plan(leases, {"a": 103.0}, ["h2"], "a", {"gone"}, 100.0) == Plan({}, {"h2": Lease("h2", "a", 1)})
 
 
 def test_a_held_lease_counts_only_until_it_lapses() -> None:
@@ -145,3 +155,51 @@ def test_a_row_inserted_by_another_instance_first_is_a_lost_race_not_a_bug(
         assert _first_seen(store) == {}  # nothing was written
     finally:
         store.close()
+
+
+def _rows(server: StoreServer, table: str, key: str) -> dict[str, tuple[str, dict[str, object]]]:
+    """``key`` -> (``_version``, row) of every row of ``table``, read by ovsdb-client."""
+    txn = json.dumps(["Veil", {"op": "select", "table": table, "where": []}])
+    out = subprocess.run(["ovsdb-client", "transact", server.remote, txn], check=True,
+                         capture_output=True, text=True, timeout=10).stdout
+    return {r[key]: (r["_version"][1], r) for r in json.loads(out)[0]["rows"]}
+
+
+def test_a_renewal_writes_one_row_however_many_hosts_and_a_survivor_takes_over_at_expiry(
+        store_server: StoreServer) -> None:
+    """The idle cost of the leases does not grow with the fabric: a renewal rewrites the
+    instance's own Instance row and leaves every held host's Lease row as it is (its
+    ``_version`` unchanged); when that instance stops renewing, another takes every host at its
+    expiry with the next generation."""
+    hosts = [f"h{i}" for i in range(6)]
+    txn = json.dumps(["Veil", *({"op": "insert", "table": "Host", "row": {"system_id": h}}
+                                for h in hosts)])
+    subprocess.run(["ovsdb-client", "transact", store_server.remote, txn], check=True,
+                   capture_output=True, timeout=10)
+    a = Ownership(store_server.remote, "a", time.time, lambda: None, ttl=1.5)
+    b = Ownership(store_server.remote, "b", time.time, lambda: None, ttl=1.5)
+    try:
+        a.start()
+        until("a holds every host", lambda: set(a.owned(time.time())) == set(hosts))
+        leases = _rows(store_server, "Lease", "host")
+        assert {h: r["owner"] for h, (_, r) in leases.items()} == {h: "a" for h in hosts}
+        assert {r["generation"] for _, r in leases.values()} == {1}
+        first = _rows(store_server, "Instance", "name")["a"][0]
+        seen = [first]
+
+        def renewed_twice() -> bool:
+            v = _rows(store_server, "Instance", "name")["a"][0]
+            if v != seen[-1]:
+                seen.append(v)
+            return len(seen) >= 3
+        until("two more renewals of a's Instance row", renewed_twice)
+        assert {h: v for h, (v, _) in _rows(store_server, "Lease", "host").items()} == {
+            h: v for h, (v, _) in leases.items()}, "a renewal rewrote host lease rows"
+        assert set(a.owned(time.time())) == set(hosts)
+        a.stop()  # no more renewals: its row expires within the TTL
+        b.start()
+        until("b takes every host", lambda: b.owned(time.time()) == {h: 2 for h in hosts})
+        assert {r["owner"] for _, r in _rows(store_server, "Lease", "host").values()} == {"b"}
+    finally:
+        a.stop()
+        b.stop()

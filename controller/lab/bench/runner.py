@@ -91,11 +91,14 @@ class Plan:
     guest_moves: int = 4  # fig 3c, per system: real guests, virsh migrate --live
     reactive_reps: int = 20  # issue 17's figures (bench/reactive.py)
     failover_reps: int = 5  # controller failover (bench/failover.py)
-    figures: frozenset[str] = frozenset({"1", "lab", "3c", "4", "5", "reactive", "failover"})  # "2": only fig 2, veil TLS vs plaintext
+    scale_hosts: str = "8,32,64"  # real OVS as hosts grow (bench/labscale.py), veil and OVN
+    scale_reps: int = 10
+    figures: frozenset[str] = frozenset({"1", "lab", "3c", "4", "5", "reactive", "failover", "scale"})  # "2": only fig 2, veil TLS vs plaintext
     quick: bool = False  # fig 1: fewer hook calls
 
 
-QUICK = Plan(quick=True, reps=3, moves=2, guest_moves=2, reactive_reps=3, failover_reps=1, iperf_seconds=2, iperf_rounds=1, hosts=50, vifs=500, events=2, round_events=3, flows=2000, flow_reps=1)
+QUICK = Plan(quick=True, reps=3, moves=2, guest_moves=2, reactive_reps=3, failover_reps=1,
+             scale_hosts="4", scale_reps=2, iperf_seconds=2, iperf_rounds=1, hosts=50, vifs=500, events=2, round_events=3, flows=2000, flow_reps=1)
 
 
 def _failed(figure: str, title: str, system: str, unit: str, exc: BaseException) -> Result:
@@ -378,7 +381,9 @@ def run(out: Path, plan: Plan, say: Say, root: Path = DEFAULT_ROOT) -> int:
         results += guest_figures(plan, root, say)
     runs: tuple[tuple[str, str, Callable[[], list[Result]]], ...] = (
         ("reactive", "reactive mode (issue 17)", lambda: standalone.reactive(out, plan.reactive_reps)),
-        ("failover", "controller failover (issue 14)", lambda: standalone.failover(out, plan.failover_reps)))
+        ("failover", "controller failover (issue 14)", lambda: standalone.failover(out, plan.failover_reps)),
+        ("scale", f"real OVS as hosts grow ({plan.scale_hosts} hosts; issue 14)",
+         lambda: standalone.labscale(out, plan.scale_hosts, plan.scale_reps)))
     for group, title, take in runs:
         if group not in plan.figures:
             continue
@@ -415,15 +420,16 @@ def run(out: Path, plan: Plan, say: Say, root: Path = DEFAULT_ROOT) -> int:
         if plan.figures == {"fabric"}:
             return lost_fabric
     machine = replace(machine, load_end=report.load_average())
-    written = report.write(out, machine, results, COMPARISONS, PLOT_GOALS)
+    comparisons = (*COMPARISONS, *standalone.labscale_comparisons(results))
+    written = report.write(out, machine, results, comparisons, PLOT_GOALS)
     say("")
-    say(report.markdown(machine, results, COMPARISONS))
+    say(report.markdown(machine, results, comparisons))
     say("wrote " + ", ".join(str(p) for p in written))
     return 1 if any(r.error for r in results) else 0
 
 
 def parse_figures(text: str) -> frozenset[str]:
-    allowed = {"1", "lab", "2", "3c", "4", "5", "fabric", "reactive", "failover"}
+    allowed = {"1", "lab", "2", "3c", "4", "5", "fabric", "reactive", "failover", "scale"}
     figs = frozenset(x.strip() for x in text.split(",") if x.strip())
     bad = figs - allowed
     if bad or not figs:

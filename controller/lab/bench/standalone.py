@@ -1,7 +1,8 @@
 """The benchmarks that run as programs of their own, folded into `veil-lab bench`'s report.
 
 The reactive mode's figures (``controller/lab/bench/reactive.py``, issue 17) and controller
-failover under a 1 ms probe (``controller/lab/bench/failover.py``, issue 14) each bring up
+failover under a 1 ms probe (``controller/lab/bench/failover.py``, issue 14) and real OVS as
+hosts grow (``controller/lab/bench/labscale.py``, issue 14, veil beside OVN) each bring up
 labs of their own and write a JSON document; `veil-lab bench` runs each in a process of its
 own (its lab and its RSS apart from the others'), keeps the document next to results.json and
 turns its samples into rows of the one report.
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.lab import netns
-from controller.lab.bench.results import Goal, Result
+from controller.lab.bench.results import Comparison, Goal, Result
 
 Say = Callable[[str], None]
 REACTIVE_GOALS = {"r1": (Goal("median", "<=", 10.0),), "r2": (Goal("median", ">=", 10_000.0),)}
@@ -81,3 +82,64 @@ def failover(out_dir: Path, reps: int) -> list[Result]:
             Result("f2", f2, system, "ms", tuple(float(s["takeover_ms"]) for s in samples), method=where),
         ]
     return rows
+
+
+LABSCALE_CPU_GOAL = (Goal("max", "<=", 1.0),)  # an idle controller under 1% CPU at every size
+LABSCALE_FRESH_GOAL = (Goal("max", "<=", 5.0),)  # a fresh 128-host fabric programmed in 5 s
+LABSCALE_FLAT = 1.2  # VIF-up latency at the largest size within 1.2x of the smallest's
+
+
+def labscale(out_dir: Path, sizes: str, reps: int) -> list[Result]:
+    """Real OVS as hosts grow, veil beside OVN: per size, start to every host programmed,
+    VIF up -> first reply, idle control-plane CPU (central, and OVN's per-host agents)."""
+    path = out_dir / "labscale.json"
+    return labscale_rows(_run("controller.lab.bench.labscale", path,
+                              ["--hosts", sizes, "--reps", str(reps)], 5400), path)
+
+
+def labscale_rows(doc: dict[str, Any], path: Path) -> list[Result]:
+    """The rows of labscale's JSON document ``doc`` (kept at ``path``)."""
+    where = f"{path}; docs/benchmarks.md says how"
+    rows: list[Result] = []
+    for run in doc["runs"]:
+        n, system = run["hosts"], run["system"]
+        fabric = f"{n} netns hosts on real OVS, {run['vms']} VMs, a network per {doc['group']} hosts"
+        titles = {"s1": f"real OVS, {n} hosts: start to every host programmed",
+                  "s2": f"real OVS, {n} hosts: VIF up -> first reply (other DC)",
+                  "s3": f"real OVS, {n} hosts: idle control plane CPU, central",
+                  "s4": f"real OVS, {n} hosts: idle control plane CPU, per-host agents"}
+        units = {"s1": "s", "s2": "ms", "s3": "%", "s4": "%"}
+        if "error" in run:
+            rows += [Result(f"{f}-{n}", titles[f], system, units[f], error=run["error"])
+                     for f in ("s1", "s2", "s3")]
+            continue
+        veil = system == "veil"
+        cpu = run["idle_cpu_percent"]
+        per = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu["per_process"].items())
+                        if not k.startswith("ovn-controller@"))
+        rows += [
+            Result(f"s1-{n}", titles["s1"], system, "s", (float(run["program_fresh_s"]),),
+                   LABSCALE_FRESH_GOAL if veil and n >= 128 else (),
+                   method=f"{fabric}; lab up beforehand in {run['lab_up_s']:.0f} s; {where}"),
+            Result(f"s2-{n}", titles["s2"], system, "ms", tuple(run["vif_up_ms"]["samples"]),
+                   method=f"figure 2's measure (a1 on dc1-h1 re-plugged, a2 on dc2-h1 probing); {fabric}"),
+            Result(f"s3-{n}", titles["s3"], system, "%", (float(cpu["central"]),),
+                   LABSCALE_CPU_GOAL if veil else (),
+                   method=(f"utime+stime over {cpu['seconds']:g} s with nothing happening, percent of "
+                           f"one core: {per}; load average then {run['load_average'][0]:.2f}; {where}")),
+        ]
+        if not veil:
+            rows.append(Result(f"s4-{n}", titles["s4"], system, "%", (float(cpu["agents"]),),
+                               method=f"the sum over {n} ovn-controllers (veil has no per-host agent)"))
+    return rows
+
+
+def labscale_comparisons(rows: list[Result]) -> tuple[Comparison, ...]:
+    """veil against OVN at each size, and veil's VIF-up latency at the largest size against
+    the smallest's (the goal: flat as hosts grow)."""
+    sizes = sorted({int(r.figure.split("-")[1]) for r in rows if r.figure.startswith("s2-")})
+    out = [Comparison(f"{f}-{n}", "veil", "ovn", "median") for n in sizes for f in ("s1", "s2", "s3")]
+    if len(sizes) > 1:
+        out.append(Comparison(f"s2-{sizes[-1]}", "veil", "veil", "median", "<=", LABSCALE_FLAT,
+                              against_figure=f"s2-{sizes[0]}"))
+    return tuple(out)
