@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from controller.core.model import Host, InvalidState, check_name, check_tunnel_types
 from controller.northbound.store import HostRecord, Store, check_remote
+from controller.southbound.hostdb import HOST_PROBE_MS
 from hooks import contract, hostguard
 from hooks.ovsdb import DEFAULT_DB
 
@@ -110,14 +111,23 @@ def _write_host(rec: HostRecord, ovsdb_listen: str | None, of_listen: str | None
             have = {target: uuid for uuid, target, _ in managers}
             if ovsdb_listen in have:
                 txn.add(api.db_set("Manager", have[ovsdb_listen],
-                                   ("external_ids", {VEIL_LISTENER: "true"})))
+                                   ("external_ids", {VEIL_LISTENER: "true"}),
+                                   ("inactivity_probe", HOST_PROBE_MS)))
             elif ovsdb_listen:
                 made = txn.add(api.db_create("Manager", target=ovsdb_listen,
-                                             external_ids={VEIL_LISTENER: "true"}))
+                                             external_ids={VEIL_LISTENER: "true"},
+                                             inactivity_probe=HOST_PROBE_MS))
                 txn.add(api.db_add("Open_vSwitch", ".", "manager_options", made))
             if of_listen:
                 txn.add(api.set_controller(contract.INTEGRATION_BRIDGE, [of_listen]))
             else:
                 txn.add(api.del_controller(contract.INTEGRATION_BRIDGE))
+        if of_listen:  # (its Controller row exists once set_controller committed)
+            with api.ovsdb_connection.lock:
+                rows = [r.uuid for r in api.tables["Controller"].rows.values()
+                        if r.target == of_listen]
+            with api.transaction(check_error=True) as txn:
+                for uuid in rows:
+                    txn.add(api.db_set("Controller", uuid, ("inactivity_probe", HOST_PROBE_MS)))
     finally:
         ovsdb.stop(api)

@@ -90,6 +90,13 @@ def binding_from_row(host: str, name: str, ids: dict[str, str], ofport: int,
                    tenant=ids.get(contract.VEIL_TENANT) or None)
 
 
+# The inactivity probe on every controller <-> host connection (OVSDB both ways, OpenFlow from
+# the switch: controller/join.py sets the host's side). An idle connection costs its two ends
+# a probe and its answer per interval; at 5 s (the OVS default) those were most of an idle
+# controller's CPU, growing with the hosts. A silently dead peer is dropped after twice this.
+HOST_PROBE_MS: Final = 30_000
+
+
 class HostDb:
     """ovsdbapp connection to one host; ``on_change`` fires (on its thread) after any change."""
 
@@ -98,7 +105,8 @@ class HostDb:
         self.remote = remote
         # Unacked: a tunnel write must not hold the round until ovs-vswitchd has made the port
         # (~80 ms per host); the port's ofport arrives as a row update and wakes the next one.
-        self.api = ovsdb.open_vswitch(remote, on_change, tables=WATCHED, acked=False)
+        self.api = ovsdb.open_vswitch(remote, on_change, tables=WATCHED, acked=False,
+                                      probe_ms=HOST_PROBE_MS)
         self._first_seen: dict[tuple[str, int], float] = {}
 
     def close(self) -> None:

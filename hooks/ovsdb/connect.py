@@ -132,17 +132,17 @@ def connect(remote: str, schema: str, base: type[Any], tables: Iterable[str] | M
 
 def open_vswitch(remote: str, on_change: Callable[[], None] | None = None, *, timeout: float = 10.0,
                  tables: Iterable[str] | Mapping[str, Sequence[str]] = OPEN_VSWITCH_TABLES,
-                 wake: Wake | None = None, acked: bool = True) -> Any:
+                 wake: Wake | None = None, acked: bool = True, probe_ms: int | None = None) -> Any:
     """The Open_vSwitch API (add_port, db_set, db_list ...) of one host's database.
 
     ``tables`` narrows the mirror: every table watched costs memory and initial-dump time on
     hosts with many ports, so short-lived and focused clients register only what they read.
     ``acked``: each transaction also waits until ovs-vswitchd has applied it (ovs-vsctl's
     behaviour; the mirror then needs Open_vSwitch's next_cfg and cur_cfg columns); without it a
-    transaction ends at ovsdb-server's commit.
+    transaction ends at ovsdb-server's commit. ``probe_ms``: as for ``connect``.
     """
     return connect(remote, "Open_vSwitch", impl_idl.OvsdbIdl if acked else _UnackedOvsIdl, tables,
-                   on_change, timeout=timeout, wake=wake)
+                   on_change, timeout=timeout, wake=wake, probe_ms=probe_ms)
 
 
 def has_lock(api: Any) -> bool:

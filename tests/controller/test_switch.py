@@ -16,7 +16,7 @@ from controller.southbound import ofp
 from controller.pipeline.compute import compute_flows
 from controller.pipeline.diff import diff_flows
 from controller.pipeline.flows import Flow, Match
-from controller.southbound.hostdb import VEIL_IPS
+from controller.southbound.hostdb import HOST_PROBE_MS, VEIL_IPS
 from controller.lab.ovs import OvsInstance
 from controller.core.model import Binding, Host, Network, State, Tenant
 from controller.southbound.session import OfSession, OpenFlowError
@@ -306,6 +306,11 @@ def test_join_opens_passive_listeners_the_controller_dials(ovs: OvsInstance,
     assert "system-id=h9" in got
     hello = netns.run(["ovs-ofctl", "-O", "OpenFlow14", "show", of_remote], ns=ovs.ns).stdout
     assert "OFPT_FEATURES_REPLY" in hello
+    # both listeners probe an idle controller every HOST_PROBE_MS, not every 5 s
+    for table in ("Manager", "Controller"):
+        probes = netns.run(["ovs-vsctl", f"--db={ovsdb_remote}", "--bare", "--columns=inactivity_probe",
+                            "list", table], ns=ovs.ns).stdout.split()
+        assert probes == [str(HOST_PROBE_MS)], (table, probes)
     store = Store(store_server.remote)
     try:
         (rec,) = store.read().hosts
