@@ -42,7 +42,7 @@ clean-labs: deps
 	$(VENV)/bin/veil-lab down --all
 
 # The benchmark, veil side by side with OVN 23.03 on the same lab (docs/benchmarks.md).
-# Installs OVN (a benchmark peer only, never a veil dependency); ~10 minutes on 2 cores.
+# Installs OVN (a benchmark peer only, never a veil dependency); ~23 minutes on 2 cores.
 bench: deps-test
 	$(VENV)/bin/veil-lab bench
 
