@@ -16,6 +16,7 @@ from controller.lab.run import LabController
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.lab import netns, ops
+from controller.southbound.hostdb import HOST_PROBE_MS
 from tests.support.labs import programmed_lab
 from tests.support.poll import until
 from tests.support.veilcli import no_noise, run
@@ -162,9 +163,19 @@ def test_a_killed_hosts_tunnels_are_down(lab: tuple[Lab, LabController]) -> None
             gone = not killed["ovsdb_connected"] and not killed["openflow_connected"]
             return doc if rc == 1 and gone and towards and all(
                 t["bfd"] == "down" for t in towards) else None
-        # (BFD says it in ~3 s; the controller's TLS sessions notice the dead peer later)
+        # BFD says it in ~3 s. The controller's sessions see no FIN: the host's underlay port is
+        # on its own (userspace) ovs-vswitchd, killed with it, so its dying sockets' FINs never
+        # leave the host. OpenFlow's echo gives up in ~10 s; the OVSDB session only after two
+        # silent probe intervals (hostdb.HOST_PROBE_MS, 30 s), so up to ~60 s.
+        def seen() -> str:
+            rc, doc = status(ctl)
+            return repr((rc, doc["problems"],
+                         [(h["system_id"], h["ovsdb_connected"], h["openflow_connected"])
+                          for h in doc["hosts"]],
+                         [(h["system_id"], t["remote_host"], t["bfd"])
+                          for h in doc["hosts"] for t in h["tunnels"]]))
         doc = until(f"{KILLED} not connected and every tunnel to it down in veil status", down,
-                    timeout=40.0, interval=0.5)
+                    timeout=2 * HOST_PROBE_MS / 1000 + 20, interval=0.5, detail=seen)
         assert any(KILLED in p and "down" in p for p in doc["problems"])
         others = [t for h in doc["hosts"] if h["system_id"] != KILLED for t in h["tunnels"]
                   if t["remote_host"] != KILLED]
