@@ -4,8 +4,10 @@ Inside the VMs (``python -m controller.lab.vagrant config|guests|exec``, run by 
 provisioning scripts in vagrant/provision/):
   - ``config``: the controller's tenants/networks file from the topology (what the netns lab's
     ``run.lab_config`` gives, computed from the topology alone);
-  - ``guests``: a hypervisor's tenant guests as nested libvirt guests (TCG) booting the lab's
-    guest image; libvirt adds each port to br-int and veil's qemu hook registers it;
+  - ``guests``: a hypervisor's tenant guests as nested libvirt guests booting the lab's guest
+    image, under the VM's own KVM when a probe boot says it works (the VMs run under TCG, whose
+    emulated CPU has SVM), else TCG; libvirt adds each port to br-int and veil's qemu hook
+    registers it;
   - ``exec``: a command in one of those guests through its exec channel (agent.py).
 
 On the machine (``VagrantLab``, ``python -m controller.lab.vagrant up|demo|down``): a private
@@ -19,7 +21,6 @@ teardown that leaves no VM, network, volume or box behind.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -39,6 +40,7 @@ from controller.lab.topology import Topology
 if TYPE_CHECKING:
     import libvirt
 
+    from controller.lab.guest.accel import Verdict
     from controller.lab.guests import Migration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +50,8 @@ CONTROLLER_IP = "198.18.0.1"
 BOX_NAME = "veil/bookworm-lab"
 GUEST_DIR = Path("/var/lib/veil-lab/guest")  # the guest image inside the box
 GUEST_RUN = Path("/var/lib/veil-lab/run")  # consoles and exec sockets of the nested guests
-NESTED_BOOT_TIMEOUT = 600.0  # seconds: TCG inside TCG on two shared cores
+NESTED_BOOT_TIMEOUT = 600.0  # seconds: TCG inside TCG on two shared cores (KVM: ~10 s)
+NESTED_PROBE_TIMEOUT = 60.0  # the KVM probe boot inside a host VM (ready after ~10 s here)
 MOVE_TIMEOUT = 900.0  # seconds for one live move of a nested guest (its RAM over the underlay)
 HOST_MIGRATION_KEY = "/root/.ssh/veil-migrate"  # in each host VM (vagrant/provision/host.sh)
 PROBE_SECONDS = 60.0  # the peer's ping probe around one move (it must outlast the move)
@@ -72,19 +75,28 @@ def controller_config(topo: Topology) -> str:
                           sort_keys=False)
 
 
-def start_guests(topo: Topology, host: str, *, uri: str = "qemu:///system",
-                 timeout: float = NESTED_BOOT_TIMEOUT) -> list[str]:
-    """Define and start every topology VM placed on ``host`` as a libvirt guest; returns their
-    names once each guest's /init said its NIC is up. Nothing here writes OVSDB: libvirt adds
-    the port, veil's hook registers it."""
-    from controller.lab import guests
-    from controller.lab.guest import console
-    from controller.lab.guest.domxml import GuestNic, GuestSpec, domain_xml, guest_cmdline
-    from controller.lab.guest.image import EMULATOR
+def nested_accel(cache: Path | None = None) -> Verdict:
+    """How this hypervisor VM runs its tenant guests: KVM when a probe boot of the guest image
+    under KVM reaches its ready marker, else TCG. The host VMs run under TCG, whose emulated
+    AMD CPU has SVM, so the VM's own kvm_amd works (shadow paging, no nested paging): a guest
+    under that KVM was ready in ~10 s here, where TCG inside TCG took 100-470 s. Cached per VM."""
+    from controller.lab.guest import accel, image
 
-    manifest = json.loads((GUEST_DIR / "manifest.json").read_text())
-    kernel = GUEST_DIR / Path(str(manifest.get("kernel", "vmlinuz"))).name
-    initrd = GUEST_DIR / Path(str(manifest.get("initrd", "initrd.img"))).name
+    return accel.probe(image.load(GUEST_DIR), cache or accel.DEFAULT_CACHE,
+                       timeout=NESTED_PROBE_TIMEOUT)
+
+
+def start_guests(topo: Topology, host: str, domain_type: str, *, uri: str = "qemu:///system",
+                 timeout: float = NESTED_BOOT_TIMEOUT) -> list[str]:
+    """Define and start every topology VM placed on ``host`` as a libvirt guest of
+    ``domain_type`` ("kvm" or "qemu": ``nested_accel``); returns their names once each guest's
+    /init said its NIC is up. Nothing here writes OVSDB: libvirt adds the port, veil's hook
+    registers it."""
+    from controller.lab import guests
+    from controller.lab.guest import console, image
+    from controller.lab.guest.domxml import GuestNic, GuestSpec, domain_xml, guest_cmdline
+
+    img = image.load(GUEST_DIR)
     GUEST_RUN.mkdir(parents=True, exist_ok=True)
     started: list[tuple[str, GuestSpec]] = []
     with guests.connect(uri) as conn:
@@ -93,14 +105,14 @@ def start_guests(topo: Topology, host: str, *, uri: str = "qemu:///system",
                 continue
             net = topo.network(vm.network)
             spec = GuestSpec(
-                name=vm.name, kernel=kernel, initrd=initrd,
+                name=vm.name, kernel=img.kernel, initrd=img.initrd,
                 nics=(GuestNic(mac=vm.mac, network=vm.network, tenant=net.tenant, ips=str(vm.ip.ip),
                                iface_id=vm.iface_id),),
                 console_log=GUEST_RUN / f"{vm.name}.console", exec_socket=GUEST_RUN / f"{vm.name}.exec",
                 cmdline=guest_cmdline(vm.name, mac=vm.mac, ip4=str(vm.ip), echo_port=guests.ECHO_PORT),
-                domain_type="qemu", memory_mib=guests.MEMORY_MIB, uuid=vm.vm_id,
+                domain_type=domain_type, memory_mib=guests.MEMORY_MIB, uuid=vm.vm_id,
                 # QEMU 7.2 under TCG loses guest writes in a live move without it (docs/kvm.md)
-                emulator=GUEST_DIR / EMULATOR,
+                emulator=img.emulator if domain_type == "qemu" else None,
             )
             if guests.state(conn, vm.name) == "running":
                 continue
@@ -460,8 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(controller_config(topology.load(args.topology)))
         return 0
     if args.verb == "guests":
-        for name in start_guests(topology.load(args.topology), args.host):
-            print(f"guest {name} up")
+        verdict = nested_accel()
+        print(f"tenant guests: {verdict.accel} ({verdict.reason})")
+        for name in start_guests(topology.load(args.topology), args.host, verdict.domain_type):
+            print(f"guest {name} up ({verdict.accel})")
         return 0
     if args.verb == "exec":
         rc, out = guest_exec(args.vm, args.command, args.timeout)

@@ -236,6 +236,17 @@ def _build_into(work: Path, debs: Path, packages: tuple[Package, Package], init:
     }
 
 
+def load(directory: Path) -> GuestImage:
+    """A built image copied elsewhere (the Vagrant box carries one): its directory holds
+    vmlinuz, initrd.img, the qemu-tcg wrapper and the manifest ``build`` wrote."""
+    manifest = directory / "manifest.json"
+    try:
+        doc = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"{manifest}: no guest image manifest here ({exc})") from exc
+    return _from_manifest(directory, doc, cached=True)
+
+
 def _from_manifest(out: Path, doc: dict[str, object], *, cached: bool) -> GuestImage:
     pkgs = doc["packages"]
     mods = doc["modules"]
