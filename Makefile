@@ -66,7 +66,8 @@ vagrant-down: deps-test
 	$(PY) -m controller.lab.vagrant down
 
 # Boots the Vagrant lab (the one-host-per-DC variant; VEIL_VAGRANT_TOPOLOGY for all six VMs), checks pings
-# and isolation, destroys it: ~18 min here, kept out of `make test` and of .ci/run for now.
+# and isolation, moves a guest live to the other DC and back, destroys it: ~14 min here; .ci/run
+# runs it after `make test`.
 test-vagrant: deps-test
 	$(PY) -m pytest -q -m vagrant tests
 

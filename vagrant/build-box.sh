@@ -10,7 +10,8 @@
 #    folder), Debian's cloud kernel (booted directly by libvirt: no boot loader, no partition)
 #  - the `vagrant` user with NOPASSWD sudo and Vagrant's well-known insecure key, the one Debian's
 #    vagrant package ships (Vagrant replaces it with a fresh key at the first `vagrant up`)
-#  - Open vSwitch, libvirt + qemu (the hosts' tenant guests are nested libvirt guests, TCG)
+#  - Open vSwitch, libvirt + qemu (the hosts' tenant guests are nested libvirt guests: the VM's
+#    own KVM when its probe boot works, else TCG)
 #  - veil and its Python dependencies in /opt/veil/venv, installed from a wheelhouse built here
 #  - the lab's guest image (controller/lab/guest: Debian kernel + busybox initramfs) in
 #    /var/lib/veil-lab/guest, for the nested guests

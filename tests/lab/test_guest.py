@@ -84,6 +84,26 @@ def test_image_is_cached_by_its_inputs(guest_image: image.GuestImage, tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "debs") == sorted([first.key, changed.key])
 
 
+def test_a_copied_image_loads_from_its_directory_and_a_bare_directory_is_refused(
+        guest_image: image.GuestImage, tmp_path: Path) -> None:
+    """What the Vagrant box carries: the image's directory copied elsewhere (build-box.sh)."""
+    copy = tmp_path / "guest"
+    shutil.copytree(guest_image.kernel.parent, copy)
+    loaded = image.load(copy)
+    assert (loaded.kernel, loaded.initrd, loaded.emulator) == (
+        copy / "vmlinuz", copy / "initrd.img", copy / image.EMULATOR)
+    assert (loaded.key, loaded.release, loaded.modules) == (
+        guest_image.key, guest_image.release, guest_image.modules)
+    (copy / "manifest.json").write_text('{"release": "6.1"}')
+    with pytest.raises(image.BuildError, match=r"manifest.json: not a guest image manifest"):
+        image.load(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(image.BuildError, match=r"manifest.json: no guest image manifest here"):
+        image.load(copy)
+    with pytest.raises(image.BuildError, match=r"manifest.json: no guest image manifest here"):
+        image.load(tmp_path / "empty")
+
+
 def _packaged(name: str) -> bytes:
     return resources.files("controller.lab.guest").joinpath("files", name).read_bytes()
 

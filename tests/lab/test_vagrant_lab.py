@@ -1,8 +1,9 @@
-"""The Vagrant lab booted for real under TCG on a private libvirtd: the controller, the router
-and one host per DC (two-dc-small.yaml: four VMs; VEIL_VAGRANT_TOPOLOGY selects another file,
-e.g. the six-VM two-dc.yaml), two tenants' guests nested in the hosts, a1 moved live to the
-other DC and back, then destroyed. Slow
-(README, "Tests"): `make test-vagrant` runs it; `make test` should leave the marker out."""
+"""The Vagrant lab booted for real on a private libvirtd (the VMs under TCG, their tenant
+guests under each host VM's own KVM when its probe boot works): the controller, the router and
+one host per DC (two-dc-small.yaml: four VMs; VEIL_VAGRANT_TOPOLOGY selects another file, e.g.
+the six-VM two-dc.yaml), two tenants' guests nested in the hosts, a1 moved live to the other DC
+and back, then destroyed. ~14 min (README, "Tests"): `make test-vagrant` runs it, after `make
+test` in .ci/run; `make test` leaves the marker out."""
 
 from __future__ import annotations
 

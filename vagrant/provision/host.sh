@@ -2,7 +2,8 @@
 # A hypervisor VM after ovs-host.sh: joins the controller the way docs/controller.md tells an
 # operator (`veil join` with the one-time token from `veil host add` on the controller), installs
 # veil's libvirt hook and units (veil-hostd, veil-libvirt-agent), then starts this host's tenant
-# guests as nested libvirt guests (TCG) booting the lab's guest image: veil's hook registers them.
+# guests as nested libvirt guests booting the lab's guest image (the VM's own KVM when a probe
+# boot works, else TCG): veil's hook registers them.
 set -euo pipefail
 : "${SYSTEM_ID:?}" "${UNDERLAY_IP:?}" "${CONTROLLER_IP:?}" "${TUNNEL:?}"
 veil=/opt/veil/venv/bin

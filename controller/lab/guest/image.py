@@ -244,6 +244,8 @@ def load(directory: Path) -> GuestImage:
         doc = json.loads(manifest.read_text())
     except (OSError, ValueError) as exc:
         raise BuildError(f"{manifest}: no guest image manifest here ({exc})") from exc
+    if not isinstance(doc, dict) or not all(k in doc for k in ("packages", "modules", "release", "key")):
+        raise BuildError(f"{manifest}: not a guest image manifest (packages, modules, release, key)")
     return _from_manifest(directory, doc, cached=True)
 
 
